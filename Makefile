@@ -1,0 +1,44 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both set up .venv themselves and are quick when it is already up to date.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+# A CPU build unless a torch is already importable: an unpinned torch pulls a
+# multi-GB CUDA build. GPU users install their own CUDA torch into .venv first
+# (or point VENV at an environment that has one).
+TORCH_SPEC ?= torch==2.13.0
+
+KERNEL_SRC := $(wildcard _trim/*.pyx _trim/*.pxd) setup.py
+KERNEL_SO  := $(VENV)/.stamp-kernel$(if $(TRIM_DEBUG),-debug)
+
+.PHONY: install demo test bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.stamp-deps: pyproject.toml | $(VENV)/bin/python
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q "setuptools>=77" wheel "Cython>=3.0" "numpy>=1.24"
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+$(KERNEL_SO): $(KERNEL_SRC) $(VENV)/.stamp-deps
+	TRIM_DEBUG=$(TRIM_DEBUG) $(PY) setup.py -q build_ext --inplace
+	rm -f $(VENV)/.stamp-kernel*
+	touch $@
+
+install: $(KERNEL_SO)
+
+demo: install
+	$(PY) -m pytest bench/test_gather_bench.py --benchmark-only -q $(DEMO_ARGS)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m pytest bench --benchmark-only $(PYTEST_ARGS)
+
+clean:
+	rm -rf build $(VENV) _trim/*.so _trim/*.c *.egg-info

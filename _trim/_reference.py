@@ -1,0 +1,158 @@
+"""Pure-Python reference implementation of the kernel's three functions.
+
+Slow and obviously correct: the tests run every case against both it and the
+compiled kernel. Selected only by name (``TRIM_IMPL=reference``), never as a
+silent fallback.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .format import (ALIGN, CODE_DTYPES, COLUMN_DTYPE, COLUMN_NBYTES, FLAG_PER_REQUEST,
+                     FLAG_RAGGED, FLAG_VECTOR, HEADER_DTYPE, HEADER_NBYTES, KNOWN_FLAGS,
+                     MAGIC, VERSION, align_up)
+
+
+def _ranges(plan, batch):
+    if batch.layout is not plan.layout and batch.layout.fingerprint != plan.layout.fingerprint:
+        raise ValueError("batch layout does not match the plan's layout; compile a plan for it")
+    table = batch.table
+    src_len = len(batch.buffer)
+    pos, j, out = plan.table_nbytes, 0, []
+    for length in plan.run_lengths:
+        first, last = int(plan.columns[j]), int(plan.columns[j + length - 1])
+        j += int(length)
+        start = int(table["data_offset"][first])
+        end = int(table["data_offset"][last]) + int(table["data_nbytes"][last])
+        if end > src_len:
+            raise ValueError("batch column table points past the end of its buffer")
+        out.append((start, end - start, pos))
+        pos += align_up(end - start)
+    return pos, out
+
+
+def encoded_nbytes(plan, batch) -> int:
+    return _ranges(plan, batch)[0]
+
+
+def encode_into(plan, batch, out) -> int:
+    dst = memoryview(out)
+    if dst.readonly:
+        raise ValueError("output buffer is read-only")
+    dst = np.frombuffer(dst.cast("B") if dst.format != "B" or dst.ndim != 1 else dst, dtype=np.uint8)
+    total, ranges = _ranges(plan, batch)
+    if total > len(dst):
+        raise ValueError(f"output buffer too small: message needs {total} bytes, buffer has {len(dst)}")
+    n = len(plan.columns)
+    header = np.zeros(1, HEADER_DTYPE)
+    header[0] = (MAGIC, VERSION, HEADER_NBYTES, batch.n_rows, n, len(plan.names_blob_array), 0, total)
+    table = batch.table[plan.columns].copy()
+    table["name_offset"] = plan.name_offsets
+    j = 0
+    for (src_start, _, dst_start), length in zip(ranges, plan.run_lengths):
+        table["data_offset"][j:j + length] = (
+            table["data_offset"][j:j + length].astype(np.int64) + (dst_start - src_start))
+        j += int(length)
+    dst[:plan.table_nbytes] = 0
+    dst[:HEADER_NBYTES] = header.view(np.uint8)
+    table_end = HEADER_NBYTES + COLUMN_NBYTES * n
+    dst[HEADER_NBYTES:table_end] = table.view(np.uint8)
+    dst[table_end:table_end + len(plan.names_blob_array)] = plan.names_blob_array
+    for src_start, nbytes, dst_start in ranges:
+        dst[dst_start:dst_start + nbytes] = batch.buffer[src_start:src_start + nbytes]
+        dst[dst_start + nbytes:dst_start + align_up(nbytes)] = 0
+    return total
+
+
+def parse(buf):
+    mv = memoryview(buf)
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    raw = np.frombuffer(mv, dtype=np.uint8)
+    length = len(raw)
+    if length < HEADER_NBYTES:
+        raise ValueError(f"truncated message: {length} bytes, the header alone is {HEADER_NBYTES}")
+    h = raw[:HEADER_NBYTES].view(HEADER_DTYPE)[0]
+    if bytes(h["magic"]) != MAGIC:
+        raise ValueError(f"not a trimmer message: magic {bytes(raw[:4])!r}, expected {MAGIC!r}")
+    if h["version"] != VERSION:
+        raise ValueError(f"unsupported message version {int(h['version'])} (this build reads {VERSION})")
+    if h["header_nbytes"] != HEADER_NBYTES:
+        raise ValueError(f"bad header size {int(h['header_nbytes'])} for version {VERSION}")
+    total = int(h["total_nbytes"])
+    if total > length:
+        raise ValueError(f"truncated message: header says {total} bytes, got {length}")
+    n_cols, n_rows, names_nbytes = int(h["n_columns"]), int(h["n_rows"]), int(h["names_nbytes"])
+    table_end = HEADER_NBYTES + COLUMN_NBYTES * n_cols
+    if table_end > total:
+        raise ValueError(f"column count {n_cols} does not fit in a {total}-byte message")
+    names_end = table_end + names_nbytes
+    if names_end > total:
+        raise ValueError(f"names ({names_nbytes} bytes) run past the end of the message")
+    data_start = align_up(names_end)
+    table = raw[HEADER_NBYTES:table_end].view(COLUMN_DTYPE).copy()
+    names_raw = bytes(raw[table_end:names_end])
+    names, seen = [], set()
+    for i, col in enumerate(table):
+        name_off, name_len = int(col["name_offset"]), int(col["name_nbytes"])
+        if name_off + name_len > names_nbytes:
+            raise ValueError(f"column {i}: name runs past the names region")
+        try:
+            name = names_raw[name_off:name_off + name_len].decode()
+        except UnicodeDecodeError:
+            raise ValueError(f"column {i}: name is not valid UTF-8") from None
+        if not name:
+            raise ValueError(f"column {i}: empty name")
+        if name in seen:
+            raise ValueError(f"duplicate column {name!r}")
+        seen.add(name)
+        names.append(name)
+        code, flags, width = int(col["dtype"]), int(col["flags"]), int(col["width"])
+        n_values, offset, nbytes = int(col["n_values"]), int(col["data_offset"]), int(col["data_nbytes"])
+        if code not in CODE_DTYPES:
+            raise ValueError(f"column {name!r}: unknown dtype code {code}")
+        if flags & ~KNOWN_FLAGS:
+            raise ValueError(f"column {name!r}: unknown flags {flags:#x}")
+        if flags & FLAG_RAGGED and flags & FLAG_VECTOR:
+            raise ValueError(f"column {name!r}: a ragged column cannot be a vector")
+        if width == 0 or (width != 1 and not flags & FLAG_VECTOR):
+            raise ValueError(f"column {name!r}: bad width {width}")
+        if offset < data_start or offset % ALIGN:
+            raise ValueError(f"column {name!r}: data offset {offset} is misplaced")
+        if offset + nbytes > total:
+            raise ValueError(f"column {name!r}: data ({nbytes} bytes at {offset}) "
+                             f"runs past the end of the {total}-byte message")
+        itemsize = CODE_DTYPES[code].itemsize
+        rows = 1 if flags & FLAG_PER_REQUEST else n_rows
+        if flags & FLAG_RAGGED:
+            offsets_nbytes = (rows + 1) * 8
+            if offsets_nbytes + n_values * itemsize > nbytes:
+                raise ValueError(f"column {name!r}: {nbytes} bytes cannot hold "
+                                 f"{rows + 1} offsets and {n_values} values")
+            expect = offsets_nbytes + n_values * itemsize
+        else:
+            if n_values != rows * width:
+                raise ValueError(f"column {name!r}: {n_values} values, expected {rows} rows x {width}")
+            if n_values * itemsize > nbytes:
+                raise ValueError(f"column {name!r}: {nbytes} bytes cannot hold {n_values} values")
+            expect = n_values * itemsize
+        if nbytes != expect:
+            raise ValueError(f"column {name!r}: data is {nbytes} bytes, expected {expect}")
+        if flags & FLAG_RAGGED:
+            offs = raw[offset:offset + offsets_nbytes].view("<i8")
+            bad = np.nonzero(np.diff(offs) < 0)[0]
+            if offs[0] != 0 or len(bad):
+                row = 0 if offs[0] != 0 else int(bad[0]) + 1
+                raise ValueError(f"column {name!r}: ragged offsets must start at 0 "
+                                 f"and never decrease (row {row})")
+            if int(offs[-1]) != n_values:
+                raise ValueError(f"column {name!r}: last offset {int(offs[-1])} != value count {n_values}")
+    if n_cols > 1:
+        order = np.lexsort((table["data_nbytes"], table["data_offset"]))
+        starts = table["data_offset"][order]
+        ends = starts + table["data_nbytes"][order]
+        bad = np.nonzero(starts[1:] < ends[:-1])[0]
+        if len(bad):
+            a, b = names[order[bad[0]]], names[order[bad[0] + 1]]
+            raise ValueError(f"columns {a!r} and {b!r} overlap")
+    return n_rows, table, names

@@ -1,0 +1,85 @@
+"""Zero-copy decoding of a message into numpy views."""
+from __future__ import annotations
+
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from .batch import Ragged
+from .format import CODE_DTYPES, FLAG_PER_REQUEST, FLAG_RAGGED, FLAG_VECTOR, OFFSETS_DTYPE
+
+
+class Decoded(Mapping):
+    """A message's columns by name, as views on the message's own buffer.
+
+    Dense columns are ``(rows,)`` or ``(rows, width)`` arrays; ragged ones are
+    `Ragged` pairs. A per-request column has one row; `broadcast` gives it
+    the batch's row count without copying (a stride-0 view). The views keep
+    the buffer alive and are read-only.
+    """
+
+    __slots__ = ("n_rows", "nbytes", "_columns", "_per_request", "_specs")
+
+    def __init__(self, n_rows: int, nbytes: int, columns: dict, per_request: frozenset, specs: dict):
+        self.n_rows = n_rows
+        self.nbytes = nbytes
+        self._columns = columns
+        self._per_request = per_request
+        self._specs = specs
+
+    def __getitem__(self, name: str):
+        return self._columns[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+    def is_per_request(self, name: str) -> bool:
+        return name in self._per_request
+
+    def is_ragged(self, name: str) -> bool:
+        return isinstance(self._columns[name], Ragged)
+
+    def spec(self, name: str) -> tuple[str, tuple, bool, bool]:
+        """``(dtype, per-row shape, ragged, per_request)`` as the message declares it."""
+        return self._specs[name]
+
+    def broadcast(self, name: str) -> np.ndarray:
+        """A dense column with one row per batch row; per-request columns are
+        repeated by a stride-0 view, not a copy."""
+        arr = self._columns[name]
+        if isinstance(arr, Ragged):
+            raise ValueError(f"column {name!r} is ragged; broadcast applies to dense columns")
+        if name in self._per_request:
+            return np.broadcast_to(arr, (self.n_rows,) + arr.shape[1:])
+        return arr
+
+    def __repr__(self) -> str:
+        return f"Decoded({len(self)} columns, {self.n_rows} rows, {self.nbytes} bytes)"
+
+
+def build_views(buf, n_rows: int, table: np.ndarray, names: list[str]) -> Decoded:
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    columns, per_request, specs = {}, set(), {}
+    # Python ints: numpy scalar arithmetic per column costs more than the views.
+    for name, code, flags, width, n_values, offset in zip(
+            names, table["dtype"].tolist(), table["flags"].tolist(), table["width"].tolist(),
+            table["n_values"].tolist(), table["data_offset"].tolist()):
+        dtype = CODE_DTYPES[code]
+        rows = 1 if flags & FLAG_PER_REQUEST else n_rows
+        if flags & FLAG_PER_REQUEST:
+            per_request.add(name)
+        if flags & FLAG_RAGGED:
+            offsets = np.frombuffer(raw, dtype=OFFSETS_DTYPE, count=rows + 1, offset=offset)
+            values = np.frombuffer(raw, dtype=dtype, count=n_values, offset=offset + 8 * (rows + 1))
+            columns[name] = Ragged(values, offsets)
+            specs[name] = (dtype.name, (), True, bool(flags & FLAG_PER_REQUEST))
+        else:
+            arr = np.frombuffer(raw, dtype=dtype, count=n_values, offset=offset)
+            shape = (width,) if flags & FLAG_VECTOR else ()
+            columns[name] = arr.reshape((rows,) + shape)
+            specs[name] = (dtype.name, shape, False, bool(flags & FLAG_PER_REQUEST))
+    total = int(raw[24:32].view("<u8")[0])
+    return Decoded(n_rows, total, columns, frozenset(per_request), specs)

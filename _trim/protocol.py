@@ -1,0 +1,145 @@
+"""Message envelopes shared by the client, the root and the leaves.
+
+Every message is a ZeroMQ multipart message: frame 0 is a small JSON header
+(orjson), the frames after it are raw payloads whose meaning the header
+gives. `docs/protocol.md` is the normative description.
+"""
+from __future__ import annotations
+
+import orjson
+import lz4.block
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+# Header size limit: headers are small; a huge frame 0 is an attack or a bug.
+MAX_HEADER_NBYTES = 64 * 1024
+
+# Error kinds, as they appear in error replies and in metrics labels.
+BAD_REQUEST = "bad_request"            # malformed frames or header fields
+UNKNOWN_MODEL = "unknown_model"        # no such model version served / configured
+DECODE_ERROR = "decode_error"          # batch frame failed validation
+SIGNATURE_MISMATCH = "signature_mismatch"  # batch lacks or mistypes what the model reads
+MODEL_ERROR = "model_error"            # the model raised
+TOO_LARGE = "too_large"                # over a configured size or row limit
+DEADLINE = "deadline"                  # no answer before the request's deadline
+UNAVAILABLE = "unavailable"            # no healthy leaf serves the model
+SHUTTING_DOWN = "shutting_down"        # process is draining
+INTERNAL = "internal"                  # a bug: logged with a traceback
+ERROR_KINDS = (BAD_REQUEST, UNKNOWN_MODEL, DECODE_ERROR, SIGNATURE_MISMATCH, MODEL_ERROR,
+               TOO_LARGE, DEADLINE, UNAVAILABLE, SHUTTING_DOWN, INTERNAL)
+
+COMPRESSION_NONE = "none"
+COMPRESSION_LZ4 = "lz4"
+
+SCORES_DTYPE = np.dtype("<f4")
+CANDIDATES_DTYPE = np.dtype("<i8")
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be served; ``kind`` is one of ERROR_KINDS."""
+
+    def __init__(self, kind: str, message: str, **details):
+        super().__init__(message)
+        self.kind = kind
+        self.details = details
+
+    def to_error(self) -> dict:
+        return {"kind": self.kind, "message": str(self), **self.details}
+
+
+def model_key(model: str, version: str) -> str:
+    """The one string form of a model version used in bundles, headers and metrics."""
+    return f"{model}@{version}"
+
+
+def split_model_key(key: str) -> tuple[str, str]:
+    model, sep, version = key.rpartition("@")
+    if not sep or not model or not version:
+        raise ProtocolError(BAD_REQUEST, f"model version {key!r} is not of the form NAME@VERSION")
+    return model, version
+
+
+def pack_header(header: dict) -> bytes:
+    return orjson.dumps({"v": PROTOCOL_VERSION, **header})
+
+
+def unpack_header(frame) -> dict:
+    """Parse frame 0; ProtocolError(bad_request) naming what is wrong."""
+    raw = memoryview(frame)
+    if raw.nbytes > MAX_HEADER_NBYTES:
+        raise ProtocolError(BAD_REQUEST, f"header frame is {raw.nbytes} bytes, limit {MAX_HEADER_NBYTES}")
+    try:
+        header = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(BAD_REQUEST, f"header frame is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(BAD_REQUEST, "header frame must be a JSON object")
+    if header.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(BAD_REQUEST, f"unsupported protocol version {header.get('v')!r} "
+                                         f"(this build speaks {PROTOCOL_VERSION})")
+    if not isinstance(header.get("type"), str):
+        raise ProtocolError(BAD_REQUEST, "header has no string 'type'")
+    return header
+
+
+def field(header: dict, name: str, kind: type | tuple, *, default=..., check=None):
+    """A typed header field; ProtocolError(bad_request) naming the field when absent or wrong."""
+    if name not in header:
+        if default is ...:
+            raise ProtocolError(BAD_REQUEST, f"header field {name!r} is missing")
+        return default
+    value = header[name]
+    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ProtocolError(BAD_REQUEST, f"header field {name!r} has the wrong type (bool)")
+    if not isinstance(value, kind):
+        raise ProtocolError(BAD_REQUEST, f"header field {name!r} has the wrong type "
+                                         f"({type(value).__name__})")
+    if check is not None and not check(value):
+        raise ProtocolError(BAD_REQUEST, f"header field {name!r} has an invalid value {value!r}")
+    return value
+
+
+def error_header(request_id, kind: str, message: str, **details) -> bytes:
+    return pack_header({"type": "error", "id": request_id, "ok": False,
+                        "error": {"kind": kind, "message": message, **details}})
+
+
+def compress(payload) -> bytes:
+    """LZ4 block compression; the raw size travels in the header, not the block."""
+    return lz4.block.compress(payload, store_size=False)
+
+
+def decompress(payload, raw_nbytes: int, limit: int) -> bytes:
+    """Inverse of `compress`, refusing to inflate past ``limit`` bytes."""
+    if not isinstance(raw_nbytes, int) or isinstance(raw_nbytes, bool) or raw_nbytes < 0:
+        raise ProtocolError(BAD_REQUEST, f"raw_nbytes must be a non-negative integer, got {raw_nbytes!r}")
+    if raw_nbytes > limit:
+        raise ProtocolError(TOO_LARGE, f"decompressed batch would be {raw_nbytes} bytes, limit {limit}")
+    try:
+        out = lz4.block.decompress(payload, uncompressed_size=raw_nbytes)
+    except lz4.block.LZ4BlockError as exc:
+        raise ProtocolError(DECODE_ERROR, f"LZ4 payload does not decompress: {exc}") from None
+    if len(out) != raw_nbytes:
+        raise ProtocolError(DECODE_ERROR, f"LZ4 payload decompressed to {len(out)} bytes, "
+                                          f"header said {raw_nbytes}")
+    return out
+
+
+def scores_from_frame(frame, n_rows: int) -> np.ndarray:
+    buf = memoryview(frame)
+    if buf.nbytes != n_rows * SCORES_DTYPE.itemsize:
+        raise ProtocolError(DECODE_ERROR, f"scores frame is {buf.nbytes} bytes, expected "
+                                          f"{n_rows} float32 scores")
+    return np.frombuffer(buf, dtype=SCORES_DTYPE)
+
+
+def candidates_from_frame(frame, limit: int) -> np.ndarray:
+    buf = memoryview(frame)
+    if buf.nbytes % CANDIDATES_DTYPE.itemsize:
+        raise ProtocolError(BAD_REQUEST, f"candidate frame is {buf.nbytes} bytes, "
+                                         f"not a whole number of int64 ids")
+    n = buf.nbytes // CANDIDATES_DTYPE.itemsize
+    if n > limit:
+        raise ProtocolError(TOO_LARGE, f"{n} candidates, limit {limit}")
+    return np.frombuffer(buf, dtype=CANDIDATES_DTYPE)
