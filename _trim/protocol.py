@@ -110,14 +110,18 @@ def compress(payload) -> bytes:
     return lz4.block.compress(payload, store_size=False)
 
 
-def decompress(payload, raw_nbytes: int, limit: int) -> bytes:
-    """Inverse of `compress`, refusing to inflate past ``limit`` bytes."""
+def decompress(payload, raw_nbytes: int, limit: int, *, writable: bool = False) -> bytes:
+    """Inverse of `compress`, refusing to inflate past ``limit`` bytes.
+
+    ``writable`` returns a bytearray: arrays decoded on it are writable, so
+    torch can wrap them without a read-only warning or a defensive copy."""
     if not isinstance(raw_nbytes, int) or isinstance(raw_nbytes, bool) or raw_nbytes < 0:
         raise ProtocolError(BAD_REQUEST, f"raw_nbytes must be a non-negative integer, got {raw_nbytes!r}")
     if raw_nbytes > limit:
         raise ProtocolError(TOO_LARGE, f"decompressed batch would be {raw_nbytes} bytes, limit {limit}")
     try:
-        out = lz4.block.decompress(payload, uncompressed_size=raw_nbytes)
+        out = lz4.block.decompress(payload, uncompressed_size=raw_nbytes,
+                                   return_bytearray=writable)
     except lz4.block.LZ4BlockError as exc:
         raise ProtocolError(DECODE_ERROR, f"LZ4 payload does not decompress: {exc}") from None
     if len(out) != raw_nbytes:
