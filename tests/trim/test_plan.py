@@ -97,12 +97,13 @@ def test_layout_refuses_bad_columns():
 
 
 def test_import_without_the_extension_says_how_to_build_it(tmp_path):
-    pkg = tmp_path / "_trim"
+    # Under another name, so that the installed (editable) _trim cannot answer the import.
+    pkg = tmp_path / "_trim_unbuilt"
     shutil.copytree(Path(__file__).parents[2] / "_trim", pkg,
                     ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"))
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     env.pop("TRIM_IMPL", None)
-    probe = "import _trim, sys; sys.stdout.write(_trim.IMPLEMENTATION)"
+    probe = "import _trim_unbuilt as t, sys; sys.stdout.write(t.IMPLEMENTATION)"
     failed = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
                             capture_output=True, text=True)
     assert failed.returncode != 0
