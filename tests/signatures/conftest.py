@@ -43,3 +43,10 @@ def schema_path(tmp_path, schema_dict):
 def schema(schema_path):
     from signatures.schema import FeatureSchema
     return FeatureSchema.load(schema_path)
+
+
+def pytest_collection_modifyitems(items):
+    # torch 2.x deprecates TorchScript, which is this project's model format.
+    for item in items:
+        if "tests/signatures" in str(item.fspath):
+            item.add_marker(pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning"))

@@ -1,0 +1,152 @@
+"""Tiny TorchScript models in many styles, for derivation and export tests.
+
+They live in a real file because TorchScript reads a module's source.
+"""
+
+from typing import Dict, List
+
+import torch
+from torch import Tensor
+
+
+class Direct(torch.nn.Module):
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        return features["pin_ctr_7d"] * 2 + features["pin_age_days"]
+
+
+class WithGet(torch.nn.Module):
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        x = features.get("pin_quality")
+        if x is None:
+            return torch.zeros(1)
+        return x + features.get("pin_ctr_7d", torch.zeros(1))
+
+
+class WithIn(torch.nn.Module):
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        s = features["pin_ctr_7d"]
+        if "pin_age_days" in features:
+            s = s + features["pin_age_days"]
+        return s
+
+
+class Helpers(torch.nn.Module):
+    def emb_score(self, f: Dict[str, Tensor]) -> Tensor:
+        return (f["pin_emb"] * f["user_emb"]).sum(1)
+
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        return self.emb_score(features) + features["pin_quality"]
+
+
+class Tower(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 1)
+
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        return self.lin(features["pin_emb"]).squeeze(1)
+
+
+class Submodules(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tower = Tower()
+
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        return self.tower(features) + features["user_pin_affinity"]
+
+
+class ConstantLoop(torch.nn.Module):
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        s = features["pin_ctr_7d"]
+        for name in ["pin_age_days", "pin_quality"]:
+            s = s + features[name]
+        return s
+
+
+class AttributeLoop(torch.nn.Module):
+    __constants__ = ["const_names"]
+    names: List[str]
+
+    def __init__(self):
+        super().__init__()
+        self.names = ["pin_ctr_7d", "pin_quality"]
+        self.const_names = ["pin_age_days"]
+
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        s = torch.zeros(features["pin_lang"].shape[0])
+        for name in self.names:
+            s = s + features[name]
+        for name in self.const_names:
+            s = s + features[name]
+        return s
+
+
+class Branchy(torch.nn.Module):
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        s = features["pin_ctr_7d"]
+        if bool((s > 100).any()):
+            s = s + features["pin_age_days"]  # only on some data: still required
+        return s
+
+
+class Ragged(torch.nn.Module):
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        values = features["pin_tags.values"].to(torch.float32)
+        offsets = features["pin_tags.offsets"]
+        lengths = (offsets[1:] - offsets[:-1]).to(torch.float32)
+        user = features["user_recent_pins.values"].to(torch.float32).sum()
+        return lengths + values.sum() * 0 + user * 0 + features["user_emb"][:, 0]
+
+
+class Concatenated(torch.nn.Module):
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        prefix = "pin_"
+        return features[prefix + "quality"]
+
+
+class Computed(torch.nn.Module):
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        s = features["pin_ctr_7d"]
+        for k in features.keys():
+            if k.startswith("pin_a"):
+                s = s + features[k]
+        return s
+
+
+class ComputedKey(torch.nn.Module):
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        n = int(features["pin_lang"][0].item())
+        return features["pin_" + str(n)]
+
+
+class WrongRows(torch.nn.Module):
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        return features["pin_ctr_7d"].sum().reshape(1)
+
+
+class Raises(torch.nn.Module):
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        if bool((features["pin_ctr_7d"] >= 0).all()):
+            raise RuntimeError("model refuses this batch")
+        return features["pin_ctr_7d"]
+
+
+class DirectPlus(torch.nn.Module):
+    """Direct with one more feature: a different signature."""
+
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        return features["pin_ctr_7d"] * 2 + features["pin_age_days"] + features["pin_quality"]
+
+
+class BadSignature(torch.nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def make_direct() -> torch.nn.Module:
+    return Direct()
+
+
+def make_direct_scripted():
+    return torch.jit.script(Direct())

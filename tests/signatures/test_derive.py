@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from signatures.derive import DerivationError, check_explicit, derive, feature_name
+
+from . import models
+
+
+def keys(cls):
+    return sorted(derive(torch.jit.script(cls())).features())
+
+
+@pytest.mark.parametrize("cls, expected", [
+    (models.Direct, ["pin_age_days", "pin_ctr_7d"]),
+    (models.WithGet, ["pin_ctr_7d", "pin_quality"]),
+    (models.WithIn, ["pin_age_days", "pin_ctr_7d"]),
+    (models.Helpers, ["pin_emb", "pin_quality", "user_emb"]),
+    (models.Submodules, ["pin_emb", "user_pin_affinity"]),
+    (models.ConstantLoop, ["pin_age_days", "pin_ctr_7d", "pin_quality"]),
+    (models.AttributeLoop, ["pin_age_days", "pin_ctr_7d", "pin_lang", "pin_quality"]),
+    (models.Branchy, ["pin_age_days", "pin_ctr_7d"]),
+    (models.Ragged, ["pin_tags", "user_emb", "user_recent_pins"]),
+    (models.Concatenated, ["pin_quality"]),
+])
+def test_styles(cls, expected):
+    assert keys(cls) == expected
+
+
+def test_ragged_parts_map_to_feature():
+    d = derive(torch.jit.script(models.Ragged()))
+    assert d.features()["pin_tags"] == ["pin_tags.offsets", "pin_tags.values"]
+    assert feature_name("x.values") == "x" and feature_name(".values") == ".values"
+
+
+def test_places_name_source_lines():
+    d = derive(torch.jit.script(models.Branchy()))
+    (place,) = d.keys["pin_age_days"]
+    assert "models.py" in place and 'features["pin_age_days"]' in place
+
+
+def test_survives_save_and_load(tmp_path):
+    torch.jit.script(models.Helpers()).save(str(tmp_path / "m.pt"))
+    loaded = torch.jit.load(str(tmp_path / "m.pt"))
+    assert sorted(derive(loaded).features()) == ["pin_emb", "pin_quality", "user_emb"]
+
+
+def test_computed_keys_are_dynamic_with_place():
+    d = derive(torch.jit.script(models.ComputedKey()))
+    assert not d.complete
+    assert any("models.py" in p and 'features["pin_" + str(n)]' in p for p in d.dynamic)
+    d = derive(torch.jit.script(models.Computed()))
+    assert any("aten::keys" in p for p in d.dynamic)
+
+
+def test_bad_forward_signature():
+    with pytest.raises(DerivationError, match="features: Dict"):
+        derive(torch.jit.script(models.BadSignature()))
+
+
+def test_explicit_list_checked():
+    d = derive(torch.jit.script(models.ComputedKey()))
+    assert check_explicit(d, ["pin_lang", "pin_quality"]) == []
+    (problem,) = check_explicit(d, ["pin_quality"])
+    assert "reads 'pin_lang'" in problem and "lacks it" in problem
+    d = derive(torch.jit.script(models.Direct()))
+    (problem,) = check_explicit(d, ["pin_ctr_7d", "pin_age_days", "pin_quality"])
+    assert "'pin_quality' is in the explicit feature list but the graph never reads it" in problem
