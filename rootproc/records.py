@@ -1,0 +1,243 @@
+"""Binary records of raw feature fields, one per user or candidate.
+
+A record is what the feature store holds for one entity id. Decoding is the
+hot path (256 candidates x ~1000 fields per request), so a record is laid out
+for numpy rather than for generality::
+
+    fixed part   every dense field, then one uint32 length per ragged field,
+                 packed as a numpy structured dtype (fields sorted by item size
+                 so that each one is naturally aligned), padded to 8 bytes
+    tail         each ragged field's values, field after field
+
+A batch of records then decodes with one ``b"".join`` and one
+``np.frombuffer``: each dense field is a strided view, no per-record Python.
+The record layout is stored in the store's metadata, so a store describes
+itself and a root can read it with a newer schema (fields the store lacks
+take their defaults).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from _trim import Ragged
+
+SOURCES = ("user", "candidate")
+LEN_DTYPE = np.dtype("<u4")
+LEN_PREFIX = "__len__"
+
+
+@dataclass(frozen=True)
+class RawField:
+    """One raw field of a record: a dense scalar or vector, or a ragged list."""
+
+    name: str
+    dtype: str
+    width: int = 1
+    vector: bool = False
+    ragged: bool = False
+    default: object = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "width": self.width,
+                "vector": self.vector, "ragged": self.ragged, "default": self.default}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "RawField":
+        return cls(str(d["name"]), str(np.dtype(d["dtype"]).name), int(d.get("width", 1)),
+                   bool(d.get("vector", False)), bool(d.get("ragged", False)), d.get("default"))
+
+    @property
+    def shape(self) -> tuple:
+        return (self.width,) if self.vector else ()
+
+    def default_value(self) -> np.ndarray:
+        """The value a record without this field has: `default`, else 0 / an empty list."""
+        dt = np.dtype(self.dtype)
+        if self.ragged:
+            return np.asarray(self.default if self.default is not None else [], dtype=dt).ravel()
+        value = 0 if self.default is None else self.default
+        return np.broadcast_to(np.asarray(value, dtype=dt), self.shape).copy()
+
+
+def raw_dtype(feature) -> str:
+    """Raw fields hold what the transform reads: ids for hash, else the feature's dtype."""
+    if feature.transform.get("op") == "hash":
+        return "int64"
+    return feature.dtype
+
+
+def fields_from_schema(schema, source: str) -> list[RawField]:
+    """The raw fields that ``source``'s features are computed from.
+
+    Two features may read the same raw field (say ``ctr_7d`` through log1p
+    and through clip); they must agree on its shape, and its dtype is the
+    wider of theirs.
+    """
+    fields: dict[str, RawField] = {}
+    for feat in schema.features.values():
+        if feat.source != source:
+            continue
+        name = feat.raw_name
+        new = RawField(name, raw_dtype(feat), feat.shape[0] if feat.shape else 1,
+                       bool(feat.shape), feat.ragged, feat.default)
+        old = fields.get(name)
+        if old is None:
+            fields[name] = new
+            continue
+        if (old.width, old.vector, old.ragged) != (new.width, new.vector, new.ragged):
+            raise ValueError(f"raw field {source}.{name!r} is read by features of different "
+                             f"shapes ({old.shape}{' ragged' if old.ragged else ''} vs "
+                             f"{new.shape}{' ragged' if new.ragged else ''})")
+        wider = np.result_type(old.dtype, new.dtype).name
+        fields[name] = RawField(name, wider, old.width, old.vector, old.ragged, old.default)
+    return list(fields.values())
+
+
+class RecordLayout:
+    """The binary layout of one source's records (see the module docstring)."""
+
+    def __init__(self, source: str, fields: Iterable[RawField]):
+        if source not in SOURCES:
+            raise ValueError(f"record source must be one of {SOURCES}, got {source!r}")
+        self.source = source
+        self.fields: dict[str, RawField] = {}
+        for f in fields:
+            if f.name in self.fields:
+                raise ValueError(f"duplicate raw field {source}.{f.name!r}")
+            self.fields[f.name] = f
+        dense = [f for f in self.fields.values() if not f.ragged]
+        self.ragged = [f for f in self.fields.values() if f.ragged]
+        entries = [(f.name, np.dtype(f.dtype), f.shape) for f in dense]
+        entries += [(LEN_PREFIX + f.name, LEN_DTYPE, ()) for f in self.ragged]
+        # Largest items first: with the total padded to 8, every field is aligned.
+        entries.sort(key=lambda e: -e[1].itemsize)
+        packed = np.dtype([(n, dt, shape) for n, dt, shape in entries]) if entries else np.dtype([])
+        self.fixed_nbytes = (packed.itemsize + 7) & ~7
+        self.dtype = np.dtype({"names": list(packed.names or ()),
+                               "formats": [packed.fields[n][0] for n in packed.names or ()],
+                               "offsets": [packed.fields[n][1] for n in packed.names or ()],
+                               "itemsize": self.fixed_nbytes})
+        self.default_record = self.encode({})
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "fields": [f.to_dict() for f in self.fields.values()]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "RecordLayout":
+        return cls(d["source"], [RawField.from_dict(f) for f in d["fields"]])
+
+    @classmethod
+    def from_schema(cls, schema, source: str) -> "RecordLayout":
+        return cls(source, fields_from_schema(schema, source))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.fields
+
+    # -- encoding -------------------------------------------------------------
+
+    def encode(self, values: Mapping) -> bytes:
+        """One record; fields absent from ``values`` take their defaults."""
+        return self.encode_many(1, {k: [v] for k, v in values.items()})[0]
+
+    def encode_many(self, n: int, columns: Mapping) -> list[bytes]:
+        """``n`` records from columns: for a dense field an array of n rows (or a
+        list of per-record values); for a ragged field a list of n sequences or
+        a `Ragged` (values, offsets) pair. Unknown column names are an error."""
+        unknown = sorted(set(columns) - set(self.fields))
+        if unknown:
+            raise ValueError(f"no {self.source} raw field named {', '.join(unknown)} "
+                             f"(fields: {', '.join(self.fields) or 'none'})")
+        fixed = np.zeros(n, dtype=self.dtype)
+        for f in self.fields.values():
+            if f.ragged:
+                continue
+            if f.name in columns:
+                arr = np.asarray(columns[f.name], dtype=f.dtype)
+                try:
+                    fixed[f.name] = arr.reshape((n,) + f.shape) if arr.size == n * f.width else arr
+                except ValueError as exc:
+                    raise ValueError(f"{self.source}.{f.name}: expected {n} rows of shape "
+                                     f"{f.shape}, got an array of shape {arr.shape}") from exc
+            else:
+                fixed[f.name] = f.default_value()
+        tails: list[list[bytes]] = [[] for _ in range(n)]
+        for f in self.ragged:
+            data = columns.get(f.name)
+            if data is None:
+                lists = [f.default_value()] * n
+            elif isinstance(data, Ragged) or (isinstance(data, tuple) and len(data) == 2
+                                               and isinstance(data[1], np.ndarray)):
+                values, offsets = np.asarray(data[0], dtype=f.dtype), np.asarray(data[1])
+                if len(offsets) != n + 1:
+                    raise ValueError(f"{self.source}.{f.name}: {len(offsets)} offsets for {n} rows")
+                lists = [values[offsets[i]:offsets[i + 1]] for i in range(n)]
+            else:
+                if len(data) != n:
+                    raise ValueError(f"{self.source}.{f.name}: {len(data)} lists for {n} rows")
+                lists = [np.asarray(v, dtype=f.dtype).ravel() for v in data]
+            fixed[LEN_PREFIX + f.name] = [len(v) for v in lists]
+            for i, v in enumerate(lists):
+                tails[i].append(np.ascontiguousarray(v, dtype=f.dtype).tobytes())
+        raw = fixed.tobytes()
+        size = self.fixed_nbytes
+        if not self.ragged:
+            return [raw[i * size:(i + 1) * size] for i in range(n)]
+        return [raw[i * size:(i + 1) * size] + b"".join(tails[i]) for i in range(n)]
+
+    # -- decoding -------------------------------------------------------------
+
+    def decode_many(self, records: Sequence, names: Iterable[str] | None = None) -> dict:
+        """Fields of many records: ``name -> (n,) / (n, width) array`` for dense
+        fields (read-only views on one joined buffer), ``name -> Ragged`` for
+        ragged ones. ``names`` restricts which ragged fields are gathered."""
+        n = len(records)
+        size = self.fixed_nbytes
+        joined = b"".join(records)
+        u8 = np.frombuffer(joined, dtype=np.uint8)
+        if len(u8) == n * size:
+            starts = None
+            fixed = u8.view(self.dtype) if n else np.zeros(0, self.dtype)
+        else:
+            lengths = np.fromiter((len(r) for r in records), dtype=np.int64, count=n)
+            starts = np.cumsum(lengths) - lengths
+            if bool((lengths < size).any()):
+                raise ValueError(f"corrupt {self.source} record: shorter than its fixed part")
+            fixed = u8[starts[:, None] + np.arange(size)].reshape(-1).view(self.dtype)
+        wanted = self.fields if names is None else [x for x in names if x in self.fields]
+        out = {}
+        for name in wanted:
+            f = self.fields[name]
+            if not f.ragged:
+                out[name] = fixed[name]
+        ragged_wanted = [f for f in self.ragged if f.name in wanted]
+        if not ragged_wanted:
+            return out
+        # Byte position of each ragged field within each record's tail.
+        counts = np.stack([fixed[LEN_PREFIX + f.name].astype(np.int64) for f in self.ragged], axis=1)
+        sizes = np.array([np.dtype(f.dtype).itemsize for f in self.ragged], dtype=np.int64)
+        seg_nbytes = counts * sizes
+        within = np.cumsum(seg_nbytes, axis=1) - seg_nbytes
+        if starts is None:
+            starts = np.arange(n, dtype=np.int64) * size
+        total = starts + size + seg_nbytes.sum(axis=1)
+        ends = np.append(starts[1:], len(u8))
+        if bool((total != ends).any()):
+            raise ValueError(f"corrupt {self.source} record: ragged lengths disagree with its size")
+        index = {f.name: k for k, f in enumerate(self.ragged)}
+        for f in ragged_wanted:
+            k = index[f.name]
+            offsets = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(counts[:, k], out=offsets[1:])
+            nb = seg_nbytes[:, k]
+            seg_start = starts + size + within[:, k]
+            cum = np.cumsum(nb) - nb
+            idx = np.repeat(seg_start - cum, nb) + np.arange(int(nb.sum()), dtype=np.int64)
+            values = u8[idx]
+            out[f.name] = Ragged(values.view(f.dtype), offsets)
+        return out
+
+
+__all__ = ["RawField", "RecordLayout", "fields_from_schema", "SOURCES"]
