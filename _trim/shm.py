@@ -1,0 +1,237 @@
+"""Shared-memory slots for same-node links: the root writes a batch straight
+into a slot, only a small descriptor crosses the ipc socket, and the leaf
+decodes in place.
+
+The writer (root) owns one segment per link: a ring of fixed-size slots in
+``/dev/shm``. The zmq messages are the only synchronisation: a slot is handed
+to the leaf by the request that names it and handed back by the leaf's reply,
+so no shared flag, and no memory ordering that Python cannot promise, is
+involved. Segments are plain files mapped with mmap rather than
+`multiprocessing.shared_memory`, whose resource tracker unlinks or warns
+about segments that outlive the process that opened them.
+
+Names are ``trimmer-<pid>-<label>-<random>``: the owner's pid lets a restarted
+process (or anyone) remove the segments of a process that died by kill -9.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import secrets
+import threading
+from collections import OrderedDict, deque
+from pathlib import Path
+
+SHM_DIR = Path(os.environ.get("TRIM_SHM_DIR", "/dev/shm"))
+PREFIX = "trimmer-"
+_NAME = re.compile(r"^trimmer-(\d+)-[A-Za-z0-9_.]{1,64}-[0-9a-f]{8}$")
+
+
+class ShmUnavailable(RuntimeError):
+    """The shared-memory directory cannot hold the requested ring."""
+
+
+def owner_pid(name: str) -> int | None:
+    m = _NAME.match(name)
+    return int(m.group(1)) if m else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale_segments(directory: Path = None) -> list[str]:
+    """Unlink the segments whose owning process is gone; returns their names."""
+    directory = Path(directory or SHM_DIR)
+    removed = []
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        return removed
+    for path in entries:
+        pid = owner_pid(path.name)
+        if pid is not None and pid != os.getpid() and not pid_alive(pid):
+            try:
+                path.unlink()
+                removed.append(path.name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+class SlotRing:
+    """Writer side: a segment of ``n_slots`` slots of ``slot_nbytes`` each."""
+
+    def __init__(self, label: str, slot_nbytes: int, n_slots: int, directory: Path = None):
+        if slot_nbytes <= 0 or n_slots <= 0:
+            raise ValueError(f"slot size and count must be positive, got {slot_nbytes} x {n_slots}")
+        slot_nbytes = (slot_nbytes + 63) & ~63  # slots on cache-line boundaries
+        label = re.sub(r"[^A-Za-z0-9_.]", "_", label)[:64] or "ring"
+        self.directory = Path(directory or SHM_DIR)
+        self.slot_nbytes = slot_nbytes
+        self.n_slots = n_slots
+        self.nbytes = slot_nbytes * n_slots
+        self.name = f"{PREFIX}{os.getpid()}-{label}-{secrets.token_hex(4)}"
+        self.path = self.directory / self.name
+        try:
+            stat = os.statvfs(self.directory)
+        except FileNotFoundError:
+            raise ShmUnavailable(f"shared-memory directory {self.directory} does not exist") from None
+        free = stat.f_bavail * stat.f_frsize
+        if self.nbytes > free:
+            raise ShmUnavailable(
+                f"{self.directory} has {free / 2**20:.0f} MiB free, the ring needs "
+                f"{self.nbytes / 2**20:.0f} MiB ({n_slots} slots x {slot_nbytes} bytes); "
+                f"lower the slot size or count, or enlarge {self.directory}")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            # posix_fallocate reserves the pages now, so a full /dev/shm fails
+            # here with a clear error instead of SIGBUS on first write.
+            os.posix_fallocate(fd, 0, self.nbytes)
+            self._map = mmap.mmap(fd, self.nbytes)
+        except OSError as exc:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+            raise ShmUnavailable(f"cannot allocate {self.nbytes} bytes in {self.directory}: {exc}") from None
+        os.close(fd)
+        self._view = memoryview(self._map)
+        self._free = deque(range(n_slots))
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def acquire(self, timeout: float = 0.0) -> int | None:
+        """A free slot index, or None if none frees up within ``timeout`` seconds."""
+        with self._cond:
+            if not self._free and timeout > 0:
+                self._cond.wait_for(lambda: self._free or self._closed, timeout)
+            if self._closed or not self._free:
+                return None
+            return self._free.popleft()
+
+    def release(self, slot: int) -> None:
+        with self._cond:
+            if not 0 <= slot < self.n_slots:
+                raise ValueError(f"slot {slot} is not in this ring")
+            self._free.append(slot)
+            self._cond.notify()
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    def slot(self, slot: int) -> memoryview:
+        """Writable view of one slot."""
+        start = slot * self.slot_nbytes
+        return self._view[start:start + self.slot_nbytes]
+
+    def descriptor(self, slot: int, nbytes: int) -> dict:
+        if nbytes > self.slot_nbytes:
+            raise ValueError(f"{nbytes} bytes do not fit a {self.slot_nbytes}-byte slot")
+        return {"segment": self.name, "size": self.nbytes,
+                "offset": slot * self.slot_nbytes, "nbytes": nbytes, "slot": slot}
+
+    def close(self) -> None:
+        """Unmap and unlink. Slot views handed out must be released first."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        self._view.release()
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # a view is still alive somewhere; the mapping goes with the process
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class SegmentReader:
+    """Reader side: maps writers' segments on first use, read-only.
+
+    A writer that died leaves its segment unlinked (by its successor's reap)
+    but still mapped here; `forget` drops it, and the cache is bounded so
+    segments of long-gone writers do not accumulate.
+    """
+
+    def __init__(self, directory: Path = None, max_segments: int = 64):
+        self.directory = Path(directory or SHM_DIR)
+        self.max_segments = max_segments
+        self._segments: OrderedDict[str, tuple[mmap.mmap, memoryview]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def view(self, descriptor: dict) -> memoryview:
+        """The bytes a descriptor names; ValueError naming what is wrong."""
+        try:
+            name, size = descriptor["segment"], descriptor["size"]
+            offset, nbytes = descriptor["offset"], descriptor["nbytes"]
+        except (KeyError, TypeError):
+            raise ValueError("shm descriptor needs segment, size, offset and nbytes") from None
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"shm segment name {name!r} is not a trimmer segment")
+        for field, value in (("size", size), ("offset", offset), ("nbytes", nbytes)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"shm descriptor field {field!r} must be a non-negative integer")
+        view = self._attach(name, size)
+        if offset > len(view) or nbytes > len(view) - offset:
+            raise ValueError(f"shm descriptor range {offset}+{nbytes} is outside "
+                             f"segment {name} ({len(view)} bytes)")
+        return view[offset:offset + nbytes]
+
+    def _attach(self, name: str, size: int) -> memoryview:
+        with self._lock:
+            entry = self._segments.get(name)
+            if entry is not None and len(entry[1]) == size:
+                self._segments.move_to_end(name)
+                return entry[1]
+            if entry is not None:
+                self._drop(name)
+            try:
+                fd = os.open(self.directory / name, os.O_RDONLY)
+            except FileNotFoundError:
+                raise ValueError(f"shm segment {name} does not exist") from None
+            try:
+                actual = os.fstat(fd).st_size
+                if actual != size:
+                    raise ValueError(f"shm segment {name} is {actual} bytes, descriptor says {size}")
+                mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+            view = memoryview(mapped)
+            self._segments[name] = (mapped, view)
+            while len(self._segments) > self.max_segments:
+                self._drop(next(iter(self._segments)))
+            return view
+
+    def segments(self) -> list[tuple[str, memoryview]]:
+        with self._lock:
+            return [(name, view) for name, (_, view) in self._segments.items()]
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        mapped, view = self._segments.pop(name)
+        view.release()
+        try:
+            mapped.close()
+        except BufferError:
+            pass  # arrays still reference it; unmapped when they are collected
+
+    def close(self) -> None:
+        with self._lock:
+            for name in list(self._segments):
+                self._drop(name)

@@ -1,0 +1,77 @@
+"""Shared-memory slot rings: bounds, exhaustion, stale-segment cleanup."""
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import _trim
+from _trim import Batch, ColumnSpec, Layout, compile_plan
+from _trim.shm import SegmentReader, ShmUnavailable, SlotRing, reap_stale_segments
+
+
+@pytest.fixture
+def shm_dir(tmp_path):
+    return tmp_path  # a private directory: these tests never touch the real /dev/shm
+
+
+def test_encode_into_a_slot_and_decode_in_place(shm_dir):
+    layout = Layout([ColumnSpec("a", "float32", (4,)), ColumnSpec("b", "int64")])
+    batch = Batch.from_arrays(layout, {"a": np.ones((3, 4), "f4"), "b": np.arange(3)}, 3)
+    plan = compile_plan(layout, ["b"])
+    reader = SegmentReader(shm_dir)
+    with SlotRing("leaf-0", 4096, 4, shm_dir) as ring:
+        slot = ring.acquire()
+        n = _trim.encode_into(plan, batch, ring.slot(slot))
+        decoded = _trim.decode(reader.view(ring.descriptor(slot, n)))
+        assert decoded["b"].tolist() == [0, 1, 2]
+        del decoded
+        reader.close()
+    assert list(shm_dir.iterdir()) == []
+
+
+def test_slots_run_out_and_come_back(shm_dir):
+    with SlotRing("x", 64, 2, shm_dir) as ring:
+        a, b = ring.acquire(), ring.acquire()
+        assert {a, b} == {0, 1}
+        assert ring.acquire(timeout=0.01) is None
+        ring.release(a)
+        assert ring.acquire() == a
+
+
+def test_reader_rejects_descriptors_outside_the_segment(shm_dir):
+    reader = SegmentReader(shm_dir)
+    with SlotRing("x", 64, 2, shm_dir) as ring:
+        good = ring.descriptor(1, 64)
+        assert len(reader.view(good)) == 64
+        for bad, message in [({**good, "offset": 100}, "outside segment"),
+                             ({**good, "segment": "../../etc/passwd"}, "not a trimmer segment"),
+                             ({**good, "size": 4096}, "descriptor says 4096"),
+                             ({**good, "nbytes": -1}, "non-negative integer"),
+                             ({"segment": good["segment"]}, "needs segment, size, offset and nbytes")]:
+            with pytest.raises(ValueError, match=message):
+                reader.view(bad)
+        reader.close()
+
+
+def test_ring_too_big_for_the_directory_is_a_clear_error(shm_dir):
+    with pytest.raises(ShmUnavailable, match="free, the ring needs"):
+        SlotRing("huge", 1 << 40, 1024, shm_dir)
+
+
+def test_segments_of_a_killed_process_are_reaped(shm_dir):
+    code = ("import sys, time; from _trim.shm import SlotRing; "
+            f"r = SlotRing('victim', 4096, 2, {str(shm_dir)!r}); print(r.name, flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        name = child.stdout.readline().strip()
+        assert (shm_dir / name).exists()
+        assert reap_stale_segments(shm_dir) == []  # alive: left alone
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    assert reap_stale_segments(shm_dir) == [name]
+    assert not (shm_dir / name).exists()
