@@ -15,6 +15,8 @@ from typing import Iterator
 
 from _trim import ColumnSpec, DTYPE_CODES, Layout
 
+from .fsutil import atomic_write
+
 FORMAT = 1
 INFO_NAME = "module_info.json"
 MODEL_NAME = "model.pt"
@@ -39,27 +41,6 @@ def sha256_file(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def atomic_write(path, data: bytes) -> None:
-    """Write ``data`` so that readers see the old file or the new one, never a part."""
-    path = os.fspath(path)
-    d = os.path.dirname(path) or "."
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself must survive a crash
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)

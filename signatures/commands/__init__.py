@@ -1,0 +1,1 @@
+"""`trimmer` subcommands of the control plane: each module has ``main(argv) -> int``."""
