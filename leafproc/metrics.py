@@ -1,0 +1,49 @@
+"""Prometheus metrics of one leaf, on a registry of its own (so that tests and
+embedding processes never collide on the global one)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
+                   100e-3, 250e-3, 500e-3, 1.0, 2.5)
+ROW_BUCKETS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
+
+
+class LeafMetrics:
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("trimmer_leaf_requests", "Score requests received", ["model"], registry=r)
+        self.rows = Counter("trimmer_leaf_rows", "Rows scored", ["model"], registry=r)
+        self.errors = Counter("trimmer_leaf_errors", "Error replies sent, by kind", ["kind"], registry=r)
+        self.received_bytes = Counter("trimmer_leaf_received_bytes",
+                                      "Bytes of request frames received", registry=r)
+        self.queue_seconds = Histogram("trimmer_leaf_queue_seconds",
+                                       "Receipt to start of processing", ["model"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.decode_seconds = Histogram("trimmer_leaf_decode_seconds",
+                                        "Decompress, decode, validate and tensor building per request",
+                                        ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.infer_seconds = Histogram("trimmer_leaf_infer_seconds", "Forward pass wall time",
+                                       ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_rows = Histogram("trimmer_leaf_batch_rows", "Rows per forward pass",
+                                    ["model"], buckets=ROW_BUCKETS, registry=r)
+        self.batch_requests = Histogram("trimmer_leaf_batch_requests",
+                                        "Requests merged per forward pass", ["model"],
+                                        buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.ready = Gauge("trimmer_leaf_model_ready", "1 when a model version serves traffic",
+                           ["model"], registry=r)
+        self.inflight = Gauge("trimmer_leaf_inflight", "Requests received and not yet answered",
+                              registry=r)
+        self._server = None
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        if port:
+            self._server = start_http_server(port, addr=addr, registry=self.registry)
+
+    def close(self) -> None:
+        if isinstance(self._server, tuple):  # prometheus_client >= 0.17 returns (server, thread)
+            server, thread = self._server
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=2)
+        self._server = None

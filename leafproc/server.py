@@ -1,0 +1,215 @@
+"""The leaf's I/O loop: one ROUTER socket, many requests in flight.
+
+The main thread owns the ROUTER. It parses each request's small JSON header,
+answers pings itself, and hands score requests to the model's worker thread
+together with a token; workers send replies, prefixed by the token, to an
+inproc PULL socket that this loop forwards to the ROUTER. Every received
+request is recorded in ``inflight`` until its reply has been forwarded, so
+that draining on SIGTERM knows what is still owed.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import threading
+import time
+
+import zmq
+
+from _trim import protocol as P
+
+from .metrics import LeafMetrics
+from .worker import ModelWorker, Request
+
+log = logging.getLogger("leafproc")
+
+POLL_MS = 50
+# Once drained, wait this long for stragglers (requests sent before the root
+# saw us go) so that they get a `shutting_down` reply rather than silence.
+QUIET_S = 0.1
+MAX_ID_CHARS = 128
+
+
+class LeafServer:
+    def __init__(self, *, name: str, binds: list[str], workers: list[ModelWorker],
+                 ctx: zmq.Context, reply_endpoint: str, metrics: LeafMetrics,
+                 max_message_bytes: int, drain_timeout_s: float, device: str):
+        self.name = name
+        self.binds = binds
+        self.workers = {w.key: w for w in workers}
+        self.ctx = ctx
+        self.metrics = metrics
+        self.max_message_bytes = max_message_bytes
+        self.drain_timeout_s = drain_timeout_s
+        self.device = device
+        self.inflight: dict[bytes, tuple[list, object]] = {}
+        self._tokens = itertools.count()
+        self._stop = threading.Event()
+        self._draining_since: float | None = None
+        self._last_recv = 0.0
+
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 2000)
+        # Frames above the limit make libzmq drop the connection before the
+        # message is buffered; the header frame needs room for its own limit.
+        self.router.setsockopt(zmq.MAXMSGSIZE, max(max_message_bytes, P.MAX_HEADER_NBYTES))
+        # A ROUTER silently drops replies to a peer over its send HWM: never lose one.
+        self.router.setsockopt(zmq.SNDHWM, 0)
+        self.pull = ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.bind(reply_endpoint)
+        self.bound: list[str] = []
+        for ep in binds:
+            self.router.bind(ep)
+            self.bound.append(self.router.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    def request_stop(self, *_):
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    # -- loop -------------------------------------------------------------------
+
+    def run(self) -> int:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.pull, zmq.POLLIN)
+        try:
+            while True:
+                events = dict(poller.poll(POLL_MS))
+                if self.pull in events:
+                    self._forward_replies()
+                if self.router in events:
+                    self._receive()
+                if self._stop.is_set() and self._draining_since is None:
+                    self._draining_since = time.monotonic()
+                    log.info("leaf %s draining: %d requests in flight", self.name, len(self.inflight))
+                if self._draining_since is not None and self._drained():
+                    break
+        finally:
+            self._shutdown()
+        return 0
+
+    def _drained(self) -> bool:
+        now = time.monotonic()
+        if not self.inflight:
+            return now - max(self._last_recv, self._draining_since) >= QUIET_S
+        if now - self._draining_since > self.drain_timeout_s:
+            log.error("leaf %s: %d requests still running after %.1fs drain; answering "
+                      "them shutting_down", self.name, len(self.inflight), self.drain_timeout_s)
+            for token in list(self.inflight):
+                envelope, rid = self.inflight.pop(token)
+                self._send(envelope, [P.error_header(rid, P.SHUTTING_DOWN,
+                                                     "leaf stopped before the model answered")],
+                           P.SHUTTING_DOWN)
+            return True
+        return False
+
+    def _shutdown(self) -> None:
+        for w in self.workers.values():
+            w.stop()
+        for w in self.workers.values():
+            w.join(timeout=5)
+        self.metrics.inflight.set(0)
+        for ep in self.bound:
+            try:
+                self.router.unbind(ep)  # removes ipc socket files
+            except zmq.ZMQError:
+                pass
+        self.router.close()
+        self.pull.close()
+
+    # -- replies from workers -----------------------------------------------------
+
+    def _forward_replies(self) -> None:
+        for _ in range(1000):
+            try:
+                frames = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            entry = self.inflight.pop(frames[0].bytes, None)
+            if entry is None:  # already answered by a forced drain
+                continue
+            self.router.send_multipart(entry[0] + frames[1:], copy=False)
+            self.metrics.inflight.set(len(self.inflight))
+
+    def _send(self, envelope: list, frames: list, error_kind: str | None = None) -> None:
+        if error_kind:
+            self.metrics.errors.labels(error_kind).inc()
+        self.router.send_multipart(envelope + frames, copy=False)
+
+    # -- requests -------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        for _ in range(1000):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._last_recv = time.monotonic()
+            t_recv = time.perf_counter()
+            # REQ peers put an empty delimiter after their identity; DEALERs do not.
+            split = 2 if len(frames) > 2 and len(frames[1]) == 0 else 1
+            envelope, body = [f.bytes for f in frames[:split]], frames[split:]
+            self.metrics.received_bytes.inc(sum(len(f) for f in body))
+            rid = None
+            try:
+                if not body:
+                    raise P.ProtocolError(P.BAD_REQUEST, "empty message")
+                header = P.unpack_header(body[0].buffer)
+                rid = header.get("id")
+                if not (rid is None or (isinstance(rid, str) and len(rid) <= MAX_ID_CHARS)):
+                    rid = None
+                    raise P.ProtocolError(P.BAD_REQUEST, f"'id' must be a string of at most "
+                                                         f"{MAX_ID_CHARS} characters")
+                kind = header["type"]
+                if kind in ("ping", "describe"):
+                    self._send(envelope, [self._pong(rid)])
+                elif kind == "score":
+                    self._score(envelope, rid, header, body, t_recv)
+                else:
+                    raise P.ProtocolError(P.BAD_REQUEST, f"unknown request type {kind!r}; a leaf "
+                                                         "serves 'score' and 'ping'")
+            except P.ProtocolError as exc:
+                self._send(envelope, [P.error_header(rid, exc.kind, str(exc), **exc.details)],
+                           exc.kind)
+
+    def _score(self, envelope, rid, header, body, t_recv) -> None:
+        if self._draining_since is not None:
+            raise P.ProtocolError(P.SHUTTING_DOWN, f"leaf {self.name} is shutting down")
+        key = P.field(header, "model", str)
+        worker = self.workers.get(key)
+        if worker is None:
+            raise P.ProtocolError(P.UNKNOWN_MODEL, f"leaf {self.name} does not serve {key!r}",
+                                  models=sorted(self.workers))
+        self.metrics.requests.labels(key).inc()
+        rows = P.field(header, "rows", int, check=lambda n: 0 <= n < 2**32)
+        compression = P.field(header, "compression", str, default=P.COMPRESSION_NONE,
+                              check=lambda c: c in (P.COMPRESSION_NONE, P.COMPRESSION_LZ4))
+        raw_nbytes = header.get("raw_nbytes") if compression == P.COMPRESSION_LZ4 else None
+        if compression == P.COMPRESSION_LZ4:
+            P.field(header, "raw_nbytes", int, check=lambda n: n >= 0)
+            if raw_nbytes > self.max_message_bytes:
+                raise P.ProtocolError(P.TOO_LARGE, f"raw_nbytes {raw_nbytes} is above this "
+                                                   f"leaf's limit of {self.max_message_bytes}")
+        if len(body) != 2:
+            raise P.ProtocolError(P.BAD_REQUEST, f"a score request has 2 frames (header, batch), "
+                                                 f"got {len(body)}")
+        if len(body[1]) > self.max_message_bytes:
+            raise P.ProtocolError(P.TOO_LARGE, f"batch frame is {len(body[1])} bytes, limit "
+                                               f"{self.max_message_bytes}")
+        token = next(self._tokens).to_bytes(8, "little")
+        self.inflight[token] = (envelope, rid)
+        self.metrics.inflight.set(len(self.inflight))
+        worker.submit(Request(token, rid, rows, compression, raw_nbytes, body[1], t_recv))
+
+    def _pong(self, rid) -> bytes:
+        return P.pack_header({
+            "type": "pong", "id": rid, "ok": True, "role": "leaf", "name": self.name,
+            "pid": os.getpid(), "device": self.device,
+            "draining": self._draining_since is not None,
+            "models": [w.describe() for w in self.workers.values()]})

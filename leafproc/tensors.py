@@ -1,0 +1,169 @@
+"""From decoded batches to the ``Dict[str, Tensor]`` a model takes.
+
+Two builders share one assembly routine; they differ only in how a numpy
+view on a received message becomes a tensor:
+
+- `HostTensors` (CPU): ``torch.from_numpy`` on the view, so the tensor
+  aliases the zmq frame's memory. Frames are writable buffers, so no copy
+  and no read-only warning.
+- `StagedTensors` (CUDA): every message of a forward pass is copied into one
+  pinned staging buffer, which goes to the device in ONE host-to-device copy;
+  columns are then views on the device buffer at the same byte offsets they
+  had in the message.
+
+Per-request dense columns are broadcast with ``expand`` after that copy (a
+stride-0 view), so they are never materialised per row on the host. When
+several requests are merged into one forward, dense columns are concatenated
+along rows and ragged offsets are rebased; per-request ragged columns are
+only merged between requests whose lists are identical (see `merge_key`),
+because the model convention gives them as a single row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from _trim import Decoded
+from signatures.module_info import TensorSpec
+
+TORCH_DTYPES = {
+    np.dtype("float32"): torch.float32, np.dtype("float16"): torch.float16,
+    np.dtype("float64"): torch.float64, np.dtype("int64"): torch.int64,
+    np.dtype("int32"): torch.int32, np.dtype("int8"): torch.int8,
+    np.dtype("uint8"): torch.uint8, np.dtype("bool"): torch.bool,
+}
+# Messages are laid out in the staging buffer at this alignment, so that every
+# column view keeps the 8-byte alignment it had in its message.
+STAGE_ALIGN = 64
+
+
+@dataclass(eq=False)
+class Part:
+    """One validated request: its decoded columns and the message bytes they live in."""
+
+    decoded: Decoded
+    raw: np.ndarray  # uint8 view of the message (total_nbytes, no transport tail)
+    rows: int
+
+
+def merge_key(decoded: Decoded, inputs: list[TensorSpec]) -> tuple:
+    """Requests with equal keys can share a forward pass."""
+    key = []
+    for spec in inputs:
+        if spec.ragged and spec.per_request:
+            values, offsets = decoded[spec.name]
+            key.append(values.tobytes())
+    return tuple(key)
+
+
+Mapper = Callable[[np.ndarray], torch.Tensor]
+
+
+def assemble(parts: list[Part], mappers: list[Mapper], inputs: list[TensorSpec]) -> dict:
+    features: dict[str, torch.Tensor] = {}
+    single = len(parts) == 1
+    for spec in inputs:
+        name = spec.name
+        if spec.ragged:
+            cols = [p.decoded[name] for p in parts]
+            if single or spec.per_request:
+                features[name + ".values"] = mappers[0](cols[0].values)
+                features[name + ".offsets"] = mappers[0](cols[0].offsets)
+                continue
+            values, offsets, base = [], [], 0
+            for i, (col, m) in enumerate(zip(cols, mappers)):
+                values.append(m(col.values))
+                off = m(col.offsets)
+                offsets.append(off if i == 0 else off[1:] + base)
+                base += len(col.values)
+            features[name + ".values"] = torch.cat(values)
+            features[name + ".offsets"] = torch.cat(offsets)
+        else:
+            tensors = []
+            for p, m in zip(parts, mappers):
+                t = m(p.decoded[name])
+                if p.decoded.is_per_request(name):
+                    t = t.expand((p.rows,) + tuple(t.shape[1:]))
+                tensors.append(t)
+            features[name] = tensors[0] if single else torch.cat(tensors)
+    return features
+
+
+class HostTensors:
+    device = torch.device("cpu")
+
+    def build(self, parts: list[Part], inputs: list[TensorSpec]) -> dict:
+        mapper = torch.from_numpy
+        return assemble(parts, [mapper] * len(parts), inputs)
+
+
+class StagedTensors:
+    """One host-to-device copy per forward pass, from a reused staging buffer.
+
+    Also runs on CPU (unpinned), which lets the test suite check the offset
+    arithmetic on machines without a GPU.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self._pin = self.device.type == "cuda"
+        self._staging = torch.empty(0, dtype=torch.uint8)
+        self._staging_np = self._staging.numpy()
+
+    def _reserve(self, nbytes: int) -> None:
+        if nbytes <= len(self._staging):
+            return
+        size = max(nbytes, 2 * len(self._staging), 1 << 20)
+        self._staging = torch.empty(size, dtype=torch.uint8, pin_memory=self._pin)
+        self._staging_np = self._staging.numpy()
+
+    def build(self, parts: list[Part], inputs: list[TensorSpec]) -> dict:
+        bases, total = [], 0
+        for p in parts:
+            bases.append(total)
+            total += -(-p.raw.nbytes // STAGE_ALIGN) * STAGE_ALIGN
+        # The previous forward's copy has completed: its scores were read back
+        # to the host, which synchronises the stream, before we got here.
+        self._reserve(total)
+        for p, base in zip(parts, bases):
+            self._staging_np[base:base + p.raw.nbytes] = p.raw
+        staged = self._staging[:total]
+        on_device = staged.to(self.device, non_blocking=True) if self._pin else staged.clone()
+        mappers = [self._mapper(on_device, base, p.raw) for p, base in zip(parts, bases)]
+        return assemble(parts, mappers, inputs)
+
+    @staticmethod
+    def _mapper(buf: torch.Tensor, base: int, raw: np.ndarray) -> Mapper:
+        origin = raw.ctypes.data
+
+        def view(arr: np.ndarray) -> torch.Tensor:
+            start = base + arr.ctypes.data - origin
+            flat = buf[start:start + arr.nbytes].view(TORCH_DTYPES[arr.dtype])
+            return flat.reshape(arr.shape)
+        return view
+
+
+def builder_for(device: torch.device, staged: bool | None = None):
+    """The builder for ``device``; ``staged`` forces the staging path (tests)."""
+    if staged is None:
+        staged = torch.device(device).type != "cpu"
+    return StagedTensors(device) if staged else HostTensors()
+
+
+class ModelOutputError(ValueError):
+    pass
+
+
+def to_scores(out, rows: int) -> np.ndarray:
+    """The model's output as ``rows`` float32 scores on the host."""
+    if not isinstance(out, torch.Tensor):
+        raise ModelOutputError(f"model returned {type(out).__name__}, expected a Tensor")
+    if out.dim() == 2 and out.shape[1] == 1:
+        out = out[:, 0]
+    if tuple(out.shape) != (rows,):
+        raise ModelOutputError(f"model returned shape {list(out.shape)}, expected [{rows}] "
+                               f"or [{rows}, 1]")
+    return np.ascontiguousarray(out.detach().to("cpu", torch.float32).numpy())

@@ -1,0 +1,241 @@
+"""One inference thread per model version: load, warm up, batch, score, reply.
+
+Requests arrive on a queue from the I/O thread; replies go back to it over an
+inproc PUSH socket (zmq sockets belong to one thread, and only the I/O thread
+may touch the ROUTER). The forward pass releases the GIL, so the I/O thread
+keeps receiving while a model runs.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import zmq
+
+import _trim
+from _trim import protocol as P
+from signatures.module_info import ModuleInfo
+
+from .metrics import LeafMetrics
+from .signature import check, synthetic_message
+from .tensors import ModelOutputError, Part, builder_for, merge_key, to_scores
+
+log = logging.getLogger("leafproc")
+
+STOP = object()
+WARMUP_ROWS = 8
+MAX_ERROR_CHARS = 2000
+
+
+@dataclass(eq=False)
+class Request:
+    token: bytes          # the I/O thread's handle for the reply envelope
+    id: object
+    rows: int
+    compression: str
+    raw_nbytes: object
+    payload: object       # zmq.Frame (or any buffer) holding the batch
+    t_recv: float         # time.perf_counter() at receipt
+
+
+class ModelWorker(threading.Thread):
+    def __init__(self, path: str, info: ModuleInfo, *, ctx: zmq.Context, reply_endpoint: str,
+                 device: torch.device, metrics: LeafMetrics, max_batch_rows: int,
+                 max_wait_s: float, max_message_bytes: int, staged: bool | None = None):
+        super().__init__(name=f"model-{info.key}", daemon=True)
+        self.key = info.key
+        self.info = info
+        self.inputs = list(info.inputs)
+        self.path = path
+        self.device = device
+        self.metrics = metrics
+        self.max_batch_rows = max_batch_rows
+        self.max_wait_s = max_wait_s
+        self.max_message_bytes = max_message_bytes
+        self.builder = builder_for(device, staged)
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.ready = False
+        self.error: str | None = None
+        self._ctx = ctx
+        self._reply_endpoint = reply_endpoint
+        self._push = None
+        self.model = None
+
+    # -- called from the I/O thread -------------------------------------------
+
+    def submit(self, req: Request) -> None:
+        self.queue.put(req)
+
+    def stop(self) -> None:
+        self.queue.put(STOP)
+
+    def describe(self) -> dict:
+        d = {"model": self.key, "signature_hash": self.info.signature_hash, "ready": self.ready}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+    # -- the thread -------------------------------------------------------------
+
+    def run(self) -> None:
+        self._push = self._ctx.socket(zmq.PUSH)
+        self._push.setsockopt(zmq.LINGER, 1000)
+        self._push.connect(self._reply_endpoint)
+        try:
+            try:
+                self._load()
+                self.ready = True
+                self.metrics.ready.labels(self.key).set(1)
+                log.info("model %s ready on %s", self.key, self.device)
+            except Exception as exc:
+                self.error = f"failed to load or warm up: {_short(exc)}"
+                log.exception("model %s %s", self.key, self.error)
+            self._loop()
+        finally:
+            self._push.close()
+
+    def _load(self) -> None:
+        model = torch.jit.load(self.path, map_location=self.device)
+        model.eval()
+        self.model = model
+        # Warm-up runs the real path (decode, check, build, forward) so that the
+        # first request pays no lazy initialisation or JIT profiling cost.
+        msg = synthetic_message(self.inputs, WARMUP_ROWS)
+        for _ in range(2):
+            decoded = _trim.decode(msg)
+            check(decoded, self.inputs, WARMUP_ROWS)
+            part = Part(decoded, np.frombuffer(msg, dtype=np.uint8), WARMUP_ROWS)
+            with torch.inference_mode():
+                to_scores(self.model(self.builder.build([part], self.inputs)), WARMUP_ROWS)
+
+    def _loop(self) -> None:
+        carry = None
+        while True:
+            first = carry if carry is not None else self.queue.get()
+            carry = None
+            if first is STOP:
+                return
+            window, rows = [first], first.rows
+            if self.max_wait_s > 0:
+                deadline = first.t_recv + self.max_wait_s
+                while rows < self.max_batch_rows:
+                    timeout = deadline - time.perf_counter()
+                    try:
+                        nxt = self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is STOP or rows + nxt.rows > self.max_batch_rows:
+                        carry = nxt
+                        break
+                    window.append(nxt)
+                    rows += nxt.rows
+            try:
+                self._serve(window)
+            except Exception as exc:  # a bug here must not kill the thread or drop replies
+                log.exception("model %s: internal error serving %d requests", self.key, len(window))
+                for req in window:
+                    self._error(req, P.INTERNAL, f"internal error: {_short(exc)}")
+
+    def _serve(self, window: list[Request]) -> None:
+        if not self.ready:
+            for req in window:
+                self._error(req, P.UNAVAILABLE, f"model {self.key} is not available: {self.error}")
+            return
+        groups: dict[tuple, list] = {}
+        for req in window:
+            t0 = time.perf_counter()
+            queue_s = t0 - req.t_recv
+            try:
+                part = self._prepare(req)
+            except P.ProtocolError as exc:
+                self._error(req, exc.kind, str(exc), **exc.details)
+                continue
+            decode_s = time.perf_counter() - t0
+            self.metrics.queue_seconds.labels(self.key).observe(queue_s)
+            if part.rows == 0:
+                self._reply(req, np.empty(0, np.float32), 0, queue_s, decode_s, 0.0)
+                continue
+            groups.setdefault(merge_key(part.decoded, self.inputs), []).append(
+                (req, part, queue_s, decode_s))
+        for group in groups.values():
+            self._forward(group)
+
+    def _prepare(self, req: Request) -> Part:
+        buf = req.payload.buffer if isinstance(req.payload, zmq.Frame) else req.payload
+        if req.compression == P.COMPRESSION_LZ4:
+            buf = P.decompress(buf, req.raw_nbytes, self.max_message_bytes, writable=True)
+        try:
+            decoded = _trim.decode(buf)
+        except ValueError as exc:
+            raise P.ProtocolError(P.DECODE_ERROR, f"batch frame does not decode: {exc}") from None
+        check(decoded, self.inputs, req.rows)
+        return Part(decoded, np.frombuffer(buf, dtype=np.uint8, count=decoded.nbytes), decoded.n_rows)
+
+    def _forward(self, group: list) -> None:
+        parts = [g[1] for g in group]
+        rows = sum(p.rows for p in parts)
+        t0 = time.perf_counter()
+        try:
+            features = self.builder.build(parts, self.inputs)
+        except Exception as exc:
+            log.exception("model %s: building tensors failed", self.key)
+            for req, *_ in group:
+                self._error(req, P.INTERNAL, f"building tensors failed: {_short(exc)}")
+            return
+        t1 = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                scores = to_scores(self.model(features), rows)
+        except Exception as exc:
+            if len(group) > 1:
+                # One bad request must not fail the requests it was merged with.
+                for g in group:
+                    self._forward([g])
+                return
+            detail = str(exc) if isinstance(exc, ModelOutputError) else _short(exc)
+            req = group[0][0]
+            log.warning("model %s raised on request %r: %s", self.key, req.id, detail)
+            self._error(req, P.MODEL_ERROR, f"model {self.key} failed: {detail}")
+            return
+        t2 = time.perf_counter()
+        build_s, infer_s = t1 - t0, t2 - t1
+        self.metrics.infer_seconds.labels(self.key).observe(infer_s)
+        self.metrics.batch_rows.labels(self.key).observe(rows)
+        self.metrics.batch_requests.labels(self.key).observe(len(group))
+        start = 0
+        for req, part, queue_s, decode_s in group:
+            self._reply(req, scores[start:start + part.rows], rows, queue_s,
+                        decode_s + build_s, infer_s)
+            start += part.rows
+
+    # -- replies ----------------------------------------------------------------
+
+    def _reply(self, req: Request, scores: np.ndarray, batch_rows: int,
+               queue_s: float, decode_s: float, infer_s: float) -> None:
+        self.metrics.rows.labels(self.key).inc(len(scores))
+        self.metrics.decode_seconds.labels(self.key).observe(decode_s)
+        header = P.pack_header({
+            "type": "scores", "id": req.id, "ok": True, "model": self.key, "rows": len(scores),
+            "timing_us": {"queue": int(queue_s * 1e6), "decode": int(decode_s * 1e6),
+                          "infer": int(infer_s * 1e6)},
+            "batch_rows": batch_rows})
+        self._push.send_multipart([req.token, header, scores.astype(P.SCORES_DTYPE, copy=False).tobytes()])
+
+    def _error(self, req: Request, kind: str, message: str, **details) -> None:
+        self.metrics.errors.labels(kind).inc()
+        self._push.send_multipart([req.token, P.error_header(req.id, kind, message, **details)])
+
+
+def _short(exc: BaseException) -> str:
+    """An exception as one readable line; TorchScript errors carry the
+    interpreter's traceback, whose last line is the actual message."""
+    text = str(exc).strip() or type(exc).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) > 1:
+        text = lines[-1]
+    return text[:MAX_ERROR_CHARS]
