@@ -1,0 +1,246 @@
+"""Scoring client: send score requests to one or more roots.
+
+    client = ScoringClient(["ipc:///run/trimmer/root-0.sock", "tcp://node:5550"])
+    result = client.score(user=42, candidates=np.arange(256), models=["ctr@3"])
+    result.scores["ctr@3"]      # float32 array, candidate order
+    result.errors               # model -> {"kind": ..., "message": ...}
+
+One DEALER socket connected to every root endpoint: zmq spreads requests
+across the roots it is connected to, and replies are matched by request id,
+so many requests can be in flight at once (`submit` / `receive`). Speaks
+the protocol of docs/protocol.md and nothing else: a client in another
+language does the same.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from _trim.protocol import CANDIDATES_DTYPE, SCORES_DTYPE, pack_header, unpack_header
+
+DEFAULT_TIMEOUT_MS = 5000
+
+
+@dataclass
+class ScoreResult:
+    """A root's answer to one score request."""
+
+    id: str
+    ok: bool                                     # False: the whole request failed (see `error`)
+    n: int = 0
+    scores: dict = field(default_factory=dict)   # model -> float32 scores
+    errors: dict = field(default_factory=dict)   # model -> error object
+    results: list = field(default_factory=list)  # the reply's per-model entries
+    timing_us: dict = field(default_factory=dict)
+    error: dict | None = None
+    latency_s: float = 0.0                       # client-side round trip
+
+    @property
+    def bytes_sent(self) -> dict:
+        """model -> batch bytes the root sent to the leaf for it."""
+        return {r["model"]: r.get("bytes_sent", 0) for r in self.results}
+
+    def raise_for_error(self) -> "ScoreResult":
+        if not self.ok:
+            raise ScoringError(self.error)
+        if self.errors:
+            model, err = next(iter(self.errors.items()))
+            raise ScoringError({**err, "model": model})
+        return self
+
+
+class ScoringError(RuntimeError):
+    def __init__(self, error: dict):
+        super().__init__(f"{error.get('kind')}: {error.get('message')}")
+        self.kind = error.get("kind")
+        self.error = error
+
+
+def build_request(rid: str, user: int, candidates, models=None, deadline_ms=None) -> list:
+    header = {"type": "score", "id": rid, "user": int(user)}
+    if models is not None:
+        header["models"] = list(models)
+    if deadline_ms is not None:
+        header["deadline_ms"] = deadline_ms
+    ids = np.ascontiguousarray(candidates, dtype=CANDIDATES_DTYPE)
+    return [pack_header(header), ids]
+
+
+def parse_reply(frames, latency_s: float = 0.0) -> ScoreResult:
+    header = unpack_header(frames[0])
+    rid = header.get("id")
+    if header["type"] == "error" or not header.get("ok", False):
+        return ScoreResult(rid, False, error=header.get("error") or {"kind": "internal"},
+                           latency_s=latency_s)
+    if header["type"] != "scores":
+        return ScoreResult(rid, False, error={"kind": "internal",
+                                              "message": f"unexpected reply {header['type']!r}"})
+    res = ScoreResult(rid, True, n=header.get("n", 0), results=header.get("results", []),
+                      timing_us=header.get("timing_us", {}), latency_s=latency_s)
+    for r in res.results:
+        if r.get("ok"):
+            res.scores[r["model"]] = np.frombuffer(frames[r["frame"]], dtype=SCORES_DTYPE)
+        else:
+            res.errors[r["model"]] = r.get("error", {})
+    return res
+
+
+class _Ids:
+    def __init__(self):
+        self._prefix = f"{os.getpid():x}-{id(self) & 0xFFFFFF:x}-"
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        return self._prefix + format(next(self._count), "x")
+
+
+class ScoringClient:
+    """Synchronous client over one DEALER connected to every endpoint."""
+
+    def __init__(self, endpoints, *, ctx: zmq.Context | None = None,
+                 timeout_ms: int = DEFAULT_TIMEOUT_MS):
+        if isinstance(endpoints, str):
+            endpoints = [endpoints]
+        self.endpoints = list(endpoints)
+        self.ctx = ctx or zmq.Context.instance()
+        self.socket = self.ctx.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        for ep in self.endpoints:
+            self.socket.connect(ep)
+        self.timeout_ms = timeout_ms
+        self._ids = _Ids()
+        self._sent: dict[str, float] = {}
+        self._early: dict[str, ScoreResult] = {}
+
+    def submit(self, user: int, candidates, models=None, deadline_ms=None) -> str:
+        """Send a request without waiting; returns its id (see `receive`)."""
+        rid = self._ids.next()
+        self._sent[rid] = time.perf_counter()
+        self.socket.send_multipart(build_request(rid, user, candidates, models, deadline_ms),
+                                   copy=False)
+        return rid
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._sent)
+
+    def receive(self, timeout_ms: int | None = None) -> ScoreResult | None:
+        """The next reply to arrive (any request), or None after ``timeout_ms``."""
+        if self._early:
+            return self._early.pop(next(iter(self._early)))
+        timeout = self.timeout_ms if timeout_ms is None else timeout_ms
+        if not self.socket.poll(timeout):
+            return None
+        frames = self.socket.recv_multipart(copy=False)
+        t = time.perf_counter()
+        res = parse_reply([f.buffer for f in frames])
+        sent = self._sent.pop(res.id, None)
+        if sent is not None:
+            res.latency_s = t - sent
+        return res
+
+    def score(self, user: int, candidates, models=None, deadline_ms=None,
+              timeout_ms: int | None = None) -> ScoreResult:
+        """Score and wait. TimeoutError if no reply within ``timeout_ms``
+        (default: the deadline plus a second, or the client's timeout)."""
+        rid = self.submit(user, candidates, models, deadline_ms)
+        if timeout_ms is None:
+            timeout_ms = deadline_ms + 1000 if deadline_ms else self.timeout_ms
+        end = time.monotonic() + timeout_ms / 1000
+        while True:
+            left = int((end - time.monotonic()) * 1000)
+            res = self.receive(max(0, left)) if left > 0 else None
+            if res is None:
+                self._sent.pop(rid, None)
+                raise TimeoutError(f"no reply to request {rid} within {timeout_ms} ms "
+                                   f"from {', '.join(self.endpoints)}")
+            if res.id == rid:
+                return res
+            self._early[res.id] = res
+
+    def ping(self, timeout_ms: int = 1000) -> dict:
+        """A root's pong (its name, config, leaves' health)."""
+        rid = self._ids.next()
+        self.socket.send_multipart([pack_header({"type": "ping", "id": rid})])
+        end = time.monotonic() + timeout_ms / 1000
+        while (left := int((end - time.monotonic()) * 1000)) > 0:
+            if not self.socket.poll(left):
+                break
+            frames = self.socket.recv_multipart()
+            header = unpack_header(frames[0])
+            if header.get("id") == rid:
+                return header
+            if header["type"] != "pong":
+                self._early[header.get("id")] = parse_reply(frames)
+        raise TimeoutError(f"no pong within {timeout_ms} ms from {', '.join(self.endpoints)}")
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncScoringClient:
+    """asyncio variant: ``await client.score(...)``; many may run concurrently."""
+
+    def __init__(self, endpoints, *, timeout_ms: int = DEFAULT_TIMEOUT_MS):
+        import zmq.asyncio
+        if isinstance(endpoints, str):
+            endpoints = [endpoints]
+        self.endpoints = list(endpoints)
+        self.ctx = zmq.asyncio.Context.instance()
+        self.socket = self.ctx.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        for ep in self.endpoints:
+            self.socket.connect(ep)
+        self.timeout_ms = timeout_ms
+        self._ids = _Ids()
+        self._waiters: dict[str, asyncio.Future] = {}
+        self._reader: asyncio.Task | None = None
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self.socket.recv_multipart(copy=False)
+            res = parse_reply([f.buffer for f in frames])
+            fut = self._waiters.pop(res.id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(res)
+
+    async def score(self, user: int, candidates, models=None, deadline_ms=None,
+                    timeout_ms: int | None = None) -> ScoreResult:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+        rid = self._ids.next()
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = fut
+        t0 = time.perf_counter()
+        await self.socket.send_multipart(build_request(rid, user, candidates, models, deadline_ms))
+        if timeout_ms is None:
+            timeout_ms = deadline_ms + 1000 if deadline_ms else self.timeout_ms
+        try:
+            res = await asyncio.wait_for(fut, timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no reply to request {rid} within {timeout_ms} ms") from None
+        finally:
+            self._waiters.pop(rid, None)
+        res.latency_s = time.perf_counter() - t0
+        return res
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        self.socket.close(linger=0)
+
+
+__all__ = ["ScoringClient", "AsyncScoringClient", "ScoreResult", "ScoringError",
+           "build_request", "parse_reply"]

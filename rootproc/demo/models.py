@@ -1,0 +1,38 @@
+"""The demo's TorchScript model: a cheap scorer over a named subset of features.
+
+The names are list attributes that forward never mutates, so the signature
+derivation reads them off the graph like any constant key.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+
+
+class SubsetScorer(torch.nn.Module):
+    def __init__(self, dense: List[str], ragged: List[str], seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.dense_names: List[str] = list(dense)
+        self.ragged_names: List[str] = list(ragged)
+        self.register_buffer("dense_weights", torch.randn(len(dense), generator=g) / max(1, len(dense)) ** 0.5)
+        self.register_buffer("ragged_weights", torch.randn(len(ragged), generator=g) / max(1, len(ragged)) ** 0.5)
+
+    def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        rows = features[self.dense_names[0]].shape[0]
+        score = torch.zeros(rows)
+        i = 0
+        for name in self.dense_names:
+            x = features[name].float()
+            if x.dim() > 1:
+                x = x.mean(dim=1)
+            score = score + self.dense_weights[i] * x
+            i += 1
+        j = 0
+        for name in self.ragged_names:
+            offsets = features[name + ".offsets"]
+            counts = (offsets[1:] - offsets[:-1]).float()
+            score = score + self.ragged_weights[j] * torch.log1p(counts)
+            j += 1
+        return torch.sigmoid(score)

@@ -1,0 +1,110 @@
+"""Connections from the root to leaf replicas, their health and load.
+
+One DEALER socket per replica endpoint, so that the root, not zmq's
+round-robin, picks the replica: the healthy one with the fewest requests
+outstanding. ``IMMEDIATE`` makes a send to a replica with no live connection
+fail at once (then another replica is tried, or the model's result is
+``unavailable``) instead of queueing behind a dead peer until the deadline;
+zmq keeps reconnecting in the background, and the first pong after a leaf
+restarts makes it healthy again.
+"""
+from __future__ import annotations
+
+import itertools
+
+import zmq
+
+from _trim.protocol import pack_header
+
+SEND_HWM = 100_000
+
+
+class LeafLink:
+    """One replica endpoint of a named leaf."""
+
+    def __init__(self, ctx: zmq.Context, name: str, endpoint: str, models, compression: str):
+        self.name = name
+        self.endpoint = endpoint
+        self.configured = frozenset(models)
+        self.reported: frozenset = frozenset()
+        self.compression = compression
+        self.outstanding = 0
+        self.last_pong = float("-inf")
+        self.pid = None
+        self.socket = ctx.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.IMMEDIATE, 1)
+        self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self.socket.setsockopt(zmq.RCVHWM, SEND_HWM)
+        self.socket.setsockopt(zmq.RECONNECT_IVL, 100)
+        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self.socket.connect(endpoint)
+
+    @property
+    def models(self) -> frozenset:
+        return self.configured | self.reported
+
+    def healthy(self, now: float, timeout_s: float) -> bool:
+        return now - self.last_pong <= timeout_s
+
+    def send(self, frames) -> bool:
+        """False when the replica has no live connection or its queue is full."""
+        try:
+            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+
+    def on_pong(self, header: dict, now: float) -> None:
+        self.last_pong = now
+        self.pid = header.get("pid")
+        models = header.get("models")
+        if isinstance(models, list):
+            self.reported = frozenset(m["model"] for m in models
+                                      if isinstance(m, dict) and isinstance(m.get("model"), str)
+                                      and m.get("ready", True))
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+class LeafPool:
+    def __init__(self, ctx: zmq.Context, leaves, placement: dict, default_compression: str,
+                 health_timeout_s: float):
+        self.links: list[LeafLink] = []
+        for leaf in leaves:
+            models = leaf.models or placement.get(leaf.name, ())
+            for ep in leaf.endpoints:
+                self.links.append(LeafLink(ctx, leaf.name, ep, models,
+                                           leaf.compression or default_compression))
+        self.by_socket = {link.socket: link for link in self.links}
+        self.health_timeout_s = health_timeout_s
+        self._ping_ids = itertools.count()
+
+    def hosted(self) -> set[str]:
+        out: set[str] = set()
+        for link in self.links:
+            out |= link.models
+        return out
+
+    def candidates(self, key: str, now: float) -> list[LeafLink]:
+        """Replicas hosting ``key``, best first: healthy, then least outstanding."""
+        links = [link for link in self.links if key in link.models]
+        links.sort(key=lambda link: (not link.healthy(now, self.health_timeout_s), link.outstanding))
+        return links
+
+    def ping_all(self) -> None:
+        for link in self.links:
+            link.send([pack_header({"type": "ping", "id": f"ping-{next(self._ping_ids)}"})])
+
+    def status(self, now: float) -> list[dict]:
+        return [{"leaf": l.name, "endpoint": l.endpoint, "healthy": l.healthy(now, self.health_timeout_s),
+                 "outstanding": l.outstanding, "models": sorted(l.models), "pid": l.pid}
+                for l in self.links]
+
+    def close(self) -> None:
+        for link in self.links:
+            link.close()
+
+
+__all__ = ["LeafLink", "LeafPool"]

@@ -1,0 +1,72 @@
+"""The root's Prometheus metrics.
+
+Each `RootMetrics` has its own registry, so that tests and tools can build
+several in one process; `serve` exposes it over HTTP.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Stage latencies span ~10 us (a cached fetch) to seconds (a deadline).
+LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+                   2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+STAGES = ("fetch", "preprocess", "trim", "leaf", "total")
+
+
+class RootMetrics:
+    def __init__(self, root_name: str = "root"):
+        self.registry = r = CollectorRegistry()
+        p = "trimmer_root_"
+        self.requests = Counter(p + "requests", "client requests by outcome", ["outcome"], registry=r)
+        self.errors = Counter(p + "errors", "request and model errors by kind", ["kind"], registry=r)
+        self.model_results = Counter(p + "model_results", "per-model results", ["model", "outcome"],
+                                     registry=r)
+        self.latency = Histogram(p + "latency_seconds", "time per stage of a request", ["stage"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.bytes_sent = Counter(p + "bytes_sent", "batch message bytes sent to leaves "
+                                  "(before compression)", ["leaf", "model"], registry=r)
+        self.bytes_untrimmed = Counter(p + "bytes_untrimmed", "bytes the same messages would "
+                                       "have taken with every batch column (the counterfactual)",
+                                       ["leaf", "model"], registry=r)
+        self.wire_bytes = Counter(p + "wire_bytes", "payload bytes on the wire to leaves "
+                                  "(after compression)", ["leaf", "model"], registry=r)
+        self.trim_gaps = Counter(p + "trim_gaps", "model versions sent every feature because "
+                                 "the active config has no signature for them", ["model"], registry=r)
+        self.cache_lookups = Counter(p + "cache_lookups", "feature cache lookups",
+                                     ["source", "result"], registry=r)
+        self.cache_hit_ratio = Gauge(p + "cache_hit_ratio", "feature cache hit ratio since start",
+                                     ["source"], registry=r)
+        self.store_reads = Counter(p + "store_reads", "records read from the feature store",
+                                   ["source"], registry=r)
+        self.missing = Counter(p + "missing_entities", "ids the store does not have "
+                               "(served with default features)", ["source"], registry=r)
+        self.leaf_up = Gauge(p + "leaf_up", "1 if the leaf replica answered a recent ping",
+                             ["leaf", "endpoint"], registry=r)
+        self.leaf_outstanding = Gauge(p + "leaf_outstanding", "requests in flight per leaf replica",
+                                      ["leaf", "endpoint"], registry=r)
+        self.in_flight = Gauge(p + "in_flight", "client requests being served", registry=r)
+        self.info = Gauge(p + "config_info", "the active config", ["root", "config", "trim",
+                                                                    "compression"], registry=r)
+        self._cache_seen = {}
+        self.root_name = root_name
+
+    def sync_cache(self, cached_store) -> None:
+        """Carry the cache's plain counters into Prometheus (cheap: a few adds)."""
+        for source, cache in cached_store.caches.items():
+            last = self._cache_seen.get(source, (0, 0, 0))
+            reads = cached_store.store_reads[source]
+            hits, misses = cache.hits, cache.misses
+            if hits != last[0]:
+                self.cache_lookups.labels(source, "hit").inc(hits - last[0])
+            if misses != last[1]:
+                self.cache_lookups.labels(source, "miss").inc(misses - last[1])
+            if reads != last[2]:
+                self.store_reads.labels(source).inc(reads - last[2])
+            self._cache_seen[source] = (hits, misses, reads)
+            self.cache_hit_ratio.labels(source).set(cache.hit_ratio)
+
+    def serve(self, port: int, addr: str = "0.0.0.0"):
+        return start_http_server(port, addr=addr, registry=self.registry)
+
+
+__all__ = ["RootMetrics", "STAGES"]
