@@ -115,13 +115,15 @@ class LeafServer:
         for w in self.workers.values():
             w.join(timeout=5)
         self.metrics.inflight.set(0)
-        for ep in self.bound:
-            try:
-                self.router.unbind(ep)  # removes ipc socket files
-            except zmq.ZMQError:
-                pass
         self.router.close()
         self.pull.close()
+        # libzmq leaves ipc socket files behind; a stale one only confuses operators.
+        for ep in self.bound:
+            if ep.startswith("ipc://") and not ep.startswith("ipc://@"):
+                try:
+                    os.unlink(ep[len("ipc://"):])
+                except FileNotFoundError:
+                    pass
 
     # -- replies from workers -----------------------------------------------------
 
