@@ -1,0 +1,109 @@
+"""trimmer deploy / deploy-models / promote / rollback / status: the staged config store."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from ..bundle import Bundle
+from ..store import STAGES, ConfigStore, StoreError
+
+MULTI_COMMAND = True
+DEFAULT_STORE = os.environ.get("TRIMMER_STORE", "config-store")
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"trimmer {command}")
+    p.add_argument("--store", default=DEFAULT_STORE,
+                   help="config store directory (default: $TRIMMER_STORE or ./config-store)")
+    if command == "deploy":
+        p.description = "Put a bundle on a stage as its root config."
+        p.add_argument("bundle")
+        p.add_argument("--stage", required=True, choices=STAGES)
+        p.add_argument("--force", action="store_true",
+                       help="even if models on the stage are missing from the bundle (logged)")
+    elif command == "deploy-models":
+        p.description = ("Put model versions on a stage for its leaves. The stage's active root "
+                         "config must already carry each version (config before models).")
+        p.add_argument("models", nargs="+", metavar="NAME@VERSION")
+        p.add_argument("--stage", required=True, choices=STAGES)
+        p.add_argument("--replace", action="store_true",
+                       help="the stage runs exactly these versions (default: add them)")
+        p.add_argument("--repo", help="model repository: also check each version's signature "
+                                      "hash against the config's")
+        p.add_argument("--force", action="store_true", help="emergencies only; logged")
+    elif command == "promote":
+        p.description = "Copy one stage's active config and models to another."
+        p.add_argument("src", choices=STAGES)
+        p.add_argument("dst", choices=STAGES)
+    elif command == "rollback":
+        p.description = "Return a stage to its previous config."
+        p.add_argument("stage", choices=STAGES)
+    elif command == "status":
+        p.description = "What each stage runs, and who is on it."
+        p.add_argument("--json", action="store_true")
+    return p
+
+
+def _signatures(repo_root, keys) -> dict[str, str]:
+    from _trim.protocol import split_model_key
+    from ..module_info import ModelRepository
+    repo = ModelRepository(repo_root)
+    return {k: repo.info(*split_model_key(k)).signature_hash for k in keys}
+
+
+def main(argv: list[str]) -> int:
+    command, rest = argv[0], argv[1:]
+    args = _parser(command).parse_args(rest)
+    logging.basicConfig(level=logging.WARNING, format="trimmer: %(levelname)s %(message)s")
+    store = ConfigStore(args.store)
+    try:
+        if command == "deploy":
+            bundle = Bundle.load(args.bundle)
+            gen = store.deploy(bundle, args.stage, force=args.force)
+            print(f"{args.stage}: config {bundle.id} active (generation {gen})")
+        elif command == "deploy-models":
+            sigs = _signatures(args.repo, args.models) if args.repo else None
+            models = store.deploy_models(args.stage, args.models, force=args.force,
+                                         replace=args.replace, signatures=sigs)
+            print(f"{args.stage}: models {', '.join(models) or '(none)'} "
+                  f"(generation {store.generation(args.stage)})")
+        elif command == "promote":
+            gen = store.promote(args.src, args.dst)
+            _, bundle = store.active(args.dst)
+            print(f"{args.dst}: config {bundle.id} and models "
+                  f"{', '.join(store.active_models(args.dst)) or '(none)'} from {args.src} "
+                  f"(generation {gen})")
+        elif command == "rollback":
+            gen, bundle_id, uncovered = store.rollback(args.stage)
+            print(f"{args.stage}: rolled back to config {bundle_id} (generation {gen})")
+            if uncovered:
+                print(f"warning: {', '.join(uncovered)} on {args.stage} are not in that config; "
+                      "roots send them every feature until it is fixed", file=sys.stderr)
+        elif command == "status":
+            status = store.status()
+            if args.json:
+                print(json.dumps(status, indent=1))
+            else:
+                print(format_status(status))
+    except (StoreError, ValueError, KeyError) as exc:
+        print(f"trimmer {command}: {str(exc).strip(chr(34) + chr(39))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def format_status(status: dict) -> str:
+    lines = []
+    for stage, st in status.items():
+        lines.append(f"{stage}: generation {st['generation']}, config {st['bundle'] or '(none)'}"
+                     f" (updated {st['updated'] or 'never'}), {len(st['history'])} earlier")
+        lines.append(f"  models: {', '.join(st['models']) or '(none)'}")
+        if st["uncovered"]:
+            lines.append(f"  NOT IN CONFIG: {', '.join(st['uncovered'])}")
+        for m in st["members"]:
+            behind = "" if m.get("generation") in (None, st["generation"]) else "  (behind)"
+            lines.append(f"  {m['role']} {m['name']}: generation {m.get('generation', '?')}, "
+                         f"last seen {m['age_s']:.0f}s ago{behind}")
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from signatures.bundle import Bundle
+from signatures.store import ConfigStore, StoreError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def make_bundle(models: dict, tag: str = "") -> Bundle:
+    d = {"format": 1, "id": "b-0", "schema_fingerprint": tag,
+         "models": {k: {"model": k.split("@")[0], "version": k.split("@")[1],
+                        "signature_hash": "h-" + k.split("@")[0], "features": f}
+                    for k, f in models.items()},
+         "leaves": {"leaf-0": {"current": list(models), "pending": [],
+                               "features": sorted({x for f in models.values() for x in f})}}}
+    b = Bundle.from_dict(d)
+    b.id = Bundle.content_id(b.content())
+    return b
+
+
+B1 = make_bundle({"ctr@1": ["a", "b"]})
+B2 = make_bundle({"ctr@1": ["a", "b"], "ctr@2": ["a", "b"]})
+B3 = make_bundle({"ctr@2": ["a", "b"], "emb@1": ["c"]})
+
+
+def test_empty_store(tmp_path):
+    s = ConfigStore(tmp_path / "store")
+    assert s.active("canary") == (0, None) and s.generation("production") == 0
+    assert s.active_models("canary") == [] and s.members("canary") == []
+    with pytest.raises(StoreError, match="unknown stage 'staging'"):
+        s.active("staging")
+
+
+def test_deploy_promote_rollback(tmp_path):
+    s = ConfigStore(tmp_path)
+    assert s.deploy(B1, "canary") == 1
+    gen, b = s.active("canary")
+    assert gen == 1 and b.id == B1.id and b.features_for("ctr@1") == ["a", "b"]
+    assert s.deploy(B2, "canary") == 2
+    s.deploy_models("canary", ["ctr@2"])
+    assert s.promote("canary", "production") == 1
+    assert s.active("production")[1].id == B2.id
+    assert s.active_models("production") == ["ctr@2"]
+    gen, bid, uncovered = s.rollback("canary")
+    assert (gen, bid, uncovered) == (4, B1.id, ["ctr@2"])  # ctr@2 left uncovered: reported
+    assert s.status()["canary"]["uncovered"] == ["ctr@2"]
+    with pytest.raises(StoreError, match="canary has no previous config to roll back to"):
+        s.rollback("canary")
+    with pytest.raises(StoreError, match="production has no previous config"):
+        s.rollback("production")
+    with pytest.raises(StoreError, match="canary has no active config"):
+        ConfigStore(tmp_path / "other").promote("canary", "production")
+    actions = [e["action"] for e in s.log_entries()]
+    assert actions == ["deploy", "deploy", "deploy-models", "promote", "rollback"]
+
+
+def test_config_before_models(tmp_path):
+    s = ConfigStore(tmp_path)
+    with pytest.raises(StoreError, match=r"config before models: the active root config on "
+                                         r"canary \(none\) does not carry ctr@1"):
+        s.deploy_models("canary", ["ctr@1"])
+    s.deploy(B1, "canary")
+    with pytest.raises(StoreError, match=r"does not carry ctr@2\. Deploy a bundle with it to "
+                                         r"canary first.*--force"):
+        s.deploy_models("canary", ["ctr@1", "ctr@2"])
+    assert s.active_models("canary") == []
+    with pytest.raises(StoreError, match="different signature for ctr@1"):
+        s.deploy_models("canary", ["ctr@1"], signatures={"ctr@1": "other"})
+    assert s.deploy_models("canary", ["ctr@1"], signatures={"ctr@1": "h-ctr"}) == ["ctr@1"]
+    assert s.deploy_models("canary", ["ctr@2"], force=True) == ["ctr@1", "ctr@2"]
+    forced = [e for e in s.log_entries() if e.get("forced")]
+    assert len(forced) == 1 and forced[0]["missing"] == ["ctr@2"] and "user" in forced[0]
+    assert s.deploy_models("canary", ["ctr@1"], replace=True) == ["ctr@1"]
+
+
+def test_deploy_refuses_dropping_staged_models(tmp_path):
+    s = ConfigStore(tmp_path)
+    s.deploy(B2, "canary")
+    s.deploy_models("canary", ["ctr@1"])
+    with pytest.raises(StoreError, match=r"does not carry ctr@1, which is on canary: take it "
+                                         r"off first"):
+        s.deploy(B3, "canary")
+    assert s.deploy(B3, "canary", force=True) == 3
+    assert s.log_entries()[-1]["forced"] is True
+
+
+def test_heartbeats(tmp_path):
+    s = ConfigStore(tmp_path)
+    s.heartbeat("canary", "root", "root-0", {"generation": 3, "bundle": B1.id})
+    s.heartbeat("canary", "leaf", "leaf-0", {"generation": 2})
+    (m0, m1) = s.members("canary")
+    assert (m0["role"], m0["name"], m0["generation"]) == ("leaf", "leaf-0", 2)
+    assert m1["bundle"] == B1.id and m1["age_s"] >= 0
+    with pytest.raises(StoreError, match="plain name"):
+        s.heartbeat("canary", "root", "../x")
+
+
+CRASHING_WRITER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {root!r})
+    from signatures.bundle import Bundle
+    from signatures.store import ConfigStore
+    def hook():
+        open({marker!r}, "w").close()
+        time.sleep(60)
+    store = ConfigStore({store!r}, _before_commit=hook)
+    store.deploy(Bundle.load({bundle!r}), "canary")
+""")
+
+
+def test_writer_killed_mid_write_leaves_previous_config(tmp_path):
+    store_dir = tmp_path / "store"
+    s = ConfigStore(store_dir)
+    s.deploy(B1, "canary")
+    B2.save(tmp_path / "b2.json")
+    marker = tmp_path / "in-write"
+    script = CRASHING_WRITER.format(root=ROOT, marker=str(marker), store=str(store_dir),
+                                    bundle=str(tmp_path / "b2.json"))
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, "writer exited before reaching the write"
+            assert time.monotonic() < deadline, "writer never reached the write"
+            time.sleep(0.02)
+        # the new record is fully written to its temp file, not yet renamed
+        assert any(".tmp." in n for n in os.listdir(store_dir / "stages"))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    gen, bundle = s.active("canary")
+    assert (gen, bundle.id) == (1, B1.id)
+    assert s.status()["canary"]["bundle"] == B1.id
+    # the dead writer's lock died with it: the next writer proceeds
+    assert s.deploy(B2, "canary") == 2
+    assert s.active("canary")[1].id == B2.id and s.history("canary") == [B1.id]
+
+
+CONCURRENT_WRITER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    from signatures.bundle import Bundle
+    from signatures.store import ConfigStore
+    store = ConfigStore({store!r})
+    bundles = [Bundle.load(p) for p in {paths!r}]
+    for i in range({n}):
+        store.deploy(bundles[i % len(bundles)], "canary")
+        store.deploy_models("canary", ["ctr@1"])
+""")
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    store_dir = tmp_path / "store"
+    paths = []
+    for i in range(3):
+        b = make_bundle({"ctr@1": ["a"], f"m{i}@1": ["b"]})
+        b.save(tmp_path / f"b{i}.json")
+        paths.append(str(tmp_path / f"b{i}.json"))
+    n, writers = 10, 4
+    script = CONCURRENT_WRITER.format(root=ROOT, store=str(store_dir), paths=paths, n=n)
+    procs = [subprocess.Popen([sys.executable, "-c", script]) for _ in range(writers)]
+    try:
+        for p in procs:
+            assert p.wait(120) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    s = ConfigStore(store_dir)
+    # every change is counted once: no update was lost to a race
+    assert s.generation("canary") == 2 * n * writers
+    log = s.log_entries()
+    assert len(log) == 2 * n * writers
+    assert sorted(e["generation"] for e in log) == list(range(1, 2 * n * writers + 1))
+    gen, bundle = s.active("canary")
+    assert bundle.id in {Bundle.load(p).id for p in paths}
+    assert s.active_models("canary") == ["ctr@1"]
+    assert not [f for f in os.listdir(store_dir / "stages") if ".tmp." in f]
+
+
+def test_cli(tmp_path):
+    B1.save(tmp_path / "b1.json")
+    B3.save(tmp_path / "b3.json")
+    store = str(tmp_path / "store")
+
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "signatures.cli", *a, "--store", store],
+                              capture_output=True, text=True)
+    r = run("deploy-models", "ctr@1", "--stage", "canary")
+    assert r.returncode == 1 and "config before models" in r.stderr
+    assert run("deploy", str(tmp_path / "b1.json"), "--stage", "canary").returncode == 0
+    r = run("deploy-models", "ctr@1", "--stage", "canary")
+    assert r.returncode == 0 and "canary: models ctr@1" in r.stdout
+    r = run("deploy-models", "emb@1", "--stage", "canary", "--force")
+    assert r.returncode == 0 and "WARNING forced deploy-models" in r.stderr
+    r = run("promote", "canary", "production")
+    assert r.returncode == 0 and f"production: config {B1.id}" in r.stdout
+    r = run("deploy", str(tmp_path / "b3.json"), "--stage", "canary")
+    assert r.returncode == 1 and "does not carry ctr@1, which is on canary: take it off" in r.stderr
+    assert run("deploy", str(tmp_path / "b3.json"), "--stage", "canary", "--force").returncode == 0
+    r = run("rollback", "canary")
+    assert r.returncode == 0 and f"rolled back to config {B1.id}" in r.stdout
+    r = run("status")
+    assert r.returncode == 0 and "canary: generation 5" in r.stdout
+    assert "NOT IN CONFIG: emb@1" in r.stdout
+    st = json.loads(run("status", "--json").stdout)
+    assert st["production"]["models"] == ["ctr@1", "emb@1"]
