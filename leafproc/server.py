@@ -81,18 +81,21 @@ class LeafServer:
         try:
             while True:
                 events = dict(poller.poll(POLL_MS))
+                self._check_stop()
                 if self.pull in events:
                     self._forward_replies()
                 if self.router in events:
                     self._receive()
-                if self._stop.is_set() and self._draining_since is None:
-                    self._draining_since = time.monotonic()
-                    log.info("leaf %s draining: %d requests in flight", self.name, len(self.inflight))
                 if self._draining_since is not None and self._drained():
                     break
         finally:
             self._shutdown()
         return 0
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set() and self._draining_since is None:
+            self._draining_since = time.monotonic()
+            log.info("leaf %s draining: %d requests in flight", self.name, len(self.inflight))
 
     def _drained(self) -> bool:
         now = time.monotonic()
@@ -181,6 +184,7 @@ class LeafServer:
                            exc.kind)
 
     def _score(self, envelope, rid, header, body, t_recv) -> None:
+        self._check_stop()  # the signal may have landed while this batch was being read
         if self._draining_since is not None:
             raise P.ProtocolError(P.SHUTTING_DOWN, f"leaf {self.name} is shutting down")
         key = P.field(header, "model", str)

@@ -38,8 +38,9 @@ class GenericScorer(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.eye(64) * 0.5, requires_grad=False)
 
     def forward(self, features: Dict[str, Tensor]) -> Tensor:
-        rows = features[self.dense[0]].shape[0]
-        out = torch.zeros(rows, dtype=torch.float32)
+        first = features[self.dense[0]]
+        rows, device = first.shape[0], first.device
+        out = torch.zeros(rows, dtype=torch.float32, device=device)
         i = 0
         for name in self.dense:
             x = features[name].to(torch.float32)
@@ -52,15 +53,16 @@ class GenericScorer(torch.nn.Module):
             values = features[name + ".values"].to(torch.float32)
             offsets = features[name + ".offsets"]
             n = offsets.shape[0] - 1
-            row_ids = torch.repeat_interleave(torch.arange(n), offsets[1:] - offsets[:-1])
-            sums = torch.zeros(n, dtype=torch.float32).index_add_(0, row_ids, values)
+            row_ids = torch.repeat_interleave(torch.arange(n, device=device),
+                                              offsets[1:] - offsets[:-1])
+            sums = torch.zeros(n, dtype=torch.float32, device=device).index_add_(0, row_ids, values)
             out = out + sums * (0.5 * float(j + 1))  # a per-request list (n == 1) broadcasts
             j += 1
         if self.fail_on != "":
             if bool((features[self.fail_on] < 0).any()):
                 raise RuntimeError("negative values in " + self.fail_on)
         if self.spin > 0:
-            h = torch.ones(rows, 64)
+            h = torch.ones(rows, 64, device=device)
             for _ in range(self.spin):
                 h = torch.tanh(h @ self.w)
             out = out + h.sum(1) * 0.0
@@ -120,7 +122,7 @@ def encode_columns(inputs: list[TensorSpec], columns: dict, rows: int) -> np.nda
 
 def direct_scores(model_path: str, inputs: list[TensorSpec], columns: dict, rows: int) -> np.ndarray:
     """Scores from calling the TorchScript model in this process."""
-    model = torch.jit.load(model_path)
+    model = torch.jit.load(model_path, map_location="cpu")
     feats = {}
     for s in inputs:
         col = columns[s.name]
