@@ -18,6 +18,7 @@ class ActiveConfig:
     pending: frozenset = frozenset()  # versions allowlisted but not yet serving
     placement: dict = field(default_factory=dict)  # leaf name -> model versions it hosts
     generation: int = 0
+    endpoints: dict = field(default_factory=dict)  # leaf name -> endpoint, when the bundle has one
 
     def features_for(self, key: str):
         """Required features of a model version; None if this config does not know it."""
@@ -52,7 +53,9 @@ class ActiveConfig:
         pending = frozenset(k for k, m in d["models"].items() if m.get("pending"))
         placement = {name: tuple(leaf.get("current", [])) + tuple(leaf.get("pending", []))
                      for name, leaf in d.get("leaves", {}).items()}
-        return cls(str(d.get("id", "")), models, pending, placement, generation)
+        endpoints = {name: leaf["endpoint"] for name, leaf in d.get("leaves", {}).items()
+                     if leaf.get("endpoint")}
+        return cls(str(d.get("id", "")), models, pending, placement, generation, endpoints)
 
 
 def load_active_config(cfg) -> ActiveConfig:

@@ -40,6 +40,7 @@ class ScoreResult:
     timing_us: dict = field(default_factory=dict)
     error: dict | None = None
     latency_s: float = 0.0                       # client-side round trip
+    root: str | None = None                      # name of the root that answered
 
     @property
     def bytes_sent(self) -> dict:
@@ -82,7 +83,8 @@ def parse_reply(frames, latency_s: float = 0.0) -> ScoreResult:
         return ScoreResult(rid, False, error={"kind": "internal",
                                               "message": f"unexpected reply {header['type']!r}"})
     res = ScoreResult(rid, True, n=header.get("n", 0), results=header.get("results", []),
-                      timing_us=header.get("timing_us", {}), latency_s=latency_s)
+                      timing_us=header.get("timing_us", {}), latency_s=latency_s,
+                      root=header.get("root"))
     for r in res.results:
         if r.get("ok"):
             res.scores[r["model"]] = np.frombuffer(frames[r["frame"]], dtype=SCORES_DTYPE)

@@ -29,7 +29,7 @@ from signatures.schema import FeatureSchema
 
 from .active import ActiveConfig, load_active_config
 from .cache import CachedStore
-from .config import RootConfig
+from .config import LeafConfig, RootConfig
 from .leaves import LeafLink, LeafPool
 from .metrics import RootMetrics
 from .preprocess import Preprocessor
@@ -71,7 +71,10 @@ class RootServer:
         self.metrics = RootMetrics(cfg.name)
         self.ctx = ctx or zmq.Context.instance()
         self.apply_config(load_active_config(cfg))
-        self.pool = LeafPool(self.ctx, cfg.leaves, self.active.placement, cfg.compression,
+        # Without leaves in the root config, the bundle's placement endpoints.
+        leaves = cfg.leaves or tuple(LeafConfig(name, (ep,)) for name, ep in
+                                     sorted(self.active.endpoints.items()))
+        self.pool = LeafPool(self.ctx, leaves, self.active.placement, cfg.compression,
                              cfg.health_timeout_ms / 1000)
         self.frontend = self.ctx.socket(zmq.ROUTER)
         self.frontend.setsockopt(zmq.LINGER, DRAIN_LINGER_MS)
@@ -446,5 +449,5 @@ class RootServer:
         self.metrics.latency.labels("total").observe(t_end - pending.t_start)
         self.metrics.requests.labels("ok").inc()
         header = pack_header({"type": "scores", "id": pending.rid, "ok": True, "n": pending.n,
-                              "results": results, "timing_us": timing})
+                              "results": results, "timing_us": timing, "root": self.name})
         self.reply(pending.envelope, [header] + frames)

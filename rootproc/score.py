@@ -1,0 +1,153 @@
+"""``trimmer score``: drive scoring load against one or more roots.
+
+Closed loop (``--concurrency C``: C requests always in flight) or open loop
+(``--rate R`` requests per second, at most ``--concurrency`` in flight).
+Prints throughput, p50/p90/p99 latency, bytes sent to leaves (as the roots
+report them) and errors by kind; ``--json`` prints one JSON object instead.
+
+    trimmer score --endpoint ipc:///run/trimmer/root-0.sock --requests 2000 \\
+        --concurrency 16 --candidates 256 --store /var/lib/trimmer/features
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import time
+
+import numpy as np
+
+from .client import ScoringClient
+
+
+def id_space(args) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(user id range, candidate id range), inclusive, from the store or flags."""
+    if args.store:
+        from .store import FeatureStore
+        with FeatureStore(args.store) as store:
+            users, cands = store.id_range("user"), store.id_range("candidate")
+        if users is None or cands is None:
+            raise ValueError(f"feature store {args.store} is empty")
+        return users, cands
+    return (0, args.users - 1), (0, args.candidate_ids - 1)
+
+
+def percentile(values, q) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def run_load(args, progress=None) -> dict:
+    users, cands = id_space(args)
+    rng = np.random.default_rng(args.seed)
+    client = ScoringClient(args.endpoint, timeout_ms=args.timeout_ms)
+    latencies, errors = [], collections.Counter()
+    model_errors = collections.Counter()
+    bytes_sent = wire_bytes = 0
+    n_ok = 0
+    sent = 0
+    interval = 1.0 / args.rate if args.rate else 0.0
+    t0 = time.perf_counter()
+    next_send = t0
+
+    def account(res):
+        nonlocal bytes_sent, wire_bytes, n_ok
+        if res.ok:
+            latencies.append(res.latency_s)
+            n_ok += 1
+            for r in res.results:
+                bytes_sent += r.get("bytes_sent", 0)
+                wire_bytes += r.get("wire_bytes", r.get("bytes_sent", 0))
+            for err in res.errors.values():
+                model_errors[err.get("kind", "?")] += 1
+        else:
+            errors[res.error.get("kind", "?")] += 1
+        if progress is not None:
+            progress.update(1)
+
+    try:
+        while sent < args.requests or client.in_flight:
+            now = time.perf_counter()
+            can_send = sent < args.requests and client.in_flight < args.concurrency
+            if can_send and now >= next_send:
+                user = int(rng.integers(users[0], users[1] + 1))
+                ids = rng.integers(cands[0], cands[1] + 1, size=args.candidates)
+                client.submit(user, ids, args.models, args.deadline_ms)
+                sent += 1
+                next_send = max(next_send + interval, now) if interval else now
+                continue
+            wait_ms = args.timeout_ms
+            if can_send:
+                wait_ms = max(0, int((next_send - now) * 1000))
+            res = client.receive(wait_ms)
+            if res is None:
+                if not can_send:  # nothing came back within the timeout
+                    errors["timeout"] += client.in_flight
+                    break
+                continue
+            account(res)
+            while (res := client.receive(0)) is not None:
+                account(res)
+    finally:
+        client.close()
+    elapsed = time.perf_counter() - t0
+    lat_ms = np.array(latencies) * 1000
+    return {"requests": sent, "ok": n_ok, "elapsed_s": round(elapsed, 3),
+            "throughput_rps": round(n_ok / elapsed, 1) if elapsed else 0.0,
+            "latency_ms": {"p50": round(percentile(lat_ms, 50), 3),
+                           "p90": round(percentile(lat_ms, 90), 3),
+                           "p99": round(percentile(lat_ms, 99), 3),
+                           "max": round(float(lat_ms.max()), 3) if len(lat_ms) else float("nan")},
+            "bytes_sent": bytes_sent, "wire_bytes": wire_bytes,
+            "bytes_per_request": round(bytes_sent / n_ok) if n_ok else 0,
+            "errors": dict(errors), "model_errors": dict(model_errors)}
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="trimmer score", description=__doc__.splitlines()[0])
+    p.add_argument("--endpoint", action="append", required=True,
+                   help="root endpoint (repeatable: requests spread across roots)")
+    p.add_argument("--requests", "-n", type=int, default=1000)
+    p.add_argument("--concurrency", "-c", type=int, default=8)
+    p.add_argument("--rate", type=float, default=0.0, help="requests per second (0: closed loop)")
+    p.add_argument("--candidates", type=int, default=256, help="candidates per request")
+    p.add_argument("--store", help="feature store to draw existing ids from")
+    p.add_argument("--users", type=int, default=1000, help="user id space without --store")
+    p.add_argument("--candidate-ids", type=int, default=100_000,
+                   help="candidate id space without --store")
+    p.add_argument("--models", nargs="+", help="model versions (default: the root's active set)")
+    p.add_argument("--deadline-ms", type=int)
+    p.add_argument("--timeout-ms", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.requests < 0 or args.concurrency < 1 or args.candidates < 0:
+        p.error("--requests >= 0, --concurrency >= 1 and --candidates >= 0")
+    progress = None
+    if not args.no_progress and not args.json:
+        from tqdm import tqdm
+        progress = tqdm(total=args.requests, unit="req", file=sys.stderr)
+    try:
+        report = run_load(args, progress)
+    except ValueError as exc:
+        print(f"trimmer score: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        lat = report["latency_ms"]
+        print(f"{report['ok']}/{report['requests']} ok in {report['elapsed_s']} s: "
+              f"{report['throughput_rps']} req/s")
+        print(f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}")
+        print(f"bytes sent to leaves: {report['bytes_sent']} ({report['bytes_per_request']} per "
+              f"request), on the wire {report['wire_bytes']}")
+        if report["errors"] or report["model_errors"]:
+            print(f"errors: {report['errors']}  model errors: {report['model_errors']}")
+    return 0 if not report["errors"] else 1
+
+
+__all__ = ["main", "run_load"]

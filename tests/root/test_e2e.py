@@ -1,0 +1,154 @@
+"""Client -> root -> 2 leaves hosting 3 models, with real processes and sockets."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rootproc.client import ScoringClient
+from tests.support.models import direct_scores
+from tests.support.procs import ProcessRunner
+
+from .conftest import spawn_leaves, spawn_root
+from .world import CANDIDATE_IDS, GAP_MODEL, MODELS, SCHEMA, USER_IDS, expected_features, message_nbytes
+
+pytestmark = pytest.mark.slow
+
+ALL_FEATURES = [f["name"] for f in SCHEMA["features"]]
+
+
+@pytest.fixture(scope="module")
+def leaves(world, tmp_path_factory):
+    runner = ProcessRunner(tmp_path_factory.mktemp("leaves"))
+    try:
+        yield spawn_leaves(runner, world, ("ipc", "tcp"))
+    finally:
+        runner.close()
+
+
+def request_ids(seed: int, n: int = 40):
+    rng = np.random.default_rng(seed)
+    return int(rng.choice(USER_IDS)), rng.choice(CANDIDATE_IDS, size=n, replace=False)
+
+
+def direct(world, key: str, feats: dict, n: int) -> np.ndarray:
+    inputs = world["inputs"][key]
+    return direct_scores(world["model_paths"][key], inputs, {s.name: feats[s.name] for s in inputs}, n)
+
+
+def union_layout_names() -> list[str]:
+    """The root's batch columns with trimming on: the union the bundle reads, schema order."""
+    used = set().union(*MODELS.values())
+    return [n for n in ALL_FEATURES if n in used]
+
+
+def check_scores(world, res, user, cands, models=tuple(MODELS)):
+    assert res.ok, res.error
+    assert not res.errors, res.errors
+    feats = expected_features(world["users"], world["cands"], user, cands)
+    for key in models:
+        np.testing.assert_allclose(res.scores[key], direct(world, key, feats, len(cands)),
+                                   rtol=1e-5, atol=1e-4, err_msg=key)
+    return feats
+
+
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_trimmed_scores_and_exact_bytes(world, leaves, process_runner, transport):
+    spawn_root(process_runner, world, leaves[transport], transport=transport)
+    root = process_runner.procs[-1]
+    with ScoringClient(root.endpoint) as client:
+        for seed in range(3):
+            user, cands = request_ids(seed)
+            res = client.score(user, cands)  # default: every current model of the bundle
+            assert sorted(res.scores) == sorted(MODELS)
+            feats = check_scores(world, res, user, cands)
+            for r in res.results:
+                names = [n for n in ALL_FEATURES if n in MODELS[r["model"]]]
+                assert r["trimmed"] is True
+                assert r["bytes_sent"] == message_nbytes(names, len(cands), feats), r["model"]
+                assert r["leaf"] == ("leaf-1" if r["model"] == "div@2" else "leaf-0")
+            assert set(res.timing_us) >= {"fetch", "preprocess", "trim", "leaves", "total"}
+        # A subset of models, by name without version.
+        user, cands = request_ids(9)
+        res = client.score(user, cands, models=["div", "ctr@3"])
+        assert sorted(res.scores) == ["ctr@3", "div@2"]
+        check_scores(world, res, user, cands, models=["ctr@3", "div@2"])
+
+
+def test_trim_off_sends_every_feature(world, leaves, process_runner):
+    spawn_root(process_runner, world, leaves["ipc"], trim="off")
+    with ScoringClient(process_runner.procs[-1].endpoint) as client:
+        user, cands = request_ids(3)
+        res = client.score(user, cands)
+        feats = check_scores(world, res, user, cands)
+        full = message_nbytes(ALL_FEATURES, len(cands), feats)
+        assert all(r["bytes_sent"] == full and r["trimmed"] is False for r in res.results)
+
+
+def test_lz4_gives_the_same_scores(world, leaves, process_runner):
+    spawn_root(process_runner, world, leaves["tcp"], transport="tcp", compression="lz4")
+    with ScoringClient(process_runner.procs[-1].endpoint) as client:
+        user, cands = request_ids(4, n=200)
+        res = client.score(user, cands)
+        feats = check_scores(world, res, user, cands)
+        for r in res.results:
+            names = [n for n in ALL_FEATURES if n in MODELS[r["model"]]]
+            assert r["bytes_sent"] == message_nbytes(names, len(cands), feats)
+            assert 0 < r["wire_bytes"] < r["bytes_sent"]  # sparse counters, small ints: compressible
+
+
+def test_unknown_version_fails_open_and_missing_ids_get_defaults(world, leaves, process_runner):
+    spawn_root(process_runner, world, leaves["ipc"],
+               ready=lambda p: all(l["healthy"] for l in p["leaves"])
+               and any(GAP_MODEL[0] in l["models"] for l in p["leaves"]))
+    with ScoringClient(process_runner.procs[-1].endpoint) as client:
+        user, cands = request_ids(5)
+        cands = np.concatenate([cands, [987654321]])   # not in the store
+        res = client.score(4242, cands, models=[GAP_MODEL[0], "eng@1"])  # user not in the store
+        feats = check_scores(world, res, 4242, cands, models=[GAP_MODEL[0], "eng@1"])
+        by_model = {r["model"]: r for r in res.results}
+        # ctr@4 is not in the bundle: the whole schema goes, and eng@1 rides on that batch.
+        assert by_model[GAP_MODEL[0]]["trimmed"] is False
+        assert by_model[GAP_MODEL[0]]["bytes_sent"] == message_nbytes(ALL_FEATURES, len(cands), feats)
+        eng = [n for n in ALL_FEATURES if n in MODELS["eng@1"]]
+        assert by_model["eng@1"]["bytes_sent"] == message_nbytes(eng, len(cands), feats)
+        unknown = client.score(int(USER_IDS[0]), cands, models=["nope@1"])
+        assert not unknown.ok and unknown.error["kind"] == "unknown_model"
+
+
+def test_missing_configured_to_fail(world, leaves, process_runner):
+    spawn_root(process_runner, world, leaves["ipc"], missing="fail")
+    with ScoringClient(process_runner.procs[-1].endpoint) as client:
+        res = client.score(4242, CANDIDATE_IDS[:5])
+        assert not res.ok and res.error["kind"] == "bad_request" and "4242" in res.error["message"]
+        user, cands = request_ids(6)
+        check_scores(world, client.score(user, cands), user, cands)
+
+
+def test_two_roots_share_the_store_and_spread_requests(world, leaves, process_runner):
+    a = spawn_root(process_runner, world, leaves["ipc"], name="root-a")
+    b = spawn_root(process_runner, world, leaves["ipc"], name="root-b", transport="tcp")
+    with ScoringClient([a.endpoint, b.endpoint]) as client:
+        seen = set()
+        ids = [client.submit(*request_ids(s)) for s in range(20)]
+        for _ in ids:
+            res = client.receive(10_000)
+            assert res is not None and res.ok and not res.errors
+            seen.add(res.root)
+        assert seen == {"root-a", "root-b"}
+    # The load generator and the health command, as a program would run them.
+    out = subprocess.run([sys.executable, "-m", "signatures.cli", "score", "--endpoint", a.endpoint,
+                          "--endpoint", b.endpoint, "--requests", "60", "--concurrency", "6",
+                          "--candidates", "32", "--users", "110", "--candidate-ids", "1300",
+                          "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["ok"] == 60 and not report["errors"] and report["bytes_sent"] > 0
+    assert report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
+    health = subprocess.run([sys.executable, "-m", "signatures.cli", "health", a.endpoint,
+                             "--require-leaves"], capture_output=True, text=True, timeout=30)
+    assert health.returncode == 0, health.stderr
+    assert json.loads(health.stdout)["role"] == "root"
