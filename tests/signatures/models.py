@@ -150,3 +150,12 @@ def make_direct() -> torch.nn.Module:
 
 def make_direct_scripted():
     return torch.jit.script(Direct())
+
+
+class Chooser(torch.nn.Module):
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        key = "pin_ctr_7d"
+        if bool((features["pin_lang"] > 3).any()):
+            key = "pin_quality"
+        features["scratch"] = features[key] * 2
+        return features["scratch"] + features.pop("pin_age_days")

@@ -21,6 +21,8 @@ def keys(cls):
     (models.Branchy, ["pin_age_days", "pin_ctr_7d"]),
     (models.Ragged, ["pin_tags", "user_emb", "user_recent_pins"]),
     (models.Concatenated, ["pin_quality"]),
+    # a branch choosing the key: both constants; a written key read back still counts
+    (models.Chooser, ["pin_age_days", "pin_ctr_7d", "pin_lang", "pin_quality", "scratch"]),
 ])
 def test_styles(cls, expected):
     assert keys(cls) == expected
