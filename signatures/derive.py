@@ -104,7 +104,7 @@ def derive(module) -> Derivation:
     dict_type = inputs[1].type()
     if str(dict_type.getKeyType()) != "str" or str(dict_type.getValueType()) != "Tensor":
         raise DerivationError(f"forward's features must be Dict[str, Tensor], got {dict_type}")
-    resolver = _Resolver(module, inputs[0])
+    resolver = _Resolver(module, graph, inputs[0])
     result = Derivation()
     pending, seen = [inputs[1]], set()
     while pending:
@@ -138,8 +138,9 @@ def derive(module) -> Derivation:
 class _Resolver:
     """Resolves a graph Value to the set of strings it can take, or None."""
 
-    def __init__(self, module, self_value):
+    def __init__(self, module, graph, self_value):
         self.module = module
+        self.graph = graph
         self.self_value = self_value
 
     def strings(self, value) -> set[str] | None:
@@ -189,6 +190,8 @@ class _Resolver:
                 out |= got
             return out
         if kind == "prim::GetAttr":
+            if not self._attribute_never_mutated(value):
+                return None
             v = self._attribute(value)
             if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
                 return set(v)
@@ -197,6 +200,20 @@ class _Resolver:
     def _never_mutated(self, value) -> bool:
         return all(u.user.kind() in LIST_READ_OPS or u.user.kind() == "prim::Loop"
                    for u in value.uses())
+
+    def _chain(self, value):
+        names = []
+        while value.node().kind() == "prim::GetAttr":
+            names.append(value.node().s("name"))
+            value = value.node().input()
+        return tuple(names), value
+
+    def _attribute_never_mutated(self, value) -> bool:
+        # Another read of the same attribute may append to it elsewhere in forward.
+        chain = self._chain(value)[0]
+        nodes = self.graph.findAllNodes("prim::GetAttr", True)
+        return all(self._never_mutated(n.output()) for n in nodes
+                   if self._chain(n.output())[0] == chain)
 
     def _attribute(self, value):
         """Python value of a ``self.a.b`` attribute chain, or None."""

@@ -159,3 +159,19 @@ class Chooser(torch.nn.Module):
             key = "pin_quality"
         features["scratch"] = features[key] * 2
         return features["scratch"] + features.pop("pin_age_days")
+
+
+class MutatedAttributeLoop(torch.nn.Module):
+    names: List[str]
+
+    def __init__(self):
+        super().__init__()
+        self.names = ["pin_ctr_7d"]
+
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        if bool((features["pin_lang"] > 3).any()):
+            self.names.append("pin_quality")
+        s = torch.zeros(features["pin_lang"].shape[0])
+        for name in self.names:
+            s = s + features[name]
+        return s

@@ -67,3 +67,8 @@ def test_explicit_list_checked():
     d = derive(torch.jit.script(models.Direct()))
     (problem,) = check_explicit(d, ["pin_ctr_7d", "pin_age_days", "pin_quality"])
     assert "'pin_quality' is in the explicit feature list but the graph never reads it" in problem
+
+
+def test_list_attribute_mutated_in_forward_is_dynamic():
+    d = derive(torch.jit.script(models.MutatedAttributeLoop()))
+    assert not d.complete and any("features[name]" in p for p in d.dynamic)
