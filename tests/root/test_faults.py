@@ -1,0 +1,143 @@
+"""Faults: malformed requests, a leaf killed mid-load, a stopped leaf, SIGTERM drain."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import orjson
+import pytest
+import zmq
+
+from rootproc.client import ScoringClient
+from tests.support.procs import Client
+
+from .conftest import leaves_healthy, spawn_leaves, spawn_root
+from .world import CANDIDATE_IDS, MODELS, USER_IDS
+
+pytestmark = pytest.mark.slow
+
+CANDS = CANDIDATE_IDS[:16]
+USER = int(USER_IDS[0])
+
+
+def header(**fields) -> bytes:
+    return orjson.dumps({"v": 1, "type": "score", "id": "m1", "user": USER, **fields})
+
+
+def ids_frame(ids) -> bytes:
+    return np.asarray(ids, dtype="<i8").tobytes()
+
+
+MALFORMED = [
+    # (frames after the identity, expected error kind)
+    ([b"not json", ids_frame(CANDS)], "bad_request"),
+    ([orjson.dumps([1, 2]), ids_frame(CANDS)], "bad_request"),
+    ([orjson.dumps({"v": 2, "type": "score", "id": "x"}), ids_frame(CANDS)], "bad_request"),
+    ([orjson.dumps({"v": 1, "id": "x"}), ids_frame(CANDS)], "bad_request"),
+    ([orjson.dumps({"v": 1, "type": "explode", "id": "x"})], "bad_request"),
+    ([header()], "bad_request"),                                   # no candidate frame
+    ([header(), ids_frame(CANDS), b"extra"], "bad_request"),
+    ([header(), b"\x01" * 7], "bad_request"),                      # not whole int64s
+    ([header(user="42"), ids_frame(CANDS)], "bad_request"),
+    ([header(user=True), ids_frame(CANDS)], "bad_request"),
+    ([header(id="x" * 200), ids_frame(CANDS)], "bad_request"),
+    ([header(models="ctr@3"), ids_frame(CANDS)], "bad_request"),
+    ([header(deadline_ms=-5), ids_frame(CANDS)], "bad_request"),
+    ([header(models=["ctr@9"]), ids_frame(CANDS)], "unknown_model"),
+    ([header(models=["nosuch"]), ids_frame(CANDS)], "unknown_model"),
+    ([header(), ids_frame(np.arange(100))], "too_large"),          # max_candidates 64
+    ([header(), b"\0" * 8 * 64 + b"\0" * 9000], "too_large"),      # over max_request_nbytes
+    ([orjson.dumps({"v": 1, "type": "score", "id": "x", "pad": "a" * 70000}),
+      ids_frame(CANDS)], "bad_request"),                           # header over 64 KiB
+]
+
+
+def test_malformed_requests_get_error_replies(world, process_runner):
+    leaves = spawn_leaves(process_runner, world)["ipc"]
+    root = spawn_root(process_runner, world, leaves, max_candidates=64, max_request_nbytes=4096)
+    with Client(root.endpoint) as raw:
+        for frames, kind in MALFORMED:
+            raw.send_raw(*frames)
+            reply, rest = raw.recv(timeout=10)
+            assert reply["type"] == "error" and reply["ok"] is False, (frames[0][:60], reply)
+            assert reply["error"]["kind"] == kind, (frames[0][:60], reply)
+            assert reply["error"]["message"]
+            assert rest == []
+        # A REQ-style envelope (empty delimiter) is answered with the delimiter kept.
+        raw.send_raw(b"", header(), ids_frame(CANDS))
+        frames = raw.sock.recv_multipart()
+        assert frames[0] == b"" and orjson.loads(frames[1])["type"] == "scores"
+    with ScoringClient(root.endpoint) as client:
+        res = client.score(USER, CANDS)
+        assert res.ok and not res.errors and sorted(res.scores) == sorted(MODELS)
+    assert root.returncode is None
+
+
+def test_leaf_killed_mid_load_then_restarted(world, process_runner):
+    leaves = spawn_leaves(process_runner, world)["ipc"]
+    root = spawn_root(process_runner, world, leaves)
+    leaf1 = next(p for p in process_runner.procs if p.name == "leaf-1")
+    deadline_ms = 1500
+    with ScoringClient(root.endpoint) as client:
+        results = []
+        for i in range(60):
+            client.submit(USER, CANDS, deadline_ms=deadline_ms)
+            if i == 20:
+                leaf1.proc.kill()
+                leaf1.proc.wait()
+            while (r := client.receive(0)) is not None:
+                results.append(r)
+        t_end = time.monotonic() + (deadline_ms + 3000) / 1000
+        while client.in_flight and time.monotonic() < t_end:
+            r = client.receive(500)
+            if r is not None:
+                results.append(r)
+        assert len(results) == 60 and client.in_flight == 0
+        assert all(r.ok for r in results)
+        failed = [r for r in results if "div@2" in r.errors]
+        assert failed, "killing leaf-1 should fail some div@2 results"
+        for r in failed:
+            assert r.errors["div@2"]["kind"] in ("deadline", "unavailable")
+            assert sorted(r.scores) == ["ctr@3", "eng@1"]  # the other leaf still answers
+        # Restart leaf-1 on the same endpoint: the root reconnects and uses it again.
+        process_runner.leaf(world["repo"], models=["div@2"], name="leaf-1", bind=leaves["leaf-1"],
+                            args=["--max-wait-ms", "0"])
+        root.wait_ready(30, ready=leaves_healthy)
+        res = client.score(USER, CANDS)
+        assert res.ok and not res.errors, res.errors
+
+
+def test_stopped_leaf_times_out_and_sigterm_drains(world, process_runner):
+    leaves = spawn_leaves(process_runner, world)["ipc"]
+    root = spawn_root(process_runner, world, leaves)
+    leaf1 = next(p for p in process_runner.procs if p.name == "leaf-1")
+    with ScoringClient(root.endpoint) as client:
+        # A frozen leaf: its model errors at the deadline, the others return.
+        os.kill(leaf1.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            res = client.score(USER, CANDS, deadline_ms=300)
+            assert time.monotonic() - t0 < 5
+            assert res.ok and res.errors["div@2"]["kind"] == "deadline"
+            assert sorted(res.scores) == ["ctr@3", "eng@1"]
+            # Requests parked on the frozen leaf when SIGTERM arrives are still answered.
+            ids = [client.submit(USER, CANDS, deadline_ms=8000) for _ in range(5)]
+            time.sleep(0.3)
+            root.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            late = client.score(USER, CANDS, deadline_ms=8000, timeout_ms=5000)
+            assert not late.ok and late.error["kind"] == "shutting_down"
+            assert root.returncode is None  # still draining
+        finally:
+            os.kill(leaf1.pid, signal.SIGCONT)
+        got = {}
+        while len(got) < len(ids):
+            r = client.receive(10_000)
+            assert r is not None, "a drained request got no reply"
+            got[r.id] = r
+        assert set(got) == set(ids)
+        for r in got.values():
+            assert r.ok and not r.errors, r.errors
+    assert root.wait(15) == 0
