@@ -10,7 +10,7 @@ import time
 from collections import OrderedDict
 from typing import Callable, Sequence
 
-_ABSENT = object()
+ABSENT = object()
 
 
 class LRUCache:
@@ -38,17 +38,17 @@ class LRUCache:
         return self.hits / total if total else 0.0
 
     def get(self, key):
-        """The cached value, or `_ABSENT` (use `lookup` for many keys)."""
-        entry = self._data.get(key, _ABSENT)
-        if entry is _ABSENT:
+        """The cached value, or `ABSENT` (use `lookup` for many keys)."""
+        entry = self._data.get(key, ABSENT)
+        if entry is ABSENT:
             self.misses += 1
-            return _ABSENT
+            return ABSENT
         expires, value = entry
         if expires is not None and expires <= self.clock():
             del self._data[key]
             self.expired += 1
             self.misses += 1
-            return _ABSENT
+            return ABSENT
         self._data.move_to_end(key)
         self.hits += 1
         return value
@@ -81,7 +81,7 @@ class CachedStore:
             self.store_reads[source] += len(ids)
             return self.store.get(source, ids)
         out = [cache.get(i) for i in ids]
-        todo = [k for k, v in enumerate(out) if v is _ABSENT]
+        todo = [k for k, v in enumerate(out) if v is ABSENT]
         if todo:
             fetched = self.store.get(source, [ids[k] for k in todo])
             self.store_reads[source] += len(todo)
@@ -91,4 +91,4 @@ class CachedStore:
         return out
 
 
-__all__ = ["LRUCache", "CachedStore"]
+__all__ = ["LRUCache", "CachedStore", "ABSENT"]

@@ -1,0 +1,116 @@
+"""Preprocessing: transforms against independent arithmetic, and compute-what-you-use."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import _trim
+from _trim import Ragged
+from rootproc.config import config_from_args, add_arguments, config_from_dict
+from rootproc.preprocess import Preprocessor, hash_ids
+from rootproc.records import RecordLayout
+from signatures.schema import FeatureSchema
+
+from .world import SCHEMA, bucket, expected_features, raw_data
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return FeatureSchema.from_dict(SCHEMA)
+
+
+def records_from_raw(layout: RecordLayout, raw: dict) -> dict:
+    cols = {}
+    for name in layout.fields:
+        if name + ".values" in raw:
+            cols[name] = Ragged(raw[name + ".values"], raw[name + ".offsets"])
+        else:
+            cols[name] = raw[name]
+    recs = layout.encode_many(len(raw["id"]), cols)
+    return dict(zip(raw["id"].tolist(), recs))
+
+
+def test_hash_matches_the_documented_function():
+    ids = np.array([0, 1, -1, 42, (1 << 63) - 1, -(1 << 63), 1 << 40], dtype=np.int64)
+    out = np.empty(len(ids), dtype=np.int64)
+    for buckets in (1, 7, 1000, (1 << 62) + 3):
+        hash_ids(ids, buckets, out)
+        assert out.tolist() == [bucket(x, buckets) for x in ids.tolist()]
+        assert (out >= 0).all()
+
+
+def test_every_transform_against_reference(schema):
+    users, cands = raw_data()
+    layouts = {s: RecordLayout.from_schema(schema, s) for s in ("user", "candidate")}
+    urecs = records_from_raw(layouts["user"], users)
+    crecs = records_from_raw(layouts["candidate"], cands)
+    pre = Preprocessor(schema, None, layouts)
+    user = int(users["id"][2])
+    cand_ids = cands["id"][[3, 1, 4, 1, 5, 9, 2, 6]]
+    batch = pre.build([urecs[user]], [crecs[c] for c in cand_ids.tolist()])
+    want = expected_features(users, cands, user, cand_ids)
+    got = _trim.decode(batch.buffer)
+    assert list(got) == schema.names
+    for name in schema.names:
+        if isinstance(want[name], tuple):
+            np.testing.assert_array_equal(got[name].values, want[name][0], err_msg=name)
+            np.testing.assert_array_equal(got[name].offsets, want[name][1], err_msg=name)
+        else:
+            np.testing.assert_allclose(got[name].reshape(want[name].shape), want[name],
+                                       rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_computes_only_the_union_plus_cross_inputs(schema):
+    layouts = {s: RecordLayout.from_schema(schema, s) for s in ("user", "candidate")}
+    pre = Preprocessor(schema, ["user_pin_affinity", "pin_ctr_raw"], layouts)
+    assert pre.names == ["user_emb", "pin_ctr_raw", "pin_emb", "user_pin_affinity"]
+    assert pre.raw_fields == {"user": ["user_emb"], "candidate": ["ctr_7d", "pin_emb"]}
+    batch = pre.build([layouts["user"].default_record], [layouts["candidate"].default_record] * 3)
+    assert batch.layout.names == pre.names and batch.n_rows == 3
+
+
+def test_store_without_a_field_gives_defaults_and_shape_mismatch_is_refused(schema):
+    layouts = {s: RecordLayout.from_schema(schema, s) for s in ("user", "candidate")}
+    # A store written before pin_age_days and user_recent_pins existed.
+    old = {"user": RecordLayout("user", [f for f in layouts["user"].fields.values()
+                                         if f.name != "user_recent_pins"]),
+           "candidate": RecordLayout("candidate", [f for f in layouts["candidate"].fields.values()
+                                                   if f.name != "pin_age_days"])}
+    pre = Preprocessor(schema, ["pin_age_days", "user_recent_pins"], old)
+    assert sorted(pre.absent_features) == ["pin_age_days", "user_recent_pins"]
+    batch = pre.build([old["user"].default_record], [old["candidate"].default_record] * 2)
+    assert batch.column("pin_age_days").tolist() == [7.0, 7.0]
+    assert batch.column("user_recent_pins").offsets.tolist() == [0, 0]
+    wrong = {"user": layouts["user"], "candidate": RecordLayout("candidate", [
+        f if f.name != "pin_emb" else type(f)("pin_emb", "float32", 4, True)
+        for f in layouts["candidate"].fields.values()])}
+    with pytest.raises(ValueError, match="pin_emb"):
+        Preprocessor(schema, ["pin_emb"], wrong)
+
+
+def test_config_file_flags_and_validation(tmp_path):
+    import argparse
+    data = {"schema": "s.json", "store": "st", "bundle": "b.json", "bind": "ipc:///tmp/x",
+            "leaves": [{"name": "leaf-0", "endpoint": "tcp://h:1", "models": ["ctr@3"]}],
+            "cache": {"size": 10, "ttl_s": 5}, "trim": "off"}
+    path = tmp_path / "root.json"
+    path.write_text(json.dumps(data))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["--config", str(path), "--compression", "lz4",
+                                              "--metrics-port", "0"]))
+    assert cfg.schema == str(tmp_path / "s.json") and cfg.bind == ("ipc:///tmp/x",)
+    assert cfg.leaves[0].endpoints == ("tcp://h:1",) and cfg.leaves[0].models == ("ctr@3",)
+    assert (cfg.cache_size, cfg.cache_ttl_s, cfg.trim, cfg.compression) == (10, 5, "off", "lz4")
+    assert cfg.metrics_port is None
+    cfg = config_from_args(parser.parse_args(["--config", str(path), "--config-store", "cs",
+                                              "--leaf", "a=ipc:///x,ipc:///y"]))
+    assert cfg.bundle is None and cfg.leaves[0].endpoints == ("ipc:///x", "ipc:///y")
+    with pytest.raises(ValueError, match="unknown keys"):
+        config_from_dict({**data, "bogus": 1})
+    with pytest.raises(ValueError, match="trim must be one of"):
+        config_from_dict({**data, "trim": "maybe"}).validate()
+    with pytest.raises(ValueError, match="exactly one of"):
+        config_from_dict({k: v for k, v in data.items() if k != "bundle"}).validate()
