@@ -112,6 +112,7 @@ class StagedTensors:
         self._pin = self.device.type == "cuda"
         self._staging = torch.empty(0, dtype=torch.uint8)
         self._staging_np = self._staging.numpy()
+        self._copied = None  # CUDA event: the last copy out of the staging buffer is done
 
     def _reserve(self, nbytes: int) -> None:
         if nbytes <= len(self._staging):
@@ -125,13 +126,20 @@ class StagedTensors:
         for p in parts:
             bases.append(total)
             total += -(-p.raw.nbytes // STAGE_ALIGN) * STAGE_ALIGN
-        # The previous forward's copy has completed: its scores were read back
-        # to the host, which synchronises the stream, before we got here.
+        # Reading scores back normally synchronises, but a forward that raised
+        # may not have: never overwrite pinned memory a DMA is still reading.
+        if self._copied is not None:
+            self._copied.synchronize()
         self._reserve(total)
         for p, base in zip(parts, bases):
             self._staging_np[base:base + p.raw.nbytes] = p.raw
         staged = self._staging[:total]
-        on_device = staged.to(self.device, non_blocking=True) if self._pin else staged.clone()
+        if self._pin:
+            on_device = staged.to(self.device, non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+        else:
+            on_device = staged.clone()
         mappers = [self._mapper(on_device, base, p.raw) for p, base in zip(parts, bases)]
         return assemble(parts, mappers, inputs)
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from typing import Dict
 
 import numpy as np
 import pytest
@@ -13,6 +14,9 @@ from tests.support.models import direct_scores, encode_columns, random_columns
 from tests.support.procs import REPO_ROOT, Client, free_tcp_port
 
 from .conftest import ENG_INPUTS, SLOW_INPUTS
+
+# TorchScript is what leaves serve; its deprecation notice is not this suite's concern.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
 
 @pytest.mark.slow
@@ -129,3 +133,38 @@ def test_leaf_on_cuda_scores_equal_direct_call(process_runner, repo, rng):
             assert header["ok"], header
             np.testing.assert_allclose(scores, direct_scores(path, CTR_INPUTS, cols, rows),
                                        rtol=1e-5)
+
+
+class ReadsUndeclared(torch.nn.Module):
+    def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return features["not_in_signature"]
+
+
+def test_model_failing_warmup_is_not_ready_and_answers_unavailable(process_runner, tmp_path, rng):
+    from tests.support.models import spec, write_model
+    inputs = [spec("x")]
+    write_model(tmp_path / "repo", "broken", "1", inputs, module=ReadsUndeclared())
+    leaf = process_runner.leaf(tmp_path / "repo", name="broken", ready=False)
+    pong = leaf.wait_ready(ready=lambda p: any("error" in m for m in p["models"]))
+    [m] = pong["models"]
+    assert m["ready"] is False and "not_in_signature" in m["error"]
+    cols = random_columns(inputs, 2, rng)
+    with Client(leaf.endpoint) as c:
+        header, _ = c.score("broken@1", encode_columns(inputs, cols, 2), 2)
+    assert header["error"]["kind"] == "unavailable"
+
+
+def test_runner_leaves_no_process_or_ipc_file(tmp_path, repo):
+    from tests.support.procs import ProcessRunner
+    runner = ProcessRunner(tmp_path, stop_timeout=2)
+    leaf = runner.leaf(repo.root, models=["eng@1"], name="tidy")
+    stubborn = runner.spawn("stubborn", [sys.executable, "-c",
+                                         "import signal, time; signal.signal(signal.SIGTERM, "
+                                         "signal.SIG_IGN); print('up', flush=True); time.sleep(60)"])
+    ipc_path = leaf.endpoint[len("ipc://"):]
+    while "up" not in stubborn.log():
+        time.sleep(0.05)
+    runner.close()
+    assert leaf.returncode == 0  # drained cleanly on SIGTERM
+    assert stubborn.returncode == -9  # ignored SIGTERM, so it was killed
+    assert not os.path.exists(ipc_path)

@@ -13,6 +13,9 @@ from tests.support.procs import Client, ping
 
 from .conftest import BAD_INPUTS, CTR_INPUTS, ENG_INPUTS, MAX_MESSAGE_BYTES
 
+# TorchScript is what leaves serve; its deprecation notice is not this suite's concern.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+
 
 def check_scores(repo, key, inputs, cols, rows, header, scores, exact=True):
     assert header["ok"], header

@@ -12,6 +12,9 @@ from tests.support.models import encode_columns, random_columns, spec
 
 from .conftest import CTR_INPUTS, ENG_INPUTS
 
+# TorchScript is what leaves serve; its deprecation notice is not this suite's concern.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+
 
 def part(inputs, rows, rng, columns=None):
     cols = columns or random_columns(inputs, rows, rng)

@@ -155,8 +155,9 @@ class ManagedProcess:
 
 
 class ProcessRunner:
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, stop_timeout: float = 15.0):
         self.tmp_path = os.fspath(tmp_path)
+        self.stop_timeout = stop_timeout  # SIGTERM to SIGKILL
         self.procs: list[ManagedProcess] = []
         self._short_dir: str | None = None
 
@@ -199,7 +200,7 @@ class ProcessRunner:
         errors = []
         for p in reversed(self.procs):
             try:
-                p.stop()
+                p.stop(self.stop_timeout)
             except Exception as exc:  # keep stopping the others
                 errors.append(f"{p.name}: {exc}")
         for p in self.procs:
