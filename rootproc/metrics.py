@@ -6,6 +6,7 @@ several in one process; `serve` exposes it over HTTP.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # Stage latencies span ~10 us (a cached fetch) to seconds (a deadline).
 LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
@@ -32,12 +33,6 @@ class RootMetrics:
                                   "(after compression)", ["leaf", "model"], registry=r)
         self.trim_gaps = Counter(p + "trim_gaps", "model versions sent every feature because "
                                  "the active config has no signature for them", ["model"], registry=r)
-        self.cache_lookups = Counter(p + "cache_lookups", "feature cache lookups",
-                                     ["source", "result"], registry=r)
-        self.cache_hit_ratio = Gauge(p + "cache_hit_ratio", "feature cache hit ratio since start",
-                                     ["source"], registry=r)
-        self.store_reads = Counter(p + "store_reads", "records read from the feature store",
-                                   ["source"], registry=r)
         self.missing = Counter(p + "missing_entities", "ids the store does not have "
                                "(served with default features)", ["source"], registry=r)
         self.leaf_up = Gauge(p + "leaf_up", "1 if the leaf replica answered a recent ping",
@@ -47,26 +42,37 @@ class RootMetrics:
         self.in_flight = Gauge(p + "in_flight", "client requests being served", registry=r)
         self.info = Gauge(p + "config_info", "the active config", ["root", "config", "trim",
                                                                     "compression"], registry=r)
-        self._cache_seen = {}
         self.root_name = root_name
 
-    def sync_cache(self, cached_store) -> None:
-        """Carry the cache's plain counters into Prometheus (cheap: a few adds)."""
-        for source, cache in cached_store.caches.items():
-            last = self._cache_seen.get(source, (0, 0, 0))
-            reads = cached_store.store_reads[source]
-            hits, misses = cache.hits, cache.misses
-            if hits != last[0]:
-                self.cache_lookups.labels(source, "hit").inc(hits - last[0])
-            if misses != last[1]:
-                self.cache_lookups.labels(source, "miss").inc(misses - last[1])
-            if reads != last[2]:
-                self.store_reads.labels(source).inc(reads - last[2])
-            self._cache_seen[source] = (hits, misses, reads)
-            self.cache_hit_ratio.labels(source).set(cache.hit_ratio)
+    def watch_cache(self, cached_store) -> None:
+        """Export the cache's counters, read when scraped: the serving loop
+        only bumps plain ints, never a Prometheus lock."""
+        self.registry.register(_CacheCollector(cached_store))
 
     def serve(self, port: int, addr: str = "0.0.0.0"):
         return start_http_server(port, addr=addr, registry=self.registry)
+
+
+class _CacheCollector:
+    def __init__(self, cached_store):
+        self.cached = cached_store
+
+    def collect(self):
+        p = "trimmer_root_"
+        lookups = CounterMetricFamily(p + "cache_lookups", "feature cache lookups",
+                                      labels=["source", "result"])
+        reads = CounterMetricFamily(p + "store_reads", "records read from the feature store",
+                                    labels=["source"])
+        ratio = GaugeMetricFamily(p + "cache_hit_ratio", "feature cache hit ratio since start",
+                                  labels=["source"])
+        for source, cache in list(self.cached.caches.items()):
+            lookups.add_metric([source, "hit"], cache.hits)
+            lookups.add_metric([source, "miss"], cache.misses)
+            reads.add_metric([source], self.cached.store_reads[source])
+            ratio.add_metric([source], cache.hit_ratio)
+        yield lookups
+        yield reads
+        yield ratio
 
 
 __all__ = ["RootMetrics", "STAGES"]

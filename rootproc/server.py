@@ -69,6 +69,7 @@ class RootServer:
         self.store = FeatureStore(cfg.store)
         self.cached = CachedStore(self.store, cfg.cache_size, cfg.cache_ttl_s)
         self.metrics = RootMetrics(cfg.name)
+        self.metrics.watch_cache(self.cached)
         self.ctx = ctx or zmq.Context.instance()
         self.apply_config(load_active_config(cfg))
         # Without leaves in the root config, the bundle's placement endpoints.
@@ -143,7 +144,6 @@ class RootServer:
                 if now >= next_ping:
                     self.pool.ping_all()
                     self.update_health(now)
-                    self.metrics.sync_cache(self.cached)
                     next_ping = now + interval
                 wake = next_ping
                 if self.deadlines:

@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 
 import numpy as np
 import pytest
 
 from rootproc.client import ScoringClient
 from tests.support.models import direct_scores
-from tests.support.procs import ProcessRunner
+from tests.support.procs import ProcessRunner, free_tcp_port
 
 from .conftest import spawn_leaves, spawn_root
 from .world import CANDIDATE_IDS, GAP_MODEL, MODELS, SCHEMA, USER_IDS, expected_features, message_nbytes
@@ -76,6 +77,42 @@ def test_trimmed_scores_and_exact_bytes(world, leaves, process_runner, transport
         res = client.score(user, cands, models=["div", "ctr@3"])
         assert sorted(res.scores) == ["ctr@3", "div@2"]
         check_scores(world, res, user, cands, models=["ctr@3", "div@2"])
+
+
+def scrape(port: int) -> dict:
+    """Prometheus samples as {(name, frozenset(labels)): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_metrics_count_bytes_and_the_untrimmed_counterfactual(world, leaves, process_runner):
+    port = free_tcp_port()
+    root = spawn_root(process_runner, world, leaves["ipc"], metrics_port=port)
+    sent, untrimmed = {}, 0
+    with ScoringClient(root.endpoint) as client:
+        for seed in range(4):
+            user, cands = request_ids(seed)
+            res = client.score(user, cands)
+            feats = check_scores(world, res, user, cands)
+            union = message_nbytes(union_layout_names(), len(cands), feats)
+            for r in res.results:
+                sent[r["model"]] = sent.get(r["model"], 0) + r["bytes_sent"]
+            untrimmed += union
+        res = client.score(4242, cands, models=[GAP_MODEL[0]])
+    m = scrape(port)
+    leaf_of = {"ctr@3": "leaf-0", "eng@1": "leaf-0", "div@2": "leaf-1"}
+    for key, total in sent.items():
+        labels = frozenset({"leaf": leaf_of[key], "model": key}.items())
+        assert m[("trimmer_root_bytes_sent_total", labels)] == total
+        assert m[("trimmer_root_bytes_untrimmed_total", labels)] == untrimmed
+    assert m[("trimmer_root_trim_gaps_total", frozenset({"model": GAP_MODEL[0]}.items()))] == 1
+    assert m[("trimmer_root_missing_entities_total", frozenset({"source": "user"}.items()))] == 1
+    assert m[("trimmer_root_requests_total", frozenset({"outcome": "ok"}.items()))] == 5
+    assert m[("trimmer_root_latency_seconds_count", frozenset({"stage": "total"}.items()))] == 5
+    assert m[("trimmer_root_cache_lookups_total",
+              frozenset({"source": "candidate", "result": "hit"}.items()))] > 0
 
 
 def test_trim_off_sends_every_feature(world, leaves, process_runner):
