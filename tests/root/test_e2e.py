@@ -189,3 +189,18 @@ def test_two_roots_share_the_store_and_spread_requests(world, leaves, process_ru
                              "--require-leaves"], capture_output=True, text=True, timeout=30)
     assert health.returncode == 0, health.stderr
     assert json.loads(health.stdout)["role"] == "root"
+
+
+def test_active_config_from_a_staged_config_store(world, leaves, process_runner, tmp_path):
+    from signatures.store import ConfigStore
+    configs = str(tmp_path / "configs")
+    empty = spawn_root(process_runner, world, leaves["ipc"], name="root-empty", bundle=None,
+                       config_store=configs, stage="canary", ready=None)
+    assert empty.wait(30) == 2 and "no active config" in empty.log()
+    ConfigStore(configs).deploy(world["bundle_obj"], "canary")
+    root = spawn_root(process_runner, world, leaves["ipc"], bundle=None, config_store=configs,
+                      stage="canary")
+    with ScoringClient(root.endpoint) as client:
+        assert client.ping()["config"] == world["bundle_obj"].id
+        user, cands = request_ids(8)
+        check_scores(world, client.score(user, cands), user, cands)
