@@ -1,0 +1,162 @@
+"""``trimmer demo``: the whole idea on one machine, with real processes.
+
+Generates a scenario (schema, models with derived signatures, bundle, staged
+config, LMDB store), runs leaves and one root per comparison mode under
+supervisord, drives the same scoring load through each mode, and prints the
+table the seed article reports for LZ4 (network, CPU, p90), for every mode.
+Everything it writes stays in the run directory; everything it starts is
+stopped on exit, Ctrl-C included.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import socket
+import sys
+import time
+from argparse import Namespace
+from pathlib import Path
+
+from .modes import MODES, Mode
+from .node import Node, Program, cpu_seconds, ipc_endpoint
+from .report import render_chart, render_table
+from .scenario import STAGE, Scenario, build_scenario
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="trimmer demo", description=__doc__.splitlines()[0])
+    p.add_argument("--run-dir", type=Path, help="default: runs/demo-<timestamp>")
+    p.add_argument("--requests", type=int, default=120, help="scoring requests per mode")
+    p.add_argument("--candidates", type=int, default=256, help="candidates per request")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    p.add_argument("--leaves", type=int, default=2, help="leaf processes")
+    p.add_argument("--roots", type=int, default=1, help="root processes per mode")
+    p.add_argument("--users", type=int, default=5000, help="users in the feature store")
+    p.add_argument("--items", type=int, default=20000, help="candidates in the feature store")
+    p.add_argument("--scale", type=float, default=1.0, help="schema size (1.0: about 1,500 features)")
+    p.add_argument("--modes", nargs="+", choices=[m.name for m in MODES], help="default: all")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--metrics", action="store_true", help="expose Prometheus metrics on free ports")
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave the node up (Ctrl-C stops it) for exploring with `trimmer score`")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if min(args.requests, args.candidates, args.concurrency, args.leaves, args.roots) < 1:
+        p.error("--requests, --candidates, --concurrency, --leaves and --roots must be >= 1")
+    return args
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def programs_for(scenario: Scenario, modes: list[Mode], args) -> tuple[list[Program], dict]:
+    sock = scenario.run_dir.resolve() / "sock"
+    sock.mkdir(exist_ok=True)
+    programs, roots = [], {}
+    leaf_endpoints = {}
+    for leaf, models in scenario.placement.items():
+        endpoint = ipc_endpoint(sock, leaf)
+        leaf_endpoints[leaf] = endpoint
+        argv = [sys.executable, "-m", "leafproc", "--name", leaf, "--repo", str(scenario.repo.resolve()),
+                "--bind", endpoint, "--metrics-port", str(free_port() if args.metrics else 0)]
+        for key in models:
+            argv += ["--model", key]
+        programs.append(Program(leaf, argv, endpoint,
+                                ready=lambda pong, n=len(models): sum(m.get("ready", False) for m in pong.get("models", [])) >= n))
+    configs = scenario.run_dir / "roots"
+    configs.mkdir(exist_ok=True)
+    for mode in modes:
+        roots[mode.name] = []
+        for i in range(args.roots):
+            name = f"root-{mode.name}-{i}"
+            endpoint = ipc_endpoint(sock, name)
+            config = {
+                "name": name, "bind": [endpoint],
+                "schema": str(scenario.schema_path.resolve()),
+                "config_store": str(scenario.config_store.resolve()), "stage": STAGE,
+                "store": str(scenario.feature_store.resolve()),
+                "leaves": [{"name": leaf, "endpoints": [leaf_endpoints[leaf]], "models": models}
+                           for leaf, models in scenario.placement.items()],
+                "trim": mode.trim, "compression": mode.compression,
+                "deadline_ms": 10_000, "max_candidates": max(2048, args.candidates),
+                "metrics_port": free_port() if args.metrics else None,
+                **mode.root_options,
+            }
+            path = configs / f"{name}.json"
+            path.write_text(json.dumps(config, indent=1))
+            programs.append(Program(name, [sys.executable, "-m", "rootproc", "--config", str(path.resolve())],
+                                    endpoint, ready=lambda pong: all(l.get("healthy") for l in pong.get("leaves", []))))
+            roots[mode.name].append(endpoint)
+    return programs, roots
+
+
+def drive(mode: Mode, endpoints: list[str], scenario: Scenario, args, log) -> dict:
+    from rootproc.health import ping
+    from rootproc.score import run_load
+    pids = [ping(e)["pid"] for e in endpoints]
+    load = Namespace(endpoint=endpoints, requests=args.requests, concurrency=args.concurrency,
+                     rate=0.0, candidates=args.candidates, store=str(scenario.feature_store),
+                     users=0, candidate_ids=0, models=None, deadline_ms=None, timeout_ms=30_000,
+                     seed=args.seed)
+    warm = Namespace(**{**vars(load), "requests": min(10, args.requests)})
+    run_load(warm)  # caches and allocators warm before anything is measured
+    cpu0 = sum(cpu_seconds(p) for p in pids)
+    progress = None
+    if not args.no_progress:
+        from tqdm import tqdm
+        progress = tqdm(total=args.requests, unit="req", desc=f"{mode.name:<14}", file=sys.stderr,
+                        leave=False)
+    try:
+        stats = run_load(load, progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+    stats["root_cpu_ms_per_request"] = round(1000 * cpu / max(1, stats["ok"]), 2)
+    stats["mode"] = mode.name
+    log(f"{mode.name:<14} {stats['ok']}/{stats['requests']} ok, {stats['throughput_rps']} req/s, "
+        f"p90 {stats['latency_ms']['p90']} ms, {stats['wire_bytes'] / max(1, stats['ok']) / 1e6:.2f} MB/request")
+    return stats
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    run_dir = args.run_dir or Path("runs") / datetime.datetime.now().strftime("demo-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    modes = [m for m in MODES if not args.modes or m.name in args.modes]
+
+    def log(msg):
+        print(f"[{time.monotonic() - started:6.1f}s] {msg}", flush=True)
+
+    log(f"run directory: {run_dir}")
+    try:
+        scenario = build_scenario(run_dir, leaves=args.leaves, users=args.users, candidates=args.items,
+                                  seed=args.seed, scale=args.scale, log=log)
+        programs, roots = programs_for(scenario, modes, args)
+        with Node(run_dir, programs) as node:
+            node.start(log=log)
+            results = [drive(mode, roots[mode.name], scenario, args, log) for mode in modes]
+            table = render_table(results, args, scenario)
+            (run_dir / "results.md").write_text(table)
+            (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+            chart = render_chart(results, run_dir / "results.png")
+            print()
+            print(table)
+            log(f"wrote {run_dir / 'results.md'}, {run_dir / 'results.json'}" + (f", {chart}" if chart else ""))
+            if args.keep_running:
+                endpoints = " ".join(f"--endpoint {e}" for e in roots[modes[-1].name])
+                print(f"\nThe node is up. Try:\n  trimmer score {endpoints} --store {scenario.feature_store} "
+                      f"--requests 200\n  trimmer status --store {scenario.config_store}\n"
+                      f"Ctrl-C stops everything.")
+                while True:
+                    time.sleep(3600)
+    except KeyboardInterrupt:
+        log("interrupted: everything started has been stopped")
+        return 130
+    log("stopped cleanly")
+    return 0

@@ -1,0 +1,23 @@
+"""The comparison modes: the seed's "before" (every feature to every leaf),
+its first fix (LZ4), and trimming, alone and combined."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    label: str
+    trim: str
+    compression: str
+    root_options: dict = field(default_factory=dict)
+
+
+MODES = [
+    Mode("all", "all features", "off", "none"),
+    Mode("all-lz4", "all features + LZ4", "off", "lz4"),
+    Mode("trimmed", "trimmed", "on", "none"),
+    Mode("trimmed-lz4", "trimmed + LZ4", "on", "lz4"),
+]
+BASELINE = "all"
