@@ -32,7 +32,7 @@ $(KERNEL_SO): $(KERNEL_SRC) $(VENV)/.stamp-deps
 install: $(KERNEL_SO)
 
 demo: install
-	$(PY) -m pytest bench/test_gather_bench.py --benchmark-only -q $(DEMO_ARGS)
+	$(VENV)/bin/trimmer demo $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
