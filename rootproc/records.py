@@ -7,10 +7,13 @@ for numpy rather than for generality::
     fixed part   every dense field, then one uint32 length per ragged field,
                  packed as a numpy structured dtype (fields sorted by item size
                  so that each one is naturally aligned), padded to 8 bytes
-    tail         each ragged field's values, field after field
+    tail         each ragged field's values, field after field, each padded
+                 with zeros to a multiple of 8 bytes
 
 A batch of records then decodes with one ``b"".join`` and one
 ``np.frombuffer``: each dense field is a strided view, no per-record Python.
+The padding keeps every ragged segment aligned in the joined tails, so
+ragged fields are gathered by element (one index per value, not per byte).
 The record layout is stored in the store's metadata, so a store describes
 itself and a root can read it with a newer schema (fields the store lacks
 take their defaults).
@@ -180,7 +183,8 @@ class RecordLayout:
                 lists = [np.asarray(v, dtype=f.dtype).ravel() for v in data]
             fixed[LEN_PREFIX + f.name] = [len(v) for v in lists]
             for i, v in enumerate(lists):
-                tails[i].append(np.ascontiguousarray(v, dtype=f.dtype).tobytes())
+                data = np.ascontiguousarray(v, dtype=f.dtype).tobytes()
+                tails[i].append(data + bytes(-len(data) % 8))
         raw = fixed.tobytes()
         size = self.fixed_nbytes
         if not self.ragged:
@@ -189,54 +193,68 @@ class RecordLayout:
 
     # -- decoding -------------------------------------------------------------
 
-    def decode_many(self, records: Sequence, names: Iterable[str] | None = None) -> dict:
-        """Fields of many records: ``name -> (n,) / (n, width) array`` for dense
-        fields (read-only views on one joined buffer), ``name -> Ragged`` for
-        ragged ones. ``names`` restricts which ragged fields are gathered."""
+    def decode_fixed(self, records: Sequence):
+        """``(fixed, tails, tail_nbytes)``: the fixed parts of ``records`` as
+        one contiguous structured array, and (when the layout has ragged
+        fields) their tails joined into one uint8 array with each tail's size."""
         n = len(records)
         size = self.fixed_nbytes
-        joined = b"".join(records)
-        u8 = np.frombuffer(joined, dtype=np.uint8)
-        if len(u8) == n * size:
-            starts = None
-            fixed = u8.view(self.dtype) if n else np.zeros(0, self.dtype)
-        else:
-            lengths = np.fromiter((len(r) for r in records), dtype=np.int64, count=n)
-            starts = np.cumsum(lengths) - lengths
-            if bool((lengths < size).any()):
-                raise ValueError(f"corrupt {self.source} record: shorter than its fixed part")
-            fixed = u8[starts[:, None] + np.arange(size)].reshape(-1).view(self.dtype)
-        wanted = self.fields if names is None else [x for x in names if x in self.fields]
+        if not self.ragged:
+            joined = b"".join(records)
+            if len(joined) != n * size:
+                raise ValueError(f"corrupt {self.source} record: expected {size} bytes each")
+            return np.frombuffer(joined, dtype=self.dtype), None, None
+        views = [memoryview(r) for r in records]
+        joined = b"".join([v[:size] for v in views])
+        if len(joined) != n * size:
+            raise ValueError(f"corrupt {self.source} record: shorter than its fixed part")
+        tails = np.frombuffer(b"".join([v[size:] for v in views]), dtype=np.uint8)
+        tail_nbytes = np.fromiter((v.nbytes - size for v in views), dtype=np.int64, count=n)
+        return np.frombuffer(joined, dtype=self.dtype), tails, tail_nbytes
+
+    def decode_many(self, records: Sequence, names: Iterable[str] | None = None,
+                    decoded=None) -> dict:
+        """Fields of many records: ``name -> (n,) / (n, width) array`` for dense
+        fields (read-only views on one joined buffer), ``name -> Ragged`` for
+        ragged ones. ``names`` restricts the fields returned; ``decoded`` is
+        `decode_fixed`'s result when the caller already has it."""
+        fixed, tails, tail_nbytes = decoded if decoded is not None else self.decode_fixed(records)
+        n = len(fixed)
+        wanted = list(self.fields) if names is None else [x for x in names if x in self.fields]
         out = {}
         for name in wanted:
-            f = self.fields[name]
-            if not f.ragged:
+            if not self.fields[name].ragged:
                 out[name] = fixed[name]
-        ragged_wanted = [f for f in self.ragged if f.name in wanted]
-        if not ragged_wanted:
+        index = {f.name: k for k, f in enumerate(self.ragged)}
+        ks = [index[name] for name in wanted if name in index]
+        if not ks:
             return out
-        # Byte position of each ragged field within each record's tail.
         counts = np.stack([fixed[LEN_PREFIX + f.name].astype(np.int64) for f in self.ragged], axis=1)
         sizes = np.array([np.dtype(f.dtype).itemsize for f in self.ragged], dtype=np.int64)
-        seg_nbytes = counts * sizes
-        within = np.cumsum(seg_nbytes, axis=1) - seg_nbytes
-        if starts is None:
-            starts = np.arange(n, dtype=np.int64) * size
-        total = starts + size + seg_nbytes.sum(axis=1)
-        ends = np.append(starts[1:], len(u8))
-        if bool((total != ends).any()):
+        seg_nbytes = (counts * sizes + 7) & ~7
+        if bool((seg_nbytes.sum(axis=1) != tail_nbytes).any()):
             raise ValueError(f"corrupt {self.source} record: ragged lengths disagree with its size")
-        index = {f.name: k for k, f in enumerate(self.ragged)}
-        for f in ragged_wanted:
-            k = index[f.name]
-            offsets = np.zeros(n + 1, dtype=np.int64)
-            np.cumsum(counts[:, k], out=offsets[1:])
-            nb = seg_nbytes[:, k]
-            seg_start = starts + size + within[:, k]
-            cum = np.cumsum(nb) - nb
-            idx = np.repeat(seg_start - cum, nb) + np.arange(int(nb.sum()), dtype=np.int64)
-            values = u8[idx]
-            out[f.name] = Ragged(values.view(f.dtype), offsets)
+        tail_start = np.cumsum(tail_nbytes) - tail_nbytes
+        seg_start = tail_start[:, None] + np.cumsum(seg_nbytes, axis=1) - seg_nbytes
+        # One gather per item size for every wanted field, by element: segments
+        # are 8-aligned, so a segment's start is a whole number of elements.
+        by_size: dict[int, list[int]] = {}
+        for k in ks:
+            by_size.setdefault(int(sizes[k]), []).append(k)
+        for size, group in by_size.items():
+            elems = tails.view(f"u{size}")
+            starts = (seg_start[:, group] // size).T.ravel()
+            lengths = counts[:, group].T.ravel()
+            before = np.cumsum(lengths) - lengths
+            total = int(lengths.sum())
+            gathered = elems[np.repeat(starts - before, lengths) + np.arange(total, dtype=np.int64)]
+            pos = 0
+            for k, count in zip(group, counts[:, group].sum(axis=0).tolist()):
+                f = self.ragged[k]
+                offsets = np.zeros(n + 1, dtype=np.int64)
+                np.cumsum(counts[:, k], out=offsets[1:])
+                out[f.name] = Ragged(gathered[pos:pos + count].view(f.dtype), offsets)
+                pos += count
         return out
 
 
