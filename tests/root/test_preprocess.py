@@ -9,7 +9,7 @@ import pytest
 import _trim
 from _trim import Ragged
 from rootproc.config import config_from_args, add_arguments, config_from_dict
-from rootproc.preprocess import Preprocessor, hash_ids
+from rootproc.preprocess import Preprocessor, _elementwise, hash_ids
 from rootproc.records import RecordLayout
 from signatures.schema import FeatureSchema
 
@@ -114,3 +114,34 @@ def test_config_file_flags_and_validation(tmp_path):
         config_from_dict({**data, "trim": "maybe"}).validate()
     with pytest.raises(ValueError, match="exactly one of"):
         config_from_dict({k: v for k, v in data.items() if k != "bundle"}).validate()
+
+
+def test_grouped_scalars_match_the_per_feature_path():
+    from rootproc.synth import synth_chunks
+    ops = [{"op": "identity"}, {"op": "log1p"}, {"op": "clip", "lo": 0.1, "hi": 7.3},
+           {"op": "standardize", "mean": 0.3, "std": 1.7}]
+    feats = []
+    for i in range(12):
+        feats.append({"name": f"c{i}", "dtype": "float32" if i % 3 else "float64",
+                      "source": "candidate", "transform": ops[i % 4]})
+        feats.append({"name": f"u{i}", "dtype": "float32", "source": "user", "transform": ops[i % 4]})
+    for i in range(4):
+        feats.append({"name": f"h{i}", "dtype": "int64" if i % 2 else "int32",
+                      "source": "candidate", "transform": {"op": "hash", "buckets": 10 + i}})
+    feats.append({"name": "r", "dtype": "int64", "kind": "ragged", "source": "candidate",
+                  "transform": {"op": "hash", "buckets": 9}})
+    schema = FeatureSchema.from_dict({"format": 1, "features": feats})
+    layouts = {s: RecordLayout.from_schema(schema, s) for s in ("user", "candidate")}
+    (_, urecs), = synth_chunks(schema, layouts["user"], 1, seed=1)
+    (_, crecs), = synth_chunks(schema, layouts["candidate"], 50, seed=1)
+    grouped = Preprocessor(schema, None, layouts)
+    assert len(grouped._groups) >= 4 and len(grouped._steps) == 1
+    single = Preprocessor(schema, None, layouts)
+    single._groups = []
+    single._steps = [(f, _elementwise(f.transform["op"], f.transform)) for f in single.features]
+    single._step_fields = {s: sorted(layouts[s].fields) for s in ("user", "candidate")}
+    a, b = grouped.build(urecs, crecs), single.build(urecs, crecs)
+    assert bytes(a.buffer) == bytes(b.buffer)
+    hashed = _trim.decode(a.buffer)["h3"]
+    raw = layouts["candidate"].decode_many(crecs)["h3"]
+    assert hashed.tolist() == [bucket(x, 13) for x in raw.tolist()]
