@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 
 from _trim.protocol import COMPRESSION_LZ4, COMPRESSION_NONE, split_model_key
 

@@ -306,7 +306,14 @@ class RootServer:
                 result.update(ok=True, leaf=None, bytes_sent=0)
                 pending.frames[idx] = b""
                 continue
-            self.send_to_leaf(pending, idx, key, plan, batch, untrimmed, now)
+            try:
+                self.send_to_leaf(pending, idx, key, plan, batch, untrimmed, now)
+            except Exception as exc:
+                # Other models may already be in flight: this request's one reply
+                # comes from `finish`, so a failure here stays this model's result.
+                log.error("request %r, %s: internal error\n%s", rid, key, traceback.format_exc())
+                result["error"] = {"kind": INTERNAL, "message": f"internal error: "
+                                   f"{type(exc).__name__}: {exc}"}
         t_trim = time.perf_counter()
         pending.timing = {"fetch": t_fetch - t0, "preprocess": t_pre - t_fetch, "trim": t_trim - t_pre}
         pending.t_sent = t_trim

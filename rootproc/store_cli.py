@@ -22,7 +22,7 @@ import orjson
 from _trim import Ragged
 from signatures.schema import FeatureSchema
 
-from .records import SOURCES, RecordLayout
+from .records import RecordLayout
 from .store import FeatureStore
 from .synth import synth_chunks
 

@@ -8,7 +8,6 @@ import time
 import numpy as np
 import orjson
 import pytest
-import zmq
 
 from rootproc.client import ScoringClient
 from tests.support.procs import Client
