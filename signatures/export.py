@@ -47,6 +47,9 @@ def load_model(source: str) -> tuple[torch.jit.ScriptModule, bytes | None]:
     mod_name, sep, attr = source.partition(":")
     if not sep or not mod_name or not attr:
         raise ExportError(f"{source!r}: neither an existing TorchScript file nor module:callable")
+    # Like `python -m`: a module:callable names code in the current directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         obj = importlib.import_module(mod_name)
         for part in attr.split("."):
