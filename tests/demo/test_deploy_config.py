@@ -1,0 +1,44 @@
+"""deploy/ is a configuration people copy: it must load, and its stop
+timeouts must leave room for the drains they exist for."""
+import json
+import shlex
+from pathlib import Path
+
+from supervisor.options import ServerOptions
+
+from leafproc.__main__ import parse_args as parse_leaf_args
+from rootproc.config import load_config
+
+DEPLOY = Path(__file__).parents[2] / "deploy"
+
+
+def load_supervisord(tmp_path):
+    text = (DEPLOY / "supervisord.conf").read_text()
+    text = text.replace("/run/trimmer", str(tmp_path)).replace("/var/log/trimmer", str(tmp_path))
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(text)
+    options = ServerOptions()
+    options.configfile = str(conf)
+    options.process_config(do_usage=False)
+    return {p.name: p for g in options.process_group_configs for p in g.process_configs}
+
+
+def test_supervisord_config_loads_with_roots_and_leaves(tmp_path):
+    programs = load_supervisord(tmp_path)
+    assert sorted(programs) == ["leaf-0", "leaf-1", "root-0", "root-1", "root-2", "root-3"]
+    leaf_drain = json.loads((DEPLOY / "leaf.json").read_text())["drain_timeout_s"]
+    root_drain_s = json.loads((DEPLOY / "root.json").read_text())["max_deadline_ms"] / 1000
+    for name, p in programs.items():
+        argv = shlex.split(p.command)
+        assert argv[1] == name.split("-")[0] and f"--name {name}" in p.command
+        assert p.stopsignal == 15
+        assert p.stopwaitsecs > (leaf_drain if name.startswith("leaf") else root_drain_s)
+    assert min(programs[f"leaf-{i}"].priority for i in range(2)) < programs["root-0"].priority
+
+
+def test_root_and_leaf_configs_are_valid(tmp_path):
+    cfg = load_config(DEPLOY / "root.json").validate()
+    assert cfg.config_store and cfg.stage == "production" and cfg.trim == "on"
+    assert {leaf.name for leaf in cfg.leaves} == {"leaf-0", "leaf-1", "gpu-a"}
+    args = parse_leaf_args(["--config", str(DEPLOY / "leaf.json"), "--bind", f"ipc://{tmp_path}/l.sock"])
+    assert args.repo == "/var/lib/trimmer/models" and args.drain_timeout_s == 30
