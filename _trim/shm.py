@@ -166,9 +166,12 @@ class SegmentReader:
     segments of long-gone writers do not accumulate.
     """
 
-    def __init__(self, directory: Path = None, max_segments: int = 64):
+    def __init__(self, directory: Path = None, max_segments: int = 64, on_attach=None, on_drop=None):
         self.directory = Path(directory or SHM_DIR)
         self.max_segments = max_segments
+        # Called with (name, view) under the reader's lock, e.g. to register a
+        # segment as pinned memory once, and to unregister it before unmapping.
+        self.on_attach, self.on_drop = on_attach, on_drop
         self._segments: OrderedDict[str, tuple[mmap.mmap, memoryview]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -211,6 +214,8 @@ class SegmentReader:
                 os.close(fd)
             view = memoryview(mapped)
             self._segments[name] = (mapped, view)
+            if self.on_attach is not None:
+                self.on_attach(name, view)
             while len(self._segments) > self.max_segments:
                 self._drop(next(iter(self._segments)))
             return view
@@ -221,10 +226,13 @@ class SegmentReader:
 
     def forget(self, name: str) -> None:
         with self._lock:
-            self._drop(name)
+            if name in self._segments:
+                self._drop(name)
 
     def _drop(self, name: str) -> None:
         mapped, view = self._segments.pop(name)
+        if self.on_drop is not None:
+            self.on_drop(name, view)
         view.release()
         try:
             mapped.close()

@@ -20,6 +20,7 @@ import zmq
 
 from _trim import protocol as P
 
+from .inbox import ShmInbox
 from .metrics import LeafMetrics
 from .worker import ModelWorker, Request
 
@@ -49,6 +50,7 @@ class LeafServer:
         self._stop = threading.Event()
         self._draining_since: float | None = None
         self._last_recv = 0.0
+        self.inbox = ShmInbox(max_message_bytes, device)
 
         self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 2000)
@@ -106,6 +108,7 @@ class LeafServer:
                       "them shutting_down", self.name, len(self.inflight), self.drain_timeout_s)
             for token in list(self.inflight):
                 envelope, rid = self.inflight.pop(token)
+                self.inbox.release(token)
                 self._send(envelope, [P.error_header(rid, P.SHUTTING_DOWN,
                                                      "leaf stopped before the model answered")],
                            P.SHUTTING_DOWN)
@@ -120,6 +123,7 @@ class LeafServer:
         self.metrics.inflight.set(0)
         self.router.close()
         self.pull.close()
+        self.inbox.close()
         # libzmq leaves ipc socket files behind; a stale one only confuses operators.
         for ep in self.bound:
             if ep.startswith("ipc://") and not ep.startswith("ipc://@"):
@@ -137,6 +141,7 @@ class LeafServer:
             except zmq.Again:
                 return
             entry = self.inflight.pop(frames[0].bytes, None)
+            self.inbox.release(frames[0].bytes)
             if entry is None:  # already answered by a forced drain
                 continue
             self.router.send_multipart(entry[0] + frames[1:], copy=False)
@@ -202,16 +207,24 @@ class LeafServer:
             if raw_nbytes > self.max_message_bytes:
                 raise P.ProtocolError(P.TOO_LARGE, f"raw_nbytes {raw_nbytes} is above this "
                                                    f"leaf's limit of {self.max_message_bytes}")
-        if len(body) != 2:
-            raise P.ProtocolError(P.BAD_REQUEST, f"a score request has 2 frames (header, batch), "
-                                                 f"got {len(body)}")
-        if len(body[1]) > self.max_message_bytes:
-            raise P.ProtocolError(P.TOO_LARGE, f"batch frame is {len(body[1])} bytes, limit "
-                                               f"{self.max_message_bytes}")
+        pinned = False
+        if "shm" in header:  # the batch lies in the root's shared-memory slot
+            payload, pinned = self.inbox.resolve(header, body, compression)
+        else:
+            if len(body) != 2:
+                raise P.ProtocolError(P.BAD_REQUEST, f"a score request has 2 frames (header, "
+                                                     f"batch), got {len(body)}")
+            if len(body[1]) > self.max_message_bytes:
+                raise P.ProtocolError(P.TOO_LARGE, f"batch frame is {len(body[1])} bytes, limit "
+                                                   f"{self.max_message_bytes}")
+            payload = body[1]
         token = next(self._tokens).to_bytes(8, "little")
         self.inflight[token] = (envelope, rid)
+        if "shm" in header:
+            self.inbox.hold(token, header)
         self.metrics.inflight.set(len(self.inflight))
-        worker.submit(Request(token, rid, rows, compression, raw_nbytes, body[1], t_recv))
+        worker.submit(Request(token, rid, rows, compression, raw_nbytes, payload, t_recv,
+                              pinned=pinned))
 
     def _pong(self, rid) -> bytes:
         return P.pack_header({

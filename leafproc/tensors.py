@@ -47,6 +47,7 @@ class Part:
     decoded: Decoded
     raw: np.ndarray  # uint8 view of the message (total_nbytes, no transport tail)
     rows: int
+    pinned: bool = False  # raw lies in page-locked memory: the device can DMA from it
 
 
 def merge_key(decoded: Decoded, inputs: list[TensorSpec]) -> tuple:
@@ -126,6 +127,15 @@ class StagedTensors:
         for p in parts:
             bases.append(total)
             total += -(-p.raw.nbytes // STAGE_ALIGN) * STAGE_ALIGN
+        if self._pin and all(p.pinned for p in parts):
+            # Shared-memory slots registered as pinned memory: DMA straight from
+            # them. The scores are read back before the reply, which waits for
+            # these copies, so the root gets its slot back only after them.
+            on_device = torch.empty(total, dtype=torch.uint8, device=self.device)
+            for p, base in zip(parts, bases):
+                on_device[base:base + p.raw.nbytes].copy_(torch.from_numpy(p.raw), non_blocking=True)
+            mappers = [self._mapper(on_device, base, p.raw) for p, base in zip(parts, bases)]
+            return assemble(parts, mappers, inputs)
         # Reading scores back normally synchronises, but a forward that raised
         # may not have: never overwrite pinned memory a DMA is still reading.
         if self._copied is not None:

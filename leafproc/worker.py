@@ -41,6 +41,7 @@ class Request:
     raw_nbytes: object
     payload: object       # zmq.Frame (or any buffer) holding the batch
     t_recv: float         # time.perf_counter() at receipt
+    pinned: bool = False  # payload lies in page-locked memory (a registered shm slot)
 
 
 class ModelWorker(threading.Thread):
@@ -174,7 +175,8 @@ class ModelWorker(threading.Thread):
         except ValueError as exc:
             raise P.ProtocolError(P.DECODE_ERROR, f"batch frame does not decode: {exc}") from None
         check(decoded, self.inputs, req.rows)
-        return Part(decoded, np.frombuffer(buf, dtype=np.uint8, count=decoded.nbytes), decoded.n_rows)
+        return Part(decoded, np.frombuffer(buf, dtype=np.uint8, count=decoded.nbytes), decoded.n_rows,
+                    req.pinned)
 
     def _forward(self, group: list) -> None:
         parts = [g[1] for g in group]

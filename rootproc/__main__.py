@@ -21,11 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from _trim.shm import ShmUnavailable
+
     from .server import RootServer
     try:
         cfg = config_from_args(args)
         server = RootServer(cfg)
-    except ValueError as exc:
+    except (ValueError, ShmUnavailable) as exc:
         print(f"trimmer root: {exc}", file=sys.stderr)
         return 2
     if cfg.metrics_port:

@@ -10,14 +10,20 @@ Root config (JSON; relative paths are relative to the file)::
      "store": "features/",                        # the LMDB feature store
      "leaves": [{"name": "leaf-0", "endpoints": ["ipc:///run/trimmer/leaf-0.sock"],
                  "models": ["ctr@3"],             # optional: else the bundle's placement
-                 "compression": "lz4"}],          # optional: else the root-wide mode
+                 "compression": "lz4",            # optional: else the root-wide mode
+                 "transport": "auto"}],           # or "shm" / "socket" (see "shm")
      "cache": {"size": 100000, "ttl_s": 60},
      "deadline_ms": 250, "max_deadline_ms": 10000,
      "max_candidates": 2048, "max_request_nbytes": 1048576,
      "missing": "default",                        # or "fail"
      "trim": "on", "compression": "none",
      "metrics_port": 9100,                        # null: no metrics endpoint
-     "ping_interval_ms": 500, "health_timeout_ms": 2000}
+     "ping_interval_ms": 500, "health_timeout_ms": 2000,
+     "shm": {"enabled": false, "slot_bytes": 4194304, "slots": 16, "wait_ms": 1}}
+
+With ``shm.enabled``, links to ipc:// leaves (same node) carry batches in a
+shared-memory ring of ``slots`` slots of ``slot_bytes`` per link
+(rootproc/shm_link.py); a leaf's ``transport`` forces shm or the socket.
 
 Every key but ``schema``, ``store``, ``leaves`` and one of ``bundle`` /
 ``config_store`` has the default shown above (``bind``:
@@ -32,6 +38,8 @@ from dataclasses import dataclass, fields, replace
 
 from _trim.protocol import COMPRESSION_LZ4, COMPRESSION_NONE, split_model_key
 
+from .shm_link import TRANSPORTS, ShmConfig, parse_shm_config
+
 MODES_TRIM = ("on", "off")
 MODES_COMPRESSION = (COMPRESSION_NONE, COMPRESSION_LZ4)
 MODES_MISSING = ("default", "fail")
@@ -43,6 +51,7 @@ class LeafConfig:
     endpoints: tuple[str, ...]
     models: tuple[str, ...] = ()
     compression: str | None = None
+    transport: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ class RootConfig:
     metrics_port: int | None = 9100
     ping_interval_ms: int = 500
     health_timeout_ms: int = 2000
+    shm: ShmConfig = ShmConfig()
 
     def validate(self) -> "RootConfig":
         problems = []
@@ -95,6 +105,9 @@ class RootConfig:
                 problems.append(f"leaf {leaf.name!r}: no endpoints")
             if leaf.compression not in (None,) + MODES_COMPRESSION:
                 problems.append(f"leaf {leaf.name!r}: compression {leaf.compression!r}")
+            if leaf.transport not in TRANSPORTS:
+                problems.append(f"leaf {leaf.name!r}: transport must be one of {TRANSPORTS}, "
+                                f"got {leaf.transport!r}")
             for key in leaf.models:
                 try:
                     split_model_key(key)
@@ -120,11 +133,12 @@ def _as_list(value) -> tuple:
 def parse_leaf(d, where: str = "leaves") -> LeafConfig:
     if not isinstance(d, dict) or not isinstance(d.get("name"), str):
         raise ValueError(f"root config: {where}: each leaf needs a string 'name'")
-    unknown = set(d) - {"name", "endpoint", "endpoints", "models", "compression"}
+    unknown = set(d) - {"name", "endpoint", "endpoints", "models", "compression", "transport"}
     if unknown:
         raise ValueError(f"root config: leaf {d['name']!r}: unknown keys {sorted(unknown)}")
     endpoints = _as_list(d.get("endpoints")) + _as_list(d.get("endpoint"))
-    return LeafConfig(d["name"], endpoints, _as_list(d.get("models")), d.get("compression"))
+    return LeafConfig(d["name"], endpoints, _as_list(d.get("models")), d.get("compression"),
+                      d.get("transport", "auto"))
 
 
 def config_from_dict(data: dict, base: str = ".") -> RootConfig:
@@ -149,6 +163,8 @@ def config_from_dict(data: dict, base: str = ".") -> RootConfig:
     if "ttl_s" in cache:
         kw["cache_ttl_s"] = cache["ttl_s"]
     kw["leaves"] = tuple(parse_leaf(d) for d in data.get("leaves", []))
+    if "shm" in data:
+        kw["shm"] = parse_shm_config(data["shm"])
     return RootConfig(**kw)
 
 

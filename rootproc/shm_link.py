@@ -1,0 +1,212 @@
+"""Shared-memory transport for same-node leaf links (the root's side).
+
+Per leaf link with shm on, the root owns one `SlotRing` in /dev/shm. The
+gather kernel writes a trimmed batch straight into a free slot; the score
+request then carries a descriptor (``"shm": {...}``) instead of a payload
+frame. The zmq messages are the only synchronisation:
+
+* a slot is held from the request that names it until the leaf's reply to
+  that request arrives, even when the request's deadline passed long before
+  (the leaf may still be reading it);
+* slots held for a leaf process that is gone (its pid, learnt from pongs, no
+  longer exists, or a pong shows a new pid) are reclaimed: a dead process
+  reads nothing. A restarted leaf needs seconds to bind while the liveness
+  check runs every ping interval, so a slot sent to the new process is never
+  mistaken for one of the old.
+
+A batch larger than a slot, or no slot freeing up within ``wait_ms``
+(meanwhile the link's replies are read, since only they free slots), goes
+over the socket as usual and counts in ``trimmer_root_shm_fallback_total``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from prometheus_client import Counter
+
+import _trim
+from _trim.shm import SlotRing, pid_alive
+
+TRANSPORTS = ("auto", "shm", "socket")
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ShmConfig:
+    """The root config's ``"shm"`` object."""
+
+    enabled: bool = False
+    slot_bytes: int = 4 * MIB
+    slots: int = 16
+    wait_ms: float = 1.0
+
+
+def parse_shm_config(d) -> ShmConfig:
+    """ValueError naming every problem of a ``"shm"`` object."""
+    if d is None:
+        return ShmConfig()
+    if not isinstance(d, dict):
+        raise ValueError("root config: shm must be an object")
+    problems = []
+    unknown = sorted(set(d) - {"enabled", "slot_bytes", "slots", "wait_ms"})
+    if unknown:
+        problems.append(f"unknown keys {unknown}")
+    cfg = ShmConfig(**{k: v for k, v in d.items() if k not in unknown})
+    if not isinstance(cfg.enabled, bool):
+        problems.append(f"enabled must be true or false, got {cfg.enabled!r}")
+    for key in ("slot_bytes", "slots"):
+        value = getattr(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(f"{key} must be a positive integer, got {value!r}")
+    if not isinstance(cfg.wait_ms, (int, float)) or isinstance(cfg.wait_ms, bool) or cfg.wait_ms < 0:
+        problems.append(f"wait_ms must be a number >= 0, got {cfg.wait_ms!r}")
+    if problems:
+        raise ValueError("root config: shm: " + "; ".join(problems))
+    return cfg
+
+
+def wants_shm(endpoint: str, transport: str, cfg: ShmConfig) -> bool:
+    """Whether a link uses shared memory: forced, or auto for a local (ipc) leaf."""
+    if transport == "shm":
+        return True
+    return transport == "auto" and cfg.enabled and endpoint.startswith("ipc://")
+
+
+class ShmChannel:
+    """One link's ring and the slots the leaf holds, by request id."""
+
+    def __init__(self, label: str, cfg: ShmConfig, fallbacks=None):
+        self.ring = SlotRing(label, cfg.slot_bytes, cfg.slots)
+        self.wait_s = cfg.wait_ms / 1000
+        self.held: dict[str, tuple[int, object]] = {}  # request id -> (slot, leaf pid then)
+        self.leaf_pid = None
+        self.fallbacks = fallbacks  # reason -> counter (or None)
+
+    def place(self, mid: str, plan, batch, nbytes: int, pump=None) -> dict | None:
+        """Encode ``batch`` into a slot held for ``mid``; its descriptor, or None
+        when the caller must send over the socket. ``pump(timeout_s)`` reads the
+        link's replies while waiting for a slot."""
+        if nbytes > self.ring.slot_nbytes:
+            self._fallback("too_large")
+            return None
+        slot = self.ring.acquire()
+        if slot is None and self.wait_s > 0:
+            deadline = time.monotonic() + self.wait_s
+            while slot is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if pump is not None:
+                    pump(left)
+                    slot = self.ring.acquire()
+                else:
+                    slot = self.ring.acquire(timeout=left)
+        if slot is None:
+            self._fallback("no_slot")
+            return None
+        try:
+            written = _trim.encode_into(plan, batch, self.ring.slot(slot))
+        except BaseException:
+            self.ring.release(slot)
+            raise
+        self.held[mid] = (slot, self.leaf_pid)
+        return self.ring.descriptor(slot, written)
+
+    def replied(self, mid) -> bool:
+        """The leaf answered ``mid``: its slot is free again."""
+        entry = self.held.pop(mid, None)
+        if entry is None:
+            return False
+        self.ring.release(entry[0])
+        return True
+
+    def unsent(self, mid: str) -> None:
+        """The request naming the slot never left: nobody reads it."""
+        self.replied(mid)
+
+    def check_leaf(self, pid) -> int:
+        """Called with the pid the leaf last reported; reclaims slots held by a
+        leaf process that is gone. Returns how many were reclaimed."""
+        old = self.leaf_pid
+        self.leaf_pid = pid
+        if old is None and pid is not None:
+            # Sent before the first pong: to the process that answered it.
+            self.held = {mid: (slot, owner or pid) for mid, (slot, owner) in self.held.items()}
+        gone = {p for p in {old} | {owner for _, owner in self.held.values()}
+                if p is not None and (p != pid or not pid_alive(p))}
+        if not gone:
+            return 0
+        dead = [mid for mid, (_, owner) in self.held.items() if owner in gone]
+        for mid in dead:
+            self.replied(mid)
+        return len(dead)
+
+    def _fallback(self, reason: str) -> None:
+        if self.fallbacks is not None:
+            self.fallbacks.labels(reason).inc()
+
+    def close(self) -> None:
+        self.held.clear()
+        self.ring.close()
+
+
+class ShmLinks:
+    """The root's shm channels, one per leaf link that uses shared memory."""
+
+    def __init__(self, links, cfg: ShmConfig, transports: dict, registry=None):
+        self.cfg = cfg
+        self.fallback_total = self.sent_total = self.reclaimed_total = None
+        if registry is not None:
+            p = "trimmer_root_shm_"
+            self.fallback_total = Counter(p + "fallback", "batches for a shm link sent over the "
+                                          "socket instead", ["leaf", "reason"], registry=registry)
+            self.sent_total = Counter(p + "sent", "batches written into a shared-memory slot",
+                                      ["leaf"], registry=registry)
+            self.reclaimed_total = Counter(p + "reclaimed", "slots reclaimed from a leaf process "
+                                           "that is gone", ["leaf"], registry=registry)
+        self.channels: dict = {}
+        try:
+            for link in links:
+                if wants_shm(link.endpoint, transports.get(link.name, "auto"), cfg):
+                    fb = None if self.fallback_total is None else _Labelled(self.fallback_total, link.name)
+                    self.channels[link] = ShmChannel(link.name, cfg, fb)
+        except BaseException:
+            self.close()
+            raise
+
+    def channel(self, link) -> ShmChannel | None:
+        return self.channels.get(link)
+
+    def sent(self, link) -> None:
+        if self.sent_total is not None:
+            self.sent_total.labels(link.name).inc()
+
+    def replied(self, link, mid) -> None:
+        ch = self.channels.get(link)
+        if ch is not None:
+            ch.replied(mid)
+
+    def check_leaves(self) -> None:
+        for link, ch in self.channels.items():
+            n = ch.check_leaf(link.pid)
+            if n and self.reclaimed_total is not None:
+                self.reclaimed_total.labels(link.name).inc(n)
+
+    def close(self) -> None:
+        for ch in self.channels.values():
+            ch.close()
+        self.channels.clear()
+
+
+class _Labelled:
+    """A counter with its leaf label fixed; ``.labels(reason)`` completes it."""
+
+    def __init__(self, counter, leaf: str):
+        self.counter, self.leaf = counter, leaf
+
+    def labels(self, reason: str):
+        return self.counter.labels(self.leaf, reason)
+
+
+__all__ = ["ShmConfig", "ShmChannel", "ShmLinks", "TRANSPORTS", "parse_shm_config", "wants_shm"]
