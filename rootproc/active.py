@@ -19,6 +19,7 @@ class ActiveConfig:
     placement: dict = field(default_factory=dict)  # leaf name -> model versions it hosts
     generation: int = 0
     endpoints: dict = field(default_factory=dict)  # leaf name -> endpoint, when the bundle has one
+    hashes: dict = field(default_factory=dict)     # "name@version" -> signature hash
 
     def features_for(self, key: str):
         """Required features of a model version; None if this config does not know it."""
@@ -55,7 +56,45 @@ class ActiveConfig:
                      for name, leaf in d.get("leaves", {}).items()}
         endpoints = {name: leaf["endpoint"] for name, leaf in d.get("leaves", {}).items()
                      if leaf.get("endpoint")}
-        return cls(str(d.get("id", "")), models, pending, placement, generation, endpoints)
+        hashes = {k: m.get("signature_hash") for k, m in d["models"].items()}
+        return cls(str(d.get("id", "")), models, pending, placement, generation, endpoints, hashes)
+
+
+@dataclass(frozen=True)
+class PreparedConfig:
+    """An active config with everything a request needs compiled: built off
+    the serving loop, then installed in one step between requests."""
+
+    active: ActiveConfig
+    pre_full: object          # Preprocessor of every schema feature (fail open, trim off)
+    pre_used: object          # Preprocessor of the features this config's models read
+    plans: dict               # (layout fingerprint, model version | None) -> trim plan
+
+
+def prepare_config(schema, record_layouts, trim: str, active: ActiveConfig,
+                   previous: PreparedConfig | None = None) -> PreparedConfig:
+    """Validate ``active`` against the schema and compile its preprocessors and
+    trim plans; ValueError naming the problem. Touches no serving state, so it
+    may run on another thread. ``previous`` with the same config id is reused
+    (a change of the stage's models alone only moves the generation)."""
+    import _trim
+
+    from .preprocess import Preprocessor
+
+    if previous is not None and previous.active.id == active.id and active.id:
+        return PreparedConfig(active, previous.pre_full, previous.pre_used, previous.plans)
+    full = previous.pre_full if previous is not None else Preprocessor(schema, None, record_layouts)
+    if trim == "on":
+        schema.check_names(active.union)
+        used = Preprocessor(schema, active.union, record_layouts)
+    else:
+        used = full
+    plans = {(full.layout.fingerprint, None): _trim.compile_plan(full.layout, full.layout.names),
+             (used.layout.fingerprint, None): _trim.compile_plan(used.layout, used.layout.names)}
+    if trim == "on":
+        for key, names in active.models.items():
+            plans[(used.layout.fingerprint, key)] = _trim.compile_plan(used.layout, names)
+    return PreparedConfig(active, full, used, plans)
 
 
 def load_active_config(cfg) -> ActiveConfig:
@@ -71,4 +110,4 @@ def load_active_config(cfg) -> ActiveConfig:
     return ActiveConfig.from_bundle(bundle, generation)
 
 
-__all__ = ["ActiveConfig", "load_active_config"]
+__all__ = ["ActiveConfig", "PreparedConfig", "load_active_config", "prepare_config"]

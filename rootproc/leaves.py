@@ -26,7 +26,8 @@ class LeafLink:
         self.name = name
         self.endpoint = endpoint
         self.configured = frozenset(models)
-        self.reported: frozenset = frozenset()
+        self.reported: frozenset | None = None   # None until a pong lists the leaf's models
+        self.hashes: dict = {}   # model version -> signature hash the leaf reports
         self.compression = compression
         self.outstanding = 0
         self.last_pong = float("-inf")
@@ -42,7 +43,9 @@ class LeafLink:
 
     @property
     def models(self) -> frozenset:
-        return self.configured | self.reported
+        # Once the leaf has said what it serves, only the versions it says are
+        # ready: during a rollout the placement runs ahead of (or behind) the leaf.
+        return self.configured if self.reported is None else self.reported
 
     def healthy(self, now: float, timeout_s: float) -> bool:
         return now - self.last_pong <= timeout_s
@@ -60,9 +63,10 @@ class LeafLink:
         self.pid = header.get("pid")
         models = header.get("models")
         if isinstance(models, list):
-            self.reported = frozenset(m["model"] for m in models
-                                      if isinstance(m, dict) and isinstance(m.get("model"), str)
-                                      and m.get("ready", True))
+            ready = [m for m in models if isinstance(m, dict) and isinstance(m.get("model"), str)
+                     and m.get("ready", True)]
+            self.reported = frozenset(m["model"] for m in ready)
+            self.hashes = {m["model"]: m.get("signature_hash") for m in ready}
 
     def close(self) -> None:
         self.socket.close(linger=0)

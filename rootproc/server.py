@@ -27,12 +27,13 @@ from _trim.protocol import (BAD_REQUEST, COMPRESSION_LZ4, DEADLINE, INTERNAL, SH
                             pack_header, unpack_header)
 from signatures.schema import FeatureSchema
 
-from .active import ActiveConfig, load_active_config
+from .active import ActiveConfig, PreparedConfig, load_active_config, prepare_config
+from .agreement import Agreement, default_models, resolve, served_versions
 from .cache import CachedStore
 from .config import LeafConfig, RootConfig
+from .follow import ConfigFollower
 from .leaves import LeafLink, LeafPool
 from .metrics import RootMetrics
-from .preprocess import Preprocessor
 from .store import FeatureStore
 
 log = logging.getLogger("rootproc")
@@ -96,24 +97,28 @@ class RootServer:
         self.draining = False
         self.stopped = False
         self.metrics.info.labels(self.name, self.active.id, cfg.trim, cfg.compression).set(1)
+        self.agreement = Agreement(self.name)
+        self.gap_counts: dict[str, int] = {}   # version -> requests sent untrimmed for it
+        # With a staged config store, follow its stage (see rootproc/follow.py).
+        self.follower = (ConfigFollower(self, cfg.config_store, cfg.stage).start()
+                         if cfg.config_store else None)
 
     # -- config -----------------------------------------------------------------
 
     def apply_config(self, active: ActiveConfig) -> None:
-        """Compile what a config implies: the preprocessors and (lazily) trim plans."""
-        layouts = self.store.layouts
-        full = Preprocessor(self.schema, None, layouts)
-        if self.cfg.trim == "on":
-            self.schema.check_names(active.union)
-            used = Preprocessor(self.schema, active.union, layouts)
-        else:
-            used = full
-        if full.absent_features:
+        """Compile what a config implies (preprocessors, trim plans) and install it."""
+        prepared = prepare_config(self.schema, self.store.layouts, self.cfg.trim, active)
+        if prepared.pre_full.absent_features:
             log.warning("feature store has no raw field for %s: they take their defaults",
-                        ", ".join(full.absent_features))
-        self.active = active
-        self.pre_full, self.pre_used = full, used
-        self.plans: dict = {}
+                        ", ".join(prepared.pre_full.absent_features))
+        self.install_config(prepared)
+
+    def install_config(self, prepared: PreparedConfig) -> None:
+        """Swap in a compiled config, between two requests, in one step."""
+        self.prepared = prepared
+        self.active = prepared.active
+        self.pre_full, self.pre_used = prepared.pre_full, prepared.pre_used
+        self.plans: dict = dict(prepared.plans)
 
     def plan_for(self, layout, key: str | None):
         """The trim plan of ``key`` (None: every column) on ``layout``, compiled once."""
@@ -156,6 +161,8 @@ class RootServer:
                         link = self.pool.by_socket[sock]
                         self.drain_socket(sock, lambda frames, l=link: self.on_leaf(l, frames))
                 self.expire(time.monotonic())
+                if self.follower is not None:
+                    self.follower.tick()
         finally:
             self.close()
 
@@ -178,6 +185,8 @@ class RootServer:
         if self.stopped:
             return
         self.stopped = True
+        if self.follower is not None:
+            self.follower.stop()
         self.frontend.close(linger=DRAIN_LINGER_MS)
         self.pool.close()
         self.store.close()
@@ -234,8 +243,9 @@ class RootServer:
                             "leaves": self.pool.status(time.monotonic())})
 
     def resolve_models(self, requested) -> list[str]:
+        served = served_versions(self.pool, time.monotonic())
         if requested is None:
-            keys = self.active.default_models
+            keys = default_models(self.active, served)
             if not keys:
                 raise ProtocolError(UNKNOWN_MODEL, "the active config has no model to score with")
             return keys
@@ -245,7 +255,7 @@ class RootServer:
             if "@" in name:
                 key = name if (name in self.active.models or name in hosted) else None
             else:
-                key = self.active.resolve(name)
+                key = resolve(self.active, name, served)
             if key is None:
                 unknown.append(name)
             elif key not in keys:
@@ -284,8 +294,10 @@ class RootServer:
         t_fetch = time.perf_counter()
 
         # Preprocess: the union the config uses, or everything when a model is
-        # outside the config (fail open) or trimming is off.
-        gaps = [k for k in keys if self.active.features_for(k) is None]
+        # outside the config or disagrees with its leaf (fail open), or trimming is off.
+        now = time.monotonic()
+        gaps = [k for k in keys
+                if self.agreement.gap_reason(self.active, k, self.pool.candidates(k, now))]
         pre = self.pre_full if (gaps or cfg.trim == "off") else self.pre_used
         batch = pre.build(user_recs, cand_recs)
         t_pre = time.perf_counter()
@@ -298,6 +310,7 @@ class RootServer:
             gap = key in gaps
             if gap:
                 self.metrics.trim_gaps.labels(key).inc()
+                self.gap_counts[key] = self.gap_counts.get(key, 0) + 1
             trimmed = cfg.trim == "on" and not gap
             plan = self.plan_for(batch.layout, key if trimmed else None)
             result = {"model": key, "ok": False, "trimmed": trimmed}

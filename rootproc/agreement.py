@@ -1,0 +1,98 @@
+"""Root ↔ leaf agreement: which version a request gets, and whether it may be trimmed.
+
+During a rollout the root's config and the leaves' loaded models change at
+different moments, so neither is the truth alone. A version is *served* when
+a healthy leaf's pong says it is ready; the root routes only to those. A
+version is trimmed only when the active config has its signature and no leaf
+that may receive it reports a different signature hash: otherwise it gets
+every feature (fail open) and counts as a trim gap, because a trimmed batch
+that lacks a feature the leaf's model reads would fail every request.
+"""
+from __future__ import annotations
+
+import logging
+
+from signatures.module_info import version_sort_key
+
+log = logging.getLogger("rootproc")
+
+NOT_IN_CONFIG = "not in config"
+
+
+def _name(key: str) -> str:
+    return key.rpartition("@")[0]
+
+
+def served_versions(pool, now: float) -> frozenset:
+    """Versions some healthy leaf replica says it serves ready."""
+    out: set[str] = set()
+    for link in pool.links:
+        if link.healthy(now, pool.health_timeout_s):
+            out |= link.models
+    return frozenset(out)
+
+
+def resolve(active, name: str, served: frozenset) -> str | None:
+    """``NAME`` -> a version: one a healthy leaf serves before one none does,
+    then one the config knows (so it can be trimmed), then current before
+    pending, then the highest version. None when neither side knows ``name``."""
+    candidates = {k for k in active.models if _name(k) == name}
+    candidates |= {k for k in served if _name(k) == name}
+    if not candidates:
+        return None
+    return max(candidates, key=lambda k: (k in served, k in active.models, k not in active.pending,
+                                          version_sort_key(k.rpartition("@")[2]), k))
+
+
+def default_models(active, served: frozenset) -> list[str]:
+    """A request without ``models``: every current version of the config, each
+    replaced by a served version of the same model when no leaf serves it
+    (mid-rollout the config may name a version the leaves have not loaded yet,
+    or have already unloaded)."""
+    out: list[str] = []
+    for key in active.default_models:
+        chosen = key if key in served else resolve(active, _name(key), served)
+        if chosen not in out:
+            out.append(chosen)
+    return out
+
+
+class Agreement:
+    """Decides trim gaps and says so, loudly but once per disagreement."""
+
+    def __init__(self, root_name: str):
+        self.root_name = root_name
+        self._warned: set = set()
+
+    def gap_reason(self, active, key: str, links) -> str | None:
+        """None when ``key`` may be trimmed for ``links`` (the replicas it may go to)."""
+        if active.features_for(key) is None:
+            return NOT_IN_CONFIG
+        want = active.hashes.get(key)
+        for link in links:
+            have = link.hashes.get(key)
+            if want and have and have != want:
+                reason = f"signature mismatch on {link.name}"
+                tag = (active.id, link.name, key, have)
+                if tag not in self._warned:
+                    self._warned.add(tag)
+                    log.error("%s: SIGNATURE MISMATCH for %s: leaf %s (%s) serves signature %s "
+                              "but config %s says %s; sending it every feature (trim gap) until "
+                              "they agree", self.root_name, key, link.name, link.endpoint,
+                              have[:12], active.id, want[:12])
+                return reason
+        return None
+
+    def current_gaps(self, active, pool) -> dict:
+        """version -> reason, for every version a leaf serves that cannot be trimmed now."""
+        out = {}
+        for link in list(pool.links):
+            for key in sorted(link.reported or ()):
+                if key not in out:
+                    reason = self.gap_reason(active, key, [link])
+                    if reason:
+                        out[key] = reason
+        return out
+
+
+__all__ = ["Agreement", "NOT_IN_CONFIG", "default_models", "resolve", "served_versions"]
