@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from _trim.protocol import split_model_key
 
-from .fsutil import atomic_write
+from .fsutil import atomic_write, read_json
 from .module_info import ModelRepository, canonical_json
 from .schema import FeatureSchema
 
@@ -107,15 +107,7 @@ class Bundle:
 
     @classmethod
     def load(cls, path) -> "Bundle":
-        path = os.fspath(path)
-        try:
-            with open(path, "rb") as f:
-                data = json.loads(f.read())
-        except OSError as exc:
-            raise ValueError(f"bundle {path}: cannot read: {exc.strerror}") from exc
-        except ValueError as exc:
-            raise ValueError(f"bundle {path}: not valid JSON: {exc}") from exc
-        return cls.from_dict(data, where=f"bundle {path}")
+        return cls.from_dict(read_json(path, "bundle"), where=f"bundle {os.fspath(path)}")
 
     @classmethod
     def from_dict(cls, d, where: str = "bundle") -> "Bundle":
@@ -177,15 +169,7 @@ class Bundle:
 
 
 def load_placement(path) -> dict:
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
-    except OSError as exc:
-        raise ValueError(f"placement {path}: cannot read: {exc.strerror}") from exc
-    except ValueError as exc:
-        raise ValueError(f"placement {path}: not valid JSON: {exc}") from exc
-    return data
+    return read_json(path, "placement")
 
 
 def build(repo: ModelRepository, schema: FeatureSchema, placement: dict) -> Bundle:

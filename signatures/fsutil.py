@@ -3,7 +3,22 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+
+
+def read_json(path, what: str = ""):
+    """A JSON file's content; ValueError naming the file (and ``what`` it is)
+    when it cannot be read or parsed."""
+    path = os.fspath(path)
+    where = f"{what} {path}" if what else path
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot read: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ValueError(f"{where}: not valid JSON: {exc}") from exc
 
 
 def fsync_dir(path) -> None:

@@ -15,7 +15,7 @@ from typing import Iterator
 
 from _trim import ColumnSpec, DTYPE_CODES, Layout
 
-from .fsutil import atomic_write
+from .fsutil import atomic_write, read_json
 
 FORMAT = 1
 INFO_NAME = "module_info.json"
@@ -175,14 +175,7 @@ class ModuleInfo:
     @classmethod
     def load(cls, version_dir) -> "ModuleInfo":
         path = os.path.join(os.fspath(version_dir), INFO_NAME)
-        try:
-            with open(path, "rb") as f:
-                data = json.loads(f.read())
-        except OSError as exc:
-            raise ValueError(f"{path}: cannot read: {exc.strerror}") from exc
-        except ValueError as exc:
-            raise ValueError(f"{path}: not valid JSON: {exc}") from exc
-        return cls.from_dict(data, where=path)
+        return cls.from_dict(read_json(path), where=path)
 
 
 def signature_hash(inputs, outputs) -> str:
