@@ -46,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch intra-op threads (0: half the cores, at least 1)")
     p.add_argument("--drain-timeout-s", type=float, default=30.0,
                    help="on SIGTERM, longest wait for in-flight requests")
+    p.add_argument("--config-store", default=None, metavar="DIR",
+                   help="follow a stage of this staged config store: serve the stage's model "
+                        "versions placed on this leaf, loading and unloading them as it changes "
+                        "(instead of --model)")
+    p.add_argument("--stage", default="production", choices=("canary", "production"),
+                   help="stage to follow with --config-store")
+    p.add_argument("--retire-grace-s", type=float, default=2.0,
+                   help="with --config-store, how long a removed version keeps answering after "
+                        "pongs stop offering it (covers the roots' ping interval)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -74,6 +83,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--repo is required")
     if not args.bind:
         parser.error("--bind is required")
+    if args.config_store and args.model:
+        parser.error("--model and --config-store exclude each other: a following leaf serves "
+                     "what the store's stage says")
+    if args.retire_grace_s < 0:
+        parser.error("--retire-grace-s must be >= 0")
     if args.max_batch_rows < 1 or args.max_wait_ms < 0 or args.max_message_bytes < 1024:
         parser.error("--max-batch-rows must be >= 1, --max-wait-ms >= 0, --max-message-bytes >= 1024")
     return args
@@ -120,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
     repo = ModelRepository(args.repo)
     try:
-        loaded = [repo.load(m, v) for m, v in select_models(repo, args.model)]
+        loaded = [] if args.config_store else \
+            [repo.load(m, v) for m, v in select_models(repo, args.model)]
     except (ValueError, KeyError) as exc:
         log.error("%s", exc)
         return 2
@@ -136,11 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     metrics = LeafMetrics()
     ctx = zmq.Context()
     reply_endpoint = f"inproc://leaf-replies-{uuid.uuid4().hex}"
-    workers = [ModelWorker(path, info, ctx=ctx, reply_endpoint=reply_endpoint, device=device,
+
+    def make_worker(path, info):
+        return ModelWorker(path, info, ctx=ctx, reply_endpoint=reply_endpoint, device=device,
                            metrics=metrics, max_batch_rows=args.max_batch_rows,
                            max_wait_s=args.max_wait_ms / 1000.0,
                            max_message_bytes=args.max_message_bytes)
-               for path, info in loaded]
+
+    workers = [make_worker(path, info) for path, info in loaded]
     try:
         server = LeafServer(name=name, binds=args.bind, workers=workers, ctx=ctx,
                             reply_endpoint=reply_endpoint, metrics=metrics,
@@ -154,13 +172,29 @@ def main(argv: list[str] | None = None) -> int:
     metrics.serve(args.metrics_port, args.metrics_addr)
     for w in workers:
         w.start()  # after the PULL socket is bound, so their PUSH connects cleanly
+    if args.config_store:
+        from .follow import ModelFollower
+        follower = ModelFollower(store_path=args.config_store, stage=args.stage, name=name,
+                                 repo=repo, make_worker=make_worker, metrics=metrics,
+                                 endpoints=server.bound, retire_grace_s=args.retire_grace_s)
+        try:
+            server.follower = follower.start(server)
+        except Exception as exc:
+            log.error("config store %s, stage %s: %s", args.config_store, args.stage, exc)
+            server._shutdown()
+            metrics.close()
+            ctx.term()
+            return 2
     log.info("leaf %s on %s serving %s (device %s)", name, ", ".join(server.bound),
              ", ".join(w.key for w in workers), device)
     try:
         return server.run()
     finally:
         metrics.close()
-        if all(not w.is_alive() for w in workers):
+        threads = list(workers) + list(server.workers.values())
+        if server.follower is not None:
+            threads += server.follower.workers()
+        if all(not w.is_alive() for w in threads):
             ctx.term()
         log.info("leaf %s stopped", name)
 

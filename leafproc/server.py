@@ -40,6 +40,9 @@ class LeafServer:
         self.name = name
         self.binds = binds
         self.workers = {w.key: w for w in workers}
+        # A `leafproc.follow.ModelFollower` when following a config-store stage:
+        # it alone changes `workers` after start, from `run`'s thread.
+        self.follower = None
         self.ctx = ctx
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
@@ -88,6 +91,8 @@ class LeafServer:
                     self._forward_replies()
                 if self.router in events:
                     self._receive()
+                if self.follower is not None:
+                    self.follower.tick()
                 if self._draining_since is not None and self._drained():
                     break
         finally:
@@ -116,6 +121,8 @@ class LeafServer:
         return False
 
     def _shutdown(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
         for w in self.workers.values():
             w.stop()
         for w in self.workers.values():
@@ -231,4 +238,6 @@ class LeafServer:
             "type": "pong", "id": rid, "ok": True, "role": "leaf", "name": self.name,
             "pid": os.getpid(), "device": self.device,
             "draining": self._draining_since is not None,
-            "models": [w.describe() for w in self.workers.values()]})
+            "models": (self.follower.describe() if self.follower is not None
+                       else [w.describe() for w in self.workers.values()]),
+            **(self.follower.pong_fields() if self.follower is not None else {})})

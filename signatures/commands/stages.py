@@ -12,6 +12,8 @@ from ..store import STAGES, ConfigStore, StoreError
 
 MULTI_COMMAND = True
 DEFAULT_STORE = os.environ.get("TRIMMER_STORE", "config-store")
+# Roots and leaves beat every ~2 s: a member silent this long is likely gone.
+STALE_S = 10.0
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -103,7 +105,26 @@ def format_status(status: dict) -> str:
         if st["uncovered"]:
             lines.append(f"  NOT IN CONFIG: {', '.join(st['uncovered'])}")
         for m in st["members"]:
-            behind = "" if m.get("generation") in (None, st["generation"]) else "  (behind)"
-            lines.append(f"  {m['role']} {m['name']}: generation {m.get('generation', '?')}, "
-                         f"last seen {m['age_s']:.0f}s ago{behind}")
+            marks = []
+            if m.get("generation") not in (None, st["generation"]):
+                marks.append("BEHIND")
+            if m["age_s"] > STALE_S:
+                marks.append("STALE")
+            on = "on it" if m.get("bundle") == st["bundle"] else f"on {m.get('bundle') or '(none)'}"
+            lines.append(f"  {m['role']} {m['name']}: {on}, generation {m.get('generation', '?')}, "
+                         f"last seen {m['age_s']:.0f}s ago"
+                         f"{'  (' + ', '.join(marks) + ')' if marks else ''}")
+            if m.get("models"):
+                lines.append(f"    serving: {', '.join(m['models'])}")
+            for what in ("loading", "retiring"):
+                if m.get(what):
+                    lines.append(f"    {what}: {', '.join(m[what])}")
+            for key, error in sorted((m.get("failed") or {}).items()):
+                lines.append(f"    FAILED {key}: {error}")
+            for key, reason in sorted((m.get("trim_gaps") or {}).items()):
+                count = (m.get("trim_gap_counts") or {}).get(key)
+                lines.append(f"    trim gap: {key} ({reason}; sent every feature"
+                             f"{f', {count} requests' if count else ''})")
+            if m.get("last_error"):
+                lines.append(f"    config error: {m['last_error']}")
     return "\n".join(lines)

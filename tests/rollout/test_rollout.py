@@ -1,0 +1,179 @@
+"""Roots and leaves following a config store's stages under continuous load."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from signatures.store import ConfigStore
+
+from .conftest import (Load, check_replies, root_pong, scrape, seed_store, serving, spawn_leaf,
+                       spawn_root, wait_for)
+from tests.support.procs import ping
+
+pytestmark = pytest.mark.slow
+
+
+def leaf_serves(leaf, *keys):
+    return lambda: (pong := ping(leaf.endpoint, timeout=1.0)) is not None and serving(*keys)(pong)
+
+
+def leaf_models(leaf) -> set:
+    pong = ping(leaf.endpoint, timeout=1.0) or {}
+    return {m["model"] for m in pong.get("models", [])}
+
+
+def on_generation(root, gen):
+    return lambda: root_pong(root)["generation"] >= gen
+
+
+def settles_on(load: Load, versions: set, n: int = 10):
+    """Wait until the last ``n`` replies all used exactly ``versions``."""
+    def check():
+        recent = load.replies[-n:]
+        return len(recent) == n and {r["model"] for _, _, res in recent
+                                     for r in res.results} == versions
+    wait_for(f"traffic on {sorted(versions)}", check, timeout=20)
+
+
+def traffic_after(load: Load, n: int = 10):
+    """Wait until ``n`` more replies have arrived."""
+    target = load.count() + n
+    wait_for(f"{n} more replies", lambda: load.count() >= target)
+
+
+def test_seed_pipeline_config_models_promote_rollback(world, process_runner, tmp_path):
+    store_path = str(tmp_path / "configs")
+    store = seed_store(world, store_path)
+    leaf_c = spawn_leaf(process_runner, world, store_path, "canary")
+    leaf_p = spawn_leaf(process_runner, world, store_path, "production")
+    root_c = spawn_root(process_runner, world, store_path, "canary", leaf_c.endpoint)
+    root_p = spawn_root(process_runner, world, store_path, "production", leaf_p.endpoint)
+    load_c, load_p = Load(root_c.endpoint), Load(root_p.endpoint)
+    load_c.start()
+    load_p.start()
+    try:
+        traffic_after(load_c)
+        # 1. Root config first: it carries ctr@5 before any leaf has it.
+        gen = store.deploy(world["b2"], "canary")
+        wait_for("canary root on b2", on_generation(root_c, gen))
+        assert root_pong(root_c)["config"] == world["b2"].id
+        traffic_after(load_c)
+        # 2. Then the model: loaded and warmed before traffic moves to it.
+        store.deploy_models("canary", ["ctr@5"])
+        wait_for("canary leaf serving ctr@5", leaf_serves(leaf_c, "ctr@5"), timeout=30)
+        settles_on(load_c, {"ctr@5", "eng@1"})
+        assert "ctr@5" not in load_p.versions()  # production untouched so far
+        # 3. Promote config and models to production in one change.
+        gen = store.promote("canary", "production")
+        wait_for("production root on b2", on_generation(root_p, gen))
+        wait_for("production leaf serving ctr@5", leaf_serves(leaf_p, "ctr@5"), timeout=30)
+        settles_on(load_p, {"ctr@5", "eng@1"})
+        # 4. Roll production back: b1 again; ctr@5 stays on the stage, outside the
+        # config, so names resolve to ctr@3 again.
+        gen, bundle_id, uncovered = store.rollback("production")
+        assert bundle_id == world["b1"].id and uncovered == ["ctr@5"]
+        wait_for("production root back on b1", on_generation(root_p, gen))
+        settles_on(load_p, {"ctr@3", "eng@1"})
+    finally:
+        load_c.stop()
+        load_p.stop()
+    check_replies(world, load_c)
+    check_replies(world, load_p)
+    # Every reply was trimmed: each version it used was in the root's config.
+    assert all(r["trimmed"] for load in (load_c, load_p) for _, _, res in load.replies
+               for r in res.results)
+    # Heartbeats: both roles on both stages, on the stage's generation.
+    def on_latest():
+        status = ConfigStore(store_path).status()
+        return all({(m["role"], m.get("generation")) for m in status[s]["members"]} ==
+                   {("root", status[s]["generation"]), ("leaf", status[s]["generation"])}
+                   for s in ("canary", "production"))
+    wait_for("heartbeats on the latest generation", on_latest, timeout=10)
+
+
+def test_models_before_config_fail_open_then_trim(world, process_runner, tmp_path):
+    store_path = str(tmp_path / "configs")
+    store = seed_store(world, store_path, stages=("canary",))
+    leaf = spawn_leaf(process_runner, world, store_path, "canary")
+    root = spawn_root(process_runner, world, store_path, "canary", leaf.endpoint, metrics=True)
+    load = Load(root.endpoint)
+    load.start()
+    gap_load = None
+    try:
+        traffic_after(load)
+        # The wrong order, forced: ctr@5 on the stage before any config carries it.
+        store.deploy_models("canary", ["ctr@5"], force=True)
+        wait_for("leaf serving ctr@5", leaf_serves(leaf, "ctr@5"), timeout=30)
+        wait_for("root sees ctr@5", lambda: any(
+            "ctr@5" in l["models"] for l in root_pong(root)["leaves"]))
+        gap_load = Load(root.endpoint, models=("ctr@5", "eng"))
+        gap_load.start()
+        traffic_after(gap_load, 10)
+        gaps = scrape(root.metrics_port)[("trimmer_root_trim_gaps_total",
+                                         frozenset({"model": "ctr@5"}.items()))]
+        assert gaps >= 10
+        # The root reports the gap in its heartbeat, `trimmer status` shows it.
+        wait_for("gap in heartbeat", lambda: any(
+            "ctr@5" in (m.get("trim_gaps") or {}) for m in store.members("canary")), timeout=10)
+        # Then the config arrives: trimming resumes.
+        gen = store.deploy(world["b2"], "canary")
+        wait_for("root on b2", on_generation(root, gen))
+        t_config = time.monotonic()
+        wait_for("trimming resumed", lambda: len(gap_load.replies) > 10 and all(
+            r["trimmed"] for _, _, res in gap_load.replies[-10:] for r in res.results))
+    finally:
+        load.stop()
+        if gap_load is not None:
+            gap_load.stop()
+    check_replies(world, load)
+    check_replies(world, gap_load)
+    ctr5 = [(t, r["trimmed"]) for t, _, res in gap_load.replies for r in res.results
+            if r["model"] == "ctr@5"]
+    assert any(not trimmed for t, trimmed in ctr5 if t < t_config)
+    # Once trimming resumed it stayed on.
+    first = next(i for i, (t, trimmed) in enumerate(ctr5) if t >= t_config and trimmed)
+    assert all(trimmed for _, trimmed in ctr5[first:])
+    from signatures.commands.stages import format_status
+    text = format_status(store.status())
+    assert "trim gap" in text
+
+
+def test_corrupt_config_is_ignored(world, process_runner, tmp_path):
+    store_path = str(tmp_path / "configs")
+    store = seed_store(world, store_path, stages=("production",))
+    leaf = spawn_leaf(process_runner, world, store_path, "production")
+    root = spawn_root(process_runner, world, store_path, "production", leaf.endpoint, metrics=True)
+    errors = ("trimmer_root_config_errors_total", frozenset())
+    load = Load(root.endpoint)
+    load.start()
+    try:
+        traffic_after(load)
+        good_gen = root_pong(root)["generation"]
+        # Garbage in the stage file.
+        stage_file = os.path.join(store_path, "stages", "production.json")
+        with open(stage_file, "rb") as f:
+            good = f.read()
+        with open(stage_file, "wb") as f:
+            f.write(b"\x00\xffnot json{{")
+        wait_for("config error counted", lambda: scrape(root.metrics_port)[errors] >= 1)
+        traffic_after(load)
+        with open(stage_file, "wb") as f:
+            f.write(good)
+        # A new generation whose bundle file is garbage (written before the deploy,
+        # which never rewrites a bundle it already has).
+        bundle_file = os.path.join(store_path, "bundles", f"{world['b2'].id}.json")
+        with open(bundle_file, "wb") as f:
+            f.write(b"garbage")
+        bad_gen = store.deploy(world["b2"], "production")
+        wait_for("second config error", lambda: scrape(root.metrics_port)[errors] >= 2)
+        traffic_after(load)
+        pong = root_pong(root)
+        assert pong["config"] == world["b1"].id and pong["generation"] == good_gen < bad_gen
+        assert leaf_models(leaf) == {"ctr@3", "eng@1"}
+        assert root.returncode is None and leaf.returncode is None
+        assert "ignoring the new production config" in root.log(20000)
+    finally:
+        load.stop()
+    check_replies(world, load, live=("ctr@3", "eng@1"))
