@@ -176,15 +176,15 @@ class ModelFollower:
         self.last_error = None
         files = {}
         for key in keys:
-            if key not in self._files:
+            if not isinstance(self._files.get(key), tuple):  # new, or failed before: (re)read
                 model, _, version = key.rpartition("@")
                 try:
                     self._files[key] = self.repo.load(model, version)
                 except Exception as exc:  # missing, or a file that fails its checks
                     self._files[key] = f"cannot read from {self.repo.root}: {exc}"
             files[key] = self._files[key]
-        for key in [k for k, v in self._files.items() if isinstance(v, str) and k not in keys]:
-            del self._files[key]  # retried if it comes back (the file may have been fixed)
+        for key in [k for k in self._files if k not in keys]:
+            del self._files[key]
         self._target = Target(generation, state.get("bundle"), tuple(keys), files)
 
     def beat(self) -> None:

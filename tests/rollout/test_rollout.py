@@ -177,3 +177,37 @@ def test_corrupt_config_is_ignored(world, process_runner, tmp_path):
     finally:
         load.stop()
     check_replies(world, load, live=("ctr@3", "eng@1"))
+
+
+def test_model_that_fails_to_load_leaves_the_old_version_serving(world, process_runner, tmp_path):
+    from signatures.module_info import ModuleInfo, sha256_file
+    # ctr@7: a model.pt that is not TorchScript, with a module_info that matches it.
+    version_dir = os.path.join(world["repo"], "ctr", "7")
+    os.makedirs(version_dir, exist_ok=True)
+    with open(os.path.join(version_dir, "model.pt"), "wb") as f:
+        f.write(b"not a torchscript archive")
+    ModuleInfo(model="ctr", version="7", inputs=list(world["inputs"]["ctr@3"]),
+               artifact_sha256=sha256_file(os.path.join(version_dir, "model.pt")),
+               provenance={"source": "test"}).write(version_dir)
+    store_path = str(tmp_path / "configs")
+    store = seed_store(world, store_path, stages=("canary",))
+    leaf = spawn_leaf(process_runner, world, store_path, "canary")
+    root = spawn_root(process_runner, world, store_path, "canary", leaf.endpoint)
+    load = Load(root.endpoint)
+    load.start()
+    try:
+        traffic_after(load)
+        store.deploy_models("canary", ["ctr@7", "eng@1"], replace=True, force=True)
+        failed = wait_for("ctr@7 reported failed", lambda: [
+            m for m in (ping(leaf.endpoint) or {}).get("models", [])
+            if m["model"] == "ctr@7" and m.get("state") == "failed"], timeout=30)
+        assert failed[0]["ready"] is False and failed[0]["error"]
+        time.sleep(1.5)  # past the retire grace: ctr@3 must still be there
+        assert serving("ctr@3", "eng@1")(ping(leaf.endpoint))
+        traffic_after(load)
+        wait_for("failure in heartbeat", lambda: any(
+            "ctr@7" in (m.get("failed") or {}) for m in store.members("canary")), timeout=10)
+        assert "failed to load" in leaf.log(20000)
+    finally:
+        load.stop()
+    check_replies(world, load, live=("ctr@3", "eng@1"))
