@@ -167,7 +167,6 @@ class LeafServer:
                 frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._last_recv = time.monotonic()
             t_recv = time.perf_counter()
             # REQ peers put an empty delimiter after their identity; DEALERs do not.
             split = 2 if len(frames) > 2 and len(frames[1]) == 0 else 1
@@ -187,6 +186,9 @@ class LeafServer:
                 if kind in ("ping", "describe"):
                     self._send(envelope, [self._pong(rid)])
                 elif kind == "score":
+                    # Only scoring counts as traffic for the drain's quiet period:
+                    # a root pinging more often than QUIET_S must not hold it open.
+                    self._last_recv = time.monotonic()
                     self._score(envelope, rid, header, body, t_recv)
                 else:
                     raise P.ProtocolError(P.BAD_REQUEST, f"unknown request type {kind!r}; a leaf "

@@ -34,7 +34,9 @@ from .config import LeafConfig, RootConfig
 from .follow import ConfigFollower
 from .leaves import LeafLink, LeafPool
 from .metrics import RootMetrics
+from .shm_link import ShmLinks
 from .store import FeatureStore
+from _trim.shm import reap_stale_segments
 
 log = logging.getLogger("rootproc")
 
@@ -78,6 +80,13 @@ class RootServer:
                                      sorted(self.active.endpoints.items()))
         self.pool = LeafPool(self.ctx, leaves, self.active.placement, cfg.compression,
                              cfg.health_timeout_ms / 1000)
+        reap_stale_segments()
+        try:
+            self.shm = ShmLinks(self.pool.links, cfg.shm, {l.name: l.transport for l in leaves},
+                                self.metrics.registry)
+        except BaseException:
+            self.pool.close()
+            raise
         self.frontend = self.ctx.socket(zmq.ROUTER)
         self.frontend.setsockopt(zmq.LINGER, DRAIN_LINGER_MS)
         self.frontend.setsockopt(zmq.RCVHWM, 100_000)
@@ -176,6 +185,7 @@ class RootServer:
             handler(frames)
 
     def update_health(self, now: float) -> None:
+        self.shm.check_leaves()
         for link in self.pool.links:
             up = link.healthy(now, self.pool.health_timeout_s)
             self.metrics.leaf_up.labels(link.name, link.endpoint).set(1 if up else 0)
@@ -189,7 +199,15 @@ class RootServer:
             self.follower.stop()
         self.frontend.close(linger=DRAIN_LINGER_MS)
         self.pool.close()
+        self.shm.close()
         self.store.close()
+        # libzmq leaves ipc socket files behind; a stale one only confuses operators.
+        for ep in self.endpoints:
+            if ep.startswith("ipc://") and not ep.startswith("ipc://@"):
+                try:
+                    os.unlink(ep[len("ipc://"):])
+                except OSError:
+                    pass
 
     # -- client side ------------------------------------------------------------------
 
@@ -366,32 +384,54 @@ class RootServer:
             result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf hosts {key}"}
             return
         nbytes = _trim.encoded_nbytes(plan, batch)
-        # A fresh buffer per message: zmq owns it until sent (copy=False).
-        buf = np.empty(nbytes, dtype=np.uint8)
-        _trim.encode_into(plan, batch, buf)
+        buf = None
         for link in links:
             self._seq += 1
             mid = f"{self._seq:x}"
             head = {"type": "score", "id": mid, "model": key, "rows": pending.n,
                     "compression": link.compression}
-            payload = buf
-            if link.compression == COMPRESSION_LZ4:
-                payload = compress(buf)
-                head["raw_nbytes"] = nbytes
-            if link.send([pack_header(head), payload]):
+            channel = self.shm.channel(link)
+            desc = None
+            if channel is not None:
+                desc = channel.place(mid, plan, batch, nbytes, lambda t, l=link: self.pump(l, t))
+            if desc is not None:
+                head.update(compression="none", shm=desc)
+                frames, payload = [pack_header(head)], b""
+            else:
+                if buf is None:
+                    # A fresh buffer per message: zmq owns it until sent (copy=False).
+                    buf = np.empty(nbytes, dtype=np.uint8)
+                    _trim.encode_into(plan, batch, buf)
+                payload = buf
+                if link.compression == COMPRESSION_LZ4:
+                    payload = compress(buf)
+                    head["raw_nbytes"] = nbytes
+                frames = [pack_header(head), payload]
+            if not link.send(frames):
+                if desc is not None:
+                    channel.unsent(mid)
+            else:
+                if desc is not None:
+                    self.shm.sent(link)
+                    result["transport"] = "shm"
                 link.outstanding += 1
                 self.inflight[mid] = (pending, idx, link, time.perf_counter())
                 pending.waiting[mid] = idx
                 result.update(leaf=link.name, bytes_sent=nbytes)
-                wire = len(payload)
+                wire = len(payload)  # 0 through shared memory: no payload on the socket
                 self.metrics.bytes_sent.labels(link.name, key).inc(nbytes)
                 self.metrics.bytes_untrimmed.labels(link.name, key).inc(untrimmed)
                 self.metrics.wire_bytes.labels(link.name, key).inc(wire)
-                if wire != nbytes:
+                if wire != nbytes and desc is None:
                     result["wire_bytes"] = wire
                 return
         result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf replica of {key} is connected "
                            f"(tried {', '.join(l.endpoint for l in links)})"}
+
+    def pump(self, link: LeafLink, timeout_s: float) -> None:
+        """Read ``link``'s replies for up to ``timeout_s``: waiting for a shm slot."""
+        if link.socket.poll(max(1, int(timeout_s * 1000))):
+            self.drain_socket(link.socket, lambda frames: self.on_leaf(link, frames))
 
     # -- leaf side ----------------------------------------------------------------
 
@@ -404,6 +444,7 @@ class RootServer:
         if header["type"] == "pong":
             link.on_pong(header, time.monotonic())
             return
+        self.shm.replied(link, header.get("id"))  # even after the deadline: the slot is free
         entry = self.inflight.pop(header.get("id"), None)
         if entry is None:
             return  # answered after its request's deadline
@@ -425,7 +466,9 @@ class RootServer:
             if not isinstance(err, dict) or not isinstance(err.get("kind"), str):
                 err = {"kind": INTERNAL, "message": f"leaf {link.name} sent a malformed reply"}
             result["error"] = err
-        if not pending.waiting:
+        # Unparked: `score` is still sending its other models (a reply read
+        # while waiting for a slot) and finishes the request itself.
+        if not pending.waiting and pending.parked:
             self.finish(pending)
 
     def expire(self, now: float) -> None:

@@ -8,11 +8,12 @@ frame. The zmq messages are the only synchronisation:
 * a slot is held from the request that names it until the leaf's reply to
   that request arrives, even when the request's deadline passed long before
   (the leaf may still be reading it);
-* slots held for a leaf process that is gone (its pid, learnt from pongs, no
-  longer exists, or a pong shows a new pid) are reclaimed: a dead process
-  reads nothing. A restarted leaf needs seconds to bind while the liveness
-  check runs every ping interval, so a slot sent to the new process is never
-  mistaken for one of the old.
+* each held slot is tagged with the leaf pid (from pongs) it was sent to;
+  slots of a process that no longer exists are reclaimed at the next health
+  tick: a dead process reads nothing. Slots sent while no live leaf is known
+  (before the first pong, or after the leaf died and before its successor's
+  pong) are tagged with the next pid learnt: a restarted leaf needs seconds
+  to bind, far more than a tick, so they went to the successor.
 
 A batch larger than a slot, or no slot freeing up within ``wait_ms``
 (meanwhile the link's replies are read, since only they free slots), goes
@@ -23,7 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 import _trim
 from _trim.shm import SlotRing, pid_alive
@@ -81,6 +82,7 @@ class ShmChannel:
         self.wait_s = cfg.wait_ms / 1000
         self.held: dict[str, tuple[int, object]] = {}  # request id -> (slot, leaf pid then)
         self.leaf_pid = None
+        self._dead: set = set()  # leaf pids seen gone (a link's pid lags behind until a pong)
         self.fallbacks = fallbacks  # reason -> counter (or None)
 
     def place(self, mid: str, plan, batch, nbytes: int, pump=None) -> dict | None:
@@ -126,19 +128,19 @@ class ShmChannel:
         self.replied(mid)
 
     def check_leaf(self, pid) -> int:
-        """Called with the pid the leaf last reported; reclaims slots held by a
-        leaf process that is gone. Returns how many were reclaimed."""
-        old = self.leaf_pid
+        """Called each health tick with the pid the leaf last reported; reclaims
+        the slots held by leaf processes that are gone. Returns how many."""
+        if pid in self._dead or (pid is not None and not pid_alive(pid)):
+            self._dead.add(pid)
+            pid = None  # no live leaf known: what is sent now goes to its successor
         self.leaf_pid = pid
-        if old is None and pid is not None:
-            # Sent before the first pong: to the process that answered it.
-            self.held = {mid: (slot, owner or pid) for mid, (slot, owner) in self.held.items()}
-        gone = {p for p in {old} | {owner for _, owner in self.held.values()}
-                if p is not None and (p != pid or not pid_alive(p))}
-        if not gone:
-            return 0
-        dead = [mid for mid, (_, owner) in self.held.items() if owner in gone]
+        if pid is not None and any(owner is None for _, owner in self.held.values()):
+            self.held = {mid: (slot, pid if owner is None else owner)
+                         for mid, (slot, owner) in self.held.items()}
+        dead = [mid for mid, (_, owner) in self.held.items()
+                if owner is not None and (owner in self._dead or not pid_alive(owner))]
         for mid in dead:
+            self._dead.add(self.held[mid][1])
             self.replied(mid)
         return len(dead)
 
@@ -156,7 +158,7 @@ class ShmLinks:
 
     def __init__(self, links, cfg: ShmConfig, transports: dict, registry=None):
         self.cfg = cfg
-        self.fallback_total = self.sent_total = self.reclaimed_total = None
+        self.fallback_total = self.sent_total = self.reclaimed_total = self.held_slots = None
         if registry is not None:
             p = "trimmer_root_shm_"
             self.fallback_total = Counter(p + "fallback", "batches for a shm link sent over the "
@@ -165,6 +167,8 @@ class ShmLinks:
                                       ["leaf"], registry=registry)
             self.reclaimed_total = Counter(p + "reclaimed", "slots reclaimed from a leaf process "
                                            "that is gone", ["leaf"], registry=registry)
+            self.held_slots = Gauge(p + "slots_held", "slots a leaf holds (sent, no reply yet)",
+                                    ["leaf"], registry=registry)
         self.channels: dict = {}
         try:
             for link in links:
@@ -192,6 +196,8 @@ class ShmLinks:
             n = ch.check_leaf(link.pid)
             if n and self.reclaimed_total is not None:
                 self.reclaimed_total.labels(link.name).inc(n)
+            if self.held_slots is not None:
+                self.held_slots.labels(link.name).set(len(ch.held))
 
     def close(self) -> None:
         for ch in self.channels.values():
