@@ -42,3 +42,4 @@ def test_root_and_leaf_configs_are_valid(tmp_path):
     assert {leaf.name for leaf in cfg.leaves} == {"leaf-0", "leaf-1", "gpu-a"}
     args = parse_leaf_args(["--config", str(DEPLOY / "leaf.json"), "--bind", f"ipc://{tmp_path}/l.sock"])
     assert args.repo == "/var/lib/trimmer/models" and args.drain_timeout_s == 30
+    assert args.config_store == cfg.config_store and args.stage == cfg.stage  # both follow one stage
