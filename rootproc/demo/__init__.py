@@ -61,10 +61,11 @@ def programs_for(scenario: Scenario, modes: list[Mode], args) -> tuple[list[Prog
     for leaf, models in scenario.placement.items():
         endpoint = ipc_endpoint(sock, leaf)
         leaf_endpoints[leaf] = endpoint
+        # Leaves follow the stage like the roots do: the bundle's placement
+        # says which of the stage's model versions each one serves.
         argv = [sys.executable, "-m", "leafproc", "--name", leaf, "--repo", str(scenario.repo.resolve()),
-                "--bind", endpoint, "--metrics-port", str(free_port() if args.metrics else 0)]
-        for key in models:
-            argv += ["--model", key]
+                "--bind", endpoint, "--metrics-port", str(free_port() if args.metrics else 0),
+                "--config-store", str(scenario.config_store.resolve()), "--stage", STAGE]
         programs.append(Program(leaf, argv, endpoint,
                                 ready=lambda pong, n=len(models): sum(m.get("ready", False) for m in pong.get("models", [])) >= n))
     configs = scenario.run_dir / "roots"
