@@ -1,5 +1,6 @@
 """The comparison modes: the seed's "before" (every feature to every leaf),
-its first fix (LZ4), and trimming, alone and combined."""
+its first fix (LZ4), and trimming, alone and combined with LZ4 or with
+shared-memory links to the (local) leaves."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,5 +20,8 @@ MODES = [
     Mode("all-lz4", "all features + LZ4", "off", "lz4"),
     Mode("trimmed", "trimmed", "on", "none"),
     Mode("trimmed-lz4", "trimmed + LZ4", "on", "lz4"),
+    # The leaves are local (ipc): batches go through shared-memory slots.
+    Mode("trimmed-shm", "trimmed + shared memory", "on", "none",
+         root_options={"shm": {"enabled": True, "slot_bytes": 8 << 20, "slots": 16}}),
 ]
 BASELINE = "all"
