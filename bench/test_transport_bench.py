@@ -1,0 +1,132 @@
+"""Root -> leaf -> root round trip by transport: shared memory vs ipc vs tcp loopback.
+
+A real leaf process serves a trivial model that reads one small column of a
+batch otherwise made of one wide column, so that moving the bytes dominates.
+This process plays the root with the root's own link code (`LeafLink`,
+`ShmChannel`): each round gathers the batch (into a fresh buffer for a
+socket, into a slot for shm), sends it and waits for the scores.
+
+Goal (issue 6): at >= 1 MiB, shm p50 <= 0.5x ipc p50, asserted below; the
+shm case of each size runs after its ipc case. Reported per case, in
+``extra_info``: p50/p99 latency (ms) and throughput (round trips/s, MB/s).
+
+    .venv/bin/python -m pytest bench/test_transport_bench.py --benchmark-only
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import zmq
+
+import _trim
+from _trim import Batch, ColumnSpec, Layout, compile_plan
+from _trim.protocol import pack_header, unpack_header
+from rootproc.leaves import LeafLink
+from rootproc.shm_link import ShmChannel, ShmConfig
+from tests.support.models import spec, write_model
+from tests.support.procs import ProcessRunner
+
+KIB, MIB = 1 << 10, 1 << 20
+SIZES = {"64KiB": 64 * KIB, "1MiB": MIB, "16MiB": 16 * MIB}
+ROWS = 256
+MODEL = "bench@1"
+TRANSPORTS = ("ipc", "tcp", "shm")
+p50s: dict = {}
+
+
+@pytest.fixture(scope="module")
+def leaf(tmp_path_factory):
+    base = tmp_path_factory.mktemp("transport")
+    write_model(base / "repo", "bench", "1", [spec("x")])
+    runner = ProcessRunner(base)
+    ipc, tcp = runner.endpoint("leaf", "ipc"), runner.endpoint("leaf", "tcp")
+    try:
+        runner.leaf(base / "repo", models=[MODEL], name="leaf", bind=ipc,
+                    args=["--bind", tcp, "--max-wait-ms", "0"])
+        runner.procs[-1].ipc_paths.append(ipc[len("ipc://"):])
+        yield {"ipc": ipc, "tcp": tcp, "shm": ipc}
+    finally:
+        runner.close()
+
+
+def make_batch(nbytes: int):
+    """``nbytes`` of message: the scalar the model reads plus one wide column it does not."""
+    width = (nbytes - 4096) // ROWS
+    layout = Layout([ColumnSpec("x", "float32"), ColumnSpec("wide", "uint8", (width,))])
+    rng = np.random.default_rng(0)
+    batch = Batch.from_arrays(layout, {"x": rng.random(ROWS, dtype=np.float32),
+                                       "wide": rng.integers(0, 255, (ROWS, width), dtype=np.uint8)},
+                              ROWS)
+    return batch, compile_plan(layout, layout.names)
+
+
+class Driver:
+    def __init__(self, endpoint: str, transport: str, slot_bytes: int):
+        self.ctx = zmq.Context()
+        self.link = LeafLink(self.ctx, "leaf", endpoint, [MODEL], "none")
+        self.channel = (ShmChannel("bench", ShmConfig(True, slot_bytes, 4, 0.0))
+                        if transport == "shm" else None)
+        self.ids = itertools.count()
+        self.poller = zmq.Poller()
+        self.poller.register(self.link.socket, zmq.POLLIN)
+
+    def round_trip(self, plan, batch, nbytes: int) -> None:
+        mid = f"{next(self.ids):x}"
+        head = {"type": "score", "id": mid, "model": MODEL, "rows": ROWS, "compression": "none"}
+        desc = self.channel.place(mid, plan, batch, nbytes) if self.channel else None
+        if desc is not None:
+            frames = [pack_header({**head, "shm": desc})]
+        else:
+            assert self.channel is None, "the slot ring ran out"
+            buf = np.empty(nbytes, np.uint8)
+            _trim.encode_into(plan, batch, buf)
+            frames = [pack_header(head), buf]
+        while not self.link.send(frames):
+            self.poller.poll(10)  # not connected yet
+        if not self.poller.poll(10_000):
+            raise TimeoutError("the leaf did not answer")
+        reply = self.link.socket.recv_multipart(copy=False)
+        header = unpack_header(reply[0].buffer)
+        assert header.get("ok"), header
+        if self.channel is not None:
+            self.channel.replied(header["id"])
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        self.link.close()
+        self.ctx.term()
+
+
+CASES = [(size, transport) for size in SIZES for transport in TRANSPORTS]
+
+
+@pytest.mark.parametrize("size,transport", CASES, ids=[f"{s}-{t}" for s, t in CASES])
+def test_round_trip(benchmark, leaf, size, transport):
+    nbytes = SIZES[size]
+    batch, plan = make_batch(nbytes)
+    nbytes = _trim.encoded_nbytes(plan, batch)
+    driver = Driver(leaf[transport], transport, nbytes)
+    try:
+        for _ in range(5):  # connect, fault the pages in, warm the model
+            driver.round_trip(plan, batch, nbytes)
+        rounds = 400 if nbytes < 4 * MIB else 60
+        benchmark.group = size
+        benchmark.pedantic(driver.round_trip, args=(plan, batch, nbytes), rounds=rounds,
+                           iterations=1, warmup_rounds=2)
+    finally:
+        driver.close()
+    data = np.array(benchmark.stats.stats.data)
+    p50, p99 = float(np.percentile(data, 50)), float(np.percentile(data, 99))
+    # The round trip's floor (the leaf's request handling, same for every
+    # transport) shows in the 64 KiB group; above it is the cost of the bytes.
+    benchmark.extra_info.update(
+        bytes=nbytes, p50_ms=round(p50 * 1e3, 3), p99_ms=round(p99 * 1e3, 3),
+        round_trips_per_s=round(1 / data.mean(), 1), mb_per_s=round(nbytes / data.mean() / 1e6, 1))
+    p50s[size, transport] = p50
+    if transport == "shm" and SIZES[size] >= MIB:
+        ratio = p50 / p50s[size, "ipc"]
+        benchmark.extra_info["p50_vs_ipc"] = round(ratio, 3)
+        assert ratio <= 0.5, f"{size}: shm p50 {p50 * 1e3:.3f} ms is {ratio:.2f}x ipc's"
