@@ -145,15 +145,8 @@ class ModelFollower:
                 next_beat = now + self.heartbeat_s
                 self.beat()
 
-    def _stat(self):
-        try:
-            st = os.stat(self.store._stage_path(self.stage))
-        except FileNotFoundError:
-            return None
-        return st.st_ino, st.st_mtime_ns, st.st_size
-
     def poll(self, raise_errors: bool = False) -> None:
-        stamp = self._stat()
+        stamp = self.store.stage_stamp(self.stage)
         if stamp == self._stamp and self._target is not None:
             return
         self._stamp = stamp

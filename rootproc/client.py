@@ -102,19 +102,23 @@ class _Ids:
         return self._prefix + format(next(self._count), "x")
 
 
+def connect_dealer(ctx, endpoints):
+    """One DEALER connected to every root: zmq spreads requests across them."""
+    endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    for ep in endpoints:
+        sock.connect(ep)
+    return endpoints, sock
+
+
 class ScoringClient:
     """Synchronous client over one DEALER connected to every endpoint."""
 
     def __init__(self, endpoints, *, ctx: zmq.Context | None = None,
                  timeout_ms: int = DEFAULT_TIMEOUT_MS):
-        if isinstance(endpoints, str):
-            endpoints = [endpoints]
-        self.endpoints = list(endpoints)
         self.ctx = ctx or zmq.Context.instance()
-        self.socket = self.ctx.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        for ep in self.endpoints:
-            self.socket.connect(ep)
+        self.endpoints, self.socket = connect_dealer(self.ctx, endpoints)
         self.timeout_ms = timeout_ms
         self._ids = _Ids()
         self._sent: dict[str, float] = {}
@@ -197,14 +201,8 @@ class AsyncScoringClient:
 
     def __init__(self, endpoints, *, timeout_ms: int = DEFAULT_TIMEOUT_MS):
         import zmq.asyncio
-        if isinstance(endpoints, str):
-            endpoints = [endpoints]
-        self.endpoints = list(endpoints)
         self.ctx = zmq.asyncio.Context.instance()
-        self.socket = self.ctx.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        for ep in self.endpoints:
-            self.socket.connect(ep)
+        self.endpoints, self.socket = connect_dealer(self.ctx, endpoints)
         self.timeout_ms = timeout_ms
         self._ids = _Ids()
         self._waiters: dict[str, asyncio.Future] = {}

@@ -39,7 +39,7 @@ class ConfigFollower:
         self.heartbeat_s = heartbeat_s
         self.prepared: PreparedConfig = server.prepared
         self._waiting: PreparedConfig | None = None   # handed from the thread to the loop
-        self._stamp = self._stat()
+        self._stamp = self.store.stage_stamp(self.stage)
         self.last_error: str | None = None
         self.error_count = 0
         r = server.metrics.registry
@@ -87,13 +87,6 @@ class ConfigFollower:
 
     # -- the thread ----------------------------------------------------------------
 
-    def _stat(self):
-        try:
-            st = os.stat(self.store._stage_path(self.stage))
-        except FileNotFoundError:
-            return None
-        return st.st_ino, st.st_mtime_ns, st.st_size
-
     def _run(self) -> None:
         next_beat = 0.0
         while not self._stop.wait(self.poll_s):
@@ -107,7 +100,7 @@ class ConfigFollower:
                 self.beat()
 
     def poll(self) -> None:
-        stamp = self._stat()
+        stamp = self.store.stage_stamp(self.stage)
         if stamp == self._stamp:
             return
         # Recorded before reading: a change landing between the two is seen

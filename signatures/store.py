@@ -78,6 +78,16 @@ class ConfigStore:
         """Grows with every change of the stage: cheap enough to poll each second."""
         return int(self.state(stage)["generation"])
 
+    def stage_stamp(self, stage: str):
+        """A token that changes whenever the stage's record is replaced (every
+        write renames a new file into place): one stat, so followers can poll
+        it several times a second. None while the stage has no record."""
+        try:
+            st = os.stat(self._stage_path(stage))
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
     def bundle(self, bundle_id: str) -> Bundle:
         return Bundle.load(os.path.join(self.path, "bundles", f"{bundle_id}.json"))
 
