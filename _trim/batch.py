@@ -12,7 +12,7 @@ from typing import Mapping, NamedTuple
 import numpy as np
 
 from .format import (ALIGN, COLUMN_DTYPE, FLAG_PER_REQUEST, HEADER_DTYPE, HEADER_NBYTES,
-                     MAGIC, OFFSETS_DTYPE, VERSION, ColumnSpec, Layout, align_up)
+                     MAGIC, OFFSETS_DTYPE, VERSION, ColumnSpec, Layout)
 
 
 class Ragged(NamedTuple):

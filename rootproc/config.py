@@ -32,10 +32,10 @@ Every key but ``schema``, ``store``, ``leaves`` and one of ``bundle`` /
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import dataclass, fields, replace
 
+from signatures.fsutil import read_json
 from _trim.protocol import COMPRESSION_LZ4, COMPRESSION_NONE, split_model_key
 
 from .shm_link import TRANSPORTS, ShmConfig, parse_shm_config
@@ -170,14 +170,7 @@ def config_from_dict(data: dict, base: str = ".") -> RootConfig:
 
 def load_config(path) -> RootConfig:
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
-    except OSError as exc:
-        raise ValueError(f"root config {path}: cannot read: {exc.strerror}") from exc
-    except ValueError as exc:
-        raise ValueError(f"root config {path}: not valid JSON: {exc}") from exc
-    return config_from_dict(data, os.path.dirname(os.path.abspath(path)))
+    return config_from_dict(read_json(path, "root config"), os.path.dirname(os.path.abspath(path)))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

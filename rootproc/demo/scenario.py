@@ -4,7 +4,6 @@ store and the LMDB feature store."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

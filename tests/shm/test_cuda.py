@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import _trim
-from _trim import Batch, ColumnSpec, Layout, compile_plan
+from _trim import Batch, Layout, compile_plan
 from _trim.shm import SlotRing
 from leafproc.inbox import ShmInbox
 from leafproc.tensors import Part, builder_for

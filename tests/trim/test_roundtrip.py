@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from _trim import Batch, ColumnSpec, Layout, Ragged, compile_plan
-from _trim.format import DTYPE_CODES, ALIGN, COLUMN_NBYTES, HEADER_NBYTES, align_up
+from _trim.format import DTYPE_CODES, COLUMN_NBYTES, HEADER_NBYTES, align_up
 
 DTYPES = sorted(DTYPE_CODES)
 

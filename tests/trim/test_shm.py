@@ -1,5 +1,4 @@
 """Shared-memory slot rings: bounds, exhaustion, stale-segment cleanup."""
-import os
 import signal
 import subprocess
 import sys
