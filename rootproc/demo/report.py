@@ -39,6 +39,9 @@ def render_table(results: list[dict], args, scenario) -> str:
             f"| {r['root_cpu_ms_per_request']:.1f} "
             f"| {_change(r['root_cpu_ms_per_request'], base['root_cpu_ms_per_request'])} "
             f"| {_change(lat['p90'], base['latency_ms']['p90'])} | {errors} |")
+    if any("shm" in r["mode"] for r in results):
+        lines += ["", "With shared memory the batch bytes are written into the leaf's slots; "
+                      "only a descriptor crosses the ipc socket."]
     lines += ["", "Models (share of the schema each reads): "
               + ", ".join(f"{k} {v:.0%}" for k, v in scenario.models.items()), ""]
     return "\n".join(lines)
