@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "promote": ("signatures.commands.stages", "copy one stage's active config and models to another"),
     "rollback": ("signatures.commands.stages", "return a stage to its previous config"),
     "status": ("signatures.commands.stages", "what each stage runs, and who is on it"),
+    "keys": ("signatures.commands.keys", "generate CURVE key pairs for authenticated, encrypted tcp links"),
     # data plane
     "leaf": ("leafproc.__main__", "run a leaf process"),
     "root": ("rootproc.__main__", "run a root process"),
