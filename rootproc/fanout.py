@@ -1,0 +1,82 @@
+"""Sending one model's batch of a request to a leaf replica.
+
+The gather kernel copies the trim plan's byte ranges straight into what is
+sent: a shared-memory slot when the link has a ring and a slot frees up in
+time, else a fresh buffer that becomes the payload frame (LZ4-compressed when
+the link says so). Replicas are tried best first; when none takes the
+message the model's result is ``unavailable`` at once rather than a
+``deadline`` later.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import _trim
+from _trim.protocol import COMPRESSION_LZ4, UNAVAILABLE, compress, pack_header
+
+from .pending import Pending, PendingRequests
+
+
+class FanOut:
+    def __init__(self, pool, shm, metrics, pending: PendingRequests, pump):
+        self.pool = pool
+        self.shm = shm
+        self.metrics = metrics
+        self.pending = pending
+        self.pump = pump   # pump(link, timeout_s): read the link's replies while waiting for a slot
+        self._seq = 0
+
+    def send(self, pending: Pending, idx: int, key: str, plan, batch, untrimmed: int,
+             now: float) -> None:
+        """Send result ``idx`` (model version ``key``) of ``pending``, or set its error."""
+        result = pending.results[idx]
+        links = self.pool.candidates(key, now)
+        if not links:
+            result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf hosts {key}"}
+            return
+        nbytes = _trim.encoded_nbytes(plan, batch)
+        buf = None
+        for link in links:
+            self._seq += 1
+            mid = f"{self._seq:x}"
+            head = {"type": "score", "id": mid, "model": key, "rows": pending.n,
+                    "compression": link.compression}
+            channel = self.shm.channel(link)
+            desc = None
+            if channel is not None:
+                desc = channel.place(mid, plan, batch, nbytes,
+                                     lambda t, l=link: self.pump(l, t))
+            if desc is not None:
+                head.update(compression="none", shm=desc)
+                frames, payload = [pack_header(head)], b""
+            else:
+                if buf is None:
+                    # A fresh buffer per message: zmq owns it until sent (copy=False).
+                    buf = np.empty(nbytes, dtype=np.uint8)
+                    _trim.encode_into(plan, batch, buf)
+                payload = buf
+                if link.compression == COMPRESSION_LZ4:
+                    payload = compress(buf)
+                    head["raw_nbytes"] = nbytes
+                frames = [pack_header(head), payload]
+            if not link.send(frames):
+                if desc is not None:
+                    channel.unsent(mid)
+                continue
+            if desc is not None:
+                self.shm.sent(link)
+                result["transport"] = "shm"
+            self.pending.sent(pending, idx, mid, link)
+            result.update(leaf=link.name, bytes_sent=nbytes)
+            wire = len(payload)  # 0 through shared memory: no payload on the socket
+            self.metrics.bytes_sent.labels(link.name, key).inc(nbytes)
+            self.metrics.bytes_untrimmed.labels(link.name, key).inc(untrimmed)
+            self.metrics.wire_bytes.labels(link.name, key).inc(wire)
+            if wire != nbytes and desc is None:
+                result["wire_bytes"] = wire
+            return
+        result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf replica of {key} is connected "
+                           f"(tried {', '.join(l.endpoint for l in links)})"}
+
+
+__all__ = ["FanOut"]
