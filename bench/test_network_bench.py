@@ -11,9 +11,13 @@ LZ4. Reported per case in ``extra_info``: req/s, p50/p90/p99 ms, MB/request
 on the wire, root and leaf CPU ms/request, and the ceiling the link puts on
 req/s (its measured bulk rate / MB per request).
 
-Asserted: on the limited link trimmed throughput >= 1.5x all-features
-throughput, measured in the same run. The bytes ratio there is ~2.6x; while
-the link is the bottleneck, throughput follows it (see bench/RESULTS.md).
+Asserted: on the limited link (the first rate) trimmed throughput >= 1.5x
+all-features throughput, measured in the same run. Physics sets it: trimming
+cuts the bytes per request 2.7x here, and while the link is the bottleneck
+throughput follows the bytes (measured: 2.7x at 200 Mbit/s, both modes at
+their link ceiling); 1.5x leaves room for the CPU side of a busy 2-core
+machine. At 1 Gbit/s trimmed meets the CPU ceiling too, so it is reported,
+not asserted (see bench/RESULTS.md).
 
 Needs root and ``ip netns``; skipped otherwise. Not part of ``make test``::
 
@@ -222,6 +226,8 @@ def test_remote_leaf(benchmark, scenario, remote_leaf, mode):
         speedup = row["req_per_s"] / base["req_per_s"]
         bytes_ratio = base["mb_per_request"] / row["mb_per_request"]
         benchmark.extra_info.update(speedup_vs_all=round(speedup, 2), bytes_ratio=round(bytes_ratio, 2))
+        # The bytes ratio is fixed by the scenario; below 1.5x the premise changed, not the code.
+        assert bytes_ratio >= MIN_SPEEDUP, f"trimming saves only {bytes_ratio:.2f}x the bytes here"
         assert speedup >= MIN_SPEEDUP, (
             f"at {rate} trimmed does {row['req_per_s']} req/s, {speedup:.2f}x all features "
             f"({base['req_per_s']} req/s); bytes ratio {bytes_ratio:.2f}x")

@@ -13,6 +13,7 @@ class Mode:
     trim: str
     compression: str
     root_options: dict = field(default_factory=dict)
+    local_only: bool = False   # meaningless with remote leaves (--remote-leaf-bandwidth)
 
 
 MODES = [
@@ -22,6 +23,7 @@ MODES = [
     Mode("trimmed-lz4", "trimmed + LZ4", "on", "lz4"),
     # The leaves are local (ipc): batches go through shared-memory slots.
     Mode("trimmed-shm", "trimmed + shared memory", "on", "none",
-         root_options={"shm": {"enabled": True, "slot_bytes": 8 << 20, "slots": 16}}),
+         root_options={"shm": {"enabled": True, "slot_bytes": 8 << 20, "slots": 16}},
+         local_only=True),
 ]
 BASELINE = "all"

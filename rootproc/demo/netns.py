@@ -85,7 +85,8 @@ def veths() -> list[str]:
     return [n for n in names if re.fullmatch(rf"{VETH_PREFIX}\d+x\d+[hl]", n)]
 
 
-def _owner_pid(name: str) -> int | None:
+def owner_pid(name: str) -> int | None:
+    """The pid of the process that made namespace or veth ``name`` (None: not one of ours)."""
     m = re.match(rf"(?:{re.escape(NS_PREFIX)}|{VETH_PREFIX})(\d+)", name)
     return int(m.group(1)) if m else None
 
@@ -126,13 +127,13 @@ def cleanup_stale() -> list[str]:
     (a crashed or killed run); the names removed."""
     removed = []
     for ns in namespaces():
-        pid = _owner_pid(ns)
+        pid = owner_pid(ns)
         if ns.startswith(NS_PREFIX) and pid is not None and not _alive(pid):
             _kill_all_in(ns, 2.0)
             _run("ip", "netns", "del", ns, check=False)
             removed.append(ns)
     for veth in veths():
-        pid = _owner_pid(veth)
+        pid = owner_pid(veth)
         if pid is not None and not _alive(pid):
             _run("ip", "link", "del", veth, check=False)
             removed.append(veth)

@@ -24,6 +24,8 @@ def render_table(results: list[dict], args, scenario) -> str:
         f"Feature Trimmer demo: {len(scenario.schema)} features, {len(scenario.models)} models "
         f"on {len(scenario.placement)} leaves, {args.candidates} candidates/request, "
         f"{args.requests} requests/mode, concurrency {args.concurrency}.",
+        *([f"Leaves in their own network namespace, reached over tcp through a link shaped to "
+           f"{args.remote_leaf_bandwidth}."] if getattr(args, "remote_leaf_bandwidth", None) else []),
         "",
         "| mode | MB/request root→leaves | network vs all | req/s | p50 ms | p90 ms | p99 ms "
         "| root CPU ms/request | CPU vs all | p90 vs all | errors |",

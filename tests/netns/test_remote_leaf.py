@@ -4,7 +4,7 @@ scores through leaves in their own namespace, behind a shaped veth link
 from __future__ import annotations
 
 import os
-import signal
+import re
 import subprocess
 import sys
 import time
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from rootproc.client import ScoringClient
-from rootproc.demo.netns import RemoteHost, cleanup_stale, namespaces, unavailable_reason, veths
+from rootproc.demo.netns import (RemoteHost, cleanup_stale, namespaces, owner_pid,
+                                 unavailable_reason, veths)
 from tests.root.world import MODELS, build_world, root_config, write_root_config
 from tests.support.models import direct_scores
 from tests.support.procs import ProcessRunner, all_models_ready, ping
@@ -22,9 +23,14 @@ REASON = unavailable_reason()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(REASON is not None, reason=f"{REASON or ''}")]
 
 
-def leftovers() -> tuple[set, set, set]:
-    shm = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-    return set(namespaces()), set(veths()), shm
+def leftovers(*pids: int) -> list[str]:
+    """Namespaces and veths made by ``pids`` (default: this process), and
+    shared-memory segments named for them. Other sessions may be running
+    their own tests on this machine: only what ours made counts."""
+    pids = set(pids or [os.getpid()])
+    shm = os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else []
+    return ([n for n in namespaces() + veths() if owner_pid(n) in pids]
+            + [e for e in shm if (m := re.match(r"trimmer-(\d+)-", e)) and int(m.group(1)) in pids])
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -44,7 +50,6 @@ def ip(*argv: str) -> str:
 
 
 def test_up_shapes_both_ends_and_down_removes_everything():
-    before = leftovers()
     host = RemoteHost("200mbit")
     try:
         host.up()
@@ -56,11 +61,10 @@ def test_up_shapes_both_ends_and_down_removes_everything():
     finally:
         host.down()
     host.down()  # idempotent
-    assert leftovers() == before
+    assert not leftovers()
 
 
 def test_delay_is_netem_or_a_clear_error_and_nothing_left():
-    before = leftovers()
     host = RemoteHost("1gbit", delay_ms=2)
     try:
         host.up()
@@ -70,7 +74,7 @@ def test_delay_is_netem_or_a_clear_error_and_nothing_left():
         assert "delay 2ms" in host.qdiscs()
     finally:
         host.down()
-    assert leftovers() == before
+    assert not leftovers()
 
 
 def test_bad_rate_is_refused_before_anything_is_made():
@@ -79,7 +83,6 @@ def test_bad_rate_is_refused_before_anything_is_made():
 
 
 def test_cleanup_removes_what_a_killed_run_left():
-    before = leftovers()
     code = ("import sys, time; from rootproc.demo.netns import RemoteHost; "
             "h = RemoteHost(None).up(); h.spawn(['sleep', '60'], '/dev/null'); "
             "print(h.name, h.veth_host, flush=True); time.sleep(60)")
@@ -94,7 +97,7 @@ def test_cleanup_removes_what_a_killed_run_left():
         removed = cleanup_stale()
     assert name in removed  # its veth pair went with it
     assert veth not in veths()
-    assert leftovers() == before
+    assert not leftovers(child.pid)
     assert not processes_mentioning(name)
 
 
@@ -102,7 +105,7 @@ def test_cleanup_removes_what_a_killed_run_left():
 def test_root_scores_through_leaves_in_a_namespace(tmp_path):
     (tmp_path / "world").mkdir()
     world = build_world(tmp_path / "world")
-    before = leftovers()
+    pids = [os.getpid()]
     runner = ProcessRunner(tmp_path)
     placement = {"leaf-0": ["ctr@3", "eng@1"], "leaf-1": ["div@2"]}
     try:
@@ -114,13 +117,14 @@ def test_root_scores_through_leaves_in_a_namespace(tmp_path):
                         "--bind", endpoints[leaf], "--threads", "1", "--max-wait-ms", "0"]
                 for key in models:
                     argv += ["--model", key]
-                host.spawn(argv, tmp_path / f"{leaf}.log")
+                pids.append(host.spawn(argv, tmp_path / f"{leaf}.log").pid)
             for leaf, endpoint in endpoints.items():
                 wait_ready(endpoint, all_models_ready, tmp_path / f"{leaf}.log")
             bind = runner.endpoint("root")
             cfg = write_root_config(tmp_path / "root.json", root_config(world, endpoints, bind))
             root = runner.spawn("root", [sys.executable, "-m", "rootproc", "--config", cfg],
                                 endpoint=bind, ipc_paths=[bind[len("ipc://"):]])
+            pids.append(root.pid)
             root.wait_ready(30, ready=lambda pong: bool(pong.get("leaves"))
                             and all(l["healthy"] for l in pong["leaves"]))
             with ScoringClient(bind) as client:
@@ -129,7 +133,7 @@ def test_root_scores_through_leaves_in_a_namespace(tmp_path):
             runner.close()
     finally:
         runner.close()
-    assert leftovers() == before
+    assert not leftovers(*pids)
     assert not processes_mentioning(str(tmp_path))
 
 
