@@ -333,8 +333,9 @@ class LinkWatch:
 
     RETRY_S = 5.0
 
-    def __init__(self, sock: zmq.Socket, label: str):
+    def __init__(self, sock: zmq.Socket, label: str, public_key: bytes | None = None):
         self.label = label
+        self.public_key = public_key
         self.monitor = sock.get_monitor_socket(LINK_EVENTS)
         self.problem: str | None = None
         self.retry_at: float | None = None
@@ -349,6 +350,8 @@ class LinkWatch:
                 self._logged_at = float("-inf")
             elif event & FAILURE_EVENTS:
                 problem = describe(event, value, server=False)
+                if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self.public_key:
+                    problem += f" (this side's public key: {self.public_key.decode('ascii')})"
                 if problem != self.problem or now - self._logged_at >= REPEAT_LOG_S:
                     log.error("%s: %s", self.label, problem)
                     self._logged_at = now
@@ -379,7 +382,7 @@ class ServerMonitor(threading.Thread):
         self.label = label
         self.monitor = sock.get_monitor_socket(FAILURE_EVENTS | zmq.EVENT_MONITOR_STOPPED)
         self._sock = sock
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._logged: dict[str, float] = {}
 
     def start(self) -> "ServerMonitor":
@@ -388,7 +391,7 @@ class ServerMonitor(threading.Thread):
 
     def run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 if not self.monitor.poll(200):
                     continue
                 for event, value in drain_events(self.monitor):
@@ -397,6 +400,10 @@ class ServerMonitor(threading.Thread):
                     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                         continue  # the ZAP handler has logged the key
                     problem = describe(event, value, server=True)
+                    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                        # Mostly a client that gave up mid-handshake: not news.
+                        log.debug("%s: %s", self.label, problem)
+                        continue
                     now = time.monotonic()
                     if now - self._logged.get(problem, float("-inf")) >= REPEAT_LOG_S:
                         self._logged[problem] = now
@@ -407,7 +414,7 @@ class ServerMonitor(threading.Thread):
             self.monitor.close(linger=0)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout=2)
 

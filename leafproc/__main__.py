@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retire-grace-s", type=float, default=2.0,
                    help="with --config-store, how long a removed version keeps answering after "
                         "pongs stop offering it (covers the roots' ping interval)")
+    p.add_argument("--curve-secret-key", default=None, metavar="FILE",
+                   help="this leaf's CURVE key pair (NAME.key_secret, from `trimmer keys generate`): "
+                        "tcp endpoints then require CURVE; ipc ones stay plain")
+    p.add_argument("--curve-authorized", default=None, metavar="DIR",
+                   help="with --curve-secret-key: directory of the public keys (NAME.key) of the "
+                        "roots allowed to connect over tcp, re-read when it changes; '*': any key")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -86,6 +92,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.config_store and args.model:
         parser.error("--model and --config-store exclude each other: a following leaf serves "
                      "what the store's stage says")
+    if (args.curve_secret_key is None) != (args.curve_authorized is None):
+        parser.error("--curve-secret-key and --curve-authorized go together (--curve-authorized "
+                     "'*' accepts any client key)")
     if args.retire_grace_s < 0:
         parser.error("--retire-grace-s must be >= 0")
     if args.max_batch_rows < 1 or args.max_wait_ms < 0 or args.max_message_bytes < 1024:
@@ -132,6 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     from .server import LeafServer
     from .worker import ModelWorker
 
+    from _trim.curve import ServerKeys, secured
+
+    curve_keys = None
+    if args.curve_secret_key:
+        try:
+            curve_keys = ServerKeys.load(args.curve_secret_key, args.curve_authorized, "leaf curve")
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
+        if not any(secured(ep) for ep in args.bind):
+            log.warning("--curve-secret-key: no tcp:// endpoint to secure (ipc stays plain)")
     repo = ModelRepository(args.repo)
     try:
         loaded = [] if args.config_store else \
@@ -163,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         server = LeafServer(name=name, binds=args.bind, workers=workers, ctx=ctx,
                             reply_endpoint=reply_endpoint, metrics=metrics,
                             max_message_bytes=args.max_message_bytes,
-                            drain_timeout_s=args.drain_timeout_s, device=str(device))
+                            drain_timeout_s=args.drain_timeout_s, device=str(device),
+                            curve_keys=curve_keys)
     except zmq.ZMQError as exc:
         log.error("cannot bind %s: %s", ", ".join(args.bind), exc)
         ctx.destroy(linger=0)
@@ -182,14 +203,19 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             log.error("config store %s, stage %s: %s", args.config_store, args.stage, exc)
             server._shutdown()
+            if server.security is not None:
+                server.security.close()
             metrics.close()
             ctx.term()
             return 2
-    log.info("leaf %s on %s serving %s (device %s)", name, ", ".join(server.bound),
-             ", ".join(w.key for w in workers), device)
+    log.info("leaf %s on %s serving %s (device %s%s)", name, ", ".join(server.bound),
+             ", ".join(w.key for w in workers), device,
+             ", CURVE on tcp" if curve_keys is not None else "")
     try:
         return server.run()
     finally:
+        if server.security is not None:  # after the router: it stops the ZAP handler
+            server.security.close()
         metrics.close()
         threads = list(workers) + list(server.workers.values())
         if server.follower is not None:

@@ -18,6 +18,7 @@ import time
 
 import zmq
 
+from _trim import curve
 from _trim import protocol as P
 
 from .inbox import ShmInbox
@@ -36,7 +37,8 @@ MAX_ID_CHARS = 128
 class LeafServer:
     def __init__(self, *, name: str, binds: list[str], workers: list[ModelWorker],
                  ctx: zmq.Context, reply_endpoint: str, metrics: LeafMetrics,
-                 max_message_bytes: int, drain_timeout_s: float, device: str):
+                 max_message_bytes: int, drain_timeout_s: float, device: str,
+                 curve_keys=None):
         self.name = name
         self.binds = binds
         self.workers = {w.key: w for w in workers}
@@ -65,10 +67,11 @@ class LeafServer:
         self.pull = ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.bind(reply_endpoint)
-        self.bound: list[str] = []
-        for ep in binds:
-            self.router.bind(ep)
-            self.bound.append(self.router.getsockopt_string(zmq.LAST_ENDPOINT))
+        # With `curve_keys` (a _trim.curve.ServerKeys), tcp endpoints require
+        # CURVE and ipc ones stay plain; `security` is closed by its owner
+        # after the router (leafproc/__main__.py).
+        self.bound, self.security = curve.bind_all(ctx, self.router, binds, curve_keys,
+                                                   f"leaf {name}")
 
     def request_stop(self, *_):
         self._stop.set()

@@ -10,6 +10,12 @@ across the roots it is connected to, and replies are matched by request id,
 so many requests can be in flight at once (`submit` / `receive`). Speaks
 the protocol of docs/protocol.md and nothing else: a client in another
 language does the same.
+
+Roots whose tcp binds require CURVE take ``curve_server_public_key`` (the
+root's ``NAME.key`` file, or its Z85 string) and ``curve_client_secret_key``
+(this client's ``NAME.key_secret``; without it, a throwaway pair that only a
+root allowing any key accepts). ipc endpoints stay plain. A handshake that
+fails looks like silence; the client's timeout error then says why.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
+from _trim import curve
 from _trim.protocol import CANDIDATES_DTYPE, SCORES_DTYPE, pack_header, unpack_header
 
 DEFAULT_TIMEOUT_MS = 5000
@@ -102,23 +109,70 @@ class _Ids:
         return self._prefix + format(next(self._count), "x")
 
 
-def connect_dealer(ctx, endpoints):
-    """One DEALER connected to every root: zmq spreads requests across them."""
+def curve_keys(server_public_key=None, client_secret_key=None) -> curve.ClientKeys | None:
+    """ClientKeys from key files (or Z85 strings); None without a server key."""
+    if server_public_key is None:
+        if client_secret_key is not None:
+            raise ValueError("curve_client_secret_key needs curve_server_public_key")
+        return None
+    return curve.ClientKeys.load(server_public_key, client_secret_key, "client curve")
+
+
+def connect_dealer(ctx, endpoints, keys: curve.ClientKeys | None = None, watch: bool = False):
+    """One DEALER connected to every root: zmq spreads requests across them.
+    With ``keys``, tcp endpoints are reached over CURVE. (endpoints, socket,
+    a HandshakeLog attached before connecting when ``watch``, else None)."""
     endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    for ep in endpoints:
-        sock.connect(ep)
-    return endpoints, sock
+    handshakes = HandshakeLog(sock, endpoints) if watch else None
+    curve.connect_all(sock, endpoints, keys)
+    return endpoints, sock, handshakes
+
+
+class HandshakeLog:
+    """The last failed handshake on a socket's tcp connections, for error messages."""
+
+    def __init__(self, sock, endpoints):
+        self.monitor = (sock.get_monitor_socket(curve.FAILURE_EVENTS)
+                        if any(curve.secured(ep) for ep in endpoints) else None)
+        self.last: str | None = None
+
+    def hint(self) -> str:
+        if self.monitor is not None:
+            for event, value in curve.drain_events(self.monitor):
+                self.last = curve.describe(event, value, server=False)
+        return f" (handshake failed: {self.last})" if self.last else ""
+
+    def close(self, sock) -> None:
+        if self.monitor is not None:
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self.monitor.close(linger=0)
+
+
+def add_curve_arguments(parser) -> None:
+    """--curve-server-public-key / --curve-client-secret-key, for the CLIs."""
+    parser.add_argument("--curve-server-public-key", metavar="FILE",
+                        help="the root's (or leaf's) CURVE public key file NAME.key: tcp "
+                             "endpoints are reached over CURVE")
+    parser.add_argument("--curve-client-secret-key", metavar="FILE",
+                        help="this client's key pair NAME.key_secret (default: a throwaway "
+                             "pair, accepted only by a server allowing any key)")
 
 
 class ScoringClient:
     """Synchronous client over one DEALER connected to every endpoint."""
 
     def __init__(self, endpoints, *, ctx: zmq.Context | None = None,
-                 timeout_ms: int = DEFAULT_TIMEOUT_MS):
+                 timeout_ms: int = DEFAULT_TIMEOUT_MS, curve_server_public_key=None,
+                 curve_client_secret_key=None):
         self.ctx = ctx or zmq.Context.instance()
-        self.endpoints, self.socket = connect_dealer(self.ctx, endpoints)
+        keys = curve_keys(curve_server_public_key, curve_client_secret_key)
+        self.endpoints, self.socket, self.handshakes = connect_dealer(self.ctx, endpoints, keys,
+                                                                      watch=True)
         self.timeout_ms = timeout_ms
         self._ids = _Ids()
         self._sent: dict[str, float] = {}
@@ -165,7 +219,7 @@ class ScoringClient:
             if res is None:
                 self._sent.pop(rid, None)
                 raise TimeoutError(f"no reply to request {rid} within {timeout_ms} ms "
-                                   f"from {', '.join(self.endpoints)}")
+                                   f"from {', '.join(self.endpoints)}{self.handshakes.hint()}")
             if res.id == rid:
                 return res
             self._early[res.id] = res
@@ -184,9 +238,11 @@ class ScoringClient:
                 return header
             if header["type"] != "pong":
                 self._early[header.get("id")] = parse_reply(frames)
-        raise TimeoutError(f"no pong within {timeout_ms} ms from {', '.join(self.endpoints)}")
+        raise TimeoutError(f"no pong within {timeout_ms} ms from {', '.join(self.endpoints)}"
+                           f"{self.handshakes.hint()}")
 
     def close(self) -> None:
+        self.handshakes.close(self.socket)
         self.socket.close(linger=0)
 
     def __enter__(self):
@@ -199,10 +255,12 @@ class ScoringClient:
 class AsyncScoringClient:
     """asyncio variant: ``await client.score(...)``; many may run concurrently."""
 
-    def __init__(self, endpoints, *, timeout_ms: int = DEFAULT_TIMEOUT_MS):
+    def __init__(self, endpoints, *, timeout_ms: int = DEFAULT_TIMEOUT_MS,
+                 curve_server_public_key=None, curve_client_secret_key=None):
         import zmq.asyncio
         self.ctx = zmq.asyncio.Context.instance()
-        self.endpoints, self.socket = connect_dealer(self.ctx, endpoints)
+        keys = curve_keys(curve_server_public_key, curve_client_secret_key)
+        self.endpoints, self.socket, _ = connect_dealer(self.ctx, endpoints, keys)
         self.timeout_ms = timeout_ms
         self._ids = _Ids()
         self._waiters: dict[str, asyncio.Future] = {}
@@ -243,4 +301,4 @@ class AsyncScoringClient:
 
 
 __all__ = ["ScoringClient", "AsyncScoringClient", "ScoreResult", "ScoringError",
-           "build_request", "parse_reply"]
+           "build_request", "parse_reply", "curve_keys", "add_curve_arguments"]

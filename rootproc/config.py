@@ -11,7 +11,11 @@ Root config (JSON; relative paths are relative to the file)::
      "leaves": [{"name": "leaf-0", "endpoints": ["ipc:///run/trimmer/leaf-0.sock"],
                  "models": ["ctr@3"],             # optional: else the bundle's placement
                  "compression": "lz4",            # optional: else the root-wide mode
-                 "transport": "auto"}],           # or "shm" / "socket" (see "shm")
+                 "transport": "auto",             # or "shm" / "socket" (see "shm")
+                 "curve": {"server_public_key": "keys/leaf-0.key",   # optional: CURVE on tcp
+                           "client_secret_key": "keys/root.key_secret"}}],  # default: curve.secret_key
+     "curve": {"secret_key": "keys/root.key_secret",  # this root's key pair (for its leaf links,
+               "authorized": "keys/clients/"},        # and with "authorized", its tcp binds)
      "cache": {"size": 100000, "ttl_s": 60},
      "deadline_ms": 250, "max_deadline_ms": 10000,
      "max_candidates": 2048, "max_request_nbytes": 1048576,
@@ -24,6 +28,12 @@ Root config (JSON; relative paths are relative to the file)::
 With ``shm.enabled``, links to ipc:// leaves (same node) carry batches in a
 shared-memory ring of ``slots`` slots of ``slot_bytes`` per link
 (rootproc/shm_link.py); a leaf's ``transport`` forces shm or the socket.
+
+``curve`` (_trim/curve.py) authenticates and encrypts tcp links; ipc ones
+stay plain. A leaf's ``curve`` makes the root connect to its tcp endpoints
+with CURVE; the root-level ``authorized`` (a directory of client public
+keys, or ``"*"`` for any key) makes the root's own tcp binds require it.
+Key files are read when the root starts, not when the config is parsed.
 
 Every key but ``schema``, ``store``, ``leaves`` and one of ``bundle`` /
 ``config_store`` has the default shown above (``bind``:
@@ -46,12 +56,25 @@ MODES_MISSING = ("default", "fail")
 
 
 @dataclass(frozen=True)
+class LeafCurve:
+    server_public_key: str | None
+    client_secret_key: str | None = None
+
+
+@dataclass(frozen=True)
+class RootCurve:
+    secret_key: str | None = None
+    authorized: str | None = None
+
+
+@dataclass(frozen=True)
 class LeafConfig:
     name: str
     endpoints: tuple[str, ...]
     models: tuple[str, ...] = ()
     compression: str | None = None
     transport: str = "auto"
+    curve: LeafCurve | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +100,7 @@ class RootConfig:
     ping_interval_ms: int = 500
     health_timeout_ms: int = 2000
     shm: ShmConfig = ShmConfig()
+    curve: RootCurve | None = None
 
     def validate(self) -> "RootConfig":
         problems = []
@@ -97,6 +121,8 @@ class RootConfig:
                 problems.append(f"{key} must be a positive integer, got {value!r}")
         if self.cache_size < 0:
             problems.append(f"cache.size must be >= 0, got {self.cache_size}")
+        if self.curve is not None and self.curve.authorized and not self.curve.secret_key:
+            problems.append("curve.authorized needs curve.secret_key (the root's own key pair)")
         names = [leaf.name for leaf in self.leaves]
         if len(set(names)) != len(names):
             problems.append(f"leaf names must be unique: {names}")
@@ -108,6 +134,15 @@ class RootConfig:
             if leaf.transport not in TRANSPORTS:
                 problems.append(f"leaf {leaf.name!r}: transport must be one of {TRANSPORTS}, "
                                 f"got {leaf.transport!r}")
+            if leaf.curve is not None:
+                if not leaf.curve.server_public_key:
+                    problems.append(f"leaf {leaf.name!r}: curve.server_public_key is required")
+                if not (leaf.curve.client_secret_key or (self.curve and self.curve.secret_key)):
+                    problems.append(f"leaf {leaf.name!r}: curve needs client_secret_key, or a "
+                                    "root-level curve.secret_key")
+                if not any(ep.startswith("tcp://") for ep in leaf.endpoints):
+                    problems.append(f"leaf {leaf.name!r}: curve applies to tcp:// endpoints "
+                                    "and this leaf has none")
             for key in leaf.models:
                 try:
                     split_model_key(key)
@@ -130,15 +165,42 @@ def _as_list(value) -> tuple:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def parse_leaf(d, where: str = "leaves") -> LeafConfig:
+def _curve_dict(value, keys: set, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"root config: {where}: expected an object with {sorted(keys)}")
+    unknown = set(value) - keys
+    if unknown:
+        raise ValueError(f"root config: {where}: unknown keys {sorted(unknown)}")
+    bad = [k for k, v in value.items() if not (v is None or isinstance(v, str))]
+    if bad:
+        raise ValueError(f"root config: {where}: {', '.join(sorted(bad))} must be file paths")
+    return value
+
+
+def parse_root_curve(value, base: str = ".") -> RootCurve:
+    d = _curve_dict(value, {"secret_key", "authorized"}, "curve")
+    authorized = d.get("authorized")
+    return RootCurve(_path(base, d.get("secret_key")),
+                     authorized if authorized == "*" else _path(base, authorized))
+
+
+def parse_leaf(d, where: str = "leaves", base: str = ".",
+               root_curve: RootCurve | None = None) -> LeafConfig:
     if not isinstance(d, dict) or not isinstance(d.get("name"), str):
         raise ValueError(f"root config: {where}: each leaf needs a string 'name'")
-    unknown = set(d) - {"name", "endpoint", "endpoints", "models", "compression", "transport"}
+    unknown = set(d) - {"name", "endpoint", "endpoints", "models", "compression", "transport",
+                        "curve"}
     if unknown:
         raise ValueError(f"root config: leaf {d['name']!r}: unknown keys {sorted(unknown)}")
     endpoints = _as_list(d.get("endpoints")) + _as_list(d.get("endpoint"))
+    curve = None
+    if d.get("curve") is not None:
+        c = _curve_dict(d["curve"], {"server_public_key", "client_secret_key"},
+                        f"leaf {d['name']!r}: curve")
+        client = _path(base, c.get("client_secret_key")) or (root_curve and root_curve.secret_key)
+        curve = LeafCurve(_path(base, c.get("server_public_key")), client or None)
     return LeafConfig(d["name"], endpoints, _as_list(d.get("models")), d.get("compression"),
-                      d.get("transport", "auto"))
+                      d.get("transport", "auto"), curve)
 
 
 def config_from_dict(data: dict, base: str = ".") -> RootConfig:
@@ -162,7 +224,10 @@ def config_from_dict(data: dict, base: str = ".") -> RootConfig:
         kw["cache_size"] = int(cache["size"])
     if "ttl_s" in cache:
         kw["cache_ttl_s"] = cache["ttl_s"]
-    kw["leaves"] = tuple(parse_leaf(d) for d in data.get("leaves", []))
+    if data.get("curve") is not None:
+        kw["curve"] = parse_root_curve(data["curve"], base)
+    kw["leaves"] = tuple(parse_leaf(d, base=base, root_curve=kw.get("curve"))
+                         for d in data.get("leaves", []))
     if "shm" in data:
         kw["shm"] = parse_shm_config(data["shm"])
     return RootConfig(**kw)
@@ -234,5 +299,5 @@ def config_from_args(args: argparse.Namespace) -> RootConfig:
     return cfg.validate()
 
 
-__all__ = ["RootConfig", "LeafConfig", "load_config", "config_from_dict", "config_from_args",
+__all__ = ["RootConfig", "LeafConfig", "LeafCurve", "RootCurve", "load_config", "config_from_dict", "config_from_args",
            "add_arguments"]

@@ -13,23 +13,27 @@ import zmq
 
 from _trim.protocol import ProtocolError, pack_header, unpack_header
 
+from .client import add_curve_arguments, connect_dealer, curve_keys
 
-def ping(endpoint: str, timeout_ms: int = 1000, ctx: zmq.Context | None = None) -> dict:
-    """The pong of the process at ``endpoint``; TimeoutError if none in time."""
+
+def ping(endpoint: str, timeout_ms: int = 1000, ctx: zmq.Context | None = None,
+         curve_server_public_key=None, curve_client_secret_key=None) -> dict:
+    """The pong of the process at ``endpoint``; TimeoutError if none in time.
+    With a server key, a tcp endpoint is reached over CURVE (see client.py)."""
     ctx = ctx or zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    keys = curve_keys(curve_server_public_key, curve_client_secret_key)
+    _, sock, handshakes = connect_dealer(ctx, [endpoint], keys, watch=True)
     try:
-        sock.connect(endpoint)
         sock.send_multipart([pack_header({"type": "ping", "id": "health"})])
         if not sock.poll(timeout_ms):
-            raise TimeoutError(f"{endpoint}: no answer within {timeout_ms} ms")
+            raise TimeoutError(f"{endpoint}: no answer within {timeout_ms} ms{handshakes.hint()}")
         header = unpack_header(sock.recv_multipart()[0])
         if header["type"] != "pong":
             raise ProtocolError(header.get("error", {}).get("kind", "bad_request"),
                                 f"{endpoint}: answered {header['type']!r}, not a pong")
         return header
     finally:
+        handshakes.close(sock)
         sock.close(linger=0)
 
 
@@ -39,10 +43,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--timeout-ms", type=int, default=1000)
     parser.add_argument("--require-leaves", action="store_true",
                         help="(root) unhealthy unless every leaf replica answers its pings")
+    add_curve_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        pong = ping(args.endpoint, args.timeout_ms)
-    except (TimeoutError, ProtocolError, zmq.ZMQError) as exc:
+        pong = ping(args.endpoint, args.timeout_ms, curve_server_public_key=args.curve_server_public_key,
+                    curve_client_secret_key=args.curve_client_secret_key)
+    except (TimeoutError, ProtocolError, zmq.ZMQError, ValueError) as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)
         return 1
     print(orjson.dumps(pong, option=orjson.OPT_INDENT_2).decode())

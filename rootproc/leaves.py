@@ -7,14 +7,25 @@ fail at once (then another replica is tried, or the model's result is
 ``unavailable``) instead of queueing behind a dead peer until the deadline;
 zmq keeps reconnecting in the background, and the first pong after a leaf
 restarts makes it healthy again.
+
+A leaf with ``curve`` keys is reached over CURVE on its tcp endpoints. A
+failed handshake never completes the connection, so sends fail at once as
+above; the link's monitor says why in the log and in the root's pong, and a
+link whose key or mechanism the leaf rejected (which libzmq does not retry)
+is reconnected by hand every few seconds.
 """
 from __future__ import annotations
 
 import itertools
+import logging
+import time
 
 import zmq
 
+from _trim.curve import ClientKeys, LinkWatch, connect_all, secured
 from _trim.protocol import pack_header
+
+log = logging.getLogger("rootproc")
 
 SEND_HWM = 100_000
 
@@ -22,7 +33,8 @@ SEND_HWM = 100_000
 class LeafLink:
     """One replica endpoint of a named leaf."""
 
-    def __init__(self, ctx: zmq.Context, name: str, endpoint: str, models, compression: str):
+    def __init__(self, ctx: zmq.Context, name: str, endpoint: str, models, compression: str,
+                 curve: ClientKeys | None = None):
         self.name = name
         self.endpoint = endpoint
         self.configured = frozenset(models)
@@ -39,7 +51,10 @@ class LeafLink:
         self.socket.setsockopt(zmq.RCVHWM, SEND_HWM)
         self.socket.setsockopt(zmq.RECONNECT_IVL, 100)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        self.socket.connect(endpoint)
+        self.curve = curve if curve is not None and secured(endpoint) else None
+        self.watch = (LinkWatch(self.socket, f"leaf {name} ({endpoint})", self.curve.public)
+                      if self.curve is not None else None)
+        connect_all(self.socket, [endpoint], self.curve)
 
     @property
     def models(self) -> frozenset:
@@ -58,6 +73,18 @@ class LeafLink:
         except zmq.Again:
             return False
 
+    def check_handshake(self, now: float) -> None:
+        """Log handshake failures; reconnect when libzmq will not by itself."""
+        if self.watch is None:
+            return
+        self.watch.poll(now)
+        if self.watch.due(now):
+            try:
+                self.socket.disconnect(self.endpoint)
+            except zmq.ZMQError:
+                pass  # already gone
+            self.socket.connect(self.endpoint)
+
     def on_pong(self, header: dict, now: float) -> None:
         self.last_pong = now
         self.pid = header.get("pid")
@@ -69,18 +96,35 @@ class LeafLink:
             self.hashes = {m["model"]: m.get("signature_hash") for m in ready}
 
     def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close(self.socket)
         self.socket.close(linger=0)
+
+
+def load_curve(leaf) -> ClientKeys | None:
+    """The CURVE client keys for a leaf's tcp endpoints (reads the key files)."""
+    curve = getattr(leaf, "curve", None)
+    if curve is None:
+        return None
+    return ClientKeys.load(curve.server_public_key, curve.client_secret_key,
+                           f"root config: leaf {leaf.name!r}: curve")
 
 
 class LeafPool:
     def __init__(self, ctx: zmq.Context, leaves, placement: dict, default_compression: str,
                  health_timeout_s: float):
         self.links: list[LeafLink] = []
+        # Every key file is read before any socket exists: a bad one fails the start cleanly.
+        keys = {leaf.name: load_curve(leaf) for leaf in leaves}
         for leaf in leaves:
             models = leaf.models or placement.get(leaf.name, ())
             for ep in leaf.endpoints:
                 self.links.append(LeafLink(ctx, leaf.name, ep, models,
-                                           leaf.compression or default_compression))
+                                           leaf.compression or default_compression,
+                                           keys[leaf.name]))
+            if keys[leaf.name] is not None:
+                log.info("leaf %s: CURVE on its tcp endpoints; this root's public key %s",
+                         leaf.name, keys[leaf.name].public.decode("ascii"))
         self.by_socket = {link.socket: link for link in self.links}
         self.health_timeout_s = health_timeout_s
         self._ping_ids = itertools.count()
@@ -98,13 +142,21 @@ class LeafPool:
         return links
 
     def ping_all(self) -> None:
+        now = time.monotonic()
         for link in self.links:
+            link.check_handshake(now)
             link.send([pack_header({"type": "ping", "id": f"ping-{next(self._ping_ids)}"})])
 
     def status(self, now: float) -> list[dict]:
-        return [{"leaf": l.name, "endpoint": l.endpoint, "healthy": l.healthy(now, self.health_timeout_s),
-                 "outstanding": l.outstanding, "models": sorted(l.models), "pid": l.pid}
-                for l in self.links]
+        out = []
+        for l in self.links:
+            entry = {"leaf": l.name, "endpoint": l.endpoint,
+                     "healthy": l.healthy(now, self.health_timeout_s),
+                     "outstanding": l.outstanding, "models": sorted(l.models), "pid": l.pid}
+            if l.watch is not None:
+                entry.update(curve=True, handshake_error=l.watch.problem)
+            out.append(entry)
+        return out
 
     def close(self) -> None:
         for link in self.links:

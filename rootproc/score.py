@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .client import ScoringClient
+from .client import ScoringClient, add_curve_arguments
 
 
 def id_space(args) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -40,7 +40,9 @@ def percentile(values, q) -> float:
 def run_load(args, progress=None) -> dict:
     users, cands = id_space(args)
     rng = np.random.default_rng(args.seed)
-    client = ScoringClient(args.endpoint, timeout_ms=args.timeout_ms)
+    client = ScoringClient(args.endpoint, timeout_ms=args.timeout_ms,
+                           curve_server_public_key=getattr(args, "curve_server_public_key", None),
+                           curve_client_secret_key=getattr(args, "curve_client_secret_key", None))
     latencies, errors = [], collections.Counter()
     model_errors = collections.Counter()
     bytes_sent = wire_bytes = 0
@@ -121,6 +123,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true")
+    add_curve_arguments(p)
     args = p.parse_args(argv)
     if args.requests < 0 or args.concurrency < 1 or args.candidates < 0:
         p.error("--requests >= 0, --concurrency >= 1 and --candidates >= 0")

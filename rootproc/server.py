@@ -28,6 +28,7 @@ from .active import ActiveConfig, PreparedConfig, load_active_config, prepare_co
 from .agreement import Agreement
 from .cache import CachedStore
 from .config import LeafConfig, RootConfig
+from .security import bind_frontend
 from .fanout import FanOut
 from .follow import ConfigFollower
 from .intake import parse_score, reply_id, resolve_models, split_envelope
@@ -70,8 +71,7 @@ class RootServer:
         self.frontend.setsockopt(zmq.LINGER, DRAIN_LINGER_MS)
         self.frontend.setsockopt(zmq.RCVHWM, 100_000)
         self.frontend.setsockopt(zmq.SNDHWM, 100_000)
-        for ep in cfg.bind:
-            self.frontend.bind(ep)
+        self.security = bind_frontend(self.ctx, self.frontend, cfg)  # CURVE on tcp binds, if set
         self.endpoints = [self.frontend.getsockopt(zmq.LAST_ENDPOINT).decode()] if len(cfg.bind) == 1 \
             else list(cfg.bind)
         self.poller = zmq.Poller()
@@ -176,6 +176,8 @@ class RootServer:
         if self.follower is not None:
             self.follower.stop()
         self.frontend.close(linger=DRAIN_LINGER_MS)
+        if self.security is not None:
+            self.security.close()
         self.pool.close()
         self.shm.close()
         self.store.close()
