@@ -22,6 +22,7 @@ import secrets
 import threading
 from collections import OrderedDict, deque
 from pathlib import Path
+from stat import S_ISREG
 
 SHM_DIR = Path(os.environ.get("TRIM_SHM_DIR", "/dev/shm"))
 PREFIX = "trimmer-"
@@ -202,14 +203,23 @@ class SegmentReader:
             if entry is not None:
                 self._drop(name)
             try:
-                fd = os.open(self.directory / name, os.O_RDONLY)
+                # O_NONBLOCK: a FIFO planted under a segment name must not hang the reader.
+                fd = os.open(self.directory / name, os.O_RDONLY | os.O_NONBLOCK)
             except FileNotFoundError:
                 raise ValueError(f"shm segment {name} does not exist") from None
+            except OSError as exc:
+                raise ValueError(f"shm segment {name} cannot be opened: {exc.strerror}") from None
             try:
-                actual = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                if not S_ISREG(st.st_mode):
+                    raise ValueError(f"shm segment {name} is not a regular file")
+                actual = st.st_size
                 if actual != size:
                     raise ValueError(f"shm segment {name} is {actual} bytes, descriptor says {size}")
-                mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+                try:
+                    mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+                except OSError as exc:
+                    raise ValueError(f"shm segment {name} cannot be mapped: {exc.strerror}") from None
             finally:
                 os.close(fd)
             view = memoryview(mapped)

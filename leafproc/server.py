@@ -199,6 +199,10 @@ class LeafServer:
             except P.ProtocolError as exc:
                 self._send(envelope, [P.error_header(rid, exc.kind, str(exc), **exc.details)],
                            exc.kind)
+            except Exception as exc:  # a bug: answer anyway; raising here would stop the leaf
+                log.exception("leaf %s: internal error on request %r", self.name, rid)
+                self._send(envelope, [P.error_header(rid, P.INTERNAL, f"internal error: "
+                                                     f"{type(exc).__name__}: {exc}")], P.INTERNAL)
 
     def _score(self, envelope, rid, header, body, t_recv) -> None:
         self._check_stop()  # the signal may have landed while this batch was being read
