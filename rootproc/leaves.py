@@ -87,13 +87,18 @@ class LeafLink:
 
     def on_pong(self, header: dict, now: float) -> None:
         self.last_pong = now
-        self.pid = header.get("pid")
+        # A pong is foreign input (leaves may be written in any language): fields
+        # of the wrong type are dropped, not used as pids or compared as hashes.
+        pid = header.get("pid")
+        usable = isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 1 << 31
+        self.pid = pid if usable else None
         models = header.get("models")
         if isinstance(models, list):
             ready = [m for m in models if isinstance(m, dict) and isinstance(m.get("model"), str)
                      and m.get("ready", True)]
             self.reported = frozenset(m["model"] for m in ready)
-            self.hashes = {m["model"]: m.get("signature_hash") for m in ready}
+            self.hashes = {m["model"]: m.get("signature_hash") for m in ready
+                           if isinstance(m.get("signature_hash"), str)}
 
     def close(self) -> None:
         if self.watch is not None:

@@ -14,6 +14,8 @@ import heapq
 import time
 from dataclasses import dataclass, field
 
+import orjson
+
 from _trim.protocol import DEADLINE, INTERNAL, pack_header
 
 
@@ -84,10 +86,7 @@ class PendingRequests:
                                    f"{len(frames[1]) if len(frames) > 1 else 0} score bytes for "
                                    f"{pending.n} candidates"}
         else:
-            err = header.get("error")
-            if not isinstance(err, dict) or not isinstance(err.get("kind"), str):
-                err = {"kind": INTERNAL, "message": f"leaf {link.name} sent a malformed reply"}
-            result["error"] = err
+            result["error"] = forwardable_error(header.get("error"), link.name)
         # Unparked: the request is still sending its other models (a reply read
         # while waiting for a shm slot) and is finished by `park`.
         if not pending.waiting and pending.parked:
@@ -126,7 +125,9 @@ class PendingRequests:
                 result.pop("error", None)
                 self.metrics.model_results.labels(result["model"], "ok").inc()
             else:
-                kind = result["error"]["kind"]
+                # Only a root bug leaves a result with neither scores nor an error.
+                kind = result.setdefault("error", {"kind": INTERNAL, "message": "no result "
+                                                   "recorded (a root bug: see its log)"})["kind"]
                 self.metrics.errors.labels(kind).inc()
                 self.metrics.model_results.labels(result["model"], kind).inc()
             results.append(result)
@@ -140,4 +141,18 @@ class PendingRequests:
         self.reply(pending.envelope, [header] + frames)
 
 
-__all__ = ["Pending", "PendingRequests"]
+def forwardable_error(err, leaf: str) -> dict:
+    """A leaf's error as the client gets it, or the root's own ``internal``
+    error when it is malformed or would not encode where it goes: the client's
+    reply nests it three levels deep, and orjson refuses deep nesting."""
+    if (isinstance(err, dict) and isinstance(err.get("kind"), str)
+            and isinstance(err.get("message", ""), str)):
+        try:
+            orjson.dumps([[[err]]])
+            return err
+        except TypeError:
+            pass
+    return {"kind": INTERNAL, "message": f"leaf {leaf} sent a malformed reply"}
+
+
+__all__ = ["Pending", "PendingRequests", "forwardable_error"]

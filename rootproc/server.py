@@ -323,8 +323,16 @@ class RootServer:
         except ProtocolError as exc:
             log.warning("leaf %s (%s) sent an unreadable reply: %s", link.name, link.endpoint, exc)
             return
-        if header["type"] == "pong":
-            link.on_pong(header, time.monotonic())
-            return
-        self.shm.replied(link, header.get("id"))  # even after the deadline: the slot is free
-        self.pending.on_reply(link, header, frames)
+        try:
+            if header["type"] == "pong":
+                link.on_pong(header, time.monotonic())
+                return
+            mid = header.get("id")
+            if not isinstance(mid, str):
+                log.warning("leaf %s (%s) sent a %r reply without a usable id: dropped",
+                            link.name, link.endpoint, header["type"])
+                return
+            self.shm.replied(link, mid)  # even after the deadline: the slot is free
+            self.pending.on_reply(link, header, frames)
+        except Exception:  # a bug must not stop the loop; the deadline answers the request
+            log.exception("leaf %s (%s): reply not handled", link.name, link.endpoint)
