@@ -63,6 +63,12 @@ class PendingRequests:
         self.metrics.in_flight.set(self.count)
         self._seq += 1
         heapq.heappush(self.deadlines, (pending.deadline, self._seq, pending))
+        # An answered request stays in the heap until its deadline: drop those
+        # once they outnumber the waiting ones, or under steady traffic the
+        # heap holds rate x deadline entries (amortised O(1) per request).
+        if len(self.deadlines) > 2 * self.count + 64:
+            self.deadlines = [e for e in self.deadlines if not e[2].done]
+            heapq.heapify(self.deadlines)
 
     def next_deadline(self) -> float | None:
         return self.deadlines[0][0] if self.deadlines else None
@@ -139,6 +145,7 @@ class PendingRequests:
         header = pack_header({"type": "scores", "id": pending.rid, "ok": True, "n": pending.n,
                               "results": results, "timing_us": timing, "root": self.root_name})
         self.reply(pending.envelope, [header] + frames)
+        pending.frames.clear()   # the heap may hold the request until its deadline
 
 
 def forwardable_error(err, leaf: str) -> dict:
