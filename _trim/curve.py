@@ -290,7 +290,9 @@ def bind_all(ctx: zmq.Context, sock: zmq.Socket, endpoints, keys: ServerKeys | N
 # -- handshake diagnostics ----------------------------------------------------------
 
 
-def describe(event: int, value: int, server: bool) -> str:
+def describe(event: int, value: int, server: bool, curve: bool = True) -> str:
+    """What a failed handshake means, seen from a server or a client (``curve``:
+    whether that client uses CURVE)."""
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return (f"rejected a client's CURVE key (ZAP status {value})" if server else
                 f"the server rejected this process's CURVE key (ZAP status {value}): add its "
@@ -305,9 +307,13 @@ def describe(event: int, value: int, server: bool) -> str:
                     "public key" if server else "CURVE handshake failed to decrypt: wrong keys")
         return f"handshake protocol error {value:#x}"
     if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-        return ("a client's handshake failed" if server else
-                "the server closed the connection during the handshake: the server public "
-                "key configured here is probably not the server's")
+        if server:
+            return "a client's handshake failed"
+        if not curve:
+            return ("the server closed the connection during the handshake: it probably "
+                    "requires CURVE (give its public key)")
+        return ("the server closed the connection during the handshake: the server public "
+                "key configured here is probably not the server's (or it does not use CURVE)")
     return f"zmq event {event:#x} ({value})"
 
 

@@ -125,7 +125,7 @@ def connect_dealer(ctx, endpoints, keys: curve.ClientKeys | None = None, watch: 
     endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    handshakes = HandshakeLog(sock, endpoints) if watch else None
+    handshakes = HandshakeLog(sock, endpoints, keys is not None) if watch else None
     curve.connect_all(sock, endpoints, keys)
     return endpoints, sock, handshakes
 
@@ -133,7 +133,8 @@ def connect_dealer(ctx, endpoints, keys: curve.ClientKeys | None = None, watch: 
 class HandshakeLog:
     """The last failed handshake on a socket's tcp connections, for error messages."""
 
-    def __init__(self, sock, endpoints):
+    def __init__(self, sock, endpoints, curve_used: bool = False):
+        self.curve_used = curve_used
         self.monitor = (sock.get_monitor_socket(curve.FAILURE_EVENTS)
                         if any(curve.secured(ep) for ep in endpoints) else None)
         self.last: str | None = None
@@ -141,7 +142,7 @@ class HandshakeLog:
     def hint(self) -> str:
         if self.monitor is not None:
             for event, value in curve.drain_events(self.monitor):
-                self.last = curve.describe(event, value, server=False)
+                self.last = curve.describe(event, value, server=False, curve=self.curve_used)
         return f" (handshake failed: {self.last})" if self.last else ""
 
     def close(self, sock) -> None:

@@ -149,13 +149,14 @@ def test_curve_links_score_correctly(world, keys, leaves, secure_root):
 def test_clients_without_an_authorized_key_get_no_service(world, keys, secure_root):
     intruder_public = zmq.auth.load_certificate(keys["intruder"]["public"])[0].decode()
     with client(secure_root.endpoint, keys, who=None) as plain:
-        with pytest.raises(TimeoutError, match="handshake failed: security mechanism mismatch"):
+        # Which side notices first varies: a mechanism mismatch, or a closed handshake.
+        with pytest.raises(TimeoutError, match="handshake failed: .*(mechanism mismatch|requires CURVE)"):
             plain.score(100, CANDIDATE_IDS[:5], timeout_ms=1500)
     with client(secure_root.endpoint, keys, who="intruder") as intruder:
         with pytest.raises(TimeoutError, match="rejected this process's CURVE key"):
             intruder.score(100, CANDIDATE_IDS[:5], timeout_ms=1500)
     out = trimmer("health", secure_root.endpoint, "--timeout-ms", "500")
-    assert out.returncode == 1 and "mechanism mismatch" in out.stderr
+    assert out.returncode == 1 and "handshake failed" in out.stderr, out.stderr
     wait_for(lambda: intruder_public in secure_root.log(20000)
              and "without CURVE" in secure_root.log(20000), "the root's log of both rejections")
     with client(secure_root.endpoint, keys) as c:  # still serving the right clients
@@ -187,10 +188,13 @@ def test_root_with_wrong_leaf_keys_gets_errors_and_keeps_serving(world, keys, le
         assert res.ok and set(res.errors) == {"ctr@3", "eng@1"}, res.errors
         assert all(e["kind"] in ("unavailable", "deadline") for e in res.errors.values())
         check_scores(world, res, 101, CANDIDATE_IDS[:20], ["div@2"])
-        pong = c.ping()
-    problems = {l["leaf"]: l["handshake_error"] for l in pong["leaves"] if l.get("curve")}
-    assert "rejected this process's CURVE key" in problems["leaf-0"]
-    assert "probably not the server's" in problems["leaf-0-wrong-server"]
+
+        def problems():  # the root reads its links' monitors at each ping tick
+            p = {l["leaf"]: l["handshake_error"] for l in c.ping()["leaves"] if l.get("curve")}
+            return p if all(p.values()) else None
+        p = wait_for(problems, "handshake errors in the root's pong", proc, timeout=10)
+    assert "rejected this process's CURVE key" in p["leaf-0"]
+    assert "probably not the server's" in p["leaf-0-wrong-server"]
     leaf_log = leaves["procs"][0]
     intruder_public = zmq.auth.load_certificate(keys["intruder"]["public"])[0].decode()
     wait_for(lambda: intruder_public in leaf_log.log(20000)
