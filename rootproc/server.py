@@ -19,8 +19,8 @@ import traceback
 import zmq
 
 import _trim
-from _trim.protocol import (BAD_REQUEST, INTERNAL, SHUTTING_DOWN, ProtocolError, error_header,
-                            pack_header, unpack_header)
+from _trim.protocol import (BAD_REQUEST, INTERNAL, MAX_HEADER_NBYTES, SHUTTING_DOWN, ProtocolError,
+                            error_header, pack_header, unpack_header)
 from _trim.shm import reap_stale_segments
 from signatures.schema import FeatureSchema
 
@@ -39,6 +39,10 @@ from .shm_link import ShmLinks
 from .store import FeatureStore
 
 log = logging.getLogger("rootproc")
+
+# A client frame up to this many times the largest valid one is read and
+# answered `too_large`; past it, the connection is dropped instead.
+FRAME_HARD_CAP_FACTOR = 16
 
 # How long replies may take to leave after a drain before the socket closes.
 DRAIN_LINGER_MS = 2000
@@ -71,6 +75,11 @@ class RootServer:
         self.frontend.setsockopt(zmq.LINGER, DRAIN_LINGER_MS)
         self.frontend.setsockopt(zmq.RCVHWM, 100_000)
         self.frontend.setsockopt(zmq.SNDHWM, 100_000)
+        # Frames up to the hard cap are read and answered `too_large`; a
+        # frame past it (an attack, not a mistake) drops the connection
+        # before the root buffers gigabytes of it.
+        self.frontend.setsockopt(zmq.MAXMSGSIZE, FRAME_HARD_CAP_FACTOR * max(
+            cfg.max_request_nbytes, MAX_HEADER_NBYTES))
         self.security = bind_frontend(self.ctx, self.frontend, cfg)  # CURVE on tcp binds, if set
         self.endpoints = [self.frontend.getsockopt(zmq.LAST_ENDPOINT).decode()] if len(cfg.bind) == 1 \
             else list(cfg.bind)

@@ -74,6 +74,19 @@ def test_malformed_requests_get_error_replies(world, process_runner):
     assert root.returncode is None
 
 
+def test_absurd_frame_drops_the_connection_and_the_root_keeps_serving(world, process_runner):
+    leaves = spawn_leaves(process_runner, world)["ipc"]
+    root = spawn_root(process_runner, world, leaves, max_request_nbytes=4096)
+    # 16 x max(4096, 64 KiB header limit) is the hard cap; this is past it.
+    with Client(root.endpoint) as raw:
+        raw.send_raw(header(), b"\0" * (2 << 20))
+        with pytest.raises(TimeoutError):
+            raw.recv(timeout=1.5)
+    with ScoringClient(root.endpoint) as client:
+        assert client.score(USER, CANDS).ok
+    assert root.returncode is None
+
+
 def test_leaf_killed_mid_load_then_restarted(world, process_runner):
     leaves = spawn_leaves(process_runner, world)["ipc"]
     root = spawn_root(process_runner, world, leaves)
