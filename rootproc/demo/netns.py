@@ -28,7 +28,8 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
+
+from _trim.shm import pid_alive
 
 NS_PREFIX = "trim-leaf-"
 VETH_PREFIX = "trl"           # trl<pid>x<n>h (default namespace) / ...l (leaf side)
@@ -91,16 +92,6 @@ def owner_pid(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _pids_in(ns: str) -> list[int]:
     out = _run("ip", "netns", "pids", ns, check=False).stdout
     return [int(p) for p in out.split() if p.isdigit()]
@@ -128,13 +119,13 @@ def cleanup_stale() -> list[str]:
     removed = []
     for ns in namespaces():
         pid = owner_pid(ns)
-        if ns.startswith(NS_PREFIX) and pid is not None and not _alive(pid):
+        if ns.startswith(NS_PREFIX) and pid is not None and not pid_alive(pid):
             _kill_all_in(ns, 2.0)
             _run("ip", "netns", "del", ns, check=False)
             removed.append(ns)
     for veth in veths():
         pid = owner_pid(veth)
-        if pid is not None and not _alive(pid):
+        if pid is not None and not pid_alive(pid):
             _run("ip", "link", "del", veth, check=False)
             removed.append(veth)
     return removed

@@ -13,23 +13,10 @@ import pytest
 from signatures.bundle import Bundle
 from signatures.report import report
 from signatures.schema import FeatureSchema
+from tests.support.procs import processes_mentioning
 
 SMALL = ["--scale", "0.2", "--users", "50", "--items", "400", "--requests", "24",
          "--candidates", "64", "--no-progress"]
-
-
-def processes_mentioning(text: str) -> list[str]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline and int(pid) != os.getpid():
-            out.append(f"{pid}: {cmdline}")
-    return out
 
 
 def shm_entries() -> set[str]:

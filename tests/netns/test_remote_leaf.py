@@ -17,7 +17,7 @@ from rootproc.demo.netns import (RemoteHost, cleanup_stale, namespaces, owner_pi
                                  unavailable_reason, veths)
 from tests.root.world import MODELS, build_world, root_config, write_root_config
 from tests.support.models import direct_scores
-from tests.support.procs import ProcessRunner, all_models_ready, ping
+from tests.support.procs import ProcessRunner, all_models_ready, ping, processes_mentioning
 
 REASON = unavailable_reason()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(REASON is not None, reason=f"{REASON or ''}")]
@@ -31,18 +31,6 @@ def leftovers(*pids: int) -> list[str]:
     shm = os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else []
     return ([n for n in namespaces() + veths() if owner_pid(n) in pids]
             + [e for e in shm if (m := re.match(r"trimmer-(\d+)-", e)) and int(m.group(1)) in pids])
-
-
-def processes_mentioning(text: str) -> list[str]:
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline and int(pid) != os.getpid():
-            out.append(f"{pid}: {cmdline}")
-    return out
 
 
 def ip(*argv: str) -> str:

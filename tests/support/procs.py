@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -29,6 +30,19 @@ import zmq
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IPC_PATH_MAX = 100  # sun_path holds 107 bytes plus NUL
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """'pid: cmdline' of every other process whose command line contains ``text``."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline and int(pid) != os.getpid():
+            out.append(f"{pid}: {cmdline}")
+    return out
 
 
 def free_tcp_port() -> int:
