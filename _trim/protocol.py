@@ -23,11 +23,12 @@ SIGNATURE_MISMATCH = "signature_mismatch"  # batch lacks or mistypes what the mo
 MODEL_ERROR = "model_error"            # the model raised
 TOO_LARGE = "too_large"                # over a configured size or row limit
 DEADLINE = "deadline"                  # no answer before the request's deadline
+OVERLOADED = "overloaded"              # a leaf's queue for the model is full: shed at once
 UNAVAILABLE = "unavailable"            # no healthy leaf serves the model
 SHUTTING_DOWN = "shutting_down"        # process is draining
 INTERNAL = "internal"                  # a bug: logged with a traceback
 ERROR_KINDS = (BAD_REQUEST, UNKNOWN_MODEL, DECODE_ERROR, SIGNATURE_MISMATCH, MODEL_ERROR,
-               TOO_LARGE, DEADLINE, UNAVAILABLE, SHUTTING_DOWN, INTERNAL)
+               TOO_LARGE, DEADLINE, OVERLOADED, UNAVAILABLE, SHUTTING_DOWN, INTERNAL)
 
 COMPRESSION_NONE = "none"
 COMPRESSION_LZ4 = "lz4"

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-bytes", type=int, default=256 * MIB,
                    help="largest batch frame (and decompressed batch) accepted; larger frames "
                         "are refused by the socket")
+    p.add_argument("--max-queue", type=int, default=1024,
+                   help="requests waiting per model version; past it new ones are answered "
+                        "'overloaded' at once")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (0: half the cores, at least 1)")
@@ -99,6 +102,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--retire-grace-s must be >= 0")
     if args.max_batch_rows < 1 or args.max_wait_ms < 0 or args.max_message_bytes < 1024:
         parser.error("--max-batch-rows must be >= 1, --max-wait-ms >= 0, --max-message-bytes >= 1024")
+    if not isinstance(args.max_queue, int) or isinstance(args.max_queue, bool) or args.max_queue < 1:
+        parser.error(f"--max-queue must be an integer >= 1, got {args.max_queue!r}")
     return args
 
 
@@ -184,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                             reply_endpoint=reply_endpoint, metrics=metrics,
                             max_message_bytes=args.max_message_bytes,
                             drain_timeout_s=args.drain_timeout_s, device=str(device),
-                            curve_keys=curve_keys)
+                            curve_keys=curve_keys, max_queue=args.max_queue)
     except zmq.ZMQError as exc:
         log.error("cannot bind %s: %s", ", ".join(args.bind), exc)
         ctx.destroy(linger=0)

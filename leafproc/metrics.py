@@ -15,6 +15,9 @@ class LeafMetrics:
         self.requests = Counter("trimmer_leaf_requests", "Score requests received", ["model"], registry=r)
         self.rows = Counter("trimmer_leaf_rows", "Rows scored", ["model"], registry=r)
         self.errors = Counter("trimmer_leaf_errors", "Error replies sent, by kind", ["kind"], registry=r)
+        self.expired = Counter("trimmer_leaf_expired", "Requests answered 'deadline' without "
+                               "running: their deadline passed while they were queued",
+                               ["model"], registry=r)
         self.received_bytes = Counter("trimmer_leaf_received_bytes",
                                       "Bytes of request frames received", registry=r)
         self.queue_seconds = Histogram("trimmer_leaf_queue_seconds",

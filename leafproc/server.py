@@ -32,13 +32,14 @@ POLL_MS = 50
 # saw us go) so that they get a `shutting_down` reply rather than silence.
 QUIET_S = 0.1
 MAX_ID_CHARS = 128
+DEFAULT_MAX_QUEUE = 1024
 
 
 class LeafServer:
     def __init__(self, *, name: str, binds: list[str], workers: list[ModelWorker],
                  ctx: zmq.Context, reply_endpoint: str, metrics: LeafMetrics,
                  max_message_bytes: int, drain_timeout_s: float, device: str,
-                 curve_keys=None):
+                 curve_keys=None, max_queue: int = DEFAULT_MAX_QUEUE):
         self.name = name
         self.binds = binds
         self.workers = {w.key: w for w in workers}
@@ -48,6 +49,9 @@ class LeafServer:
         self.ctx = ctx
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
+        # Requests waiting per model version; past it new ones are shed at once
+        # (`overloaded`): a backlog deeper than the deadline only produces late answers.
+        self.max_queue = max_queue
         self.drain_timeout_s = drain_timeout_s
         self.device = device
         self.inflight: dict[bytes, tuple[list, object]] = {}
@@ -218,6 +222,14 @@ class LeafServer:
         compression = P.field(header, "compression", str, default=P.COMPRESSION_NONE,
                               check=lambda c: c in (P.COMPRESSION_NONE, P.COMPRESSION_LZ4))
         raw_nbytes = header.get("raw_nbytes") if compression == P.COMPRESSION_LZ4 else None
+        # Remaining time the root gives the request; absent (older roots): no deadline.
+        deadline_ms = P.field(header, "deadline_ms", (int, float), default=None,
+                              check=lambda d: d >= 0)
+        queued = worker.queue.qsize()
+        if queued >= self.max_queue:
+            raise P.ProtocolError(P.OVERLOADED, f"leaf {self.name}: {queued} requests already "
+                                                f"queued for {key} (limit {self.max_queue})",
+                                  queued=queued)
         if compression == P.COMPRESSION_LZ4:
             P.field(header, "raw_nbytes", int, check=lambda n: n >= 0)
             if raw_nbytes > self.max_message_bytes:
@@ -239,8 +251,9 @@ class LeafServer:
         if "shm" in header:
             self.inbox.hold(token, header)
         self.metrics.inflight.set(len(self.inflight))
+        deadline = None if deadline_ms is None else t_recv + deadline_ms / 1000.0
         worker.submit(Request(token, rid, rows, compression, raw_nbytes, payload, t_recv,
-                              pinned=pinned))
+                              pinned=pinned, deadline=deadline))
 
     def _pong(self, rid) -> bytes:
         return P.pack_header({

@@ -42,6 +42,7 @@ class Request:
     payload: object       # zmq.Frame (or any buffer) holding the batch
     t_recv: float         # time.perf_counter() at receipt
     pinned: bool = False  # payload lies in page-locked memory (a registered shm slot)
+    deadline: float | None = None  # time.perf_counter() past which the root no longer waits
 
 
 class ModelWorker(threading.Thread):
@@ -121,6 +122,10 @@ class ModelWorker(threading.Thread):
             carry = None
             if first is STOP:
                 return
+            # Checked at pickup: a backlog the root gave up on drains at the
+            # cost of one reply each instead of a forward pass each.
+            if self._expired(first):
+                continue
             window, rows = [first], first.rows
             if self.max_wait_s > 0:
                 deadline = first.t_recv + self.max_wait_s
@@ -130,6 +135,8 @@ class ModelWorker(threading.Thread):
                         nxt = self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
                     except queue.Empty:
                         break
+                    if nxt is not STOP and self._expired(nxt):
+                        continue
                     if nxt is STOP or rows + nxt.rows > self.max_batch_rows:
                         carry = nxt
                         break
@@ -214,6 +221,19 @@ class ModelWorker(threading.Thread):
             self._reply(req, scores[start:start + part.rows], rows, queue_s,
                         decode_s + build_s, infer_s)
             start += part.rows
+
+    def _expired(self, req: Request) -> bool:
+        """Answer ``req`` with ``deadline`` when its root has stopped waiting."""
+        if req.deadline is None:
+            return False
+        late_s = time.perf_counter() - req.deadline
+        if late_s < 0:
+            return False
+        self.metrics.expired.labels(self.key).inc()
+        self._error(req, P.DEADLINE, f"the root's deadline passed {late_s * 1000:.1f} ms before "
+                                     f"model {self.key} could start on the request (queued "
+                                     f"{(late_s + req.deadline - req.t_recv) * 1000:.1f} ms)")
+        return True
 
     # -- replies ----------------------------------------------------------------
 
