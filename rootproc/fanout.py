@@ -6,8 +6,17 @@ time, else a fresh buffer that becomes the payload frame (LZ4-compressed when
 the link says so). Replicas are tried best first; when none takes the
 message the model's result is ``unavailable`` at once rather than a
 ``deadline`` later.
+
+Each leaf request carries the time left before the client's deadline
+(``deadline_ms``), so that a leaf skips work nobody waits for. A leaf whose
+queue for the model is full answers ``overloaded`` at once; when the model
+has another replica and time remains, the batch goes there instead (`retry`),
+once per replica. Only models with several replicas keep their batch for that
+until the request is answered.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -25,6 +34,7 @@ class FanOut:
         self.pending = pending
         self.pump = pump   # pump(link, timeout_s): read the link's replies while waiting for a slot
         self._seq = 0
+        pending.resend = self.retry
 
     def send(self, pending: Pending, idx: int, key: str, plan, batch, untrimmed: int,
              now: float) -> None:
@@ -34,14 +44,44 @@ class FanOut:
         if not links:
             result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf hosts {key}"}
             return
+        if len(links) > 1:
+            pending.retry[idx] = (key, plan, batch, untrimmed, set())
+        if not self._send(pending, idx, key, plan, batch, untrimmed, links, shm_ok=True):
+            result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf replica of {key} is "
+                               f"connected (tried {', '.join(l.endpoint for l in links)})"}
+
+    def retry(self, pending: Pending, idx: int, refused) -> bool:
+        """Send result ``idx`` again, to a replica other than ``refused`` (the
+        link that answered ``overloaded``) and any tried before; False when
+        there is none or no time left, and the leaf's error stands."""
+        entry = pending.retry.get(idx)
+        now = time.monotonic()
+        if entry is None or now >= pending.deadline:
+            return False
+        key, plan, batch, untrimmed, tried = entry
+        tried.add(refused)
+        links = [l for l in self.pool.candidates(key, now) if l not in tried]
+        # No shared memory: this runs while a reply is being handled, possibly
+        # inside another send's wait for a slot, which must not be re-entered.
+        if not links or not self._send(pending, idx, key, plan, batch, untrimmed, links,
+                                       shm_ok=False):
+            return False
+        self.metrics.leaf_retries.labels(refused.name, key).inc()
+        return True
+
+    def _send(self, pending: Pending, idx: int, key: str, plan, batch, untrimmed: int,
+              links, shm_ok: bool) -> bool:
+        result = pending.results[idx]
         nbytes = _trim.encoded_nbytes(plan, batch)
         buf = None
         for link in links:
             self._seq += 1
             mid = f"{self._seq:x}"
+            # Whole milliseconds, rounded down: the leaf counts from receipt, later than now.
+            left_ms = max(0, int((pending.deadline - time.monotonic()) * 1000))
             head = {"type": "score", "id": mid, "model": key, "rows": pending.n,
-                    "compression": link.compression}
-            channel = self.shm.channel(link)
+                    "compression": link.compression, "deadline_ms": left_ms}
+            channel = self.shm.channel(link) if shm_ok else None
             desc = None
             if channel is not None:
                 desc = channel.place(mid, plan, batch, nbytes,
@@ -66,6 +106,8 @@ class FanOut:
             if desc is not None:
                 self.shm.sent(link)
                 result["transport"] = "shm"
+            else:
+                result.pop("transport", None)   # a retry may follow a shm send
             self.pending.sent(pending, idx, mid, link)
             result.update(leaf=link.name, bytes_sent=nbytes)
             wire = len(payload)  # 0 through shared memory: no payload on the socket
@@ -74,9 +116,10 @@ class FanOut:
             self.metrics.wire_bytes.labels(link.name, key).inc(wire)
             if wire != nbytes and desc is None:
                 result["wire_bytes"] = wire
-            return
-        result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf replica of {key} is connected "
-                           f"(tried {', '.join(l.endpoint for l in links)})"}
+            else:
+                result.pop("wire_bytes", None)
+            return True
+        return False
 
 
 __all__ = ["FanOut"]

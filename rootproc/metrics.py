@@ -33,6 +33,9 @@ class RootMetrics:
                                   "(after compression)", ["leaf", "model"], registry=r)
         self.trim_gaps = Counter(p + "trim_gaps", "model versions sent every feature because "
                                  "the active config has no signature for them", ["model"], registry=r)
+        self.leaf_retries = Counter(p + "leaf_retries", "model batches sent to another replica "
+                                    "after a leaf answered overloaded", ["leaf", "model"],
+                                    registry=r)
         self.missing = Counter(p + "missing_entities", "ids the store does not have "
                                "(served with default features)", ["source"], registry=r)
         self.leaf_up = Gauge(p + "leaf_up", "1 if the leaf replica answered a recent ping",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from _trim.protocol import DEADLINE, INTERNAL, pack_header
+from _trim.protocol import DEADLINE, INTERNAL, OVERLOADED, pack_header
 
 
 @dataclass
@@ -32,6 +32,8 @@ class Pending:
     timing: dict
     waiting: dict = field(default_factory=dict)   # leaf message id -> result index
     frames: dict = field(default_factory=dict)    # result index -> scores frame
+    # result index -> what `FanOut.retry` needs to send it to another replica
+    retry: dict = field(default_factory=dict)
     t_sent: float = 0.0
     parked: bool = False
     done: bool = False
@@ -46,6 +48,9 @@ class PendingRequests:
         self.deadlines: list = []
         self.count = 0   # parked requests, the ones a drain waits for
         self._seq = 0
+        # resend(pending, idx, refused_link) -> bool: sends the result to another
+        # replica after an `overloaded` reply (set by `FanOut`).
+        self.resend = None
 
     def sent(self, pending: Pending, idx: int, mid: str, link) -> None:
         """Message ``mid`` carrying result ``idx`` of ``pending`` left on ``link``."""
@@ -92,7 +97,11 @@ class PendingRequests:
                                    f"{len(frames[1]) if len(frames) > 1 else 0} score bytes for "
                                    f"{pending.n} candidates"}
         else:
-            result["error"] = forwardable_error(header.get("error"), link.name)
+            error = forwardable_error(header.get("error"), link.name)
+            if (error["kind"] == OVERLOADED and self.resend is not None
+                    and self.resend(pending, idx, link)):
+                return   # the other replica's reply (or the deadline) fills the result
+            result["error"] = error
         # Unparked: the request is still sending its other models (a reply read
         # while waiting for a shm slot) and is finished by `park`.
         if not pending.waiting and pending.parked:
@@ -146,6 +155,7 @@ class PendingRequests:
                               "results": results, "timing_us": timing, "root": self.root_name})
         self.reply(pending.envelope, [header] + frames)
         pending.frames.clear()   # the heap may hold the request until its deadline
+        pending.retry.clear()
 
 
 def forwardable_error(err, leaf: str) -> dict:
