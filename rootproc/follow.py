@@ -8,7 +8,9 @@ sent to its leaves keeps the batches it was given; nothing it waits for
 depends on the config. A config that cannot be read, parsed or compiled is
 logged, counted in ``trimmer_root_config_errors_total`` and ignored: the
 last good config keeps serving, and the same broken state is reported once,
-not once per poll. The thread also writes the root's heartbeat to the store.
+not once per poll. Installing a config also brings the root's leaf links in
+line with it (`RootServer.sync_leaves`). The thread also writes the root's
+heartbeat to the store, with the leaf links it has.
 """
 from __future__ import annotations
 
@@ -138,7 +140,10 @@ class ConfigFollower:
                 "endpoints": list(srv.endpoints),
                 "trim_gaps": srv.agreement.current_gaps(active, srv.pool),
                 "trim_gap_counts": dict(srv.gap_counts),
-                "config_errors": self.error_count, "last_error": self.last_error}
+                "config_errors": self.error_count, "last_error": self.last_error,
+                "leaves": [{k: l[k] for k in ("leaf", "endpoint", "healthy") if k in l}
+                           | ({"retiring": True} if l.get("retiring") else {})
+                           for l in srv.pool.status(time.monotonic())]}
         try:
             self.store.heartbeat(self.stage, "root", srv.name, info)
         except Exception as exc:

@@ -13,6 +13,14 @@ failed handshake never completes the connection, so sends fail at once as
 above; the link's monitor says why in the log and in the root's pong, and a
 link whose key or mechanism the leaf rejected (which libzmq does not retry)
 is reconnected by hand every few seconds.
+
+The set of links follows the config (`LeafPool.reconcile`, on the serving
+loop between requests): leaves in the root's config file always, plus the
+leaves the active bundle's placement gives an endpoint. A new link gets no
+traffic until its leaf's pong lists ready versions; a link no config names
+any more is *retiring*: it takes no new request but stays open until the
+requests it carries are answered or past their deadline (the server closes
+it then, see `RootServer.reap_retired`).
 """
 from __future__ import annotations
 
@@ -25,6 +33,8 @@ import zmq
 from _trim.curve import ClientKeys, LinkWatch, connect_all, secured
 from _trim.protocol import pack_header
 
+from .config import LeafConfig
+
 log = logging.getLogger("rootproc")
 
 SEND_HWM = 100_000
@@ -34,11 +44,16 @@ class LeafLink:
     """One replica endpoint of a named leaf."""
 
     def __init__(self, ctx: zmq.Context, name: str, endpoint: str, models, compression: str,
-                 curve: ClientKeys | None = None):
+                 curve: ClientKeys | None = None, trust_placement: bool = True):
         self.name = name
         self.endpoint = endpoint
         self.configured = frozenset(models)
-        self.reported: frozenset | None = None   # None until a pong lists the leaf's models
+        # None until a pong lists the leaf's models (then the placement stands
+        # in). A link added while serving waits for that pong instead: its
+        # leaf may still be starting or loading.
+        self.reported: frozenset | None = None if trust_placement else frozenset()
+        self.retiring = False
+        self.drain_until = float("inf")  # a retiring link closes by then at the latest
         self.hashes: dict = {}   # model version -> signature hash the leaf reports
         self.compression = compression
         self.outstanding = 0
@@ -52,9 +67,14 @@ class LeafLink:
         self.socket.setsockopt(zmq.RECONNECT_IVL, 100)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self.curve = curve if curve is not None and secured(endpoint) else None
-        self.watch = (LinkWatch(self.socket, f"leaf {name} ({endpoint})", self.curve.public)
-                      if self.curve is not None else None)
-        connect_all(self.socket, [endpoint], self.curve)
+        self.watch = None
+        try:
+            if self.curve is not None:
+                self.watch = LinkWatch(self.socket, f"leaf {name} ({endpoint})", self.curve.public)
+            connect_all(self.socket, [endpoint], self.curve)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def models(self) -> frozenset:
@@ -115,24 +135,123 @@ def load_curve(leaf) -> ClientKeys | None:
                            f"root config: leaf {leaf.name!r}: curve")
 
 
+def wanted_leaves(configured, active, pool=None) -> list[LeafConfig]:
+    """The leaves a root links to under ``active``: those of its config file
+    (as configured: they win over the bundle's endpoints), then those the
+    bundle's placement gives an endpoint. A leaf the placement still names
+    without an endpoint keeps the links ``pool`` has to it."""
+    out = list(configured)
+    named = {leaf.name for leaf in out}
+    for name, ep in sorted(active.endpoints.items()):
+        if name not in named:
+            out.append(LeafConfig(name, (ep,)))
+            named.add(name)
+    if pool is not None:
+        kept: dict[str, list[str]] = {}
+        for link in pool.links:
+            if link.name not in named and link.name in active.placement:
+                kept.setdefault(link.name, []).append(link.endpoint)
+        out.extend(LeafConfig(name, tuple(eps)) for name, eps in sorted(kept.items()))
+    return out
+
+
 class LeafPool:
     def __init__(self, ctx: zmq.Context, leaves, placement: dict, default_compression: str,
                  health_timeout_s: float):
-        self.links: list[LeafLink] = []
-        # Every key file is read before any socket exists: a bad one fails the start cleanly.
-        keys = {leaf.name: load_curve(leaf) for leaf in leaves}
-        for leaf in leaves:
-            models = leaf.models or placement.get(leaf.name, ())
-            for ep in leaf.endpoints:
-                self.links.append(LeafLink(ctx, leaf.name, ep, models,
-                                           leaf.compression or default_compression,
-                                           keys[leaf.name]))
-            if keys[leaf.name] is not None:
-                log.info("leaf %s: CURVE on its tcp endpoints; this root's public key %s",
-                         leaf.name, keys[leaf.name].public.decode("ascii"))
-        self.by_socket = {link.socket: link for link in self.links}
+        self.ctx = ctx
+        self.default_compression = default_compression
+        # Replaced, never mutated: the heartbeat thread reads them.
+        self.links: list[LeafLink] = []      # routed to
+        self.retiring: list[LeafLink] = []   # no new requests; closed once drained
+        self.by_socket: dict = {}
+        self.leaves: dict[str, LeafConfig] = {}   # leaf name -> its config (transport, models)
         self.health_timeout_s = health_timeout_s
         self._ping_ids = itertools.count()
+        # Every key file is read before any socket exists: a bad one fails the start cleanly.
+        keys = {leaf.name: load_curve(leaf) for leaf in leaves}
+        self._link_up(leaves, placement, keys, trust_placement=True)
+        self.leaves = {leaf.name: leaf for leaf in leaves}
+
+    def _link_up(self, leaves, placement: dict, keys: dict, trust_placement: bool) -> list[LeafLink]:
+        """Links to the endpoints of ``leaves`` not linked yet (a retiring one is
+        taken back). At start a link that cannot be made fails the start; while
+        serving it is logged and skipped, the leaf's other links still made."""
+        have = {(l.name, l.endpoint): l for l in self.links + self.retiring}
+        added, links, retiring = [], list(self.links), list(self.retiring)
+        for leaf in leaves:
+            for ep in leaf.endpoints:
+                link = have.get((leaf.name, ep))
+                if link is not None:
+                    if link.retiring:
+                        link.retiring, link.drain_until = False, float("inf")
+                        retiring.remove(link)
+                        links.append(link)
+                        log.info("leaf %s (%s): named again; no longer retiring", leaf.name, ep)
+                    continue
+                try:
+                    link = LeafLink(self.ctx, leaf.name, ep,
+                                    leaf.models or placement.get(leaf.name, ()),
+                                    leaf.compression or self.default_compression,
+                                    keys.get(leaf.name), trust_placement)
+                except Exception as exc:
+                    if trust_placement:   # the start: fail it, closing what was made
+                        for made in added:
+                            made.close()
+                        raise
+                    log.error("leaf %s: cannot link to %s: %s", leaf.name, ep, exc)
+                    continue
+                links.append(link)
+                added.append(link)
+                log.info("leaf %s: linked to %s", leaf.name, ep)
+            if keys.get(leaf.name) is not None:
+                log.info("leaf %s: CURVE on its tcp endpoints; this root's public key %s",
+                         leaf.name, keys[leaf.name].public.decode("ascii"))
+        self.by_socket = {**self.by_socket, **{link.socket: link for link in added}}
+        self.links, self.retiring = links, retiring
+        return added
+
+    def reconcile(self, leaves, placement: dict, drain_until: float):
+        """Make the links match ``leaves`` (see `wanted_leaves`): new endpoints
+        get a link, links to endpoints no leaf names any more start retiring
+        (closed by the caller once drained, by ``drain_until`` at the latest).
+        Returns (added, retired) links."""
+        leaves = list(leaves)
+        have = {(l.name, l.endpoint) for l in self.links + self.retiring}
+        keys, usable = {}, []
+        for leaf in leaves:
+            if any((leaf.name, ep) not in have for ep in leaf.endpoints):
+                try:
+                    keys[leaf.name] = load_curve(leaf)
+                except Exception as exc:  # a bad key file costs that leaf, not the root
+                    log.error("leaf %s: not linked: %s", leaf.name, exc)
+                    continue
+            usable.append(leaf)
+        added = self._link_up(usable, placement, keys, trust_placement=False)
+        wanted = {(leaf.name, ep) for leaf in leaves for ep in leaf.endpoints}
+        retired = [l for l in self.links if (l.name, l.endpoint) not in wanted]
+        for link in retired:
+            link.retiring, link.drain_until = True, drain_until
+            log.info("leaf %s (%s): no config names it; retiring (%d request(s) in flight)",
+                     link.name, link.endpoint, link.outstanding)
+        if retired:
+            self.links = [l for l in self.links if not l.retiring]
+            self.retiring = self.retiring + retired
+        self.leaves = {leaf.name: leaf for leaf in leaves}
+        for link in self.links:
+            leaf = self.leaves.get(link.name)
+            if leaf is not None:
+                link.configured = frozenset(leaf.models or placement.get(link.name, ()))
+        return added, retired
+
+    def forget(self, link: LeafLink) -> None:
+        """Close a retiring link for good."""
+        self.retiring = [l for l in self.retiring if l is not link]
+        self.by_socket = {s: l for s, l in self.by_socket.items() if l is not link}
+        link.close()
+
+    def transport(self, link: LeafLink) -> str:
+        leaf = self.leaves.get(link.name)
+        return leaf.transport if leaf is not None else "auto"
 
     def hosted(self) -> set[str]:
         out: set[str] = set()
@@ -148,24 +267,26 @@ class LeafPool:
 
     def ping_all(self) -> None:
         now = time.monotonic()
-        for link in self.links:
+        for link in self.links + self.retiring:
             link.check_handshake(now)
             link.send([pack_header({"type": "ping", "id": f"ping-{next(self._ping_ids)}"})])
 
     def status(self, now: float) -> list[dict]:
         out = []
-        for l in self.links:
+        for l in self.links + self.retiring:
             entry = {"leaf": l.name, "endpoint": l.endpoint,
                      "healthy": l.healthy(now, self.health_timeout_s),
                      "outstanding": l.outstanding, "models": sorted(l.models), "pid": l.pid}
+            if l.retiring:
+                entry["retiring"] = True
             if l.watch is not None:
                 entry.update(curve=True, handshake_error=l.watch.problem)
             out.append(entry)
         return out
 
     def close(self) -> None:
-        for link in self.links:
+        for link in self.links + self.retiring:
             link.close()
 
 
-__all__ = ["LeafLink", "LeafPool"]
+__all__ = ["LeafLink", "LeafPool", "wanted_leaves"]

@@ -27,12 +27,12 @@ from signatures.schema import FeatureSchema
 from .active import ActiveConfig, PreparedConfig, load_active_config, prepare_config
 from .agreement import Agreement
 from .cache import CachedStore
-from .config import LeafConfig, RootConfig
+from .config import RootConfig
 from .security import bind_frontend
 from .fanout import FanOut
 from .follow import ConfigFollower
 from .intake import parse_score, reply_id, resolve_models, split_envelope
-from .leaves import LeafLink, LeafPool
+from .leaves import LeafLink, LeafPool, wanted_leaves
 from .metrics import RootMetrics
 from .pending import Pending, PendingRequests
 from .shm_link import ShmLinks
@@ -58,10 +58,11 @@ class RootServer:
         self.metrics = RootMetrics(cfg.name)
         self.metrics.watch_cache(self.cached)
         self.ctx = ctx or zmq.Context.instance()
+        self.pool = None
         self.apply_config(load_active_config(cfg))
-        # Without leaves in the root config, the bundle's placement endpoints.
-        leaves = cfg.leaves or tuple(LeafConfig(name, (ep,)) for name, ep in
-                                     sorted(self.active.endpoints.items()))
+        # The root config's leaves, and those the bundle's placement gives an
+        # endpoint; kept in step with each new config (`sync_leaves`).
+        leaves = wanted_leaves(cfg.leaves, self.active)
         self.pool = LeafPool(self.ctx, leaves, self.active.placement, cfg.compression,
                              cfg.health_timeout_ms / 1000)
         reap_stale_segments()
@@ -114,6 +115,46 @@ class RootServer:
         self.active = prepared.active
         self.pre_full, self.pre_used = prepared.pre_full, prepared.pre_used
         self.plans: dict = dict(prepared.plans)
+        if self.pool is not None:
+            self.sync_leaves(time.monotonic())
+
+    def sync_leaves(self, now: float) -> None:
+        """Link to leaves the new config adds; retire links it no longer names.
+        A retiring link takes no new request; requests it carries finish or
+        reach their deadline (all of them by ``max_deadline_ms`` from now)
+        before `reap_retired` closes it."""
+        leaves = wanted_leaves(self.cfg.leaves, self.active, self.pool)
+        added, _ = self.pool.reconcile(leaves, self.active.placement,
+                                       now + self.cfg.max_deadline_ms / 1000)
+        for link in added:
+            self.poller.register(link.socket, zmq.POLLIN)
+            try:
+                self.shm.add(link, self.pool.transport(link))
+            except Exception as exc:  # no ring: the link still works over its socket
+                log.error("leaf %s (%s): no shared-memory ring: %s", link.name, link.endpoint, exc)
+            # Pinged now, not at the next tick: routing waits for its first pong.
+            link.send([pack_header({"type": "ping", "id": "ping-new"})])
+        self.reap_retired(now)
+
+    def reap_retired(self, now: float) -> None:
+        """Close retiring links with nothing left in flight and no shared-memory
+        slot the leaf may still read, or past the last deadline they carried."""
+        for link in self.pool.retiring:
+            drained = link.outstanding <= 0 and not self.shm.holds(link)
+            if not (drained or now >= link.drain_until):
+                continue
+            if not drained:
+                log.warning("leaf %s (%s): closing a retired link with %d request(s) past their "
+                            "deadline", link.name, link.endpoint, link.outstanding)
+            self.poller.unregister(link.socket)
+            self.shm.remove(link)
+            self.pool.forget(link)
+            for gauge in (self.metrics.leaf_up, self.metrics.leaf_outstanding):
+                try:
+                    gauge.remove(link.name, link.endpoint)
+                except KeyError:
+                    pass
+            log.info("leaf %s (%s): retired link closed", link.name, link.endpoint)
 
     def plan_for(self, layout, key: str | None):
         """The trim plan of ``key`` (None: every column) on ``layout``, compiled once."""
@@ -173,6 +214,7 @@ class RootServer:
 
     def update_health(self, now: float) -> None:
         self.shm.check_leaves()
+        self.reap_retired(now)
         for link in self.pool.links:
             up = link.healthy(now, self.pool.health_timeout_s)
             self.metrics.leaf_up.labels(link.name, link.endpoint).set(1 if up else 0)

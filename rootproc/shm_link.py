@@ -172,12 +172,33 @@ class ShmLinks:
         self.channels: dict = {}
         try:
             for link in links:
-                if wants_shm(link.endpoint, transports.get(link.name, "auto"), cfg):
-                    fb = None if self.fallback_total is None else _Labelled(self.fallback_total, link.name)
-                    self.channels[link] = ShmChannel(link.name, cfg, fb)
+                self.add(link, transports.get(link.name, "auto"))
         except BaseException:
             self.close()
             raise
+
+    def add(self, link, transport: str = "auto") -> None:
+        """A channel for ``link`` if it uses shared memory (a link added while serving)."""
+        if link not in self.channels and wants_shm(link.endpoint, transport, self.cfg):
+            fb = None if self.fallback_total is None else _Labelled(self.fallback_total, link.name)
+            self.channels[link] = ShmChannel(link.name, self.cfg, fb)
+
+    def holds(self, link) -> int:
+        """Slots the leaf of ``link`` may still be reading."""
+        ch = self.channels.get(link)
+        return 0 if ch is None else len(ch.held)
+
+    def remove(self, link) -> None:
+        """Release ``link``'s ring (a retired link): its leaf reads no slot any more,
+        or whatever it still reads belongs to requests answered at their deadline."""
+        ch = self.channels.pop(link, None)
+        if ch is not None:
+            ch.close()
+            if self.held_slots is not None:
+                try:
+                    self.held_slots.remove(link.name)
+                except KeyError:
+                    pass
 
     def channel(self, link) -> ShmChannel | None:
         return self.channels.get(link)

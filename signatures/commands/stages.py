@@ -125,6 +125,11 @@ def format_status(status: dict) -> str:
                 count = (m.get("trim_gap_counts") or {}).get(key)
                 lines.append(f"    trim gap: {key} ({reason}; sent every feature"
                              f"{f', {count} requests' if count else ''})")
+            if m.get("leaves"):  # a root's leaf links
+                lines.append("    leaves: " + ", ".join(
+                    f"{l.get('leaf')} {l.get('endpoint')}"
+                    f"{' (retiring)' if l.get('retiring') else ''}"
+                    f"{'' if l.get('healthy') else ' (DOWN)'}" for l in m["leaves"]))
             if m.get("last_error"):
                 lines.append(f"    config error: {m['last_error']}")
     return "\n".join(lines)
