@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 from _trim.shm import PREFIX
 from rootproc.client import ScoringClient
 from signatures.bundle import build
+from signatures.commands.stages import format_status
 from signatures.module_info import ModelRepository
 from signatures.schema import FeatureSchema
 from signatures.store import ConfigStore
@@ -99,6 +101,8 @@ def test_leaf_added_then_retired_under_load(world, process_runner, tmp_path):
         assert links(root)["leaf-1"]["healthy"] and "ctr@5" in links(root)["leaf-1"]["models"]
         wait_for("load on ctr@5", lambda: "ctr@5" in load.versions(since=time.monotonic() - 0.5))
         assert len(rings(root, "leaf-1")) == 1, "an added ipc link gets its shared-memory ring"
+        wait_for("trimmer status lists the root's link to leaf-1",
+                 lambda: f"leaf-1 {leaf1.endpoint}" in format_status(store.status()), timeout=5)
         # Then a bundle without leaf-1 (ctr@5 moves to leaf-0) while requests
         # are in flight to leaf-1: it takes no new ones, answers what it has, closes.
         moved = {"leaf-0": {"current": ["ctr@3", "ctr@5", "eng@1"]}}
@@ -129,7 +133,7 @@ def test_retired_leaf_answers_its_requests_in_flight(world, process_runner, tmp_
     the scores, or ``deadline`` when the leaf is slower than the request's deadline."""
     repo = str(tmp_path / "repo")
     shutil.copytree(world["repo"], repo)
-    write_model(repo, "slow", "1", world["inputs"]["ctr@3"], spin=8000)   # ~1 s a batch
+    write_model(repo, "slow", "1", world["inputs"]["ctr@3"], spin=15000)   # ~2 s a batch
     store_path = str(tmp_path / "configs")
     store = ConfigStore(store_path)
     base = bundle(world, repo, BASE)
@@ -156,9 +160,8 @@ def test_retired_leaf_answers_its_requests_in_flight(world, process_runner, tmp_
             wait_for("requests in flight on leaf-1",
                      lambda: links(root)["leaf-1"]["outstanding"] >= 1, timeout=5)
             # Forced: slow@1 stays on the stage, outside the config, so only leaf-1 has it.
-            store.deploy(base, STAGE, force=True)
-            wait_for("leaf-1 retiring", lambda: links(root).get("leaf-1", {}).get("retiring"),
-                     timeout=5)
+            gen = store.deploy(base, STAGE, force=True)
+            wait_for("root on the bundle without leaf-1", on_generation(root, gen), timeout=5)
             replies = {}
             while len(replies) < 2:
                 res = client.receive(10_000)
@@ -172,6 +175,9 @@ def test_retired_leaf_answers_its_requests_in_flight(world, process_runner, tmp_
             hasty_res.results
         wait_for("leaf-1's link closed", lambda: "leaf-1" not in links(root), timeout=10)
         assert not rings(root, "leaf-1")
+        retiring = re.search(r"leaf leaf-1 \(\S+\): no config names it; retiring \((\d+) "
+                             r"request", root.log(100_000))
+        assert retiring and int(retiring.group(1)) >= 1, root.log()
         n = load.count()
         wait_for("more replies", lambda: load.count() >= n + 5)
     finally:
