@@ -20,8 +20,7 @@ import zmq.auth
 from rootproc.client import ScoringClient
 from rootproc.config import config_from_dict
 from rootproc.health import ping
-from tests.root.world import CANDIDATE_IDS, MODELS, USER_IDS, expected_features
-from tests.support.models import direct_scores
+from tests.root.world import CANDIDATE_IDS, MODELS, USER_IDS, assert_scores_match
 from tests.support.procs import ProcessRunner
 from tests.support.procs import ping as plain_ping
 
@@ -114,15 +113,6 @@ def client(endpoint, keys, who: str | None = "client", **kw) -> ScoringClient:
                          curve_client_secret_key=keys[who]["secret"], **kw)
 
 
-def check_scores(world, res, user, cands, models):
-    assert res.ok, res.error
-    assert not set(models) & set(res.errors), res.errors
-    feats = expected_features(world["users"], world["cands"], user, cands)
-    for key in models:
-        inputs = world["inputs"][key]
-        want = direct_scores(world["model_paths"][key], inputs,
-                             {s.name: feats[s.name] for s in inputs}, len(cands))
-        np.testing.assert_allclose(res.scores[key], want, rtol=1e-5, atol=1e-4, err_msg=key)
 
 
 def test_curve_links_score_correctly(world, keys, leaves, secure_root):
@@ -131,7 +121,7 @@ def test_curve_links_score_correctly(world, keys, leaves, secure_root):
         for _ in range(3):
             user, cands = int(rng.choice(USER_IDS)), rng.choice(CANDIDATE_IDS, 30, replace=False)
             res = c.score(user, cands, models=list(MODELS), deadline_ms=5000)
-            check_scores(world, res, user, cands, MODELS)
+            assert_scores_match(world, res, user, cands, MODELS)
             assert {r["model"]: r["leaf"] for r in res.results}["ctr@3"] == "leaf-0"
         pong = c.ping()
     link = next(l for l in pong["leaves"] if l["leaf"] == "leaf-0")
@@ -187,7 +177,7 @@ def test_root_with_wrong_leaf_keys_gets_errors_and_keeps_serving(world, keys, le
         assert time.monotonic() - t0 < 3
         assert res.ok and set(res.errors) == {"ctr@3", "eng@1"}, res.errors
         assert all(e["kind"] in ("unavailable", "deadline") for e in res.errors.values())
-        check_scores(world, res, 101, CANDIDATE_IDS[:20], ["div@2"])
+        assert_scores_match(world, res, 101, CANDIDATE_IDS[:20], ["div@2"])
 
         def problems():  # the root reads its links' monitors at each ping tick
             p = {l["leaf"]: l["handshake_error"] for l in c.ping()["leaves"] if l.get("curve")}

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 
 from rootproc.client import ScoringClient
-from tests.support.models import direct_scores
 from tests.support.procs import ProcessRunner, free_tcp_port
 
 from .conftest import spawn_leaves, spawn_root
-from .world import CANDIDATE_IDS, GAP_MODEL, MODELS, SCHEMA, USER_IDS, expected_features, message_nbytes
+from .world import CANDIDATE_IDS, GAP_MODEL, MODELS, SCHEMA, USER_IDS, assert_scores_match, message_nbytes
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +34,6 @@ def request_ids(seed: int, n: int = 40):
     return int(rng.choice(USER_IDS)), rng.choice(CANDIDATE_IDS, size=n, replace=False)
 
 
-def direct(world, key: str, feats: dict, n: int) -> np.ndarray:
-    inputs = world["inputs"][key]
-    return direct_scores(world["model_paths"][key], inputs, {s.name: feats[s.name] for s in inputs}, n)
-
-
 def union_layout_names() -> list[str]:
     """The root's batch columns with trimming on: the union the bundle reads, schema order."""
     used = set().union(*MODELS.values())
@@ -47,13 +41,8 @@ def union_layout_names() -> list[str]:
 
 
 def check_scores(world, res, user, cands, models=tuple(MODELS)):
-    assert res.ok, res.error
     assert not res.errors, res.errors
-    feats = expected_features(world["users"], world["cands"], user, cands)
-    for key in models:
-        np.testing.assert_allclose(res.scores[key], direct(world, key, feats, len(cands)),
-                                   rtol=1e-5, atol=1e-4, err_msg=key)
-    return feats
+    return assert_scores_match(world, res, user, cands, models)
 
 
 @pytest.mark.parametrize("transport", ["ipc", "tcp"])

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from rootproc.client import ScoringClient
-from tests.support.models import direct_scores, write_model
+from tests.support.models import write_model
 from tests.support.procs import free_tcp_port
 
 from .conftest import spawn_root
-from .world import CANDIDATE_IDS, USER_IDS, expected_features
+from .world import CANDIDATE_IDS, USER_IDS, assert_scores_match
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")]
@@ -51,14 +51,6 @@ def request(seed: int):
     return int(rng.choice(USER_IDS)), rng.choice(CANDIDATE_IDS, size=N, replace=False)
 
 
-def check(world, res, user, cands, models) -> None:
-    assert res.ok, res.error
-    feats = expected_features(world["users"], world["cands"], user, cands)
-    for key in models:
-        inputs = world["inputs"][key]
-        want = direct_scores(world["model_paths"][key], inputs,
-                             {s.name: feats[s.name] for s in inputs}, len(cands))
-        np.testing.assert_allclose(res.scores[key], want, rtol=1e-5, atol=1e-4, err_msg=key)
 
 
 def flood(client, n: int, models, deadline_ms: int) -> list:
@@ -114,7 +106,7 @@ def test_overloaded_leaf_fails_only_its_model_and_recovers(world, slow_repo, pro
         user, cands = request(99)
         res = client.score(user, cands, models=models, deadline_ms=5000, timeout_ms=10_000)
         assert not res.errors, res.errors
-        check(world, res, user, cands, models)
+        assert_scores_match(world, res, user, cands, models)
         assert res.results[0]["transport"] == "shm"
     assert slow.returncode is None and root.returncode is None
 
@@ -132,6 +124,6 @@ def test_overloaded_replica_is_retried_on_another(world, slow_repo, process_runn
         replies = flood(client, 8, ["ctr@3"], deadline_ms=20_000)
     for seed, res in replies:
         assert not res.errors, res.errors
-        check(world, res, *request(seed), ["ctr@3"])
+        assert_scores_match(world, res, *request(seed), ["ctr@3"])
     assert metric(port, "trimmer_root_leaf_retries_total", leaf="leaf-0", model="ctr@3") >= 1
     assert root.returncode is None

@@ -225,3 +225,22 @@ def write_root_config(path, cfg: dict) -> str:
     with open(path, "w") as f:
         json.dump(cfg, f)
     return os.fspath(path)
+
+
+def direct(world: dict, key: str, feats: dict, n: int) -> np.ndarray:
+    """Scores of model version ``key`` run directly on ``feats`` (no root, no leaf)."""
+    from tests.support.models import direct_scores
+    inputs = world["inputs"][key]
+    return direct_scores(world["model_paths"][key], inputs, {s.name: feats[s.name] for s in inputs}, n)
+
+
+def assert_scores_match(world: dict, res, user: int, cands, models) -> dict:
+    """``res`` holds, for each of ``models``, the scores the model computes on
+    the features the root should have built; returns those features."""
+    assert res.ok, res.error
+    assert not set(models) & set(res.errors), res.errors
+    feats = expected_features(world["users"], world["cands"], user, cands)
+    for key in models:
+        np.testing.assert_allclose(res.scores[key], direct(world, key, feats, len(cands)),
+                                   rtol=1e-5, atol=1e-4, err_msg=key)
+    return feats
