@@ -21,7 +21,7 @@ from rootproc.client import ScoringClient
 from rootproc.config import config_from_dict
 from rootproc.health import ping
 from tests.root.world import CANDIDATE_IDS, MODELS, USER_IDS, assert_scores_match
-from tests.support.procs import ProcessRunner
+from tests.support.fixtures import module_process_runner  # noqa: F401
 from tests.support.procs import ping as plain_ping
 
 from .conftest import trimmer
@@ -49,12 +49,8 @@ def models_ready(pong) -> bool:
 
 
 @pytest.fixture(scope="module")
-def runner(tmp_path_factory):
-    r = ProcessRunner(tmp_path_factory.mktemp("curve"))
-    try:
-        yield r
-    finally:
-        r.close()
+def runner(module_process_runner):
+    return module_process_runner
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
 
-from tests.support.fixtures import process_runner  # noqa: F401
+from tests.support.fixtures import module_process_runner, process_runner  # noqa: F401
 from tests.support.models import spec, write_model
-from tests.support.procs import ProcessRunner
 
 CTR_INPUTS = [
     spec("pin_ctr"),
@@ -42,22 +41,15 @@ def repo(tmp_path_factory):
     return r
 
 
-@pytest.fixture(scope="module")
-def module_runner(tmp_path_factory):
-    runner = ProcessRunner(tmp_path_factory.mktemp("procs"))
-    try:
-        yield runner
-    finally:
-        runner.close()
 
 
 MAX_MESSAGE_BYTES = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def leaf(module_runner, repo):
+def leaf(module_process_runner, repo):
     """One shared leaf over ipc: dynamic batching on, 1 MiB message limit."""
-    return module_runner.leaf(repo.root, models=["ctr@3", "eng@1", "bad@1"], name="shared",
+    return module_process_runner.leaf(repo.root, models=["ctr@3", "eng@1", "bad@1"], name="shared",
                               args=["--max-wait-ms", "5",
                                     "--max-message-bytes", str(MAX_MESSAGE_BYTES)])
 

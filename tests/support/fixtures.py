@@ -1,5 +1,8 @@
 """Pytest fixtures; import them into a conftest:
-``from tests.support.fixtures import process_runner  # noqa: F401``."""
+``from tests.support.fixtures import process_runner  # noqa: F401``.
+
+`process_runner` stops its processes after each test; `module_process_runner`
+after the module, for processes that many tests share."""
 from __future__ import annotations
 
 import pytest
@@ -10,6 +13,15 @@ from .procs import ProcessRunner
 @pytest.fixture
 def process_runner(tmp_path):
     runner = ProcessRunner(tmp_path)
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+@pytest.fixture(scope="module")
+def module_process_runner(tmp_path_factory, request):
+    runner = ProcessRunner(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
     try:
         yield runner
     finally:
