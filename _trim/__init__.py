@@ -77,8 +77,7 @@ def decode(buf) -> Decoded:
     Hostile or truncated input raises ValueError naming the problem; nothing is
     read outside ``buf``.
     """
-    n_rows, table, names = _impl.parse(buf)
-    return build_views(buf, n_rows, table, names)
+    return _impl.decode(buf)
 
 
 __all__ = [

@@ -1,17 +1,25 @@
 # cython: language_level=3
-"""The gather kernel and the message parser.
+"""The gather kernel, the message parser and the zero-copy decoder.
 
 Everything that can fail is checked while holding the GIL; the copy loop
 that follows runs without it and cannot fail.
 """
+cimport numpy as cnp
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, free, qsort
 from libc.string cimport memcpy, memset
 
 import numpy as np
 
+from .batch import Ragged
+from .decode import Decoded
 from .format import (ALIGN, CODE_DTYPES, COLUMN_DTYPE, FLAG_PER_REQUEST, FLAG_RAGGED,
                      FLAG_VECTOR, HEADER_NBYTES, KNOWN_FLAGS, MAGIC, VERSION)
+
+cnp.import_array()
 
 cdef uint64_t C_ALIGN = ALIGN
 cdef uint64_t C_HEADER = HEADER_NBYTES
@@ -168,26 +176,52 @@ def encode_into(plan, batch, out):
         free(ranges)
 
 
-def parse(buf):
-    """Validate a message and return ``(n_rows, table, names)``.
+cdef struct Region:
+    uint64_t start
+    uint64_t nbytes
+    Py_ssize_t index
 
-    ``table`` is a copy of the column table (COLUMN_DTYPE); every range in it
-    has been checked against the message, so views built from it are in
-    bounds. Raises ValueError naming the first problem found.
+
+cdef int region_order(const void* a, const void* b) noexcept nogil:
+    # The order of a stable sort by (start, nbytes): the reference's lexsort.
+    cdef const Region* x = <const Region*>a
+    cdef const Region* y = <const Region*>b
+    if x.start != y.start:
+        return -1 if x.start < y.start else 1
+    if x.nbytes != y.nbytes:
+        return -1 if x.nbytes < y.nbytes else 1
+    return -1 if x.index < y.index else (1 if x.index > y.index else 0)
+
+
+cdef Py_ssize_t first_overlap(Region* regions, Py_ssize_t n) noexcept nogil:
+    """Index i in sorted order where region i + 1 starts inside region i; -1 if none."""
+    cdef Py_ssize_t i
+    for i in range(n - 1):
+        if region_order(&regions[i], &regions[i + 1]) > 0:
+            qsort(regions, n, sizeof(Region), region_order)
+            break
+    for i in range(n - 1):
+        if regions[i + 1].start < regions[i].start + regions[i].nbytes:
+            return i
+    return -1
+
+
+cdef list validate(const uint8_t* base, uint64_t length, MessageHeader* header):
+    """Check a whole message; returns its column names, in table order.
+
+    Every range in the column table is checked against the message, so views
+    built from it are in bounds. Raises ValueError naming the first problem.
     """
-    cdef const uint8_t[::1] mv = readable_bytes(buf)
-    cdef uint64_t length = mv.shape[0]
-    cdef MessageHeader header
     cdef ColumnEntry col
     cdef uint64_t table_end, names_end, data_start, rows, itemsize, expect, offsets_nbytes
     cdef uint64_t n_cols, i, total
     cdef int64_t off, prev
     cdef uint64_t r
-    cdef const uint8_t* base
+    cdef Py_ssize_t bad
+    cdef Region* regions
     if length < C_HEADER:
         raise ValueError(f"truncated message: {length} bytes, the header alone is {C_HEADER}")
-    base = &mv[0]
-    memcpy(&header, base, sizeof(MessageHeader))
+    memcpy(header, base, sizeof(MessageHeader))
     if header.magic[:4] != MAGIC:
         raise ValueError(f"not a trimmer message: magic {bytes(header.magic[:4])!r}, expected {MAGIC!r}")
     if header.version != C_VERSION:
@@ -205,9 +239,6 @@ def parse(buf):
     if names_end > total:
         raise ValueError(f"names ({header.names_nbytes} bytes) run past the end of the message")
     data_start = align_up(names_end)
-    table = np.frombuffer(buf, dtype=np.uint8, count=table_end - C_HEADER,
-                          offset=C_HEADER).view(COLUMN_DTYPE).copy()
-    names_raw = bytes(mv[table_end:names_end])
     names = []
     seen = set()
     for i in range(n_cols):
@@ -215,7 +246,8 @@ def parse(buf):
         if col.name_offset > header.names_nbytes or col.name_nbytes > header.names_nbytes - col.name_offset:
             raise ValueError(f"column {i}: name runs past the names region")
         try:
-            name = names_raw[col.name_offset:col.name_offset + col.name_nbytes].decode()
+            name = PyUnicode_DecodeUTF8(<const char*>base + table_end + col.name_offset,
+                                        col.name_nbytes, NULL)
         except UnicodeDecodeError:
             raise ValueError(f"column {i}: name is not valid UTF-8") from None
         if not name:
@@ -266,12 +298,101 @@ def parse(buf):
             if <uint64_t>prev != col.n_values:
                 raise ValueError(f"column {name!r}: last offset {prev} != value count {col.n_values}")
     if n_cols > 1:
-        # Empty regions sort first at a shared offset: they overlap nothing.
-        order = np.lexsort((table["data_nbytes"], table["data_offset"]))
-        starts = table["data_offset"][order]
-        ends = starts + table["data_nbytes"][order]
-        bad = np.nonzero(starts[1:] < ends[:-1])[0]
-        if len(bad):
-            a, b = names[order[bad[0]]], names[order[bad[0] + 1]]
-            raise ValueError(f"columns {a!r} and {b!r} overlap")
+        regions = <Region*>malloc(sizeof(Region) * n_cols)
+        if regions == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n_cols):
+                memcpy(&col, base + C_HEADER + C_COLUMN * i, sizeof(ColumnEntry))
+                regions[i].start = col.data_offset
+                regions[i].nbytes = col.data_nbytes
+                regions[i].index = i
+            bad = first_overlap(regions, n_cols)
+            if bad >= 0:
+                a, b = names[regions[bad].index], names[regions[bad + 1].index]
+                raise ValueError(f"columns {a!r} and {b!r} overlap")
+        finally:
+            free(regions)
+    return names
+
+
+def parse(buf):
+    """Validate a message and return ``(n_rows, table, names)``.
+
+    ``table`` is a copy of the column table (COLUMN_DTYPE); every range in it
+    has been checked against the message, so views built from it are in
+    bounds. Raises ValueError naming the first problem found.
+    """
+    cdef const uint8_t[::1] mv = readable_bytes(buf)
+    cdef MessageHeader header
+    if mv.shape[0] == 0:
+        raise ValueError(f"truncated message: 0 bytes, the header alone is {C_HEADER}")
+    names = validate(&mv[0], mv.shape[0], &header)
+    table = np.frombuffer(buf, dtype=np.uint8, count=C_COLUMN * header.n_columns,
+                          offset=C_HEADER).view(COLUMN_DTYPE).copy()
     return header.n_rows, table, names
+
+
+# -- decode: the views built here, one numpy C-API call per array ---------------
+
+cdef extern from "numpy/arrayobject.h":
+    object new_array_from_descr "PyArray_NewFromDescr" (
+        PyTypeObject* subtype, cnp.PyArray_Descr* descr, int nd, cnp.npy_intp* dims,
+        cnp.npy_intp* strides, void* data, int flags, PyObject* obj)
+
+DTYPES = [None] + [CODE_DTYPES[code] for code in range(1, 9)]
+DTYPE_NAMES = [None] + [CODE_DTYPES[code].name for code in range(1, 9)]
+OFFSETS = np.dtype("<i8")
+NO_SHAPE = ()
+
+
+cdef object array_view(cnp.ndarray raw, int flags, object dtype, uint64_t offset,
+                       int nd, cnp.npy_intp d0, cnp.npy_intp d1):
+    """A view on ``raw`` at byte ``offset``, whose lifetime keeps ``raw`` alive."""
+    cdef cnp.npy_intp[2] dims
+    dims[0] = d0
+    dims[1] = d1
+    Py_INCREF(dtype)  # PyArray_NewFromDescr steals a reference to the descriptor
+    arr = new_array_from_descr(<PyTypeObject*>cnp.ndarray, <cnp.PyArray_Descr*>dtype, nd, dims,
+                               NULL, <char*>cnp.PyArray_DATA(raw) + offset, flags, NULL)
+    cnp.set_array_base(arr, raw)
+    return arr
+
+
+def decode(buf):
+    """Validate a message and return its `Decoded` views, as
+    ``build_views(buf, *parse(buf))`` does, without a Python step per column."""
+    cdef cnp.ndarray raw = np.frombuffer(buf, dtype=np.uint8)
+    cdef MessageHeader header
+    cdef ColumnEntry col
+    cdef uint64_t rows, i
+    cdef bint per_request
+    cdef int flags = cnp.NPY_ARRAY_C_CONTIGUOUS
+    if cnp.PyArray_ISWRITEABLE(raw):
+        flags |= cnp.NPY_ARRAY_WRITEABLE
+    if raw.shape[0] == 0:
+        raise ValueError(f"truncated message: 0 bytes, the header alone is {C_HEADER}")
+    cdef const uint8_t* base = <const uint8_t*>cnp.PyArray_DATA(raw)
+    names = validate(base, raw.shape[0], &header)
+    columns, specs, per_request_names = {}, {}, []
+    for i in range(header.n_columns):
+        memcpy(&col, base + C_HEADER + C_COLUMN * i, sizeof(ColumnEntry))
+        name = names[i]
+        dtype = DTYPES[col.dtype]
+        per_request = col.flags & C_FLAG_PER_REQUEST
+        rows = 1 if per_request else header.n_rows
+        if per_request:
+            per_request_names.append(name)
+        if col.flags & C_FLAG_RAGGED:
+            offsets = array_view(raw, flags, OFFSETS, col.data_offset, 1, rows + 1, 0)
+            values = array_view(raw, flags, dtype, col.data_offset + 8 * (rows + 1), 1,
+                                col.n_values, 0)
+            columns[name] = Ragged(values, offsets)
+            specs[name] = (DTYPE_NAMES[col.dtype], NO_SHAPE, True, per_request)
+        elif col.flags & C_FLAG_VECTOR:
+            columns[name] = array_view(raw, flags, dtype, col.data_offset, 2, rows, col.width)
+            specs[name] = (DTYPE_NAMES[col.dtype], (col.width,), False, per_request)
+        else:
+            columns[name] = array_view(raw, flags, dtype, col.data_offset, 1, rows, 0)
+            specs[name] = (DTYPE_NAMES[col.dtype], NO_SHAPE, False, per_request)
+    return Decoded(header.n_rows, header.total_nbytes, columns, frozenset(per_request_names), specs)

@@ -1,4 +1,4 @@
-"""Pure-Python reference implementation of the kernel's three functions.
+"""Pure-Python reference implementation of the kernel's functions.
 
 Slow and obviously correct: the tests run every case against both it and the
 compiled kernel. Selected only by name (``TRIM_IMPL=reference``), never as a
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .decode import build_views
 from .format import (ALIGN, CODE_DTYPES, COLUMN_DTYPE, COLUMN_NBYTES, FLAG_PER_REQUEST,
                      FLAG_RAGGED, FLAG_VECTOR, HEADER_DTYPE, HEADER_NBYTES, KNOWN_FLAGS,
                      MAGIC, VERSION, align_up)
@@ -156,3 +157,8 @@ def parse(buf):
             a, b = names[order[bad[0]]], names[order[bad[0] + 1]]
             raise ValueError(f"columns {a!r} and {b!r} overlap")
     return n_rows, table, names
+
+
+def decode(buf):
+    """The columns of a validated message as views on ``buf``."""
+    return build_views(buf, *parse(buf))
