@@ -7,6 +7,7 @@ that follows runs without it and cannot fail.
 cimport numpy as cnp
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free, qsort
@@ -346,6 +347,35 @@ OFFSETS = np.dtype("<i8")
 NO_SHAPE = ()
 
 
+cdef packed struct LayoutKeyEntry:
+    # Must match LAYOUT_KEY_DTYPE in _trim/decode.py; the column's name follows it.
+    uint8_t dtype
+    uint8_t flags
+    uint32_t width
+    uint16_t name_nbytes
+
+
+cdef bytes layout_key(const uint8_t* base, uint64_t n_cols, uint64_t names_start):
+    cdef ColumnEntry col
+    cdef LayoutKeyEntry entry
+    cdef uint64_t i, size = 0
+    cdef char* out
+    for i in range(n_cols):
+        memcpy(&col, base + C_HEADER + C_COLUMN * i, sizeof(ColumnEntry))
+        size += sizeof(LayoutKeyEntry) + col.name_nbytes
+    key = PyBytes_FromStringAndSize(NULL, size)
+    out = PyBytes_AS_STRING(key)
+    for i in range(n_cols):
+        memcpy(&col, base + C_HEADER + C_COLUMN * i, sizeof(ColumnEntry))
+        entry.dtype, entry.flags, entry.width = col.dtype, col.flags, col.width
+        entry.name_nbytes = col.name_nbytes
+        memcpy(out, &entry, sizeof(LayoutKeyEntry))
+        out += sizeof(LayoutKeyEntry)
+        memcpy(out, base + names_start + col.name_offset, col.name_nbytes)
+        out += col.name_nbytes
+    return key
+
+
 cdef object array_view(cnp.ndarray raw, int flags, object dtype, uint64_t offset,
                        int nd, cnp.npy_intp d0, cnp.npy_intp d1):
     """A view on ``raw`` at byte ``offset``, whose lifetime keeps ``raw`` alive."""
@@ -395,4 +425,6 @@ def decode(buf):
         else:
             columns[name] = array_view(raw, flags, dtype, col.data_offset, 1, rows, 0)
             specs[name] = (DTYPE_NAMES[col.dtype], NO_SHAPE, False, per_request)
-    return Decoded(header.n_rows, header.total_nbytes, columns, frozenset(per_request_names), specs)
+    key = layout_key(base, header.n_columns, C_HEADER + C_COLUMN * header.n_columns)
+    return Decoded(header.n_rows, header.total_nbytes, columns, frozenset(per_request_names), specs,
+                   key)

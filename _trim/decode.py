@@ -18,11 +18,16 @@ class Decoded(Mapping):
     the buffer alive and are read-only.
     """
 
-    __slots__ = ("n_rows", "nbytes", "_columns", "_per_request", "_specs")
+    __slots__ = ("n_rows", "nbytes", "layout_key", "_columns", "_per_request", "_specs")
 
-    def __init__(self, n_rows: int, nbytes: int, columns: dict, per_request: frozenset, specs: dict):
+    def __init__(self, n_rows: int, nbytes: int, columns: dict, per_request: frozenset, specs: dict,
+                 layout_key: bytes):
         self.n_rows = n_rows
         self.nbytes = nbytes
+        # Equal keys <=> equal column names, order, dtypes, flags and widths:
+        # a receiver that validated one message against a signature can
+        # accept the next with the same key without looking at every column.
+        self.layout_key = layout_key
         self._columns = columns
         self._per_request = per_request
         self._specs = specs
@@ -82,4 +87,18 @@ def build_views(buf, n_rows: int, table: np.ndarray, names: list[str]) -> Decode
             columns[name] = arr.reshape((rows,) + shape)
             specs[name] = (dtype.name, shape, False, bool(flags & FLAG_PER_REQUEST))
     total = int(raw[24:32].view("<u8")[0])
-    return Decoded(n_rows, total, columns, frozenset(per_request), specs)
+    return Decoded(n_rows, total, columns, frozenset(per_request), specs, layout_key(table, names))
+
+
+LAYOUT_KEY_DTYPE = np.dtype([("dtype", "u1"), ("flags", "u1"), ("width", "<u4"),
+                             ("name_nbytes", "<u2")])
+
+
+def layout_key(table: np.ndarray, names: list[str]) -> bytes:
+    """Per column, in table order: dtype code, flags, width, name length, name."""
+    fixed = np.empty(len(names), LAYOUT_KEY_DTYPE)
+    for field in ("dtype", "flags", "width", "name_nbytes"):
+        fixed[field] = table[field]
+    rows = fixed.tobytes()
+    step = LAYOUT_KEY_DTYPE.itemsize
+    return b"".join(rows[i * step:(i + 1) * step] + name.encode() for i, name in enumerate(names))

@@ -54,6 +54,33 @@ def check(decoded: Decoded, inputs: list[TensorSpec], header_rows: int) -> None:
                             missing=missing, mismatched=mismatched)
 
 
+class SignatureCheck:
+    """`check` for one model, remembering the message layouts it accepted.
+
+    A root sends every request for a model with the same trim plan, so all
+    but the first message repeat a layout already checked; `Decoded.layout_key`
+    identifies it exactly (names, order, dtypes, flags, widths), and a repeat
+    costs one set lookup instead of a pass over every input. Rejected layouts
+    are never remembered: each one gets the full, itemised error.
+    """
+
+    MAX_LAYOUTS = 64  # a few configs in flight during a rollout; more is a misbehaving root
+
+    def __init__(self, inputs: list[TensorSpec]):
+        self.inputs = list(inputs)
+        self._accepted: set[bytes] = set()
+
+    def __call__(self, decoded: Decoded, header_rows: int) -> None:
+        if decoded.layout_key in self._accepted:
+            if decoded.n_rows != header_rows:
+                check(decoded, self.inputs, header_rows)  # raises, naming the row counts
+            return
+        check(decoded, self.inputs, header_rows)
+        if len(self._accepted) >= self.MAX_LAYOUTS:
+            self._accepted.clear()
+        self._accepted.add(decoded.layout_key)
+
+
 def synthetic_message(inputs: list[TensorSpec], rows: int) -> np.ndarray:
     """An encoded batch that satisfies ``inputs``: zeros, one list element per
     ragged row. Used to warm a model up through the same path as real traffic."""

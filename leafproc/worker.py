@@ -22,7 +22,7 @@ from _trim import protocol as P
 from signatures.module_info import ModuleInfo
 
 from .metrics import LeafMetrics
-from .signature import check, synthetic_message
+from .signature import SignatureCheck, synthetic_message
 from .tensors import ModelOutputError, Part, builder_for, merge_key, to_scores
 
 log = logging.getLogger("leafproc")
@@ -53,6 +53,7 @@ class ModelWorker(threading.Thread):
         self.key = info.key
         self.info = info
         self.inputs = list(info.inputs)
+        self.check = SignatureCheck(self.inputs)
         self.path = path
         self.device = device
         self.metrics = metrics
@@ -110,7 +111,7 @@ class ModelWorker(threading.Thread):
         msg = synthetic_message(self.inputs, WARMUP_ROWS)
         for _ in range(2):
             decoded = _trim.decode(msg)
-            check(decoded, self.inputs, WARMUP_ROWS)
+            self.check(decoded, WARMUP_ROWS)
             part = Part(decoded, np.frombuffer(msg, dtype=np.uint8), WARMUP_ROWS)
             with torch.inference_mode():
                 to_scores(self.model(self.builder.build([part], self.inputs)), WARMUP_ROWS)
@@ -181,7 +182,7 @@ class ModelWorker(threading.Thread):
             decoded = _trim.decode(buf)
         except ValueError as exc:
             raise P.ProtocolError(P.DECODE_ERROR, f"batch frame does not decode: {exc}") from None
-        check(decoded, self.inputs, req.rows)
+        self.check(decoded, req.rows)
         return Part(decoded, np.frombuffer(buf, dtype=np.uint8, count=decoded.nbytes), decoded.n_rows,
                     req.pinned)
 

@@ -123,3 +123,36 @@ def test_a_table_out_of_data_order_decodes_and_overlaps_are_named_alike():
             impl.decode(buf)
         errors.append(str(exc.value))
     assert errors[0] == errors[1]
+
+
+def encoded(specs, rows, seed=0):
+    layout = Layout(specs)
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for c in specs:
+        n = 1 if c.per_request else rows
+        if c.ragged:
+            arrays[c.name] = Ragged(np.arange(n, dtype=c.dtype), np.arange(n + 1))
+        else:
+            arrays[c.name] = rng.integers(0, 9, (n,) + c.shape).astype(c.dtype)
+    return bytes(Batch.from_arrays(layout, arrays, rows).buffer)  # a batch's buffer is a message
+
+
+def test_layout_key_names_the_layout_not_the_values():
+    base = [ColumnSpec("a", "float32"), ColumnSpec("v", "int8", (3,)),
+            ColumnSpec("ids", "int64", ragged=True)]
+    key = _kernel.decode(encoded(base, 4)).layout_key
+    assert _reference.decode(encoded(base, 4)).layout_key == key
+    assert _kernel.decode(encoded(base, 9, seed=1)).layout_key == key  # other rows, other values
+    variants = {
+        "dtype": [ColumnSpec("a", "float64")] + base[1:],
+        "width": [base[0], ColumnSpec("v", "int8", (4,)), base[2]],
+        "per_request": [ColumnSpec("a", "float32", per_request=True)] + base[1:],
+        "name": [ColumnSpec("b", "float32")] + base[1:],
+        "order": [base[1], base[0], base[2]],
+        "extra column": base + [ColumnSpec("z", "bool")],
+    }
+    for what, specs in variants.items():
+        other = encoded(specs, 4)
+        assert _kernel.decode(other).layout_key != key, what
+        assert _kernel.decode(other).layout_key == _reference.decode(other).layout_key, what
