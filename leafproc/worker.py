@@ -54,6 +54,8 @@ class ModelWorker(threading.Thread):
         self.info = info
         self.inputs = list(info.inputs)
         self.check = SignatureCheck(self.inputs)
+        # Only these can keep two requests out of one forward pass (see merge_key).
+        self.shared_lists = [s for s in self.inputs if s.ragged and s.per_request]
         self.path = path
         self.device = device
         self.metrics = metrics
@@ -169,7 +171,8 @@ class ModelWorker(threading.Thread):
             if part.rows == 0:
                 self._reply(req, np.empty(0, np.float32), 0, queue_s, decode_s, 0.0)
                 continue
-            groups.setdefault(merge_key(part.decoded, self.inputs), []).append(
+            key = merge_key(part.decoded, self.shared_lists) if len(window) > 1 else ()
+            groups.setdefault(key, []).append(
                 (req, part, queue_s, decode_s))
         for group in groups.values():
             self._forward(group)
