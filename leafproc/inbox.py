@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
-from collections import Counter
 
 import numpy as np
 
@@ -52,7 +51,7 @@ class ShmInbox:
         self.pinned: dict[str, int] = {}   # segment -> registered host address
         self.reader = SegmentReader(directory, on_attach=self._attached, on_drop=self._dropped)
         self._holds: dict[bytes, str] = {}
-        self._uses: Counter = Counter()
+        self._uses: dict[str, int] = {}  # segment -> requests reading it
         self._lock = threading.Lock()
         self._new_segment = False
 
@@ -89,14 +88,16 @@ class ShmInbox:
         name = header["shm"]["segment"]
         with self._lock:
             self._holds[token] = name
-            self._uses[name] += 1
+            self._uses[name] = self._uses.get(name, 0) + 1
 
     def release(self, token: bytes) -> None:
         with self._lock:
             name = self._holds.pop(token, None)
             if name is not None:
-                self._uses[name] -= 1
-                if not self._uses[name]:
+                left = self._uses[name] - 1
+                if left:
+                    self._uses[name] = left
+                else:
                     del self._uses[name]
 
     def sweep(self, keep: str | None = None) -> list[str]:

@@ -39,6 +39,9 @@ class LeafMetrics:
                               registry=r)
         self._server = None
 
+    def for_model(self, key: str) -> "ModelMetrics":
+        return ModelMetrics(self, key)
+
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         if port:
             self._server = start_http_server(port, addr=addr, registry=self.registry)
@@ -50,3 +53,13 @@ class LeafMetrics:
             server.server_close()
             thread.join(timeout=2)
         self._server = None
+
+
+class ModelMetrics:
+    """One model version's labelled series, looked up once: ``labels()`` costs
+    more than the update itself, and a request updates a dozen of them."""
+
+    def __init__(self, metrics: LeafMetrics, key: str):
+        for name in ("requests", "rows", "expired", "queue_seconds", "decode_seconds",
+                     "infer_seconds", "batch_rows", "batch_requests", "ready"):
+            setattr(self, name, getattr(metrics, name).labels(key))

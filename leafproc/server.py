@@ -20,6 +20,7 @@ import zmq
 
 from _trim import curve
 from _trim import protocol as P
+from _trim.frames import recv_waiting, send_frames
 
 from .inbox import ShmInbox
 from .metrics import LeafMetrics
@@ -150,29 +151,27 @@ class LeafServer:
 
     def _forward_replies(self) -> None:
         for _ in range(1000):
-            try:
-                frames = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            frames = recv_waiting(self.pull)
+            if frames is None:
                 return
             entry = self.inflight.pop(frames[0].bytes, None)
             self.inbox.release(frames[0].bytes)
             if entry is None:  # already answered by a forced drain
                 continue
-            self.router.send_multipart(entry[0] + frames[1:], copy=False)
+            send_frames(self.router, entry[0] + frames[1:])
             self.metrics.inflight.set(len(self.inflight))
 
     def _send(self, envelope: list, frames: list, error_kind: str | None = None) -> None:
         if error_kind:
             self.metrics.errors.labels(error_kind).inc()
-        self.router.send_multipart(envelope + frames, copy=False)
+        send_frames(self.router, envelope + frames)
 
     # -- requests -------------------------------------------------------------------
 
     def _receive(self) -> None:
         for _ in range(1000):
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            frames = recv_waiting(self.router)
+            if frames is None:
                 return
             t_recv = time.perf_counter()
             # REQ peers put an empty delimiter after their identity; DEALERs do not.
@@ -217,7 +216,7 @@ class LeafServer:
         if worker is None:
             raise P.ProtocolError(P.UNKNOWN_MODEL, f"leaf {self.name} does not serve {key!r}",
                                   models=sorted(self.workers))
-        self.metrics.requests.labels(key).inc()
+        worker.series.requests.inc()
         rows = P.field(header, "rows", int, check=lambda n: 0 <= n < 2**32)
         compression = P.field(header, "compression", str, default=P.COMPRESSION_NONE,
                               check=lambda c: c in (P.COMPRESSION_NONE, P.COMPRESSION_LZ4))

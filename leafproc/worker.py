@@ -19,6 +19,7 @@ import zmq
 
 import _trim
 from _trim import protocol as P
+from _trim.frames import send_frames
 from signatures.module_info import ModuleInfo
 
 from .metrics import LeafMetrics
@@ -59,6 +60,7 @@ class ModelWorker(threading.Thread):
         self.path = path
         self.device = device
         self.metrics = metrics
+        self.series = metrics.for_model(info.key)
         self.max_batch_rows = max_batch_rows
         self.max_wait_s = max_wait_s
         self.max_message_bytes = max_message_bytes
@@ -95,7 +97,7 @@ class ModelWorker(threading.Thread):
             try:
                 self._load()
                 self.ready = True
-                self.metrics.ready.labels(self.key).set(1)
+                self.series.ready.set(1)
                 log.info("model %s ready on %s", self.key, self.device)
             except Exception as exc:
                 self.error = f"failed to load or warm up: {_short(exc)}"
@@ -167,7 +169,7 @@ class ModelWorker(threading.Thread):
                 self._error(req, exc.kind, str(exc), **exc.details)
                 continue
             decode_s = time.perf_counter() - t0
-            self.metrics.queue_seconds.labels(self.key).observe(queue_s)
+            self.series.queue_seconds.observe(queue_s)
             if part.rows == 0:
                 self._reply(req, np.empty(0, np.float32), 0, queue_s, decode_s, 0.0)
                 continue
@@ -217,9 +219,9 @@ class ModelWorker(threading.Thread):
             return
         t2 = time.perf_counter()
         build_s, infer_s = t1 - t0, t2 - t1
-        self.metrics.infer_seconds.labels(self.key).observe(infer_s)
-        self.metrics.batch_rows.labels(self.key).observe(rows)
-        self.metrics.batch_requests.labels(self.key).observe(len(group))
+        self.series.infer_seconds.observe(infer_s)
+        self.series.batch_rows.observe(rows)
+        self.series.batch_requests.observe(len(group))
         start = 0
         for req, part, queue_s, decode_s in group:
             self._reply(req, scores[start:start + part.rows], rows, queue_s,
@@ -233,7 +235,7 @@ class ModelWorker(threading.Thread):
         late_s = time.perf_counter() - req.deadline
         if late_s < 0:
             return False
-        self.metrics.expired.labels(self.key).inc()
+        self.series.expired.inc()
         self._error(req, P.DEADLINE, f"the root's deadline passed {late_s * 1000:.1f} ms before "
                                      f"model {self.key} could start on the request (queued "
                                      f"{(late_s + req.deadline - req.t_recv) * 1000:.1f} ms)")
@@ -243,18 +245,18 @@ class ModelWorker(threading.Thread):
 
     def _reply(self, req: Request, scores: np.ndarray, batch_rows: int,
                queue_s: float, decode_s: float, infer_s: float) -> None:
-        self.metrics.rows.labels(self.key).inc(len(scores))
-        self.metrics.decode_seconds.labels(self.key).observe(decode_s)
+        self.series.rows.inc(len(scores))
+        self.series.decode_seconds.observe(decode_s)
         header = P.pack_header({
             "type": "scores", "id": req.id, "ok": True, "model": self.key, "rows": len(scores),
             "timing_us": {"queue": int(queue_s * 1e6), "decode": int(decode_s * 1e6),
                           "infer": int(infer_s * 1e6)},
             "batch_rows": batch_rows})
-        self._push.send_multipart([req.token, header, scores.astype(P.SCORES_DTYPE, copy=False).tobytes()])
+        send_frames(self._push, [req.token, header, scores.astype(P.SCORES_DTYPE, copy=False).tobytes()])
 
     def _error(self, req: Request, kind: str, message: str, **details) -> None:
         self.metrics.errors.labels(kind).inc()
-        self._push.send_multipart([req.token, P.error_header(req.id, kind, message, **details)])
+        send_frames(self._push, [req.token, P.error_header(req.id, kind, message, **details)])
 
 
 def _short(exc: BaseException) -> str:

@@ -31,6 +31,7 @@ import time
 import zmq
 
 from _trim.curve import ClientKeys, LinkWatch, connect_all, secured
+from _trim.frames import NOBLOCK, send_frames
 from _trim.protocol import pack_header
 
 from .config import LeafConfig
@@ -88,7 +89,7 @@ class LeafLink:
     def send(self, frames) -> bool:
         """False when the replica has no live connection or its queue is full."""
         try:
-            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            send_frames(self.socket, frames, NOBLOCK)
             return True
         except zmq.Again:
             return False

@@ -21,6 +21,7 @@ import zmq
 import _trim
 from _trim.protocol import (BAD_REQUEST, INTERNAL, MAX_HEADER_NBYTES, SHUTTING_DOWN, ProtocolError,
                             error_header, pack_header, unpack_header)
+from _trim.frames import NOBLOCK, recv_waiting, send_frames
 from _trim.shm import reap_stale_segments
 from signatures.schema import FeatureSchema
 
@@ -206,9 +207,8 @@ class RootServer:
     @staticmethod
     def drain_socket(sock, handler, limit: int = 256) -> None:
         for _ in range(limit):
-            try:
-                frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            frames = recv_waiting(sock)
+            if frames is None:
                 return
             handler(frames)
 
@@ -274,8 +274,7 @@ class RootServer:
 
     def reply(self, envelope, frames) -> None:
         try:
-            self.frontend.send_multipart(list(envelope) + list(frames), copy=False,
-                                         flags=zmq.NOBLOCK)
+            send_frames(self.frontend, list(envelope) + list(frames), NOBLOCK)
         except zmq.Again:
             log.warning("client reply dropped: the client's queue is full")
 

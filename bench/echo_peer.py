@@ -1,0 +1,66 @@
+"""A stand-in leaf that does nothing but the transport's share of a request.
+
+It speaks the leaf protocol (ping, score with a payload frame or an shm
+descriptor), decodes each batch in place as a leaf does, and answers zero
+scores: no model thread, no forward pass. Against it, the transport
+benchmark measures what each transport costs without the leaf's Python
+request handling on top.
+
+    python bench/echo_peer.py ENDPOINT MODEL
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import _trim  # noqa: E402
+from _trim import protocol as P  # noqa: E402
+from _trim.shm import SegmentReader  # noqa: E402
+
+
+def answer(header: dict, payload: list, reader: SegmentReader, model: str) -> list:
+    if header["type"] == "ping":
+        return [P.pack_header({"type": "pong", "id": header.get("id"), "ok": True,
+                               "models": [{"model": model, "ready": True}]})]
+    buf = reader.view(header["shm"]) if "shm" in header else payload[0].buffer
+    rows = _trim.decode(buf).n_rows  # the views die here: the slot is not read after the reply
+    return [P.pack_header({"type": "scores", "id": header["id"], "ok": True, "model": model,
+                           "rows": rows}),
+            np.zeros(rows, P.SCORES_DTYPE).tobytes()]
+
+
+def serve(endpoint: str, model: str) -> None:
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+    reader = SegmentReader()
+    poller = zmq.Poller()
+    poller.register(router, zmq.POLLIN)
+    try:
+        while not stop:
+            if not poller.poll(100):
+                continue
+            peer, head, *payload = router.recv_multipart(copy=False)
+            router.send_multipart([peer] + answer(P.unpack_header(head.buffer), payload,
+                                                  reader, model))
+    finally:
+        router.close()
+        reader.close()
+        ctx.term()
+        if endpoint.startswith("ipc://"):
+            Path(endpoint[len("ipc://"):]).unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    serve(*sys.argv[1:3])
+    os._exit(0)
