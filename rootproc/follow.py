@@ -141,9 +141,9 @@ class ConfigFollower:
                 "trim_gaps": srv.agreement.current_gaps(active, srv.pool),
                 "trim_gap_counts": dict(srv.gap_counts),
                 "config_errors": self.error_count, "last_error": self.last_error,
-                "leaves": [{k: l[k] for k in ("leaf", "endpoint", "healthy") if k in l}
+                "leaves": [{k: l[k] for k in ("leaf", "endpoint", "healthy", "transport") if k in l}
                            | ({"retiring": True} if l.get("retiring") else {})
-                           for l in srv.pool.status(time.monotonic())]}
+                           for l in srv.pool.status(time.monotonic(), srv.shm.describe)]}
         try:
             self.store.heartbeat(self.stage, "root", srv.name, info)
         except Exception as exc:

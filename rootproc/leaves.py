@@ -272,12 +272,16 @@ class LeafPool:
             link.check_handshake(now)
             link.send([pack_header({"type": "ping", "id": f"ping-{next(self._ping_ids)}"})])
 
-    def status(self, now: float) -> list[dict]:
+    def status(self, now: float, describe=None) -> list[dict]:
+        """One entry per link; ``describe(link)`` adds fields of its own (the
+        transport the link's batches take)."""
         out = []
         for l in self.links + self.retiring:
             entry = {"leaf": l.name, "endpoint": l.endpoint,
                      "healthy": l.healthy(now, self.health_timeout_s),
                      "outstanding": l.outstanding, "models": sorted(l.models), "pid": l.pid}
+            if describe is not None:
+                entry.update(describe(l))
             if l.retiring:
                 entry["retiring"] = True
             if l.watch is not None:

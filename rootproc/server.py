@@ -284,7 +284,7 @@ class RootServer:
                             "generation": self.active.generation, "trim": self.cfg.trim,
                             "compression": self.cfg.compression,
                             "models": self.active.default_models,
-                            "leaves": self.pool.status(time.monotonic())})
+                            "leaves": self.pool.status(time.monotonic(), self.shm.describe)})
 
     def score(self, envelope, header: dict, body) -> None:
         t0 = time.perf_counter()

@@ -183,6 +183,14 @@ class ShmLinks:
             fb = None if self.fallback_total is None else _Labelled(self.fallback_total, link.name)
             self.channels[link] = ShmChannel(link.name, self.cfg, fb)
 
+    def describe(self, link) -> dict:
+        """How ``link``'s batches travel, for the root's pong and heartbeat."""
+        ch = self.channels.get(link)
+        if ch is None:
+            return {"transport": "socket"}
+        return {"transport": "shm", "shm": {"slots": ch.ring.n_slots, "slot_bytes": ch.ring.slot_nbytes,
+                                            "held": len(ch.held)}}
+
     def holds(self, link) -> int:
         """Slots the leaf of ``link`` may still be reading."""
         ch = self.channels.get(link)

@@ -128,6 +128,7 @@ def format_status(status: dict) -> str:
             if m.get("leaves"):  # a root's leaf links
                 lines.append("    leaves: " + ", ".join(
                     f"{l.get('leaf')} {l.get('endpoint')}"
+                    f"{' (shm)' if l.get('transport') == 'shm' else ''}"
                     f"{' (retiring)' if l.get('retiring') else ''}"
                     f"{'' if l.get('healthy') else ' (DOWN)'}" for l in m["leaves"]))
             if m.get("last_error"):

@@ -129,6 +129,10 @@ def test_forced_transports(world, leaves, process_runner):
         by_model = {r["model"]: r.get("transport") for r in res.results}
         assert by_model == {"ctr@3": "shm", "div@2": None}
     assert len(segments_of(root.pid)) == 1
+    links = {l["leaf"]: l for l in ping(root.endpoint, timeout=5)["leaves"]}
+    assert links["leaf-0"]["transport"] == "shm"  # what an operator sees (trimmer health / status)
+    assert links["leaf-0"]["shm"] == {"slots": 2, "slot_bytes": 1 << 20, "held": 0}
+    assert links["leaf-1"]["transport"] == "socket" and "shm" not in links["leaf-1"]
 
 
 def test_ring_too_big_for_dev_shm_is_a_clear_start_up_error(world, leaves, tmp_path):

@@ -103,6 +103,20 @@ def test_heartbeats(tmp_path):
         s.heartbeat("canary", "root", "../x")
 
 
+
+def test_status_shows_each_roots_links_and_their_transport(tmp_path):
+    from signatures.commands.stages import format_status
+    s = ConfigStore(tmp_path)
+    s.deploy(B1, "canary")
+    s.heartbeat("canary", "root", "root-0", {"generation": 1, "bundle": B1.id, "leaves": [
+        {"leaf": "leaf-0", "endpoint": "ipc:///run/l0.sock", "healthy": True, "transport": "shm"},
+        {"leaf": "leaf-1", "endpoint": "tcp://10.0.0.2:5551", "healthy": False,
+         "transport": "socket", "retiring": True}]})
+    text = format_status(s.status())
+    assert ("leaves: leaf-0 ipc:///run/l0.sock (shm), "
+            "leaf-1 tcp://10.0.0.2:5551 (retiring) (DOWN)") in text
+
+
 CRASHING_WRITER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
