@@ -60,6 +60,12 @@ class ModelMetrics:
     more than the update itself, and a request updates a dozen of them."""
 
     def __init__(self, metrics: LeafMetrics, key: str):
-        for name in ("requests", "rows", "expired", "queue_seconds", "decode_seconds",
-                     "infer_seconds", "batch_rows", "batch_requests", "ready"):
-            setattr(self, name, getattr(metrics, name).labels(key))
+        self.requests = metrics.requests.labels(key)
+        self.rows = metrics.rows.labels(key)
+        self.expired = metrics.expired.labels(key)
+        self.queue_seconds = metrics.queue_seconds.labels(key)
+        self.decode_seconds = metrics.decode_seconds.labels(key)
+        self.infer_seconds = metrics.infer_seconds.labels(key)
+        self.batch_rows = metrics.batch_rows.labels(key)
+        self.batch_requests = metrics.batch_requests.labels(key)
+        self.ready = metrics.ready.labels(key)
