@@ -26,7 +26,7 @@ if sys.byteorder != "little":  # the wire format is little-endian and the kernel
 
 from . import _reference
 from .batch import Batch, Ragged
-from .decode import Decoded, build_views
+from .decode import Decoded
 from .format import ALIGN, DTYPE_CODES, MAGIC, VERSION, ColumnSpec, Layout
 from .plan import TrimPlan
 

@@ -269,6 +269,18 @@ class ServerSecurity:
                 self._auth.stop()
 
 
+def remove_ipc_files(endpoints) -> None:
+    """Unlink the socket files of bound ``ipc://`` endpoints: libzmq leaves
+    them behind, and a stale one only confuses operators. Abstract ones
+    (``ipc://@name``) have no file."""
+    for ep in endpoints:
+        if ep.startswith("ipc://") and not ep.startswith("ipc://@"):
+            try:
+                os.unlink(ep[len("ipc://"):])
+            except OSError:
+                pass
+
+
 def bind_all(ctx: zmq.Context, sock: zmq.Socket, endpoints, keys: ServerKeys | None,
              label: str) -> tuple[list[str], ServerSecurity | None]:
     """Bind ``endpoints``; with ``keys``, tcp ones require CURVE. (bound

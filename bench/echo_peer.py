@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import _trim  # noqa: E402
 from _trim import protocol as P  # noqa: E402
+from _trim.curve import remove_ipc_files  # noqa: E402
 from _trim.shm import SegmentReader  # noqa: E402
 
 
@@ -57,8 +58,7 @@ def serve(endpoint: str, model: str) -> None:
         router.close()
         reader.close()
         ctx.term()
-        if endpoint.startswith("ipc://"):
-            Path(endpoint[len("ipc://"):]).unlink(missing_ok=True)
+        remove_ipc_files([endpoint])
 
 
 if __name__ == "__main__":

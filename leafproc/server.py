@@ -139,13 +139,7 @@ class LeafServer:
         self.router.close()
         self.pull.close()
         self.inbox.close()
-        # libzmq leaves ipc socket files behind; a stale one only confuses operators.
-        for ep in self.bound:
-            if ep.startswith("ipc://") and not ep.startswith("ipc://@"):
-                try:
-                    os.unlink(ep[len("ipc://"):])
-                except FileNotFoundError:
-                    pass
+        curve.remove_ipc_files(self.bound)
 
     # -- replies from workers -----------------------------------------------------
 

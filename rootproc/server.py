@@ -21,6 +21,7 @@ import zmq
 import _trim
 from _trim.protocol import (BAD_REQUEST, INTERNAL, MAX_HEADER_NBYTES, SHUTTING_DOWN, ProtocolError,
                             error_header, pack_header, unpack_header)
+from _trim.curve import remove_ipc_files
 from _trim.frames import NOBLOCK, recv_waiting, send_frames
 from _trim.shm import reap_stale_segments
 from signatures.schema import FeatureSchema
@@ -232,13 +233,7 @@ class RootServer:
         self.pool.close()
         self.shm.close()
         self.store.close()
-        # libzmq leaves ipc socket files behind; a stale one only confuses operators.
-        for ep in self.endpoints:
-            if ep.startswith("ipc://") and not ep.startswith("ipc://@"):
-                try:
-                    os.unlink(ep[len("ipc://"):])
-                except OSError:
-                    pass
+        remove_ipc_files(self.endpoints)
 
     # -- client side ------------------------------------------------------------------
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from _trim import _kernel, _reference
+from _trim.format import COLUMN_DTYPE, HEADER_DTYPE, HEADER_NBYTES
 
 
 class Impl:
@@ -27,3 +28,14 @@ class Impl:
 @pytest.fixture(params=["kernel", "reference"])
 def impl(request):
     return Impl(request.param, _kernel if request.param == "kernel" else _reference)
+
+
+def header(buf):
+    """A message's header, as a writable structured view when ``buf`` is writable."""
+    return np.frombuffer(buf, dtype=np.uint8)[:HEADER_NBYTES].view(HEADER_DTYPE)
+
+
+def table(buf):
+    """A message's column table, likewise a view on ``buf``."""
+    n = int(header(buf)["n_columns"][0])
+    return np.frombuffer(buf, dtype=np.uint8)[HEADER_NBYTES:HEADER_NBYTES + 40 * n].view(COLUMN_DTYPE)

@@ -9,6 +9,8 @@ import pytest
 
 from _trim import Batch, ColumnSpec, Layout, Ragged, _kernel, _reference, compile_plan
 
+from .conftest import table as column_table
+
 ROWS = 5
 
 
@@ -104,15 +106,9 @@ def test_empty_and_short_buffers_are_rejected_by_both():
                 impl.decode(buf)
 
 
-def entries(buf):
-    from _trim.format import COLUMN_DTYPE, HEADER_NBYTES
-    n = int(np.frombuffer(buf, np.uint32, 1, 12)[0])
-    return np.frombuffer(buf, np.uint8)[HEADER_NBYTES:HEADER_NBYTES + 40 * n].view(COLUMN_DTYPE)
-
-
 def test_a_table_out_of_data_order_decodes_and_overlaps_are_named_alike():
     buf = message().copy()
-    table = entries(buf)
+    table = column_table(buf)
     table[[0, 5]] = table[[5, 0]]  # a valid message whose table is not in data order
     assert list(_kernel.decode(buf)) == list(_reference.decode(buf))
     assert _kernel.decode(buf)["flag"].tolist() == _reference.decode(buf)["flag"].tolist()

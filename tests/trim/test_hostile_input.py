@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from _trim import Batch, ColumnSpec, Layout, Ragged, compile_plan
-from _trim.format import COLUMN_DTYPE, HEADER_DTYPE, HEADER_NBYTES
+
+from .conftest import header, table
 
 
 def sample_message(impl):
@@ -16,15 +17,6 @@ def sample_message(impl):
         "ids": Ragged(np.array([1, 2, 3]), np.array([0, 1, 1, 3])),
         "user": np.array([7.0], "f4")}, 3)
     return bytearray(impl.encode(compile_plan(layout, ["dense", "ids", "user"]), batch))
-
-
-def header(buf):
-    return np.frombuffer(buf, dtype=np.uint8)[:HEADER_NBYTES].view(HEADER_DTYPE)
-
-
-def table(buf):
-    n = int(header(buf)["n_columns"][0])
-    return np.frombuffer(buf, dtype=np.uint8)[HEADER_NBYTES:HEADER_NBYTES + 40 * n].view(COLUMN_DTYPE)
 
 
 def col(buf, name):
