@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tests.support.fixtures import module_process_runner, process_runner  # noqa: F401
-from tests.support.models import spec, write_model
+from tests.support.models import spec, spin_for, write_model
 
 CTR_INPUTS = [
     spec("pin_ctr"),
@@ -37,7 +37,7 @@ def repo(tmp_path_factory):
     r.add("ctr", "3", CTR_INPUTS)
     r.add("eng", "1", ENG_INPUTS)
     r.add("bad", "1", BAD_INPUTS, fail_on="x")
-    r.add("slow", "1", SLOW_INPUTS, spin=3000)  # ~0.2 s per 256 rows
+    r.add("slow", "1", SLOW_INPUTS, spin=spin_for(0.2))  # 0.2 s per 256 rows
     return r
 
 

@@ -21,7 +21,7 @@ from signatures.schema import FeatureSchema
 from signatures.store import ConfigStore
 from tests.rollout.conftest import (REQUESTS, Load, check_replies, root_pong, serving, wait_for)
 from tests.root.world import root_config, write_root_config
-from tests.support.models import write_model
+from tests.support.models import spin_for, write_model
 from tests.support.procs import ProcessRunner, processes_mentioning
 
 pytestmark = pytest.mark.slow
@@ -133,7 +133,7 @@ def test_retired_leaf_answers_its_requests_in_flight(world, process_runner, tmp_
     the scores, or ``deadline`` when the leaf is slower than the request's deadline."""
     repo = str(tmp_path / "repo")
     shutil.copytree(world["repo"], repo)
-    write_model(repo, "slow", "1", world["inputs"]["ctr@3"], spin=15000)   # ~2 s a batch
+    write_model(repo, "slow", "1", world["inputs"]["ctr@3"], spin=spin_for(2.0))
     store_path = str(tmp_path / "configs")
     store = ConfigStore(store_path)
     base = bundle(world, repo, BASE)

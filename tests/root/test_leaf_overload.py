@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rootproc.client import ScoringClient
-from tests.support.models import write_model
+from tests.support.models import spin_for, write_model
 from tests.support.procs import free_tcp_port
 
 from .conftest import spawn_root
@@ -27,7 +27,7 @@ N = 256   # candidates: ~0.2 s of the slow ctr@3's forward pass
 def slow_repo(world, tmp_path_factory):
     """ctr@3 with the bundle's signature and scores, but slow."""
     repo = tmp_path_factory.mktemp("slow-repo")
-    write_model(repo, "ctr", "3", world["inputs"]["ctr@3"], spin=3000)
+    write_model(repo, "ctr", "3", world["inputs"]["ctr@3"], spin=spin_for(0.2, N))
     return repo
 
 

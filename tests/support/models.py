@@ -7,6 +7,7 @@ columns, following the leaf's input convention, which is what leaf scores are
 compared against.
 """
 import os
+import time
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -72,6 +73,34 @@ class GenericScorer(torch.nn.Module):
 def spec(name: str, dtype: str = "float32", shape=(), ragged: bool = False,
          per_request: bool = False) -> TensorSpec:
     return TensorSpec(name, dtype, tuple(shape), "ragged" if ragged else "dense", per_request)
+
+
+_SPIN_CALIBRATION: dict = {}
+
+
+def spin_for(seconds: float, rows: int = 256) -> int:
+    """The ``spin`` that makes a `GenericScorer` forward of ``rows`` rows take
+    about ``seconds`` on this machine, at one torch thread (a leaf's share of
+    a 2-core machine). Timing tests need a model that is slow here, whatever
+    the host's speed; a fixed spin count was slow only on the machine it was
+    chosen on."""
+    if rows not in _SPIN_CALIBRATION:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            w = torch.eye(64) * 0.5
+            h = torch.ones(rows, 64)
+            rounds, took = 50, 0.0
+            while took < 0.05:
+                rounds *= 2
+                t0 = time.perf_counter()
+                for _ in range(rounds):
+                    h = torch.tanh(h @ w)
+                took = time.perf_counter() - t0
+            _SPIN_CALIBRATION[rows] = took / rounds
+        finally:
+            torch.set_num_threads(threads)
+    return max(1, round(seconds / _SPIN_CALIBRATION[rows]))
 
 
 def write_model(repo, model: str, version: str, inputs: list[TensorSpec],
