@@ -11,7 +11,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 TORCH_SPEC ?= torch==2.13.0
 
 KERNEL_SRC := $(wildcard _trim/*.pyx _trim/*.pxd) setup.py
-KERNEL_SO  := $(VENV)/.stamp-kernel$(if $(TRIM_DEBUG),-debug)
+KERNEL_SO  := $(VENV)/.stamp-kernel$(if $(TRIMMER_DEBUG),-debug)
 
 .PHONY: install demo test bench asan clean
 
@@ -25,7 +25,7 @@ $(VENV)/.stamp-deps: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 $(KERNEL_SO): $(KERNEL_SRC) $(VENV)/.stamp-deps
-	TRIM_DEBUG=$(TRIM_DEBUG) $(PY) setup.py -q build_ext --inplace
+	TRIMMER_DEBUG=$(TRIMMER_DEBUG) $(PY) setup.py -q build_ext --inplace
 	rm -f $(VENV)/.stamp-kernel*
 	touch $@
 
@@ -41,13 +41,13 @@ bench: install
 	$(PY) -m pytest bench --benchmark-only $(PYTEST_ARGS)
 
 # The kernel's tests under AddressSanitizer + UBSan, on a copy of HEAD built
-# with TRIM_DEBUG=1. `python -S` skips .pth files, so the editable install of
+# with TRIMMER_DEBUG=1. `python -S` skips .pth files, so the editable install of
 # the normal build cannot shadow the instrumented one.
 ASAN_DIR := build/asan
 asan: install
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR) && git archive HEAD | tar -x -C $(ASAN_DIR)
 	cd $(ASAN_DIR) && CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" \
-	  LDFLAGS="-fsanitize=address,undefined" TRIM_DEBUG=1 $(CURDIR)/$(PY) setup.py -q build_ext --inplace
+	  LDFLAGS="-fsanitize=address,undefined" TRIMMER_DEBUG=1 $(CURDIR)/$(PY) setup.py -q build_ext --inplace
 	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  PYTHONPATH=.:$$($(CURDIR)/$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \

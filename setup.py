@@ -1,6 +1,6 @@
 """Builds the compiled core in ``_trim``.
 
-``TRIM_DEBUG=1`` gives a debug build: bounds and wraparound checks on,
+``TRIMMER_DEBUG=1`` gives a debug build: bounds and wraparound checks on,
 ``-O0 -g``, and Cython line tracing, so a C-level bug can be hunted with gdb or
 a sanitizer instead of guessed at.
 """
@@ -10,7 +10,7 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-DEBUG = os.environ.get("TRIM_DEBUG", "") not in ("", "0")
+DEBUG = os.environ.get("TRIMMER_DEBUG", "") not in ("", "0")
 
 if DEBUG:
     compile_args = ["-O0", "-g", "-UNDEBUG"]

@@ -13,8 +13,11 @@ and on the leaf::
     cols = decode(frame.buffer)                  # views, no copies
     cols["user_emb"], cols.broadcast("user_emb")
 
-The compiled kernel is required. ``TRIM_IMPL=reference`` selects the pure-Python
-reference implementation instead; it is never used silently.
+The compiled kernel is required for encoding and decoding, and is loaded on
+first use (``from _trim import decode`` or a call): without a build, that
+raises ImportError saying how to build it. ``TRIMMER_IMPL=reference`` selects
+the pure-Python reference implementation instead; it is never used silently.
+Everything else here, and the `_trim.transport` package, imports without it.
 """
 from __future__ import annotations
 
@@ -24,60 +27,68 @@ import sys
 if sys.byteorder != "little":  # the wire format is little-endian and the kernel copies raw bytes
     raise ImportError("feature-trimmer supports little-endian hosts only")
 
-from . import _reference
+import numpy as _np
+
 from .batch import Batch, Ragged
-from .decode import Decoded
+from .decoded import Decoded
 from .format import ALIGN, DTYPE_CODES, MAGIC, VERSION, ColumnSpec, Layout
 from .plan import TrimPlan
 
-IMPLEMENTATION = os.environ.get("TRIM_IMPL", "kernel")
-if IMPLEMENTATION == "reference":
-    _impl = _reference
-elif IMPLEMENTATION == "kernel":
+IMPL_ENV = "TRIMMER_IMPL"
+_KERNEL_API = ("IMPLEMENTATION", "decode", "encode", "encode_into", "encoded_nbytes")
+
+
+def _load_implementation():
+    """The module that encodes and decodes: the kernel, or the reference by name."""
+    chosen = os.environ.get(IMPL_ENV, "kernel")
+    if chosen == "reference":
+        from . import _reference
+        return chosen, _reference
+    if chosen != "kernel":
+        raise ImportError(f"{IMPL_ENV}={chosen!r}: expected 'kernel' or 'reference'")
     try:
-        from . import _kernel as _impl
+        from . import _kernel
     except ImportError as exc:
         raise ImportError(
             "the _trim gather kernel is not built. Build it with `make install` "
             "(or `pip install -e .`, or `python setup.py build_ext --inplace`); "
-            "set TRIM_IMPL=reference to run the slow pure-Python reference instead"
+            f"set {IMPL_ENV}=reference to run the slow pure-Python reference instead"
         ) from exc
-else:
-    raise ImportError(f"TRIM_IMPL={IMPLEMENTATION!r}: expected 'kernel' or 'reference'")
+    return chosen, _kernel
 
-import numpy as _np
+
+def __getattr__(name: str):
+    # PEP 562: the kernel-backed names are made on first access, so importing
+    # _trim (and _trim.transport below it) never requires the compiled build.
+    if name not in _KERNEL_API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    chosen, impl = _load_implementation()
+
+    def encoded_nbytes(plan: TrimPlan, batch: Batch) -> int:
+        """Size in bytes of the message `encode_into` writes for ``batch``."""
+        return impl.encoded_nbytes(plan, batch)
+
+    def encode(plan: TrimPlan, batch: Batch) -> _np.ndarray:
+        """The plan's columns of ``batch`` as a new uint8 array holding the message."""
+        out = _np.empty(impl.encoded_nbytes(plan, batch), dtype=_np.uint8)
+        impl.encode_into(plan, batch, out)
+        return out
+
+    # The implementation's own functions, unwrapped: they are on the hot path.
+    #   encode_into(plan, batch, out) -> int: write the plan's columns of
+    #     ``batch`` into the writable buffer ``out`` (bytearray, ndarray, a
+    #     memoryview of mmap or shared memory), GIL released during the copy.
+    #   decode(buf) -> Decoded: validate a message and return its columns as
+    #     views on ``buf``; hostile input raises ValueError naming the problem,
+    #     and nothing is read outside ``buf``.
+    globals().update(IMPLEMENTATION=chosen, encoded_nbytes=encoded_nbytes, encode=encode,
+                     encode_into=impl.encode_into, decode=impl.decode)
+    return globals()[name]
 
 
 def compile_plan(layout: Layout, names) -> TrimPlan:
     """Compile the features ``names`` against ``layout``; ValueError lists unknown names."""
     return TrimPlan(layout, names)
-
-
-def encoded_nbytes(plan: TrimPlan, batch: Batch) -> int:
-    """Size in bytes of the message `encode_into` writes for ``batch``."""
-    return _impl.encoded_nbytes(plan, batch)
-
-
-def encode_into(plan: TrimPlan, batch: Batch, out) -> int:
-    """Write the plan's columns of ``batch`` into the writable buffer ``out``
-    (bytearray, ndarray, memoryview of mmap or shared memory); returns bytes written."""
-    return _impl.encode_into(plan, batch, out)
-
-
-def encode(plan: TrimPlan, batch: Batch) -> _np.ndarray:
-    """The plan's columns of ``batch`` as a new uint8 array holding the message."""
-    out = _np.empty(_impl.encoded_nbytes(plan, batch), dtype=_np.uint8)
-    _impl.encode_into(plan, batch, out)
-    return out
-
-
-def decode(buf) -> Decoded:
-    """Validate a message and return its columns as views on ``buf``.
-
-    Hostile or truncated input raises ValueError naming the problem; nothing is
-    read outside ``buf``.
-    """
-    return _impl.decode(buf)
 
 
 __all__ = [

@@ -16,7 +16,7 @@ from libc.string cimport memcpy, memset
 import numpy as np
 
 from .batch import Ragged
-from .decode import Decoded
+from .decoded import Decoded
 from .format import (ALIGN, CODE_DTYPES, COLUMN_DTYPE, FLAG_PER_REQUEST, FLAG_RAGGED,
                      FLAG_VECTOR, HEADER_NBYTES, KNOWN_FLAGS, MAGIC, VERSION)
 
@@ -30,8 +30,13 @@ cdef uint8_t C_FLAG_RAGGED = FLAG_RAGGED
 cdef uint8_t C_FLAG_PER_REQUEST = FLAG_PER_REQUEST
 cdef uint8_t C_FLAG_VECTOR = FLAG_VECTOR
 cdef uint8_t C_KNOWN_FLAGS = KNOWN_FLAGS
-cdef uint8_t[9] ITEMSIZE
-ITEMSIZE[:] = [0, 4, 2, 8, 8, 4, 1, 1, 1]
+# The dtype table lives in format.py alone; the kernel copies it at import.
+cdef enum:
+    MAX_CODES = 256   # every value of the u8 dtype field
+cdef uint8_t[MAX_CODES] ITEMSIZE
+memset(ITEMSIZE, 0, MAX_CODES)   # 0: no such dtype code
+for _code, _dtype in CODE_DTYPES.items():
+    ITEMSIZE[_code] = _dtype.itemsize
 
 assert sizeof(MessageHeader) == HEADER_NBYTES
 assert sizeof(ColumnEntry) == COLUMN_DTYPE.itemsize
@@ -257,7 +262,7 @@ cdef list validate(const uint8_t* base, uint64_t length, MessageHeader* header):
             raise ValueError(f"duplicate column {name!r}")
         seen.add(name)
         names.append(name)
-        if col.dtype == 0 or col.dtype > 8:
+        if ITEMSIZE[col.dtype] == 0:
             raise ValueError(f"column {name!r}: unknown dtype code {col.dtype}")
         if col.flags & ~C_KNOWN_FLAGS:
             raise ValueError(f"column {name!r}: unknown flags {col.flags:#x}")
@@ -341,14 +346,14 @@ cdef extern from "numpy/arrayobject.h":
         PyTypeObject* subtype, cnp.PyArray_Descr* descr, int nd, cnp.npy_intp* dims,
         cnp.npy_intp* strides, void* data, int flags, PyObject* obj)
 
-DTYPES = [None] + [CODE_DTYPES[code] for code in range(1, 9)]
-DTYPE_NAMES = [None] + [CODE_DTYPES[code].name for code in range(1, 9)]
+DTYPES = [CODE_DTYPES.get(code) for code in range(MAX_CODES)]
+DTYPE_NAMES = [None if d is None else d.name for d in DTYPES]
 OFFSETS = np.dtype("<i8")
 NO_SHAPE = ()
 
 
 cdef packed struct LayoutKeyEntry:
-    # Must match LAYOUT_KEY_DTYPE in _trim/decode.py; the column's name follows it.
+    # Must match LAYOUT_KEY_DTYPE in _trim/decoded.py; the column's name follows it.
     uint8_t dtype
     uint8_t flags
     uint32_t width

@@ -1,14 +1,14 @@
 """Pure-Python reference implementation of the kernel's functions.
 
 Slow and obviously correct: the tests run every case against both it and the
-compiled kernel. Selected only by name (``TRIM_IMPL=reference``), never as a
+compiled kernel. Selected only by name (``TRIMMER_IMPL=reference``), never as a
 silent fallback.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .decode import build_views
+from .decoded import build_views
 from .format import (ALIGN, CODE_DTYPES, COLUMN_DTYPE, COLUMN_NBYTES, FLAG_PER_REQUEST,
                      FLAG_RAGGED, FLAG_VECTOR, HEADER_DTYPE, HEADER_NBYTES, KNOWN_FLAGS,
                      MAGIC, VERSION, align_up)

@@ -201,11 +201,6 @@ class Layout:
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
 
-    def subset(self, names: Sequence[str]) -> "Layout":
-        """The layout of the columns named, in this layout's order."""
-        idx = sorted(self.resolve(names))
-        return Layout(self.columns[i] for i in idx)
-
     def resolve(self, names: Sequence[str]) -> list[int]:
         """Column indices for names; ValueError listing every unknown name."""
         unknown = [n for n in names if n not in self.index]

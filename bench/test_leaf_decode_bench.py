@@ -16,7 +16,7 @@ import pytest
 
 import _trim
 from _trim import _kernel
-from _trim.decode import build_views
+from _trim.decoded import build_views
 from leafproc.signature import SignatureCheck, check
 from scenarios import scenario
 from signatures.module_info import TensorSpec

@@ -22,7 +22,7 @@ not asserted (see bench/RESULTS.md).
 Needs root and ``ip netns``; skipped otherwise. Not part of ``make test``::
 
     sudo .venv/bin/python -m pytest bench/test_network_bench.py --benchmark-only -s
-    TRIM_NET_RATES=100mbit,1gbit TRIM_NET_REQUESTS=60 ...   # other rates / lengths
+    TRIMMER_BENCH_NET_RATES=100mbit,1gbit TRIMMER_BENCH_NET_REQUESTS=60 ...   # other rates / lengths
 """
 from __future__ import annotations
 
@@ -46,11 +46,11 @@ from rootproc.score import run_load
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"remote-leaf bench: {REASON}")
 
-RATES = os.environ.get("TRIM_NET_RATES", "200mbit,1gbit").split(",")
-SCALE = float(os.environ.get("TRIM_NET_SCALE", "0.5"))
-CANDIDATES = int(os.environ.get("TRIM_NET_CANDIDATES", "64"))
-REQUESTS = int(os.environ.get("TRIM_NET_REQUESTS", "60"))
-CONCURRENCY = int(os.environ.get("TRIM_NET_CONCURRENCY", "4"))
+RATES = os.environ.get("TRIMMER_BENCH_NET_RATES", "200mbit,1gbit").split(",")
+SCALE = float(os.environ.get("TRIMMER_BENCH_NET_SCALE", "0.5"))
+CANDIDATES = int(os.environ.get("TRIMMER_BENCH_NET_CANDIDATES", "64"))
+REQUESTS = int(os.environ.get("TRIMMER_BENCH_NET_REQUESTS", "60"))
+CONCURRENCY = int(os.environ.get("TRIMMER_BENCH_NET_CONCURRENCY", "4"))
 MODES = {  # name -> (trim, compression); "all" first: the others compare to it
     "all": ("off", "none"), "trimmed": ("on", "none"),
     "all-lz4": ("off", "lz4"), "trimmed-lz4": ("on", "lz4")}
@@ -157,7 +157,7 @@ class Root:
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         config = {"name": name, "bind": [self.endpoint], "schema": str(scenario.schema_path),
                   "config_store": str(scenario.config_store), "stage": "production",
-                  "store": str(scenario.feature_store),
+                  "feature_store": str(scenario.feature_store),
                   "leaves": [{"name": "leaf-0", "endpoints": [leaf_endpoint],
                               "models": scenario.placement["leaf-0"]}],
                   "trim": trim, "compression": compression, "deadline_ms": 30_000,
@@ -188,7 +188,7 @@ class Root:
 
 def load(endpoint: str, scenario, requests: int) -> Namespace:
     return Namespace(endpoint=[endpoint], requests=requests, concurrency=CONCURRENCY, rate=0.0,
-                     candidates=CANDIDATES, store=str(scenario.feature_store), users=0,
+                     candidates=CANDIDATES, feature_store=str(scenario.feature_store), users=0,
                      candidate_ids=0, models=None, deadline_ms=None, timeout_ms=60_000, seed=0)
 
 

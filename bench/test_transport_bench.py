@@ -32,7 +32,7 @@ import zmq
 
 import _trim
 from _trim import Batch, ColumnSpec, Layout, compile_plan
-from _trim.protocol import pack_header, unpack_header
+from _trim.transport.protocol import pack_header, unpack_header
 from rootproc.leaves import LeafLink
 from rootproc.shm_link import ShmChannel, ShmConfig
 from tests.support.models import spec, write_model

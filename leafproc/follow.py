@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge
 
+from _trim.transport.model_key import ModelKey
 from signatures.module_info import ModelRepository
 from signatures.store import ConfigStore
 
@@ -45,10 +46,6 @@ log = logging.getLogger("leafproc")
 POLL_S = 0.2
 HEARTBEAT_S = 2.0
 RETIRE_GRACE_S = 2.0
-
-
-def _name(key: str) -> str:
-    return key.rpartition("@")[0]
 
 
 def versions_for(leaf: str, bundle, stage_models) -> list[str]:
@@ -60,9 +57,9 @@ def versions_for(leaf: str, bundle, stage_models) -> list[str]:
     placed = set()
     for spec in bundle.leaves.values():
         placed |= set(spec.current) | set(spec.pending)
-    my_names = {_name(k) for k in mine}
+    my_names = {ModelKey(k).name for k in mine}
     return [k for k in stage_models
-            if k in mine or (k not in placed and _name(k) in my_names)]
+            if k in mine or (k not in placed and ModelKey(k).name in my_names)]
 
 
 @dataclass(frozen=True)
@@ -170,9 +167,8 @@ class ModelFollower:
         files = {}
         for key in keys:
             if not isinstance(self._files.get(key), tuple):  # new, or failed before: (re)read
-                model, _, version = key.rpartition("@")
                 try:
-                    self._files[key] = self.repo.load(model, version)
+                    self._files[key] = self.repo.load(ModelKey(key).name, ModelKey(key).version)
                 except Exception as exc:  # missing, or a file that fails its checks
                     self._files[key] = f"cannot read from {self.repo.root}: {exc}"
             files[key] = self._files[key]
@@ -273,10 +269,10 @@ class ModelFollower:
     def _may_retire(self, key: str, wanted: set) -> bool:
         """A version leaves only once its replacement serves: never while a new
         version of the same model is loading, nor when all of them failed."""
-        name = _name(key)
-        if any(_name(k) == name for k in self.loading):
+        name = ModelKey(key).name
+        if any(ModelKey(k).name == name for k in self.loading):
             return False
-        successors = [k for k in wanted if _name(k) == name]
+        successors = [k for k in wanted if ModelKey(k).name == name]
         if not successors:
             return True
         return any(k in self.server.workers and k not in self.retiring for k in successors)

@@ -25,8 +25,9 @@ import warnings
 
 import numpy as np
 
-from _trim import protocol as P
-from _trim.shm import SegmentReader, owner_pid, pid_alive, reap_stale_segments
+from _trim.transport import protocol as P
+from _trim.transport.process import pid_alive
+from _trim.transport.shm import SegmentReader, owner_pid, reap_stale_segments
 
 log = logging.getLogger("leafproc")
 

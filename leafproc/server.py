@@ -18,9 +18,10 @@ import time
 
 import zmq
 
-from _trim import curve
-from _trim import protocol as P
-from _trim.frames import recv_waiting, send_frames
+from _trim.transport import sockets
+from _trim.transport import protocol as P
+from _trim.transport.envelope import MAX_ID_CHARS, split_envelope, usable_id
+from _trim.transport.frames import recv_waiting, send_frames
 
 from .inbox import ShmInbox
 from .metrics import LeafMetrics
@@ -32,7 +33,6 @@ POLL_MS = 50
 # Once drained, wait this long for stragglers (requests sent before the root
 # saw us go) so that they get a `shutting_down` reply rather than silence.
 QUIET_S = 0.1
-MAX_ID_CHARS = 128
 DEFAULT_MAX_QUEUE = 1024
 
 
@@ -72,10 +72,10 @@ class LeafServer:
         self.pull = ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.bind(reply_endpoint)
-        # With `curve_keys` (a _trim.curve.ServerKeys), tcp endpoints require
+        # With `curve_keys` (a _trim.transport.curve.ServerKeys), tcp endpoints require
         # CURVE and ipc ones stay plain; `security` is closed by its owner
         # after the router (leafproc/__main__.py).
-        self.bound, self.security = curve.bind_all(ctx, self.router, binds, curve_keys,
+        self.bound, self.security = sockets.bind_all(ctx, self.router, binds, curve_keys,
                                                    f"leaf {name}")
 
     def request_stop(self, *_):
@@ -139,7 +139,7 @@ class LeafServer:
         self.router.close()
         self.pull.close()
         self.inbox.close()
-        curve.remove_ipc_files(self.bound)
+        sockets.remove_ipc_files(self.bound)
 
     # -- replies from workers -----------------------------------------------------
 
@@ -168,18 +168,16 @@ class LeafServer:
             if frames is None:
                 return
             t_recv = time.perf_counter()
-            # REQ peers put an empty delimiter after their identity; DEALERs do not.
-            split = 2 if len(frames) > 2 and len(frames[1]) == 0 else 1
-            envelope, body = [f.bytes for f in frames[:split]], frames[split:]
+            envelope, body = split_envelope(frames)
+            envelope = [f.bytes for f in envelope]
             self.metrics.received_bytes.inc(sum(len(f) for f in body))
             rid = None
             try:
                 if not body:
                     raise P.ProtocolError(P.BAD_REQUEST, "empty message")
                 header = P.unpack_header(body[0].buffer)
-                rid = header.get("id")
-                if not (rid is None or (isinstance(rid, str) and len(rid) <= MAX_ID_CHARS)):
-                    rid = None
+                rid = usable_id(header)
+                if rid is None and header.get("id") is not None:
                     raise P.ProtocolError(P.BAD_REQUEST, f"'id' must be a string of at most "
                                                          f"{MAX_ID_CHARS} characters")
                 kind = header["type"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from _trim import Batch, Decoded, Layout
-from _trim.protocol import BAD_REQUEST, SIGNATURE_MISMATCH, ProtocolError
+from _trim.transport.protocol import BAD_REQUEST, SIGNATURE_MISMATCH, ProtocolError
 from signatures.module_info import TensorSpec
 
 

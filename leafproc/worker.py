@@ -18,8 +18,8 @@ import torch
 import zmq
 
 import _trim
-from _trim import protocol as P
-from _trim.frames import send_frames
+from _trim.transport import protocol as P
+from _trim.transport.frames import send_frames
 from signatures.module_info import ModuleInfo
 
 from .metrics import LeafMetrics

@@ -1,6 +1,9 @@
 """``python -m rootproc`` / ``trimmer root``: run a root process.
 
-Exit status: 0 after a clean drain (SIGTERM / SIGINT), 2 for a bad config.
+Exit status (`trimmer --help`): 0 after a clean drain (SIGTERM / SIGINT); 2
+when it cannot start with the settings given (the message lists every
+problem: a bad setting, a key file it cannot read, an endpoint in use,
+shared memory this host cannot give).
 """
 from __future__ import annotations
 
@@ -8,7 +11,9 @@ import argparse
 import logging
 import sys
 
-from .config import add_arguments, config_from_args
+from signatures.settings import add_arguments, load
+
+from .config import RootConfig
 
 log = logging.getLogger("rootproc")
 
@@ -16,18 +21,18 @@ log = logging.getLogger("rootproc")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trimmer root", description="Run a root process: "
                                      "fetch, preprocess, trim and fan scoring requests out to leaves.")
-    add_arguments(parser)
+    add_arguments(parser, RootConfig)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from _trim.shm import ShmUnavailable
+    from _trim.errors import TrimmerError
 
     from .server import RootServer
     try:
-        cfg = config_from_args(args)
+        cfg = load(RootConfig, args)
         server = RootServer(cfg)
-    except (ValueError, ShmUnavailable) as exc:
+    except (TrimmerError, ValueError) as exc:
         print(f"trimmer root: {exc}", file=sys.stderr)
         return 2
     if cfg.metrics_port:

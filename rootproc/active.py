@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from signatures.module_info import version_sort_key
 
 
 @dataclass(frozen=True)
@@ -37,15 +36,6 @@ class ActiveConfig:
     def default_models(self) -> list[str]:
         """What a request without ``models`` is scored by: every current version."""
         return sorted(k for k in self.models if k not in self.pending)
-
-    def resolve(self, name: str) -> str | None:
-        """``NAME`` -> the version this config serves (current before pending,
-        then the highest version); None when it has none."""
-        candidates = [k for k in self.models if k.rpartition("@")[0] == name]
-        if not candidates:
-            return None
-        candidates.sort(key=lambda k: (k not in self.pending, version_sort_key(k.rpartition("@")[2])))
-        return candidates[-1]
 
     @classmethod
     def from_bundle(cls, bundle, generation: int = 0) -> "ActiveConfig":

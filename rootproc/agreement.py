@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import logging
 
+from _trim.transport.model_key import ModelKey
 from signatures.module_info import version_sort_key
 
 log = logging.getLogger("rootproc")
 
 NOT_IN_CONFIG = "not in config"
-
-
-def _name(key: str) -> str:
-    return key.rpartition("@")[0]
 
 
 def served_versions(pool, now: float) -> frozenset:
@@ -36,12 +33,12 @@ def resolve(active, name: str, served: frozenset) -> str | None:
     """``NAME`` -> a version: one a healthy leaf serves before one none does,
     then one the config knows (so it can be trimmed), then current before
     pending, then the highest version. None when neither side knows ``name``."""
-    candidates = {k for k in active.models if _name(k) == name}
-    candidates |= {k for k in served if _name(k) == name}
+    candidates = {k for k in active.models if ModelKey(k).name == name}
+    candidates |= {k for k in served if ModelKey(k).name == name}
     if not candidates:
         return None
     return max(candidates, key=lambda k: (k in served, k in active.models, k not in active.pending,
-                                          version_sort_key(k.rpartition("@")[2]), k))
+                                          version_sort_key(ModelKey(k).version), k))
 
 
 def default_models(active, served: frozenset) -> list[str]:
@@ -51,7 +48,7 @@ def default_models(active, served: frozenset) -> list[str]:
     or have already unloaded)."""
     out: list[str] = []
     for key in active.default_models:
-        chosen = key if key in served else resolve(active, _name(key), served)
+        chosen = key if key in served else resolve(active, ModelKey(key).name, served)
         if chosen not in out:
             out.append(chosen)
     return out

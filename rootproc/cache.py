@@ -62,9 +62,6 @@ class LRUCache:
         while len(self._data) > self.size:
             self._data.popitem(last=False)
 
-    def clear(self) -> None:
-        self._data.clear()
-
 
 class CachedStore:
     """The store's `get` with one LRU cache per source."""

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from _trim import curve
-from _trim.protocol import CANDIDATES_DTYPE, SCORES_DTYPE, pack_header, unpack_header
+from _trim.transport import curve, monitor, sockets
+from _trim.transport.protocol import CANDIDATES_DTYPE, SCORES_DTYPE, pack_header, unpack_header
 
 DEFAULT_TIMEOUT_MS = 5000
 
@@ -126,7 +126,7 @@ def connect_dealer(ctx, endpoints, keys: curve.ClientKeys | None = None, watch: 
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     handshakes = HandshakeLog(sock, endpoints, keys is not None) if watch else None
-    curve.connect_all(sock, endpoints, keys)
+    sockets.connect_all(sock, endpoints, keys)
     return endpoints, sock, handshakes
 
 
@@ -135,14 +135,14 @@ class HandshakeLog:
 
     def __init__(self, sock, endpoints, curve_used: bool = False):
         self.curve_used = curve_used
-        self.monitor = (sock.get_monitor_socket(curve.FAILURE_EVENTS)
-                        if any(curve.secured(ep) for ep in endpoints) else None)
+        self.monitor = (sock.get_monitor_socket(monitor.FAILURE_EVENTS)
+                        if any(sockets.secured(ep) for ep in endpoints) else None)
         self.last: str | None = None
 
     def hint(self) -> str:
         if self.monitor is not None:
-            for event, value in curve.drain_events(self.monitor):
-                self.last = curve.describe(event, value, server=False, curve=self.curve_used)
+            for event, value in monitor.drain_events(self.monitor):
+                self.last = monitor.describe(event, value, server=False, curve=self.curve_used)
         return f" (handshake failed: {self.last})" if self.last else ""
 
     def close(self, sock) -> None:

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 import _trim
-from _trim.protocol import COMPRESSION_LZ4, UNAVAILABLE, compress, pack_header
+from _trim.transport.protocol import COMPRESSION_LZ4, UNAVAILABLE, compress, pack_header
 
 from .pending import Pending, PendingRequests
 

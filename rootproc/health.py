@@ -11,7 +11,7 @@ import sys
 import orjson
 import zmq
 
-from _trim.protocol import ProtocolError, pack_header, unpack_header
+from _trim.transport.protocol import ProtocolError, pack_header, unpack_header
 
 from .client import add_curve_arguments, connect_dealer, curve_keys
 

@@ -10,26 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from _trim.protocol import (BAD_REQUEST, TOO_LARGE, UNKNOWN_MODEL, ProtocolError,
+from _trim.transport.envelope import MAX_ID_CHARS
+from _trim.transport.protocol import (BAD_REQUEST, TOO_LARGE, UNKNOWN_MODEL, ProtocolError,
                             candidates_from_frame, field)
 
 from .agreement import default_models, resolve, served_versions
 
-MAX_ID_CHARS = 128
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
-
-
-def split_envelope(frames) -> tuple[list, list]:
-    """(routing envelope, body) of a message read from the client ROUTER."""
-    # A REQ client puts an empty delimiter after its identity; a DEALER does not.
-    split = 2 if len(frames) > 1 and len(frames[1]) == 0 else 1
-    return frames[:split], frames[split:]
-
-
-def reply_id(header: dict) -> str | None:
-    """The id an error reply may echo: the client's, when it is a usable one."""
-    raw = header.get("id")
-    return raw if isinstance(raw, str) and len(raw) <= MAX_ID_CHARS else None
 
 
 @dataclass(frozen=True)
@@ -86,5 +73,4 @@ def resolve_models(active, pool, requested, now: float) -> list[str]:
     return keys
 
 
-__all__ = ["MAX_ID_CHARS", "ScoreRequest", "parse_score", "reply_id", "resolve_models",
-           "split_envelope"]
+__all__ = ["ScoreRequest", "parse_score", "resolve_models"]

@@ -30,11 +30,15 @@ import time
 
 import zmq
 
-from _trim.curve import ClientKeys, LinkWatch, connect_all, secured
-from _trim.frames import NOBLOCK, send_frames
-from _trim.protocol import pack_header
+from _trim.transport.curve import ClientKeys
+from _trim.transport.monitor import LinkWatch
+from _trim.transport.sockets import connect_all, secured
+from _trim.errors import InvalidName
+from _trim.transport.frames import NOBLOCK, send_frames
+from _trim.transport.model_key import ModelKey
+from _trim.transport.protocol import pack_header
 
-from .config import LeafConfig
+from .config import LeafSpec
 
 log = logging.getLogger("rootproc")
 
@@ -115,7 +119,7 @@ class LeafLink:
         self.pid = pid if usable else None
         models = header.get("models")
         if isinstance(models, list):
-            ready = [m for m in models if isinstance(m, dict) and isinstance(m.get("model"), str)
+            ready = [m for m in models if isinstance(m, dict) and _is_model_key(m.get("model"))
                      and m.get("ready", True)]
             self.reported = frozenset(m["model"] for m in ready)
             self.hashes = {m["model"]: m.get("signature_hash") for m in ready
@@ -127,6 +131,14 @@ class LeafLink:
         self.socket.close(linger=0)
 
 
+def _is_model_key(value) -> bool:
+    try:
+        ModelKey(value)
+        return True
+    except InvalidName:
+        return False
+
+
 def load_curve(leaf) -> ClientKeys | None:
     """The CURVE client keys for a leaf's tcp endpoints (reads the key files)."""
     curve = getattr(leaf, "curve", None)
@@ -136,7 +148,7 @@ def load_curve(leaf) -> ClientKeys | None:
                            f"root config: leaf {leaf.name!r}: curve")
 
 
-def wanted_leaves(configured, active, pool=None) -> list[LeafConfig]:
+def wanted_leaves(configured, active, pool=None) -> list[LeafSpec]:
     """The leaves a root links to under ``active``: those of its config file
     (as configured: they win over the bundle's endpoints), then those the
     bundle's placement gives an endpoint. A leaf the placement still names
@@ -145,14 +157,14 @@ def wanted_leaves(configured, active, pool=None) -> list[LeafConfig]:
     named = {leaf.name for leaf in out}
     for name, ep in sorted(active.endpoints.items()):
         if name not in named:
-            out.append(LeafConfig(name, (ep,)))
+            out.append(LeafSpec(name, (ep,)))
             named.add(name)
     if pool is not None:
         kept: dict[str, list[str]] = {}
         for link in pool.links:
             if link.name not in named and link.name in active.placement:
                 kept.setdefault(link.name, []).append(link.endpoint)
-        out.extend(LeafConfig(name, tuple(eps)) for name, eps in sorted(kept.items()))
+        out.extend(LeafSpec(name, tuple(eps)) for name, eps in sorted(kept.items()))
     return out
 
 
@@ -165,7 +177,7 @@ class LeafPool:
         self.links: list[LeafLink] = []      # routed to
         self.retiring: list[LeafLink] = []   # no new requests; closed once drained
         self.by_socket: dict = {}
-        self.leaves: dict[str, LeafConfig] = {}   # leaf name -> its config (transport, models)
+        self.leaves: dict[str, LeafSpec] = {}   # leaf name -> its config (transport, models)
         self.health_timeout_s = health_timeout_s
         self._ping_ids = itertools.count()
         # Every key file is read before any socket exists: a bad one fails the start cleanly.

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from _trim.protocol import DEADLINE, INTERNAL, OVERLOADED, pack_header
+from _trim.transport.protocol import DEADLINE, INTERNAL, OVERLOADED, pack_header
 
 
 @dataclass

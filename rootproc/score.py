@@ -6,7 +6,7 @@ Prints throughput, p50/p90/p99 latency, bytes sent to leaves (as the roots
 report them) and errors by kind; ``--json`` prints one JSON object instead.
 
     trimmer score --endpoint ipc:///run/trimmer/root-0.sock --requests 2000 \\
-        --concurrency 16 --candidates 256 --store /var/lib/trimmer/features
+        --concurrency 16 --candidates 256 --feature-store /var/lib/trimmer/features
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from .client import ScoringClient, add_curve_arguments
 
 def id_space(args) -> tuple[tuple[int, int], tuple[int, int]]:
     """(user id range, candidate id range), inclusive, from the store or flags."""
-    if args.store:
+    if args.feature_store:
         from .store import FeatureStore
-        with FeatureStore(args.store) as store:
+        with FeatureStore(args.feature_store) as store:
             users, cands = store.id_range("user"), store.id_range("candidate")
         if users is None or cands is None:
-            raise ValueError(f"feature store {args.store} is empty")
+            raise ValueError(f"feature store {args.feature_store} is empty")
         return users, cands
     return (0, args.users - 1), (0, args.candidate_ids - 1)
 
@@ -113,10 +113,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--concurrency", "-c", type=int, default=8)
     p.add_argument("--rate", type=float, default=0.0, help="requests per second (0: closed loop)")
     p.add_argument("--candidates", type=int, default=256, help="candidates per request")
-    p.add_argument("--store", help="feature store to draw existing ids from")
-    p.add_argument("--users", type=int, default=1000, help="user id space without --store")
+    p.add_argument("--feature-store", metavar="DIR", help="feature store to draw existing ids from")
+    p.add_argument("--users", type=int, default=1000, help="user id space without --feature-store")
     p.add_argument("--candidate-ids", type=int, default=100_000,
-                   help="candidate id space without --store")
+                   help="candidate id space without --feature-store")
     p.add_argument("--models", nargs="+", help="model versions (default: the root's active set)")
     p.add_argument("--deadline-ms", type=int)
     p.add_argument("--timeout-ms", type=int, default=10_000)

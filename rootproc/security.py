@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import zmq
 
-from _trim.curve import ServerKeys, ServerSecurity, bind_all
+from _trim.transport.curve import ServerKeys
+from _trim.transport.sockets import bind_all
+from _trim.transport.zap import ServerSecurity
 
 from .config import RootConfig
 

@@ -19,11 +19,12 @@ import traceback
 import zmq
 
 import _trim
-from _trim.protocol import (BAD_REQUEST, INTERNAL, MAX_HEADER_NBYTES, SHUTTING_DOWN, ProtocolError,
+from _trim.transport.protocol import (BAD_REQUEST, INTERNAL, MAX_HEADER_NBYTES, SHUTTING_DOWN, ProtocolError,
                             error_header, pack_header, unpack_header)
-from _trim.curve import remove_ipc_files
-from _trim.frames import NOBLOCK, recv_waiting, send_frames
-from _trim.shm import reap_stale_segments
+from _trim.transport.sockets import remove_ipc_files
+from _trim.transport.envelope import split_envelope, usable_id
+from _trim.transport.frames import NOBLOCK, recv_waiting, send_frames
+from _trim.transport.shm import reap_stale_segments
 from signatures.schema import FeatureSchema
 
 from .active import ActiveConfig, PreparedConfig, load_active_config, prepare_config
@@ -33,7 +34,7 @@ from .config import RootConfig
 from .security import bind_frontend
 from .fanout import FanOut
 from .follow import ConfigFollower
-from .intake import parse_score, reply_id, resolve_models, split_envelope
+from .intake import parse_score, resolve_models
 from .leaves import LeafLink, LeafPool, wanted_leaves
 from .metrics import RootMetrics
 from .pending import Pending, PendingRequests
@@ -55,8 +56,8 @@ class RootServer:
         self.cfg = cfg
         self.name = cfg.name
         self.schema = FeatureSchema.load(cfg.schema)
-        self.store = FeatureStore(cfg.store)
-        self.cached = CachedStore(self.store, cfg.cache_size, cfg.cache_ttl_s)
+        self.store = FeatureStore(cfg.feature_store)
+        self.cached = CachedStore(self.store, cfg.cache.size, cfg.cache.ttl_s)
         self.metrics = RootMetrics(cfg.name)
         self.metrics.watch_cache(self.cached)
         self.ctx = ctx or zmq.Context.instance()
@@ -244,7 +245,7 @@ class RootServer:
             if not body:
                 raise ProtocolError(BAD_REQUEST, "request has no header frame")
             header = unpack_header(body[0].buffer)
-            rid = reply_id(header)
+            rid = usable_id(header)
             kind = header["type"]
             if kind == "ping":
                 self.reply(envelope, [self.pong(rid)])

@@ -22,52 +22,17 @@ over the socket as usual and counts in ``trimmer_root_shm_fallback_total``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
 import _trim
-from _trim.shm import SlotRing, pid_alive
+from _trim.transport.process import pid_alive
+from _trim.transport.shm import SlotRing
 
-TRANSPORTS = ("auto", "shm", "socket")
-MIB = 1 << 20
-
-
-@dataclass(frozen=True)
-class ShmConfig:
-    """The root config's ``"shm"`` object."""
-
-    enabled: bool = False
-    slot_bytes: int = 4 * MIB
-    slots: int = 16
-    wait_ms: float = 1.0
+from .config import ShmSettings
 
 
-def parse_shm_config(d) -> ShmConfig:
-    """ValueError naming every problem of a ``"shm"`` object."""
-    if d is None:
-        return ShmConfig()
-    if not isinstance(d, dict):
-        raise ValueError("root config: shm must be an object")
-    problems = []
-    unknown = sorted(set(d) - {"enabled", "slot_bytes", "slots", "wait_ms"})
-    if unknown:
-        problems.append(f"unknown keys {unknown}")
-    cfg = ShmConfig(**{k: v for k, v in d.items() if k not in unknown})
-    if not isinstance(cfg.enabled, bool):
-        problems.append(f"enabled must be true or false, got {cfg.enabled!r}")
-    for key in ("slot_bytes", "slots"):
-        value = getattr(cfg, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            problems.append(f"{key} must be a positive integer, got {value!r}")
-    if not isinstance(cfg.wait_ms, (int, float)) or isinstance(cfg.wait_ms, bool) or cfg.wait_ms < 0:
-        problems.append(f"wait_ms must be a number >= 0, got {cfg.wait_ms!r}")
-    if problems:
-        raise ValueError("root config: shm: " + "; ".join(problems))
-    return cfg
-
-
-def wants_shm(endpoint: str, transport: str, cfg: ShmConfig) -> bool:
+def wants_shm(endpoint: str, transport: str, cfg: ShmSettings) -> bool:
     """Whether a link uses shared memory: forced, or auto for a local (ipc) leaf."""
     if transport == "shm":
         return True
@@ -77,7 +42,7 @@ def wants_shm(endpoint: str, transport: str, cfg: ShmConfig) -> bool:
 class ShmChannel:
     """One link's ring and the slots the leaf holds, by request id."""
 
-    def __init__(self, label: str, cfg: ShmConfig, fallbacks=None):
+    def __init__(self, label: str, cfg: ShmSettings, fallbacks=None):
         self.ring = SlotRing(label, cfg.slot_bytes, cfg.slots)
         self.wait_s = cfg.wait_ms / 1000
         self.held: dict[str, tuple[int, object]] = {}  # request id -> (slot, leaf pid then)
@@ -156,7 +121,7 @@ class ShmChannel:
 class ShmLinks:
     """The root's shm channels, one per leaf link that uses shared memory."""
 
-    def __init__(self, links, cfg: ShmConfig, transports: dict, registry=None):
+    def __init__(self, links, cfg: ShmSettings, transports: dict, registry=None):
         self.cfg = cfg
         self.fallback_total = self.sent_total = self.reclaimed_total = self.held_slots = None
         if registry is not None:
@@ -244,4 +209,4 @@ class _Labelled:
         return self.counter.labels(self.leaf, reason)
 
 
-__all__ = ["ShmConfig", "ShmChannel", "ShmLinks", "TRANSPORTS", "parse_shm_config", "wants_shm"]
+__all__ = ["ShmChannel", "ShmLinks", "wants_shm"]

@@ -1,8 +1,8 @@
 """``trimmer store``: create, fill and inspect the LMDB feature store.
 
-    trimmer store synth --store DIR --schema S --users N --candidates M --seed K
-    trimmer store load  --store DIR --schema S [--users FILE] [--candidates FILE]
-    trimmer store info  --store DIR
+    trimmer store synth --feature-store DIR --schema S --users N --candidates M --seed K
+    trimmer store load  --feature-store DIR --schema S [--users FILE] [--candidates FILE]
+    trimmer store info  --feature-store DIR
 
 ``load`` reads numpy ``.npz`` (an ``id`` array, one array per raw field;
 a ragged field as ``NAME.values`` + ``NAME.offsets``) or JSON lines
@@ -100,7 +100,8 @@ def main(argv: list[str]) -> int:
     load = sub.add_parser("load", help="load .npz or .jsonl files")
     info = sub.add_parser("info", help="counts, id ranges and layouts")
     for p in (synth, load, info):
-        p.add_argument("--store", required=True, help="store directory (created if absent)")
+        p.add_argument("--feature-store", required=True, metavar="DIR",
+                       help="feature store directory (created if absent)")
     for p in (synth, load):
         p.add_argument("--schema", required=True)
     synth.add_argument("--users", type=int, required=True)
@@ -111,12 +112,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         if args.action == "info":
-            with FeatureStore(args.store) as store:
+            with FeatureStore(args.feature_store) as store:
                 print(json.dumps(store.info(), indent=2))
             return 0
         schema = FeatureSchema.load(args.schema)
         t0 = time.perf_counter()
-        with FeatureStore.create(args.store, schema) as store:
+        with FeatureStore.create(args.feature_store, schema) as store:
             counts = {}
             if args.action == "synth":
                 for source, count in (("user", args.users), ("candidate", args.candidates)):
@@ -130,7 +131,7 @@ def main(argv: list[str]) -> int:
                 for source, path in (("user", args.users), ("candidate", args.candidates)):
                     if path:
                         counts[source] = load_file(store, source, path)
-        print(f"{args.store}: wrote " + ", ".join(f"{n} {s} records" for s, n in counts.items())
+        print(f"{args.feature_store}: wrote " + ", ".join(f"{n} {s} records" for s, n in counts.items())
               + f" in {time.perf_counter() - t0:.1f} s")
         return 0
     except (ValueError, OSError) as exc:

@@ -13,7 +13,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from _trim.protocol import split_model_key
+from _trim.errors import NotFound
+from _trim.transport.model_key import ModelKey
 
 from .fsutil import atomic_write, read_json
 from .module_info import ModelRepository, canonical_json
@@ -80,9 +81,6 @@ class Bundle:
             seen.update(dict.fromkeys(m.features))
         return list(seen)
 
-    def signature_hashes(self) -> dict[str, str]:
-        return {k: m.signature_hash for k, m in self.models.items()}
-
     # -- (de)serialisation ------------------------------------------------------
 
     def content(self) -> dict:
@@ -125,7 +123,7 @@ class Bundle:
             raw_models = {}
         for key, m in raw_models.items():
             try:
-                model, version = split_model_key(key)
+                mk = ModelKey(key)
             except ValueError as exc:
                 problems.append(str(exc))
                 continue
@@ -136,7 +134,7 @@ class Bundle:
             if len(set(feats)) != len(feats):
                 problems.append(f"models[{key!r}].features lists a feature twice")
                 continue
-            models[key] = BundleModel(model, version, str(m.get("signature_hash", "")),
+            models[key] = BundleModel(mk.name, mk.version, str(m.get("signature_hash", "")),
                                       tuple(feats), bool(m.get("pending", False)))
         leaves: dict[str, BundleLeaf] = {}
         raw_leaves = d.get("leaves", {})
@@ -194,10 +192,10 @@ def build(repo: ModelRepository, schema: FeatureSchema, placement: dict) -> Bund
     models: dict[str, BundleModel] = {}
     for key in wanted:
         try:
-            model, version = split_model_key(key)
-            info = repo.info(model, version)
-        except (KeyError, ValueError) as exc:
-            problems.append(str(exc).strip("'\""))
+            mk = ModelKey(key)
+            info = repo.info(mk.name, mk.version)
+        except (NotFound, ValueError) as exc:
+            problems.append(str(exc))
             continue
         for spec in info.inputs:
             f = schema.features.get(spec.name)
@@ -210,7 +208,7 @@ def build(repo: ModelRepository, schema: FeatureSchema, placement: dict) -> Bund
                 problems.append(f"{key} reads {spec.name!r} as {_describe(need)} but the schema "
                                 f"produces {_describe(have)}")
         names = set(info.input_names)
-        models[key] = BundleModel(model, version, info.signature_hash,
+        models[key] = BundleModel(mk.name, mk.version, info.signature_hash,
                                   tuple(n for n in schema.names if n in names),
                                   pending=key not in current_keys)
     if problems:

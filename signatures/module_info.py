@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from _trim import ColumnSpec, DTYPE_CODES, Layout
+from _trim import DTYPE_CODES, ColumnSpec, Layout
+from _trim.errors import NotFound
 
 from .fsutil import atomic_write, read_json
 
@@ -221,7 +222,7 @@ class ModelRepository:
     def info(self, model: str, version: str) -> ModuleInfo:
         """The signature alone (no artifact check): cheap, for bundles and reports."""
         if not self.has(model, version):
-            raise KeyError(f"{model}@{version}: not in model repository {self.root}")
+            raise NotFound(f"{model}@{version}: not in model repository {self.root}")
         return ModuleInfo.load(self.version_dir(model, version))
 
     def load(self, model: str, version: str, verify: bool = True) -> tuple[str, ModuleInfo]:

@@ -25,7 +25,8 @@ import os
 import time
 from typing import Callable
 
-from _trim.protocol import split_model_key
+from _trim.errors import StoreError
+from _trim.transport.model_key import ModelKey
 
 from .bundle import Bundle
 from .fsutil import atomic_write, fsync_dir, locked
@@ -33,10 +34,6 @@ from .fsutil import atomic_write, fsync_dir, locked
 STAGES = ("canary", "production")
 HISTORY_LIMIT = 50
 log = logging.getLogger("trimmer.store")
-
-
-class StoreError(ValueError):
-    """A change the store refuses; the message says why."""
 
 
 def _now() -> str:
@@ -190,7 +187,7 @@ class ConfigStore:
         _check_stage(stage)
         keys = list(dict.fromkeys(keys))
         for key in keys:
-            split_model_key(key)
+            ModelKey(key)
         with self._lock():
             old = self.state(stage)
             bundle = self.bundle(old["bundle"]) if old["bundle"] else None

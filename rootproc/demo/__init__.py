@@ -103,7 +103,7 @@ def programs_for(scenario: Scenario, modes: list[Mode], args,
                 "name": name, "bind": [endpoint],
                 "schema": str(scenario.schema_path.resolve()),
                 "config_store": str(scenario.config_store.resolve()), "stage": STAGE,
-                "store": str(scenario.feature_store.resolve()),
+                "feature_store": str(scenario.feature_store.resolve()),
                 "leaves": [{"name": leaf, "endpoints": [leaf_endpoints[leaf]], "models": models}
                            for leaf, models in scenario.placement.items()],
                 "trim": mode.trim, "compression": mode.compression,
@@ -124,7 +124,7 @@ def drive(mode: Mode, endpoints: list[str], scenario: Scenario, args, log) -> di
     from rootproc.score import run_load
     pids = [ping(e)["pid"] for e in endpoints]
     load = Namespace(endpoint=endpoints, requests=args.requests, concurrency=args.concurrency,
-                     rate=0.0, candidates=args.candidates, store=str(scenario.feature_store),
+                     rate=0.0, candidates=args.candidates, feature_store=str(scenario.feature_store),
                      users=0, candidate_ids=0, models=None, deadline_ms=None, timeout_ms=30_000,
                      seed=args.seed)
     warm = Namespace(**{**vars(load), "requests": min(10, args.requests)})
@@ -182,8 +182,8 @@ def main(argv: list[str]) -> int:
             log(f"wrote {run_dir / 'results.md'}, {run_dir / 'results.json'}" + (f", {chart}" if chart else ""))
             if args.keep_running:
                 endpoints = " ".join(f"--endpoint {e}" for e in roots[modes[-1].name])
-                print(f"\nThe node is up. Try:\n  trimmer score {endpoints} --store {scenario.feature_store} "
-                      f"--requests 200\n  trimmer status --store {scenario.config_store}\n"
+                print(f"\nThe node is up. Try:\n  trimmer score {endpoints} --feature-store {scenario.feature_store} "
+                      f"--requests 200\n  trimmer status --config-store {scenario.config_store}\n"
                       f"Ctrl-C stops everything.")
                 while True:
                     time.sleep(3600)

@@ -29,7 +29,7 @@ import signal
 import subprocess
 import time
 
-from _trim.shm import pid_alive
+from _trim.transport.process import pid_alive
 
 NS_PREFIX = "trim-leaf-"
 VETH_PREFIX = "trl"           # trl<pid>x<n>h (default namespace) / ...l (leaf side)

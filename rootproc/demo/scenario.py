@@ -78,7 +78,7 @@ def build_scenario(run_dir: Path, *, leaves: int, users: int, candidates: int, s
     log(f"bundle {bundle.id} deployed to {STAGE}, then its model versions")
 
     from rootproc import store_cli
-    if store_cli.main(["synth", "--store", str(run_dir / "features"), "--schema", str(schema_path),
+    if store_cli.main(["synth", "--feature-store", str(run_dir / "features"), "--schema", str(schema_path),
                        "--users", str(users), "--candidates", str(candidates), "--seed", str(seed)]):
         raise RuntimeError("synthesising the feature store failed (see above)")
     log(f"feature store: {users} users, {candidates} candidates "

@@ -21,7 +21,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    from _trim import curve
+    from _trim.transport import curve
     try:
         if args.action == "generate":
             for path in args.path:

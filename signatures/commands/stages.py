@@ -7,19 +7,21 @@ import logging
 import os
 import sys
 
+from _trim.errors import TrimmerError
+
 from ..bundle import Bundle
-from ..store import STAGES, ConfigStore, StoreError
+from ..store import STAGES, ConfigStore
 
 MULTI_COMMAND = True
-DEFAULT_STORE = os.environ.get("TRIMMER_STORE", "config-store")
+DEFAULT_STORE = os.environ.get("TRIMMER_CONFIG_STORE", "config-store")
 # Roots and leaves beat every ~2 s: a member silent this long is likely gone.
 STALE_S = 10.0
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"trimmer {command}")
-    p.add_argument("--store", default=DEFAULT_STORE,
-                   help="config store directory (default: $TRIMMER_STORE or ./config-store)")
+    p.add_argument("--config-store", default=DEFAULT_STORE, metavar="DIR",
+                   help="config store directory (default: $TRIMMER_CONFIG_STORE or ./config-store)")
     if command == "deploy":
         p.description = "Put a bundle on a stage as its root config."
         p.add_argument("bundle")
@@ -50,17 +52,18 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 
 def _signatures(repo_root, keys) -> dict[str, str]:
-    from _trim.protocol import split_model_key
+    from _trim.transport.model_key import ModelKey
+
     from ..module_info import ModelRepository
     repo = ModelRepository(repo_root)
-    return {k: repo.info(*split_model_key(k)).signature_hash for k in keys}
+    return {k: repo.info((mk := ModelKey(k)).name, mk.version).signature_hash for k in keys}
 
 
 def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     args = _parser(command).parse_args(rest)
     logging.basicConfig(level=logging.WARNING, format="trimmer: %(levelname)s %(message)s")
-    store = ConfigStore(args.store)
+    store = ConfigStore(args.config_store)
     try:
         if command == "deploy":
             bundle = Bundle.load(args.bundle)
@@ -90,8 +93,8 @@ def main(argv: list[str]) -> int:
                 print(json.dumps(status, indent=1))
             else:
                 print(format_status(status))
-    except (StoreError, ValueError, KeyError) as exc:
-        print(f"trimmer {command}: {str(exc).strip(chr(34) + chr(39))}", file=sys.stderr)
+    except (TrimmerError, ValueError) as exc:
+        print(f"trimmer {command}: {exc}", file=sys.stderr)
         return 1
     return 0
 

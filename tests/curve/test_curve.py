@@ -73,7 +73,7 @@ def leaves(world, keys, runner):
 
 def spawn_root(runner, world, name: str, bind: str, leaves_cfg: list, **extra):
     cfg = {"name": name, "bind": [bind], "schema": world["schema"], "bundle": world["bundle"],
-           "store": world["store"], "leaves": leaves_cfg, "deadline_ms": 1000,
+           "feature_store": world["store"], "leaves": leaves_cfg, "deadline_ms": 1000,
            "metrics_port": None, "ping_interval_ms": 100, "health_timeout_ms": 1000, **extra}
     path = os.path.join(runner.tmp_path, f"{name}.json")
     with open(path, "w") as f:
@@ -213,7 +213,7 @@ def test_keys_cli_writes_safe_files(tmp_path):
 
 
 def test_curve_config_is_checked_and_key_files_read_at_start(world, tmp_path, runner):
-    base = {"schema": "s.json", "store": "st", "bundle": "b.json"}
+    base = {"schema": "s.json", "feature_store": "st", "bundle": "b.json"}
     leaf = {"name": "gpu", "endpoints": ["tcp://h:1"], "curve": {"server_public_key": "gpu.key"}}
     with pytest.raises(ValueError, match="client_secret_key"):
         config_from_dict({**base, "leaves": [leaf]}, "/etc/t").validate()
@@ -246,5 +246,5 @@ def test_deploy_configs_name_curve_keys_for_the_remote_link(tmp_path):
     assert gpu.curve.server_public_key == "/etc/trimmer/keys/gpu-a.key"
     assert gpu.curve.client_secret_key == cfg.curve.secret_key
     args = parse_args(["--config", os.path.join(deploy, "leaf-remote.json")])
-    assert args.bind == ["tcp://0.0.0.0:5560"] and args.curve_secret_key.endswith(".key_secret")
-    assert args.curve_authorized == "/etc/trimmer/keys/roots"
+    assert args.bind == ("tcp://0.0.0.0:5560",) and args.curve.secret_key.endswith(".key_secret")
+    assert args.curve.authorized == "/etc/trimmer/keys/roots"

@@ -19,7 +19,7 @@ def tour_script() -> str:
 def test_readme_tour_runs_as_written(tmp_path):
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("TRIMMER_STORE", None)
+    env.pop("TRIMMER_CONFIG_STORE", None)
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", tour_script()], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -108,7 +108,7 @@ def test_cli_refuses_unknown_models_and_missing_options(repo, tmp_path):
 def test_config_file(process_runner, repo, tmp_path, rng):
     endpoint = process_runner.endpoint("conf")
     (tmp_path / "leaf.json").write_text(
-        f'{{"repo": "{repo.root}", "model": "eng", "bind": "{endpoint}", "name": "from-file"}}')
+        f'{{"repo": "{repo.root}", "models": "eng", "bind": "{endpoint}", "name": "from-file"}}')
     leaf = process_runner.spawn("conf", [sys.executable, "-m", "leafproc", "--config",
                                          str(tmp_path / "leaf.json")],
                                 endpoint=endpoint, ipc_paths=[endpoint[len("ipc://"):]])

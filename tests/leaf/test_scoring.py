@@ -7,7 +7,7 @@ import orjson
 import pytest
 import zmq
 
-from _trim.protocol import compress
+from _trim.transport.protocol import compress
 from tests.support.models import direct_scores, encode_columns, random_columns, spec
 from tests.support.procs import Client, ping
 

@@ -1,7 +1,7 @@
 """A shared-memory descriptor naming something that is not a segment file gets
 an error reply, and the leaf keeps serving.
 
-The segment directory is a private one (``TRIM_SHM_DIR``) where the test
+The segment directory is a private one (``TRIMMER_SHM_DIR``) where the test
 plants a directory and a FIFO under trimmer segment names; pid 1 owns them by
 name, so the leaf's start-up reap leaves them alone.
 """
@@ -22,7 +22,7 @@ BASE = {"type": "score", "model": "ctr@3", "rows": 4, "compression": "none"}
 def shm_dir(tmp_path, monkeypatch):
     path = tmp_path / "shm"
     path.mkdir()
-    monkeypatch.setenv("TRIM_SHM_DIR", str(path))  # inherited by the spawned leaf
+    monkeypatch.setenv("TRIMMER_SHM_DIR", str(path))  # inherited by the spawned leaf
     return path
 
 

@@ -7,7 +7,7 @@ import torch
 import _trim
 from leafproc.signature import check, synthetic_message
 from leafproc.tensors import HostTensors, Part, StagedTensors, merge_key
-from _trim.protocol import ProtocolError
+from _trim.transport.protocol import ProtocolError
 from tests.support.models import encode_columns, random_columns, spec
 
 from .conftest import CTR_INPUTS, ENG_INPUTS

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from _trim.shm import PREFIX
+from _trim.transport.shm import PREFIX
 from rootproc.client import ScoringClient
 from signatures.bundle import build
 from signatures.commands.stages import format_status

@@ -6,7 +6,7 @@ import pytest
 import zmq
 
 from rootproc.active import ActiveConfig
-from rootproc.config import LeafConfig
+from rootproc.config import LeafSpec
 from rootproc.leaves import LeafPool, wanted_leaves
 
 
@@ -30,7 +30,7 @@ def keys(links) -> set:
 
 
 def test_config_file_wins_and_is_never_retired(ctx, tmp_path):
-    own = (LeafConfig("leaf-0", (f"ipc://{tmp_path}/own",), compression="lz4"),)
+    own = (LeafSpec("leaf-0", (f"ipc://{tmp_path}/own",), compression="lz4"),)
     active = config({"leaf-0": (f"ipc://{tmp_path}/bundle", ["ctr@3"])})
     pool = LeafPool(ctx, wanted_leaves(own, active), active.placement, "none", 1.0)
     try:

@@ -8,7 +8,8 @@ import pytest
 
 import _trim
 from _trim import Ragged
-from rootproc.config import config_from_args, add_arguments, config_from_dict
+from rootproc.config import RootConfig, config_from_dict
+from signatures.settings import add_arguments, load
 from rootproc.preprocess import Preprocessor, _elementwise, hash_ids
 from rootproc.records import RecordLayout
 from signatures.schema import FeatureSchema
@@ -92,20 +93,20 @@ def test_store_without_a_field_gives_defaults_and_shape_mismatch_is_refused(sche
 
 def test_config_file_flags_and_validation(tmp_path):
     import argparse
-    data = {"schema": "s.json", "store": "st", "bundle": "b.json", "bind": "ipc:///tmp/x",
-            "leaves": [{"name": "leaf-0", "endpoint": "tcp://h:1", "models": ["ctr@3"]}],
+    data = {"schema": "s.json", "feature_store": "st", "bundle": "b.json", "bind": "ipc:///tmp/x",
+            "leaves": [{"name": "leaf-0", "endpoints": "tcp://h:1", "models": ["ctr@3"]}],
             "cache": {"size": 10, "ttl_s": 5}, "trim": "off"}
     path = tmp_path / "root.json"
     path.write_text(json.dumps(data))
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    cfg = config_from_args(parser.parse_args(["--config", str(path), "--compression", "lz4",
+    add_arguments(parser, RootConfig)
+    cfg = load(RootConfig, parser.parse_args(["--config", str(path), "--compression", "lz4",
                                               "--metrics-port", "0"]))
     assert cfg.schema == str(tmp_path / "s.json") and cfg.bind == ("ipc:///tmp/x",)
     assert cfg.leaves[0].endpoints == ("tcp://h:1",) and cfg.leaves[0].models == ("ctr@3",)
-    assert (cfg.cache_size, cfg.cache_ttl_s, cfg.trim, cfg.compression) == (10, 5, "off", "lz4")
+    assert (cfg.cache.size, cfg.cache.ttl_s, cfg.trim, cfg.compression) == (10, 5, "off", "lz4")
     assert cfg.metrics_port is None
-    cfg = config_from_args(parser.parse_args(["--config", str(path), "--config-store", "cs",
+    cfg = load(RootConfig, parser.parse_args(["--config", str(path), "--config-store", "cs",
                                               "--leaf", "a=ipc:///x,ipc:///y"]))
     assert cfg.bundle is None and cfg.leaves[0].endpoints == ("ipc:///x", "ipc:///y")
     with pytest.raises(ValueError, match="unknown keys"):

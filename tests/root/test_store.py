@@ -69,7 +69,7 @@ def test_load_npz_and_jsonl_read_back(tmp_path, schema):
                                 "user_recent_pins": users["user_recent_pins.values"][lo:hi].tolist()})
                     + "\n")
     store_dir = tmp_path / "store"
-    assert store_cli.main(["load", "--store", str(store_dir), "--schema", str(schema_path),
+    assert store_cli.main(["load", "--feature-store", str(store_dir), "--schema", str(schema_path),
                            "--users", str(tmp_path / "u.jsonl"),
                            "--candidates", str(tmp_path / "c.npz")]) == 0
     with FeatureStore(store_dir) as store:
@@ -107,7 +107,7 @@ def test_synth_is_deterministic_and_realistic(tmp_path):
     schema_path.write_text(json.dumps(SCHEMA))
     dumps = []
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        assert store_cli.main(["synth", "--store", str(tmp_path / name), "--schema", str(schema_path),
+        assert store_cli.main(["synth", "--feature-store", str(tmp_path / name), "--schema", str(schema_path),
                                "--users", "50", "--candidates", "3000", "--seed", str(seed)]) == 0
         with FeatureStore(tmp_path / name) as store:
             dumps.append(store.get("candidate", list(range(3000))))

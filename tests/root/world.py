@@ -192,7 +192,7 @@ def build_world(base) -> dict:
     np.savez(os.path.join(base, "users.npz"), **users)
     np.savez(os.path.join(base, "cands.npz"), **cands)
     store = os.path.join(base, "store")
-    rc = store_cli.main(["load", "--store", store, "--schema", schema_path,
+    rc = store_cli.main(["load", "--feature-store", store, "--schema", schema_path,
                          "--users", os.path.join(base, "users.npz"),
                          "--candidates", os.path.join(base, "cands.npz")])
     assert rc == 0
@@ -213,7 +213,7 @@ def build_world(base) -> dict:
 
 def root_config(world: dict, leaf_endpoints: dict, bind: str, **overrides) -> dict:
     cfg = {"name": "root-test", "bind": [bind], "schema": world["schema"],
-           "bundle": world["bundle"], "store": world["store"],
+           "bundle": world["bundle"], "feature_store": world["store"],
            "leaves": [{"name": name, "endpoints": [ep]} for name, ep in leaf_endpoints.items()],
            "deadline_ms": 5000, "metrics_port": None, "ping_interval_ms": 100,
            "health_timeout_ms": 1000}

@@ -8,7 +8,7 @@ import torch
 
 import _trim
 from _trim import Batch, Layout, compile_plan
-from _trim.shm import SlotRing
+from _trim.transport.shm import SlotRing
 from leafproc.inbox import ShmInbox
 from leafproc.tensors import Part, builder_for
 from tests.support.models import spec

@@ -11,7 +11,7 @@ import pytest
 
 import _trim
 from _trim import Batch, ColumnSpec, Layout, compile_plan
-from _trim.shm import SlotRing
+from _trim.transport.shm import SlotRing
 from rootproc.client import ScoringClient
 from tests.root.world import CANDIDATE_IDS, MODELS, USER_IDS
 from tests.support.procs import Client, free_tcp_port, ping

@@ -210,7 +210,7 @@ def test_cli(tmp_path):
     store = str(tmp_path / "store")
 
     def run(*a):
-        return subprocess.run([sys.executable, "-m", "signatures.cli", *a, "--store", store],
+        return subprocess.run([sys.executable, "-m", "signatures.cli", *a, "--config-store", store],
                               capture_output=True, text=True)
     r = run("deploy-models", "ctr@1", "--stage", "canary")
     assert r.returncode == 1 and "config before models" in r.stderr

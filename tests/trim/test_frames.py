@@ -2,7 +2,7 @@
 import pytest
 import zmq
 
-from _trim.frames import NOBLOCK, recv_waiting, send_frames
+from _trim.transport.frames import NOBLOCK, recv_waiting, send_frames
 
 
 @pytest.fixture

@@ -102,12 +102,12 @@ def test_import_without_the_extension_says_how_to_build_it(tmp_path):
     shutil.copytree(Path(__file__).parents[2] / "_trim", pkg,
                     ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"))
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    env.pop("TRIM_IMPL", None)
+    env.pop("TRIMMER_IMPL", None)
     probe = "import _trim_unbuilt as t, sys; sys.stdout.write(t.IMPLEMENTATION)"
     failed = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
                             capture_output=True, text=True)
     assert failed.returncode != 0
     assert "gather kernel is not built" in failed.stderr and "make install" in failed.stderr
     chosen = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path,
-                            env={**env, "TRIM_IMPL": "reference"}, capture_output=True, text=True)
+                            env={**env, "TRIMMER_IMPL": "reference"}, capture_output=True, text=True)
     assert chosen.returncode == 0 and chosen.stdout == "reference"

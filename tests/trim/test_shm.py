@@ -8,7 +8,8 @@ import pytest
 
 import _trim
 from _trim import Batch, ColumnSpec, Layout, compile_plan
-from _trim.shm import SegmentReader, ShmUnavailable, SlotRing, reap_stale_segments
+from _trim.errors import ShmUnavailable
+from _trim.transport.shm import SegmentReader, SlotRing, reap_stale_segments
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def test_ring_too_big_for_the_directory_is_a_clear_error(shm_dir):
 
 
 def test_segments_of_a_killed_process_are_reaped(shm_dir):
-    code = ("import sys, time; from _trim.shm import SlotRing; "
+    code = ("import sys, time; from _trim.transport.shm import SlotRing; "
             f"r = SlotRing('victim', 4096, 2, {str(shm_dir)!r}); print(r.name, flush=True); time.sleep(60)")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

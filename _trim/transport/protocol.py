@@ -6,9 +6,11 @@ gives. `docs/protocol.md` is the normative description.
 """
 from __future__ import annotations
 
-import orjson
 import lz4.block
 import numpy as np
+import orjson
+
+from ..errors import NotFound, TrimmerError
 
 PROTOCOL_VERSION = 1
 
@@ -37,7 +39,7 @@ SCORES_DTYPE = np.dtype("<f4")
 CANDIDATES_DTYPE = np.dtype("<i8")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(TrimmerError, ValueError):
     """A message that cannot be served; ``kind`` is one of ERROR_KINDS."""
 
     def __init__(self, kind: str, message: str, **details):
@@ -47,18 +49,6 @@ class ProtocolError(ValueError):
 
     def to_error(self) -> dict:
         return {"kind": self.kind, "message": str(self), **self.details}
-
-
-def model_key(model: str, version: str) -> str:
-    """The one string form of a model version used in bundles, headers and metrics."""
-    return f"{model}@{version}"
-
-
-def split_model_key(key: str) -> tuple[str, str]:
-    model, sep, version = key.rpartition("@")
-    if not sep or not model or not version:
-        raise ProtocolError(BAD_REQUEST, f"model version {key!r} is not of the form NAME@VERSION")
-    return model, version
 
 
 def pack_header(header: dict) -> bytes:
@@ -99,6 +89,17 @@ def field(header: dict, name: str, kind: type | tuple, *, default=..., check=Non
     if check is not None and not check(value):
         raise ProtocolError(BAD_REQUEST, f"header field {name!r} has an invalid value {value!r}")
     return value
+
+
+def as_protocol_error(exc: TrimmerError) -> ProtocolError:
+    """The wire form of an error raised below the code that replies: a
+    missing thing is ``unknown_model``, anything else the sender's
+    ``bad_request`` (a malformed name, say)."""
+    if isinstance(exc, ProtocolError):
+        return exc
+    if isinstance(exc, NotFound):
+        return ProtocolError(UNKNOWN_MODEL, str(exc))
+    return ProtocolError(BAD_REQUEST, str(exc))
 
 
 def error_header(request_id, kind: str, message: str, **details) -> bytes:

@@ -6,7 +6,8 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from .batch import Ragged
-from .format import CODE_DTYPES, FLAG_PER_REQUEST, FLAG_RAGGED, FLAG_VECTOR, OFFSETS_DTYPE
+from .format import (CODE_DTYPES, FLAG_PER_REQUEST, FLAG_RAGGED, FLAG_VECTOR, HEADER_DTYPE,
+                     HEADER_NBYTES, OFFSETS_DTYPE)
 
 
 class Decoded(Mapping):
@@ -86,7 +87,7 @@ def build_views(buf, n_rows: int, table: np.ndarray, names: list[str]) -> Decode
             shape = (width,) if flags & FLAG_VECTOR else ()
             columns[name] = arr.reshape((rows,) + shape)
             specs[name] = (dtype.name, shape, False, bool(flags & FLAG_PER_REQUEST))
-    total = int(raw[24:32].view("<u8")[0])
+    total = int(raw[:HEADER_NBYTES].view(HEADER_DTYPE)[0]["total_nbytes"])
     return Decoded(n_rows, total, columns, frozenset(per_request), specs, layout_key(table, names))
 
 

@@ -24,28 +24,17 @@ from collections import OrderedDict, deque
 from pathlib import Path
 from stat import S_ISREG
 
-SHM_DIR = Path(os.environ.get("TRIM_SHM_DIR", "/dev/shm"))
+from ..errors import ShmUnavailable
+from .process import pid_alive
+
+SHM_DIR = Path(os.environ.get("TRIMMER_SHM_DIR", "/dev/shm"))
 PREFIX = "trimmer-"
 _NAME = re.compile(r"^trimmer-(\d+)-[A-Za-z0-9_.]{1,64}-[0-9a-f]{8}$")
-
-
-class ShmUnavailable(RuntimeError):
-    """The shared-memory directory cannot hold the requested ring."""
 
 
 def owner_pid(name: str) -> int | None:
     m = _NAME.match(name)
     return int(m.group(1)) if m else None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def reap_stale_segments(directory: Path = None) -> list[str]:

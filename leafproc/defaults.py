@@ -1,0 +1,31 @@
+"""The leaf's constants and setting defaults: the one place each number is written.
+
+The settings (leafproc/config.py) take their defaults from here; the rest
+are fixed behaviour.
+"""
+MIB = 1 << 20
+
+# -- setting defaults (leafproc/config.py) --------------------------------------------
+MAX_BATCH_ROWS = 4096
+MAX_WAIT_MS = 1.0
+MAX_MESSAGE_BYTES = 256 * MIB
+MAX_QUEUE = 1024
+DRAIN_TIMEOUT_S = 30.0
+RETIRE_GRACE_S = 2.0
+
+# -- fixed behaviour ------------------------------------------------------------------
+# Longest the I/O loop sleeps in one poll (it also checks for a stop and for
+# rollout work).
+POLL_MS = 50
+# Once drained, wait this long for stragglers (requests sent before the root
+# saw us go) so that they get a `shutting_down` reply rather than silence.
+QUIET_S = 0.1
+# Messages read from one socket before the loop turns to the other.
+DRAIN_BATCH = 1000
+# Rows of the synthetic batch a model is warmed up with before it serves.
+WARMUP_ROWS = 8
+# Longest error text a reply carries (TorchScript errors run to pages).
+MAX_ERROR_CHARS = 2000
+# How long a reply from a model thread may wait to leave at close.
+REPLY_LINGER_MS = 1000
+ROUTER_LINGER_MS = 2000

@@ -1,0 +1,36 @@
+"""The root's constants and setting defaults: the one place each number is written.
+
+The settings (rootproc/config.py) take their defaults from here; the rest
+are fixed behaviour that a setting would only make harder to reason about.
+"""
+MIB = 1 << 20
+
+# -- setting defaults (rootproc/config.py) --------------------------------------------
+ROOT_BIND = ("tcp://127.0.0.1:5550",)
+CACHE_SIZE = 100_000
+CACHE_TTL_S = 60.0
+DEADLINE_MS = 250
+MAX_DEADLINE_MS = 10_000
+MAX_CANDIDATES = 2048
+MAX_REQUEST_NBYTES = 1 * MIB
+METRICS_PORT = 9100
+PING_INTERVAL_MS = 500
+HEALTH_TIMEOUT_MS = 2000
+SHM_SLOT_BYTES = 4 * MIB
+SHM_SLOTS = 16
+SHM_WAIT_MS = 1.0
+
+# -- fixed behaviour ------------------------------------------------------------------
+# A client frame up to this many times the largest valid one is read and
+# answered `too_large`; past it, the connection is dropped instead.
+FRAME_HARD_CAP_FACTOR = 16
+# How long replies may take to leave after a drain before the socket closes.
+DRAIN_LINGER_MS = 2000
+# Queue bounds of the client socket and of each leaf link.
+CLIENT_HWM = 100_000
+LEAF_HWM = 100_000
+# Longest the serving loop sleeps in one poll: it also runs the ping tick,
+# deadlines and config installs.
+MAX_POLL_MS = 100
+# Messages read from one socket before the loop turns to the others.
+DRAIN_BATCH = 256
