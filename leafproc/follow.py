@@ -30,7 +30,6 @@ told to stop, nothing can be queued behind its stop marker.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,14 +37,14 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter, Gauge
 
 from _trim.transport.model_key import ModelKey
+from signatures.members import FOLLOW_POLL_S, HEARTBEAT_S, MemberRecord
 from signatures.module_info import ModelRepository
 from signatures.store import ConfigStore
 
+from .defaults import RETIRE_GRACE_S
+
 log = logging.getLogger("leafproc")
 
-POLL_S = 0.2
-HEARTBEAT_S = 2.0
-RETIRE_GRACE_S = 2.0
 
 
 def versions_for(leaf: str, bundle, stage_models) -> list[str]:
@@ -74,7 +73,7 @@ class Target:
 
 class ModelFollower:
     def __init__(self, *, store_path: str, stage: str, name: str, repo: ModelRepository,
-                 make_worker, metrics, endpoints=(), poll_s: float = POLL_S,
+                 make_worker, metrics, endpoints=(), poll_s: float = FOLLOW_POLL_S,
                  heartbeat_s: float = HEARTBEAT_S, retire_grace_s: float = RETIRE_GRACE_S):
         self.store = ConfigStore(store_path)
         self.stage = stage
@@ -105,7 +104,7 @@ class ModelFollower:
         self.retiring: dict = {}        # key -> monotonic time it stopped showing ready
         self.reaping: list = []         # stopped workers finishing their queue
         self.last_error: str | None = None
-        self._snapshot: dict = {}
+        self._snapshot = MemberRecord("leaf", name)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-follower", daemon=True)
 
@@ -178,7 +177,7 @@ class ModelFollower:
 
     def beat(self) -> None:
         try:
-            self.store.heartbeat(self.stage, "leaf", self.name, dict(self._snapshot))
+            self.store.heartbeat(self.stage, self._snapshot)
         except Exception as exc:
             log.warning("leaf %s: heartbeat to %s failed: %s", self.name, self.store.path, exc)
 
@@ -300,12 +299,12 @@ class ModelFollower:
     def _publish(self) -> None:
         a = self.applied
         workers = self.server.workers
-        self._snapshot = {
-            "generation": a.generation if a else None, "bundle": a.bundle if a else None,
-            "pid": os.getpid(), "endpoints": list(self.endpoints),
-            "models": sorted(k for k in workers if k not in self.retiring),
-            "loading": sorted(self.loading), "retiring": sorted(self.retiring),
-            "failed": dict(self.failed)}
+        self._snapshot = MemberRecord(
+            "leaf", self.name, generation=a.generation if a else None,
+            bundle=a.bundle if a else None, endpoints=tuple(self.endpoints),
+            models=tuple(sorted(k for k in workers if k not in self.retiring)),
+            loading=tuple(sorted(self.loading)), retiring=tuple(sorted(self.retiring)),
+            failed=tuple(sorted(self.failed.items())))
 
 
 __all__ = ["ModelFollower", "Target", "versions_for"]

@@ -23,24 +23,19 @@ from _trim.transport import protocol as P
 from _trim.transport.envelope import MAX_ID_CHARS, split_envelope, usable_id
 from _trim.transport.frames import recv_waiting, send_frames
 
+from .defaults import MAX_QUEUE, POLL_MS, QUIET_S
 from .inbox import ShmInbox
 from .metrics import LeafMetrics
 from .worker import ModelWorker, Request
 
 log = logging.getLogger("leafproc")
 
-POLL_MS = 50
-# Once drained, wait this long for stragglers (requests sent before the root
-# saw us go) so that they get a `shutting_down` reply rather than silence.
-QUIET_S = 0.1
-DEFAULT_MAX_QUEUE = 1024
-
 
 class LeafServer:
     def __init__(self, *, name: str, binds: list[str], workers: list[ModelWorker],
                  ctx: zmq.Context, reply_endpoint: str, metrics: LeafMetrics,
                  max_message_bytes: int, drain_timeout_s: float, device: str,
-                 curve_keys=None, max_queue: int = DEFAULT_MAX_QUEUE):
+                 curve_keys=None, max_queue: int = MAX_QUEUE):
         self.name = name
         self.binds = binds
         self.workers = {w.key: w for w in workers}

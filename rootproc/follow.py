@@ -15,24 +15,22 @@ heartbeat to the store, with the leaf links it has.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
 from prometheus_client import Counter, Gauge
 
+from signatures.members import FOLLOW_POLL_S, HEARTBEAT_S, LinkRecord, MemberRecord
 from signatures.store import ConfigStore
 
 from .active import ActiveConfig, PreparedConfig, prepare_config
 
 log = logging.getLogger("rootproc")
 
-POLL_S = 0.2
-HEARTBEAT_S = 2.0
 
 
 class ConfigFollower:
-    def __init__(self, server, store_path: str, stage: str, *, poll_s: float = POLL_S,
+    def __init__(self, server, store_path: str, stage: str, *, poll_s: float = FOLLOW_POLL_S,
                  heartbeat_s: float = HEARTBEAT_S):
         self.server = server
         self.store = ConfigStore(store_path)
@@ -136,16 +134,17 @@ class ConfigFollower:
     def beat(self) -> None:
         srv = self.server
         active = srv.active
-        info = {"generation": active.generation, "bundle": active.id, "pid": os.getpid(),
-                "endpoints": list(srv.endpoints),
-                "trim_gaps": srv.agreement.current_gaps(active, srv.pool),
-                "trim_gap_counts": dict(srv.gap_counts),
-                "config_errors": self.error_count, "last_error": self.last_error,
-                "leaves": [{k: l[k] for k in ("leaf", "endpoint", "healthy", "transport") if k in l}
-                           | ({"retiring": True} if l.get("retiring") else {})
-                           for l in srv.pool.status(time.monotonic(), srv.shm.describe)]}
+        record = MemberRecord(
+            "root", srv.name, generation=active.generation, bundle=active.id,
+            endpoints=tuple(srv.endpoints),
+            trim_gaps=tuple(sorted(srv.agreement.current_gaps(active, srv.pool).items())),
+            trim_gap_counts=tuple(sorted(srv.gap_counts.items())),
+            config_errors=self.error_count, last_error=self.last_error,
+            leaves=tuple(LinkRecord(l["leaf"], l["endpoint"], l["healthy"], l["transport"],
+                                    bool(l.get("retiring")))
+                         for l in srv.pool.status(time.monotonic(), srv.shm.describe)))
         try:
-            self.store.heartbeat(self.stage, "root", srv.name, info)
+            self.store.heartbeat(self.stage, record)
         except Exception as exc:
             log.warning("%s: heartbeat to %s failed: %s", srv.name, self.store.path, exc)
 

@@ -17,6 +17,7 @@ change of a stage, so pollers compare one integer.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import getpass
 import json
@@ -30,6 +31,7 @@ from _trim.transport.model_key import ModelKey
 
 from .bundle import Bundle
 from .fsutil import atomic_write, fsync_dir, locked
+from .members import MemberRecord
 
 STAGES = ("canary", "production")
 HISTORY_LIMIT = 50
@@ -264,34 +266,33 @@ class ConfigStore:
 
     # -- membership ---------------------------------------------------------------
 
-    def heartbeat(self, stage: str, role: str, name: str, info: dict | None = None) -> None:
-        """Record that ``role``/``name`` (e.g. root/root-0) is alive on ``stage``;
-        ``info`` says what it runs (generation, bundle id, models)."""
+    def heartbeat(self, stage: str, record: MemberRecord) -> None:
+        """Record that ``record``'s member (e.g. root root-0) is alive on
+        ``stage``, and what it runs."""
         _check_stage(stage)
-        for what, v in (("role", role), ("name", name)):
+        for what, v in (("role", record.role), ("name", record.name)):
             if not v or "/" in v or v.startswith("."):
                 raise StoreError(f"heartbeat {what} {v!r} must be a plain name")
         d = os.path.join(self.path, "members", stage)
         os.makedirs(d, exist_ok=True)
-        record = {**(info or {}), "role": role, "name": name, "stage": stage,
-                  "time": time.time()}
-        atomic_write(os.path.join(d, f"{role}-{name}.json"), json.dumps(record).encode())
+        stamped = dataclasses.replace(record, stage=stage, time=time.time())
+        atomic_write(os.path.join(d, f"{record.role}-{record.name}.json"),
+                     json.dumps(stamped.to_dict()).encode())
 
-    def members(self, stage: str) -> list[dict]:
-        """Heartbeat records on ``stage``, each with ``age_s`` since its last beat."""
+    def members(self, stage: str) -> list[MemberRecord]:
+        """The members' last records on ``stage``, by role and name."""
         d = os.path.join(self.path, "members", _check_stage(stage))
         out = []
-        now = time.time()
         for entry in sorted(os.listdir(d)) if os.path.isdir(d) else []:
             if entry.startswith(".") or not entry.endswith(".json"):
                 continue
             try:
                 with open(os.path.join(d, entry), "rb") as f:
-                    rec = json.loads(f.read())
+                    record = MemberRecord.from_dict(json.loads(f.read()))
             except (OSError, ValueError):
                 continue  # removed between listdir and open
-            rec["age_s"] = max(0.0, now - float(rec.get("time", 0)))
-            out.append(rec)
+            if record is not None:
+                out.append(record)
         return out
 
     def log_entries(self) -> list[dict]:
@@ -310,7 +311,8 @@ class ConfigStore:
                 "generation": st["generation"], "bundle": st["bundle"],
                 "updated": st.get("updated"), "models": st["models"],
                 "uncovered": [k for k in st["models"] if bundle is None or k not in bundle.models],
-                "history": st["history"], "members": self.members(stage)}
+                "history": st["history"],
+                "members": [{**m.to_dict(), "age_s": m.age_s()} for m in self.members(stage)]}
         return out
 
 

@@ -10,12 +10,11 @@ import sys
 from _trim.errors import TrimmerError
 
 from ..bundle import Bundle
+from ..members import STALE_S
 from ..store import STAGES, ConfigStore
 
 MULTI_COMMAND = True
 DEFAULT_STORE = os.environ.get("TRIMMER_CONFIG_STORE", "config-store")
-# Roots and leaves beat every ~2 s: a member silent this long is likely gone.
-STALE_S = 10.0
 
 
 def _parser(command: str) -> argparse.ArgumentParser:

@@ -116,7 +116,7 @@ def test_models_before_config_fail_open_then_trim(world, process_runner, tmp_pat
         assert gaps >= 10
         # The root reports the gap in its heartbeat, `trimmer status` shows it.
         wait_for("gap in heartbeat", lambda: any(
-            "ctr@5" in (m.get("trim_gaps") or {}) for m in store.members("canary")), timeout=10)
+            "ctr@5" in dict(m.trim_gaps) for m in store.members("canary")), timeout=10)
         # Then the config arrives: trimming resumes.
         gen = store.deploy(world["b2"], "canary")
         wait_for("root on b2", on_generation(root, gen))
@@ -206,7 +206,7 @@ def test_model_that_fails_to_load_leaves_the_old_version_serving(world, process_
         assert serving("ctr@3", "eng@1")(ping(leaf.endpoint))
         traffic_after(load)
         wait_for("failure in heartbeat", lambda: any(
-            "ctr@7" in (m.get("failed") or {}) for m in store.members("canary")), timeout=10)
+            "ctr@7" in dict(m.failed) for m in store.members("canary")), timeout=10)
         assert "failed to load" in leaf.log(20000)
     finally:
         load.stop()

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from signatures.bundle import Bundle
+from signatures.members import LinkRecord, MemberRecord
 from signatures.store import ConfigStore, StoreError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -94,13 +95,13 @@ def test_deploy_refuses_dropping_staged_models(tmp_path):
 
 def test_heartbeats(tmp_path):
     s = ConfigStore(tmp_path)
-    s.heartbeat("canary", "root", "root-0", {"generation": 3, "bundle": B1.id})
-    s.heartbeat("canary", "leaf", "leaf-0", {"generation": 2})
+    s.heartbeat("canary", MemberRecord("root", "root-0", generation=3, bundle=B1.id))
+    s.heartbeat("canary", MemberRecord("leaf", "leaf-0", generation=2))
     (m0, m1) = s.members("canary")
-    assert (m0["role"], m0["name"], m0["generation"]) == ("leaf", "leaf-0", 2)
-    assert m1["bundle"] == B1.id and m1["age_s"] >= 0
+    assert (m0.role, m0.name, m0.generation) == ("leaf", "leaf-0", 2)
+    assert m1.bundle == B1.id and m1.age_s() >= 0
     with pytest.raises(StoreError, match="plain name"):
-        s.heartbeat("canary", "root", "../x")
+        s.heartbeat("canary", MemberRecord("root", "../x"))
 
 
 
@@ -108,10 +109,10 @@ def test_status_shows_each_roots_links_and_their_transport(tmp_path):
     from signatures.commands.stages import format_status
     s = ConfigStore(tmp_path)
     s.deploy(B1, "canary")
-    s.heartbeat("canary", "root", "root-0", {"generation": 1, "bundle": B1.id, "leaves": [
-        {"leaf": "leaf-0", "endpoint": "ipc:///run/l0.sock", "healthy": True, "transport": "shm"},
-        {"leaf": "leaf-1", "endpoint": "tcp://10.0.0.2:5551", "healthy": False,
-         "transport": "socket", "retiring": True}]})
+    s.heartbeat("canary", MemberRecord("root", "root-0", generation=1, bundle=B1.id, leaves=(
+        LinkRecord("leaf-0", "ipc:///run/l0.sock", healthy=True, transport="shm"),
+        LinkRecord("leaf-1", "tcp://10.0.0.2:5551", healthy=False, transport="socket",
+                   retiring=True))))
     text = format_status(s.status())
     assert ("leaves: leaf-0 ipc:///run/l0.sock (shm), "
             "leaf-1 tcp://10.0.0.2:5551 (retiring) (DOWN)") in text
