@@ -13,7 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 KERNEL_SRC := $(wildcard _trim/*.pyx _trim/*.pxd) setup.py
 KERNEL_SO  := $(VENV)/.stamp-kernel$(if $(TRIMMER_DEBUG),-debug)
 
-.PHONY: install demo test bench asan clean
+.PHONY: install demo test lint bench asan clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,12 @@ install: $(KERNEL_SO)
 demo: install
 	$(VENV)/bin/trimmer demo $(DEMO_ARGS)
 
-test: install
+# Style and types first: they take seconds, the suite minutes.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install

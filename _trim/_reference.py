@@ -9,9 +9,21 @@ from __future__ import annotations
 import numpy as np
 
 from .decoded import build_views
-from .format import (ALIGN, CODE_DTYPES, COLUMN_DTYPE, COLUMN_NBYTES, FLAG_PER_REQUEST,
-                     FLAG_RAGGED, FLAG_VECTOR, HEADER_DTYPE, HEADER_NBYTES, KNOWN_FLAGS,
-                     MAGIC, VERSION, align_up)
+from .format import (
+    ALIGN,
+    CODE_DTYPES,
+    COLUMN_DTYPE,
+    COLUMN_NBYTES,
+    FLAG_PER_REQUEST,
+    FLAG_RAGGED,
+    FLAG_VECTOR,
+    HEADER_DTYPE,
+    HEADER_NBYTES,
+    KNOWN_FLAGS,
+    MAGIC,
+    VERSION,
+    align_up,
+)
 
 
 def _ranges(plan, batch):
@@ -37,10 +49,11 @@ def encoded_nbytes(plan, batch) -> int:
 
 
 def encode_into(plan, batch, out) -> int:
-    dst = memoryview(out)
-    if dst.readonly:
+    view = memoryview(out)
+    if view.readonly:
         raise ValueError("output buffer is read-only")
-    dst = np.frombuffer(dst.cast("B") if dst.format != "B" or dst.ndim != 1 else dst, dtype=np.uint8)
+    dst = np.frombuffer(view.cast("B") if view.format != "B" or view.ndim != 1 else view,
+                        dtype=np.uint8)
     total, ranges = _ranges(plan, batch)
     if total > len(dst):
         raise ValueError(f"output buffer too small: message needs {total} bytes, buffer has {len(dst)}")

@@ -7,12 +7,23 @@ valid message: decoding it yields every column.
 """
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 
-from .format import (ALIGN, COLUMN_DTYPE, FLAG_PER_REQUEST, HEADER_DTYPE, HEADER_NBYTES,
-                     MAGIC, OFFSETS_DTYPE, VERSION, ColumnSpec, Layout)
+from .format import (
+    ALIGN,
+    COLUMN_DTYPE,
+    FLAG_PER_REQUEST,
+    HEADER_DTYPE,
+    HEADER_NBYTES,
+    MAGIC,
+    OFFSETS_DTYPE,
+    VERSION,
+    ColumnSpec,
+    Layout,
+)
 
 
 class Ragged(NamedTuple):
@@ -65,7 +76,7 @@ class Batch:
     # -- building -----------------------------------------------------------
 
     @classmethod
-    def from_arrays(cls, layout: Layout, arrays: Mapping, n_rows: int) -> "Batch":
+    def from_arrays(cls, layout: Layout, arrays: Mapping, n_rows: int) -> Batch:
         """A batch holding ``arrays``: ndarray per dense column, `Ragged` (or a
         ``(values, offsets)`` pair) per ragged column. Every layout column
         must be given."""

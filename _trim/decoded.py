@@ -1,13 +1,20 @@
 """Zero-copy decoding of a message into numpy views."""
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
 from .batch import Ragged
-from .format import (CODE_DTYPES, FLAG_PER_REQUEST, FLAG_RAGGED, FLAG_VECTOR, HEADER_DTYPE,
-                     HEADER_NBYTES, OFFSETS_DTYPE)
+from .format import (
+    CODE_DTYPES,
+    FLAG_PER_REQUEST,
+    FLAG_RAGGED,
+    FLAG_VECTOR,
+    HEADER_DTYPE,
+    HEADER_NBYTES,
+    OFFSETS_DTYPE,
+)
 
 
 class Decoded(Mapping):
@@ -68,7 +75,9 @@ class Decoded(Mapping):
 
 def build_views(buf, n_rows: int, table: np.ndarray, names: list[str]) -> Decoded:
     raw = np.frombuffer(buf, dtype=np.uint8)
-    columns, per_request, specs = {}, set(), {}
+    columns: dict[str, object] = {}
+    per_request: set[str] = set()
+    specs: dict[str, tuple] = {}
     # Python ints: numpy scalar arithmetic per column costs more than the views.
     for name, code, flags, width, n_values, offset in zip(
             names, table["dtype"].tolist(), table["flags"].tolist(), table["width"].tolist(),

@@ -21,7 +21,17 @@ class ConfigError(TrimmerError, ValueError):
     message lists every problem found, not only the first."""
 
 
-class StoreError(TrimmerError, ValueError):
+class InvalidInput(TrimmerError, ValueError):
+    """An input document (a schema, bundle, placement, module_info.json, a
+    record) that cannot be read or fails its checks; the message says where."""
+
+
+class Refused(TrimmerError, ValueError):
+    """An operation refused because it would do harm (overwrite a key pair,
+    change a signature in place); the message says what to do instead."""
+
+
+class StoreError(Refused):
     """A change the staged config store refuses, or a store it cannot read."""
 
 
@@ -42,5 +52,5 @@ class ShmUnavailable(TrimmerError):
     """Shared memory cannot provide what was asked (no space, no directory)."""
 
 
-__all__ = ["ConfigError", "InvalidName", "NotFound", "ShmUnavailable", "StoreError",
-           "TrimmerError"]
+__all__ = ["ConfigError", "InvalidInput", "InvalidName", "NotFound", "Refused",
+           "ShmUnavailable", "StoreError", "TrimmerError"]

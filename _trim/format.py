@@ -15,8 +15,8 @@ that the description is checked against.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -208,7 +208,7 @@ class Layout:
             raise ValueError(f"unknown features: {', '.join(map(str, unknown))}")
         return [self.index[n] for n in names]
 
-    def region_nbytes(self, n_rows: int, ragged_values=None) -> np.ndarray:
+    def region_nbytes(self, n_rows: int, ragged_values=None) -> tuple[np.ndarray, np.ndarray]:
         """Unpadded bytes of each column's data region for a batch of n_rows.
 
         ``ragged_values`` maps a ragged column index (or name) to its total

@@ -8,7 +8,7 @@ counts, so the kernel reads them from each batch's own column table.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import _trim  # noqa: E402
 from _trim.transport import protocol as P  # noqa: E402
-from _trim.transport.sockets import remove_ipc_files  # noqa: E402
 from _trim.transport.shm import SegmentReader  # noqa: E402
+from _trim.transport.sockets import remove_ipc_files  # noqa: E402
 
 
 def answer(header: dict, payload: list, reader: SegmentReader, model: str) -> list:

@@ -11,9 +11,9 @@ import time
 
 import numpy as np
 import pytest
+from scenarios import copy_ranges, scenario
 
 import _trim
-from scenarios import copy_ranges, scenario
 
 CASES = {
     "F2000-B64-25pct": (2000, 64, 0.25, "numpy", 3.0),

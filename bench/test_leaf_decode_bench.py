@@ -13,12 +13,12 @@ Targets, each a ratio against a baseline measured in this run:
 """
 import numpy as np
 import pytest
+from scenarios import scenario
 
 import _trim
 from _trim import _kernel
 from _trim.decoded import build_views
 from leafproc.signature import SignatureCheck, check
-from scenarios import scenario
 from signatures.module_info import TensorSpec
 
 ROWS = 256

@@ -171,7 +171,7 @@ class Root:
                                          stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for(self.endpoint, lambda pong: pong.get("leaves")
-                     and all(l.get("healthy") for l in pong["leaves"]), self.proc, self.log)
+                     and all(link.get("healthy") for link in pong["leaves"]), self.proc, self.log)
         except BaseException:
             self.stop()
             raise
@@ -217,7 +217,8 @@ def test_remote_leaf(benchmark, scenario, remote_leaf, mode):
            "link_mb_per_s": round(link / 1e6, 1), "link_ceiling_req_per_s": round(link / 1e6 / mb, 1)}
     benchmark.extra_info.update(row)
     results[rate, mode] = row
-    print(f"\n{rate:>8} {mode:<12} {row['req_per_s']:6.1f} req/s (link allows {row['link_ceiling_req_per_s']}), "
+    print(f"\n{rate:>8} {mode:<12} {row['req_per_s']:6.1f} req/s "
+          f"(link allows {row['link_ceiling_req_per_s']}), "
           f"p50/p90/p99 {lat['p50']:.0f}/{lat['p90']:.0f}/{lat['p99']:.0f} ms, {mb:.2f} MB/request, "
           f"CPU ms/request root {row['root_cpu_ms']} leaf {row['leaf_cpu_ms']}")
 

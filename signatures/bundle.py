@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from _trim.errors import NotFound
+from _trim.errors import InvalidInput, NotFound
 from _trim.transport.model_key import ModelKey
 
 from .fsutil import atomic_write, read_json
@@ -50,8 +50,8 @@ class BundleLeaf:
     endpoint: str | None = None
 
     def to_dict(self) -> dict:
-        d = {"current": list(self.current), "pending": list(self.pending),
-             "features": list(self.features)}
+        d: dict[str, object] = {"current": list(self.current), "pending": list(self.pending),
+                                "features": list(self.features)}
         if self.endpoint is not None:
             d["endpoint"] = self.endpoint
         return d
@@ -104,14 +104,14 @@ class Bundle:
         return "b-" + hashlib.sha256(canonical_json(content)).hexdigest()[:12]
 
     @classmethod
-    def load(cls, path) -> "Bundle":
+    def load(cls, path) -> Bundle:
         return cls.from_dict(read_json(path, "bundle"), where=f"bundle {os.fspath(path)}")
 
     @classmethod
-    def from_dict(cls, d, where: str = "bundle") -> "Bundle":
+    def from_dict(cls, d, where: str = "bundle") -> Bundle:
         problems: list[str] = []
         if not isinstance(d, dict):
-            raise ValueError(f"{where}: expected an object")
+            raise InvalidInput(f"{where}: expected an object")
         if d.get("format") != FORMAT:
             problems.append(f"format must be {FORMAT}, got {d.get('format')!r}")
         if not isinstance(d.get("id"), str) or not d["id"].startswith("b-"):
@@ -158,7 +158,7 @@ class Bundle:
             leaves[name] = BundleLeaf(name, lists["current"], lists["pending"],
                                       lists["features"], leaf.get("endpoint"))
         if problems:
-            raise ValueError(f"{where}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+            raise InvalidInput(f"{where}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
         known = {"format", "id", "created", "schema_fingerprint", "models", "leaves"}
         return cls(id=d["id"], models=models, leaves=leaves,
                    schema_fingerprint=str(d.get("schema_fingerprint", "")),
@@ -175,7 +175,7 @@ def build(repo: ModelRepository, schema: FeatureSchema, placement: dict) -> Bund
     problems: list[str] = []
     leaves_in = placement.get("leaves") if isinstance(placement, dict) else None
     if not isinstance(leaves_in, dict) or not leaves_in:
-        raise ValueError("placement: 'leaves' must be a non-empty object of leaf name -> "
+        raise InvalidInput("placement: 'leaves' must be a non-empty object of leaf name -> "
                          "{endpoint, current, pending}")
     current_keys: set[str] = set()
     wanted: dict[str, None] = {}
@@ -212,12 +212,12 @@ def build(repo: ModelRepository, schema: FeatureSchema, placement: dict) -> Bund
                                   tuple(n for n in schema.names if n in names),
                                   pending=key not in current_keys)
     if problems:
-        raise ValueError(f"cannot build the bundle: {len(problems)} problem(s):\n  - "
+        raise InvalidInput(f"cannot build the bundle: {len(problems)} problem(s):\n  - "
                          + "\n  - ".join(problems))
     leaves: dict[str, BundleLeaf] = {}
     for leaf, spec in leaves_in.items():
         cur, pend = tuple(spec.get("current", [])), tuple(spec.get("pending", []))
-        union = set()
+        union: set[str] = set()
         for key in cur + pend:
             union.update(models[key].features)
         leaves[leaf] = BundleLeaf(leaf, cur, pend, tuple(n for n in schema.names if n in union),

@@ -10,15 +10,39 @@ from __future__ import annotations
 import importlib
 import sys
 
-# name -> (module, one-line help). Modules are added as the features land.
+from _trim.errors import ConfigError, TrimmerError
+
+# Exit status, the same for every command (`trimmer --help` prints this).
+EXIT_OK = 0
+EXIT_FAILED = 1   # the command ran, and what it was asked to do failed or was refused
+EXIT_USAGE = 2    # the command line is wrong, or a server cannot start with its settings
+EXIT_POLICY = """exit status (every command):
+  0  done; a server stopped cleanly after SIGTERM or SIGINT
+  1  failed or refused: an input file that cannot be read or fails its checks,
+     a change the config store refuses, a signature that cannot be derived,
+     a key file that exists already, an endpoint that is not healthy
+  2  usage: an unknown option, a missing argument, a value of the wrong form;
+     a root or leaf that cannot start with the settings given (the message
+     lists every problem)"""
+
+
+def exit_for(command: str, exc: TrimmerError) -> int:
+    """Say why ``command`` stopped, on stderr; its exit status under the policy."""
+    print(f"trimmer {command}: {exc}", file=sys.stderr)
+    return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
+
+# name -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
     # control plane
     "export": ("signatures.commands.export", "export a model with its derived signature into a repository"),
-    "bundle": ("signatures.commands.bundle", "build a bundle (model version -> required features) from a placement"),
-    "report": ("signatures.commands.report", "bytes per request with all features vs trimmed, per leaf and model"),
+    "bundle": ("signatures.commands.bundle",
+               "build a bundle (model version -> required features) from a placement"),
+    "report": ("signatures.commands.report",
+               "bytes per request with all features vs trimmed, per leaf and model"),
     "diff": ("signatures.commands.diff", "features added and removed between two bundles"),
     "deploy": ("signatures.commands.stages", "put a bundle on a stage as its root config"),
-    "deploy-models": ("signatures.commands.stages", "put model versions on a stage (config must be there first)"),
+    "deploy-models": ("signatures.commands.stages",
+                      "put model versions on a stage (config must be there first)"),
     "promote": ("signatures.commands.stages", "copy one stage's active config and models to another"),
     "rollback": ("signatures.commands.stages", "return a stage to its previous config"),
     "status": ("signatures.commands.stages", "what each stage runs, and who is on it"),
@@ -39,7 +63,7 @@ def usage() -> str:
              "Feature Trimmer: send each leaf only the features its model reads.", "",
              "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in sorted(COMMANDS.items())]
-    lines += ["", "Run `trimmer COMMAND --help` for a command's options."]
+    lines += ["", "Run `trimmer COMMAND --help` for a command's options.", "", EXIT_POLICY]
     return "\n".join(lines)
 
 
@@ -51,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"trimmer: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     module = importlib.import_module(COMMANDS[name][0])
     # Modules serving several commands take the command name first.
     if getattr(module, "MULTI_COMMAND", False):

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from _trim.errors import Refused
+
 from .schema import RAGGED_SUFFIXES
 
 # Dict ops that read one key: (op name, index of the key argument).
@@ -35,7 +37,7 @@ LIST_READ_OPS = {"aten::len", "aten::__getitem__", "aten::__contains__", "prim::
 MAX_KEYS_PER_SITE = 10_000  # bounds the cartesian product of concatenations
 
 
-class DerivationError(ValueError):
+class DerivationError(Refused):
     """The graph reads the features dict in a way that cannot be derived."""
 
 

@@ -20,16 +20,26 @@ import sys
 import numpy as np
 import torch
 
+from _trim.errors import Refused
+
 from .derive import Derivation, DerivationError, check_explicit, derive, read_places
 from .fsutil import fsync_dir, locked
-from .module_info import (INFO_NAME, MODEL_NAME, ModelRepository, ModuleInfo, TensorSpec,
-                          check_name, sha256_file, version_sort_key)
+from .module_info import (
+    INFO_NAME,
+    MODEL_NAME,
+    ModelRepository,
+    ModuleInfo,
+    TensorSpec,
+    check_name,
+    sha256_file,
+    version_sort_key,
+)
 from .schema import FeatureSchema
 
 DRY_RUN_ROWS = (1, 5)  # one row catches models that squeeze the row axis away
 
 
-class ExportError(ValueError):
+class ExportError(Refused):
     """The model cannot be exported; the message says why and what to do."""
 
 

@@ -6,6 +6,8 @@ import fcntl
 import json
 import os
 
+from _trim.errors import InvalidInput
+
 
 def read_json(path, what: str = ""):
     """A JSON file's content; ValueError naming the file (and ``what`` it is)
@@ -16,9 +18,9 @@ def read_json(path, what: str = ""):
         with open(path, "rb") as f:
             return json.loads(f.read())
     except OSError as exc:
-        raise ValueError(f"{where}: cannot read: {exc.strerror}") from exc
+        raise InvalidInput(f"{where}: cannot read: {exc.strerror}") from exc
     except ValueError as exc:
-        raise ValueError(f"{where}: not valid JSON: {exc}") from exc
+        raise InvalidInput(f"{where}: not valid JSON: {exc}") from exc
 
 
 def fsync_dir(path) -> None:

@@ -70,7 +70,7 @@ class MemberRecord:
         return max(0.0, (time.time() if now is None else now) - self.time)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MemberRecord | None":
+    def from_dict(cls, d: dict) -> MemberRecord | None:
         """A record read back; None when it lacks a role and a name."""
         if not isinstance(d, dict):
             return None
@@ -95,7 +95,7 @@ class MemberRecord:
                                        if isinstance(v, kind) and not isinstance(v, bool)))
         links = d.get("leaves")
         if isinstance(links, list):
-            kw["leaves"] = tuple(_link(l) for l in links if _link(l) is not None)
+            kw["leaves"] = tuple(_link(link) for link in links if _link(link) is not None)
         return cls(**kw)
 
 

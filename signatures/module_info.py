@@ -10,11 +10,11 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from _trim import DTYPE_CODES, ColumnSpec, Layout
-from _trim.errors import NotFound
+from _trim.errors import InvalidInput, NotFound
 
 from .fsutil import atomic_write, read_json
 
@@ -27,7 +27,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 def check_name(what: str, value) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
-        raise ValueError(f"{what} {value!r} must be 1-128 characters of letters, digits, "
+        raise InvalidInput(f"{what} {value!r} must be 1-128 characters of letters, digits, "
                          "'_', '-', '.', starting with a letter or digit")
     return value
 
@@ -69,24 +69,24 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
     @classmethod
-    def from_dict(cls, d, where: str) -> "TensorSpec":
+    def from_dict(cls, d, where: str) -> TensorSpec:
         if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not d["name"]:
-            raise ValueError(f"{where}: each entry needs a non-empty 'name', got {d!r}")
+            raise InvalidInput(f"{where}: each entry needs a non-empty 'name', got {d!r}")
         name = d["name"]
         dtype = d.get("dtype")
         if dtype not in DTYPE_CODES:
-            raise ValueError(f"{where}: {name!r} has unsupported dtype {dtype!r}")
+            raise InvalidInput(f"{where}: {name!r} has unsupported dtype {dtype!r}")
         shape = d.get("shape", [])
         if not isinstance(shape, list) or len(shape) > 1 or any(
                 not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in shape):
-            raise ValueError(f"{where}: {name!r} has bad shape {shape!r}")
+            raise InvalidInput(f"{where}: {name!r} has bad shape {shape!r}")
         kind = d.get("kind", "dense")
         if kind not in ("dense", "ragged") or (kind == "ragged" and shape):
-            raise ValueError(f"{where}: {name!r} has bad kind {kind!r} for shape {shape!r}")
+            raise InvalidInput(f"{where}: {name!r} has bad kind {kind!r} for shape {shape!r}")
         return cls(name, dtype, tuple(shape), kind, bool(d.get("per_request", False)))
 
     @classmethod
-    def from_feature(cls, feature) -> "TensorSpec":
+    def from_feature(cls, feature) -> TensorSpec:
         return cls(feature.name, feature.dtype, tuple(feature.shape), feature.kind,
                    feature.per_request)
 
@@ -110,7 +110,7 @@ class ModuleInfo:
         self.inputs = sorted(self.inputs, key=lambda s: s.name)
         names = [s.name for s in self.inputs]
         if len(set(names)) != len(names):
-            raise ValueError(f"{self.key}: duplicate input names")
+            raise InvalidInput(f"{self.key}: duplicate input names")
         if not self.signature_hash:
             self.signature_hash = self.compute_hash()
 
@@ -152,29 +152,29 @@ class ModuleInfo:
         return path
 
     @classmethod
-    def from_dict(cls, d, where: str = INFO_NAME) -> "ModuleInfo":
+    def from_dict(cls, d, where: str = INFO_NAME) -> ModuleInfo:
         if not isinstance(d, dict):
-            raise ValueError(f"{where}: expected an object")
+            raise InvalidInput(f"{where}: expected an object")
         if d.get("format") != FORMAT:
-            raise ValueError(f"{where}: format must be {FORMAT}, got {d.get('format')!r}")
+            raise InvalidInput(f"{where}: format must be {FORMAT}, got {d.get('format')!r}")
         for key in ("model", "version", "inputs", "outputs", "signature_hash"):
             if key not in d:
-                raise ValueError(f"{where}: missing {key!r}")
+                raise InvalidInput(f"{where}: missing {key!r}")
         if not isinstance(d["inputs"], list) or not isinstance(d["outputs"], list):
-            raise ValueError(f"{where}: 'inputs' and 'outputs' must be lists")
+            raise InvalidInput(f"{where}: 'inputs' and 'outputs' must be lists")
         inputs = [TensorSpec.from_dict(x, f"{where}: inputs") for x in d["inputs"]]
         outputs = [TensorSpec.from_dict(x, f"{where}: outputs") for x in d["outputs"]]
         info = cls(model=d["model"], version=str(d["version"]), inputs=inputs, outputs=outputs,
                    artifact_sha256=d.get("artifact_sha256", ""),
                    provenance=d.get("provenance") or {}, signature_hash="")
         if info.signature_hash != d["signature_hash"]:
-            raise ValueError(f"{where}: signature_hash {d['signature_hash'][:12]}... does not "
+            raise InvalidInput(f"{where}: signature_hash {d['signature_hash'][:12]}... does not "
                              f"match its inputs/outputs ({info.signature_hash[:12]}...): "
                              "the file was edited by hand or corrupted")
         return info
 
     @classmethod
-    def load(cls, version_dir) -> "ModuleInfo":
+    def load(cls, version_dir) -> ModuleInfo:
         path = os.path.join(os.fspath(version_dir), INFO_NAME)
         return cls.from_dict(read_json(path), where=path)
 
@@ -231,9 +231,9 @@ class ModelRepository:
         info = self.info(model, version)
         path = os.path.join(self.version_dir(model, version), MODEL_NAME)
         if not os.path.isfile(path):
-            raise ValueError(f"{info.key}: {path} is missing")
+            raise InvalidInput(f"{info.key}: {path} is missing")
         if verify and info.artifact_sha256 and sha256_file(path) != info.artifact_sha256:
-            raise ValueError(f"{info.key}: {path} does not match the artifact_sha256 in its "
+            raise InvalidInput(f"{info.key}: {path} does not match the artifact_sha256 in its "
                              "module_info.json (modified after export)")
         return path, info
 

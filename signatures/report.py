@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from _trim import Batch, compile_plan, encoded_nbytes
+from _trim.errors import InvalidInput
 
 from .bundle import Bundle
 from .schema import FeatureSchema
@@ -24,7 +25,7 @@ class SizeModel:
     def __init__(self, schema: FeatureSchema, rows: int = DEFAULT_ROWS,
                  avg_list_len: int = DEFAULT_LIST_LEN):
         if rows < 1:
-            raise ValueError(f"rows must be >= 1, got {rows}")
+            raise InvalidInput(f"rows must be >= 1, got {rows}")
         self.schema = schema
         self.rows = rows
         self.layout = schema.layout()
@@ -40,7 +41,7 @@ class SizeModel:
         plan = compile_plan(self.layout, list(names))
         return encoded_nbytes(plan, self._batches[self.rows if rows is None else rows])
 
-    def cost(self, names) -> "Cost":
+    def cost(self, names) -> Cost:
         """Bytes for one request: the fixed part (header, table, per-request
         columns) and the part that grows with each candidate."""
         names = list(names)
@@ -74,7 +75,7 @@ def report(bundle: Bundle, schema: FeatureSchema, rows: int = DEFAULT_ROWS,
     sizes = SizeModel(schema, rows, avg_list_len)
     unknown = sorted(set(bundle.all_features()) - set(schema.names))
     if unknown:
-        raise ValueError(f"the bundle needs features the schema lacks: {', '.join(unknown)}")
+        raise InvalidInput(f"the bundle needs features the schema lacks: {', '.join(unknown)}")
     everything = sizes.cost(schema.names)
     out = [Row("model", key, len(m.features), everything, sizes.cost(m.features))
            for key, m in sorted(bundle.models.items())]

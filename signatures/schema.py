@@ -10,10 +10,11 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
-from _trim import ColumnSpec, DTYPE_CODES, Layout
+from _trim import DTYPE_CODES, ColumnSpec, Layout
+from _trim.errors import InvalidInput
 
 FORMAT = 1
 SOURCES = ("user", "candidate", "cross")
@@ -73,7 +74,7 @@ class Feature:
         return ColumnSpec(self.name, self.dtype, self.shape, self.ragged, self.per_request)
 
     def to_dict(self) -> dict:
-        d = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+        d: dict[str, object] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
              "kind": self.kind, "source": self.source, "transform": dict(self.transform)}
         if self.raw is not None:
             d["raw"] = self.raw
@@ -99,13 +100,13 @@ class FeatureSchema:
     # -- loading --------------------------------------------------------------
 
     @classmethod
-    def load(cls, path) -> "FeatureSchema":
+    def load(cls, path) -> FeatureSchema:
         path = os.fspath(path)
         try:
             with open(path, "rb") as f:
                 raw = f.read()
         except OSError as exc:
-            raise ValueError(f"feature schema {path}: cannot read: {exc.strerror}") from exc
+            raise InvalidInput(f"feature schema {path}: cannot read: {exc.strerror}") from exc
         try:
             if path.endswith(".toml"):
                 import tomllib
@@ -113,16 +114,16 @@ class FeatureSchema:
             else:
                 data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"feature schema {path}: not valid "
+            raise InvalidInput(f"feature schema {path}: not valid "
                              f"{'TOML' if path.endswith('.toml') else 'JSON'}: {exc}") from exc
         return cls.from_dict(data, path=path)
 
     @classmethod
-    def from_dict(cls, data, path: str | None = None) -> "FeatureSchema":
+    def from_dict(cls, data, path: str | None = None) -> FeatureSchema:
         where = f"feature schema {path}" if path else "feature schema"
         problems: list[str] = []
         if not isinstance(data, Mapping):
-            raise ValueError(f"{where}: expected an object with 'format' and 'features'")
+            raise InvalidInput(f"{where}: expected an object with 'format' and 'features'")
         if data.get("format") != FORMAT:
             problems.append(f"format must be {FORMAT}, got {data.get('format')!r}")
         items = data.get("features")
@@ -146,7 +147,7 @@ class FeatureSchema:
             if feat.source == "cross":
                 _check_cross(feat, by_name, problems)
         if problems:
-            raise ValueError(f"{where}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+            raise InvalidInput(f"{where}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
         return cls(features, path=path)
 
     def to_dict(self) -> dict:
@@ -170,7 +171,7 @@ class FeatureSchema:
     def check_names(self, names: Iterable[str]) -> None:
         unknown = [n for n in names if n not in self.features]
         if unknown:
-            raise ValueError(f"features not in the schema: {', '.join(unknown)}")
+            raise InvalidInput(f"features not in the schema: {', '.join(unknown)}")
 
     def layout(self, names: Iterable[str] | None = None) -> Layout:
         """The batch layout of ``names`` (all features if None), in schema order."""
@@ -240,6 +241,7 @@ def _parse_feature(i: int, item, problems: list[str]) -> Feature | None:
     _check_default(at, default, kind, shape, problems)
     if len(problems) > n_before:
         return None
+    assert isinstance(dtype, str) and isinstance(source, str)   # else a problem was recorded
     return Feature(name=name, dtype=dtype, shape=tuple(shape), ragged=(kind == "ragged"),
                    source=source, raw=raw, transform=dict(transform), default=default)
 

@@ -24,8 +24,9 @@ import json
 import os
 import types
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from _trim.errors import ConfigError
 

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from _trim.errors import StoreError
 from _trim.transport.model_key import ModelKey
@@ -210,7 +210,8 @@ class ConfigStore:
                     parts.append(f"the active root config on {stage} has a different "
                                  f"signature for {', '.join(mismatched)}")
                 raise StoreError("config before models: " + "; ".join(parts) +
-                                 f". Deploy a bundle with {'it' if len(missing + mismatched) == 1 else 'them'} "
+                                 f". Deploy a bundle with "
+                                 f"{'it' if len(missing + mismatched) == 1 else 'them'} "
                                  f"to {stage} first (`trimmer deploy BUNDLE --stage {stage}`), "
                                  "or use --force in an emergency (logged)")
             models = keys if replace else list(dict.fromkeys(list(old["models"]) + keys))

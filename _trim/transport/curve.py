@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import zmq
 import zmq.auth
 
+from ..errors import InvalidInput, Refused
+
 ALLOW_ANY = "*"   # `authorized`: any client key (encryption without client authentication)
 SECRET_SUFFIX = ".key_secret"
 PUBLIC_SUFFIX = ".key"
@@ -32,12 +34,13 @@ def generate(path) -> tuple[str, str]:
     path = os.fspath(path)
     directory, name = os.path.split(os.path.abspath(path))
     if not name or name.endswith((PUBLIC_SUFFIX, SECRET_SUFFIX)):
-        raise ValueError(f"{path}: give the key pair's base name (writes NAME{PUBLIC_SUFFIX} "
+        raise InvalidInput(f"{path}: give the key pair's base name (writes NAME{PUBLIC_SUFFIX} "
                          f"and NAME{SECRET_SUFFIX})")
     targets = [os.path.join(directory, name + s) for s in (PUBLIC_SUFFIX, SECRET_SUFFIX)]
     existing = [t for t in targets if os.path.exists(t)]
     if existing:
-        raise ValueError(f"{', '.join(existing)} already exist(s); remove them first to replace the key pair")
+        raise Refused(f"{', '.join(existing)} already exist(s); remove them first to replace "
+                      "the key pair")
     os.makedirs(directory, mode=0o700, exist_ok=True)
     # zmq writes with the default mode: the umask keeps the secret from ever
     # being readable by others, even between write and chmod.
@@ -56,9 +59,9 @@ def load_secret(path, what: str) -> tuple[bytes, bytes]:
     try:
         public, secret = zmq.auth.load_certificate(os.fspath(path))
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{what}: cannot read CURVE secret key file {path}: {exc}") from None
+        raise InvalidInput(f"{what}: cannot read CURVE secret key file {path}: {exc}") from None
     if not secret:
-        raise ValueError(f"{what}: {path} holds no secret key (give the NAME{SECRET_SUFFIX} file)")
+        raise InvalidInput(f"{what}: {path} holds no secret key (give the NAME{SECRET_SUFFIX} file)")
     return public, secret
 
 
@@ -67,7 +70,7 @@ def load_public(path, what: str) -> bytes:
     try:
         public, _ = zmq.auth.load_certificate(os.fspath(path))
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{what}: cannot read CURVE public key file {path}: {exc}") from None
+        raise InvalidInput(f"{what}: cannot read CURVE public key file {path}: {exc}") from None
     return public
 
 
@@ -89,7 +92,7 @@ class ClientKeys:
     secret: bytes
 
     @classmethod
-    def load(cls, server_public_key, client_secret_key=None, what: str = "curve") -> "ClientKeys":
+    def load(cls, server_public_key, client_secret_key=None, what: str = "curve") -> ClientKeys:
         """From files (or Z85 strings). Without a client key, a fresh pair: the
         link is encrypted, and only a server that allows any client accepts it."""
         server = _z85(server_public_key, f"{what}: server_public_key")
@@ -114,29 +117,13 @@ class ServerKeys:
     authorized: str      # directory of client public key files, or ALLOW_ANY
 
     @classmethod
-    def load(cls, secret_key, authorized, what: str = "curve") -> "ServerKeys":
+    def load(cls, secret_key, authorized, what: str = "curve") -> ServerKeys:
         public, secret = load_secret(secret_key, f"{what}: secret_key")
         authorized = os.fspath(authorized)
         if authorized != ALLOW_ANY and not os.path.isdir(authorized):
-            raise ValueError(f"{what}: authorized: {authorized} is not a directory of client "
+            raise InvalidInput(f"{what}: authorized: {authorized} is not a directory of client "
                              f"public keys (or {ALLOW_ANY!r} for any client)")
         return cls(public, secret, authorized)
-
-
-def connect_all(sock: zmq.Socket, endpoints, keys: ClientKeys | None) -> None:
-    """Connect plain endpoints, then (with ``keys``) the tcp ones under CURVE."""
-    endpoints = list(endpoints)
-    if keys is None:
-        for ep in endpoints:
-            sock.connect(ep)
-        return
-    for ep in endpoints:
-        if not secured(ep):
-            sock.connect(ep)
-    keys.apply(sock)
-    for ep in endpoints:
-        if secured(ep):
-            sock.connect(ep)
 
 
 __all__ = ["ALLOW_ANY", "ClientKeys", "PUBLIC_SUFFIX", "SECRET_SUFFIX", "ServerKeys",

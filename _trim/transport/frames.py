@@ -15,7 +15,7 @@ EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 def recv_waiting(sock: zmq.Socket) -> list | None:
     """The next whole message as zero-copy frames, or None when none is waiting."""
-    if not sock.getsockopt(EVENTS) & POLLIN:
+    if not int(sock.getsockopt(EVENTS)) & POLLIN:
         return None
     try:
         frames = [sock.recv(NOBLOCK, copy=False)]

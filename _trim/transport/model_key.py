@@ -17,7 +17,7 @@ class ModelKey(str):
 
     __slots__ = ()
 
-    def __new__(cls, value) -> "ModelKey":
+    def __new__(cls, value) -> ModelKey:
         if isinstance(value, ModelKey):
             return value
         if not isinstance(value, str):
@@ -28,7 +28,7 @@ class ModelKey(str):
         return super().__new__(cls, value)
 
     @classmethod
-    def of(cls, name: str, version: str) -> "ModelKey":
+    def of(cls, name: str, version: str) -> ModelKey:
         return cls(f"{name}{SEPARATOR}{version}")
 
     @property

@@ -56,7 +56,7 @@ def describe(event: int, value: int, server: bool, curve: bool = True) -> str:
 
 def drain_events(monitor: zmq.Socket) -> list[tuple[int, int]]:
     """(event, value) pairs waiting on a monitor socket, without blocking."""
-    out = []
+    out: list[tuple[int, int]] = []
     while True:
         try:
             msg = monitor.recv_multipart(zmq.NOBLOCK)
@@ -127,10 +127,6 @@ class ServerMonitor(threading.Thread):
         self._sock = sock
         self._stopping = threading.Event()
         self._logged: dict[str, float] = {}
-
-    def start(self) -> "ServerMonitor":
-        super().start()
-        return self
 
     def run(self) -> None:
         try:

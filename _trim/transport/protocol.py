@@ -81,7 +81,8 @@ def field(header: dict, name: str, kind: type | tuple, *, default=..., check=Non
             raise ProtocolError(BAD_REQUEST, f"header field {name!r} is missing")
         return default
     value = header[name]
-    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
         raise ProtocolError(BAD_REQUEST, f"header field {name!r} has the wrong type (bool)")
     if not isinstance(value, kind):
         raise ProtocolError(BAD_REQUEST, f"header field {name!r} has the wrong type "

@@ -37,10 +37,10 @@ def owner_pid(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def reap_stale_segments(directory: Path = None) -> list[str]:
+def reap_stale_segments(directory: Path | None = None) -> list[str]:
     """Unlink the segments whose owning process is gone; returns their names."""
     directory = Path(directory or SHM_DIR)
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(directory.iterdir())
     except FileNotFoundError:
@@ -59,7 +59,7 @@ def reap_stale_segments(directory: Path = None) -> list[str]:
 class SlotRing:
     """Writer side: a segment of ``n_slots`` slots of ``slot_nbytes`` each."""
 
-    def __init__(self, label: str, slot_nbytes: int, n_slots: int, directory: Path = None):
+    def __init__(self, label: str, slot_nbytes: int, n_slots: int, directory: Path | None = None):
         if slot_nbytes <= 0 or n_slots <= 0:
             raise ValueError(f"slot size and count must be positive, got {slot_nbytes} x {n_slots}")
         slot_nbytes = (slot_nbytes + 63) & ~63  # slots on cache-line boundaries
@@ -156,7 +156,7 @@ class SegmentReader:
     segments of long-gone writers do not accumulate.
     """
 
-    def __init__(self, directory: Path = None, max_segments: int = 64, on_attach=None, on_drop=None):
+    def __init__(self, directory: Path | None = None, max_segments: int = 64, on_attach=None, on_drop=None):
         self.directory = Path(directory or SHM_DIR)
         self.max_segments = max_segments
         # Called with (name, view) under the reader's lock, e.g. to register a

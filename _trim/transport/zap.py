@@ -31,7 +31,7 @@ class AuthorizedKeys:
     def __init__(self, directory: str, label: str):
         self.directory = directory
         self.label = label
-        self._stamp = None
+        self._stamp: int | str | None = None   # the directory's mtime, or "missing"
         self._keys: set[bytes] = set()
         self._logged: dict[bytes, float] = {}
 
@@ -107,7 +107,8 @@ class ServerSecurity:
                 sock.bind(ep)
                 bound[i] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         if self._monitor is None:
-            self._monitor = ServerMonitor(sock, self.label).start()
+            self._monitor = ServerMonitor(sock, self.label)
+            self._monitor.start()
         return [bound[i] for i in range(len(endpoints))]
 
     def close(self) -> None:

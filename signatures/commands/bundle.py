@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from _trim.errors import TrimmerError
 
 from ..bundle import build, load_placement
+from ..cli import exit_for
 from ..module_info import ModelRepository
 from ..schema import FeatureSchema
 
@@ -27,9 +29,8 @@ def main(argv: list[str]) -> int:
         schema = FeatureSchema.load(args.schema)
         bundle = build(ModelRepository(args.repo), schema, load_placement(args.placement))
         bundle.save(args.out)
-    except ValueError as exc:
-        print(f"trimmer bundle build: {exc}", file=sys.stderr)
-        return 1
+    except TrimmerError as exc:
+        return exit_for("bundle build", exc)
     print(f"bundle {bundle.id}: {len(bundle.models)} model versions "
           f"({sum(m.pending for m in bundle.models.values())} pending), "
           f"{len(bundle.leaves)} leaves -> {args.out}")

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from _trim.errors import TrimmerError
 
 from ..bundle import Bundle
+from ..cli import exit_for
 from ..report import DEFAULT_LIST_LEN, DEFAULT_ROWS, diff, format_diff
 from ..schema import FeatureSchema
 
@@ -25,8 +27,7 @@ def main(argv: list[str]) -> int:
         old, new = Bundle.load(args.old), Bundle.load(args.new)
         schema = FeatureSchema.load(args.schema) if args.schema else None
         diffs = diff(old, new, schema, args.rows, args.list_len)
-    except ValueError as exc:
-        print(f"trimmer diff: {exc}", file=sys.stderr)
-        return 1
+    except TrimmerError as exc:
+        return exit_for("diff", exc)
     print(format_diff(diffs, old, new, args.rows))
     return 0

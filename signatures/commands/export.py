@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ..export import ExportError, export
+from _trim.errors import TrimmerError
+
+from ..cli import exit_for
+from ..export import export
 from ..schema import FeatureSchema
 
 
@@ -35,9 +37,8 @@ def main(argv: list[str]) -> int:
         schema = FeatureSchema.load(args.schema)
         info = export(args.source, args.repo, args.model, schema, version=args.version,
                       features=features, fork=args.fork)
-    except (ExportError, ValueError) as exc:
-        print(f"trimmer export: {exc}", file=sys.stderr)
-        return 1
+    except TrimmerError as exc:
+        return exit_for("export", exc)
     print(f"exported {info.key}: {len(info.inputs)} features "
           f"({', '.join(info.input_names)}), signature {info.signature_hash[:12]}")
     return 0

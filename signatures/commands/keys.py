@@ -21,7 +21,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    from _trim.errors import TrimmerError
     from _trim.transport import curve
+
+    from ..cli import exit_for
     try:
         if args.action == "generate":
             for path in args.path:
@@ -30,7 +33,9 @@ def main(argv: list[str]) -> int:
                 print(f"{secret}\t(secret: keep it on this host, mode 0600)")
         else:
             print(curve.load_public(args.file, "trimmer keys").decode("ascii"))
-    except (OSError, ValueError) as exc:
+    except TrimmerError as exc:
+        return exit_for("keys", exc)
+    except OSError as exc:
         print(f"trimmer keys: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from _trim.errors import TrimmerError
 
 from ..bundle import Bundle
+from ..cli import exit_for
 from ..report import DEFAULT_LIST_LEN, DEFAULT_ROWS, format_table, plot, report
 from ..schema import FeatureSchema
 
@@ -26,9 +28,8 @@ def main(argv: list[str]) -> int:
         bundle = Bundle.load(args.bundle)
         schema = FeatureSchema.load(args.schema)
         rows = report(bundle, schema, args.rows, args.list_len)
-    except ValueError as exc:
-        print(f"trimmer report: {exc}", file=sys.stderr)
-        return 1
+    except TrimmerError as exc:
+        return exit_for("report", exc)
     print(f"bundle {bundle.id}, {len(schema)} schema features, {args.rows} candidates per "
           f"request, {args.list_len} values per ragged row")
     print(format_table(rows, args.rows))

@@ -10,6 +10,7 @@ import sys
 from _trim.errors import TrimmerError
 
 from ..bundle import Bundle
+from ..cli import exit_for
 from ..members import STALE_S
 from ..store import STAGES, ConfigStore
 
@@ -76,8 +77,9 @@ def main(argv: list[str]) -> int:
                   f"(generation {store.generation(args.stage)})")
         elif command == "promote":
             gen = store.promote(args.src, args.dst)
-            _, bundle = store.active(args.dst)
-            print(f"{args.dst}: config {bundle.id} and models "
+            _, promoted = store.active(args.dst)
+            assert promoted is not None   # promote refuses a stage without a config
+            print(f"{args.dst}: config {promoted.id} and models "
                   f"{', '.join(store.active_models(args.dst)) or '(none)'} from {args.src} "
                   f"(generation {gen})")
         elif command == "rollback":
@@ -92,9 +94,8 @@ def main(argv: list[str]) -> int:
                 print(json.dumps(status, indent=1))
             else:
                 print(format_status(status))
-    except (TrimmerError, ValueError) as exc:
-        print(f"trimmer {command}: {exc}", file=sys.stderr)
-        return 1
+    except TrimmerError as exc:
+        return exit_for(command, exc)
     return 0
 
 
@@ -129,10 +130,10 @@ def format_status(status: dict) -> str:
                              f"{f', {count} requests' if count else ''})")
             if m.get("leaves"):  # a root's leaf links
                 lines.append("    leaves: " + ", ".join(
-                    f"{l.get('leaf')} {l.get('endpoint')}"
-                    f"{' (shm)' if l.get('transport') == 'shm' else ''}"
-                    f"{' (retiring)' if l.get('retiring') else ''}"
-                    f"{'' if l.get('healthy') else ' (DOWN)'}" for l in m["leaves"]))
+                    f"{link.get('leaf')} {link.get('endpoint')}"
+                    f"{' (shm)' if link.get('transport') == 'shm' else ''}"
+                    f"{' (retiring)' if link.get('retiring') else ''}"
+                    f"{'' if link.get('healthy') else ' (DOWN)'}" for link in m["leaves"]))
             if m.get("last_error"):
                 lines.append(f"    config error: {m['last_error']}")
     return "\n".join(lines)

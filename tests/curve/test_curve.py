@@ -21,7 +21,6 @@ from rootproc.client import ScoringClient
 from rootproc.config import config_from_dict
 from rootproc.health import ping
 from tests.root.world import CANDIDATE_IDS, MODELS, USER_IDS, assert_scores_match
-from tests.support.fixtures import module_process_runner  # noqa: F401
 from tests.support.procs import ping as plain_ping
 
 from .conftest import trimmer
@@ -96,7 +95,7 @@ def secure_root(world, keys, leaves, runner):
     def healthy():
         pong = ping(bind, 500, curve_server_public_key=keys["root"]["public"],
                     curve_client_secret_key=keys["client"]["secret"])
-        return pong if all(l["healthy"] for l in pong["leaves"]) else None
+        return pong if all(link["healthy"] for link in pong["leaves"]) else None
     wait_for(healthy, "root-secure with healthy leaves", proc, timeout=30)
     yield proc
     assert proc.stop() == 0, proc.log()  # a clean drain closes the CURVE machinery too
@@ -120,7 +119,7 @@ def test_curve_links_score_correctly(world, keys, leaves, secure_root):
             assert_scores_match(world, res, user, cands, MODELS)
             assert {r["model"]: r["leaf"] for r in res.results}["ctr@3"] == "leaf-0"
         pong = c.ping()
-    link = next(l for l in pong["leaves"] if l["leaf"] == "leaf-0")
+    link = next(link for link in pong["leaves"] if link["leaf"] == "leaf-0")
     assert link["curve"] is True and link["handshake_error"] is None
     # The leaf's ipc endpoint on the same socket stays plain; its tcp one does not.
     assert models_ready(plain_ping(leaves["leaf-0-ipc"], timeout=2))
@@ -164,7 +163,7 @@ def test_root_with_wrong_leaf_keys_gets_errors_and_keeps_serving(world, keys, le
 
     def leaf1_healthy():
         pong = plain_ping(bind, timeout=0.5)
-        return pong and any(l["leaf"] == "leaf-1" and l["healthy"] for l in pong["leaves"])
+        return pong and any(link["leaf"] == "leaf-1" and link["healthy"] for link in pong["leaves"])
     wait_for(leaf1_healthy, "root-bad with leaf-1 healthy", proc, timeout=30)
     with ScoringClient(bind) as c:
         t0 = time.monotonic()
@@ -176,7 +175,7 @@ def test_root_with_wrong_leaf_keys_gets_errors_and_keeps_serving(world, keys, le
         assert_scores_match(world, res, 101, CANDIDATE_IDS[:20], ["div@2"])
 
         def problems():  # the root reads its links' monitors at each ping tick
-            p = {l["leaf"]: l["handshake_error"] for l in c.ping()["leaves"] if l.get("curve")}
+            p = {link["leaf"]: link["handshake_error"] for link in c.ping()["leaves"] if link.get("curve")}
             return p if all(p.values()) else None
         p = wait_for(problems, "handshake errors in the root's pong", proc, timeout=10)
     assert "rejected this process's CURVE key" in p["leaf-0"]

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from tests.support.fixtures import module_process_runner, process_runner  # noqa: F401
 from tests.support.models import spec, spin_for, write_model
 
 CTR_INPUTS = [

@@ -4,7 +4,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from typing import Dict
 
 import numpy as np
 import pytest
@@ -122,8 +121,9 @@ def test_config_file(process_runner, repo, tmp_path, rng):
 def test_leaf_on_cuda_scores_equal_direct_call(process_runner, repo, rng):
     leaf = process_runner.leaf(repo.root, models=["ctr@3"], name="cuda",
                                args=["--device", "cuda", "--max-wait-ms", "5"])
-    from .conftest import CTR_INPUTS
     from tests.support.procs import ping
+
+    from .conftest import CTR_INPUTS
     assert ping(leaf.endpoint)["device"].startswith("cuda")
     path = repo.models["ctr@3"][0]
     with Client(leaf.endpoint) as c:
@@ -136,7 +136,7 @@ def test_leaf_on_cuda_scores_equal_direct_call(process_runner, repo, rng):
 
 
 class ReadsUndeclared(torch.nn.Module):
-    def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return features["not_in_signature"]
 
 

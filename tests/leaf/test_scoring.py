@@ -193,7 +193,7 @@ def test_many_concurrent_clients_with_dynamic_batching(leaf, repo):
         try:
             with Client(leaf.endpoint, zmq.Context.instance()) as c:
                 sent = []
-                for i in range(per_client):  # all in flight at once
+                for _ in range(per_client):  # all in flight at once
                     rows = int(rng.integers(1, 40))
                     cols = random_columns(ENG_INPUTS, rows, rng)
                     rid = c.send({"type": "score", "model": "eng@1", "rows": rows},

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import _trim
-from _trim.transport.protocol import SIGNATURE_MISMATCH, BAD_REQUEST, ProtocolError
+from _trim.transport.protocol import BAD_REQUEST, SIGNATURE_MISMATCH, ProtocolError
 from leafproc.signature import SignatureCheck
 from tests.support.models import encode_columns, random_columns, spec
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import _trim
+from _trim.transport.protocol import ProtocolError
 from leafproc.signature import check, synthetic_message
 from leafproc.tensors import HostTensors, Part, StagedTensors, merge_key
-from _trim.transport.protocol import ProtocolError
 from tests.support.models import encode_columns, random_columns, spec
 
 from .conftest import CTR_INPUTS, ENG_INPUTS

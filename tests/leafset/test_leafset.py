@@ -19,7 +19,7 @@ from signatures.commands.stages import format_status
 from signatures.module_info import ModelRepository
 from signatures.schema import FeatureSchema
 from signatures.store import ConfigStore
-from tests.rollout.conftest import (REQUESTS, Load, check_replies, root_pong, serving, wait_for)
+from tests.rollout.conftest import REQUESTS, Load, check_replies, root_pong, serving, wait_for
 from tests.root.world import root_config, write_root_config
 from tests.support.models import spin_for, write_model
 from tests.support.procs import ProcessRunner, processes_mentioning
@@ -52,13 +52,13 @@ def spawn_root(runner: ProcessRunner, world, store_path, leaf0, **extra):
     proc = runner.spawn("root", [sys.executable, "-m", "rootproc", "--config", path],
                         endpoint=bind, ipc_paths=[bind[len("ipc://"):]])
     proc.wait_ready(30, ready=lambda p: bool(p.get("leaves")) and
-                    all(l["healthy"] for l in p["leaves"]))
+                    all(link["healthy"] for link in p["leaves"]))
     return proc
 
 
 def links(root) -> dict:
     """leaf name -> its link entry in the root's pong."""
-    return {l["leaf"]: l for l in root_pong(root)["leaves"]}
+    return {link["leaf"]: link for link in root_pong(root)["leaves"]}
 
 
 def rings(root, leaf: str) -> list[str]:

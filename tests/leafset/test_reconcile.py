@@ -26,7 +26,7 @@ def ctx():
 
 
 def keys(links) -> set:
-    return {(l.name, l.endpoint) for l in links}
+    return {(link.name, link.endpoint) for link in links}
 
 
 def test_config_file_wins_and_is_never_retired(ctx, tmp_path):

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from rootproc.client import ScoringClient
-from rootproc.demo.netns import (RemoteHost, cleanup_stale, namespaces, owner_pid,
-                                 unavailable_reason, veths)
+from rootproc.demo.netns import RemoteHost, cleanup_stale, namespaces, owner_pid, unavailable_reason, veths
 from tests.root.world import MODELS, build_world, root_config, write_root_config
 from tests.support.models import direct_scores
 from tests.support.procs import ProcessRunner, all_models_ready, ping, processes_mentioning
@@ -114,7 +113,7 @@ def test_root_scores_through_leaves_in_a_namespace(tmp_path):
                                 endpoint=bind, ipc_paths=[bind[len("ipc://"):]])
             pids.append(root.pid)
             root.wait_ready(30, ready=lambda pong: bool(pong.get("leaves"))
-                            and all(l["healthy"] for l in pong["leaves"]))
+                            and all(link["healthy"] for link in pong["leaves"]))
             with ScoringClient(bind) as client:
                 for seed in range(3):
                     check_request(world, client, seed)
@@ -137,6 +136,7 @@ def wait_ready(endpoint: str, ready, log: Path, timeout_s: float = 60.0) -> None
 
 def check_request(world, client, seed: int) -> None:
     import numpy as np
+
     from tests.root.world import CANDIDATE_IDS, USER_IDS, expected_features
 
     rng = np.random.default_rng(seed)

@@ -13,9 +13,14 @@ import numpy as np
 import pytest
 
 from rootproc.client import ScoringClient
-from tests.root.world import (CANDIDATE_IDS, USER_IDS, build_world, expected_features,
-                              root_config, write_root_config)
-from tests.support.fixtures import process_runner  # noqa: F401
+from tests.root.world import (
+    CANDIDATE_IDS,
+    USER_IDS,
+    build_world,
+    expected_features,
+    root_config,
+    write_root_config,
+)
 from tests.support.models import direct_scores, write_model
 from tests.support.procs import ProcessRunner, free_tcp_port, ping
 
@@ -86,7 +91,7 @@ def spawn_root(runner: ProcessRunner, world, store_path, stage, leaf_endpoint, m
     proc = runner.spawn(name, [sys.executable, "-m", "rootproc", "--config", path],
                         endpoint=bind, ipc_paths=[bind[len("ipc://"):]])
     proc.wait_ready(30, ready=lambda p: bool(p.get("leaves")) and
-                    all(l["healthy"] for l in p["leaves"]))
+                    all(link["healthy"] for link in p["leaves"]))
     proc.metrics_port = port
     return proc
 
@@ -142,7 +147,7 @@ class Load(threading.Thread):
                     return
                 self.replies.append((time.monotonic(), sent.pop(res.id), res))
 
-    def stop(self) -> "Load":
+    def stop(self) -> Load:
         self._halt.set()
         self.join(30)
         assert not self.is_alive(), "load thread did not finish"

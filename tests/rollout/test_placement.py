@@ -1,7 +1,6 @@
 """Which versions a following leaf serves (leafproc.follow.versions_for)."""
-from signatures.bundle import BundleLeaf
-
 from leafproc.follow import versions_for
+from signatures.bundle import BundleLeaf
 
 
 class FakeBundle:

@@ -7,10 +7,19 @@ import time
 import pytest
 
 from signatures.store import ConfigStore
-
-from .conftest import (Load, check_replies, root_pong, scrape, seed_store, serving, spawn_leaf,
-                       spawn_root, wait_for)
 from tests.support.procs import ping
+
+from .conftest import (
+    Load,
+    check_replies,
+    root_pong,
+    scrape,
+    seed_store,
+    serving,
+    spawn_leaf,
+    spawn_root,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +116,7 @@ def test_models_before_config_fail_open_then_trim(world, process_runner, tmp_pat
         store.deploy_models("canary", ["ctr@5"], force=True)
         wait_for("leaf serving ctr@5", leaf_serves(leaf, "ctr@5"), timeout=30)
         wait_for("root sees ctr@5", lambda: any(
-            "ctr@5" in l["models"] for l in root_pong(root)["leaves"]))
+            "ctr@5" in link["models"] for link in root_pong(root)["leaves"]))
         gap_load = Load(root.endpoint, models=("ctr@5", "eng"))
         gap_load.start()
         traffic_after(gap_load, 10)

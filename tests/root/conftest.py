@@ -5,7 +5,6 @@ import sys
 
 import pytest
 
-from tests.support.fixtures import process_runner  # noqa: F401
 from tests.support.procs import ProcessRunner
 
 from .world import GAP_MODEL, build_world, root_config, write_root_config
@@ -17,7 +16,7 @@ def world(tmp_path_factory):
 
 
 def leaves_healthy(pong: dict) -> bool:
-    return bool(pong.get("leaves")) and all(l["healthy"] for l in pong["leaves"])
+    return bool(pong.get("leaves")) and all(link["healthy"] for link in pong["leaves"])
 
 
 def spawn_root(runner: ProcessRunner, world: dict, leaf_endpoints: dict, *, transport="ipc",

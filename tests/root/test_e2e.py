@@ -128,8 +128,8 @@ def test_lz4_gives_the_same_scores(world, leaves, process_runner):
 
 def test_unknown_version_fails_open_and_missing_ids_get_defaults(world, leaves, process_runner):
     spawn_root(process_runner, world, leaves["ipc"],
-               ready=lambda p: all(l["healthy"] for l in p["leaves"])
-               and any(GAP_MODEL[0] in l["models"] for l in p["leaves"]))
+               ready=lambda p: all(link["healthy"] for link in p["leaves"])
+               and any(GAP_MODEL[0] in link["models"] for link in p["leaves"]))
     with ScoringClient(process_runner.procs[-1].endpoint) as client:
         user, cands = request_ids(5)
         cands = np.concatenate([cands, [987654321]])   # not in the store

@@ -9,10 +9,10 @@ import pytest
 import _trim
 from _trim import Ragged
 from rootproc.config import RootConfig, config_from_dict
-from signatures.settings import add_arguments, load
 from rootproc.preprocess import Preprocessor, _elementwise, hash_ids
 from rootproc.records import RecordLayout
 from signatures.schema import FeatureSchema
+from signatures.settings import add_arguments, load
 
 from .world import SCHEMA, bucket, expected_features, raw_data
 

@@ -11,7 +11,7 @@ import pytest
 
 from rootproc import store_cli
 from rootproc.cache import ABSENT, CachedStore, LRUCache
-from rootproc.records import RecordLayout, RawField
+from rootproc.records import RawField, RecordLayout
 from rootproc.store import FeatureStore, decode_key, encode_keys
 from signatures.schema import FeatureSchema
 

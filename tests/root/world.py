@@ -177,10 +177,10 @@ def message_nbytes(names, rows: int, feats: dict) -> int:
 
 def build_world(base) -> dict:
     """Write schema, store, model repository and bundle under ``base``."""
+    from rootproc import store_cli
     from signatures.bundle import build
     from signatures.module_info import ModelRepository, TensorSpec
     from signatures.schema import FeatureSchema
-    from rootproc import store_cli
     from tests.support.models import write_model
 
     base = os.fspath(base)

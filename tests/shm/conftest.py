@@ -7,7 +7,6 @@ import pytest
 
 from tests.root.conftest import leaves_healthy, spawn_leaves, spawn_root  # noqa: F401
 from tests.root.world import build_world
-from tests.support.fixtures import process_runner  # noqa: F401
 from tests.support.procs import ProcessRunner, free_tcp_port
 
 SHM_DIR = "/dev/shm"

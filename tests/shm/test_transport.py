@@ -112,7 +112,7 @@ def test_slot_held_past_the_deadline_until_the_reply(world, leaves, process_runn
 
 def _leaf_pid(root_endpoint: str, leaf: str) -> int:
     pong = ping(root_endpoint, timeout=5)
-    return next(l["pid"] for l in pong["leaves"] if l["leaf"] == leaf)
+    return next(link["pid"] for link in pong["leaves"] if link["leaf"] == leaf)
 
 
 def test_forced_transports(world, leaves, process_runner):
@@ -129,7 +129,7 @@ def test_forced_transports(world, leaves, process_runner):
         by_model = {r["model"]: r.get("transport") for r in res.results}
         assert by_model == {"ctr@3": "shm", "div@2": None}
     assert len(segments_of(root.pid)) == 1
-    links = {l["leaf"]: l for l in ping(root.endpoint, timeout=5)["leaves"]}
+    links = {link["leaf"]: link for link in ping(root.endpoint, timeout=5)["leaves"]}
     assert links["leaf-0"]["transport"] == "shm"  # what an operator sees (trimmer health / status)
     assert links["leaf-0"]["shm"] == {"slots": 2, "slot_bytes": 1 << 20, "held": 0}
     assert links["leaf-1"]["transport"] == "socket" and "shm" not in links["leaf-1"]

@@ -3,19 +3,18 @@
 They live in a real file because TorchScript reads a module's source.
 """
 
-from typing import Dict, List
 
 import torch
 from torch import Tensor
 
 
 class Direct(torch.nn.Module):
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         return features["pin_ctr_7d"] * 2 + features["pin_age_days"]
 
 
 class WithGet(torch.nn.Module):
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         x = features.get("pin_quality")
         if x is None:
             return torch.zeros(1)
@@ -23,7 +22,7 @@ class WithGet(torch.nn.Module):
 
 
 class WithIn(torch.nn.Module):
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         s = features["pin_ctr_7d"]
         if "pin_age_days" in features:
             s = s + features["pin_age_days"]
@@ -31,10 +30,10 @@ class WithIn(torch.nn.Module):
 
 
 class Helpers(torch.nn.Module):
-    def emb_score(self, f: Dict[str, Tensor]) -> Tensor:
+    def emb_score(self, f: dict[str, Tensor]) -> Tensor:
         return (f["pin_emb"] * f["user_emb"]).sum(1)
 
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         return self.emb_score(features) + features["pin_quality"]
 
 
@@ -43,7 +42,7 @@ class Tower(torch.nn.Module):
         super().__init__()
         self.lin = torch.nn.Linear(8, 1)
 
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         return self.lin(features["pin_emb"]).squeeze(1)
 
 
@@ -52,12 +51,12 @@ class Submodules(torch.nn.Module):
         super().__init__()
         self.tower = Tower()
 
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         return self.tower(features) + features["user_pin_affinity"]
 
 
 class ConstantLoop(torch.nn.Module):
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         s = features["pin_ctr_7d"]
         for name in ["pin_age_days", "pin_quality"]:
             s = s + features[name]
@@ -66,14 +65,14 @@ class ConstantLoop(torch.nn.Module):
 
 class AttributeLoop(torch.nn.Module):
     __constants__ = ["const_names"]
-    names: List[str]
+    names: list[str]
 
     def __init__(self):
         super().__init__()
         self.names = ["pin_ctr_7d", "pin_quality"]
         self.const_names = ["pin_age_days"]
 
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         s = torch.zeros(features["pin_lang"].shape[0])
         for name in self.names:
             s = s + features[name]
@@ -83,7 +82,7 @@ class AttributeLoop(torch.nn.Module):
 
 
 class Branchy(torch.nn.Module):
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         s = features["pin_ctr_7d"]
         if bool((s > 100).any()):
             s = s + features["pin_age_days"]  # only on some data: still required
@@ -91,7 +90,7 @@ class Branchy(torch.nn.Module):
 
 
 class Ragged(torch.nn.Module):
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         values = features["pin_tags.values"].to(torch.float32)
         offsets = features["pin_tags.offsets"]
         lengths = (offsets[1:] - offsets[:-1]).to(torch.float32)
@@ -100,13 +99,13 @@ class Ragged(torch.nn.Module):
 
 
 class Concatenated(torch.nn.Module):
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         prefix = "pin_"
         return features[prefix + "quality"]
 
 
 class Computed(torch.nn.Module):
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         s = features["pin_ctr_7d"]
         for k in features.keys():
             if k.startswith("pin_a"):
@@ -115,18 +114,18 @@ class Computed(torch.nn.Module):
 
 
 class ComputedKey(torch.nn.Module):
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         n = int(features["pin_lang"][0].item())
         return features["pin_" + str(n)]
 
 
 class WrongRows(torch.nn.Module):
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         return features["pin_ctr_7d"].sum().reshape(1)
 
 
 class Raises(torch.nn.Module):
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         if bool((features["pin_ctr_7d"] >= 0).all()):
             raise RuntimeError("model refuses this batch")
         return features["pin_ctr_7d"]
@@ -135,7 +134,7 @@ class Raises(torch.nn.Module):
 class DirectPlus(torch.nn.Module):
     """Direct with one more feature: a different signature."""
 
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         return features["pin_ctr_7d"] * 2 + features["pin_age_days"] + features["pin_quality"]
 
 
@@ -153,7 +152,7 @@ def make_direct_scripted():
 
 
 class Chooser(torch.nn.Module):
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         key = "pin_ctr_7d"
         if bool((features["pin_lang"] > 3).any()):
             key = "pin_quality"
@@ -162,13 +161,13 @@ class Chooser(torch.nn.Module):
 
 
 class MutatedAttributeLoop(torch.nn.Module):
-    names: List[str]
+    names: list[str]
 
     def __init__(self):
         super().__init__()
         self.names = ["pin_ctr_7d"]
 
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         if bool((features["pin_lang"] > 3).any()):
             self.names.append("pin_quality")
         s = torch.zeros(features["pin_lang"].shape[0])

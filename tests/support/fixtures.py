@@ -1,5 +1,4 @@
-"""Pytest fixtures; import them into a conftest:
-``from tests.support.fixtures import process_runner  # noqa: F401``.
+"""Pytest fixtures, registered for every test by tests/conftest.py.
 
 `process_runner` stops its processes after each test; `module_process_runner`
 after the module, for processes that many tests share."""

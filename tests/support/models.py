@@ -8,7 +8,6 @@ compared against.
 """
 import os
 import time
-from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -25,12 +24,12 @@ class GenericScorer(torch.nn.Module):
     a negative value. ``spin``: extra matmul rounds, to make forward slow.
     """
 
-    dense: List[str]
-    ragged: List[str]
+    dense: list[str]
+    ragged: list[str]
     fail_on: str
     spin: int
 
-    def __init__(self, dense: List[str], ragged: List[str], fail_on: str = "", spin: int = 0):
+    def __init__(self, dense: list[str], ragged: list[str], fail_on: str = "", spin: int = 0):
         super().__init__()
         self.dense = list(dense)
         self.ragged = list(ragged)
@@ -38,7 +37,7 @@ class GenericScorer(torch.nn.Module):
         self.spin = spin
         self.w = torch.nn.Parameter(torch.eye(64) * 0.5, requires_grad=False)
 
-    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
         first = features[self.dense[0]]
         rows, device = first.shape[0], first.device
         out = torch.zeros(rows, dtype=torch.float32, device=device)
@@ -104,7 +103,7 @@ def spin_for(seconds: float, rows: int = 256) -> int:
 
 
 def write_model(repo, model: str, version: str, inputs: list[TensorSpec],
-                module: Optional[torch.nn.Module] = None, **scorer_kwargs) -> tuple:
+                module: torch.nn.Module | None = None, **scorer_kwargs) -> tuple:
     """Save a scripted model and its module_info.json; returns (model.pt path, info).
     Without ``module``, a `GenericScorer` over ``inputs`` (dense first in the
     order given, which must start with a per-row dense input)."""

@@ -1,10 +1,11 @@
 """encode -> decode returns exactly the selected columns, bit for bit."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st, HealthCheck
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from _trim import Batch, ColumnSpec, Layout, Ragged, compile_plan
-from _trim.format import DTYPE_CODES, COLUMN_NBYTES, HEADER_NBYTES, align_up
+from _trim.format import COLUMN_NBYTES, DTYPE_CODES, HEADER_NBYTES, align_up
 
 DTYPES = sorted(DTYPE_CODES)
 
@@ -50,7 +51,8 @@ def batches(draw):
 
 def same_bits(a, b):
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
-    return a.dtype == b.dtype and a.shape == b.shape and a.view(np.uint8).tobytes() == b.view(np.uint8).tobytes()
+    return (a.dtype == b.dtype and a.shape == b.shape
+            and a.view(np.uint8).tobytes() == b.view(np.uint8).tobytes())
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -1,0 +1,52 @@
+"""The documentation says what the code does: tables in docs/ checked against
+the definitions they describe (one definition each, in the code)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from _trim import format as fmt
+from _trim.transport import protocol
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def table_after(text: str, heading: str) -> list[list[str]]:
+    """The rows (cells stripped, header and rule dropped) of the first
+    Markdown table after the line containing ``heading``."""
+    lines = text[text.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.lstrip().startswith("|"):
+            break
+        rows.append([c.strip().strip("`") for c in line.strip().strip("|").split("|")])
+    return [r for r in rows[2:]]
+
+
+def test_dtype_codes_in_the_protocol_are_the_formats():
+    rows = table_after((DOCS / "protocol.md").read_text(), "dtype codes (never renumbered)")
+    documented = {name: (int(code), int(nbytes.split()[0])) for code, name, nbytes in rows}
+    defined = {name: (code, np.dtype(name).itemsize) for name, code in fmt.DTYPE_CODES.items()}
+    assert documented == defined
+
+
+def test_header_and_column_tables_are_the_formats():
+    text = (DOCS / "protocol.md").read_text()
+    for heading, dtype in (("### Header (32 bytes)", fmt.HEADER_DTYPE),
+                           ("### Column table entry (40 bytes)", fmt.COLUMN_DTYPE)):
+        rows = table_after(text, heading)
+        documented = [(int(offset), name) for offset, _, name, *_ in rows]
+        assert documented == [(dtype.fields[n][1], n) for n in dtype.names]
+    magic = next(r for r in table_after(text, "### Header (32 bytes)") if r[2] == "magic")
+    assert magic[3] == fmt.MAGIC.decode()
+    assert f"# Wire protocol (version {protocol.PROTOCOL_VERSION})" in text
+    assert f"({fmt.HEADER_NBYTES} bytes)" in text and f"({fmt.COLUMN_NBYTES} bytes)" in text
+
+
+def test_every_error_kind_is_documented_and_only_those():
+    text = (DOCS / "protocol.md").read_text()
+    listed = re.search(r"`kind` is one of (.*?)\.", text, re.S).group(1)
+    assert re.findall(r"`(\w+)`", listed) == list(protocol.ERROR_KINDS)
