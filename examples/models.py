@@ -1,6 +1,5 @@
 """Two example models for the README tour. Each reads a different subset of
 examples/schema.json; `trimmer export` derives which from the code."""
-from typing import Dict
 
 import torch
 
@@ -10,7 +9,7 @@ class CtrModel(torch.nn.Module):
         super().__init__()
         self.proj = torch.nn.Linear(16, 1)
 
-    def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         x = self.proj(features["pin_emb"]).squeeze(1)
         x = x + features["pin_ctr_7d"] + 0.1 * features["user_pin_affinity"]
         if "pin_quality" in features:
@@ -23,7 +22,7 @@ class EngageModel(torch.nn.Module):
         super().__init__()
         self.image = torch.nn.Linear(64, 1)
 
-    def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         offsets = features["pin_topics.offsets"]
         topics = (offsets[1:] - offsets[:-1]).float()
         x = self.image(features["pin_image_vec"]).squeeze(1) + torch.log1p(topics)
