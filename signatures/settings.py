@@ -378,5 +378,16 @@ def reference(cls) -> list[tuple[str, str, str]]:
     return rows
 
 
-__all__ = ["Option", "add_arguments", "check", "fail", "flag_name", "load", "option", "parse",
-           "reference", "validate"]
+def markdown(cls, with_flags: bool = True) -> str:
+    """`reference` as the Markdown table docs/operations.md carries (without
+    flags for objects that are items of a list, like the root's leaves)."""
+    lines = ["| key | default | flag | meaning |", "|---|---|---|---|"]
+    flags = {path: flag_name(path, f) for path, f, _ in _flags(cls)} if with_flags else {}
+    for key, default, help_ in reference(cls):
+        flag = f"`{flags[key]}`" if key in flags else ""
+        lines.append(f"| `{key}` | `{default}` | {flag} | {help_.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+__all__ = ["Option", "add_arguments", "check", "fail", "flag_name", "load", "markdown",
+           "option", "parse", "reference", "validate"]

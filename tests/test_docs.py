@@ -50,3 +50,21 @@ def test_every_error_kind_is_documented_and_only_those():
     text = (DOCS / "protocol.md").read_text()
     listed = re.search(r"`kind` is one of (.*?)\.", text, re.S).group(1)
     assert re.findall(r"`(\w+)`", listed) == list(protocol.ERROR_KINDS)
+
+
+def test_settings_tables_are_the_settings():
+    """Each ``<!-- settings MODULE.CLASS -->`` block of docs/operations.md is
+    that class's table, as `signatures.settings.markdown` renders it."""
+    import importlib
+
+    from signatures.settings import markdown
+    text = (DOCS / "operations.md").read_text()
+    blocks = re.findall(r"<!-- settings ([\w.]+) -->\n(.*?)\n<!-- /settings -->", text, re.S)
+    assert {name for name, _ in blocks} == {"rootproc.config.RootConfig",
+                                            "rootproc.config.LeafSpec",
+                                            "leafproc.config.LeafSettings"}
+    for name, table in blocks:
+        module, _, cls = name.rpartition(".")
+        klass = getattr(importlib.import_module(module), cls)
+        expected = markdown(klass, with_flags=cls != "LeafSpec")
+        assert table == expected, f"docs/operations.md, {name}: replace the table with\n{expected}"
