@@ -45,7 +45,10 @@ def describe(event: int, value: int, server: bool, curve: bool = True) -> str:
         return f"handshake protocol error {value:#x}"
     if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
         if server:
-            return "a client's handshake failed"
+            # The client saw the mismatch first and hung up before this side
+            # read its greeting: the usual way a client without CURVE fails.
+            return ("a client closed its connection during the CURVE handshake (a client "
+                    "without CURVE, or with the wrong server key, gives up this way)")
         if not curve:
             return ("the server closed the connection during the handshake: it probably "
                     "requires CURVE (give its public key)")
@@ -139,10 +142,6 @@ class ServerMonitor(threading.Thread):
                     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                         continue  # the ZAP handler has logged the key
                     problem = describe(event, value, server=True)
-                    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                        # Mostly a client that gave up mid-handshake: not news.
-                        log.debug("%s: %s", self.label, problem)
-                        continue
                     now = time.monotonic()
                     if now - self._logged.get(problem, float("-inf")) >= REPEAT_LOG_S:
                         self._logged[problem] = now
