@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         server.metrics.serve(cfg.metrics_port)
     log.info("%s: serving on %s (config %s, trim %s, compression %s, %d leaf replica(s))",
              cfg.name, ", ".join(server.endpoints), server.active.id, cfg.trim, cfg.compression,
-             len(server.pool.links))
+             len(server.links.pool.links))
     server.run()
     log.info("%s: drained, exiting", cfg.name)
     return 0

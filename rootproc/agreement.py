@@ -83,7 +83,7 @@ class Agreement:
     def current_gaps(self, active, pool) -> dict:
         """version -> reason, for every version a leaf serves that cannot be trimmed now."""
         out = {}
-        for link in list(pool.links):
+        for link in pool.links:
             for key in sorted(link.reported or ()):
                 if key not in out:
                     reason = self.gap_reason(active, key, [link])

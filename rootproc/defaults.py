@@ -34,3 +34,11 @@ LEAF_HWM = 100_000
 MAX_POLL_MS = 100
 # Messages read from one socket before the loop turns to the others.
 DRAIN_BATCH = 256
+# Leaf links reconnect this soon after a connection drops, backing off to the max.
+LEAF_RECONNECT_IVL_MS = 100
+LEAF_RECONNECT_IVL_MAX_MS = 1000
+# At most this many missing ids are named in a `missing: fail` error.
+MISSING_IDS_SHOWN = 20
+# Stage latencies span ~10 us (a cached fetch) to seconds (a deadline).
+LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+                   2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

@@ -16,7 +16,7 @@ from _trim.transport.protocol import (BAD_REQUEST, TOO_LARGE, UNKNOWN_MODEL, Pro
 
 from .agreement import default_models, resolve, served_versions
 
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+_INT64 = np.iinfo(np.int64)
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class ScoreRequest:
 def parse_score(header: dict, body: list, cfg) -> ScoreRequest:
     """A score request's fields, checked against the root config's limits."""
     rid = field(header, "id", str, check=lambda s: 0 < len(s) <= MAX_ID_CHARS)
-    user = field(header, "user", int, check=lambda u: INT64_MIN <= u <= INT64_MAX)
+    user = field(header, "user", int, check=lambda u: _INT64.min <= u <= _INT64.max)
     requested = field(header, "models", list, default=None,
                       check=lambda m: all(isinstance(x, str) and x for x in m))
     deadline_ms = field(header, "deadline_ms", (int, float), default=cfg.deadline_ms,

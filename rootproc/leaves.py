@@ -19,8 +19,8 @@ loop between requests): leaves in the root's config file always, plus the
 leaves the active bundle's placement gives an endpoint. A new link gets no
 traffic until its leaf's pong lists ready versions; a link no config names
 any more is *retiring*: it takes no new request but stays open until the
-requests it carries are answered or past their deadline (the server closes
-it then, see `RootServer.reap_retired`).
+requests it carries are answered or past their deadline (closed then, see
+`LeafLinks.reap_retired` in rootproc/links.py).
 """
 from __future__ import annotations
 
@@ -39,10 +39,9 @@ from _trim.transport.model_key import ModelKey
 from _trim.transport.protocol import pack_header
 
 from .config import LeafSpec
+from .defaults import LEAF_HWM, LEAF_RECONNECT_IVL_MAX_MS, LEAF_RECONNECT_IVL_MS
 
 log = logging.getLogger("rootproc")
-
-SEND_HWM = 100_000
 
 
 class LeafLink:
@@ -67,10 +66,10 @@ class LeafLink:
         self.socket = ctx.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.IMMEDIATE, 1)
-        self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)
-        self.socket.setsockopt(zmq.RCVHWM, SEND_HWM)
-        self.socket.setsockopt(zmq.RECONNECT_IVL, 100)
-        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self.socket.setsockopt(zmq.SNDHWM, LEAF_HWM)
+        self.socket.setsockopt(zmq.RCVHWM, LEAF_HWM)
+        self.socket.setsockopt(zmq.RECONNECT_IVL, LEAF_RECONNECT_IVL_MS)
+        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, LEAF_RECONNECT_IVL_MAX_MS)
         self.curve = curve if curve is not None and secured(endpoint) else None
         self.watch = None
         try:
@@ -173,7 +172,6 @@ class LeafPool:
                  health_timeout_s: float):
         self.ctx = ctx
         self.default_compression = default_compression
-        # Replaced, never mutated: the heartbeat thread reads them.
         self.links: list[LeafLink] = []      # routed to
         self.retiring: list[LeafLink] = []   # no new requests; closed once drained
         self.by_socket: dict = {}
@@ -190,15 +188,15 @@ class LeafPool:
         taken back). At start a link that cannot be made fails the start; while
         serving it is logged and skipped, the leaf's other links still made."""
         have = {(l.name, l.endpoint): l for l in self.links + self.retiring}
-        added, links, retiring = [], list(self.links), list(self.retiring)
+        added = []
         for leaf in leaves:
             for ep in leaf.endpoints:
                 link = have.get((leaf.name, ep))
                 if link is not None:
                     if link.retiring:
                         link.retiring, link.drain_until = False, float("inf")
-                        retiring.remove(link)
-                        links.append(link)
+                        self.retiring.remove(link)
+                        self.links.append(link)
                         log.info("leaf %s (%s): named again; no longer retiring", leaf.name, ep)
                     continue
                 try:
@@ -213,14 +211,13 @@ class LeafPool:
                         raise
                     log.error("leaf %s: cannot link to %s: %s", leaf.name, ep, exc)
                     continue
-                links.append(link)
+                self.links.append(link)
+                self.by_socket[link.socket] = link
                 added.append(link)
                 log.info("leaf %s: linked to %s", leaf.name, ep)
             if keys.get(leaf.name) is not None:
                 log.info("leaf %s: CURVE on its tcp endpoints; this root's public key %s",
                          leaf.name, keys[leaf.name].public.decode("ascii"))
-        self.by_socket = {**self.by_socket, **{link.socket: link for link in added}}
-        self.links, self.retiring = links, retiring
         return added
 
     def reconcile(self, leaves, placement: dict, drain_until: float):
@@ -248,7 +245,7 @@ class LeafPool:
                      link.name, link.endpoint, link.outstanding)
         if retired:
             self.links = [l for l in self.links if not l.retiring]
-            self.retiring = self.retiring + retired
+            self.retiring.extend(retired)
         self.leaves = {leaf.name: leaf for leaf in leaves}
         for link in self.links:
             leaf = self.leaves.get(link.name)
@@ -258,8 +255,8 @@ class LeafPool:
 
     def forget(self, link: LeafLink) -> None:
         """Close a retiring link for good."""
-        self.retiring = [l for l in self.retiring if l is not link]
-        self.by_socket = {s: l for s, l in self.by_socket.items() if l is not link}
+        self.retiring.remove(link)
+        del self.by_socket[link.socket]
         link.close()
 
     def transport(self, link: LeafLink) -> str:

@@ -8,9 +8,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-# Stage latencies span ~10 us (a cached fetch) to seconds (a deadline).
-LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
-                   2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+from .defaults import LATENCY_BUCKETS
+
 STAGES = ("fetch", "preprocess", "trim", "leaf", "total")
 
 
@@ -46,6 +45,17 @@ class RootMetrics:
         self.info = Gauge(p + "config_info", "the active config", ["root", "config", "trim",
                                                                     "compression"], registry=r)
         self.root_name = root_name
+
+    def follow_config(self, generation: int) -> None:
+        """The series of a root following a staged config store (only then)."""
+        r = self.registry
+        self.config_errors = Counter("trimmer_root_config_errors", "new configs ignored because "
+                                     "they could not be read, parsed or compiled", registry=r)
+        self.config_reloads = Counter("trimmer_root_config_reloads", "configs installed while "
+                                      "running", registry=r)
+        self.config_generation = Gauge("trimmer_root_config_generation",
+                                       "store generation of the active config", registry=r)
+        self.config_generation.set(generation)
 
     def watch_cache(self, cached_store) -> None:
         """Export the cache's counters, read when scraped: the serving loop

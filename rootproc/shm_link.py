@@ -50,10 +50,10 @@ class ShmChannel:
         self._dead: set = set()  # leaf pids seen gone (a link's pid lags behind until a pong)
         self.fallbacks = fallbacks  # reason -> counter (or None)
 
-    def place(self, mid: str, plan, batch, nbytes: int, pump=None) -> dict | None:
+    def place(self, mid: str, plan, batch, nbytes: int, read_replies=None) -> dict | None:
         """Encode ``batch`` into a slot held for ``mid``; its descriptor, or None
-        when the caller must send over the socket. ``pump(timeout_s)`` reads the
-        link's replies while waiting for a slot."""
+        when the caller must send over the socket. ``read_replies(timeout_s)``
+        reads the link's replies while waiting for a slot: only they free one."""
         if nbytes > self.ring.slot_nbytes:
             self._fallback("too_large")
             return None
@@ -64,8 +64,8 @@ class ShmChannel:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                if pump is not None:
-                    pump(left)
+                if read_replies is not None:
+                    read_replies(left)
                     slot = self.ring.acquire()
                 else:
                     slot = self.ring.acquire(timeout=left)

@@ -1,6 +1,6 @@
 """A root following a stage adds and retires leaf links as bundles name them,
 without a restart and without failing a request (rootproc/leaves.py,
-`RootServer.sync_leaves`)."""
+`LeafLinks.reconcile` in rootproc/links.py)."""
 from __future__ import annotations
 
 import glob

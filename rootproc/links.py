@@ -1,0 +1,110 @@
+"""The root's leaf links as the serving loop runs them.
+
+`LeafLinks` owns the link pool (rootproc/leaves.py), each link's
+shared-memory ring (rootproc/shm_link.py), the links' places in the loop's
+poller and their gauges. Each installed config brings the links in line
+with it (`reconcile`); the ping tick pings them, reclaims slots of dead
+leaf processes and closes retired links once drained (`tick`).
+"""
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+from _trim.transport.protocol import pack_header
+from _trim.transport.shm import reap_stale_segments
+from signatures.members import LinkRecord
+
+from .leaves import LeafLink, LeafPool, wanted_leaves
+from .shm_link import ShmLinks
+
+log = logging.getLogger("rootproc")
+
+
+class LeafLinks:
+    def __init__(self, ctx: zmq.Context, cfg, active, metrics, poller: zmq.Poller):
+        self.cfg = cfg
+        self.metrics = metrics
+        self.poller = poller
+        # The root config's leaves, and those the bundle's placement gives an endpoint.
+        leaves = wanted_leaves(cfg.leaves, active)
+        self.pool = LeafPool(ctx, leaves, active.placement, cfg.compression,
+                             cfg.health_timeout_ms / 1000)
+        reap_stale_segments()
+        try:
+            self.shm = ShmLinks(self.pool.links, cfg.shm, {l.name: l.transport for l in leaves},
+                                metrics.registry)
+        except BaseException:
+            self.pool.close()
+            raise
+        for link in self.pool.links:
+            poller.register(link.socket, zmq.POLLIN)
+
+    def by_socket(self, sock) -> LeafLink:
+        return self.pool.by_socket[sock]
+
+    def reconcile(self, active, now: float) -> None:
+        """Link to leaves ``active`` adds; retire links it no longer names.
+        A retiring link takes no new request; requests it carries finish or
+        reach their deadline (all of them by ``max_deadline_ms`` from now)
+        before `reap_retired` closes it."""
+        leaves = wanted_leaves(self.cfg.leaves, active, self.pool)
+        added, _ = self.pool.reconcile(leaves, active.placement,
+                                       now + self.cfg.max_deadline_ms / 1000)
+        for link in added:
+            self.poller.register(link.socket, zmq.POLLIN)
+            try:
+                self.shm.add(link, self.pool.transport(link))
+            except Exception as exc:  # no ring: the link still works over its socket
+                log.error("leaf %s (%s): no shared-memory ring: %s", link.name, link.endpoint, exc)
+            # Pinged now, not at the next tick: routing waits for its first pong.
+            link.send([pack_header({"type": "ping", "id": "ping-new"})])
+        self.reap_retired(now)
+
+    def tick(self, now: float) -> None:
+        """The ping tick: pings, slots of dead leaves back, retired links closed, gauges."""
+        self.pool.ping_all()
+        self.shm.check_leaves()
+        self.reap_retired(now)
+        for link in self.pool.links:
+            up = link.healthy(now, self.pool.health_timeout_s)
+            self.metrics.leaf_up.labels(link.name, link.endpoint).set(1 if up else 0)
+            self.metrics.leaf_outstanding.labels(link.name, link.endpoint).set(link.outstanding)
+
+    def reap_retired(self, now: float) -> None:
+        """Close retiring links with nothing left in flight and no shared-memory
+        slot the leaf may still read, or past the last deadline they carried."""
+        for link in list(self.pool.retiring):
+            drained = link.outstanding <= 0 and not self.shm.holds(link)
+            if not (drained or now >= link.drain_until):
+                continue
+            if not drained:
+                log.warning("leaf %s (%s): closing a retired link with %d request(s) past their "
+                            "deadline", link.name, link.endpoint, link.outstanding)
+            self.poller.unregister(link.socket)
+            self.shm.remove(link)
+            self.pool.forget(link)
+            for gauge in (self.metrics.leaf_up, self.metrics.leaf_outstanding):
+                try:
+                    gauge.remove(link.name, link.endpoint)
+                except KeyError:
+                    pass
+            log.info("leaf %s (%s): retired link closed", link.name, link.endpoint)
+
+    def status(self, now: float) -> list[dict]:
+        """One entry per link, for the root's pong."""
+        return self.pool.status(now, self.shm.describe)
+
+    def records(self, now: float) -> tuple[LinkRecord, ...]:
+        """The links as the root's heartbeat lists them."""
+        return tuple(LinkRecord(l["leaf"], l["endpoint"], l["healthy"], l["transport"],
+                                bool(l.get("retiring")))
+                     for l in self.status(now))
+
+    def close(self) -> None:
+        self.pool.close()
+        self.shm.close()
+
+
+__all__ = ["LeafLinks"]

@@ -1,0 +1,310 @@
+"""The root's request path from a built batch to the client's one reply.
+
+`Router` owns every client request that has gone to its leaves and is not
+answered yet, as one state machine run on the serving loop's thread: which
+leaf message carries which model's result, the requests' deadlines, resends
+after an ``overloaded`` reply, and each request's single reply.
+
+Each model of a request goes to a leaf replica as its own message, under a
+message id the root chooses. Replicas are tried best first (`LeafPool.
+candidates`); when none takes the message the model's result is
+``unavailable`` at once rather than a ``deadline`` later. A replica whose
+queue for the model is full answers ``overloaded``; when the model has
+another replica and time remains, its batch goes there instead, once per
+replica (only models with several replicas keep their batch for that). A
+request is answered when every model has its result, or at its deadline with
+what it has, the rest ``deadline``; a leaf reply after that is dropped.
+
+Sending through shared memory may wait for a free slot, and only the link's
+replies free slots, so that wait reads them (`_read`). Reading a reply only
+records: the model's result, the slot's release, and, when the reply asks
+for a resend or completes a request, an entry in a queue. `_settle` works
+those queues, and runs only from the router's entry points (`park`,
+`on_leaf`), after any send has returned: handling a reply never re-enters a
+send.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from _trim.transport.frames import recv_waiting
+from _trim.transport.protocol import DEADLINE, OVERLOADED, UNAVAILABLE, ProtocolError, unpack_header
+
+from .defaults import DRAIN_BATCH
+from .leaf_message import Encoder, LeafMessage, ModelBatch
+from .reply import read_leaf_reply, scores_reply
+
+log = logging.getLogger("rootproc")
+
+
+@dataclass
+class OpenRequest:
+    """A client request being sent to its leaves, or waiting for them."""
+
+    rid: str
+    envelope: list
+    n: int                  # candidates: the rows of every model's batch
+    deadline: float         # time.monotonic()
+    t_start: float          # time.perf_counter() on arrival
+    results: list = field(default_factory=list)      # one dict per model, as the reply says it
+    frames: dict = field(default_factory=dict)       # result index -> scores frame
+    waiting: dict = field(default_factory=dict)      # leaf message id -> result index
+    # result index -> (ModelBatch, replicas tried): what a resend needs
+    resendable: dict = field(default_factory=dict)
+    # result index -> the ``overloaded`` error it keeps unless the queued resend goes out
+    resend_queued: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)        # stage -> seconds, before the leaves
+    t_sent: float = 0.0
+    parked: bool = False    # every model sent (or failed): answered once all results are in
+    done: bool = False      # answered
+
+    def add_result(self, key: str, trimmed: bool) -> int:
+        self.results.append({"model": key, "ok": False, "trimmed": trimmed})
+        return len(self.results) - 1
+
+    @property
+    def complete(self) -> bool:
+        return not self.waiting and not self.resend_queued
+
+
+class Flight(NamedTuple):
+    """A leaf message the root waits for."""
+
+    request: OpenRequest
+    idx: int            # the result it fills
+    link: object
+    t_sent: float       # time.perf_counter()
+
+
+class Router:
+    def __init__(self, root_name: str, pool, shm, metrics, reply):
+        self.root_name = root_name
+        self.pool = pool
+        self.shm = shm
+        self.metrics = metrics
+        self.reply = reply   # reply(envelope, frames): to the client
+        self.inflight: dict[str, Flight] = {}
+        self.count = 0       # parked requests: the ones a drain waits for
+        self._deadlines: list = []
+        self._heap_seq = itertools.count()
+        self._mid_seq = itertools.count(1)
+        self._resends: deque = deque()   # (request, result index, the link that refused it)
+        self._answerable: list[OpenRequest] = []
+
+    # -- requests -------------------------------------------------------------------
+
+    def open(self, rid: str, envelope, n: int, deadline: float, t_start: float) -> OpenRequest:
+        return OpenRequest(rid, envelope, n, deadline, t_start)
+
+    def send(self, request: OpenRequest, idx: int, model: ModelBatch, now: float) -> None:
+        """Send result ``idx`` of ``request`` to the best replica that takes it,
+        or set its error."""
+        result = request.results[idx]
+        links = self.pool.candidates(model.key, now)
+        if not links:
+            result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf hosts {model.key}"}
+            return
+        if len(links) > 1:
+            request.resendable[idx] = (model, set())
+        if not self._send_to_first(request, idx, model, links, shm=True):
+            result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf replica of {model.key} "
+                               f"is connected (tried {', '.join(l.endpoint for l in links)})"}
+
+    def park(self, request: OpenRequest) -> None:
+        """Every model of ``request`` is sent: wait for the leaves (or the
+        deadline); answer now when nothing is awaited."""
+        if request.complete:
+            self._answer(request)
+        else:
+            request.parked = True
+            self.count += 1
+            self.metrics.in_flight.set(self.count)
+            heapq.heappush(self._deadlines, (request.deadline, next(self._heap_seq), request))
+            # An answered request stays in the heap until its deadline: drop those
+            # once they outnumber the waiting ones, or under steady traffic the
+            # heap holds rate x deadline entries (amortised O(1) per request).
+            if len(self._deadlines) > 2 * self.count + 64:
+                self._deadlines = [e for e in self._deadlines if not e[2].done]
+                heapq.heapify(self._deadlines)
+        self._settle()
+
+    def next_deadline(self) -> float | None:
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def expire(self, now: float) -> None:
+        """Answer every request whose deadline has passed with what it has."""
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, request = heapq.heappop(self._deadlines)
+            if request.done:
+                continue
+            for mid, idx in request.waiting.items():
+                flight = self.inflight.pop(mid, None)
+                if flight is not None:
+                    flight.link.outstanding -= 1
+                result = request.results[idx]
+                result["error"] = {"kind": DEADLINE, "message": f"leaf {result.get('leaf')} did "
+                                   f"not answer within the deadline"}
+            request.waiting.clear()
+            for idx, error in request.resend_queued.items():
+                request.results[idx]["error"] = error
+            request.resend_queued.clear()
+            self._answer(request)
+
+    # -- leaf side ------------------------------------------------------------------
+
+    def on_leaf(self, link, frames) -> None:
+        """A message from ``link``, read by the loop."""
+        self._read(link, frames)
+        self._settle()
+
+    def _read(self, link, frames) -> None:
+        """Record one message from ``link``. Sends nothing: it may run inside a
+        send's wait for a slot."""
+        try:
+            header = unpack_header(frames[0].buffer)
+        except ProtocolError as exc:
+            log.warning("leaf %s (%s) sent an unreadable reply: %s", link.name, link.endpoint, exc)
+            return
+        try:
+            if header["type"] == "pong":
+                link.on_pong(header, time.monotonic())
+                return
+            mid = header.get("id")
+            if not isinstance(mid, str):
+                log.warning("leaf %s (%s) sent a %r reply without a usable id: dropped",
+                            link.name, link.endpoint, header["type"])
+                return
+            self.shm.replied(link, mid)  # even after the deadline: the slot is free
+            self._record(link, mid, header, frames)
+        except Exception:  # a bug must not stop the loop; the deadline answers the request
+            log.exception("leaf %s (%s): reply not handled", link.name, link.endpoint)
+
+    def _record(self, link, mid: str, header: dict, frames) -> None:
+        flight = self.inflight.pop(mid, None)
+        if flight is None:
+            return  # answered after its request's deadline
+        request, idx = flight.request, flight.idx
+        link.outstanding -= 1
+        self.metrics.latency.labels("leaf").observe(time.perf_counter() - flight.t_sent)
+        del request.waiting[mid]
+        frame, error = read_leaf_reply(header, frames, request.n, link.name)
+        if frame is not None:
+            request.results[idx]["ok"] = True
+            request.frames[idx] = frame
+        elif error["kind"] == OVERLOADED and idx in request.resendable:
+            request.resend_queued[idx] = error
+            self._resends.append((request, idx, link))
+            return
+        else:
+            request.results[idx]["error"] = error
+        # An unparked request is still sending its other models (this reply was
+        # read while waiting for a slot); `park` answers it.
+        if request.complete and request.parked:
+            self._answerable.append(request)
+
+    # -- the queues ---------------------------------------------------------------
+
+    def _settle(self) -> None:
+        """Carry out what the replies read so far asked for: resends, then answers."""
+        while self._resends or self._answerable:
+            while self._resends:
+                request, idx, refused = self._resends.popleft()
+                error = request.resend_queued.pop(idx, None)
+                if error is None or request.done:
+                    continue   # answered at its deadline meanwhile
+                if not self._resend(request, idx, refused):
+                    request.results[idx]["error"] = error
+                    if request.complete and request.parked:
+                        self._answerable.append(request)
+            answerable, self._answerable = self._answerable, []
+            for request in answerable:
+                self._answer(request)
+
+    def _resend(self, request: OpenRequest, idx: int, refused) -> bool:
+        """Send result ``idx`` to a replica other than ``refused`` and any tried
+        before; False when there is none or no time left (the leaf's error stands)."""
+        model, tried = request.resendable[idx]
+        now = time.monotonic()
+        if now >= request.deadline:
+            return False
+        tried.add(refused)
+        links = [l for l in self.pool.candidates(model.key, now) if l not in tried]
+        # Over the socket, as resends were when they ran inside a reply's
+        # handling. From `_settle` a slot wait would be safe too; using the
+        # ring for them is a change of behaviour, left for its own commit.
+        if not links or not self._send_to_first(request, idx, model, links, shm=False):
+            return False
+        self.metrics.leaf_retries.labels(refused.name, model.key).inc()
+        return True
+
+    def _answer(self, request: OpenRequest) -> None:
+        """Send the request's one reply."""
+        if request.done:
+            return
+        request.done = True
+        if request.parked:
+            self.count -= 1
+            self.metrics.in_flight.set(self.count)
+        self.reply(request.envelope, scores_reply(request, self.root_name, self.metrics))
+        # The heap may hold the request until its deadline: keep no batch or scores alive.
+        request.frames.clear()
+        request.resendable.clear()
+
+    # -- sending --------------------------------------------------------------------
+
+    def _send_to_first(self, request: OpenRequest, idx: int, model: ModelBatch, links,
+                       shm: bool) -> bool:
+        """Send result ``idx`` to the first of ``links`` that takes it."""
+        encoder = Encoder(model)
+        for link in links:
+            mid = f"{next(self._mid_seq):x}"
+            # Whole milliseconds, rounded down: the leaf counts from receipt, later than now.
+            left_ms = max(0, int((request.deadline - time.monotonic()) * 1000))
+            channel = self.shm.channel(link) if shm else None
+            msg = encoder.message(link, mid, request.n, left_ms, channel,
+                                  lambda timeout_s, l=link: self._read_while_waiting(l, timeout_s))
+            if not link.send(msg.frames):
+                msg.unsent()
+                continue
+            self._sent(request, idx, model, link, msg)
+            return True
+        return False
+
+    def _sent(self, request: OpenRequest, idx: int, model: ModelBatch, link,
+              msg: LeafMessage) -> None:
+        result = request.results[idx]
+        link.outstanding += 1
+        self.inflight[msg.mid] = Flight(request, idx, link, time.perf_counter())
+        request.waiting[msg.mid] = idx
+        if msg.in_shm:
+            self.shm.sent(link)
+            result["transport"] = "shm"
+        else:
+            result.pop("transport", None)   # a resend may follow a shm send
+        result.update(leaf=link.name, bytes_sent=model.nbytes)
+        self.metrics.bytes_sent.labels(link.name, model.key).inc(model.nbytes)
+        self.metrics.bytes_untrimmed.labels(link.name, model.key).inc(model.untrimmed)
+        self.metrics.wire_bytes.labels(link.name, model.key).inc(msg.wire_nbytes)
+        if msg.wire_nbytes != model.nbytes and not msg.in_shm:
+            result["wire_bytes"] = msg.wire_nbytes
+        else:
+            result.pop("wire_bytes", None)
+
+    def _read_while_waiting(self, link, timeout_s: float) -> None:
+        """Read ``link``'s messages for up to ``timeout_s``, while a send waits
+        for one of its slots."""
+        if link.socket.poll(max(1, int(timeout_s * 1000))):
+            for _ in range(DRAIN_BATCH):
+                frames = recv_waiting(link.socket)
+                if frames is None:
+                    return
+                self._read(link, frames)
+
+
+__all__ = ["Flight", "OpenRequest", "Router"]

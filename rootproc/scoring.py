@@ -1,0 +1,147 @@
+"""A score request from its checked header to its models' messages on their way.
+
+`Scorer.score` is the request's CPU work, all of it done inline and none of
+it waiting: fetch the records, fill the missing ones, choose the
+preprocessor, build the batch, hand each model's trimmed share to the router
+(rootproc/router.py), record the timing. The router answers the client.
+
+The scorer also holds what the loop last installed: the compiled config
+(preprocessors, trim plans) and, for the heartbeat, how many requests each
+version was sent untrimmed.
+"""
+from __future__ import annotations
+
+import time
+
+import _trim
+from _trim.transport.protocol import BAD_REQUEST, ProtocolError
+
+from .active import PreparedConfig
+from .agreement import Agreement
+from .defaults import MISSING_IDS_SHOWN
+from .intake import ScoreRequest, parse_score, resolve_models
+from .leaf_message import ModelBatch
+from .reply import wire_error
+from .router import OpenRequest
+
+
+class Scorer:
+    def __init__(self, cfg, store, cached, metrics, pool, router, prepared: PreparedConfig):
+        self.cfg = cfg
+        self.store = store
+        self.cached = cached
+        self.metrics = metrics
+        self.pool = pool
+        self.router = router
+        self.agreement = Agreement(cfg.name)
+        self.gap_counts: dict[str, int] = {}   # version -> requests sent untrimmed for it
+        self.install(prepared)
+
+    def install(self, prepared: PreparedConfig) -> None:
+        """Serve ``prepared`` from the next request on."""
+        self.prepared = prepared
+        self.active = prepared.active
+        self.plans: dict = dict(prepared.plans)   # grows: plans compiled on first use
+
+    def score(self, envelope, header: dict, body) -> None:
+        """Send a score request's models to their leaves; ProtocolError when it
+        cannot be served at all."""
+        t0 = time.perf_counter()
+        req = parse_score(header, body, self.cfg)
+        keys = resolve_models(self.active, self.pool, req.models, time.monotonic())
+        users, candidates = self.fetch(req)
+        t_fetch = time.perf_counter()
+        pre, gaps = self.choose_preprocessor(keys, time.monotonic())
+        batch = pre.build(users, candidates)
+        t_pre = time.perf_counter()
+        now = time.monotonic()
+        request = self.router.open(req.rid, envelope, len(req.candidates),
+                                   now + req.deadline_ms / 1000, t0)
+        self.send_models(request, keys, gaps, batch, now)
+        self.record_timing(request, t0, t_fetch, t_pre, time.perf_counter())
+        self.router.park(request)
+
+    # -- the steps ----------------------------------------------------------------
+
+    def fetch(self, req: ScoreRequest) -> tuple[list, list]:
+        """The user's and the candidates' raw records, missing ones filled."""
+        cand_ids = req.candidates.tolist()
+        users = self.cached.get("user", [req.user])
+        candidates = self.cached.get("candidate", cand_ids)
+        self.fill_missing("user", [req.user], users)
+        self.fill_missing("candidate", cand_ids, candidates)
+        return users, candidates
+
+    def fill_missing(self, source: str, ids, records) -> None:
+        """Default records for ids the store lacks, or a ``bad_request`` naming
+        them when the config says ``missing: fail``."""
+        missing = [k for k, r in enumerate(records) if r is None]
+        if not missing:
+            return
+        self.metrics.missing.labels(source).inc(len(missing))
+        if self.cfg.missing == "fail":
+            shown = [ids[k] for k in missing[:MISSING_IDS_SHOWN]]
+            raise ProtocolError(BAD_REQUEST, f"{len(missing)} {source} id(s) not in the feature "
+                                             f"store: {', '.join(map(str, shown))}"
+                                             f"{' ...' if len(missing) > MISSING_IDS_SHOWN else ''}",
+                                missing=shown, source=source)
+        default = self.store.layout(source).default_record
+        for k in missing:
+            records[k] = default
+
+    def choose_preprocessor(self, keys, now: float):
+        """(preprocessor, trim gaps): the union of the features the config's
+        models read, or every feature (fail open) when trimming is off or a
+        model lacks a signature or disagrees with a leaf it may go to, because
+        a batch missing a feature the leaf's model reads fails every request."""
+        gaps = [k for k in keys
+                if self.agreement.gap_reason(self.active, k, self.pool.candidates(k, now))]
+        full = gaps or self.cfg.trim == "off"
+        return (self.prepared.pre_full if full else self.prepared.pre_used), gaps
+
+    def send_models(self, request: OpenRequest, keys, gaps, batch, now: float) -> None:
+        """Each model's trimmed share of ``batch`` to the router; a model that
+        fails here gets its error as its result."""
+        untrimmed = _trim.encoded_nbytes(self.plan_for(batch.layout, None), batch)
+        for key in keys:
+            gap = key in gaps
+            if gap:
+                self.metrics.trim_gaps.labels(key).inc()
+                self.gap_counts[key] = self.gap_counts.get(key, 0) + 1
+            trimmed = self.cfg.trim == "on" and not gap
+            idx = request.add_result(key, trimmed)
+            if request.n == 0:
+                request.results[idx].update(ok=True, leaf=None, bytes_sent=0)
+                request.frames[idx] = b""
+                continue
+            try:
+                plan = self.plan_for(batch.layout, key if trimmed else None)
+                self.router.send(request, idx, ModelBatch(key, plan, batch, untrimmed), now)
+            except Exception as exc:
+                # Other models may already be in flight, and the router gives
+                # the request its one reply: the failure stays this model's result.
+                request.results[idx]["error"] = wire_error(
+                    exc, f"request {request.rid!r}, {key}").to_error()
+
+    def record_timing(self, request: OpenRequest, t0: float, t_fetch: float, t_pre: float,
+                      t_sent: float) -> None:
+        request.timing = {"fetch": t_fetch - t0, "preprocess": t_pre - t_fetch,
+                          "trim": t_sent - t_pre}
+        request.t_sent = t_sent
+        latency = self.metrics.latency
+        latency.labels("fetch").observe(t_fetch - t0)
+        latency.labels("preprocess").observe(t_pre - t_fetch)
+        latency.labels("trim").observe(t_sent - t_pre)
+
+    def plan_for(self, layout, key: str | None):
+        """The trim plan of ``key`` (None: every column) on ``layout``, compiled once."""
+        cache_key = (layout.fingerprint, key)
+        plan = self.plans.get(cache_key)
+        if plan is None:
+            names = layout.names if key is None else self.active.features_for(key)
+            plan = _trim.compile_plan(layout, names)
+            self.plans[cache_key] = plan
+        return plan
+
+
+__all__ = ["Scorer"]

@@ -1,0 +1,194 @@
+"""The router's state machine in one process, with fake links: a reply read
+while a send waits for a shared-memory slot only records, and what it asks
+for (a resend, another request's answer) happens once that send returns."""
+from __future__ import annotations
+
+import time
+import types
+
+import pytest
+import zmq
+
+from _trim.transport.frames import recv_waiting
+from _trim.transport.protocol import pack_header, unpack_header
+from rootproc import leaf_message
+from rootproc.leaf_message import ModelBatch
+from rootproc.metrics import RootMetrics
+from rootproc.router import Router
+
+NBYTES = 8
+
+
+@pytest.fixture(autouse=True)
+def fake_kernel(monkeypatch):
+    """Batches of NBYTES bytes without building a real batch and plan."""
+    monkeypatch.setattr(leaf_message, "_trim", types.SimpleNamespace(
+        encoded_nbytes=lambda plan, batch: NBYTES,
+        encode_into=lambda plan, batch, buf: buf.fill(1)))
+
+
+class Link:
+    """A leaf link whose sends are recorded and whose replies the test writes
+    into the other end of a PAIR socket."""
+
+    def __init__(self, ctx, name: str, models, events: list):
+        self.name, self.endpoint, self.compression = name, f"inproc://{name}", "none"
+        self.models, self.hashes, self.outstanding, self.pid = frozenset(models), {}, 0, None
+        self.leaf = ctx.socket(zmq.PAIR)
+        self.leaf.bind(self.endpoint)
+        self.socket = ctx.socket(zmq.PAIR)
+        self.socket.connect(self.endpoint)
+        self.events, self.sent = events, []
+
+    def healthy(self, now, timeout_s) -> bool:
+        return True
+
+    def send(self, frames) -> bool:
+        self.events.append(("send", self.name))
+        self.sent.append(unpack_header(frames[0]))
+        return True
+
+    def on_pong(self, header, now) -> None:
+        pass
+
+    def answer(self, mid: str, kind: str | None = None, rows: int = 2) -> None:
+        if kind is None:
+            self.leaf.send_multipart([pack_header({"type": "scores", "id": mid, "ok": True}),
+                                      b"\0" * 4 * rows])
+        else:
+            self.leaf.send_multipart([pack_header({"type": "error", "id": mid, "ok": False,
+                                                   "error": {"kind": kind, "message": kind}})])
+        self.socket.poll(1000)
+
+    def close(self) -> None:
+        self.leaf.close(0)
+        self.socket.close(0)
+
+
+class Pool:
+    health_timeout_s = 1.0
+
+    def __init__(self, links):
+        self.links = links
+
+    def candidates(self, key, now):
+        return sorted((l for l in self.links if key in l.models), key=lambda l: l.outstanding)
+
+
+class SlowRing:
+    """A ring with no free slot: the send waits, reading the link's replies, then
+    goes over the socket."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def place(self, mid, plan, batch, nbytes, read_replies):
+        self.events.append(("wait", "start"))
+        read_replies(0.05)
+        self.events.append(("wait", "end"))
+        return None
+
+
+class Shm:
+    def __init__(self, rings: dict):
+        self.rings = rings
+
+    def channel(self, link):
+        return self.rings.get(link.name)
+
+    def sent(self, link):
+        pass
+
+    def replied(self, link, mid):
+        pass
+
+
+@pytest.fixture
+def world():
+    ctx = zmq.Context()
+    events: list = []
+    l1 = Link(ctx, "l1", ["a@1", "b@1"], events)
+    l2 = Link(ctx, "l2", ["a@1"], events)
+    replies: list = []
+    router = Router("root", Pool([l1, l2]), Shm({"l1": SlowRing(events)}), RootMetrics(),
+                    lambda envelope, frames: (events.append(("reply", envelope[0])),
+                                              replies.append((envelope[0], unpack_header(frames[0])))))
+    yield types.SimpleNamespace(router=router, l1=l1, l2=l2, events=events, replies=replies)
+    l1.close()
+    l2.close()
+    ctx.term()
+
+
+def open_request(router, rid: str, keys, deadline_s: float = 5.0):
+    request = router.open(rid, [rid.encode()], 2, time.monotonic() + deadline_s, time.perf_counter())
+    for key in keys:
+        request.add_result(key, True)
+    return request
+
+
+def deliver(router, link) -> None:
+    """What the loop does with the messages waiting on ``link``."""
+    while (frames := recv_waiting(link.socket)) is not None:
+        router.on_leaf(link, frames)
+
+
+def send(router, request, idx: int):
+    key = request.results[idx]["model"]
+    router.send(request, idx, ModelBatch(key, None, None, NBYTES), time.monotonic())
+
+
+def test_overloaded_reply_read_in_a_slot_wait_is_resent_after_the_send(world):
+    r, l1, l2 = world.router, world.l1, world.l2
+    request = open_request(r, "r1", ["a@1", "b@1"])
+    send(r, request, 0)                      # a@1 to l1 (least outstanding first)
+    assert [h["model"] for h in l1.sent] == ["a@1"]
+    l1.answer(l1.sent[0]["id"], "overloaded")
+    world.events.clear()
+    send(r, request, 1)                      # b@1 waits for a slot on l1 and reads the reply
+    assert world.events[:2] == [("wait", "start"), ("wait", "end")], "a resend inside the slot wait"
+    assert not l2.sent
+    r.park(request)
+    assert [h["model"] for h in l2.sent] == ["a@1"], "the resend goes out once the send returned"
+    assert not world.replies
+    l2.answer(l2.sent[0]["id"])
+    l1.answer(l1.sent[1]["id"])
+    deliver(r, l2)
+    deliver(r, l1)
+    [(rid, header)] = world.replies
+    assert rid == b"r1" and [res["ok"] for res in header["results"]] == [True, True]
+    assert header["results"][0]["leaf"] == "l2"
+    assert l1.outstanding == l2.outstanding == 0 and r.count == 0
+
+
+def test_request_completed_in_a_slot_wait_is_answered_after_the_send(world):
+    r, l1 = world.router, world.l1
+    first = open_request(r, "first", ["b@1"])
+    world.l1.models = frozenset(["b@1"])
+    world.l2.models = frozenset()
+    # The first request's send waits too, reading nothing yet.
+    send(r, first, 0)
+    r.park(first)
+    l1.answer(l1.sent[0]["id"])
+    second = open_request(r, "second", ["b@1"])
+    world.events.clear()
+    send(r, second, 0)                       # its slot wait reads the first's reply
+    assert ("reply", b"first") not in world.events, "answered inside another send's wait"
+    r.park(second)
+    assert [rid for rid, _ in world.replies] == [b"first"]
+    assert world.replies[0][1]["results"][0]["ok"]
+
+
+def test_deadline_answers_with_what_it_has(world):
+    r, l1 = world.router, world.l1
+    world.l2.models = frozenset()
+    request = open_request(r, "late", ["a@1"], deadline_s=0.01)
+    send(r, request, 0)
+    r.park(request)
+    assert r.count == 1 and l1.outstanding == 1
+    r.expire(time.monotonic() + 1)
+    [(_, header)] = world.replies
+    assert header["results"][0]["error"]["kind"] == "deadline"
+    assert l1.outstanding == 0 and r.count == 0
+    l1.answer(l1.sent[0]["id"])              # too late: dropped, no second reply
+    deliver(r, l1)
+    assert len(world.replies) == 1
