@@ -33,8 +33,9 @@ import zmq
 import _trim
 from _trim import Batch, ColumnSpec, Layout, compile_plan
 from _trim.transport.protocol import pack_header, unpack_header
+from rootproc.config import ShmSettings
 from rootproc.leaves import LeafLink
-from rootproc.shm_link import ShmChannel, ShmConfig
+from rootproc.shm_link import ShmChannel
 from tests.support.models import spec, write_model
 from tests.support.procs import ProcessRunner
 
@@ -86,7 +87,7 @@ class Driver:
     def __init__(self, endpoint: str, transport: str, slot_bytes: int):
         self.ctx = zmq.Context()
         self.link = LeafLink(self.ctx, "leaf", endpoint, [MODEL], "none")
-        self.channel = (ShmChannel("bench", ShmConfig(True, slot_bytes, 4, 0.0))
+        self.channel = (ShmChannel("bench", ShmSettings(True, slot_bytes, 4, 0.0))
                         if transport == "shm" else None)
         self.ids = itertools.count()
         self.poller = zmq.Poller()

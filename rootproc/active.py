@@ -7,7 +7,10 @@ function.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from .preprocess import Preprocessor
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class ActiveConfig:
         return sorted(k for k in self.models if k not in self.pending)
 
     @classmethod
-    def from_bundle(cls, bundle, generation: int = 0) -> "ActiveConfig":
+    def from_bundle(cls, bundle, generation: int = 0) -> ActiveConfig:
         d = bundle.to_dict() if hasattr(bundle, "to_dict") else bundle
         models = {k: tuple(m["features"]) for k, m in d["models"].items()}
         pending = frozenset(k for k, m in d["models"].items() if m.get("pending"))
@@ -56,8 +59,8 @@ class PreparedConfig:
     the serving loop, then installed in one step between requests."""
 
     active: ActiveConfig
-    pre_full: object          # Preprocessor of every schema feature (fail open, trim off)
-    pre_used: object          # Preprocessor of the features this config's models read
+    pre_full: Preprocessor    # every schema feature (fail open, trim off)
+    pre_used: Preprocessor    # the features this config's models read
     plans: dict               # (layout fingerprint, model version | None) -> trim plan
 
 

@@ -49,7 +49,7 @@ def default_models(active, served: frozenset) -> list[str]:
     out: list[str] = []
     for key in active.default_models:
         chosen = key if key in served else resolve(active, ModelKey(key).name, served)
-        if chosen not in out:
+        if chosen is not None and chosen not in out:
             out.append(chosen)
     return out
 

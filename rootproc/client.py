@@ -54,9 +54,9 @@ class ScoreResult:
         """model -> batch bytes the root sent to the leaf for it."""
         return {r["model"]: r.get("bytes_sent", 0) for r in self.results}
 
-    def raise_for_error(self) -> "ScoreResult":
+    def raise_for_error(self) -> ScoreResult:
         if not self.ok:
-            raise ScoringError(self.error)
+            raise ScoringError(self.error or {"kind": "internal", "message": "no error object"})
         if self.errors:
             model, err = next(iter(self.errors.items()))
             raise ScoringError({**err, "model": model})
@@ -82,7 +82,7 @@ def build_request(rid: str, user: int, candidates, models=None, deadline_ms=None
 
 def parse_reply(frames, latency_s: float = 0.0) -> ScoreResult:
     header = unpack_header(frames[0])
-    rid = header.get("id")
+    rid = str(header.get("id"))
     if header["type"] == "error" or not header.get("ok", False):
         return ScoreResult(rid, False, error=header.get("error") or {"kind": "internal"},
                            latency_s=latency_s)
@@ -238,7 +238,7 @@ class ScoringClient:
             if header.get("id") == rid:
                 return header
             if header["type"] != "pong":
-                self._early[header.get("id")] = parse_reply(frames)
+                self._early[str(header.get("id"))] = parse_reply(frames)
         raise TimeoutError(f"no pong within {timeout_ms} ms from {', '.join(self.endpoints)}"
                            f"{self.handshakes.hint()}")
 

@@ -24,9 +24,21 @@ from _trim.transport.protocol import COMPRESSION_LZ4, COMPRESSION_NONE
 from signatures.settings import load, option, parse, validate
 from signatures.store import STAGES
 
-from .defaults import (CACHE_SIZE, CACHE_TTL_S, DEADLINE_MS, HEALTH_TIMEOUT_MS, MAX_CANDIDATES,
-                       MAX_DEADLINE_MS, MAX_REQUEST_NBYTES, METRICS_PORT, PING_INTERVAL_MS,
-                       ROOT_BIND, SHM_SLOT_BYTES, SHM_SLOTS, SHM_WAIT_MS)
+from .defaults import (
+    CACHE_SIZE,
+    CACHE_TTL_S,
+    DEADLINE_MS,
+    HEALTH_TIMEOUT_MS,
+    MAX_CANDIDATES,
+    MAX_DEADLINE_MS,
+    MAX_REQUEST_NBYTES,
+    METRICS_PORT,
+    PING_INTERVAL_MS,
+    ROOT_BIND,
+    SHM_SLOT_BYTES,
+    SHM_SLOTS,
+    SHM_WAIT_MS,
+)
 
 MODES_TRIM = ("on", "off")
 MODES_COMPRESSION = (COMPRESSION_NONE, COMPRESSION_LZ4)
@@ -135,12 +147,12 @@ class RootConfig:
             object.__setattr__(self, "metrics_port", None)
         # A leaf's CURVE link uses the root's own key pair unless it names one.
         secret = self.curve.secret_key if self.curve is not None else None
-        if secret and any(l.curve is not None and not l.curve.client_secret_key
-                          for l in self.leaves):
+        if secret and any(leaf.curve is not None and not leaf.curve.client_secret_key
+                          for leaf in self.leaves):
             object.__setattr__(self, "leaves", tuple(
-                dataclasses.replace(l, curve=dataclasses.replace(l.curve, client_secret_key=secret))
-                if l.curve is not None and not l.curve.client_secret_key else l
-                for l in self.leaves))
+                dataclasses.replace(leaf, curve=dataclasses.replace(leaf.curve, client_secret_key=secret))
+                if leaf.curve is not None and not leaf.curve.client_secret_key else leaf
+                for leaf in self.leaves))
 
     def check(self) -> list[str]:
         problems = []
@@ -157,7 +169,7 @@ class RootConfig:
             problems += [f"leaf {leaf.name!r}: {p}" for p in _leaf_problems(leaf)]
         return problems
 
-    def validate(self) -> "RootConfig":
+    def validate(self) -> RootConfig:
         return validate(self)
 
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from signatures.members import FOLLOW_POLL_S, MemberRecord
 from signatures.store import ConfigStore
@@ -69,7 +70,7 @@ class ConfigFollower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="config-follower", daemon=True)
 
-    def start(self) -> "ConfigFollower":
+    def start(self) -> ConfigFollower:
         self._thread.start()
         return self
 

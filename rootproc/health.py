@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
         print(f"unhealthy: {exc}", file=sys.stderr)
         return 1
     print(orjson.dumps(pong, option=orjson.OPT_INDENT_2).decode())
-    if args.require_leaves and not all(l.get("healthy") for l in pong.get("leaves", [])):
+    if args.require_leaves and not all(link.get("healthy") for link in pong.get("leaves", [])):
         print("unhealthy: some leaf replicas do not answer", file=sys.stderr)
         return 1
     return 0

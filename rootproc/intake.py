@@ -11,8 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from _trim.transport.envelope import MAX_ID_CHARS
-from _trim.transport.protocol import (BAD_REQUEST, TOO_LARGE, UNKNOWN_MODEL, ProtocolError,
-                            candidates_from_frame, field)
+from _trim.transport.protocol import (
+    BAD_REQUEST,
+    TOO_LARGE,
+    UNKNOWN_MODEL,
+    ProtocolError,
+    candidates_from_frame,
+    field,
+)
 
 from .agreement import default_models, resolve, served_versions
 

@@ -13,11 +13,15 @@ Each message carries the time left before the client's deadline
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 import _trim
 from _trim.transport.protocol import COMPRESSION_LZ4, compress, pack_header
+
+if TYPE_CHECKING:
+    from .shm_link import ShmChannel
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class LeafMessage:
     mid: str
     frames: list
     wire_nbytes: int             # payload bytes on the socket: 0 through shared memory
-    channel: object = None       # the ShmChannel holding its slot, if it went through one
+    channel: ShmChannel | None = None   # the ring's channel holding its slot, if it went through one
 
     @property
     def in_shm(self) -> bool:
@@ -83,7 +87,7 @@ class Encoder:
             # it has left (copy=False).
             self._payload = np.empty(model.nbytes, dtype=np.uint8)
             _trim.encode_into(model.plan, model.batch, self._payload)
-        payload = self._payload
+        payload: np.ndarray | bytes = self._payload
         if link.compression == COMPRESSION_LZ4:
             payload = compress(payload)
             head["raw_nbytes"] = model.nbytes

@@ -30,13 +30,13 @@ import time
 
 import zmq
 
-from _trim.transport.curve import ClientKeys
-from _trim.transport.monitor import LinkWatch
-from _trim.transport.sockets import connect_all, secured
 from _trim.errors import InvalidName
+from _trim.transport.curve import ClientKeys
 from _trim.transport.frames import NOBLOCK, send_frames
 from _trim.transport.model_key import ModelKey
+from _trim.transport.monitor import LinkWatch
 from _trim.transport.protocol import pack_header
+from _trim.transport.sockets import connect_all, secured
 
 from .config import LeafSpec
 from .defaults import LEAF_HWM, LEAF_RECONNECT_IVL_MAX_MS, LEAF_RECONNECT_IVL_MS
@@ -187,8 +187,8 @@ class LeafPool:
         """Links to the endpoints of ``leaves`` not linked yet (a retiring one is
         taken back). At start a link that cannot be made fails the start; while
         serving it is logged and skipped, the leaf's other links still made."""
-        have = {(l.name, l.endpoint): l for l in self.links + self.retiring}
-        added = []
+        have = {(link.name, link.endpoint): link for link in self.links + self.retiring}
+        added: list[LeafLink] = []
         for leaf in leaves:
             for ep in leaf.endpoints:
                 link = have.get((leaf.name, ep))
@@ -226,7 +226,7 @@ class LeafPool:
         (closed by the caller once drained, by ``drain_until`` at the latest).
         Returns (added, retired) links."""
         leaves = list(leaves)
-        have = {(l.name, l.endpoint) for l in self.links + self.retiring}
+        have = {(link.name, link.endpoint) for link in self.links + self.retiring}
         keys, usable = {}, []
         for leaf in leaves:
             if any((leaf.name, ep) not in have for ep in leaf.endpoints):
@@ -238,13 +238,13 @@ class LeafPool:
             usable.append(leaf)
         added = self._link_up(usable, placement, keys, trust_placement=False)
         wanted = {(leaf.name, ep) for leaf in leaves for ep in leaf.endpoints}
-        retired = [l for l in self.links if (l.name, l.endpoint) not in wanted]
+        retired = [link for link in self.links if (link.name, link.endpoint) not in wanted]
         for link in retired:
             link.retiring, link.drain_until = True, drain_until
             log.info("leaf %s (%s): no config names it; retiring (%d request(s) in flight)",
                      link.name, link.endpoint, link.outstanding)
         if retired:
-            self.links = [l for l in self.links if not l.retiring]
+            self.links = [link for link in self.links if not link.retiring]
             self.retiring.extend(retired)
         self.leaves = {leaf.name: leaf for leaf in leaves}
         for link in self.links:
@@ -285,16 +285,16 @@ class LeafPool:
         """One entry per link; ``describe(link)`` adds fields of its own (the
         transport the link's batches take)."""
         out = []
-        for l in self.links + self.retiring:
-            entry = {"leaf": l.name, "endpoint": l.endpoint,
-                     "healthy": l.healthy(now, self.health_timeout_s),
-                     "outstanding": l.outstanding, "models": sorted(l.models), "pid": l.pid}
+        for link in self.links + self.retiring:
+            entry = {"leaf": link.name, "endpoint": link.endpoint,
+                     "healthy": link.healthy(now, self.health_timeout_s),
+                     "outstanding": link.outstanding, "models": sorted(link.models), "pid": link.pid}
             if describe is not None:
-                entry.update(describe(l))
-            if l.retiring:
+                entry.update(describe(link))
+            if link.retiring:
                 entry["retiring"] = True
-            if l.watch is not None:
-                entry.update(curve=True, handshake_error=l.watch.problem)
+            if link.watch is not None:
+                entry.update(curve=True, handshake_error=link.watch.problem)
             out.append(entry)
         return out
 

@@ -33,7 +33,7 @@ class LeafLinks:
                              cfg.health_timeout_ms / 1000)
         reap_stale_segments()
         try:
-            self.shm = ShmLinks(self.pool.links, cfg.shm, {l.name: l.transport for l in leaves},
+            self.shm = ShmLinks(self.pool.links, cfg.shm, {leaf.name: leaf.transport for leaf in leaves},
                                 metrics.registry)
         except BaseException:
             self.pool.close()
@@ -98,9 +98,9 @@ class LeafLinks:
 
     def records(self, now: float) -> tuple[LinkRecord, ...]:
         """The links as the root's heartbeat lists them."""
-        return tuple(LinkRecord(l["leaf"], l["endpoint"], l["healthy"], l["transport"],
-                                bool(l.get("retiring")))
-                     for l in self.status(now))
+        return tuple(LinkRecord(link["leaf"], link["endpoint"], link["healthy"], link["transport"],
+                                bool(link.get("retiring")))
+                     for link in self.status(now))
 
     def close(self) -> None:
         self.pool.close()

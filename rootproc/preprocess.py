@@ -23,7 +23,7 @@ gives the feature's ``default`` (0 / an empty list when none is set).
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -163,7 +163,7 @@ class Preprocessor:
                 continue
             by_key.setdefault((f.source, raw_dt, dst_dt), []).append((f, op, offset // raw_dt.itemsize))
         order = {"identity": 0, "log1p": 1, "clip": 2, "standardize": 3, "hash": 4}
-        grouped = set()
+        grouped: set[str] = set()
         for (source, raw_dt, dst_dt), members in by_key.items():
             if len(members) < 2:
                 continue

@@ -20,8 +20,9 @@ take their defaults).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ class RawField:
                 "vector": self.vector, "ragged": self.ragged, "default": self.default}
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "RawField":
+    def from_dict(cls, d: Mapping) -> RawField:
         return cls(str(d["name"]), str(np.dtype(d["dtype"]).name), int(d.get("width", 1)),
                    bool(d.get("vector", False)), bool(d.get("ragged", False)), d.get("default"))
 
@@ -119,21 +120,21 @@ class RecordLayout:
         entries.sort(key=lambda e: -e[1].itemsize)
         packed = np.dtype([(n, dt, shape) for n, dt, shape in entries]) if entries else np.dtype([])
         self.fixed_nbytes = (packed.itemsize + 7) & ~7
-        self.dtype = np.dtype({"names": list(packed.names or ()),
-                               "formats": [packed.fields[n][0] for n in packed.names or ()],
-                               "offsets": [packed.fields[n][1] for n in packed.names or ()],
-                               "itemsize": self.fixed_nbytes})
+        placed: Any = packed.fields or {}
+        spec: Any = {"names": list(placed), "formats": [placed[n][0] for n in placed],
+                     "offsets": [placed[n][1] for n in placed], "itemsize": self.fixed_nbytes}
+        self.dtype = np.dtype(spec)
         self.default_record = self.encode({})
 
     def to_dict(self) -> dict:
         return {"source": self.source, "fields": [f.to_dict() for f in self.fields.values()]}
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "RecordLayout":
+    def from_dict(cls, d: Mapping) -> RecordLayout:
         return cls(d["source"], [RawField.from_dict(f) for f in d["fields"]])
 
     @classmethod
-    def from_schema(cls, schema, source: str) -> "RecordLayout":
+    def from_schema(cls, schema, source: str) -> RecordLayout:
         return cls(source, fields_from_schema(schema, source))
 
     def __contains__(self, name: str) -> bool:

@@ -25,6 +25,7 @@ send.
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -38,6 +39,7 @@ from _trim.transport.protocol import DEADLINE, OVERLOADED, UNAVAILABLE, Protocol
 
 from .defaults import DRAIN_BATCH
 from .leaf_message import Encoder, LeafMessage, ModelBatch
+from .leaves import LeafLink
 from .reply import read_leaf_reply, scores_reply
 
 log = logging.getLogger("rootproc")
@@ -78,7 +80,7 @@ class Flight(NamedTuple):
 
     request: OpenRequest
     idx: int            # the result it fills
-    link: object
+    link: LeafLink
     t_sent: float       # time.perf_counter()
 
 
@@ -114,7 +116,7 @@ class Router:
             request.resendable[idx] = (model, set())
         if not self._send_to_first(request, idx, model, links, shm=True):
             result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf replica of {model.key} "
-                               f"is connected (tried {', '.join(l.endpoint for l in links)})"}
+                               f"is connected (tried {', '.join(link.endpoint for link in links)})"}
 
     def park(self, request: OpenRequest) -> None:
         """Every model of ``request`` is sent: wait for the leaves (or the
@@ -194,7 +196,7 @@ class Router:
         self.metrics.latency.labels("leaf").observe(time.perf_counter() - flight.t_sent)
         del request.waiting[mid]
         frame, error = read_leaf_reply(header, frames, request.n, link.name)
-        if frame is not None:
+        if error is None:
             request.results[idx]["ok"] = True
             request.frames[idx] = frame
         elif error["kind"] == OVERLOADED and idx in request.resendable:
@@ -234,7 +236,7 @@ class Router:
         if now >= request.deadline:
             return False
         tried.add(refused)
-        links = [l for l in self.pool.candidates(model.key, now) if l not in tried]
+        links = [link for link in self.pool.candidates(model.key, now) if link not in tried]
         # Over the socket, as resends were when they ran inside a reply's
         # handling. From `_settle` a slot wait would be safe too; using the
         # ring for them is a change of behaviour, left for its own commit.
@@ -268,7 +270,7 @@ class Router:
             left_ms = max(0, int((request.deadline - time.monotonic()) * 1000))
             channel = self.shm.channel(link) if shm else None
             msg = encoder.message(link, mid, request.n, left_ms, channel,
-                                  lambda timeout_s, l=link: self._read_while_waiting(l, timeout_s))
+                                  functools.partial(self._read_while_waiting, link))
             if not link.send(msg.frames):
                 msg.unsent()
                 continue

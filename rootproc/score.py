@@ -43,8 +43,9 @@ def run_load(args, progress=None) -> dict:
     client = ScoringClient(args.endpoint, timeout_ms=args.timeout_ms,
                            curve_server_public_key=getattr(args, "curve_server_public_key", None),
                            curve_client_secret_key=getattr(args, "curve_client_secret_key", None))
-    latencies, errors = [], collections.Counter()
-    model_errors = collections.Counter()
+    latencies: list[float] = []
+    errors: collections.Counter[str] = collections.Counter()
+    model_errors: collections.Counter[str] = collections.Counter()
     bytes_sent = wire_bytes = 0
     n_ok = 0
     sent = 0

@@ -25,8 +25,15 @@ import zmq
 
 from _trim.transport.envelope import split_envelope, usable_id
 from _trim.transport.frames import NOBLOCK, recv_waiting, send_frames
-from _trim.transport.protocol import (BAD_REQUEST, MAX_HEADER_NBYTES, SHUTTING_DOWN,
-                                      ProtocolError, error_header, pack_header, unpack_header)
+from _trim.transport.protocol import (
+    BAD_REQUEST,
+    MAX_HEADER_NBYTES,
+    SHUTTING_DOWN,
+    ProtocolError,
+    error_header,
+    pack_header,
+    unpack_header,
+)
 from _trim.transport.sockets import remove_ipc_files
 from signatures.members import HEARTBEAT_S, MemberRecord
 from signatures.schema import FeatureSchema
@@ -34,8 +41,7 @@ from signatures.schema import FeatureSchema
 from .active import PreparedConfig, load_active_config, prepare_config
 from .cache import CachedStore
 from .config import RootConfig
-from .defaults import (CLIENT_HWM, DRAIN_BATCH, DRAIN_LINGER_MS, FRAME_HARD_CAP_FACTOR,
-                       MAX_POLL_MS)
+from .defaults import CLIENT_HWM, DRAIN_BATCH, DRAIN_LINGER_MS, FRAME_HARD_CAP_FACTOR, MAX_POLL_MS
 from .follow import ConfigFollower
 from .links import LeafLinks
 from .metrics import RootMetrics
@@ -127,7 +133,7 @@ class RootServer:
                         self.drain(sock, self.on_client)
                     else:
                         link = self.links.by_socket(sock)
-                        self.drain(sock, lambda frames, l=link: self.router.on_leaf(l, frames))
+                        self.drain(sock, lambda frames, link=link: self.router.on_leaf(link, frames))
                 self.router.expire(time.monotonic())
                 if self.follower is not None:
                     prepared = self.follower.take_config()

@@ -45,9 +45,9 @@ class ShmChannel:
     def __init__(self, label: str, cfg: ShmSettings, fallbacks=None):
         self.ring = SlotRing(label, cfg.slot_bytes, cfg.slots)
         self.wait_s = cfg.wait_ms / 1000
-        self.held: dict[str, tuple[int, object]] = {}  # request id -> (slot, leaf pid then)
-        self.leaf_pid = None
-        self._dead: set = set()  # leaf pids seen gone (a link's pid lags behind until a pong)
+        self.held: dict[str, tuple[int, int | None]] = {}  # request id -> (slot, leaf pid then)
+        self.leaf_pid: int | None = None
+        self._dead: set[int | None] = set()  # leaf pids seen gone (a link's pid lags behind until a pong)
         self.fallbacks = fallbacks  # reason -> counter (or None)
 
     def place(self, mid: str, plan, batch, nbytes: int, read_replies=None) -> dict | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import lmdb
 import numpy as np
@@ -75,7 +75,7 @@ class FeatureStore:
             raise ValueError(f"feature store {self.path}: has no record layouts (never loaded)")
 
     @classmethod
-    def create(cls, path, schema, *, map_size: int = DEFAULT_MAP_SIZE) -> "FeatureStore":
+    def create(cls, path, schema, *, map_size: int = DEFAULT_MAP_SIZE) -> FeatureStore:
         """Open ``path`` for writing, recording the schema's record layouts.
 
         An existing store keeps its records only if its layouts equal the

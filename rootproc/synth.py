@@ -13,7 +13,7 @@ change the other fields' values.
 from __future__ import annotations
 
 import zlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -26,7 +26,7 @@ SOURCE_IDS = {"user": 1, "candidate": 2}
 
 
 def _ops_by_field(schema, source: str) -> dict[str, dict]:
-    ops = {}
+    ops: dict[str, dict] = {}
     for f in schema.features.values():
         if f.source == source:
             ops.setdefault(f.raw_name, f.transform)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import socket
 import sys
@@ -65,6 +66,16 @@ def parse_args(argv):
     return args
 
 
+def models_ready(n: int, pong: dict) -> bool:
+    """A leaf's pong says ``n`` models are ready."""
+    return sum(m.get("ready", False) for m in pong.get("models", [])) >= n
+
+
+def leaves_healthy(pong: dict) -> bool:
+    """A root's pong says every leaf link is healthy."""
+    return all(link.get("healthy") for link in pong.get("leaves", []))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,7 +89,8 @@ def programs_for(scenario: Scenario, modes: list[Mode], args,
                  remote: RemoteHost | None = None) -> tuple[list[Program], dict]:
     sock = scenario.run_dir.resolve() / "sock"
     sock.mkdir(exist_ok=True)
-    programs, roots = [], {}
+    programs: list[Program] = []
+    roots: dict[str, list[str]] = {}
     leaf_endpoints = {}
     for i, (leaf, models) in enumerate(scenario.placement.items()):
         endpoint = remote.endpoint(REMOTE_LEAF_PORT + i) if remote else ipc_endpoint(sock, leaf)
@@ -90,8 +102,7 @@ def programs_for(scenario: Scenario, modes: list[Mode], args,
                 "--config-store", str(scenario.config_store.resolve()), "--stage", STAGE]
         if remote:
             argv = remote.exec_argv(argv)
-        programs.append(Program(leaf, argv, endpoint,
-                                ready=lambda pong, n=len(models): sum(m.get("ready", False) for m in pong.get("models", [])) >= n))
+        programs.append(Program(leaf, argv, endpoint, ready=functools.partial(models_ready, len(models))))
     configs = scenario.run_dir / "roots"
     configs.mkdir(exist_ok=True)
     for mode in modes:
@@ -113,8 +124,8 @@ def programs_for(scenario: Scenario, modes: list[Mode], args,
             }
             path = configs / f"{name}.json"
             path.write_text(json.dumps(config, indent=1))
-            programs.append(Program(name, [sys.executable, "-m", "rootproc", "--config", str(path.resolve())],
-                                    endpoint, ready=lambda pong: all(l.get("healthy") for l in pong.get("leaves", []))))
+            programs.append(Program(name, [sys.executable, "-m", "rootproc", "--config",
+                                           str(path.resolve())], endpoint, ready=leaves_healthy))
             roots[mode.name].append(endpoint)
     return programs, roots
 
@@ -143,8 +154,9 @@ def drive(mode: Mode, endpoints: list[str], scenario: Scenario, args, log) -> di
     cpu = sum(cpu_seconds(p) for p in pids) - cpu0
     stats["root_cpu_ms_per_request"] = round(1000 * cpu / max(1, stats["ok"]), 2)
     stats["mode"] = mode.name
+    mb = stats["wire_bytes"] / max(1, stats["ok"]) / 1e6
     log(f"{mode.name:<14} {stats['ok']}/{stats['requests']} ok, {stats['throughput_rps']} req/s, "
-        f"p90 {stats['latency_ms']['p90']} ms, {stats['wire_bytes'] / max(1, stats['ok']) / 1e6:.2f} MB/request")
+        f"p90 {stats['latency_ms']['p90']} ms, {mb:.2f} MB/request")
     return stats
 
 
@@ -179,11 +191,13 @@ def main(argv: list[str]) -> int:
             chart = render_chart(results, run_dir / "results.png")
             print()
             print(table)
-            log(f"wrote {run_dir / 'results.md'}, {run_dir / 'results.json'}" + (f", {chart}" if chart else ""))
+            log(f"wrote {run_dir / 'results.md'}, {run_dir / 'results.json'}"
+                + (f", {chart}" if chart else ""))
             if args.keep_running:
                 endpoints = " ".join(f"--endpoint {e}" for e in roots[modes[-1].name])
-                print(f"\nThe node is up. Try:\n  trimmer score {endpoints} --feature-store {scenario.feature_store} "
-                      f"--requests 200\n  trimmer status --config-store {scenario.config_store}\n"
+                print(f"\nThe node is up. Try:\n  trimmer score {endpoints} "
+                      f"--feature-store {scenario.feature_store} --requests 200\n"
+                      f"  trimmer status --config-store {scenario.config_store}\n"
                       f"Ctrl-C stops everything.")
                 while True:
                     time.sleep(3600)

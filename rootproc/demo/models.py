@@ -5,21 +5,23 @@ derivation reads them off the graph like any constant key.
 """
 from __future__ import annotations
 
-from typing import Dict, List
-
 import torch
 
 
 class SubsetScorer(torch.nn.Module):
-    def __init__(self, dense: List[str], ragged: List[str], seed: int):
+    def __init__(self, dense: list[str], ragged: list[str], seed: int):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.dense_names: List[str] = list(dense)
-        self.ragged_names: List[str] = list(ragged)
-        self.register_buffer("dense_weights", torch.randn(len(dense), generator=g) / max(1, len(dense)) ** 0.5)
-        self.register_buffer("ragged_weights", torch.randn(len(ragged), generator=g) / max(1, len(ragged)) ** 0.5)
+        self.dense_weights: torch.Tensor
+        self.ragged_weights: torch.Tensor
+        self.dense_names: list[str] = list(dense)
+        self.ragged_names: list[str] = list(ragged)
+        self.register_buffer("dense_weights",
+                             torch.randn(len(dense), generator=g) / max(1, len(dense)) ** 0.5)
+        self.register_buffer("ragged_weights",
+                             torch.randn(len(ragged), generator=g) / max(1, len(ragged)) ** 0.5)
 
-    def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         rows = features[self.dense_names[0]].shape[0]
         score = torch.zeros(rows)
         i = 0

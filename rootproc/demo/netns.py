@@ -33,7 +33,7 @@ from _trim.transport.process import pid_alive
 
 NS_PREFIX = "trim-leaf-"
 VETH_PREFIX = "trl"           # trl<pid>x<n>h (default namespace) / ...l (leaf side)
-SUBNET = ipaddress.ip_network("10.213.0.0/16")
+SUBNET = ipaddress.IPv4Network("10.213.0.0/16")
 LOCK_PATH = "/tmp/trim-netns.lock"  # serialises choosing a free /30 between processes
 STOP_WAIT_S = 15.0
 _counter = itertools.count()
@@ -131,7 +131,7 @@ def cleanup_stale() -> list[str]:
     return removed
 
 
-def _used_addresses() -> set[ipaddress.IPv4Address]:
+def _used_addresses() -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     out = _run("ip", "-o", "-4", "addr", "show", check=False).stdout
     return {ipaddress.ip_interface(m).ip for m in re.findall(r"inet (\S+)", out)}
 
@@ -149,15 +149,16 @@ class RemoteHost:
         pid = os.getpid()
         self.name = f"{NS_PREFIX}{pid}" + (f"-{n}" if n else "")
         self.veth_host, self.veth_leaf = f"{VETH_PREFIX}{pid}x{n}h", f"{VETH_PREFIX}{pid}x{n}l"
-        self.host_address = self.address = None
+        self.host_address: str | None = None
+        self.address: str | None = None
         self.procs: list[subprocess.Popen] = []
-        self._logs = []
+        self._logs: list = []
         self._made = False
 
     def endpoint(self, port: int) -> str:
         return f"tcp://{self.address}:{port}"
 
-    def up(self) -> "RemoteHost":
+    def up(self) -> RemoteHost:
         reason = unavailable_reason()
         if reason:
             raise RuntimeError(reason)
@@ -254,7 +255,7 @@ class RemoteHost:
         if self.veth_host in veths():
             _run("ip", "link", "del", self.veth_host, check=False)
 
-    def __enter__(self) -> "RemoteHost":
+    def __enter__(self) -> RemoteHost:
         return self.up()
 
     def __exit__(self, *exc) -> None:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ class Program:
     name: str
     argv: list[str]
     endpoint: str                 # where `ping` reaches it
-    ready: callable = None        # pong -> bool; default: any pong
+    ready: Callable[[dict], bool] | None = None   # pong -> bool; default: any pong
     env: dict = field(default_factory=dict)
 
 

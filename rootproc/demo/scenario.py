@@ -66,7 +66,7 @@ def build_scenario(run_dir: Path, *, leaves: int, users: int, candidates: int, s
         log(f"exported {info.key}: reads {len(info.input_names)} of {len(schema)} features "
             f"(derived from its TorchScript graph)")
 
-    placement = {f"leaf-{i}": [] for i in range(leaves)}
+    placement: dict[str, list[str]] = {f"leaf-{i}": [] for i in range(leaves)}
     for i, key in enumerate(keys):
         placement[f"leaf-{i % leaves}"].append(key)
     bundle = build_bundle(ModelRepository(repo), schema, {

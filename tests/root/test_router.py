@@ -72,7 +72,7 @@ class Pool:
         self.links = links
 
     def candidates(self, key, now):
-        return sorted((l for l in self.links if key in l.models), key=lambda l: l.outstanding)
+        return sorted((link for link in self.links if key in link.models), key=lambda link: link.outstanding)
 
 
 class SlowRing:
