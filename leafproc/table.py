@@ -49,7 +49,8 @@ log = logging.getLogger("leafproc")
 class Target:
     """The versions the leaf should serve, with their files already read:
     ``files[key]`` is (model.pt path, ModuleInfo), or why it could not be read.
-    It crosses from the follower thread to the loop, so nothing in it changes."""
+    It crosses from the follower thread to the loop, so it is made whole and
+    never changed: frozen, its containers read-only."""
 
     keys: tuple[str, ...]
     files: Mapping[str, tuple[str, ModuleInfo] | str]
