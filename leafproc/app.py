@@ -4,9 +4,10 @@
 A leaf is its metrics, a zmq context, CURVE keys, the model repository, the
 model table (leafproc/table.py) with its worker threads, the I/O loop
 (leafproc/server.py) and, when it follows a stage, the follower thread
-(leafproc/follow.py). This module owns their order: what is made first is
-closed last, and `close` is the only teardown, whether `build` got halfway,
-`run` returned or `run` raised.
+(leafproc/follow.py). This module owns their order. `close` is the only
+teardown, whether `build` got halfway, `run` returned or `run` raised: it
+stops the threads (follower, then model workers) before it closes the
+sockets they answer through, and the zmq context last.
 """
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ class Leaf:
 
     def _build(self) -> None:
         s = self.settings
+        following = bool(s.config_store)
         curve_keys = None
         if s.curve is not None and s.curve.secret_key:
             try:
@@ -103,7 +105,7 @@ class Leaf:
                 log.warning("--curve-secret-key: no tcp:// endpoint to secure (ipc stays plain)")
         repo = ModelRepository(s.repo)
         try:
-            loaded = [] if s.config_store else \
+            loaded = [] if following else \
                 [repo.load(m, v) for m, v in select_models(repo, list(s.models))]
         except (ValueError, KeyError) as exc:
             raise ConfigError(str(exc)) from exc
@@ -112,7 +114,6 @@ class Leaf:
         torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 2) // 2))
 
         self.metrics = LeafMetrics()
-        following = bool(s.config_store)
         # A fixed list never rolls out: its rollout series stay off the registry.
         rollout = RolloutMetrics(self.metrics.registry if following else None)
         self.ctx = zmq.Context()
@@ -159,7 +160,7 @@ class Leaf:
         return self.server.run()
 
     def close(self) -> None:
-        """Stop and close everything `build` made, in reverse order; again: nothing."""
+        """Stop and close everything `build` made; a second call does nothing."""
         if self._closed:
             return
         self._closed = True
