@@ -1,4 +1,14 @@
 """The leaf process: load model versions from a repository, decode trimmed
 batches without copying, check them against each model's signature, and score
 them (dynamically batched) on GPU or CPU. Run it with ``python -m leafproc``;
-the wire protocol is docs/protocol.md, "Root <-> leaf"."""
+the wire protocol is docs/protocol.md, "Root <-> leaf".
+
+- `app`: the leaf as one object (build, run, close); `__main__`: its command line
+- `server`: the I/O loop (ROUTER, replies, drain); `table`: which versions serve
+  and how they join and leave; `worker`: one model version's thread
+- `follow`: the thread that follows a config-store stage; `handoff`: what it
+  and the loop pass each other
+- `inbox`, `signature`, `tensors`: shared-memory batches, the signature
+  check, features for the model
+- `config`, `defaults`, `metrics`: settings, constants, Prometheus series
+"""

@@ -26,6 +26,10 @@ DRAIN_BATCH = 1000
 WARMUP_ROWS = 8
 # Longest error text a reply carries (TorchScript errors run to pages).
 MAX_ERROR_CHARS = 2000
+# How long close waits for each serving model thread (and the follower
+# thread) to finish; one still running then keeps the zmq context open.
+STOP_JOIN_S = 5.0
 # How long a reply from a model thread may wait to leave at close.
 REPLY_LINGER_MS = 1000
+# How long replies already forwarded to the ROUTER may take to leave at close.
 ROUTER_LINGER_MS = 2000

@@ -1,5 +1,6 @@
 """Prometheus metrics of one leaf, on a registry of its own (so that tests and
-embedding processes never collide on the global one)."""
+embedding processes never collide on the global one): the serving series
+(`LeafMetrics`, `ModelMetrics`) and those of following a stage (`RolloutMetrics`)."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -69,3 +70,17 @@ class ModelMetrics:
         self.batch_rows = metrics.batch_rows.labels(key)
         self.batch_requests = metrics.batch_requests.labels(key)
         self.ready = metrics.ready.labels(key)
+
+
+class RolloutMetrics:
+    """What following a stage did. A leaf serving a fixed list passes no
+    registry: the series then count into nothing, so its /metrics page shows
+    no rollout it never does."""
+
+    def __init__(self, registry: CollectorRegistry | None):
+        self.load_failures = Counter("trimmer_leaf_model_load_failures", "model versions that "
+                                     "failed to load or warm up", ["model"], registry=registry)
+        self.config_errors = Counter("trimmer_leaf_config_errors", "store states that could not "
+                                     "be read (the leaf kept what it served)", registry=registry)
+        self.generation = Gauge("trimmer_leaf_config_generation",
+                                "store generation the leaf follows", registry=registry)

@@ -1,11 +1,18 @@
 """The leaf's I/O loop: one ROUTER socket, many requests in flight.
 
 The main thread owns the ROUTER. It parses each request's small JSON header,
-answers pings itself, and hands score requests to the model's worker thread
-together with a token; workers send replies, prefixed by the token, to an
-inproc PULL socket that this loop forwards to the ROUTER. Every received
-request is recorded in ``inflight`` until its reply has been forwarded, so
-that draining on SIGTERM knows what is still owed.
+answers pings itself, and hands score requests to the worker thread that the
+model table (leafproc/table.py) names for the model, together with a token;
+workers send replies, prefixed by the token, to an inproc PULL socket that
+this loop forwards to the ROUTER. Every received request is recorded in
+``inflight`` until its reply has been forwarded, so that draining on SIGTERM
+knows what is still owed. Between requests the loop lets the table change:
+a following leaf's newest target comes in through ``targets``, and the
+heartbeat record of what the table then serves goes out through ``records``.
+
+The server owns its sockets (ROUTER, PULL, the CURVE handler of the ROUTER's
+tcp endpoints) and the shared-memory inbox; the table and its workers are
+the caller's to close (leafproc/app.py).
 """
 from __future__ import annotations
 
@@ -18,31 +25,35 @@ import time
 
 import zmq
 
+from _trim.errors import TrimmerError
 from _trim.transport import sockets
 from _trim.transport import protocol as P
 from _trim.transport.envelope import MAX_ID_CHARS, split_envelope, usable_id
 from _trim.transport.frames import recv_waiting, send_frames
+from _trim.transport.curve import ServerKeys
+from signatures.members import MemberRecord
 
-from .defaults import MAX_QUEUE, POLL_MS, QUIET_S
+from .defaults import DRAIN_BATCH, MAX_QUEUE, POLL_MS, QUIET_S, ROUTER_LINGER_MS
+from .handoff import Handoff
 from .inbox import ShmInbox
 from .metrics import LeafMetrics
-from .worker import ModelWorker, Request
+from .table import ModelTable, Target
+from .worker import Request
 
 log = logging.getLogger("leafproc")
 
 
 class LeafServer:
-    def __init__(self, *, name: str, binds: list[str], workers: list[ModelWorker],
-                 ctx: zmq.Context, reply_endpoint: str, metrics: LeafMetrics,
-                 max_message_bytes: int, drain_timeout_s: float, device: str,
-                 curve_keys=None, max_queue: int = MAX_QUEUE):
+    def __init__(self, *, name: str, binds: list[str], table: ModelTable, ctx: zmq.Context,
+                 reply_endpoint: str, metrics: LeafMetrics, max_message_bytes: int,
+                 drain_timeout_s: float, device: str, curve_keys: ServerKeys | None = None,
+                 max_queue: int = MAX_QUEUE, targets: Handoff[Target] | None = None,
+                 records: Handoff[MemberRecord] | None = None):
         self.name = name
         self.binds = binds
-        self.workers = {w.key: w for w in workers}
-        # A `leafproc.follow.ModelFollower` when following a config-store stage:
-        # it alone changes `workers` after start, from `run`'s thread.
-        self.follower = None
-        self.ctx = ctx
+        self.table = table
+        self.targets = targets
+        self.records = records
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
         # Requests waiting per model version; past it new ones are shed at once
@@ -56,22 +67,26 @@ class LeafServer:
         self._draining_since: float | None = None
         self._last_recv = 0.0
         self.inbox = ShmInbox(max_message_bytes, device)
-
-        self.router = ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 2000)
-        # Frames above the limit make libzmq drop the connection before the
-        # message is buffered; the header frame needs room for its own limit.
-        self.router.setsockopt(zmq.MAXMSGSIZE, max(max_message_bytes, P.MAX_HEADER_NBYTES))
-        # A ROUTER silently drops replies to a peer over its send HWM: never lose one.
-        self.router.setsockopt(zmq.SNDHWM, 0)
-        self.pull = ctx.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.LINGER, 0)
-        self.pull.bind(reply_endpoint)
-        # With `curve_keys` (a _trim.transport.curve.ServerKeys), tcp endpoints require
-        # CURVE and ipc ones stay plain; `security` is closed by its owner
-        # after the router (leafproc/__main__.py).
-        self.bound, self.security = sockets.bind_all(ctx, self.router, binds, curve_keys,
-                                                   f"leaf {name}")
+        self.bound: list[str] = []
+        self.security = None
+        self.router = self.pull = None
+        try:
+            self.router = ctx.socket(zmq.ROUTER)
+            self.pull = ctx.socket(zmq.PULL)
+            self.router.setsockopt(zmq.LINGER, ROUTER_LINGER_MS)
+            # Frames above the limit make libzmq drop the connection before the
+            # message is buffered; the header frame needs room for its own limit.
+            self.router.setsockopt(zmq.MAXMSGSIZE, max(max_message_bytes, P.MAX_HEADER_NBYTES))
+            # A ROUTER silently drops replies to a peer over its send HWM: never lose one.
+            self.router.setsockopt(zmq.SNDHWM, 0)
+            self.pull.setsockopt(zmq.LINGER, 0)
+            self.pull.bind(reply_endpoint)
+            # With `curve_keys`, tcp endpoints require CURVE and ipc ones stay plain.
+            self.bound, self.security = sockets.bind_all(ctx, self.router, binds, curve_keys,
+                                                       f"leaf {name}")
+        except BaseException:
+            self.close()
+            raise
 
     def request_stop(self, *_):
         self._stop.set()
@@ -83,24 +98,25 @@ class LeafServer:
     # -- loop -------------------------------------------------------------------
 
     def run(self) -> int:
+        """Serve until stopped and drained; 0."""
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.pull, zmq.POLLIN)
-        try:
-            while True:
-                events = dict(poller.poll(POLL_MS))
-                self._check_stop()
-                if self.pull in events:
-                    self._forward_replies()
-                if self.router in events:
-                    self._receive()
-                if self.follower is not None:
-                    self.follower.tick()
-                if self._draining_since is not None and self._drained():
-                    break
-        finally:
-            self._shutdown()
-        return 0
+        while True:
+            events = dict(poller.poll(POLL_MS))
+            self._check_stop()
+            if self.pull in events:
+                self._forward_replies()
+            if self.router in events:
+                self._receive()
+            self._update_table()
+            if self._draining_since is not None and self._drained():
+                return 0
+
+    def _update_table(self) -> None:
+        target = self.targets.take() if self.targets is not None else None
+        if self.table.update(time.monotonic(), target) and self.records is not None:
+            self.records.put(self.table.record(self.bound))
 
     def _check_stop(self) -> None:
         if self._stop.is_set() and self._draining_since is None:
@@ -123,23 +139,23 @@ class LeafServer:
             return True
         return False
 
-    def _shutdown(self) -> None:
-        if self.follower is not None:
-            self.follower.stop()
-        for w in self.workers.values():
-            w.stop()
-        for w in self.workers.values():
-            w.join(timeout=5)
+    def close(self) -> None:
+        """Close the sockets (after the table's workers stopped: they may still
+        be answering) and the shared-memory inbox; remove the ipc files."""
         self.metrics.inflight.set(0)
-        self.router.close()
-        self.pull.close()
+        for sock in (self.router, self.pull):
+            if sock is not None:
+                sock.close()
+        if self.security is not None:  # after the router: it stops the ZAP handler
+            self.security.close()
+            self.security = None
         self.inbox.close()
         sockets.remove_ipc_files(self.bound)
 
     # -- replies from workers -----------------------------------------------------
 
     def _forward_replies(self) -> None:
-        for _ in range(1000):
+        for _ in range(DRAIN_BATCH):
             frames = recv_waiting(self.pull)
             if frames is None:
                 return
@@ -158,7 +174,7 @@ class LeafServer:
     # -- requests -------------------------------------------------------------------
 
     def _receive(self) -> None:
-        for _ in range(1000):
+        for _ in range(DRAIN_BATCH):
             frames = recv_waiting(self.router)
             if frames is None:
                 return
@@ -186,9 +202,10 @@ class LeafServer:
                 else:
                     raise P.ProtocolError(P.BAD_REQUEST, f"unknown request type {kind!r}; a leaf "
                                                          "serves 'score' and 'ping'")
-            except P.ProtocolError as exc:
-                self._send(envelope, [P.error_header(rid, exc.kind, str(exc), **exc.details)],
-                           exc.kind)
+            except TrimmerError as exc:  # refused, with a reason the sender can act on
+                refusal = P.as_protocol_error(exc)
+                self._send(envelope, [P.error_header(rid, refusal.kind, str(refusal),
+                                                     **refusal.details)], refusal.kind)
             except Exception as exc:  # a bug: answer anyway; raising here would stop the leaf
                 log.exception("leaf %s: internal error on request %r", self.name, rid)
                 self._send(envelope, [P.error_header(rid, P.INTERNAL, f"internal error: "
@@ -199,10 +216,10 @@ class LeafServer:
         if self._draining_since is not None:
             raise P.ProtocolError(P.SHUTTING_DOWN, f"leaf {self.name} is shutting down")
         key = P.field(header, "model", str)
-        worker = self.workers.get(key)
+        worker = self.table.worker(key)
         if worker is None:
             raise P.ProtocolError(P.UNKNOWN_MODEL, f"leaf {self.name} does not serve {key!r}",
-                                  models=sorted(self.workers))
+                                  models=self.table.keys())
         worker.series.requests.inc()
         rows = P.field(header, "rows", int, check=lambda n: 0 <= n < 2**32)
         compression = P.field(header, "compression", str, default=P.COMPRESSION_NONE,
@@ -211,7 +228,7 @@ class LeafServer:
         # Remaining time the root gives the request; absent (older roots): no deadline.
         deadline_ms = P.field(header, "deadline_ms", (int, float), default=None,
                               check=lambda d: d >= 0)
-        queued = worker.queue.qsize()
+        queued = worker.queued()
         if queued >= self.max_queue:
             raise P.ProtocolError(P.OVERLOADED, f"leaf {self.name}: {queued} requests already "
                                                 f"queued for {key} (limit {self.max_queue})",
@@ -246,6 +263,4 @@ class LeafServer:
             "type": "pong", "id": rid, "ok": True, "role": "leaf", "name": self.name,
             "pid": os.getpid(), "device": self.device,
             "draining": self._draining_since is not None,
-            "models": (self.follower.describe() if self.follower is not None
-                       else [w.describe() for w in self.workers.values()]),
-            **(self.follower.pong_fields() if self.follower is not None else {})})
+            "models": self.table.describe(), **self.table.pong_fields()})

@@ -3,7 +3,8 @@
 Requests arrive on a queue from the I/O thread; replies go back to it over an
 inproc PUSH socket (zmq sockets belong to one thread, and only the I/O thread
 may touch the ROUTER). The forward pass releases the GIL, so the I/O thread
-keeps receiving while a model runs.
+keeps receiving while a model runs. The model table (leafproc/table.py)
+starts and stops workers; nothing else does.
 """
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ import torch
 import zmq
 
 import _trim
+from _trim.errors import TrimmerError
 from _trim.transport import protocol as P
 from _trim.transport.frames import send_frames
 from signatures.module_info import ModuleInfo
 
+from .defaults import MAX_ERROR_CHARS, REPLY_LINGER_MS, WARMUP_ROWS
 from .metrics import LeafMetrics
 from .signature import SignatureCheck, synthetic_message
 from .tensors import ModelOutputError, Part, builder_for, merge_key, to_scores
@@ -29,8 +32,6 @@ from .tensors import ModelOutputError, Part, builder_for, merge_key, to_scores
 log = logging.getLogger("leafproc")
 
 STOP = object()
-WARMUP_ROWS = 8
-MAX_ERROR_CHARS = 2000
 
 
 @dataclass(eq=False)
@@ -81,6 +82,9 @@ class ModelWorker(threading.Thread):
     def stop(self) -> None:
         self.queue.put(STOP)
 
+    def queued(self) -> int:
+        return self.queue.qsize()
+
     def describe(self) -> dict:
         d = {"model": self.key, "signature_hash": self.info.signature_hash, "ready": self.ready}
         if self.error:
@@ -91,7 +95,7 @@ class ModelWorker(threading.Thread):
 
     def run(self) -> None:
         self._push = self._ctx.socket(zmq.PUSH)
-        self._push.setsockopt(zmq.LINGER, 1000)
+        self._push.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
         self._push.connect(self._reply_endpoint)
         try:
             try:
@@ -165,8 +169,9 @@ class ModelWorker(threading.Thread):
             queue_s = t0 - req.t_recv
             try:
                 part = self._prepare(req)
-            except P.ProtocolError as exc:
-                self._error(req, exc.kind, str(exc), **exc.details)
+            except TrimmerError as exc:  # refused, with a reason the root can act on
+                refusal = P.as_protocol_error(exc)
+                self._error(req, refusal.kind, str(refusal), **refusal.details)
                 continue
             decode_s = time.perf_counter() - t0
             self.series.queue_seconds.observe(queue_s)
