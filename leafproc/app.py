@@ -81,7 +81,7 @@ class Leaf:
         self._closed = False
 
     @classmethod
-    def build(cls, settings: LeafSettings) -> "Leaf":
+    def build(cls, settings: LeafSettings) -> Leaf:
         """A leaf ready to `run`. ConfigError, saying why, when it cannot
         start with these settings; nothing it made is left open then."""
         leaf = cls(settings)
@@ -125,24 +125,25 @@ class Leaf:
         self.table = ModelTable(name=self.name, make_worker=make_worker, metrics=self.metrics,
                                 rollout=rollout, stage=s.stage if following else None,
                                 retire_grace_s=s.retire_grace_s)
+        follower = None
         if following:
-            self.follower = ModelFollower(store_path=s.config_store, stage=s.stage,
-                                          name=self.name, repo=repo, rollout=rollout)
+            follower = self.follower = ModelFollower(store_path=str(s.config_store), stage=s.stage,
+                                                     name=self.name, repo=repo, rollout=rollout)
         try:
-            self.server = LeafServer(
+            server = self.server = LeafServer(
                 name=self.name, binds=list(s.bind), table=self.table, ctx=self.ctx,
                 reply_endpoint=reply_endpoint, metrics=self.metrics,
                 max_message_bytes=s.max_message_bytes, drain_timeout_s=s.drain_timeout_s,
                 device=str(self.device), curve_keys=curve_keys, max_queue=s.max_queue,
-                targets=self.follower.targets if following else None,
-                records=self.follower.records if following else None)
+                targets=follower.targets if follower else None,
+                records=follower.records if follower else None)
         except zmq.ZMQError as exc:
             raise ConfigError(f"cannot bind {', '.join(s.bind)}: {exc}") from exc
-        self.server.install_signal_handlers()
+        server.install_signal_handlers()
         self.metrics.serve(s.metrics_port, s.metrics_addr)
-        if following:
+        if follower is not None:
             try:
-                self.follower.start()
+                follower.start()
             except Exception as exc:
                 raise ConfigError(f"config store {s.config_store}, stage {s.stage}: "
                                   f"{exc}") from exc
@@ -153,6 +154,7 @@ class Leaf:
 
     def run(self) -> int:
         """Serve until a SIGTERM (or SIGINT) drain completes; 0."""
+        assert self.server is not None and self.table is not None, "run() after a build"
         log.info("leaf %s on %s serving %s (device %s%s)", self.name,
                  ", ".join(self.server.bound), ", ".join(self.table.keys()), self.device,
                  ", CURVE on tcp" if self.server.security is not None else "")

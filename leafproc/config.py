@@ -11,8 +11,14 @@ from dataclasses import dataclass
 from signatures.settings import option
 from signatures.store import STAGES
 
-from .defaults import (DRAIN_TIMEOUT_S, MAX_BATCH_ROWS, MAX_MESSAGE_BYTES, MAX_QUEUE,
-                       MAX_WAIT_MS, RETIRE_GRACE_S)
+from .defaults import (
+    DRAIN_TIMEOUT_S,
+    MAX_BATCH_ROWS,
+    MAX_MESSAGE_BYTES,
+    MAX_QUEUE,
+    MAX_WAIT_MS,
+    RETIRE_GRACE_S,
+)
 
 DEVICES = ("auto", "cpu", "cuda")
 ANY_CLIENT = "*"

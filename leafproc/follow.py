@@ -24,12 +24,12 @@ import threading
 import time
 
 from _trim.transport.model_key import ModelKey
+from signatures.handoff import Handoff
 from signatures.members import FOLLOW_POLL_S, HEARTBEAT_S, MemberRecord
 from signatures.module_info import ModelRepository
 from signatures.store import ConfigStore
 
 from .defaults import STOP_JOIN_S
-from .handoff import Handoff
 from .metrics import RolloutMetrics
 from .table import Target
 
@@ -71,7 +71,7 @@ class ModelFollower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-follower", daemon=True)
 
-    def start(self) -> "ModelFollower":
+    def start(self) -> ModelFollower:
         """Read the store once (errors raise: a leaf cannot start on an
         unreadable store), then keep polling in the background."""
         self.poll(raise_errors=True)

@@ -40,7 +40,7 @@ class LeafMetrics:
                               registry=r)
         self._server = None
 
-    def for_model(self, key: str) -> "ModelMetrics":
+    def for_model(self, key: str) -> ModelMetrics:
         return ModelMetrics(self, key)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:

@@ -26,15 +26,15 @@ import time
 import zmq
 
 from _trim.errors import TrimmerError
-from _trim.transport import sockets
 from _trim.transport import protocol as P
+from _trim.transport import sockets
+from _trim.transport.curve import ServerKeys
 from _trim.transport.envelope import MAX_ID_CHARS, split_envelope, usable_id
 from _trim.transport.frames import recv_waiting, send_frames
-from _trim.transport.curve import ServerKeys
+from signatures.handoff import Handoff
 from signatures.members import MemberRecord
 
 from .defaults import DRAIN_BATCH, MAX_QUEUE, POLL_MS, QUIET_S, ROUTER_LINGER_MS
-from .handoff import Handoff
 from .inbox import ShmInbox
 from .metrics import LeafMetrics
 from .table import ModelTable, Target
@@ -69,10 +69,9 @@ class LeafServer:
         self.inbox = ShmInbox(max_message_bytes, device)
         self.bound: list[str] = []
         self.security = None
-        self.router = self.pull = None
+        self.router = ctx.socket(zmq.ROUTER)
+        self.pull = ctx.socket(zmq.PULL)
         try:
-            self.router = ctx.socket(zmq.ROUTER)
-            self.pull = ctx.socket(zmq.PULL)
             self.router.setsockopt(zmq.LINGER, ROUTER_LINGER_MS)
             # Frames above the limit make libzmq drop the connection before the
             # message is buffered; the header frame needs room for its own limit.
@@ -124,10 +123,11 @@ class LeafServer:
             log.info("leaf %s draining: %d requests in flight", self.name, len(self.inflight))
 
     def _drained(self) -> bool:
-        now = time.monotonic()
+        now, since = time.monotonic(), self._draining_since
+        assert since is not None, "called once draining"
         if not self.inflight:
-            return now - max(self._last_recv, self._draining_since) >= QUIET_S
-        if now - self._draining_since > self.drain_timeout_s:
+            return now - max(self._last_recv, since) >= QUIET_S
+        if now - since > self.drain_timeout_s:
             log.error("leaf %s: %d requests still running after %.1fs drain; answering "
                       "them shutting_down", self.name, len(self.inflight), self.drain_timeout_s)
             for token in list(self.inflight):
@@ -144,8 +144,7 @@ class LeafServer:
         be answering) and the shared-memory inbox; remove the ipc files."""
         self.metrics.inflight.set(0)
         for sock in (self.router, self.pull):
-            if sock is not None:
-                sock.close()
+            sock.close()
         if self.security is not None:  # after the router: it stops the ZAP handler
             self.security.close()
             self.security = None
@@ -224,7 +223,8 @@ class LeafServer:
         rows = P.field(header, "rows", int, check=lambda n: 0 <= n < 2**32)
         compression = P.field(header, "compression", str, default=P.COMPRESSION_NONE,
                               check=lambda c: c in (P.COMPRESSION_NONE, P.COMPRESSION_LZ4))
-        raw_nbytes = header.get("raw_nbytes") if compression == P.COMPRESSION_LZ4 else None
+        raw_nbytes = (P.field(header, "raw_nbytes", int, check=lambda n: n >= 0)
+                      if compression == P.COMPRESSION_LZ4 else None)
         # Remaining time the root gives the request; absent (older roots): no deadline.
         deadline_ms = P.field(header, "deadline_ms", (int, float), default=None,
                               check=lambda d: d >= 0)
@@ -233,8 +233,7 @@ class LeafServer:
             raise P.ProtocolError(P.OVERLOADED, f"leaf {self.name}: {queued} requests already "
                                                 f"queued for {key} (limit {self.max_queue})",
                                   queued=queued)
-        if compression == P.COMPRESSION_LZ4:
-            P.field(header, "raw_nbytes", int, check=lambda n: n >= 0)
+        if raw_nbytes is not None:
             if raw_nbytes > self.max_message_bytes:
                 raise P.ProtocolError(P.TOO_LARGE, f"raw_nbytes {raw_nbytes} is above this "
                                                    f"leaf's limit of {self.max_message_bytes}")

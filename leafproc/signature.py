@@ -85,7 +85,7 @@ def synthetic_message(inputs: list[TensorSpec], rows: int) -> np.ndarray:
     """An encoded batch that satisfies ``inputs``: zeros, one list element per
     ragged row. Used to warm a model up through the same path as real traffic."""
     layout = Layout(s.column_spec() for s in inputs)
-    arrays = {}
+    arrays: dict[str, object] = {}
     for spec in inputs:
         n = 1 if spec.per_request else rows
         if spec.ragged:

@@ -30,9 +30,9 @@ stays, answering ``unavailable``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Mapping
 
 from _trim.transport.model_key import ModelKey
 from signatures.members import MemberRecord
@@ -62,7 +62,7 @@ class Target:
         object.__setattr__(self, "files", MappingProxyType(dict(self.files)))
 
     @classmethod
-    def fixed(cls, loaded) -> "Target":
+    def fixed(cls, loaded) -> Target:
         """A fixed list, from (model.pt path, ModuleInfo) pairs."""
         files = {info.key: (path, info) for path, info in loaded}
         return cls(tuple(files), files)
@@ -140,7 +140,7 @@ class ModelTable:
             changed = True
         if self.target is None or self._settled:
             return changed
-        return self._progress(now) or changed
+        return self._progress(now, self.target) or changed
 
     def _install(self, target: Target) -> None:
         self.target = target
@@ -174,9 +174,9 @@ class ModelTable:
         log.error("leaf %s: model %s failed to load: %s; versions already serving keep serving",
                   self.name, key, error)
 
-    def _progress(self, now: float) -> bool:
+    def _progress(self, now: float, target: Target) -> bool:
         changed = False
-        wanted = set(self.target.keys)
+        wanted = set(target.keys)
         for key, w in list(self._loading.items()):
             if w.ready:
                 del self._loading[key]
@@ -201,9 +201,9 @@ class ModelTable:
         for key, since in list(self._retiring.items()):
             if now - since >= self.retire_grace_s:
                 del self._retiring[key]
-                w = self._serving.pop(key, None)
-                if w is not None:
-                    self._reap(w)  # its stop marker queues behind every request sent to it
+                retired = self._serving.pop(key, None)
+                if retired is not None:
+                    self._reap(retired)  # its stop marker queues behind every request sent to it
                 changed = True
         for w in list(self._reaping):
             if not w.is_alive():

@@ -20,8 +20,8 @@ because the model convention gives them as a single row.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -113,7 +113,8 @@ class StagedTensors:
         self._pin = self.device.type == "cuda"
         self._staging = torch.empty(0, dtype=torch.uint8)
         self._staging_np = self._staging.numpy()
-        self._copied = None  # CUDA event: the last copy out of the staging buffer is done
+        # CUDA event: the last copy out of the staging buffer is done
+        self._copied: torch.cuda.Event | None = None
 
     def _reserve(self, nbytes: int) -> None:
         if nbytes <= len(self._staging):

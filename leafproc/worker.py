@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,8 +41,8 @@ class Request:
     id: object
     rows: int
     compression: str
-    raw_nbytes: object
-    payload: object       # zmq.Frame (or any buffer) holding the batch
+    raw_nbytes: int | None    # LZ4: the batch's size once decompressed
+    payload: Any          # zmq.Frame (or any buffer) holding the batch
     t_recv: float         # time.perf_counter() at receipt
     pinned: bool = False  # payload lies in page-locked memory (a registered shm slot)
     deadline: float | None = None  # time.perf_counter() past which the root no longer waits
@@ -71,8 +72,8 @@ class ModelWorker(threading.Thread):
         self.error: str | None = None
         self._ctx = ctx
         self._reply_endpoint = reply_endpoint
-        self._push = None
-        self.model = None
+        self._push: zmq.Socket | None = None   # made on the worker's own thread
+        self.model: Any = None   # the loaded module; None until loaded, and once unloaded
 
     # -- called from the I/O thread -------------------------------------------
 
@@ -94,9 +95,9 @@ class ModelWorker(threading.Thread):
     # -- the thread -------------------------------------------------------------
 
     def run(self) -> None:
-        self._push = self._ctx.socket(zmq.PUSH)
-        self._push.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
-        self._push.connect(self._reply_endpoint)
+        push = self._push = self._ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
+        push.connect(self._reply_endpoint)
         try:
             try:
                 self._load()
@@ -108,7 +109,7 @@ class ModelWorker(threading.Thread):
                 log.exception("model %s %s", self.key, self.error)
             self._loop()
         finally:
-            self._push.close()
+            push.close()
 
     def _load(self) -> None:
         model = torch.jit.load(self.path, map_location=self.device)
@@ -187,7 +188,7 @@ class ModelWorker(threading.Thread):
     def _prepare(self, req: Request) -> Part:
         buf = req.payload.buffer if isinstance(req.payload, zmq.Frame) else req.payload
         if req.compression == P.COMPRESSION_LZ4:
-            buf = P.decompress(buf, req.raw_nbytes, self.max_message_bytes, writable=True)
+            buf = P.decompress(buf, req.raw_nbytes or 0, self.max_message_bytes, writable=True)
         try:
             decoded = _trim.decode(buf)
         except ValueError as exc:
@@ -257,11 +258,16 @@ class ModelWorker(threading.Thread):
             "timing_us": {"queue": int(queue_s * 1e6), "decode": int(decode_s * 1e6),
                           "infer": int(infer_s * 1e6)},
             "batch_rows": batch_rows})
-        send_frames(self._push, [req.token, header, scores.astype(P.SCORES_DTYPE, copy=False).tobytes()])
+        send_frames(self._replies(), [req.token, header,
+                                      scores.astype(P.SCORES_DTYPE, copy=False).tobytes()])
 
     def _error(self, req: Request, kind: str, message: str, **details) -> None:
         self.metrics.errors.labels(kind).inc()
-        send_frames(self._push, [req.token, P.error_header(req.id, kind, message, **details)])
+        send_frames(self._replies(), [req.token, P.error_header(req.id, kind, message, **details)])
+
+    def _replies(self) -> zmq.Socket:
+        assert self._push is not None, "replies are sent from the worker's thread, after run()"
+        return self._push
 
 
 def _short(exc: BaseException) -> str:

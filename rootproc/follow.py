@@ -5,7 +5,7 @@ the stage's last stamp, the last config it prepared, its error count. The
 thread polls the stage file (a ``stat``, then the generation when it
 changed), reads and validates the new bundle and compiles its preprocessors
 and trim plans (``prepare``), and puts the frozen `PreparedConfig` in a
-single-slot mailbox; the serving loop takes it between two requests and
+single-slot handoff; the serving loop takes it between two requests and
 installs it (rootproc/server.py). A request already sent to its leaves keeps
 the batches it was given; nothing it waits for depends on the config. A
 config that cannot be read, parsed or compiled is logged, counted in
@@ -22,34 +22,14 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
 
+from signatures.handoff import Handoff
 from signatures.members import FOLLOW_POLL_S, MemberRecord
 from signatures.store import ConfigStore
 
 from .active import ActiveConfig, PreparedConfig
 
 log = logging.getLogger("rootproc")
-
-T = TypeVar("T")
-
-
-class Mailbox(Generic[T]):
-    """One item handed between two threads; a newer one replaces one not taken yet."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._item: T | None = None
-
-    def put(self, item: T) -> None:
-        with self._lock:
-            self._item = item
-
-    def take(self) -> T | None:
-        with self._lock:
-            item, self._item = self._item, None
-        return item
-
 
 class ConfigFollower:
     def __init__(self, store_path: str, stage: str, *, name: str, prepared: PreparedConfig,
@@ -65,8 +45,8 @@ class ConfigFollower:
         self.last_error: str | None = None
         self.error_count = 0
         self._stamp = self.store.stage_stamp(self.stage)
-        self._configs: Mailbox[PreparedConfig] = Mailbox()
-        self._heartbeats: Mailbox[MemberRecord] = Mailbox()
+        self._configs: Handoff[PreparedConfig] = Handoff()
+        self._heartbeats: Handoff[MemberRecord] = Handoff()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="config-follower", daemon=True)
 
@@ -139,4 +119,4 @@ class ConfigFollower:
             log.warning("%s: heartbeat to %s failed: %s", self.name, self.store.path, exc)
 
 
-__all__ = ["ConfigFollower", "Mailbox"]
+__all__ = ["ConfigFollower"]

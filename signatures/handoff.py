@@ -1,10 +1,11 @@
 """A single-slot handoff between two threads: the newest value put wins, and
 each value is taken at most once.
 
-The follower thread and the I/O loop share nothing else: targets go one way
-(leafproc/follow.py -> leafproc/table.py), heartbeat records the other. Only
-the newest of either matters, so a slow taker skips stale values instead of
-working through a backlog of them.
+A process following a stage of the config store runs a follower thread and a
+serving loop that share nothing else: what to serve goes one way (the root's
+compiled config, the leaf's model target), the heartbeat record the other.
+Only the newest of either matters, so a slow taker skips stale values
+instead of working through a backlog of them.
 """
 from __future__ import annotations
 
