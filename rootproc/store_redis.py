@@ -98,6 +98,7 @@ class RedisStore(FeatureStore):
         self.namespace = where["namespace"]
         self.readonly = readonly
         self._pending: tuple | None = None           # a load's (schema, layouts): see create
+        self._recount = False
         self._added = {s: 0 for s in SOURCES}        # ids a load wrote that were not there
         self._range: dict[str, list[int]] = {}       # a load's id ranges, with the store's
         self._prefix = {s: f"{self.namespace}:{t}:".encode() for s, t in SOURCE_TAGS.items()}
@@ -149,6 +150,8 @@ class RedisStore(FeatureStore):
         except ValueError:
             store.close()
             raise
+        # Records an unfinished first load left are in no count: count them when done.
+        store._recount = store.meta is None and store.loading is not None
         store._pending = (schema, wanted)
         store._range = {s: list(r) for s, r in (store.meta or {}).get("id_ranges", {}).items() if r}
         store._call([("SET", store._loading_key, orjson.dumps(loading_marker(schema)))])
@@ -295,12 +298,28 @@ class RedisStore(FeatureStore):
         old = self.meta or {}
         # A load into a loaded store (same layouts: `create` checked) adds to its counts.
         counts = {s: int(old.get("counts", {}).get(s, 0)) + self._added[s] for s in SOURCES}
+        if self._recount:
+            for s in SOURCES:
+                counts[s], self._range[s] = self._scan(s)
         self.meta = {"format": FORMAT, "schema_fingerprint": schema.fingerprint,
                      "layouts": {s: wanted[s].to_dict() for s in SOURCES}, "counts": counts,
                      "id_ranges": {s: self._range.get(s) or None for s in SOURCES},
                      "committed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self._call([("SET", self._meta_key, orjson.dumps(self.meta)), ("DEL", self._loading_key)])
         self.loading = None
+
+    def _scan(self, source: str) -> tuple[int, list[int]]:
+        """(count, [lowest, highest] id) of ``source``'s keys, by SCAN (a pass
+        over the database)."""
+        cursor, total, bounds = b"0", 0, []   # type: tuple[bytes, int, list[int]]
+        prefix = self._prefix[source]
+        while True:
+            ((cursor, keys),) = self._call([("SCAN", cursor, "MATCH", prefix + b"*", "COUNT", 10_000)])
+            ids = [int(k[len(prefix):]) for k in keys] + bounds
+            total += len(keys)
+            bounds = [min(ids), max(ids)] if ids else []
+            if int(cursor) == 0:
+                return total, bounds
 
     def close(self) -> None:
         with self._lock:

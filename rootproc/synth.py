@@ -4,17 +4,20 @@ Trimming and compression results depend on the values, so they are drawn
 the way production features look rather than as random floats:
 
     counters (log1p)       50-95 % zeros, the rest whole numbers with a heavy tail
-    clipped (clip lo..hi)  5-30 % missing (the default), steps of 1/100 of the range,
-                           some beyond ``hi``
-    standardized           2-10 % missing (the mean), symmetric, steps of std/100
+    clipped (clip lo..hi)  5-30 % missing, steps of 1/100 of the range, ~10 % beyond
+                           ``hi`` and a few below ``lo``
+    standardized           2-10 % missing, symmetric around the mean, steps of std/100
     other float scalars    half are rates (30-80 % zeros, steps of 1/1000, long tail),
                            half dense scores (steps of 1/256)
-    small vectors (< 32)   histogram-like: 40-80 % zero elements, steps of 1/64
-    embeddings (>= 32)     dense, 256 levels (as stored quantised to int8)
+    small vectors (< 32)   half histogram-like (20-60 % zero elements, steps of 1/64),
+                           half small dense embeddings (steps of 1/1024 of their range)
+    embeddings (>= 32)     dense, at float16 precision (as often stored)
     ids (hash) and ints    low-cardinality: a few to a few thousand distinct ids per
                            field, Zipf-like popularity; ints are sparse counts
     id lists (ragged)      20-50 % empty, lengths heavy-tailed (cap 200), Zipf-like ids
     cold entities          8 % of ids are new: every field its default, every list empty
+
+A missing value is the field's default (0 unless the schema names one).
 
 Every value is a pure function of (seed, source, field, element, entity id):
 a counter-based hash (murmur3's finalizer) of them is mapped through the
@@ -25,15 +28,18 @@ per-record or per-field-and-record Python.
 """
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .records import PackedRecords, RawField, RecordLayout
 
-CHUNK_NBYTES = 32 << 20    # records made per chunk (one store write each)
-BLOCK_NBYTES = 1 << 20     # rows computed at a time: sized for the CPU's cache
+CHUNK_NBYTES = 1 << 25    # records made per chunk (one store write each)
+BLOCK_NBYTES = 1 << 19     # rows computed at a time: sized for the CPU's cache
+THREADS = min(4, os.cpu_count() or 1)
 COLD = 0.08
 EMBEDDING_WIDTH = 32
 MAX_LIST = 200
@@ -97,16 +103,18 @@ class Profile:
         elif op == "clip":
             lo, hi = float(transform["lo"]), float(transform["hi"])
             span = (hi - lo) or 1.0
-            self.p0, self.loc, self.q = rng.uniform(0.05, 0.3), lo - 0.02 * span, span / 100
-            self.scale = span * rng.uniform(0.05, 0.3)
+            self.p0, self.sym, self.q = rng.uniform(0.05, 0.3), True, span / 100
+            self.loc, self.scale = lo + 0.55 * span, 0.57 * span   # lo - 2 % .. hi + 12 %
         elif op == "standardize":
             self.p0, self.sym, self.q = rng.uniform(0.02, 0.1), True, float(transform["std"]) / 100
             self.loc, self.scale = float(transform["mean"]), 1.7 * float(transform["std"])
         elif self.dense:
-            self.p0, self.sym, self.scale = 0.0, True, rng.uniform(0.05, 0.3)
-            self.q = self.scale / 128
-        elif f.vector:
-            self.p0, self.scale, self.q = rng.uniform(0.4, 0.8), rng.uniform(0.5, 5.0), 1 / 64
+            self.p0, self.sym, self.scale, self.q = 0.0, True, rng.uniform(0.05, 0.3), 1.0
+        elif f.vector and rng.random() < 0.5:   # a histogram, or shares of something
+            self.p0, self.scale, self.q = rng.uniform(0.2, 0.6), rng.uniform(0.5, 5.0), 1 / 64
+        elif f.vector:                          # a small dense embedding
+            self.p0, self.sym, self.scale = 0.0, True, rng.uniform(0.1, 1.0)
+            self.q = self.scale / 1024
         elif rng.random() < 0.5:
             self.p0, self.scale, self.q = rng.uniform(0.3, 0.8), rng.uniform(0.001, 0.05), 1e-3
         else:
@@ -127,7 +135,7 @@ def _values(u: np.ndarray, p: dict, cold: np.ndarray, tmp: np.ndarray) -> np.nda
     and ``a * u + b * heavy + c`` (in steps of q) is either profile's value."""
     missing = np.less(u, p["p0"] + cold, out=np.empty(u.shape, dtype=np.bool_))
     heavy = np.subtract(u, p["p0"], out=tmp[1])
-    heavy /= np.subtract(1.00001, u, out=tmp[0])
+    heavy /= np.subtract(1.001, u, out=tmp[0])   # the tail stops at ~1000 x scale
     heavy *= p["b"]
     u *= p["a"]
     u += heavy
@@ -139,11 +147,11 @@ def _values(u: np.ndarray, p: dict, cold: np.ndarray, tmp: np.ndarray) -> np.nda
 
 
 def _dense_values(u: np.ndarray, p: dict, cold: np.ndarray) -> np.ndarray:
-    """`_values` for embeddings (no missing elements, symmetric), in fewer steps."""
+    """Embeddings: uniform in [-scale, scale) at float16 precision (a float32
+    with the low 13 bits of its mantissa cleared); cold rows all zeros."""
     u -= 0.5
     u *= p["scale_q2"]
-    np.rint(u, out=u)
-    u *= p["q"]
+    u.view(np.uint32)[...] &= np.uint32(0xFFFFE000)
     u *= 1 - cold
     return u
 
@@ -202,31 +210,45 @@ class Synthesizer:
 
     def chunks(self, count: int, start: int = 0) -> Iterator[tuple[np.ndarray, PackedRecords]]:
         rows = max(1, min(count, CHUNK_NBYTES // max(1, self.layout.fixed_nbytes)))
-        for lo in range(start, start + count, rows):
-            ids = np.arange(lo, min(lo + rows, start + count), dtype=np.int64)
-            yield ids, self.records(ids)
+        with ThreadPoolExecutor(THREADS, thread_name_prefix="synth") as pool:
+            for lo in range(start, start + count, rows):
+                ids = np.arange(lo, min(lo + rows, start + count), dtype=np.int64)
+                yield ids, self.records(ids, pool)
 
-    def records(self, ids: np.ndarray) -> PackedRecords:
+    def records(self, ids: np.ndarray, pool: ThreadPoolExecutor | None = None) -> PackedRecords:
+        if pool is None:
+            with ThreadPoolExecutor(THREADS, thread_name_prefix="synth") as own:
+                return self.records(ids, own)
         keys = row_keys(self.seed, self.source, ids)
         cold = (_mix(keys ^ np.uint32(0xC01D)) < np.uint32(COLD * 2**32)).astype(np.float32)
         fixed = np.zeros(len(ids), dtype=self.layout.dtype)
         raw = fixed.view(np.uint8).reshape(len(ids), self.layout.fixed_nbytes)
+        # numpy lets go of the GIL: slices of rows and the list fields on every core.
+        bounds = np.linspace(0, len(ids), THREADS + 1).astype(int).tolist()
+        runs = [pool.submit(self._runs, raw, keys, cold, lo, hi)
+                for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+        lists = {f.name: pool.submit(self._ragged, f, keys, cold) for f in self.layout.ragged}
+        for done in runs:
+            done.result()
+        ragged = {name: done.result() for name, done in lists.items()}
+        for f in self.others:
+            fixed[f.name] = self._other(f, keys, cold).reshape((len(ids),) + f.shape)
+        return self.layout.pack(fixed, ragged)
+
+    def _runs(self, raw: np.ndarray, keys: np.ndarray, cold: np.ndarray, lo: int, hi: int) -> None:
+        """Rows ``lo:hi`` of every float32 run, a cache-sized block at a time."""
         for a, b, params, cols, dense in self.runs:
             out = raw[:, a:b].view(np.float32)
             block = max(1, BLOCK_NBYTES // (b - a))
             h = np.empty((block, len(cols)), dtype=np.uint32)
             tmp = np.empty((2, block, len(cols)), dtype=np.float32)
-            for r in range(0, len(ids), block):
-                m = min(block, len(ids) - r)
+            for r in range(lo, hi, block):
+                m = min(block, hi - r)
                 u = _uniform(keys[r:r + m], cols, h[:m], out[r:r + m])
                 if dense:
                     _dense_values(u, params, cold[r:r + m, None])
                 else:
                     _values(u, params, cold[r:r + m, None], tmp[:, :m])
-        for f in self.others:
-            fixed[f.name] = self._other(f, keys, cold).reshape((len(ids),) + f.shape)
-        ragged = {f.name: self._ragged(f, keys, cold) for f in self.layout.ragged}
-        return self.layout.pack(fixed, ragged)
 
     def _ids(self, p: Profile, u: np.ndarray, dtype) -> np.ndarray:
         """Zipf-like ranks over the field's vocabulary; hashed fields' spread
