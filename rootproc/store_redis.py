@@ -109,8 +109,7 @@ class RedisStore(FeatureStore):
                   "username": where["username"], "password": password,
                   "socket_timeout": self.settings.timeout_ms / 1000,
                   "socket_connect_timeout": self.settings.connect_timeout_ms / 1000,
-                  "socket_keepalive": True, "retry": Retry(NoBackoff(), 0),
-                  "client_name": "trimmer-root" if readonly else "trimmer-load"}
+                  "socket_keepalive": True, "retry": Retry(NoBackoff(), 0)}
         connection_class: type = redis.Connection
         if where["tls"]:
             connection_class = redis.SSLConnection
@@ -126,7 +125,8 @@ class RedisStore(FeatureStore):
                                       time.monotonic() + self.settings.timeout_ms / 1000)
         except StoreDown as exc:
             self.close()
-            raise ValueError(f"{exc} (is the server up, and the address and password right?)") from None
+            hint = " (is the server up, and the address right?)" if exc.reason != "error" else ""
+            raise ValueError(f"{exc}{hint}") from None
         self.loading = orjson.loads(marker) if marker else None
         self.meta = orjson.loads(meta) if meta else None
         if self.meta is not None and self.meta.get("format") != FORMAT:

@@ -163,5 +163,14 @@ def test_redis_password_from_the_url_or_the_environment(tmp_path, files, monkeyp
         with pytest.raises(ValueError) as wrong:
             open_store(url.replace("redis://", "redis://:wrong-pw@"))
         assert "wrong-pw" not in str(wrong.value) and "s3cret" not in str(wrong.value)
+        # What docs/operations.md suggests for roots: a read-only user for one namespace.
+        assert server.command("ACL", "SETUSER", "reader", "on", ">rpw", "~pw:*", "+get",
+                              "+mget") == b"+OK"
+        monkeypatch.delenv("TRIMMER_REDIS_PASSWORD")
+        reader = url.replace("redis://", "redis://reader:rpw@")
+        with open_store(reader) as store:
+            assert store.get("candidate", [1000])[0] is not None
+        with pytest.raises(ValueError, match="no permissions"):
+            open_store(reader.replace("namespace=pw", "namespace=other"))
     finally:
         server.stop()
