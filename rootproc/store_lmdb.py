@@ -152,8 +152,13 @@ class LmdbStore(FeatureStore):
         last = self._last.get(source)
         # Appending skips the B-tree search; it needs ids past every key there.
         append = (last is None or keys[0] > last) and all(a < b for a, b in zip(keys, keys[1:]))
+        # One put per record, not putmulti: py-lmdb lets go of the GIL in put,
+        # so the next chunk is made while this one is copied in.
         with self.env.begin(db=self._dbs[source], write=True) as txn:
-            consumed, _ = txn.cursor().putmulti(items, dupdata=False, overwrite=True, append=append)
+            put = txn.put
+            for key, record in items:
+                put(key, record, append=append)
+        consumed = len(items)
         self._last[source] = max(keys[-1], last) if last is not None else max(keys)
         return consumed
 

@@ -76,10 +76,13 @@ def row_keys(seed: int, source: str, ids: np.ndarray) -> np.ndarray:
 
 
 def _uniform(rows: np.ndarray, cols: np.ndarray, h: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """U[0, 1) for every (row key, column key) pair, into ``out`` (float32)."""
-    np.add(rows[:, None], cols[None, :], out=h)
-    _mix(h, rounds=2)
-    h >>= 8   # the top 24 bits: every value exact in float32
+    """U[0, 1) for every (row key, column key) pair, into ``out`` (float32).
+
+    Both keys are already mixed, so one multiply spreads their xor into the
+    top 24 bits kept (each value exact in float32)."""
+    np.bitwise_xor(rows[:, None], cols[None, :], out=h)
+    h *= _M1
+    h >>= 8
     return np.multiply(h, _U24, out=out)
 
 
