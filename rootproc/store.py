@@ -67,9 +67,11 @@ class FeatureStore(ABC):
     A writer's records become servable when `commit` writes the metadata;
     used as a context manager, a writer commits on a clean exit only."""
 
+    backend: str                          # "lmdb", "redis"
     address: str                          # as shown to people: never with a password
     layouts: dict[str, RecordLayout]
     readonly: bool
+    loading: dict | None                  # the marker of a load not finished, if any
 
     def layout(self, source: str) -> RecordLayout:
         return self.layouts[source]
@@ -92,7 +94,19 @@ class FeatureStore(ABC):
         """(smallest id, largest id), or None when empty."""
 
     @abstractmethod
-    def info(self) -> dict: ...
+    def describe(self) -> dict:
+        """What `info` adds for this backend (the schema fingerprint, ...)."""
+
+    def info(self) -> dict:
+        """What `trimmer store info` prints."""
+        out = {"address": self.address, "backend": self.backend, "format": FORMAT,
+               **self.describe()}
+        if self.loading:
+            out["loading"] = self.loading
+        for s in SOURCES:
+            out[s] = {"count": self.count(s), "id_range": self.id_range(s),
+                      "fields": len(self.layouts[s].fields) if s in self.layouts else 0}
+        return out
 
     @abstractmethod
     def put_many(self, source: str, ids, records: Iterable) -> int:

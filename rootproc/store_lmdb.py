@@ -45,6 +45,8 @@ def decode_key(key: bytes) -> int:
 class LmdbStore(FeatureStore):
     """A feature store directory. Roots open it read-only (the default)."""
 
+    backend = "lmdb"
+
     def __init__(self, path, *, readonly: bool = True, map_size: int = DEFAULT_MAP_SIZE):
         self.path = self.address = os.fspath(path)
         self.readonly = readonly
@@ -128,17 +130,10 @@ class LmdbStore(FeatureStore):
             cur = txn.cursor()
             return bytes(cur.key()) if cur.last() else None
 
-    def info(self) -> dict:
+    def describe(self) -> dict:
         with self.env.begin(db=self._meta) as txn:
             fp = txn.get(b"schema_fingerprint")
-        out = {"address": self.path, "backend": "lmdb", "format": FORMAT,
-               "schema_fingerprint": fp.decode() if fp else None}
-        if self.loading:
-            out["loading"] = self.loading
-        for s in SOURCES:
-            out[s] = {"count": self.count(s), "id_range": self.id_range(s),
-                      "fields": len(self.layouts[s].fields) if s in self.layouts else 0}
-        return out
+        return {"schema_fingerprint": fp.decode() if fp else None}
 
     # -- writing --------------------------------------------------------------
 

@@ -90,6 +90,8 @@ def parse_address(address: str) -> dict:
 class RedisStore(FeatureStore):
     """A namespace of a Redis server, open for reading (roots) or for a load."""
 
+    backend = "redis"
+
     def __init__(self, address: str, settings: RedisSettings | None = None, *,
                  readonly: bool = True):
         where = parse_address(address)
@@ -250,16 +252,9 @@ class RedisStore(FeatureStore):
         r = (self.meta or {}).get("id_ranges", {}).get(source)
         return (int(r[0]), int(r[1])) if r else None
 
-    def info(self) -> dict:
+    def describe(self) -> dict:
         meta = self.meta or {}
-        out = {"address": self.address, "backend": "redis", "format": FORMAT,
-               "schema_fingerprint": meta.get("schema_fingerprint"), "committed": meta.get("committed")}
-        if self.loading:
-            out["loading"] = self.loading
-        for s in SOURCES:
-            out[s] = {"count": self.count(s), "id_range": self.id_range(s),
-                      "fields": len(self.layouts[s].fields) if s in self.layouts else 0}
-        return out
+        return {"schema_fingerprint": meta.get("schema_fingerprint"), "committed": meta.get("committed")}
 
     # -- writing ----------------------------------------------------------------
 
