@@ -35,6 +35,11 @@ class StoreError(Refused):
     """A change the staged config store refuses, or a store it cannot read."""
 
 
+class StoreUnavailable(TrimmerError, ConnectionError):
+    """A feature store that did not answer in time (down, slow, unreachable):
+    the request may succeed when retried, here or on another root."""
+
+
 class NotFound(TrimmerError, KeyError):
     """A named thing (a model version, a feature) that is not there."""
 
@@ -53,4 +58,4 @@ class ShmUnavailable(TrimmerError):
 
 
 __all__ = ["ConfigError", "InvalidInput", "InvalidName", "NotFound", "Refused",
-           "ShmUnavailable", "StoreError", "TrimmerError"]
+           "ShmUnavailable", "StoreError", "StoreUnavailable", "TrimmerError"]

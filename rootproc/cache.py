@@ -1,28 +1,47 @@
-"""An LRU cache with a TTL in front of the feature store.
+"""An LRU cache with a TTL in front of the feature store, and what it does when the store is down.
 
 Entries are raw records (bytes), or None for an id the store does not have:
-remembering misses keeps a flood of unknown ids from reaching LMDB on every
-request. The TTL bounds how stale a cached record can be after a reload.
+remembering misses keeps a flood of unknown ids from reaching the store on
+every request. The TTL bounds how stale a cached record can be after a reload.
+
+The policy when the store does not answer (`CachedStore.fetch`): fresh
+entries are served as always; a request that needs anything uncached is
+retried from entries that expired at most ``stale_if_error_s`` ago, and is
+served only if every one of its entities is found that way; otherwise it
+fails with the store's error (``store_unavailable`` on the wire). Requests
+are never scored with a mix of real and made-up features.
+
+The serving loop only bumps plain ints here; `RootMetrics.watch_cache`
+exports them when scraped.
 """
 from __future__ import annotations
 
+import bisect
+import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+
+from _trim.errors import StoreUnavailable
+
+from .defaults import LATENCY_BUCKETS
+from .records import SOURCES
 
 ABSENT = object()
+log = logging.getLogger("rootproc")
 
 
 class LRUCache:
-    """``size`` entries at most (0 disables caching), each valid for ``ttl_s``
-    seconds (None or 0: forever)."""
+    """``size`` entries at most (0 disables caching), each fresh for ``ttl_s``
+    seconds (None or 0: forever) and kept ``keep_s`` longer for `stale`."""
 
     def __init__(self, size: int, ttl_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, keep_s: float = 0.0):
         if size < 0:
             raise ValueError(f"cache size must be >= 0, got {size}")
         self.size = int(size)
         self.ttl_s = float(ttl_s) if ttl_s else None
+        self.keep_s = float(keep_s)
         self.clock = clock
         self._data: OrderedDict = OrderedDict()
         self.hits = 0
@@ -38,19 +57,30 @@ class LRUCache:
         return self.hits / total if total else 0.0
 
     def get(self, key):
-        """The cached value, or `ABSENT` (use `lookup` for many keys)."""
+        """The cached value while fresh, or `ABSENT`."""
         entry = self._data.get(key, ABSENT)
         if entry is ABSENT:
             self.misses += 1
             return ABSENT
         expires, value = entry
         if expires is not None and expires <= self.clock():
-            del self._data[key]
+            if expires + self.keep_s <= self.clock():
+                del self._data[key]
             self.expired += 1
             self.misses += 1
             return ABSENT
         self._data.move_to_end(key)
         self.hits += 1
+        return value
+
+    def stale(self, key):
+        """The cached value, fresh or expired less than ``keep_s`` ago, or `ABSENT`."""
+        entry = self._data.get(key, ABSENT)
+        if entry is ABSENT:
+            return ABSENT
+        expires, value = entry
+        if expires is not None and expires + self.keep_s <= self.clock():
+            return ABSENT
         return value
 
     def put(self, key, value) -> None:
@@ -63,29 +93,94 @@ class LRUCache:
             self._data.popitem(last=False)
 
 
-class CachedStore:
-    """The store's `get` with one LRU cache per source."""
+class RoundTrips:
+    """Latencies of store round trips as histogram buckets (`LATENCY_BUCKETS`)."""
 
-    def __init__(self, store, size: int, ttl_s: float | None):
+    def __init__(self):
+        self.buckets = LATENCY_BUCKETS
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total_s = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        self.total_s += seconds
+
+
+class CachedStore:
+    """The store's reads with one LRU cache per source in front."""
+
+    def __init__(self, store, size: int, ttl_s: float | None, stale_if_error_s: float = 0.0):
         self.store = store
-        self.caches = {s: LRUCache(size, ttl_s) for s in ("user", "candidate")}
-        self.store_reads = {"user": 0, "candidate": 0}
+        self.stale_if_error_s = float(stale_if_error_s)
+        self.caches = {s: LRUCache(size, ttl_s, keep_s=self.stale_if_error_s) for s in SOURCES}
+        self.store_reads = {s: 0 for s in SOURCES}
+        self.stale_served = {s: 0 for s in SOURCES}
+        self.store_errors: dict[str, int] = {}
+        self.round_trips = RoundTrips()
+        self.down_since: float | None = None
 
     def get(self, source: str, ids: Sequence[int]) -> list:
-        """Records for ``ids`` (None where missing), from the cache when fresh."""
-        cache = self.caches[source]
-        if not cache.size:
-            self.store_reads[source] += len(ids)
-            return self.store.get(source, ids)
-        out = [cache.get(i) for i in ids]
-        todo = [k for k, v in enumerate(out) if v is ABSENT]
-        if todo:
-            fetched = self.store.get(source, [ids[k] for k in todo])
-            self.store_reads[source] += len(todo)
-            for k, rec in zip(todo, fetched):
-                out[k] = rec
+        return self.fetch({source: ids})[source]
+
+    def fetch(self, wanted: Mapping[str, Sequence[int]], timeout_s: float | None = None) -> dict:
+        """Records for each source's ids (None where the store has none), from
+        the cache when fresh, the rest in one store round trip within
+        ``timeout_s``; when the store fails, the policy in the module docstring."""
+        out: dict[str, list] = {}
+        todo: dict[str, list[int]] = {}
+        for source, ids in wanted.items():
+            cache = self.caches[source]
+            if cache.size:
+                out[source] = [cache.get(i) for i in ids]
+                todo[source] = [k for k, v in enumerate(out[source]) if v is ABSENT]
+            else:
+                out[source] = [ABSENT] * len(ids)
+                todo[source] = list(range(len(ids)))
+        ask = {s: [wanted[s][k] for k in idx] for s, idx in todo.items() if idx}
+        if not ask:
+            return out
+        t0 = time.perf_counter()
+        try:
+            fetched = self.store.get_many(ask, timeout_s)
+        except StoreUnavailable as exc:
+            self.round_trips.observe(time.perf_counter() - t0)
+            self._failed(exc)
+            return self._from_stale(wanted, out, todo, exc)
+        self.round_trips.observe(time.perf_counter() - t0)
+        if self.down_since is not None:
+            log.info("feature store %s: answering again after %.1f s", self.store.address,
+                     time.monotonic() - self.down_since)
+            self.down_since = None
+        for source, records in fetched.items():
+            cache, ids, rows = self.caches[source], wanted[source], out[source]
+            self.store_reads[source] += len(records)
+            for k, rec in zip(todo[source], records):
+                rows[k] = rec
                 cache.put(ids[k], rec)
         return out
 
+    def _failed(self, exc: StoreUnavailable) -> None:
+        reason = getattr(exc, "reason", "error")
+        self.store_errors[reason] = self.store_errors.get(reason, 0) + 1
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("feature store %s: not answering (%s); requests whose entities are not "
+                        "all cached get store_unavailable", self.store.address, exc)
 
-__all__ = ["LRUCache", "CachedStore", "ABSENT"]
+    def _from_stale(self, wanted, out: dict, todo: dict, exc: StoreUnavailable) -> dict:
+        uncached = 0
+        for source, idx in todo.items():
+            cache, ids, rows = self.caches[source], wanted[source], out[source]
+            for k in idx:
+                rows[k] = cache.stale(ids[k]) if self.stale_if_error_s and cache.size else ABSENT
+                uncached += rows[k] is ABSENT
+        if uncached:
+            total = sum(len(ids) for ids in wanted.values())
+            raise StoreUnavailable(f"{exc}; {uncached} of the request's {total} entities "
+                                   "are not cached") from None
+        for source, idx in todo.items():
+            self.stale_served[source] += len(idx)
+        return out
+
+
+__all__ = ["ABSENT", "CachedStore", "LRUCache", "RoundTrips"]

@@ -26,6 +26,7 @@ from signatures.store import STAGES
 
 from .defaults import (
     CACHE_SIZE,
+    CACHE_STALE_IF_ERROR_S,
     CACHE_TTL_S,
     DEADLINE_MS,
     HEALTH_TIMEOUT_MS,
@@ -34,6 +35,13 @@ from .defaults import (
     MAX_REQUEST_NBYTES,
     METRICS_PORT,
     PING_INTERVAL_MS,
+    REDIS_BACKOFF_MAX_MS,
+    REDIS_BACKOFF_MS,
+    REDIS_CONNECT_TIMEOUT_MS,
+    REDIS_PASSWORD_ENV,
+    REDIS_POOL_SIZE,
+    REDIS_RETRIES,
+    REDIS_TIMEOUT_MS,
     ROOT_BIND,
     SHM_SLOT_BYTES,
     SHM_SLOTS,
@@ -83,6 +91,51 @@ class CacheSettings:
                        "store (0: no cache)", minimum=0)
     ttl_s: float | None = option(CACHE_TTL_S, "seconds a cached entity is served before it "
                                  "is read again; null: until evicted", positive=True)
+    stale_if_error_s: float = option(CACHE_STALE_IF_ERROR_S, "while the feature store does not "
+                                     "answer, a request whose entities are all cached is served "
+                                     "from entries expired up to this long ago (0: never)",
+                                     minimum=0)
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """How a root talks to a redis:// feature store (rootproc/store_redis.py)."""
+
+    timeout_ms: float = option(REDIS_TIMEOUT_MS, "longest one fetch may take, retries "
+                               "included; also capped at half the request's remaining deadline",
+                               positive=True)
+    connect_timeout_ms: float = option(REDIS_CONNECT_TIMEOUT_MS, "longest a (re)connect may "
+                                       "take, within the fetch's time", positive=True)
+    retries: int = option(REDIS_RETRIES, "new connections tried after a connection error "
+                          "(never after a timeout), within the fetch's time", minimum=0)
+    backoff_ms: float = option(REDIS_BACKOFF_MS, "after a failed fetch, fetches fail at once "
+                               "for this long, doubling while it keeps failing", minimum=0)
+    backoff_max_ms: float = option(REDIS_BACKOFF_MAX_MS, "longest backoff", minimum=0)
+    pool_size: int = option(REDIS_POOL_SIZE, "idle connections kept open (the serving loop "
+                            "uses one at a time)", positive=True)
+    password_env: str = option(REDIS_PASSWORD_ENV, "environment variable holding the password "
+                               "when the address has none")
+    tls_ca_file: str | None = option(None, "CA certificates for rediss:// (default: the "
+                                     "system's)", path=True)
+
+    def check(self) -> list[str]:
+        if self.backoff_max_ms < self.backoff_ms:
+            return [f"backoff_max_ms ({self.backoff_max_ms:g}) is below backoff_ms "
+                    f"({self.backoff_ms:g})"]
+        return []
+
+
+# `trimmer store load` / `synth`: a bulk write is one long pipeline, not a request.
+LOADER_REDIS = RedisSettings(timeout_ms=60_000, connect_timeout_ms=5_000, retries=0,
+                             backoff_ms=0)
+
+
+class _StoreAddresses(tuple):
+    """The `verbatim` of ``feature_store``: every redis:// or rediss:// URL is
+    an address, not a path to resolve against the config file's directory."""
+
+    def __contains__(self, value) -> bool:
+        return isinstance(value, str) and value.startswith(("redis://", "rediss://"))
 
 
 @dataclass(frozen=True)
@@ -110,7 +163,9 @@ class RootConfig:
     WHAT = "root config"
 
     schema: str = option(help="feature schema file", path=True)
-    feature_store: str = option(help="feature store: an LMDB directory", path=True)
+    feature_store: str = option(help="feature store: an LMDB directory, or "
+                                "redis[s]://HOST:PORT/DB[?namespace=NAME]", path=True,
+                                verbatim=_StoreAddresses())
     leaves: tuple[LeafSpec, ...] = option((), "leaves linked whatever the bundle says "
                                           "(they win over its endpoints)", flag="--leaf",
                                           metavar="NAME=ENDPOINT[,ENDPOINT...]",
@@ -123,6 +178,7 @@ class RootConfig:
     name: str = option("root", "name in pongs, heartbeats, logs and metrics")
     bind: tuple[str, ...] = option(ROOT_BIND, "endpoints clients connect to")
     cache: CacheSettings = option(CacheSettings())
+    redis: RedisSettings = option(RedisSettings())
     deadline_ms: int = option(DEADLINE_MS, "a request's deadline when it names none",
                               positive=True)
     max_deadline_ms: int = option(MAX_DEADLINE_MS, "longest deadline a request may ask for",
@@ -203,5 +259,6 @@ def load_config(path) -> RootConfig:
     return load(RootConfig, path=str(path))
 
 
-__all__ = ["CacheSettings", "LeafCurve", "LeafSpec", "RootConfig", "RootCurve", "ShmSettings",
-           "TRANSPORTS", "config_from_dict", "leaf_from_flag", "load_config"]
+__all__ = ["CacheSettings", "LOADER_REDIS", "LeafCurve", "LeafSpec", "RedisSettings", "RootConfig",
+           "RootCurve", "ShmSettings", "TRANSPORTS", "config_from_dict", "leaf_from_flag",
+           "load_config"]

@@ -6,7 +6,7 @@ several in one process; `serve` exposes it over HTTP.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .defaults import LATENCY_BUCKETS
 
@@ -86,6 +86,32 @@ class _CacheCollector:
         yield lookups
         yield reads
         yield ratio
+        cached = self.cached
+        stale = CounterMetricFamily(p + "store_stale_served", "entities served from expired cache "
+                                    "entries while the feature store did not answer",
+                                    labels=["source"])
+        for source, n in list(cached.stale_served.items()):
+            stale.add_metric([source], n)
+        errors = CounterMetricFamily(p + "store_errors", "feature store round trips that failed "
+                                     "(timeout, connection, error) or were not tried (backoff)",
+                                     labels=["reason"])
+        for reason, n in list(cached.store_errors.items()):
+            errors.add_metric([reason], n)
+        trips = cached.round_trips
+        cumulative, buckets = 0, []
+        for bound, n in zip(list(trips.buckets) + [float("inf")], list(trips.counts)):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        latency = HistogramMetricFamily(p + "store_latency_seconds", "feature store round trips "
+                                        "(one per request the cache cannot answer alone)",
+                                        buckets=buckets, sum_value=trips.total_s)
+        up = GaugeMetricFamily(p + "store_up", "0 while the feature store is failing "
+                               "(since its last failed round trip, until one succeeds)")
+        up.add_metric([], 0 if cached.down_since is not None else 1)
+        yield stale
+        yield errors
+        yield latency
+        yield up
 
 
 __all__ = ["RootMetrics", "STAGES"]

@@ -100,6 +100,35 @@ def fields_from_schema(schema, source: str) -> list[RawField]:
     return list(fields.values())
 
 
+class PackedRecords(Sequence):
+    """``n`` records in one buffer: record ``i`` is ``buffer[offsets[i]:offsets[i+1]]``,
+    handed out as memoryviews (the stores copy them once, where they write)."""
+
+    def __init__(self, buffer: np.ndarray, offsets: np.ndarray):
+        self.buffer = buffer
+        self.offsets = offsets
+        self._view = memoryview(buffer.data)
+        self._bounds = offsets.tolist()
+
+    def __len__(self) -> int:
+        return len(self._bounds) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        return self._view[self._bounds[i]:self._bounds[i + 1]]
+
+    def __iter__(self):
+        view, bounds = self._view, self._bounds
+        return (view[bounds[k]:bounds[k + 1]] for k in range(len(bounds) - 1))
+
+    @property
+    def nbytes(self) -> int:
+        return self._bounds[-1] - self._bounds[0]
+
+
 class RecordLayout:
     """The binary layout of one source's records (see the module docstring)."""
 
@@ -144,9 +173,13 @@ class RecordLayout:
 
     def encode(self, values: Mapping) -> bytes:
         """One record; fields absent from ``values`` take their defaults."""
-        return self.encode_many(1, {k: [v] for k, v in values.items()})[0]
+        return bytes(self.pack_many(1, {k: [v] for k, v in values.items()})[0])
 
     def encode_many(self, n: int, columns: Mapping) -> list[bytes]:
+        """`pack_many`'s records, each its own bytes object."""
+        return [bytes(r) for r in self.pack_many(n, columns)]
+
+    def pack_many(self, n: int, columns: Mapping) -> PackedRecords:
         """``n`` records from columns: for a dense field an array of n rows (or a
         list of per-record values); for a ragged field a list of n sequences or
         a `Ragged` (values, offsets) pair. Unknown column names are an error."""
@@ -167,30 +200,65 @@ class RecordLayout:
                                      f"{f.shape}, got an array of shape {arr.shape}") from exc
             else:
                 fixed[f.name] = f.default_value()
-        tails: list[list[bytes]] = [[] for _ in range(n)]
-        for f in self.ragged:
-            data = columns.get(f.name)
-            if data is None:
-                lists = [f.default_value()] * n
-            elif isinstance(data, Ragged) or (isinstance(data, tuple) and len(data) == 2
-                                               and isinstance(data[1], np.ndarray)):
-                values, offsets = np.asarray(data[0], dtype=f.dtype), np.asarray(data[1])
-                if len(offsets) != n + 1:
-                    raise ValueError(f"{self.source}.{f.name}: {len(offsets)} offsets for {n} rows")
-                lists = [values[offsets[i]:offsets[i + 1]] for i in range(n)]
-            else:
-                if len(data) != n:
-                    raise ValueError(f"{self.source}.{f.name}: {len(data)} lists for {n} rows")
-                lists = [np.asarray(v, dtype=f.dtype).ravel() for v in data]
-            fixed[LEN_PREFIX + f.name] = [len(v) for v in lists]
-            for i, v in enumerate(lists):
-                data = np.ascontiguousarray(v, dtype=f.dtype).tobytes()
-                tails[i].append(data + bytes(-len(data) % 8))
-        raw = fixed.tobytes()
+        return self.pack(fixed, {f.name: self._ragged_column(f, n, columns.get(f.name))
+                                 for f in self.ragged})
+
+    def _ragged_column(self, f: RawField, n: int, data) -> tuple[np.ndarray, np.ndarray]:
+        """(values, offsets) of a ragged field's column as `pack_many` takes it."""
+        if data is None:
+            default = f.default_value()
+            return np.tile(default, n), np.arange(n + 1, dtype=np.int64) * len(default)
+        if isinstance(data, Ragged) or (isinstance(data, tuple) and len(data) == 2
+                                        and isinstance(data[1], np.ndarray)):
+            values, offsets = np.asarray(data[0], dtype=f.dtype), np.asarray(data[1], dtype=np.int64)
+            if len(offsets) != n + 1:
+                raise ValueError(f"{self.source}.{f.name}: {len(offsets)} offsets for {n} rows")
+            return values, offsets
+        if len(data) != n:
+            raise ValueError(f"{self.source}.{f.name}: {len(data)} lists for {n} rows")
+        lists = [np.asarray(v, dtype=f.dtype).ravel() for v in data]
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum([len(v) for v in lists], out=offsets[1:])
+        values = np.concatenate(lists) if lists else np.zeros(0, dtype=f.dtype)
+        return values, offsets
+
+    def pack(self, fixed: np.ndarray, ragged: Mapping[str, tuple[np.ndarray, np.ndarray]]
+             ) -> PackedRecords:
+        """Records from their fixed parts (an array of `dtype`; the ragged
+        lengths are filled in here) and each ragged field's (values, offsets),
+        in bulk: one buffer, the values placed with one scatter per field."""
+        n = len(fixed)
         size = self.fixed_nbytes
         if not self.ragged:
-            return [raw[i * size:(i + 1) * size] for i in range(n)]
-        return [raw[i * size:(i + 1) * size] + b"".join(tails[i]) for i in range(n)]
+            return PackedRecords(fixed.view(np.uint8).reshape(-1),
+                                 np.arange(n + 1, dtype=np.int64) * size)
+        counts = np.empty((n, len(self.ragged)), dtype=np.int64)
+        for k, f in enumerate(self.ragged):
+            values, offsets = ragged[f.name]
+            counts[:, k] = np.diff(offsets)
+            if len(values) < offsets[-1] or (counts[:, k] < 0).any():
+                raise ValueError(f"{self.source}.{f.name}: offsets do not fit its {len(values)} values")
+            fixed[LEN_PREFIX + f.name] = counts[:, k]
+        sizes = np.array([np.dtype(f.dtype).itemsize for f in self.ragged], dtype=np.int64)
+        seg_nbytes = (counts * sizes + 7) & ~7
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(size + seg_nbytes.sum(axis=1), out=offsets[1:])
+        buf = np.zeros(int(offsets[-1]), dtype=np.uint8)   # zeros: the segments' padding
+        out, src = buf.data, fixed.view(np.uint8).reshape(-1).data
+        for i, start in enumerate(offsets[:-1].tolist()):
+            out[start:start + size] = src[i * size:(i + 1) * size]
+        seg_start = offsets[:-1, None] + size + np.cumsum(seg_nbytes, axis=1) - seg_nbytes
+        for k, f in enumerate(self.ragged):
+            values, value_offsets = ragged[f.name]
+            total = int(counts[:, k].sum())
+            if not total:
+                continue
+            # Every segment starts on 8 bytes, so on a whole element of its field.
+            first = seg_start[:, k] // sizes[k] - value_offsets[:-1]
+            at = np.repeat(first, counts[:, k]) + np.arange(int(value_offsets[0]),
+                                                            int(value_offsets[0]) + total)
+            buf.view(f.dtype)[at] = values[value_offsets[0]:value_offsets[0] + total]
+        return PackedRecords(buf, offsets)
 
     # -- decoding -------------------------------------------------------------
 
@@ -259,4 +327,4 @@ class RecordLayout:
         return out
 
 
-__all__ = ["RawField", "RecordLayout", "fields_from_schema", "SOURCES"]
+__all__ = ["PackedRecords", "RawField", "RecordLayout", "fields_from_schema", "SOURCES"]

@@ -24,8 +24,8 @@ from .client import ScoringClient, add_curve_arguments
 def id_space(args) -> tuple[tuple[int, int], tuple[int, int]]:
     """(user id range, candidate id range), inclusive, from the store or flags."""
     if args.feature_store:
-        from .store import FeatureStore
-        with FeatureStore(args.feature_store) as store:
+        from .store import open_store
+        with open_store(args.feature_store) as store:
             users, cands = store.id_range("user"), store.id_range("candidate")
         if users is None or cands is None:
             raise ValueError(f"feature store {args.feature_store} is empty")
@@ -114,7 +114,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--concurrency", "-c", type=int, default=8)
     p.add_argument("--rate", type=float, default=0.0, help="requests per second (0: closed loop)")
     p.add_argument("--candidates", type=int, default=256, help="candidates per request")
-    p.add_argument("--feature-store", metavar="DIR", help="feature store to draw existing ids from")
+    p.add_argument("--feature-store", metavar="ADDRESS", help="feature store to draw existing ids "
+                   "from: an LMDB directory or a redis[s]:// address")
     p.add_argument("--users", type=int, default=1000, help="user id space without --feature-store")
     p.add_argument("--candidate-ids", type=int, default=100_000,
                    help="candidate id space without --feature-store")

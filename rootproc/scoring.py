@@ -49,7 +49,7 @@ class Scorer:
         t0 = time.perf_counter()
         req = parse_score(header, body, self.cfg)
         keys = resolve_models(self.active, self.pool, req.models, time.monotonic())
-        users, candidates = self.fetch(req)
+        users, candidates = self.fetch(req, t0)
         t_fetch = time.perf_counter()
         pre, gaps = self.choose_preprocessor(keys, time.monotonic())
         batch = pre.build(users, candidates)
@@ -63,11 +63,15 @@ class Scorer:
 
     # -- the steps ----------------------------------------------------------------
 
-    def fetch(self, req: ScoreRequest) -> tuple[list, list]:
-        """The user's and the candidates' raw records, missing ones filled."""
+    def fetch(self, req: ScoreRequest, t0: float) -> tuple[list, list]:
+        """The user's and the candidates' raw records, missing ones filled, in
+        one store round trip for what the cache lacks. The store gets at most
+        half of what is left of the deadline: a store that does not answer
+        costs the request a prompt ``store_unavailable``, never its deadline."""
         cand_ids = req.candidates.tolist()
-        users = self.cached.get("user", [req.user])
-        candidates = self.cached.get("candidate", cand_ids)
+        left_s = req.deadline_ms / 1000 - (time.perf_counter() - t0)
+        got = self.cached.fetch({"user": [req.user], "candidate": cand_ids}, max(0.0, left_s) / 2)
+        users, candidates = got["user"], got["candidate"]
         self.fill_missing("user", [req.user], users)
         self.fill_missing("candidate", cand_ids, candidates)
         return users, candidates

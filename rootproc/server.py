@@ -49,7 +49,7 @@ from .reply import wire_error
 from .router import Router
 from .scoring import Scorer
 from .security import bind_frontend
-from .store import FeatureStore
+from .store import open_store
 
 log = logging.getLogger("rootproc")
 
@@ -60,8 +60,8 @@ class RootServer:
         self.name = cfg.name
         self.ctx = ctx or zmq.Context.instance()
         schema = FeatureSchema.load(cfg.schema)
-        self.store = FeatureStore(cfg.feature_store)
-        cached = CachedStore(self.store, cfg.cache.size, cfg.cache.ttl_s)
+        self.store = open_store(cfg.feature_store, cfg.redis)
+        cached = CachedStore(self.store, cfg.cache.size, cfg.cache.ttl_s, cfg.cache.stale_if_error_s)
         self.metrics = RootMetrics(cfg.name)
         self.metrics.watch_cache(cached)
         prepare = functools.partial(prepare_config, schema, self.store.layouts, cfg.trim)

@@ -1,158 +1,167 @@
-"""The embedded feature store: user and candidate records in LMDB.
+"""The feature store: the interface every backend serves, and the choice of backend by address.
 
-One LMDB environment (a directory) with three named databases: ``meta``
-(format, record layouts, counts), ``user`` and ``candidate`` (int64 id ->
-record, see `rootproc.records`). LMDB readers are lock-free and share pages
-through the OS cache, so any number of root processes on a node can read one
-store while a loader writes to it (MVCC: readers see the last committed load).
+A store holds one packed record per entity (`rootproc.records`) for each
+source (``user``, ``candidate``), with metadata that makes it describe
+itself: the format, each source's record layout, the fingerprint of the
+schema it was written for, counts and id ranges. Two backends:
+
+    a directory path            LMDB on this node (rootproc/store_lmdb.py), the default
+    redis://HOST:PORT/DB        a Redis server shared by a fleet (rootproc/store_redis.py);
+    rediss://HOST:PORT/DB       the same over TLS. ``?namespace=NAME`` keeps two stores
+                                apart on one server (default ``features``)
+
+Both write the metadata last: a store whose first load has not finished
+has no layouts, and a root refuses to start on it, naming the load that did
+not finish. Readers get every source a request needs in one round trip
+(`get_many`).
 """
 from __future__ import annotations
 
-import json
+import datetime
 import os
-from collections.abc import Iterable, Sequence
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
 
-import lmdb
-import numpy as np
+from _trim.errors import StoreUnavailable
 
 from .records import SOURCES, RecordLayout
 
 FORMAT = 1
-# Virtual address space, not disk: LMDB grows the file as it is written.
-DEFAULT_MAP_SIZE = 1 << 36
-_SIGN = np.uint64(1 << 63)
+REDIS_SCHEMES = ("redis://", "rediss://")
 
 
-def encode_keys(ids) -> list[bytes]:
-    """Big-endian with the sign bit flipped, so that keys sort like the ids
-    and a sorted bulk load can append."""
-    arr = np.asarray(ids, dtype=np.int64).reshape(-1)
-    raw = (arr.view(np.uint64) ^ _SIGN).astype(">u8").tobytes()
-    return [raw[i:i + 8] for i in range(0, len(raw), 8)]
+class StoreDown(StoreUnavailable):
+    """The store did not answer; ``reason`` is the metrics label (timeout,
+    connection, error, backoff)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
-def decode_key(key: bytes) -> int:
-    return int((np.frombuffer(key, dtype=">u8")[0] ^ _SIGN).astype(np.uint64).view(np.int64))
+def is_redis_address(address) -> bool:
+    return isinstance(address, str) and address.startswith(REDIS_SCHEMES)
 
 
-class FeatureStore:
-    """A feature store directory. Roots open it read-only (the default)."""
+def loading_marker(schema) -> dict:
+    """What a load writes before its first record: who is loading, and for which schema."""
+    return {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "host": socket.gethostname(), "pid": os.getpid(),
+            "schema_fingerprint": schema.fingerprint}
 
-    def __init__(self, path, *, readonly: bool = True, map_size: int = DEFAULT_MAP_SIZE):
-        self.path = os.fspath(path)
-        self.readonly = readonly
-        if readonly and not os.path.exists(os.path.join(self.path, "data.mdb")):
-            raise ValueError(f"feature store {self.path}: no LMDB database there "
-                             "(create one with `trimmer store synth` or `trimmer store load`)")
-        try:
-            self.env = lmdb.open(self.path, readonly=readonly, lock=True, max_dbs=4,
-                                 map_size=map_size, subdir=True, create=not readonly,
-                                 max_readers=1024)
-        except lmdb.Error as exc:
-            raise ValueError(f"feature store {self.path}: cannot open: {exc}") from exc
-        if readonly:
-            try:
-                self._meta = self.env.open_db(b"meta", create=False)
-                self._dbs = {s: self.env.open_db(s.encode(), create=False) for s in SOURCES}
-            except lmdb.NotFoundError:
-                self.env.close()
-                raise ValueError(f"feature store {self.path}: not a feature store "
-                                 "(no meta/user/candidate databases)") from None
-        else:
-            self._meta = self.env.open_db(b"meta")
-            self._dbs = {s: self.env.open_db(s.encode()) for s in SOURCES}
-        self.layouts: dict[str, RecordLayout] = {}
-        with self.env.begin(db=self._meta) as txn:
-            fmt = txn.get(b"format")
-            if fmt is not None and int(fmt) != FORMAT:
-                raise ValueError(f"feature store {self.path}: format {int(fmt)}, "
-                                 f"this build reads {FORMAT}")
-            for source in SOURCES:
-                raw = txn.get(f"layout.{source}".encode())
-                if raw is not None:
-                    self.layouts[source] = RecordLayout.from_dict(json.loads(raw))
-        if readonly and set(self.layouts) != set(SOURCES):
-            raise ValueError(f"feature store {self.path}: has no record layouts (never loaded)")
 
-    @classmethod
-    def create(cls, path, schema, *, map_size: int = DEFAULT_MAP_SIZE) -> FeatureStore:
-        """Open ``path`` for writing, recording the schema's record layouts.
+def unfinished_message(where: str, marker: dict | None) -> str:
+    if marker:
+        return (f"feature store {where}: its first load has not finished (started "
+                f"{marker.get('started', '?')} by pid {marker.get('pid', '?')} on "
+                f"{marker.get('host', '?')}); a half-loaded store is never served: "
+                "wait for the load, or run it again")
+    return (f"feature store {where}: has no record layouts (never loaded: "
+            "`trimmer store synth` or `trimmer store load` writes them)")
 
-        An existing store keeps its records only if its layouts equal the
-        schema's; otherwise loading into it would mix two record formats.
-        """
-        os.makedirs(path, exist_ok=True)
-        store = cls(path, readonly=False, map_size=map_size)
-        wanted = {s: RecordLayout.from_schema(schema, s) for s in SOURCES}
-        for s in SOURCES:
-            have = store.layouts.get(s)
-            if have is not None and have.to_dict() != wanted[s].to_dict() and store.count(s):
-                store.close()
-                raise ValueError(f"feature store {path}: its {s} records were written for a "
-                                 "different schema; load into a new directory")
-        with store.env.begin(db=store._meta, write=True) as txn:
-            txn.put(b"format", str(FORMAT).encode())
-            txn.put(b"schema_fingerprint", schema.fingerprint.encode())
-            for s in SOURCES:
-                txn.put(f"layout.{s}".encode(), json.dumps(wanted[s].to_dict()).encode())
-        store.layouts = wanted
-        return store
 
-    # -- reading --------------------------------------------------------------
+class FeatureStore(ABC):
+    """A feature store open for reading (roots) or for a load (`trimmer store`).
+
+    A writer's records become servable when `commit` writes the metadata;
+    used as a context manager, a writer commits on a clean exit only."""
+
+    backend: str                          # "lmdb", "redis"
+    address: str                          # as shown to people: never with a password
+    layouts: dict[str, RecordLayout]
+    readonly: bool
+    loading: dict | None                  # the marker of a load not finished, if any
 
     def layout(self, source: str) -> RecordLayout:
         return self.layouts[source]
 
+    @abstractmethod
+    def get_many(self, wanted: Mapping[str, Sequence[int]],
+                 timeout_s: float | None = None) -> dict[str, list]:
+        """Records for each source's ids, in order (None where the store has no
+        such id), in one round trip; `StoreUnavailable` when the store does not
+        answer within ``timeout_s`` (a remote store's bound; LMDB has none)."""
+
     def get(self, source: str, ids: Sequence[int]) -> list:
-        """Records for ``ids`` in order; None where the store has no such id."""
-        keys = encode_keys(ids)
-        with self.env.begin(db=self._dbs[source]) as txn:
-            get = txn.get
-            return [get(k) for k in keys]
+        return self.get_many({source: ids})[source]
 
-    def count(self, source: str) -> int:
-        with self.env.begin(db=self._dbs[source]) as txn:
-            return txn.stat(self._dbs[source])["entries"]
+    @abstractmethod
+    def count(self, source: str) -> int: ...
 
+    @abstractmethod
     def id_range(self, source: str) -> tuple[int, int] | None:
         """(smallest id, largest id), or None when empty."""
-        with self.env.begin(db=self._dbs[source]) as txn:
-            cur = txn.cursor()
-            if not cur.first():
-                return None
-            lo = decode_key(cur.key())
-            cur.last()
-            return lo, decode_key(cur.key())
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """What `info` adds for this backend (the schema fingerprint, ...)."""
 
     def info(self) -> dict:
-        with self.env.begin(db=self._meta) as txn:
-            fp = txn.get(b"schema_fingerprint")
-        out = {"path": self.path, "format": FORMAT,
-               "schema_fingerprint": fp.decode() if fp else None}
+        """What `trimmer store info` prints."""
+        out = {"address": self.address, "backend": self.backend, "format": FORMAT,
+               **self.describe()}
+        if self.loading:
+            out["loading"] = self.loading
         for s in SOURCES:
             out[s] = {"count": self.count(s), "id_range": self.id_range(s),
                       "fields": len(self.layouts[s].fields) if s in self.layouts else 0}
         return out
 
-    # -- writing --------------------------------------------------------------
+    @abstractmethod
+    def put_many(self, source: str, ids, records: Iterable) -> int:
+        """Write ``records`` (bytes-like) under ``ids``; the number written."""
 
-    def put_many(self, source: str, ids, records: Iterable[bytes]) -> int:
-        if self.readonly:
-            raise ValueError(f"feature store {self.path} is open read-only")
-        items = list(zip(encode_keys(ids), records))
-        with self.env.begin(db=self._dbs[source], write=True) as txn:
-            cur = txn.cursor()
-            consumed, added = cur.putmulti(items, dupdata=False, overwrite=True)
-        return consumed
+    @abstractmethod
+    def commit(self) -> None:
+        """Write the metadata, last: the records written so far become the store."""
 
-    def close(self) -> None:
-        self.env.close()
+    @abstractmethod
+    def close(self) -> None: ...
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        try:
+            if exc_type is None and not self.readonly:
+                self.commit()
+        finally:
+            self.close()
 
 
-__all__ = ["FeatureStore", "encode_keys", "decode_key", "DEFAULT_MAP_SIZE"]
+def check_layouts(where: str, have: Mapping[str, RecordLayout], schema, has_records) -> dict:
+    """The schema's record layouts, once a store's own (``have``) agree with
+    them or it has no records of that source: otherwise loading into it would
+    mix two record formats."""
+    wanted = {s: RecordLayout.from_schema(schema, s) for s in SOURCES}
+    for s in SOURCES:
+        old = have.get(s)
+        if old is not None and old.to_dict() != wanted[s].to_dict() and has_records(s):
+            raise ValueError(f"feature store {where}: its {s} records were written for a "
+                             "different schema; load into a new "
+                             + ("namespace" if is_redis_address(where) else "directory"))
+    return wanted
+
+
+def open_store(address, settings=None, *, readonly: bool = True) -> FeatureStore:
+    """The store at ``address`` (a directory, or a redis:// URL with the root's
+    `RedisSettings`), open for reading; ValueError naming what is wrong."""
+    if is_redis_address(address):
+        from .store_redis import RedisStore
+        return RedisStore(address, settings, readonly=readonly)
+    from .store_lmdb import LmdbStore
+    return LmdbStore(address, readonly=readonly)
+
+
+def create_store(address, schema, settings=None) -> FeatureStore:
+    """``address`` open for a load of ``schema``'s records (created if absent)."""
+    if is_redis_address(address):
+        from .store_redis import RedisStore
+        return RedisStore.create(address, schema, settings)
+    from .store_lmdb import LmdbStore
+    return LmdbStore.create(address, schema)
+
+
+__all__ = ["FORMAT", "FeatureStore", "StoreDown", "check_layouts", "create_store",
+           "is_redis_address", "open_store"]

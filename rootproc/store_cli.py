@@ -1,8 +1,13 @@
-"""``trimmer store``: create, fill and inspect the LMDB feature store.
+"""``trimmer store``: create, fill and inspect a feature store (LMDB or Redis).
 
-    trimmer store synth --feature-store DIR --schema S --users N --candidates M --seed K
-    trimmer store load  --feature-store DIR --schema S [--users FILE] [--candidates FILE]
-    trimmer store info  --feature-store DIR
+    trimmer store synth --feature-store ADDRESS --schema S --users N --candidates M --seed K
+    trimmer store load  --feature-store ADDRESS --schema S [--users FILE] [--candidates FILE]
+    trimmer store info  --feature-store ADDRESS
+
+ADDRESS is a directory (LMDB) or ``redis[s]://HOST:PORT/DB[?namespace=NAME]``
+(rootproc/store.py). Records are written in chunks (one LMDB transaction, or
+a few pipelined Redis commands, each), packed in bulk, and the store's
+metadata last: until a load finishes, a new store is never served.
 
 ``load`` reads numpy ``.npz`` (an ``id`` array, one array per raw field;
 a ragged field as ``NAME.values`` + ``NAME.offsets``) or JSON lines
@@ -14,7 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from queue import Queue
 
 import numpy as np
 import orjson
@@ -22,11 +30,11 @@ import orjson
 from _trim import Ragged
 from signatures.schema import FeatureSchema
 
-from .records import RecordLayout
-from .store import FeatureStore
-from .synth import synth_chunks
+from .records import SOURCES, RecordLayout
+from .store import FeatureStore, create_store, open_store
+from .synth import Synthesizer
 
-LOAD_CHUNK = 8192
+LOAD_CHUNK = 4096
 
 
 def read_npz(path: str, layout: RecordLayout):
@@ -55,14 +63,21 @@ def read_npz(path: str, layout: RecordLayout):
                 chunk[name] = Ragged(col.values[offs[0]:offs[-1]], offs - offs[0])
             else:
                 chunk[name] = col[start:stop]
-        yield ids[start:stop], layout.encode_many(stop - start, chunk)
+        yield ids[start:stop], layout.pack_many(stop - start, chunk)
 
 
 def read_jsonl(path: str, layout: RecordLayout):
     def flush(rows):
         ids = np.array([r["id"] for r in rows], dtype=np.int64)
-        records = [layout.encode({k: v for k, v in r.items() if k != "id"}) for r in rows]
-        return ids, records
+        unknown = sorted({k for r in rows for k in r} - set(layout.fields) - {"id"})
+        if unknown:
+            raise ValueError(f"{path}: {unknown} are not {layout.source} raw fields of the schema")
+        columns = {}
+        for name, f in layout.fields.items():
+            if any(name in r for r in rows):
+                default = f.default_value().tolist()
+                columns[name] = [r.get(name, default) for r in rows]
+        return ids, layout.pack_many(len(rows), columns)
 
     rows = []
     with open(path, "rb") as f:
@@ -83,14 +98,55 @@ def read_jsonl(path: str, layout: RecordLayout):
         yield flush(rows)
 
 
-def load_file(store: FeatureStore, source: str, path: str) -> int:
-    layout = store.layout(source)
+def chunks_for(args, store: FeatureStore, schema, source: str):
+    if args.action == "synth":
+        count = getattr(args, f"{source}s")
+        return count, Synthesizer(schema, store.layout(source), args.seed).chunks(count)
+    path = getattr(args, f"{source}s")
+    if not path:
+        return 0, iter(())
     reader = read_npz if path.endswith(".npz") else read_jsonl
-    total = 0
-    for ids, records in reader(path, layout):
-        store.put_many(source, ids, records)
-        total += len(ids)
-    return total
+    return None, reader(path, store.layout(source))
+
+
+def ahead(chunks: Iterator) -> Iterator:
+    """``chunks``, each made in a thread while the one before it is written:
+    numpy (making) and the store (writing) both run without the GIL."""
+    done = object()
+    queue: Queue = Queue(maxsize=1)
+
+    def make() -> None:
+        try:
+            for chunk in chunks:
+                queue.put(chunk)
+            queue.put(done)
+        except BaseException as exc:   # handed to the writer, which raises it
+            queue.put(exc)
+
+    thread = threading.Thread(target=make, name="store-chunks", daemon=True)
+    thread.start()
+    while (item := queue.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    thread.join()
+
+
+def write(args, store: FeatureStore, schema) -> tuple[dict, int]:
+    """Every chunk of ``args`` written; (records per source, bytes)."""
+    from tqdm import tqdm
+    counts, nbytes = {}, 0
+    for source in SOURCES:
+        total, chunks = chunks_for(args, store, schema, source)
+        counts[source] = 0
+        with tqdm(total=total, unit="rec", desc=source, file=sys.stderr, leave=False,
+                  disable=args.no_progress or None) as progress:
+            for ids, records in ahead(chunks):
+                store.put_many(source, ids, records)
+                counts[source] += len(ids)
+                nbytes += records.nbytes
+                progress.update(len(ids))
+    return counts, nbytes
 
 
 def main(argv: list[str]) -> int:
@@ -100,10 +156,12 @@ def main(argv: list[str]) -> int:
     load = sub.add_parser("load", help="load .npz or .jsonl files")
     info = sub.add_parser("info", help="counts, id ranges and layouts")
     for p in (synth, load, info):
-        p.add_argument("--feature-store", required=True, metavar="DIR",
-                       help="feature store directory (created if absent)")
+        p.add_argument("--feature-store", required=True, metavar="ADDRESS",
+                       help="an LMDB directory (created if absent) or redis[s]://HOST:PORT/DB"
+                            "[?namespace=NAME] (password: in the URL or $TRIMMER_REDIS_PASSWORD)")
     for p in (synth, load):
         p.add_argument("--schema", required=True)
+        p.add_argument("--no-progress", action="store_true")
     synth.add_argument("--users", type=int, required=True)
     synth.add_argument("--candidates", type=int, required=True)
     synth.add_argument("--seed", type=int, default=0)
@@ -112,31 +170,25 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         if args.action == "info":
-            with FeatureStore(args.feature_store) as store:
+            with open_store(args.feature_store) as store:
                 print(json.dumps(store.info(), indent=2))
             return 0
+        if args.action == "synth" and min(args.users, args.candidates) < 0:
+            raise ValueError("--users and --candidates must be >= 0")
         schema = FeatureSchema.load(args.schema)
         t0 = time.perf_counter()
-        with FeatureStore.create(args.feature_store, schema) as store:
-            counts = {}
-            if args.action == "synth":
-                for source, count in (("user", args.users), ("candidate", args.candidates)):
-                    if count < 0:
-                        raise ValueError(f"--{source}s must be >= 0")
-                    counts[source] = 0
-                    for ids, records in synth_chunks(schema, store.layout(source), count, args.seed):
-                        store.put_many(source, ids, records)
-                        counts[source] += len(ids)
-            else:
-                for source, path in (("user", args.users), ("candidate", args.candidates)):
-                    if path:
-                        counts[source] = load_file(store, source, path)
-        print(f"{args.feature_store}: wrote " + ", ".join(f"{n} {s} records" for s, n in counts.items())
-              + f" in {time.perf_counter() - t0:.1f} s")
+        with create_store(args.feature_store, schema) as store:
+            counts, nbytes = write(args, store, schema)
+            address = store.address
+        elapsed = time.perf_counter() - t0
+        total = sum(counts.values())
+        print(f"{address}: wrote " + ", ".join(f"{n} {s} records" for s, n in counts.items())
+              + f" in {elapsed:.1f} s ({total / elapsed:,.0f} records/s, "
+                f"{nbytes / elapsed / 1e6:,.0f} MB/s)")
         return 0
     except (ValueError, OSError) as exc:
         print(f"trimmer store: {exc}", file=sys.stderr)
         return 2
 
 
-__all__ = ["main", "load_file"]
+__all__ = ["main"]

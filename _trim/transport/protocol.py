@@ -10,7 +10,7 @@ import lz4.block
 import numpy as np
 import orjson
 
-from ..errors import NotFound, TrimmerError
+from ..errors import NotFound, StoreUnavailable, TrimmerError
 
 PROTOCOL_VERSION = 1
 
@@ -27,10 +27,12 @@ TOO_LARGE = "too_large"                # over a configured size or row limit
 DEADLINE = "deadline"                  # no answer before the request's deadline
 OVERLOADED = "overloaded"              # a leaf's queue for the model is full: shed at once
 UNAVAILABLE = "unavailable"            # no healthy leaf serves the model
+STORE_UNAVAILABLE = "store_unavailable"  # the feature store did not answer in time
 SHUTTING_DOWN = "shutting_down"        # process is draining
 INTERNAL = "internal"                  # a bug: logged with a traceback
 ERROR_KINDS = (BAD_REQUEST, UNKNOWN_MODEL, DECODE_ERROR, SIGNATURE_MISMATCH, MODEL_ERROR,
-               TOO_LARGE, DEADLINE, OVERLOADED, UNAVAILABLE, SHUTTING_DOWN, INTERNAL)
+               TOO_LARGE, DEADLINE, OVERLOADED, UNAVAILABLE, STORE_UNAVAILABLE, SHUTTING_DOWN,
+               INTERNAL)
 
 COMPRESSION_NONE = "none"
 COMPRESSION_LZ4 = "lz4"
@@ -94,10 +96,13 @@ def field(header: dict, name: str, kind: type | tuple, *, default=..., check=Non
 
 def as_protocol_error(exc: TrimmerError) -> ProtocolError:
     """The wire form of an error raised below the code that replies: a
-    missing thing is ``unknown_model``, anything else the sender's
-    ``bad_request`` (a malformed name, say)."""
+    missing thing is ``unknown_model``, a feature store that did not answer
+    ``store_unavailable``, anything else the sender's ``bad_request`` (a
+    malformed name, say)."""
     if isinstance(exc, ProtocolError):
         return exc
+    if isinstance(exc, StoreUnavailable):
+        return ProtocolError(STORE_UNAVAILABLE, str(exc))
     if isinstance(exc, NotFound):
         return ProtocolError(UNKNOWN_MODEL, str(exc))
     return ProtocolError(BAD_REQUEST, str(exc))

@@ -1,4 +1,4 @@
-"""The LMDB feature store, its record format, loading, synthesis and the cache."""
+"""The LMDB feature store, its record format, loading, and the cache in front of a store."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,10 @@ import pytest
 from rootproc import store_cli
 from rootproc.cache import ABSENT, CachedStore, LRUCache
 from rootproc.records import RawField, RecordLayout
-from rootproc.store import FeatureStore, decode_key, encode_keys
+from rootproc.store import create_store, open_store
+from rootproc.store_lmdb import decode_key, encode_keys
 from signatures.schema import FeatureSchema
-
-from .world import SCHEMA, raw_data
+from tests.root.world import SCHEMA, raw_data
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,57 @@ def test_record_roundtrip_with_several_ragged_fields():
         layout.decode_many([recs[0][:-1]])
 
 
+def test_bulk_packing_is_the_record_format_one_record_at_a_time():
+    layout = RecordLayout("candidate", [
+        RawField("a", "float32"), RawField("r1", "int64", ragged=True), RawField("b", "int8"),
+        RawField("r2", "int16", ragged=True, default=[5]), RawField("r3", "bool", ragged=True)])
+    rng = np.random.default_rng(0)
+    n = 40
+    rows = [{"a": float(i), "b": i % 7, "r1": rng.integers(0, 99, rng.integers(0, 5)).tolist(),
+             "r3": [bool(x) for x in rng.integers(0, 2, rng.integers(0, 11))]} for i in range(n)]
+    one_by_one = [layout.encode(r) for r in rows]
+    columns = {k: [r[k] for r in rows] for k in ("a", "b", "r1", "r3")}
+    packed = layout.pack_many(n, columns)
+    assert [bytes(r) for r in packed] == one_by_one
+    assert packed.nbytes == sum(map(len, one_by_one)) and all(len(r) % 8 == 0 for r in one_by_one)
+    out = layout.decode_many(list(packed))
+    assert out["r2"].values.tolist() == [5] * n             # the ragged default, every record
+    assert out["r1"].values.tolist() == [x for r in rows for x in r["r1"]]
+    with pytest.raises(ValueError, match="offsets do not fit"):
+        layout.pack_many(2, {"r1": (np.arange(3), np.array([0, 2, 9]))})
+
+
+def test_a_half_loaded_store_is_never_served(tmp_path, schema):
+    store = create_store(tmp_path / "s", schema)
+    store.put_many("user", [1, 2], store.layout("user").encode_many(2, {}))
+    store.close()                       # the loader died before commit
+    with pytest.raises(ValueError, match="first load has not finished .* by pid"):
+        open_store(tmp_path / "s")
+    with create_store(tmp_path / "s", schema) as store:   # the load run again
+        store.put_many("user", [3], store.layout("user").encode_many(1, {}))
+    with open_store(tmp_path / "s") as store:
+        assert store.count("user") == 3 and "loading" not in store.info()
+    # A reload into a loaded store that dies midway leaves it servable (same layouts).
+    create_store(tmp_path / "s", schema).close()
+    with open_store(tmp_path / "s") as store:
+        assert store.count("user") == 3 and store.info()["loading"]["pid"] == os.getpid()
+
+
+def test_unsorted_and_repeated_ids_after_an_append(tmp_path, schema):
+    with create_store(tmp_path / "s", schema) as store:
+        layout = store.layout("candidate")
+        enc = lambda vals: layout.encode_many(len(vals), {"ctr_7d": np.asarray(vals, np.float32)})  # noqa: E731
+        store.put_many("candidate", [10, 11, 12], enc([1, 2, 3]))     # appended
+        store.put_many("candidate", [5, 12, 30], enc([4, 5, 6]))      # not in order: a plain put
+        store.put_many("candidate", [40, 41], enc([7, 8]))             # appended again
+    with open_store(tmp_path / "s") as store:
+        got = store.get("candidate", [5, 10, 11, 12, 30, 40, 41, 99])
+        assert got[-1] is None and store.count("candidate") == 7
+        vals = store.layout("candidate").decode_many(got[:-1])["ctr_7d"].tolist()
+        assert vals == [4, 1, 2, 5, 6, 7, 8]
+        assert store.id_range("candidate") == (5, 41)
+
+
 def test_load_npz_and_jsonl_read_back(tmp_path, schema):
     users, cands = raw_data()
     schema_path = tmp_path / "schema.json"
@@ -72,7 +123,7 @@ def test_load_npz_and_jsonl_read_back(tmp_path, schema):
     assert store_cli.main(["load", "--feature-store", str(store_dir), "--schema", str(schema_path),
                            "--users", str(tmp_path / "u.jsonl"),
                            "--candidates", str(tmp_path / "c.npz")]) == 0
-    with FeatureStore(store_dir) as store:
+    with open_store(store_dir) as store:
         assert store.count("user") == len(users["id"]) and store.count("candidate") == len(cands["id"])
         assert store.id_range("candidate") == (int(cands["id"][0]), int(cands["id"][-1]))
         pick = [int(cands["id"][5]), 77, int(cands["id"][0])]
@@ -90,47 +141,28 @@ def test_load_npz_and_jsonl_read_back(tmp_path, schema):
         lo, hi = users["user_recent_pins.offsets"][3:5]
         assert u["user_recent_pins"].values.tolist() == users["user_recent_pins.values"][lo:hi].tolist()
     with pytest.raises(ValueError, match="no LMDB database"):
-        FeatureStore(tmp_path / "nowhere")
+        open_store(tmp_path / "nowhere")
 
 
 def test_store_refuses_a_different_schema(tmp_path, schema):
-    with FeatureStore.create(tmp_path / "s", schema) as store:
+    with create_store(tmp_path / "s", schema) as store:
         layout = store.layout("user")
         store.put_many("user", [1], [layout.encode({})])
     other = dict(SCHEMA, features=[f for f in SCHEMA["features"] if f["name"] != "user_age"])
-    with pytest.raises(ValueError, match="different schema"):
-        FeatureStore.create(tmp_path / "s", FeatureSchema.from_dict(other))
-
-
-def test_synth_is_deterministic_and_realistic(tmp_path):
-    schema_path = tmp_path / "schema.json"
-    schema_path.write_text(json.dumps(SCHEMA))
-    dumps = []
-    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        assert store_cli.main(["synth", "--feature-store", str(tmp_path / name), "--schema", str(schema_path),
-                               "--users", "50", "--candidates", "3000", "--seed", str(seed)]) == 0
-        with FeatureStore(tmp_path / name) as store:
-            dumps.append(store.get("candidate", list(range(3000))))
-            layout = store.layout("candidate")
-    assert dumps[0] == dumps[1] and dumps[0] != dumps[2]
-    cols = layout.decode_many(dumps[0])
-    zeros = float((cols["ctr_7d"] == 0).mean())
-    assert 0.5 < zeros < 0.9                          # sparse counters
-    lengths = np.diff(cols["pin_topics"].offsets)
-    assert (lengths == 0).any() and lengths.max() > 20  # id lists of varied length
-    assert cols["pin_emb"].std() > 0.1
+    with pytest.raises(ValueError, match="different schema; load into a new directory"):
+        create_store(tmp_path / "s", FeatureSchema.from_dict(other))
 
 
 def test_two_processes_read_concurrently(tmp_path, schema):
-    with FeatureStore.create(tmp_path / "s", schema) as store:
+    with create_store(tmp_path / "s", schema) as store:
         layout = store.layout("candidate")
         store.put_many("candidate", range(2000), layout.encode_many(
             2000, {"ctr_7d": np.arange(2000, dtype=np.float32)}))
     reader = f"""
 import sys, time
 sys.path.insert(0, {os.getcwd()!r})
-from rootproc.store import FeatureStore
-store = FeatureStore({str(tmp_path / 's')!r})
+from rootproc.store import open_store
+store = open_store({str(tmp_path / 's')!r})
 layout = store.layout("candidate")
 total = 0.0
 for _ in range(20):
@@ -141,7 +173,7 @@ print(total)
     procs = [subprocess.Popen([sys.executable, "-c", reader], stdout=subprocess.PIPE, text=True)
              for _ in range(2)]
     # This process writes more records while they read: readers see committed data only.
-    with FeatureStore(tmp_path / "s", readonly=False) as store:
+    with create_store(tmp_path / "s", schema) as store:
         store.put_many("candidate", range(2000, 4000), layout.encode_many(2000, {}))
     outs = [p.communicate(timeout=60)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
@@ -163,9 +195,9 @@ def test_lru_cache_hits_eviction_and_ttl():
 
 
 def test_cached_store_counts_hits_and_remembers_misses(tmp_path, schema):
-    with FeatureStore.create(tmp_path / "s", schema) as w:
+    with create_store(tmp_path / "s", schema) as w:
         w.put_many("candidate", [1, 2], w.layout("candidate").encode_many(2, {}))
-    with FeatureStore(tmp_path / "s") as store:
+    with open_store(tmp_path / "s") as store:
         cached = CachedStore(store, size=10, ttl_s=None)
         first = cached.get("candidate", [1, 2, 3])
         assert first[2] is None and cached.store_reads["candidate"] == 3

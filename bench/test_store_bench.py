@@ -1,0 +1,156 @@
+"""The feature store: fetch latency (LMDB vs Redis, cache off and on) and bulk load speed.
+
+Fetch: one request's reads, one user and 256 candidates, as the root does
+them (`CachedStore.fetch`: one LMDB read transaction, or one Redis ``MGET``
+on loopback), from the demo's schema at ~250 features (the size of Feast's
+published benchmark), 20,000 candidates drawn at random, 400 rounds per
+case. "cache on" is the root's LRU in front, every entity already in it; the
+floor is redis-py's own ``MGET`` of the same keys with a plain client in the
+same run. Asserted: the store's Redis fetch is within 1.3x of that floor,
+and a cached fetch under 0.25x of an uncached one.
+
+Load: `trimmer store synth` for the demo (its full schema, 5,000 users and
+20,000 candidates) into LMDB and into Redis, against the load as it was
+before (`store_baseline.py`) in the same run. Issue 17 asks for >= 5x on
+LMDB; this shared 2-core VM gives 2.3-3.9x (bench/RESULTS.md says where the
+rest goes), so >= 2x is asserted, against regressions, and the goal is
+reported beside the figure. Records/s for both backends in ``extra_info``.
+
+    .venv/bin/python -m pytest bench/test_store_bench.py --benchmark-only
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import redis
+import store_baseline
+
+from rootproc import store_cli
+from rootproc.cache import CachedStore
+from rootproc.demo.schema_gen import demo_schema
+from rootproc.store import open_store
+from signatures.schema import FeatureSchema
+from tests.store.redis_server import RedisServer
+
+USERS, CANDIDATES, ROWS, ROUNDS = 2000, 20_000, 256, 400
+FEAST_P99_MS = 1.5     # Feast, "Serving features in milliseconds" (2022): Redis, 250 features
+p50s: dict = {}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, server):
+    base = tmp_path_factory.mktemp("stores")
+    (base / "schema.json").write_text(json.dumps(demo_schema(0, 0.17)))
+    addresses = {"lmdb": str(base / "lmdb"), "redis": server.url("bench")}
+    for address in addresses.values():
+        assert store_cli.main(["synth", "--feature-store", address, "--schema", str(base / "schema.json"),
+                               "--users", str(USERS), "--candidates", str(CANDIDATES),
+                               "--no-progress"]) == 0
+    return addresses
+
+
+def requests(n: int):
+    rng = np.random.default_rng(1)
+    return [(int(rng.integers(USERS)), rng.integers(CANDIDATES, size=ROWS).tolist()) for _ in range(n)]
+
+
+def record(benchmark, key: str) -> None:
+    data = np.array(benchmark.stats.stats.data) * 1000
+    p50, p99 = float(np.percentile(data, 50)), float(np.percentile(data, 99))
+    p50s[key] = p50
+    benchmark.extra_info.update(p50_ms=round(p50, 3), p99_ms=round(p99, 3),
+                                feast_published_p99_ms=FEAST_P99_MS)
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "redis"])
+@pytest.mark.parametrize("cache", ["off", "on"])
+def test_fetch(benchmark, stores, backend, cache):
+    with open_store(stores[backend]) as store:
+        cached = CachedStore(store, 0 if cache == "off" else 100_000, None)
+        reqs = requests(ROUNDS + 50)
+        # Connections and page cache warm; with the cache on, every entity in it.
+        for user, cands in reqs if cache == "on" else reqs[:50]:
+            cached.fetch({"user": [user], "candidate": cands})
+        todo = iter(reqs[50:])
+
+        def one():
+            user, cands = next(todo)
+            assert cached.fetch({"user": [user], "candidate": cands})["candidate"][0] is not None
+
+        benchmark.group = "fetch: 1 user + 256 candidates"
+        benchmark.pedantic(one, rounds=ROUNDS, iterations=1)
+        record(benchmark, f"{backend} {cache}")
+    if cache == "on" and f"{backend} off" in p50s:
+        ratio = p50s[f"{backend} on"] / p50s[f"{backend} off"]
+        benchmark.extra_info["p50_vs_uncached"] = round(ratio, 3)
+        assert ratio < 0.25, ratio
+
+
+def test_fetch_floor_plain_mget(benchmark, stores, server):
+    """redis-py's MGET of the same keys, nothing around it: the floor."""
+    client = redis.Redis(port=server.port)
+    todo = iter(requests(ROUNDS + 50))
+
+    def one():
+        user, cands = next(todo)
+        keys = [b"bench:u:%d" % user] + [b"bench:c:%d" % c for c in cands]
+        assert client.mget(keys)[1] is not None
+
+    for _ in range(50):
+        one()
+    benchmark.group = "fetch: 1 user + 256 candidates"
+    benchmark.pedantic(one, rounds=ROUNDS, iterations=1)
+    record(benchmark, "floor")
+    client.close()
+    if "redis off" in p50s:
+        ratio = p50s["redis off"] / p50s["floor"]
+        benchmark.extra_info["redis_fetch_vs_floor"] = round(ratio, 3)
+        assert ratio < 1.3, ratio
+
+
+@pytest.fixture(scope="module")
+def demo_schema_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("load") / "schema.json"
+    path.write_text(json.dumps(demo_schema(0, 1.0)))
+    return path
+
+
+loads: dict = {}
+
+
+@pytest.mark.parametrize("how", ["before", "lmdb", "redis"])
+def test_load_demo_store(benchmark, demo_schema_path, server, tmp_path, how):
+    counts = {"user": 5000, "candidate": 20_000}
+    address = server.url(f"load-{time.monotonic_ns()}") if how == "redis" else str(tmp_path / "s")
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        if how == "before":
+            store_baseline.load(address, FeatureSchema.load(demo_schema_path), counts)
+        else:
+            assert store_cli.main(["synth", "--feature-store", address, "--schema",
+                                   str(demo_schema_path), "--users", "5000", "--candidates",
+                                   "20000", "--no-progress"]) == 0
+        return time.perf_counter() - t0
+
+    benchmark.group = "load: the demo's store (5,000 users, 20,000 candidates)"
+    seconds = benchmark.pedantic(run, rounds=1, iterations=1)
+    loads[how] = seconds
+    benchmark.extra_info.update(seconds=round(seconds, 2),
+                                records_per_s=round(sum(counts.values()) / seconds))
+    if how == "lmdb" and "before" in loads:
+        speedup = loads["before"] / seconds
+        benchmark.extra_info.update(speedup_vs_before=round(speedup, 2), goal=5)
+        assert speedup >= 2, f"{speedup:.2f}x"
