@@ -130,14 +130,6 @@ LOADER_REDIS = RedisSettings(timeout_ms=60_000, connect_timeout_ms=5_000, retrie
                              backoff_ms=0)
 
 
-class _StoreAddresses(tuple):
-    """The `verbatim` of ``feature_store``: every redis:// or rediss:// URL is
-    an address, not a path to resolve against the config file's directory."""
-
-    def __contains__(self, value) -> bool:
-        return isinstance(value, str) and value.startswith(("redis://", "rediss://"))
-
-
 @dataclass(frozen=True)
 class ShmSettings:
     enabled: bool = option(False, "same-node (ipc) leaf links carry batches in shared memory")
@@ -164,8 +156,7 @@ class RootConfig:
 
     schema: str = option(help="feature schema file", path=True)
     feature_store: str = option(help="feature store: an LMDB directory, or "
-                                "redis[s]://HOST:PORT/DB[?namespace=NAME]", path=True,
-                                verbatim=_StoreAddresses())
+                                "redis[s]://HOST:PORT/DB[?namespace=NAME]", path=True)
     leaves: tuple[LeafSpec, ...] = option((), "leaves linked whatever the bundle says "
                                           "(they win over its endpoints)", flag="--leaf",
                                           metavar="NAME=ENDPOINT[,ENDPOINT...]",

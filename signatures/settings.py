@@ -40,7 +40,9 @@ class Option:
     help: str = ""
     flag: str | None = None        # None: "--" + the field's path; "": no flag
     metavar: str | None = None
-    path: bool = False             # a file or directory: relative to the file that names it
+    # A file or directory, relative to the file that names it; an address
+    # with a scheme (redis://, zk://) is left as it is.
+    path: bool = False
     verbatim: tuple = ()           # values of a path option that are not paths ("*")
     choices: tuple = ()
     minimum: float | None = None   # numbers: the lowest value allowed
@@ -117,6 +119,12 @@ class _Reading:
     base: str | None   # directory relative paths are taken from (None: leave them)
 
 
+def _verbatim(value: str, opt: Option) -> bool:
+    """A path option's value that is not a path: one of ``opt.verbatim``, or
+    an address with a scheme."""
+    return value in opt.verbatim or "://" in value
+
+
 def _scalar(value, tp, at: str, flag, opt: Option, r: _Reading):
     ok = {bool: lambda v: isinstance(v, bool),
           int: lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -127,7 +135,7 @@ def _scalar(value, tp, at: str, flag, opt: Option, r: _Reading):
         return MISSING
     if tp is float:
         value = float(value)
-    if (opt.path and r.base is not None and value not in opt.verbatim
+    if (opt.path and r.base is not None and not _verbatim(value, opt)
             and not os.path.isabs(value)):
         value = os.path.normpath(os.path.join(r.base, value))
     return value
@@ -321,7 +329,7 @@ def _from_command_line(value, opt: Option):
     if opt.from_flag is not None:
         return [dataclasses.asdict(v) for v in value]
     if opt.path:
-        absolute = (lambda v: v if v in opt.verbatim else os.path.abspath(v))
+        absolute = (lambda v: v if _verbatim(v, opt) else os.path.abspath(v))
         return [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
     return value
 
