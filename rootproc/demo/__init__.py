@@ -19,6 +19,7 @@ import datetime
 import functools
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -27,7 +28,7 @@ from argparse import Namespace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rootproc.stop_signals import Stopped, StopSignals
+from signatures.stop_signals import Stopped, StopSignals
 
 from .modes import MODES, Mode
 from .netns import RemoteHost, parse_rate, unavailable_reason
@@ -248,7 +249,8 @@ def run(args, run_dir: Path, modes: list[Mode], signals: StopSignals, results: l
                   f"--feature-store {scenario.feature_store} --requests 200\n"
                   f"  trimmer status --config-store {scenario.config_store}\n"
                   f"Ctrl-C (or SIGTERM, SIGHUP) stops everything.", flush=True)
-            while True:
-                # Short sleeps: a signal the kernel hands another thread still
-                # reaches the handler (on this thread) within a second.
-                time.sleep(1)
+            wakeup = signals.wakeup
+            assert wakeup is not None, "signals in use"
+            while True:  # until the handler raises Stopped, as this thread wakes
+                select.select([wakeup], [], [])
+                signals.drain_wakeup()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rootproc.health import ping
-from rootproc.stop_signals import STOP_SIGNALS
+from signatures.stop_signals import STOP_SIGNALS
 
 # Long enough for a leaf or root to drain its in-flight requests on SIGTERM.
 STOP_WAIT_S = 30
