@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import signal
 import sys
 import time
@@ -26,11 +25,10 @@ import time
 import numpy as np
 import zmq
 
-from signatures.stop_signals import Stopped, StopSignals
+from signatures.cli import EXIT_FAILED
+from signatures.stop_signals import Stopped, StopSignals, say
 
 from .client import ScoringClient, add_curve_arguments
-
-EXIT_FAILED = 1
 
 
 def id_space(args) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -192,12 +190,9 @@ def main(argv: list[str]) -> int:
 
 
 def stopping_notice(signum: int, count: int) -> None:
-    """Said from the signal handler, so with os.write: a print there could
-    land inside one the main thread (or the progress bar) is in."""
     name = signal.Signals(signum).name
-    text = (f"{name}: no new requests; waiting for those in flight (again to stop now)"
-            if count == 1 else f"{name}: stopping now")
-    os.write(sys.stderr.fileno(), f"\ntrimmer score: {text}\n".encode())
+    say(f"\ntrimmer score: {name}: no new requests; waiting for those in flight (again to stop "
+        f"now)" if count == 1 else f"\ntrimmer score: {name}: stopping now")
 
 
 __all__ = ["main", "run_load"]

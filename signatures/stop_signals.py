@@ -119,6 +119,16 @@ class StopSignals:
         self.wakeup = self._wakeup_writer = None
 
 
+def say(text: str) -> None:
+    """A line on stderr from inside a signal handler: with os.write, since a
+    print there could land inside one the main thread is in the middle of,
+    and never raising (a closed stderr must not replace `Stopped`)."""
+    try:
+        os.write(2, f"{text}\n".encode())
+    except OSError:
+        pass
+
+
 class DeferredStop:
     """SIGTERM and SIGINT handlers for a server's start: the first is held
     until `hand_to` names the server's stop, which then gets it (and every
@@ -152,4 +162,4 @@ class DeferredStop:
             stop()
 
 
-__all__ = ["STOP_SIGNALS", "Stopped", "StopSignals", "DeferredStop"]
+__all__ = ["STOP_SIGNALS", "Stopped", "StopSignals", "DeferredStop", "say"]

@@ -18,7 +18,6 @@ import contextlib
 import datetime
 import functools
 import json
-import os
 import select
 import signal
 import socket
@@ -28,7 +27,8 @@ from argparse import Namespace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from signatures.stop_signals import Stopped, StopSignals
+from signatures.cli import EXIT_FAILED
+from signatures.stop_signals import Stopped, StopSignals, say
 
 from .modes import MODES, Mode
 from .netns import RemoteHost, parse_rate, unavailable_reason
@@ -37,8 +37,6 @@ from .report import render_chart, render_table
 
 if TYPE_CHECKING:  # the scenario needs torch: imported when a run builds one
     from .scenario import Scenario
-
-EXIT_FAILED = 1   # signatures/cli.py's policy; the demo's control plane does not import it
 
 
 def parse_args(argv):
@@ -177,12 +175,9 @@ def drive(mode: Mode, endpoints: list[str], scenario: Scenario, args, log) -> di
 
 
 def stopping_notice(signum: int, count: int) -> None:
-    """Said from the signal handler, so with os.write: a print there could
-    land inside one the main thread is in the middle of."""
     name = signal.Signals(signum).name
-    text = (f"{name}: stopping the node" if count == 1 else
-            f"{name}: already stopping (the node drains for up to {STOP_WAIT_S} s)")
-    os.write(sys.stderr.fileno(), f"trimmer demo: {text}\n".encode())
+    say(f"trimmer demo: {name}: stopping the node" if count == 1 else
+        f"trimmer demo: {name}: already stopping (the node drains for up to {STOP_WAIT_S} s)")
 
 
 def main(argv: list[str]) -> int:

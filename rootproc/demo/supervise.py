@@ -21,11 +21,10 @@ import os
 import signal
 import sys
 
+from signatures.stop_signals import STOP_SIGNALS
+
 PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
 DEATH_SIGNAL = signal.SIGTERM
-# Those the demo holds (blocks) while it starts us, and may itself have
-# inherited ignored: supervisord starts with them as a fresh process has them.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def tie_to_parent(parent_pid: int) -> bool:
@@ -45,6 +44,8 @@ def main(argv: list[str]) -> int:
         print("usage: python -m rootproc.demo.supervise PARENT_PID SUPERVISORD_ARGS...",
               file=sys.stderr)
         return 2
+    # The demo holds (blocks) these while it starts us, and may itself have
+    # inherited some ignored: supervisord gets them as a fresh process has them.
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

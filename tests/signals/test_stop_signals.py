@@ -119,3 +119,11 @@ def test_a_second_signal_while_starting_ends_the_process_as_the_default_would():
 
 def test_stopped_is_not_an_exception_that_except_exception_swallows():
     assert not issubclass(Stopped, Exception)
+
+
+def test_a_notice_from_a_handler_survives_a_closed_stderr():
+    code = ("import os\nfrom signatures.stop_signals import say\n"
+            "os.close(2)\nsay('nobody reads this')\nprint('fine')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (0, "fine\n")
