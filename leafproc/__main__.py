@@ -10,10 +10,11 @@ Settings may also come from ``--config leaf.json`` (leafproc/config.py:
 overrides the file. The leaf itself is leafproc/app.py: settings, then build,
 run, close.
 
-Exit status: 0 after a clean SIGTERM drain; 2 when it cannot start with the
-settings given (bad settings, an unknown model, an unreadable key file or
-store, an endpoint it cannot bind, no CUDA for ``--device cuda``), with a
-message saying why.
+Exit status: 0 after a clean drain on SIGTERM or SIGINT (also one that
+arrives while the leaf is starting, and whatever dispositions it inherited);
+2 when it cannot start with the settings given (bad settings, an unknown
+model, an unreadable key file or store, an endpoint it cannot bind, no CUDA
+for ``--device cuda``), with a message saying why.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import sys
 
 from _trim.errors import ConfigError
 from signatures.settings import add_arguments, load
+from signatures.stop_signals import DeferredStop
 
 from .config import LeafSettings
 
@@ -42,6 +44,7 @@ def parse_args(argv: list[str]) -> LeafSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    starting = DeferredStop().install()
     try:
         settings = parse_args(sys.argv[1:] if argv is None else argv)
     except ConfigError as exc:
@@ -57,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         logging.getLogger("leafproc").error("%s", exc)
         return CANNOT_START
+    # build installed the server's own handlers; one that came before is passed on.
+    assert leaf.server is not None, "built"
+    starting.hand_to(leaf.server.request_stop)
     try:
         return leaf.run()
     finally:

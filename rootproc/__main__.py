@@ -1,9 +1,10 @@
 """``python -m rootproc`` / ``trimmer root``: run a root process.
 
-Exit status (`trimmer --help`): 0 after a clean drain (SIGTERM / SIGINT); 2
-when it cannot start with the settings given (the message lists every
-problem: a bad setting, a key file it cannot read, an endpoint in use,
-shared memory this host cannot give).
+Exit status (`trimmer --help`): 0 after a clean drain on SIGTERM or SIGINT
+(also one that arrives while the root is starting, and whatever dispositions
+it inherited); 2 when it cannot start with the settings given (the message
+lists every problem: a bad setting, a key file it cannot read, an endpoint in
+use, shared memory this host cannot give).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import logging
 import sys
 
 from signatures.settings import add_arguments, load
+from signatures.stop_signals import DeferredStop
 
 from .config import RootConfig
 
@@ -19,6 +21,7 @@ log = logging.getLogger("rootproc")
 
 
 def main(argv: list[str] | None = None) -> int:
+    starting = DeferredStop().install()
     parser = argparse.ArgumentParser(prog="trimmer root", description="Run a root process: "
                                      "fetch, preprocess, trim and fan scoring requests out to leaves.")
     add_arguments(parser, RootConfig)
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s: serving on %s (config %s, trim %s, compression %s, %d leaf replica(s))",
              cfg.name, ", ".join(server.endpoints), server.active.id, cfg.trim, cfg.compression,
              len(server.links.pool.links))
+    starting.hand_to(server.request_stop)
     server.run()
     log.info("%s: drained, exiting", cfg.name)
     return 0

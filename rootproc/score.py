@@ -4,6 +4,11 @@ Closed loop (``--concurrency C``: C requests always in flight) or open loop
 (``--rate R`` requests per second, at most ``--concurrency`` in flight).
 Prints throughput, p50/p90/p99 latency, bytes sent to leaves (as the roots
 report them) and errors by kind; ``--json`` prints one JSON object instead.
+SIGINT (Ctrl-C), SIGTERM or SIGHUP, whatever dispositions it inherited, stop
+it early: no new requests, the ones in flight are waited for (up to
+``--timeout-ms``), and the report covers what was sent (``stopped_by`` names
+the signal). A second signal stops at once; the requests still in flight are
+counted as ``abandoned`` errors.
 
     trimmer score --endpoint ipc:///run/trimmer/root-0.sock --requests 2000 \\
         --concurrency 16 --candidates 256 --feature-store /var/lib/trimmer/features
@@ -13,10 +18,15 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import signal
 import sys
 import time
 
 import numpy as np
+import zmq
+
+from signatures.cli import EXIT_FAILED
+from signatures.stop_signals import Stopped, StopSignals, say
 
 from .client import ScoringClient, add_curve_arguments
 
@@ -37,7 +47,10 @@ def percentile(values, q) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
-def run_load(args, progress=None) -> dict:
+def run_load(args, progress=None, stop: StopSignals | None = None) -> dict:
+    """Drive the load ``args`` describe and report it. With ``stop``, its
+    first signal ends the sending (the requests in flight are still waited
+    for) and its second (`Stopped`) the waiting."""
     users, cands = id_space(args)
     rng = np.random.default_rng(args.seed)
     client = ScoringClient(args.endpoint, timeout_ms=args.timeout_ms,
@@ -50,8 +63,14 @@ def run_load(args, progress=None) -> dict:
     n_ok = 0
     sent = 0
     interval = 1.0 / args.rate if args.rate else 0.0
+    timeout_s = args.timeout_ms / 1000
     t0 = time.perf_counter()
     next_send = t0
+    last_heard = t0   # the last send or reply: the timeout counts silence from there
+    poller = zmq.Poller()
+    poller.register(client.socket, zmq.POLLIN)
+    if stop is not None and stop.wakeup is not None:
+        poller.register(stop.wakeup, zmq.POLLIN)
 
     def account(res):
         nonlocal bytes_sent, wire_bytes, n_ok
@@ -68,34 +87,43 @@ def run_load(args, progress=None) -> dict:
         if progress is not None:
             progress.update(1)
 
+    def more() -> bool:
+        return sent < args.requests and not (stop is not None and stop.requested)
+
     try:
-        while sent < args.requests or client.in_flight:
+        while more() or client.in_flight:
             now = time.perf_counter()
-            can_send = sent < args.requests and client.in_flight < args.concurrency
+            can_send = more() and client.in_flight < args.concurrency
             if can_send and now >= next_send:
                 user = int(rng.integers(users[0], users[1] + 1))
                 ids = rng.integers(cands[0], cands[1] + 1, size=args.candidates)
                 client.submit(user, ids, args.models, args.deadline_ms)
                 sent += 1
+                last_heard = now
                 next_send = max(next_send + interval, now) if interval else now
                 continue
-            wait_ms = args.timeout_ms
-            if can_send:
-                wait_ms = max(0, int((next_send - now) * 1000))
-            res = client.receive(wait_ms)
-            if res is None:
-                if not can_send:  # nothing came back within the timeout
-                    errors["timeout"] += client.in_flight
+            until = next_send if can_send else last_heard + timeout_s
+            # Woken early by a reply, or by a stop signal (the loop looks again).
+            if not dict(poller.poll(max(0, int((until - now) * 1000) + 1))).get(client.socket):
+                if stop is not None:
+                    stop.drain_wakeup()
+                if not can_send and time.perf_counter() - last_heard >= timeout_s:
+                    errors["timeout"] += client.in_flight  # nothing came back in time
                     break
                 continue
-            account(res)
+            last_heard = time.perf_counter()
             while (res := client.receive(0)) is not None:
                 account(res)
+    except Stopped:
+        if stop is None:  # someone else's (the demo's): theirs to handle
+            raise
+        errors["abandoned"] += client.in_flight
     finally:
         client.close()
     elapsed = time.perf_counter() - t0
     lat_ms = np.array(latencies) * 1000
-    return {"requests": sent, "ok": n_ok, "elapsed_s": round(elapsed, 3),
+    stopped = {"stopped_by": stop.first} if stop is not None and stop.requested else {}
+    return {**stopped, "requests": sent, "ok": n_ok, "elapsed_s": round(elapsed, 3),
             "throughput_rps": round(n_ok / elapsed, 1) if elapsed else 0.0,
             "latency_ms": {"p50": round(percentile(lat_ms, 50), 3),
                            "p90": round(percentile(lat_ms, 90), 3),
@@ -134,10 +162,14 @@ def main(argv: list[str]) -> int:
         from tqdm import tqdm
         progress = tqdm(total=args.requests, unit="req", file=sys.stderr)
     try:
-        report = run_load(args, progress)
+        with StopSignals(raise_on=2, on_signal=stopping_notice) as stop:
+            report = run_load(args, progress, stop)
     except ValueError as exc:
         print(f"trimmer score: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:  # before any request was sent
+        print(f"trimmer score: stopped by {exc.name}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if progress is not None:
             progress.close()
@@ -152,7 +184,16 @@ def main(argv: list[str]) -> int:
               f"request), on the wire {report['wire_bytes']}")
         if report["errors"] or report["model_errors"]:
             print(f"errors: {report['errors']}  model errors: {report['model_errors']}")
-    return 0 if not report["errors"] else 1
+        if "stopped_by" in report:
+            print(f"stopped by {report['stopped_by']} after {report['requests']} of "
+                  f"{args.requests} requests")
+    return 0 if not report["errors"] else EXIT_FAILED
+
+
+def stopping_notice(signum: int, count: int) -> None:
+    name = signal.Signals(signum).name
+    say(f"\ntrimmer score: {name}: no new requests; waiting for those in flight (again to stop "
+        f"now)" if count == 1 else f"\ntrimmer score: {name}: stopping now")
 
 
 __all__ = ["main", "run_load"]

@@ -5,7 +5,11 @@ config, LMDB store), runs leaves and one root per comparison mode under
 supervisord, drives the same scoring load through each mode, and prints the
 table the seed article reports for LZ4 (network, CPU, p90), for every mode.
 Everything it writes stays in the run directory; everything it starts is
-stopped on exit, Ctrl-C included.
+stopped on exit: SIGINT (Ctrl-C), SIGTERM and SIGHUP each stop the node in
+order, whatever dispositions the demo inherited, and a demo killed outright
+takes its node down with it (rootproc/demo/supervise.py). Exit status 0 when
+the results were written (stopping a ``--keep-running`` node with a signal
+included), 1 when the run failed or was interrupted before them.
 """
 from __future__ import annotations
 
@@ -14,17 +18,25 @@ import contextlib
 import datetime
 import functools
 import json
+import select
+import signal
 import socket
 import sys
 import time
 from argparse import Namespace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from signatures.cli import EXIT_FAILED
+from signatures.stop_signals import Stopped, StopSignals, say
 
 from .modes import MODES, Mode
 from .netns import RemoteHost, parse_rate, unavailable_reason
-from .node import Node, Program, cpu_seconds, ipc_endpoint
+from .node import STOP_WAIT_S, Node, Program, cpu_seconds, ipc_endpoint
 from .report import render_chart, render_table
-from .scenario import STAGE, Scenario, build_scenario
+
+if TYPE_CHECKING:  # the scenario needs torch: imported when a run builds one
+    from .scenario import Scenario
 
 
 def parse_args(argv):
@@ -42,7 +54,8 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--metrics", action="store_true", help="expose Prometheus metrics on free ports")
     p.add_argument("--keep-running", action="store_true",
-                   help="leave the node up (Ctrl-C stops it) for exploring with `trimmer score`")
+                   help="leave the node up for exploring with `trimmer score`, until Ctrl-C, "
+                        "SIGTERM or SIGHUP stops it (exit 0)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--remote-leaf-bandwidth", metavar="RATE",
                    help="run the leaves in their own network namespace behind a veth link shaped "
@@ -87,6 +100,7 @@ REMOTE_LEAF_PORT = 5555  # + the leaf's index, inside the leaves' own namespace
 
 def programs_for(scenario: Scenario, modes: list[Mode], args,
                  remote: RemoteHost | None = None) -> tuple[list[Program], dict]:
+    from .scenario import STAGE
     sock = scenario.run_dir.resolve() / "sock"
     sock.mkdir(exist_ok=True)
     programs: list[Program] = []
@@ -160,49 +174,78 @@ def drive(mode: Mode, endpoints: list[str], scenario: Scenario, args, log) -> di
     return stats
 
 
+def stopping_notice(signum: int, count: int) -> None:
+    name = signal.Signals(signum).name
+    say(f"trimmer demo: {name}: stopping the node" if count == 1 else
+        f"trimmer demo: {name}: already stopping (the node drains for up to {STOP_WAIT_S} s)")
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     run_dir = args.run_dir or Path("runs") / datetime.datetime.now().strftime("demo-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
-    remote_rate = args.remote_leaf_bandwidth
     modes = [m for m in MODES if (not args.modes or m.name in args.modes)
-             and not (remote_rate and m.local_only)]
+             and not (args.remote_leaf_bandwidth and m.local_only)]
 
     def log(msg):
         print(f"[{time.monotonic() - started:6.1f}s] {msg}", flush=True)
 
     log(f"run directory: {run_dir}")
-    try:
-        scenario = build_scenario(run_dir, leaves=args.leaves, users=args.users, candidates=args.items,
-                                  seed=args.seed, scale=args.scale, log=log)
-        with contextlib.ExitStack() as stack:
-            remote = stack.enter_context(RemoteHost(remote_rate)) if remote_rate else None
-            if remote:
-                log(f"leaves in network namespace {remote.name} at {remote.address}, "
-                    f"behind a link shaped to {remote_rate}")
-            programs, roots = programs_for(scenario, modes, args, remote)
-            node = stack.enter_context(Node(run_dir, programs))
-            node.start(log=log)
-            results = [drive(mode, roots[mode.name], scenario, args, log) for mode in modes]
-            table = render_table(results, args, scenario)
-            (run_dir / "results.md").write_text(table)
-            (run_dir / "results.json").write_text(json.dumps(results, indent=1))
-            chart = render_chart(results, run_dir / "results.png")
-            print()
-            print(table)
-            log(f"wrote {run_dir / 'results.md'}, {run_dir / 'results.json'}"
-                + (f", {chart}" if chart else ""))
-            if args.keep_running:
-                endpoints = " ".join(f"--endpoint {e}" for e in roots[modes[-1].name])
-                print(f"\nThe node is up. Try:\n  trimmer score {endpoints} "
-                      f"--feature-store {scenario.feature_store} --requests 200\n"
-                      f"  trimmer status --config-store {scenario.config_store}\n"
-                      f"Ctrl-C stops everything.")
-                while True:
-                    time.sleep(3600)
-    except KeyboardInterrupt:
-        log("interrupted: everything started has been stopped")
-        return 130
+    results: list[dict] = []
+    with StopSignals(raise_on=1, on_signal=stopping_notice) as signals:
+        try:
+            run(args, run_dir, modes, signals, results, log)
+        except Stopped as stop:
+            if not results:
+                cause = stop.__context__
+                log(f"interrupted by {stop.name} before the results were written"
+                    + (f" (while stopping after: {cause!r})" if isinstance(cause, Exception) else "")
+                    + "; everything started has been stopped")
+                return EXIT_FAILED
+            log(f"{stop.name}: everything started has been stopped")
     log("stopped cleanly")
     return 0
+
+
+def run(args, run_dir: Path, modes: list[Mode], signals: StopSignals, results: list[dict],
+        log) -> None:
+    """Build the scenario, start the node, measure every mode, write the
+    results into ``results`` and the run directory; with ``--keep-running``,
+    wait for a stop signal. The node is down when this returns or raises."""
+    from .scenario import build_scenario
+    scenario = build_scenario(run_dir, leaves=args.leaves, users=args.users, candidates=args.items,
+                              seed=args.seed, scale=args.scale, log=log)
+    with contextlib.ExitStack() as stack:
+        remote = None
+        if args.remote_leaf_bandwidth:
+            remote = RemoteHost(args.remote_leaf_bandwidth)
+            stack.callback(signals.finish, remote.down)  # down() is safe on a part-made host
+            remote.up()
+            log(f"leaves in network namespace {remote.name} at {remote.address}, "
+                f"behind a link shaped to {args.remote_leaf_bandwidth}")
+        programs, roots = programs_for(scenario, modes, args, remote)
+        node = Node(run_dir, programs)
+        stack.callback(signals.finish, node.stop)
+        node.start(log=log)
+        measured = [drive(mode, roots[mode.name], scenario, args, log) for mode in modes]
+        table = render_table(measured, args, scenario)
+        (run_dir / "results.md").write_text(table)
+        (run_dir / "results.json").write_text(json.dumps(measured, indent=1))
+        results.extend(measured)
+        chart = render_chart(measured, run_dir / "results.png")
+        print()
+        print(table)
+        log(f"wrote {run_dir / 'results.md'}, {run_dir / 'results.json'}"
+            + (f", {chart}" if chart else ""))
+        if args.keep_running:
+            endpoints = " ".join(f"--endpoint {e}" for e in roots[modes[-1].name])
+            print(f"\nThe node is up. Try:\n  trimmer score {endpoints} "
+                  f"--feature-store {scenario.feature_store} --requests 200\n"
+                  f"  trimmer status --config-store {scenario.config_store}\n"
+                  f"Ctrl-C (or SIGTERM, SIGHUP) stops everything.", flush=True)
+            wakeup = signals.wakeup
+            assert wakeup is not None, "signals in use"
+            while True:  # until the handler raises Stopped, as this thread wakes
+                select.select([wakeup], [], [])
+                signals.drain_wakeup()

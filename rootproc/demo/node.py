@@ -1,21 +1,27 @@
 """A node under supervisord: generated config, start, health wait, clean stop.
 
-supervisord runs in the foreground as our child (``nodaemon``), so stopping
-it (SIGTERM) stops every program with its own stop signal and timeout, and
-nothing outlives the demo even when it is interrupted.
+supervisord runs in the foreground as our child (``nodaemon``), in its own
+session (a Ctrl-C in the terminal reaches the demo only, which stops the
+node in order), so stopping it (SIGTERM) stops every program with its own
+stop signal and timeout. It is started through `rootproc.demo.supervise`,
+which has the kernel send it that SIGTERM should the demo die without
+stopping it (SIGKILL): nothing outlives the demo.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rootproc.health import ping
+from signatures.stop_signals import STOP_SIGNALS
 
 # Long enough for a leaf or root to drain its in-flight requests on SIGTERM.
 STOP_WAIT_S = 30
@@ -76,13 +82,20 @@ class Node:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 120.0, log=print) -> None:
+        # supervisord's parent-death signal fires when the thread that started
+        # it exits (rootproc/demo/supervise.py): only the main thread lives as
+        # long as the demo.
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("Node.start must run on the main thread")
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         conf = self.run_dir / "supervisord.conf"
         conf.write_text(render_config(self.run_dir, self.programs))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
-            stdout=subprocess.DEVNULL, stderr=open(self.run_dir / "logs" / "supervisord.err", "wb"),
-            start_new_session=True)  # Ctrl-C reaches us only; we stop supervisord in order
+        with open(self.run_dir / "logs" / "supervisord.err", "wb") as err, held(STOP_SIGNALS):
+            # Held: a stop signal landing between the fork and this assignment
+            # would leave supervisord running with no one to stop it.
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rootproc.demo.supervise", str(os.getpid()), "-c", str(conf)],
+                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         pending = list(self.programs)
         while pending:
@@ -112,6 +125,8 @@ class Node:
             return "(no log)"
 
     def stop(self) -> None:
+        """supervisord down, its programs drained (their sockets and rings
+        removed with them); safe to call again, also part-way through."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
@@ -126,6 +141,18 @@ class Node:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+@contextlib.contextmanager
+def held(signals):
+    """Block ``signals`` (they stay pending) in this thread for the block;
+    those that came meanwhile are handled on leaving it. A child started
+    inside inherits the block: rootproc.demo.supervise lifts it."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def cpu_seconds(pid: int) -> float:

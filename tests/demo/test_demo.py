@@ -1,7 +1,9 @@
 """The main job, end to end at a small scale: real supervisord, real leaves
 and roots, real load; and nothing left running afterwards."""
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,13 +16,17 @@ from signatures.bundle import Bundle
 from signatures.report import report
 from signatures.schema import FeatureSchema
 from tests.support.procs import processes_mentioning
+from tests.support.signals import alive, shm_segments_of, socket_files, with_dispositions
 
 SMALL = ["--scale", "0.2", "--users", "50", "--items", "400", "--requests", "24",
          "--candidates", "64", "--no-progress"]
 
 
-def shm_entries() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+def spawned(run_dir: Path) -> dict[str, int]:
+    """Program name -> pid, of every program this demo's supervisord started
+    (its log says so): the processes whose rings the test may count as its own."""
+    log = (run_dir / "logs" / "supervisord.log").read_text()
+    return {name: int(pid) for name, pid in re.findall(r"spawned: '([^']+)' with pid (\d+)", log)}
 
 
 @pytest.fixture
@@ -37,7 +43,6 @@ def run_dir(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_trims_by_the_expected_fraction(run_dir):
-    shm_before = shm_entries()
     done = subprocess.run([sys.executable, "-m", "signatures.cli", "demo", "--run-dir", str(run_dir), *SMALL],
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -58,28 +63,104 @@ def test_demo_runs_end_to_end_and_trims_by_the_expected_fraction(run_dir):
     assert "| trimmed |" in table and "network vs all" in table and "| all features |" in table
     assert (run_dir / "results.png").stat().st_size > 10_000
     assert list((run_dir / "sock").iterdir()) == []
-    assert shm_entries() <= shm_before
+    programs = spawned(run_dir)
+    assert "root-trimmed-shm-0" in programs, programs  # the one with rings
+    assert shm_segments_of(programs.values()) == set()
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_everything(run_dir):
-    proc = subprocess.Popen([sys.executable, "-m", "signatures.cli", "demo", "--run-dir", str(run_dir),
-                             *SMALL, "--keep-running"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+def node_pids(run_dir: Path) -> set[int]:
+    """The demo and everything it started: each names its run directory."""
+    return {int(line.split(":")[0]) for line in processes_mentioning(str(run_dir))}
+
+
+def start_demo(run_dir: Path, *args: str, ignored: tuple[str, ...] = ()) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "signatures.cli", "demo", "--run-dir", str(run_dir), *args]
+    return subprocess.Popen(with_dispositions(argv, ignored), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def read_until(proc: subprocess.Popen, marker: str, lines: list[str]) -> None:
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line:
+            return
+    raise AssertionError(f"the demo ended before {marker!r}:\n" + "".join(lines))
+
+
+def assert_nothing_left(run_dir: Path, node: set[int]) -> None:
+    """No process, socket or segment of this demo: its pids, its run directory, its rings."""
+    assert not alive(node), processes_mentioning(str(run_dir))
+    assert processes_mentioning(str(run_dir)) == []
+    assert shm_segments_of(node) == set()
+    assert socket_files(run_dir) == []
+    assert not (run_dir / "supervisord.pid").exists()
+
+
+# Two modes (one with shared-memory rings) keep these runs short; the node is
+# the same shape as the full demo's.
+STOPPABLE = [*SMALL, "--modes", "all", "trimmed-shm"]
+
+
+@contextlib.contextmanager
+def demo(run_dir: Path, *args: str, ignored: tuple[str, ...] = ()):
+    proc = start_demo(run_dir, *args, ignored=ignored)
     try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "The node is up" in line:
-                break
-        assert processes_mentioning(str(run_dir)), "".join(lines)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=90)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, out
-    assert "everything started has been stopped" in out
-    assert processes_mentioning(str(run_dir)) == []
-    assert list((run_dir / "sock").iterdir()) == []
+        proc.stdout.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, ignored", [(signal.SIGTERM, ()), (signal.SIGINT, ("SIGINT",))],
+                         ids=["SIGTERM", "SIGINT-ignored-at-start"])
+def test_a_stop_signal_stops_the_node_it_kept_running(run_dir, sig, ignored):
+    with demo(run_dir, *STOPPABLE, "--keep-running", ignored=ignored) as proc:
+        lines: list[str] = []
+        read_until(proc, "The node is up", lines)
+        node = node_pids(run_dir)
+        assert len(node) >= 6, node  # the demo, supervisord, 2 leaves, 2 roots
+        assert shm_segments_of(node), "the shared-memory root has no rings"
+        assert socket_files(run_dir)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=90)
+    out = "".join(lines) + out
+    # The run completed (results written) before the signal: a clean stop is success.
+    assert proc.returncode == 0, out
+    assert f"{signal.Signals(sig).name}: stopping the node" in out
+    assert "stopped cleanly" in out
+    assert_nothing_left(run_dir, node)
+
+
+@pytest.mark.slow
+def test_a_signal_during_the_run_stops_everything_and_fails_the_run(run_dir):
+    args = [*STOPPABLE, "--requests", "400"]  # long enough to be mid-run when the signal lands
+    with demo(run_dir, *args) as proc:
+        lines: list[str] = []
+        read_until(proc, "all healthy", lines)
+        node = node_pids(run_dir)
+        proc.send_signal(signal.SIGHUP)
+        out, _ = proc.communicate(timeout=90)
+    out = "".join(lines) + out
+    assert proc.returncode == 1, out
+    assert "interrupted by SIGHUP before the results were written" in out
+    assert not (run_dir / "results.json").exists()
+    assert_nothing_left(run_dir, node)
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_demo_takes_its_node_down(run_dir):
+    with demo(run_dir, *STOPPABLE, "--keep-running") as proc:
+        lines: list[str] = []
+        read_until(proc, "The node is up", lines)
+        node = node_pids(run_dir)
+        assert shm_segments_of(node)
+        proc.kill()
+        proc.wait()
+    # supervisord is told (SIGTERM) when the demo dies and drains the node.
+    deadline = time.monotonic() + 60
+    while alive(node) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert_nothing_left(run_dir, node)
