@@ -26,6 +26,10 @@ SHM_WAIT_MS = 1.0
 FRAME_HARD_CAP_FACTOR = 16
 # How long replies may take to leave after a drain before the socket closes.
 DRAIN_LINGER_MS = 2000
+# A drain lasts at least this long after SIGTERM, answering `shutting_down`,
+# so that clients still sending hear it before the socket closes. Refused
+# requests do not extend it.
+DRAIN_QUIET_S = 0.2
 # Queue bounds of the client socket and of each leaf link.
 CLIENT_HWM = 100_000
 LEAF_HWM = 100_000

@@ -10,7 +10,15 @@ so a slow or dead leaf costs only its own models' results.
 `RootServer` owns the sockets and the poller, the ping tick, installing a
 config the follower thread prepared (between two requests), the heartbeat
 record it hands that thread, and the drain on SIGTERM. No other thread
-touches what it owns. Scale out with more root processes on the node: they
+touches what it owns.
+
+The drain: from SIGTERM every new score request is answered
+`shutting_down` (clients go to another root), the requests in flight get
+their scores (or their deadline), and the loop runs on until DRAIN_QUIET_S
+has passed since SIGTERM, so that clients still sending hear it. Then what
+is already queued in the client socket is read and answered too, and that
+socket is closed first, before the rest is torn down: every request it took
+in gets exactly one reply. Scale out with more root processes on the node: they
 share the LMDB store and the leaves.
 """
 from __future__ import annotations
@@ -41,7 +49,14 @@ from signatures.schema import FeatureSchema
 from .active import PreparedConfig, load_active_config, prepare_config
 from .cache import CachedStore
 from .config import RootConfig
-from .defaults import CLIENT_HWM, DRAIN_BATCH, DRAIN_LINGER_MS, FRAME_HARD_CAP_FACTOR, MAX_POLL_MS
+from .defaults import (
+    CLIENT_HWM,
+    DRAIN_BATCH,
+    DRAIN_LINGER_MS,
+    DRAIN_QUIET_S,
+    FRAME_HARD_CAP_FACTOR,
+    MAX_POLL_MS,
+)
 from .follow import ConfigFollower
 from .links import LeafLinks
 from .metrics import RootMetrics
@@ -88,6 +103,7 @@ class RootServer:
         self.scorer = Scorer(cfg, self.store, cached, self.metrics, self.links.pool, self.router,
                              prepared)
         self.draining = False
+        self.drain_started = 0.0
         self.stopped = False
         self.metrics.info.labels(self.name, prepared.active.id, cfg.trim, cfg.compression).set(1)
         self.follower = None
@@ -106,6 +122,7 @@ class RootServer:
     def request_stop(self, *_):
         if not self.draining:
             log.info("%s: draining %d request(s) in flight", self.name, self.router.count)
+            self.drain_started = time.monotonic()
         self.draining = True
 
     def run(self, install_signals: bool = True) -> None:
@@ -115,7 +132,7 @@ class RootServer:
         interval = self.cfg.ping_interval_ms / 1000
         next_ping = next_beat = 0.0
         try:
-            while not (self.draining and self.router.count == 0):
+            while not self.drained():
                 now = time.monotonic()
                 if now >= next_ping:
                     self.links.tick(now)
@@ -127,10 +144,14 @@ class RootServer:
                 deadline = self.router.next_deadline()
                 if deadline is not None:
                     wake = min(wake, deadline)
+                if self.draining:
+                    wake = min(wake, self.drain_started + DRAIN_QUIET_S)
                 timeout_ms = max(0, min(MAX_POLL_MS, int((wake - now) * 1000) + 1))
                 for sock, _ in self.poller.poll(timeout_ms):
                     if sock is self.frontend:
                         self.drain(sock, self.on_client)
+                    elif self.links.on_monitor(sock, time.monotonic()):
+                        pass
                     else:
                         link = self.links.by_socket(sock)
                         self.drain(sock, lambda frames, link=link: self.router.on_leaf(link, frames))
@@ -139,16 +160,24 @@ class RootServer:
                     prepared = self.follower.take_config()
                     if prepared is not None:
                         self.install(prepared)
+            while self.drain(self.frontend, self.on_client) == DRAIN_BATCH:
+                pass   # what arrived since the last poll, answered before the socket closes
         finally:
             self.close()
 
+    def drained(self) -> bool:
+        return (self.draining and self.router.count == 0
+                and time.monotonic() - self.drain_started >= DRAIN_QUIET_S)
+
     @staticmethod
-    def drain(sock, handler) -> None:
-        for _ in range(DRAIN_BATCH):
+    def drain(sock, handler) -> int:
+        """Hand up to DRAIN_BATCH waiting messages to ``handler``; how many."""
+        for n in range(DRAIN_BATCH):
             frames = recv_waiting(sock)
             if frames is None:
-                return
+                return n
             handler(frames)
+        return DRAIN_BATCH
 
     def install(self, prepared: PreparedConfig) -> None:
         """Serve a config the follower prepared, from the next request on."""
@@ -181,11 +210,13 @@ class RootServer:
         if self.stopped:
             return
         self.stopped = True
-        if self.follower is not None:
-            self.follower.stop()
+        # The client socket first: while it is open it takes in requests that
+        # nobody would read any more.
         self.frontend.close(linger=DRAIN_LINGER_MS)
         if self.security is not None:
             self.security.close()
+        if self.follower is not None:
+            self.follower.stop()
         self.links.close()
         self.store.close()
         remove_ipc_files(self.endpoints)
