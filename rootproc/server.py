@@ -77,6 +77,7 @@ class RootServer:
         schema = FeatureSchema.load(cfg.schema)
         self.store = FeatureStore(cfg.feature_store)
         cached = CachedStore(self.store, cfg.cache.size, cfg.cache.ttl_s)
+        self.schema_fingerprint = schema.fingerprint
         self.metrics = RootMetrics(cfg.name)
         self.metrics.watch_cache(cached)
         prepare = functools.partial(prepare_config, schema, self.store.layouts, cfg.trim)
@@ -111,7 +112,8 @@ class RootServer:
             self.metrics.follow_config(prepared.active.generation)
             self.follower = ConfigFollower(cfg.config_store, cfg.stage, name=self.name,
                                            prepared=prepared, prepare=prepare,
-                                           errors=self.metrics.config_errors).start()
+                                           errors=self.metrics.config_errors,
+                                           schema=schema).start()
 
     @property
     def active(self):
@@ -202,7 +204,8 @@ class RootServer:
         active, scorer = self.scorer.active, self.scorer
         gaps = scorer.agreement.current_gaps(active, self.links.pool)
         return MemberRecord("root", self.name, generation=active.generation, bundle=active.id,
-                            endpoints=tuple(self.endpoints), trim_gaps=tuple(sorted(gaps.items())),
+                            endpoints=tuple(self.endpoints), schema=self.schema_fingerprint,
+                            trim_gaps=tuple(sorted(gaps.items())),
                             trim_gap_counts=tuple(sorted(scorer.gap_counts.items())),
                             leaves=self.links.records(now))
 

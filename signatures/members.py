@@ -49,9 +49,10 @@ class MemberRecord:
     retiring: tuple[str, ...] = ()
     failed: tuple[tuple[str, str], ...] = ()   # (version, error)
     # roots
+    schema: str | None = None                  # fingerprint of the feature schema it runs
     trim_gaps: tuple[tuple[str, str], ...] = ()        # (version, reason)
     trim_gap_counts: tuple[tuple[str, int], ...] = ()  # (version, requests sent untrimmed)
-    config_errors: int = 0
+    config_errors: int = 0                     # both: store states it could not use
     last_error: str | None = None
     leaves: tuple[LinkRecord, ...] = ()
     # set when written and read
@@ -79,8 +80,8 @@ class MemberRecord:
             return None
         kw: dict = {"role": role, "name": name}
         for key, kind in (("pid", int), ("host", str), ("generation", int), ("bundle", str),
-                          ("config_errors", int), ("last_error", str), ("time", (int, float)),
-                          ("stage", str)):
+                          ("schema", str), ("config_errors", int), ("last_error", str),
+                          ("time", (int, float)), ("stage", str)):
             value = d.get(key)
             if isinstance(value, kind) and not isinstance(value, bool):
                 kw[key] = value
