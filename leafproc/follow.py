@@ -114,10 +114,10 @@ class ModelFollower:
             if self._latest is not None and generation == self._latest.generation:
                 self.last_error = None
                 return
-            if self._latest is not None and generation == 0 < self._latest.generation:
+            served = self._latest.generation if self._latest is not None else None
+            if generation == 0 and served:
                 raise StoreError(f"stage {self.stage} reads as never written, but this leaf "
-                                 f"served its generation {self._latest.generation}: the stage "
-                                 "record is missing")
+                                 f"served its generation {served}: the stage record is missing")
             bundle = self.store.bundle(state["bundle"]) if state.get("bundle") else None
             keys = versions_for(self.name, bundle, state.get("models", []))
         except Exception as exc:

@@ -81,12 +81,15 @@ class LeafLink:
         self.socket.setsockopt(zmq.RECONNECT_IVL, LEAF_RECONNECT_IVL_MS)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, LEAF_RECONNECT_IVL_MAX_MS)
         self.curve = curve if curve is not None and secured(endpoint) else None
-        self.watch = None
         try:
             # Watched whatever the transport: a dropped connection must be seen
             # (and, with CURVE, why a handshake failed).
             self.watch = LinkWatch(self.socket, f"leaf {name} ({endpoint})",
                                    self.curve.public if self.curve is not None else None)
+        except BaseException:
+            self.socket.close(linger=0)
+            raise
+        try:
             connect_all(self.socket, [endpoint], self.curve)
         except BaseException:
             self.close()
@@ -161,8 +164,7 @@ class LeafLink:
             self.reported = None
 
     def close(self) -> None:
-        if self.watch is not None:
-            self.watch.close(self.socket)
+        self.watch.close(self.socket)
         self.socket.close(linger=0)
 
 

@@ -50,10 +50,9 @@ def program_settings(program, tmp_path):
     ``--config /etc/trimmer/X.json`` read from deploy/."""
     import argparse
 
-    from signatures.settings import add_arguments, load
-
     from leafproc.config import LeafSettings
     from rootproc.config import RootConfig
+    from signatures.settings import add_arguments, load
 
     argv = shlex.split(program.command)
     cls = RootConfig if argv[1] == "root" else LeafSettings

@@ -74,12 +74,12 @@ def test_rolling_restart_of_two_replicas_under_load(world, process_runner):
             drains.append(time.monotonic() - t0)
             assert rc == 0, old.log()
             before = len(load.replies)
-            wait_for("load on the other replica", lambda: len(load.replies) >= before + 30)
+            wait_for("load on the other replica", lambda n=before: len(load.replies) >= n + 30)
             replicas[i] = start(i)
             wait_for(f"the root routing to the new replica {i}",
                      link_serving(root, endpoints[i], replicas[i].pid), timeout=30)
             before = len(load.replies)
-            wait_for("load on both replicas", lambda: len(load.replies) >= before + 50)
+            wait_for("load on both replicas", lambda n=before: len(load.replies) >= n + 50)
     finally:
         load.stop()
     figures = load.tally(f"rolling restart (drains took {', '.join(f'{d:.2f}' for d in drains)} s)")

@@ -5,9 +5,9 @@ import urllib.request
 
 import pytest
 
+from _trim.transport.shm import owner_pid
 from tests.root.conftest import leaves_healthy, spawn_leaves, spawn_root  # noqa: F401
 from tests.root.world import build_world
-from _trim.transport.shm import owner_pid
 from tests.support.procs import STARTED_PIDS, ProcessRunner, free_tcp_port
 
 SHM_DIR = "/dev/shm"
