@@ -4,9 +4,15 @@ libzmq copies a socket's security options when ``bind`` / ``connect`` is
 called, so one socket serves plain ipc and CURVE tcp endpoints: the plain
 ones are bound (or connected) first, then CURVE is switched on for the tcp
 ones.
+
+An ipc socket file is made mode IPC_MODE (owner and group may connect,
+nobody else) as soon as it is bound, whatever the process's umask. Which tcp
+binds other hosts can reach (`is_loopback`) decides whether settings must
+say ``insecure`` (`exposed`).
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 
 import zmq
@@ -32,6 +38,35 @@ def connect_all(sock: zmq.Socket, endpoints, keys: ClientKeys | None) -> None:
             sock.connect(ep)
 
 
+IPC_MODE = 0o660
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether a ``tcp://`` endpoint's host is this machine's loopback
+    (127.0.0.0/8, ::1, localhost); a wildcard, an interface name or any other
+    address is reachable from elsewhere."""
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = endpoint[len("tcp://"):].rpartition(":")[0]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposed(endpoints, authenticated: bool) -> list[str]:
+    """The tcp binds among ``endpoints`` that anyone reaching the host may use:
+    not loopback, and no client authentication (CURVE with a directory of
+    trusted keys) configured."""
+    if authenticated:
+        return []
+    return [ep for ep in endpoints if ep.startswith("tcp://") and not is_loopback(ep)]
+
+
 def bind_all(ctx: zmq.Context, sock: zmq.Socket, endpoints, keys: ServerKeys | None,
              label: str) -> tuple[list[str], ServerSecurity | None]:
     """Bind ``endpoints``; with ``keys``, tcp ones require CURVE. (bound
@@ -41,13 +76,22 @@ def bind_all(ctx: zmq.Context, sock: zmq.Socket, endpoints, keys: ServerKeys | N
         for ep in endpoints:
             sock.bind(ep)
             bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        _restrict_ipc_files(bound)
         return bound, None
     security = ServerSecurity(ctx, keys, label)
     try:
-        return security.bind_all(sock, endpoints), security
+        bound = security.bind_all(sock, endpoints)
+        _restrict_ipc_files(bound)
+        return bound, security
     except BaseException:
         security.close()
         raise
+
+
+def _restrict_ipc_files(endpoints) -> None:
+    for ep in endpoints:
+        if ep.startswith("ipc://") and not ep.startswith("ipc://@"):
+            os.chmod(ep[len("ipc://"):], IPC_MODE)
 
 
 def remove_ipc_files(endpoints) -> None:
@@ -62,4 +106,5 @@ def remove_ipc_files(endpoints) -> None:
                 pass
 
 
-__all__ = ["bind_all", "connect_all", "remove_ipc_files", "secured"]
+__all__ = ["IPC_MODE", "bind_all", "connect_all", "exposed", "is_loopback", "remove_ipc_files",
+           "secured"]

@@ -101,7 +101,8 @@ def programs_for(scenario: Scenario, modes: list[Mode], args,
                 "--bind", endpoint, "--metrics-port", str(free_port() if args.metrics else 0),
                 "--config-store", str(scenario.config_store.resolve()), "--stage", STAGE]
         if remote:
-            argv = remote.exec_argv(argv)
+            # Plain tcp in a namespace of its own, which only this host reaches.
+            argv = remote.exec_argv(argv + ["--insecure"])
         programs.append(Program(leaf, argv, endpoint, ready=functools.partial(models_ready, len(models))))
     configs = scenario.run_dir / "roots"
     configs.mkdir(exist_ok=True)
