@@ -118,7 +118,7 @@ class LeafLinks:
     def records(self, now: float) -> tuple[LinkRecord, ...]:
         """The links as the root's heartbeat lists them."""
         return tuple(LinkRecord(link["leaf"], link["endpoint"], link["healthy"], link["transport"],
-                                bool(link.get("retiring")))
+                                bool(link.get("retiring")), bool(link.get("draining")))
                      for link in self.status(now))
 
     def close(self) -> None:

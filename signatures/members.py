@@ -32,6 +32,7 @@ class LinkRecord:
     healthy: bool = False
     transport: str = "socket"
     retiring: bool = False
+    draining: bool = False   # the leaf process said it is shutting down
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class MemberRecord:
         d = dataclasses.asdict(self)
         for key in ("failed", "trim_gaps", "trim_gap_counts"):
             d[key] = dict(d[key])
-        d["leaves"] = [{k: v for k, v in link.items() if k != "retiring" or v}
+        d["leaves"] = [{k: v for k, v in link.items() if k not in ("retiring", "draining") or v}
                        for link in d["leaves"]]
         return d
 
@@ -106,7 +107,7 @@ def _link(d) -> LinkRecord | None:
         return None
     return LinkRecord(d["leaf"], d["endpoint"], d.get("healthy") is True,
                       d["transport"] if isinstance(d.get("transport"), str) else "socket",
-                      d.get("retiring") is True)
+                      d.get("retiring") is True, d.get("draining") is True)
 
 
 __all__ = ["FOLLOW_POLL_S", "HEARTBEAT_S", "LinkRecord", "MemberRecord", "ROLES", "STALE_S"]

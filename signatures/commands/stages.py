@@ -149,6 +149,7 @@ def format_status(status: dict) -> str:
                     f"{link.get('leaf')} {link.get('endpoint')}"
                     f"{' (shm)' if link.get('transport') == 'shm' else ''}"
                     f"{' (retiring)' if link.get('retiring') else ''}"
+                    f"{' (draining)' if link.get('draining') else ''}"
                     f"{'' if link.get('healthy') else ' (DOWN)'}" for link in m["leaves"]))
             if m.get("last_error"):
                 lines.append(f"    config error: {m['last_error']}")
