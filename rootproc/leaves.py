@@ -144,7 +144,7 @@ class LeafLink:
         ping_id = header.get("id")
         n = ping_id[len("ping-"):] if isinstance(ping_id, str) and ping_id.startswith("ping-") \
             else ""
-        if not n.isdigit() or int(n) < self._pong_floor:
+        if not (n.isascii() and n.isdigit() and len(n) <= 18) or int(n) < self._pong_floor:
             return  # not one of ours, or asked of a connection that has dropped since
         self.last_pong = now
         # A pong is foreign input (leaves may be written in any language): fields

@@ -10,7 +10,8 @@ so a slow or dead leaf costs only its own models' results.
 `RootServer` owns the sockets and the poller, the ping tick, installing a
 config the follower thread prepared (between two requests), the heartbeat
 record it hands that thread, and the drain on SIGTERM. No other thread
-touches what it owns.
+touches what it owns. Scale out with more root processes on the node: they
+share the LMDB store and the leaves.
 
 The drain: from SIGTERM every new score request is answered
 `shutting_down` (clients go to another root), the requests in flight get
@@ -18,8 +19,7 @@ their scores (or their deadline), and the loop runs on until DRAIN_QUIET_S
 has passed since SIGTERM, so that clients still sending hear it. Then what
 is already queued in the client socket is read and answered too, and that
 socket is closed first, before the rest is torn down: every request it took
-in gets exactly one reply. Scale out with more root processes on the node: they
-share the LMDB store and the leaves.
+in gets exactly one reply.
 """
 from __future__ import annotations
 

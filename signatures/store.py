@@ -216,9 +216,10 @@ class ConfigStore:
             return {}
         if not force:
             raise StoreError(f"{what} reads features the roots on {stage} do not compute: "
-                             f"{root_schemas.describe(problems)}. Deploy a root schema with "
-                             "them first (or use --force in an emergency: the roots then "
-                             "refuse the config)")
+                             f"{root_schemas.describe(problems)}. Give the roots a feature "
+                             "schema with them first (their `schema` setting, read at start), "
+                             "or rebuild the bundle against theirs (--force: the roots refuse "
+                             "the config)")
         log.warning("forced %s on %s: %s", what, stage, root_schemas.describe(problems))
         return {"forced": True, "schema_missing": root_schemas.union(problems)}
 

@@ -94,7 +94,7 @@ def ipc_peer_uid(peer_address: str | None) -> int | None:
     if not peer_address or not peer_address.startswith("localhost:"):
         return None
     parts = peer_address.split(":")
-    if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]):
+    if len(parts) != 4 or not all(p.isascii() and p.isdigit() for p in parts[1:]):
         return None
     return int(parts[1])
 
