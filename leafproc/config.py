@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from _trim.transport.sockets import exposed, is_loopback
+from _trim.transport.sockets import exposed, exposure_problem, exposures
 from signatures.settings import option
 from signatures.store import STAGES
 
@@ -91,32 +91,19 @@ class LeafSettings:
         if curve is not None and (curve.secret_key is None) != (curve.authorized is None):
             problems.append("curve.secret_key (--curve-secret-key) and curve.authorized "
                             "(--curve-authorized) go together ('*' accepts any client key)")
-        open_binds = self.open_binds()
-        if open_binds and not self.insecure:
-            problems.append(f"bind {', '.join(open_binds)}: tcp on an address other hosts can "
-                            "reach, without client authentication: anyone who reaches it can "
-                            "run the models. Set curve.secret_key and curve.authorized (a "
-                            "directory of the roots' public keys), bind 127.0.0.1, or set "
-                            "insecure: true (--insecure) to accept it")
+        if self.open_binds() and not self.insecure:
+            problems.append(exposure_problem(self.open_binds(), "roots", "run the models"))
         return problems
 
     def open_binds(self) -> list[str]:
         """tcp binds anyone who reaches the host may send batches to."""
-        curve = self.curve
-        authenticated = curve is not None and bool(curve.secret_key) and \
-            curve.authorized not in (None, ANY_CLIENT)
-        return exposed(self.bind, authenticated)
+        curve = self.curve or LeafCurveSettings()
+        return exposed(self.bind, curve.secret_key, curve.authorized)
 
     def exposures(self) -> list[str]:
         """What these settings open to other hosts, to say loudly at start."""
-        out = []
-        if self.open_binds():
-            out.append(f"INSECURE: roots on {', '.join(self.open_binds())} are not "
-                       "authenticated (insecure: true): anyone who reaches them can run the models")
-        if self.metrics_port and not is_loopback(f"tcp://{self.metrics_addr}:0"):
-            out.append(f"metrics on {self.metrics_addr}:{self.metrics_port} are readable by "
-                       "anyone who reaches it (model names and versions)")
-        return out
+        return exposures(self.open_binds(), self.metrics_addr, self.metrics_port, "roots",
+                         "run the models")
 
 
 __all__ = ["DEVICES", "LeafCurveSettings", "LeafSettings"]

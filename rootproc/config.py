@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from _trim.errors import InvalidName
 from _trim.transport.model_key import ModelKey
 from _trim.transport.protocol import COMPRESSION_LZ4, COMPRESSION_NONE
-from _trim.transport.sockets import exposed, is_loopback
+from _trim.transport.sockets import exposed, exposure_problem, exposures
 from signatures.settings import load, option, parse, validate
 from signatures.store import STAGES
 
@@ -174,13 +174,8 @@ class RootConfig:
             problems.append("exactly one of 'bundle' or 'config_store' must be set")
         if self.curve is not None and self.curve.authorized and not self.curve.secret_key:
             problems.append("curve.authorized needs curve.secret_key (the root's own key pair)")
-        open_binds = self.open_binds()
-        if open_binds and not self.insecure:
-            problems.append(f"bind {', '.join(open_binds)}: tcp on an address other hosts can "
-                            "reach, without client authentication: anyone who reaches it can "
-                            "score. Set curve.secret_key and curve.authorized (a directory of the "
-                            "clients' public keys), bind 127.0.0.1, or set insecure: true "
-                            "(--insecure) to accept it")
+        if self.open_binds() and not self.insecure:
+            problems.append(exposure_problem(self.open_binds(), "clients", "score"))
         names = [leaf.name for leaf in self.leaves]
         if len(set(names)) != len(names):
             problems.append(f"leaf names must be unique: {names}")
@@ -193,21 +188,13 @@ class RootConfig:
 
     def open_binds(self) -> list[str]:
         """tcp binds anyone who reaches the host may score on."""
-        curve = self.curve
-        authenticated = curve is not None and bool(curve.secret_key) and \
-            curve.authorized not in (None, ANY_CLIENT)
-        return exposed(self.bind, authenticated)
+        curve = self.curve or RootCurve()
+        return exposed(self.bind, curve.secret_key, curve.authorized)
 
     def exposures(self) -> list[str]:
         """What these settings open to other hosts, to say loudly at start."""
-        out = []
-        if self.open_binds():
-            out.append(f"INSECURE: clients on {', '.join(self.open_binds())} are not "
-                       "authenticated (insecure: true): anyone who reaches them can score")
-        if self.metrics_port and not is_loopback(f"tcp://{self.metrics_addr}:0"):
-            out.append(f"metrics on {self.metrics_addr}:{self.metrics_port} are readable by "
-                       "anyone who reaches it (model names, endpoints, config ids)")
-        return out
+        return exposures(self.open_binds(), self.metrics_addr, self.metrics_port, "clients",
+                         "score")
 
 
 def _leaf_problems(leaf: LeafSpec) -> list[str]:

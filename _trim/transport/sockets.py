@@ -58,13 +58,38 @@ def is_loopback(endpoint: str) -> bool:
         return False
 
 
-def exposed(endpoints, authenticated: bool) -> list[str]:
+ANY_KEY = "*"
+
+
+def exposed(endpoints, secret_key, authorized) -> list[str]:
     """The tcp binds among ``endpoints`` that anyone reaching the host may use:
-    not loopback, and no client authentication (CURVE with a directory of
-    trusted keys) configured."""
-    if authenticated:
+    not loopback, and no client authentication configured (CURVE with
+    ``authorized`` a directory of trusted keys; ``"*"`` trusts any key)."""
+    if secret_key and authorized not in (None, ANY_KEY):
         return []
     return [ep for ep in endpoints if ep.startswith("tcp://") and not is_loopback(ep)]
+
+
+def exposure_problem(endpoints, peers: str, what: str) -> str:
+    """Why settings binding ``endpoints`` (see `exposed`) are refused: anyone
+    reaching them can ``what``; ``peers`` are who should hold the keys."""
+    return (f"bind {', '.join(endpoints)}: tcp on an address other hosts can reach, without "
+            f"client authentication: anyone who reaches it can {what}. Set curve.secret_key and "
+            f"curve.authorized (a directory of the {peers}' public keys), bind 127.0.0.1, or set "
+            "insecure: true (--insecure) to accept it")
+
+
+def exposures(endpoints, metrics_addr: str, metrics_port, peers: str, what: str) -> list[str]:
+    """What a process opens to other hosts, to say loudly at each start: the
+    binds `exposed` allowed by ``insecure``, and metrics off loopback."""
+    out = []
+    if endpoints:
+        out.append(f"INSECURE: {peers} on {', '.join(endpoints)} are not authenticated "
+                   f"(insecure: true): anyone who reaches them can {what}")
+    if metrics_port and not is_loopback(f"tcp://{metrics_addr}:0"):
+        out.append(f"metrics on {metrics_addr}:{metrics_port} are readable by anyone who "
+                   "reaches it (model names, endpoints, config ids)")
+    return out
 
 
 def bind_all(ctx: zmq.Context, sock: zmq.Socket, endpoints, keys: ServerKeys | None,
@@ -106,5 +131,5 @@ def remove_ipc_files(endpoints) -> None:
                 pass
 
 
-__all__ = ["IPC_MODE", "bind_all", "connect_all", "exposed", "is_loopback", "remove_ipc_files",
-           "secured"]
+__all__ = ["ANY_KEY", "IPC_MODE", "bind_all", "connect_all", "exposed", "exposure_problem",
+           "exposures", "is_loopback", "remove_ipc_files", "secured"]

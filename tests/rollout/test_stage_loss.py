@@ -88,10 +88,7 @@ def test_a_deleted_stage_file_takes_no_model_down(world, process_runner, tmp_pat
         assert leaf_models(leaf) == {"ctr@3", "eng@1"}
     finally:
         load.stop()
-    figures = {"sent": load.count() + load.lost,
-               "answered": load.count() - len(load.failures()), "failed": len(load.failures()),
-               "lost": load.lost}
-    print(f"\nstage file deleted under load: {figures}")
+    load.tally("stage file deleted under load")
     check_replies(world, load, live=("ctr@3", "eng@1"))
 
 
