@@ -72,8 +72,12 @@ def models_ready(n: int, pong: dict) -> bool:
 
 
 def leaves_healthy(pong: dict) -> bool:
-    """A root's pong says every leaf link is healthy."""
-    return all(link.get("healthy") for link in pong.get("leaves", []))
+    """A root's pong says every leaf link is healthy and routes every model
+    version it scores by default (a root routes a version only once a leaf's
+    pong lists it ready)."""
+    links = pong.get("leaves", [])
+    routed = {key for link in links for key in link.get("models", [])}
+    return all(link.get("healthy") for link in links) and set(pong.get("models", [])) <= routed
 
 
 def free_port() -> int:
