@@ -78,7 +78,7 @@ def remote_leaf(request, scenario):
     with RemoteHost(rate) as host:
         endpoint = host.endpoint(LEAF_PORT)
         argv = [sys.executable, "-m", "leafproc", "--name", "leaf-0", "--repo", str(scenario.repo),
-                "--bind", endpoint, "--threads", "1"]
+                "--bind", endpoint, "--threads", "1", "--insecure"]   # a private namespace
         for key in models:
             argv += ["--model", key]
         leaf = host.spawn(argv, logs / f"leaf-{rate}.log")

@@ -140,6 +140,8 @@ class Leaf:
         except zmq.ZMQError as exc:
             raise ConfigError(f"cannot bind {', '.join(s.bind)}: {exc}") from exc
         server.install_signal_handlers()
+        for exposure in s.exposures():
+            log.warning("leaf %s: %s", self.name, exposure)
         self.metrics.serve(s.metrics_port, s.metrics_addr)
         if follower is not None:
             try:

@@ -3,11 +3,17 @@
 Keys, defaults and rules are the fields below (`signatures.settings`), the
 same shape as the root's; ``docs/operations.md`` lists them, checked
 against these fields. Relative paths in the file are relative to the file.
+
+Secure by default, as the root: metrics on loopback unless told otherwise,
+and a tcp bind other hosts can reach is refused without client
+authentication (``curve.authorized`` naming a key directory) unless
+``insecure`` is set, which is said loudly at every start.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from _trim.transport.sockets import exposed, exposure_problem, exposures
 from signatures.settings import option
 from signatures.store import STAGES
 
@@ -47,7 +53,8 @@ class LeafSettings:
                                      flag="--model", metavar="NAME[@VERSION]")
     name: str | None = option(None, "leaf name in pongs and logs; default: leaf-<pid>")
     metrics_port: int = option(0, "Prometheus port (0: none)", minimum=0)
-    metrics_addr: str = option("0.0.0.0", "address the metrics server binds")
+    metrics_addr: str = option("127.0.0.1", "address the metrics server binds (loopback: "
+                               "scrape through a local agent, or name an address)")
     max_batch_rows: int = option(MAX_BATCH_ROWS, "rows above which dynamic batching stops "
                                  "merging requests", positive=True)
     max_wait_ms: float = option(MAX_WAIT_MS, "longest a request waits for others to merge "
@@ -71,6 +78,8 @@ class LeafSettings:
                                    "version keeps answering after pongs stop offering it "
                                    "(covers the roots' ping interval)", minimum=0)
     curve: LeafCurveSettings | None = option(None, "CURVE on the tcp endpoints")
+    insecure: bool = option(False, "accept tcp binds other hosts can reach without client "
+                            "authentication (said loudly at start)")
     log_level: str = option("INFO", "logging level")
 
     def check(self) -> list[str]:
@@ -82,7 +91,19 @@ class LeafSettings:
         if curve is not None and (curve.secret_key is None) != (curve.authorized is None):
             problems.append("curve.secret_key (--curve-secret-key) and curve.authorized "
                             "(--curve-authorized) go together ('*' accepts any client key)")
+        if self.open_binds() and not self.insecure:
+            problems.append(exposure_problem(self.open_binds(), "roots", "run the models"))
         return problems
+
+    def open_binds(self) -> list[str]:
+        """tcp binds anyone who reaches the host may send batches to."""
+        curve = self.curve or LeafCurveSettings()
+        return exposed(self.bind, curve.secret_key, curve.authorized)
+
+    def exposures(self) -> list[str]:
+        """What these settings open to other hosts, to say loudly at start."""
+        return exposures(self.open_binds(), self.metrics_addr, self.metrics_port, "roots",
+                         "run the models")
 
 
 __all__ = ["DEVICES", "LeafCurveSettings", "LeafSettings"]

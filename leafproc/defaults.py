@@ -17,9 +17,11 @@ RETIRE_GRACE_S = 2.0
 # Longest the I/O loop sleeps in one poll (it also checks for a stop and for
 # rollout work).
 POLL_MS = 50
-# Once drained, wait this long for stragglers (requests sent before the root
-# saw us go) so that they get a `shutting_down` reply rather than silence.
-QUIET_S = 0.1
+# A drain lasts at least this long after SIGTERM, so that stragglers (requests
+# sent before a root heard of the drain, from a pong or a `shutting_down`
+# reply) get that reply rather than silence. Refused requests do not extend
+# it: a root that never stops sending must not hold the leaf open.
+QUIET_S = 0.2
 # Messages read from one socket before the loop turns to the other.
 DRAIN_BATCH = 1000
 # Rows of the synthetic batch a model is warmed up with before it serves.

@@ -10,7 +10,11 @@ fail open for it rather than nobody serving it. A leaf the bundle does not
 name, or a stage without a bundle, serves every version on the stage.
 
 `ModelFollower` polls the store and reads the repository (hashing a model
-file can take a while), so the I/O loop never waits on either. It owns two
+file can take a while), so the I/O loop never waits on either. A stage it
+cannot use (its record lost, unreadable or corrupt: the store says which,
+signatures/stage_records.py) is logged once, counted in
+``trimmer_leaf_config_errors_total`` and shown in the leaf's heartbeat; the
+leaf keeps serving what it served. It owns two
 single-slot handoffs and nothing the loop uses: each new `Target` goes to the
 loop through ``targets``, which installs it in its model table
 (leafproc/table.py: how a change is carried out without dropping a request),
@@ -19,10 +23,12 @@ thread writes to the store.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 
+from _trim.errors import StoreError
 from _trim.transport.model_key import ModelKey
 from signatures.handoff import Handoff
 from signatures.members import FOLLOW_POLL_S, HEARTBEAT_S, MemberRecord
@@ -68,6 +74,8 @@ class ModelFollower:
         self._stamp = None
         self._files: dict = {}   # key -> (path, info) | error, kept across polls
         self._record = MemberRecord("leaf", name)
+        self.error_count = 0
+        self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-follower", daemon=True)
 
@@ -104,16 +112,24 @@ class ModelFollower:
             state = self.store.state(self.stage)
             generation = int(state["generation"])
             if self._latest is not None and generation == self._latest.generation:
+                self.last_error = None
                 return
+            served = self._latest.generation if self._latest is not None else None
+            if generation == 0 and served:
+                raise StoreError(f"stage {self.stage} reads as never written, but this leaf "
+                                 f"served its generation {served}: the stage record is missing")
             bundle = self.store.bundle(state["bundle"]) if state.get("bundle") else None
             keys = versions_for(self.name, bundle, state.get("models", []))
         except Exception as exc:
             if raise_errors:
                 raise
             self.rollout.config_errors.inc()
-            log.error("leaf %s: cannot read stage %s of %s: %s: %s; serving what it served",
-                      self.name, self.stage, self.store.path, type(exc).__name__, exc)
+            self.error_count += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("leaf %s: cannot read stage %s of %s: %s; serving what it served",
+                      self.name, self.stage, self.store.path, self.last_error)
             return
+        self.last_error = None
         files = {}
         for key in keys:
             if not isinstance(self._files.get(key), tuple):  # new, or failed before: (re)read
@@ -132,7 +148,8 @@ class ModelFollower:
         if record is not None:
             self._record = record
         try:
-            self.store.heartbeat(self.stage, self._record)
+            self.store.heartbeat(self.stage, dataclasses.replace(
+                self._record, config_errors=self.error_count, last_error=self.last_error))
         except Exception as exc:
             log.warning("leaf %s: heartbeat to %s failed: %s", self.name, self.store.path, exc)
 

@@ -3,7 +3,14 @@ a root's slot instead of a payload frame.
 
 A request header with ``"shm": {"segment", "size", "offset", "nbytes"}`` names
 the bytes; they are mapped read-only (once per segment) and decoded in place,
-so the model's input tensors alias the root's slot. The root reuses the slot
+so the model's input tensors alias the root's slot.
+
+Who may name a segment: a peer on an ipc connection (a tcp peer is not on
+this node, and the segment would name a file of ours), running as this
+leaf's user, naming a segment file that user owns (`SegmentReader` refuses
+symlinks, other owners and files others can write). The peer's uid is the
+kernel's word (SO_PEERCRED, through the message's ``Peer-Address``), so
+the socket file's permissions are not the only guard. The root reuses the slot
 once it has our reply, and the reply leaves only after the forward pass (and
 any host-to-device copy, which it waits for) is done: nothing here reads a
 slot after answering for it.
@@ -20,6 +27,7 @@ uses are dropped.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import warnings
 
@@ -27,7 +35,7 @@ import numpy as np
 
 from _trim.transport import protocol as P
 from _trim.transport.process import pid_alive
-from _trim.transport.shm import SegmentReader, owner_pid, reap_stale_segments
+from _trim.transport.shm import SegmentReader, ipc_peer_uid, owner_pid, reap_stale_segments
 
 log = logging.getLogger("leafproc")
 
@@ -48,6 +56,7 @@ class ShmInbox:
                 log.info("removed %d stale shared-memory segment(s) of dead processes: %s",
                          len(removed), ", ".join(removed))
         self.max_message_bytes = max_message_bytes
+        self.uid = os.geteuid()   # the one user whose roots may hand us segments
         self.pin = str(device).startswith("cuda")
         self.pinned: dict[str, int] = {}   # segment -> registered host address
         self.reader = SegmentReader(directory, on_attach=self._attached, on_drop=self._dropped)
@@ -58,9 +67,10 @@ class ShmInbox:
 
     # -- requests (I/O thread) ----------------------------------------------------
 
-    def resolve(self, header: dict, body, compression: str):
-        """``(buffer, pinned)`` for a request carrying an shm descriptor;
-        ProtocolError naming what is wrong with it."""
+    def resolve(self, header: dict, body, compression: str, peer_uid: int | None):
+        """``(buffer, pinned)`` for a request carrying an shm descriptor, from
+        the ipc peer running as ``peer_uid`` (None: not an ipc peer, see
+        `peer_uid`); ProtocolError naming what is wrong with it."""
         desc = header["shm"]
         if not isinstance(desc, dict):
             raise P.ProtocolError(P.BAD_REQUEST, "header field 'shm' must be an object "
@@ -71,12 +81,21 @@ class ShmInbox:
         if len(body) != 1:
             raise P.ProtocolError(P.BAD_REQUEST, f"a shared-memory score request has 1 frame "
                                                  f"(header), got {len(body)}")
+        peer = peer_uid
+        if peer is None:
+            raise P.ProtocolError(P.BAD_REQUEST, "shared-memory descriptors are accepted over "
+                                                 "ipc:// links only (a tcp peer is not on this "
+                                                 "node): send the batch as a frame")
+        if peer != self.uid:
+            raise P.ProtocolError(P.BAD_REQUEST, f"shared memory is for peers running as this "
+                                                 f"leaf's user (uid {self.uid}), not uid {peer}: "
+                                                 "send the batch as a frame")
         nbytes = desc.get("nbytes")
         if isinstance(nbytes, int) and nbytes > self.max_message_bytes:
             raise P.ProtocolError(P.TOO_LARGE, f"shm batch is {nbytes} bytes, limit "
                                                f"{self.max_message_bytes}")
         try:
-            view = self.reader.view(desc)
+            view = self.reader.view(desc, owner=peer)
         except ValueError as exc:
             raise P.ProtocolError(P.BAD_REQUEST, f"bad shm descriptor: {exc}") from None
         if self._new_segment:
@@ -141,6 +160,12 @@ class ShmInbox:
             torch.cuda.cudart().cudaHostUnregister(ptr)
 
 
+def peer_uid(frame) -> int | None:
+    """The uid of the ipc peer that sent ``frame`` (a zmq.Frame received
+    without copying), or None when it did not come over ipc."""
+    return ipc_peer_uid(frame.get("Peer-Address"))
+
+
 def _address(view: memoryview) -> int:
     arr = np.frombuffer(view, dtype=np.uint8)
     try:
@@ -156,4 +181,4 @@ def register_host_memory(ptr: int, nbytes: int, flags: int) -> int:
     return int(getattr(rc, "value", rc))
 
 
-__all__ = ["ShmInbox", "register_host_memory"]
+__all__ = ["ShmInbox", "peer_uid", "register_host_memory"]

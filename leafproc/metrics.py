@@ -43,7 +43,7 @@ class LeafMetrics:
     def for_model(self, key: str) -> ModelMetrics:
         return ModelMetrics(self, key)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         if port:
             self._server = start_http_server(port, addr=addr, registry=self.registry)
 

@@ -10,6 +10,13 @@ knows what is still owed. Between requests the loop lets the table change:
 a following leaf's newest target comes in through ``targets``, and the
 heartbeat record of what the table then serves goes out through ``records``.
 
+Draining (SIGTERM): pongs say ``"draining": true`` and every new score
+request is answered `shutting_down`, which roots take as "send it to another
+replica, and no more here". The leaf exits once nothing is in flight and
+QUIET_S has passed since the drain began; the requests it refuses meanwhile
+do not extend that, so a peer that keeps sending cannot hold it open. Past
+``drain_timeout_s`` what is still running is answered `shutting_down`.
+
 The server owns its sockets (ROUTER, PULL, the CURVE handler of the ROUTER's
 tcp endpoints) and the shared-memory inbox; the table and its workers are
 the caller's to close (leafproc/app.py).
@@ -35,7 +42,7 @@ from signatures.handoff import Handoff
 from signatures.members import MemberRecord
 
 from .defaults import DRAIN_BATCH, MAX_QUEUE, POLL_MS, QUIET_S, ROUTER_LINGER_MS
-from .inbox import ShmInbox
+from .inbox import ShmInbox, peer_uid
 from .metrics import LeafMetrics
 from .table import ModelTable, Target
 from .worker import Request
@@ -65,7 +72,7 @@ class LeafServer:
         self._tokens = itertools.count()
         self._stop = threading.Event()
         self._draining_since: float | None = None
-        self._last_recv = 0.0
+        self._refused_draining = 0
         self.inbox = ShmInbox(max_message_bytes, device)
         self.bound: list[str] = []
         self.security = None
@@ -126,7 +133,11 @@ class LeafServer:
         now, since = time.monotonic(), self._draining_since
         assert since is not None, "called once draining"
         if not self.inflight:
-            return now - max(self._last_recv, since) >= QUIET_S
+            if now - since < QUIET_S:
+                return False
+            log.info("leaf %s drained in %.2fs; %d request(s) answered shutting_down meanwhile",
+                     self.name, now - since, self._refused_draining)
+            return True
         if now - since > self.drain_timeout_s:
             log.error("leaf %s: %d requests still running after %.1fs drain; answering "
                       "them shutting_down", self.name, len(self.inflight), self.drain_timeout_s)
@@ -194,9 +205,6 @@ class LeafServer:
                 if kind in ("ping", "describe"):
                     self._send(envelope, [self._pong(rid)])
                 elif kind == "score":
-                    # Only scoring counts as traffic for the drain's quiet period:
-                    # a root pinging more often than QUIET_S must not hold it open.
-                    self._last_recv = time.monotonic()
                     self._score(envelope, rid, header, body, t_recv)
                 else:
                     raise P.ProtocolError(P.BAD_REQUEST, f"unknown request type {kind!r}; a leaf "
@@ -213,7 +221,9 @@ class LeafServer:
     def _score(self, envelope, rid, header, body, t_recv) -> None:
         self._check_stop()  # the signal may have landed while this batch was being read
         if self._draining_since is not None:
-            raise P.ProtocolError(P.SHUTTING_DOWN, f"leaf {self.name} is shutting down")
+            self._refused_draining += 1
+            raise P.ProtocolError(P.SHUTTING_DOWN, f"leaf {self.name} is shutting down; send it "
+                                                   "to another replica")
         key = P.field(header, "model", str)
         worker = self.table.worker(key)
         if worker is None:
@@ -237,9 +247,9 @@ class LeafServer:
             if raw_nbytes > self.max_message_bytes:
                 raise P.ProtocolError(P.TOO_LARGE, f"raw_nbytes {raw_nbytes} is above this "
                                                    f"leaf's limit of {self.max_message_bytes}")
-        pinned = False
-        if "shm" in header:  # the batch lies in the root's shared-memory slot
-            payload, pinned = self.inbox.resolve(header, body, compression)
+        pinned, in_shm = False, "shm" in header
+        if in_shm:  # the batch lies in the root's shared-memory slot
+            payload, pinned = self.inbox.resolve(header, body, compression, peer_uid(body[0]))
         else:
             if len(body) != 2:
                 raise P.ProtocolError(P.BAD_REQUEST, f"a score request has 2 frames (header, "
@@ -250,12 +260,12 @@ class LeafServer:
             payload = body[1]
         token = next(self._tokens).to_bytes(8, "little")
         self.inflight[token] = (envelope, rid)
-        if "shm" in header:
+        if in_shm:
             self.inbox.hold(token, header)
         self.metrics.inflight.set(len(self.inflight))
         deadline = None if deadline_ms is None else t_recv + deadline_ms / 1000.0
         worker.submit(Request(token, rid, rows, compression, raw_nbytes, payload, t_recv,
-                              pinned=pinned, deadline=deadline))
+                              pinned=pinned, deadline=deadline, in_shm=in_shm))
 
     def _pong(self, rid) -> bytes:
         return P.pack_header({

@@ -46,6 +46,7 @@ class Request:
     t_recv: float         # time.perf_counter() at receipt
     pinned: bool = False  # payload lies in page-locked memory (a registered shm slot)
     deadline: float | None = None  # time.perf_counter() past which the root no longer waits
+    in_shm: bool = False  # payload is a segment a peer named, not bytes it sent
 
 
 class ModelWorker(threading.Thread):
@@ -192,6 +193,10 @@ class ModelWorker(threading.Thread):
         try:
             decoded = _trim.decode(buf)
         except ValueError as exc:
+            if req.in_shm:  # the decoder quotes what it read: never echo a segment's bytes
+                log.warning("model %s: shared-memory batch does not decode: %s", self.key, exc)
+                raise P.ProtocolError(P.DECODE_ERROR, "shared-memory batch does not decode (the "
+                                                      "leaf's log says why)") from None
             raise P.ProtocolError(P.DECODE_ERROR, f"batch frame does not decode: {exc}") from None
         self.check(decoded, req.rows)
         return Part(decoded, np.frombuffer(buf, dtype=np.uint8, count=decoded.nbytes), decoded.n_rows,

@@ -38,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     except (TrimmerError, ValueError) as exc:
         print(f"trimmer root: {exc}", file=sys.stderr)
         return 2
+    for exposure in cfg.exposures():
+        log.warning("%s: %s", cfg.name, exposure)
     if cfg.metrics_port:
-        server.metrics.serve(cfg.metrics_port)
+        server.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
     log.info("%s: serving on %s (config %s, trim %s, compression %s, %d leaf replica(s))",
              cfg.name, ", ".join(server.endpoints), server.active.id, cfg.trim, cfg.compression,
              len(server.links.pool.links))

@@ -21,10 +21,10 @@ NOT_IN_CONFIG = "not in config"
 
 
 def served_versions(pool, now: float) -> frozenset:
-    """Versions some healthy leaf replica says it serves ready."""
+    """Versions some healthy leaf replica, not draining, says it serves ready."""
     out: set[str] = set()
     for link in pool.links:
-        if link.healthy(now, pool.health_timeout_s):
+        if link.healthy(now, pool.health_timeout_s) and not link.draining:
             out |= link.models
     return frozenset(out)
 

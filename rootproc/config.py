@@ -12,6 +12,12 @@ authenticates and encrypts tcp links; ipc ones stay plain. A leaf's
 root-level ``authorized`` (a directory of client public keys, or ``"*"``
 for any key) makes the root's own tcp binds require it. Key files are read
 when the root starts, not when the settings are loaded.
+
+Secure by default: metrics bind loopback unless ``metrics_addr`` says
+otherwise, and a tcp bind other hosts can reach without client
+authentication (``curve.authorized`` naming a key directory) is refused
+unless ``insecure`` is set; then it is said loudly at every start
+(`RootConfig.exposures`).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 from _trim.errors import InvalidName
 from _trim.transport.model_key import ModelKey
 from _trim.transport.protocol import COMPRESSION_LZ4, COMPRESSION_NONE
+from _trim.transport.sockets import exposed, exposure_problem, exposures
 from signatures.settings import load, option, parse, validate
 from signatures.store import STAGES
 
@@ -33,6 +40,7 @@ from .defaults import (
     MAX_CANDIDATES,
     MAX_DEADLINE_MS,
     MAX_REQUEST_NBYTES,
+    METRICS_ADDR,
     METRICS_PORT,
     PING_INTERVAL_MS,
     REDIS_BACKOFF_MAX_MS,
@@ -183,11 +191,15 @@ class RootConfig:
     compression: str = option(COMPRESSION_NONE, "none or lz4, for every leaf link",
                               choices=MODES_COMPRESSION)
     metrics_port: int | None = option(METRICS_PORT, "Prometheus port; 0 or null: none")
+    metrics_addr: str = option(METRICS_ADDR, "address the metrics server binds (loopback: "
+                               "scrape through a local agent, or name an address)")
     ping_interval_ms: int = option(PING_INTERVAL_MS, "how often leaves are pinged", positive=True)
     health_timeout_ms: int = option(HEALTH_TIMEOUT_MS, "a leaf unanswered this long is "
                                     "unhealthy", positive=True)
     shm: ShmSettings = option(ShmSettings())
     curve: RootCurve | None = option(None, "CURVE: this root's keys, and who may connect")
+    insecure: bool = option(False, "accept tcp binds other hosts can reach without client "
+                            "authentication (said loudly at start)")
 
     def __post_init__(self):
         if self.metrics_port is not None and self.metrics_port <= 0:
@@ -209,6 +221,8 @@ class RootConfig:
             problems.append("exactly one of 'bundle' or 'config_store' must be set")
         if self.curve is not None and self.curve.authorized and not self.curve.secret_key:
             problems.append("curve.authorized needs curve.secret_key (the root's own key pair)")
+        if self.open_binds() and not self.insecure:
+            problems.append(exposure_problem(self.open_binds(), "clients", "score"))
         names = [leaf.name for leaf in self.leaves]
         if len(set(names)) != len(names):
             problems.append(f"leaf names must be unique: {names}")
@@ -218,6 +232,16 @@ class RootConfig:
 
     def validate(self) -> RootConfig:
         return validate(self)
+
+    def open_binds(self) -> list[str]:
+        """tcp binds anyone who reaches the host may score on."""
+        curve = self.curve or RootCurve()
+        return exposed(self.bind, curve.secret_key, curve.authorized)
+
+    def exposures(self) -> list[str]:
+        """What these settings open to other hosts, to say loudly at start."""
+        return exposures(self.open_binds(), self.metrics_addr, self.metrics_port, "clients",
+                         "score")
 
 
 def _leaf_problems(leaf: LeafSpec) -> list[str]:

@@ -22,6 +22,7 @@ MAX_DEADLINE_MS = 10_000
 MAX_CANDIDATES = 2048
 MAX_REQUEST_NBYTES = 1 * MIB
 METRICS_PORT = 9100
+METRICS_ADDR = "127.0.0.1"
 PING_INTERVAL_MS = 500
 HEALTH_TIMEOUT_MS = 2000
 SHM_SLOT_BYTES = 4 * MIB
@@ -34,6 +35,10 @@ SHM_WAIT_MS = 1.0
 FRAME_HARD_CAP_FACTOR = 16
 # How long replies may take to leave after a drain before the socket closes.
 DRAIN_LINGER_MS = 2000
+# A drain lasts at least this long after SIGTERM, answering `shutting_down`,
+# so that clients still sending hear it before the socket closes. Refused
+# requests do not extend it.
+DRAIN_QUIET_S = 0.2
 # Queue bounds of the client socket and of each leaf link.
 CLIENT_HWM = 100_000
 LEAF_HWM = 100_000

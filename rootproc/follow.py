@@ -12,9 +12,13 @@ config that cannot be read, parsed or compiled is logged, counted in
 ``trimmer_root_config_errors_total`` and ignored: the last good config keeps
 serving, and the same broken state is reported once, not once per poll.
 
+A stage record that is lost or corrupt is such a state too: the store
+says so (signatures/stage_records.py) rather than "no config".
+
 Heartbeats go the other way: the loop builds the root's `MemberRecord` from
 its own state and posts it; the thread adds its own fields (config errors,
-the last one) and writes it to the store.
+the last one) and writes it to the store, after publishing the feature
+schema the root runs (once), which `trimmer deploy` checks bundles against.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from _trim.errors import StoreError
 from signatures.handoff import Handoff
 from signatures.members import FOLLOW_POLL_S, MemberRecord
 from signatures.store import ConfigStore
@@ -34,8 +39,9 @@ log = logging.getLogger("rootproc")
 class ConfigFollower:
     def __init__(self, store_path: str, stage: str, *, name: str, prepared: PreparedConfig,
                  prepare: Callable[[ActiveConfig, PreparedConfig], PreparedConfig],
-                 errors, poll_s: float = FOLLOW_POLL_S):
+                 errors, schema=None, poll_s: float = FOLLOW_POLL_S):
         self.name = name
+        self.schema = schema     # published to the store before the first heartbeat
         self.store = ConfigStore(store_path)
         self.stage = stage
         self.poll_s = poll_s
@@ -94,6 +100,10 @@ class ConfigFollower:
             if generation == self.prepared.active.generation:
                 self.last_error = None
                 return
+            if generation == 0 < self.prepared.active.generation:   # the audit log gone too
+                raise StoreError(f"stage {self.stage} reads as never written, but this root "
+                                 f"ran its generation {self.prepared.active.generation}: the "
+                                 "stage record is missing")
             if not state.get("bundle"):
                 raise ValueError(f"generation {generation} has no active config")
             bundle = self.store.bundle(state["bundle"])
@@ -114,6 +124,9 @@ class ConfigFollower:
         record = dataclasses.replace(record, config_errors=self.error_count,
                                      last_error=self.last_error)
         try:
+            if self.schema is not None:
+                self.store.publish_schema(self.schema)
+                self.schema = None
             self.store.heartbeat(self.stage, record)
         except Exception as exc:
             log.warning("%s: heartbeat to %s failed: %s", self.name, self.store.path, exc)

@@ -14,17 +14,24 @@ above; the link's monitor says why in the log and in the root's pong, and a
 link whose key or mechanism the leaf rejected (which libzmq does not retry)
 is reconnected by hand every few seconds.
 
+A link routes only what the process behind it said, in a pong, that it
+serves ready: nothing before its first pong, and nothing again from the
+moment its connection drops (a socket monitor says so) until the process
+that answers next has ponged; whoever binds the endpoint after a crash is a
+new process with nothing loaded yet. Pongs to pings sent before the drop are
+stale and ignored. A pong saying ``"draining": true``, or a `shutting_down`
+reply (rootproc/router.py), takes the replica out of rotation until a
+process behind it says otherwise.
+
 The set of links follows the config (`LeafPool.reconcile`, on the serving
 loop between requests): leaves in the root's config file always, plus the
-leaves the active bundle's placement gives an endpoint. A new link gets no
-traffic until its leaf's pong lists ready versions; a link no config names
-any more is *retiring*: it takes no new request but stays open until the
-requests it carries are answered or past their deadline (closed then, see
-`LeafLinks.reap_retired` in rootproc/links.py).
+leaves the active bundle's placement gives an endpoint. A link no config
+names any more is *retiring*: it takes no new request but stays open until
+the requests it carries are answered or past their deadline (closed then,
+see `LeafLinks.reap_retired` in rootproc/links.py).
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 
@@ -48,14 +55,15 @@ class LeafLink:
     """One replica endpoint of a named leaf."""
 
     def __init__(self, ctx: zmq.Context, name: str, endpoint: str, models, compression: str,
-                 curve: ClientKeys | None = None, trust_placement: bool = True):
+                 curve: ClientKeys | None = None):
         self.name = name
         self.endpoint = endpoint
         self.configured = frozenset(models)
-        # None until a pong lists the leaf's models (then the placement stands
-        # in). A link added while serving waits for that pong instead: its
-        # leaf may still be starting or loading.
-        self.reported: frozenset | None = None if trust_placement else frozenset()
+        # What the process behind the endpoint says it serves ready; empty until
+        # it says (see the module docstring). None: its pongs list no models,
+        # and the placement stands in.
+        self.reported: frozenset | None = frozenset()
+        self.draining = False    # the process said it is shutting down
         self.retiring = False
         self.drain_until = float("inf")  # a retiring link closes by then at the latest
         self.hashes: dict = {}   # model version -> signature hash the leaf reports
@@ -63,6 +71,8 @@ class LeafLink:
         self.outstanding = 0
         self.last_pong = float("-inf")
         self.pid = None
+        self._next_ping = 0
+        self._pong_floor = 0     # pings numbered below were sent on a connection that dropped
         self.socket = ctx.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.IMMEDIATE, 1)
@@ -71,10 +81,15 @@ class LeafLink:
         self.socket.setsockopt(zmq.RECONNECT_IVL, LEAF_RECONNECT_IVL_MS)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, LEAF_RECONNECT_IVL_MAX_MS)
         self.curve = curve if curve is not None and secured(endpoint) else None
-        self.watch = None
         try:
-            if self.curve is not None:
-                self.watch = LinkWatch(self.socket, f"leaf {name} ({endpoint})", self.curve.public)
+            # Watched whatever the transport: a dropped connection must be seen
+            # (and, with CURVE, why a handshake failed).
+            self.watch = LinkWatch(self.socket, f"leaf {name} ({endpoint})",
+                                   self.curve.public if self.curve is not None else None)
+        except BaseException:
+            self.socket.close(linger=0)
+            raise
+        try:
             connect_all(self.socket, [endpoint], self.curve)
         except BaseException:
             self.close()
@@ -89,6 +104,10 @@ class LeafLink:
     def healthy(self, now: float, timeout_s: float) -> bool:
         return now - self.last_pong <= timeout_s
 
+    def routable(self, key: str) -> bool:
+        """Whether a new request for ``key`` may go here."""
+        return not self.draining and key in self.models
+
     def send(self, frames) -> bool:
         """False when the replica has no live connection or its queue is full."""
         try:
@@ -97,11 +116,23 @@ class LeafLink:
         except zmq.Again:
             return False
 
-    def check_handshake(self, now: float) -> None:
-        """Log handshake failures; reconnect when libzmq will not by itself."""
-        if self.watch is None:
-            return
-        self.watch.poll(now)
+    def ping(self) -> None:
+        n, self._next_ping = self._next_ping, self._next_ping + 1
+        self.send([pack_header({"type": "ping", "id": f"ping-{n}"})])
+
+    def watch_connection(self, now: float) -> None:
+        """Act on the connection's events: a drop forgets what the process
+        behind it said, a new connection is pinged at once (it routes from its
+        pong on); reconnect by hand when libzmq will not by itself."""
+        dropped, up = self.watch.poll(now)
+        if dropped:
+            self.reported, self.hashes, self.draining = frozenset(), {}, False
+            self.last_pong = float("-inf")
+            self._pong_floor = self._next_ping
+            log.info("leaf %s (%s): connection lost; no traffic until the process behind it "
+                     "answers a ping", self.name, self.endpoint)
+        if up:
+            self.ping()
         if self.watch.due(now):
             try:
                 self.socket.disconnect(self.endpoint)
@@ -110,12 +141,18 @@ class LeafLink:
             self.socket.connect(self.endpoint)
 
     def on_pong(self, header: dict, now: float) -> None:
+        ping_id = header.get("id")
+        n = ping_id[len("ping-"):] if isinstance(ping_id, str) and ping_id.startswith("ping-") \
+            else ""
+        if not (n.isascii() and n.isdigit() and len(n) <= 18) or int(n) < self._pong_floor:
+            return  # not one of ours, or asked of a connection that has dropped since
         self.last_pong = now
         # A pong is foreign input (leaves may be written in any language): fields
         # of the wrong type are dropped, not used as pids or compared as hashes.
         pid = header.get("pid")
         usable = isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 1 << 31
         self.pid = pid if usable else None
+        self.draining = header.get("draining") is True
         models = header.get("models")
         if isinstance(models, list):
             ready = [m for m in models if isinstance(m, dict) and _is_model_key(m.get("model"))
@@ -123,10 +160,11 @@ class LeafLink:
             self.reported = frozenset(m["model"] for m in ready)
             self.hashes = {m["model"]: m.get("signature_hash") for m in ready
                            if isinstance(m.get("signature_hash"), str)}
+        else:
+            self.reported = None
 
     def close(self) -> None:
-        if self.watch is not None:
-            self.watch.close(self.socket)
+        self.watch.close(self.socket)
         self.socket.close(linger=0)
 
 
@@ -177,13 +215,12 @@ class LeafPool:
         self.by_socket: dict = {}
         self.leaves: dict[str, LeafSpec] = {}   # leaf name -> its config (transport, models)
         self.health_timeout_s = health_timeout_s
-        self._ping_ids = itertools.count()
         # Every key file is read before any socket exists: a bad one fails the start cleanly.
         keys = {leaf.name: load_curve(leaf) for leaf in leaves}
-        self._link_up(leaves, placement, keys, trust_placement=True)
+        self._link_up(leaves, placement, keys, starting=True)
         self.leaves = {leaf.name: leaf for leaf in leaves}
 
-    def _link_up(self, leaves, placement: dict, keys: dict, trust_placement: bool) -> list[LeafLink]:
+    def _link_up(self, leaves, placement: dict, keys: dict, starting: bool) -> list[LeafLink]:
         """Links to the endpoints of ``leaves`` not linked yet (a retiring one is
         taken back). At start a link that cannot be made fails the start; while
         serving it is logged and skipped, the leaf's other links still made."""
@@ -203,9 +240,9 @@ class LeafPool:
                     link = LeafLink(self.ctx, leaf.name, ep,
                                     leaf.models or placement.get(leaf.name, ()),
                                     leaf.compression or self.default_compression,
-                                    keys.get(leaf.name), trust_placement)
+                                    keys.get(leaf.name))
                 except Exception as exc:
-                    if trust_placement:   # the start: fail it, closing what was made
+                    if starting:   # fail the start, closing what was made
                         for made in added:
                             made.close()
                         raise
@@ -236,7 +273,7 @@ class LeafPool:
                     log.error("leaf %s: not linked: %s", leaf.name, exc)
                     continue
             usable.append(leaf)
-        added = self._link_up(usable, placement, keys, trust_placement=False)
+        added = self._link_up(usable, placement, keys, starting=False)
         wanted = {(leaf.name, ep) for leaf in leaves for ep in leaf.endpoints}
         retired = [link for link in self.links if (link.name, link.endpoint) not in wanted]
         for link in retired:
@@ -270,16 +307,17 @@ class LeafPool:
         return out
 
     def candidates(self, key: str, now: float) -> list[LeafLink]:
-        """Replicas hosting ``key``, best first: healthy, then least outstanding."""
-        links = [link for link in self.links if key in link.models]
+        """Replicas a request for ``key`` may go to, best first: healthy, then
+        least outstanding."""
+        links = [link for link in self.links if link.routable(key)]
         links.sort(key=lambda link: (not link.healthy(now, self.health_timeout_s), link.outstanding))
         return links
 
     def ping_all(self) -> None:
         now = time.monotonic()
         for link in self.links + self.retiring:
-            link.check_handshake(now)
-            link.send([pack_header({"type": "ping", "id": f"ping-{next(self._ping_ids)}"})])
+            link.watch_connection(now)
+            link.ping()
 
     def status(self, now: float, describe=None) -> list[dict]:
         """One entry per link; ``describe(link)`` adds fields of its own (the
@@ -291,9 +329,11 @@ class LeafPool:
                      "outstanding": link.outstanding, "models": sorted(link.models), "pid": link.pid}
             if describe is not None:
                 entry.update(describe(link))
+            if link.draining:
+                entry["draining"] = True
             if link.retiring:
                 entry["retiring"] = True
-            if link.watch is not None:
+            if link.curve is not None:
                 entry.update(curve=True, handshake_error=link.watch.problem)
             out.append(entry)
         return out

@@ -2,9 +2,12 @@
 
 `LeafLinks` owns the link pool (rootproc/leaves.py), each link's
 shared-memory ring (rootproc/shm_link.py), the links' places in the loop's
-poller and their gauges. Each installed config brings the links in line
-with it (`reconcile`); the ping tick pings them, reclaims slots of dead
-leaf processes and closes retired links once drained (`tick`).
+poller (each link's socket and its connection monitor) and their gauges.
+Each installed config brings the links in line with it (`reconcile`); the
+ping tick pings them, reclaims slots of dead leaf processes and closes
+retired links once drained (`tick`); a link's connection events are acted
+on as they come (`on_monitor`: a dropped connection stops its traffic, a new
+one is pinged at once).
 """
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ import logging
 
 import zmq
 
-from _trim.transport.protocol import pack_header
 from _trim.transport.shm import reap_stale_segments
 from signatures.members import LinkRecord
 
@@ -38,11 +40,26 @@ class LeafLinks:
         except BaseException:
             self.pool.close()
             raise
+        self.monitors: dict = {}   # a link's monitor socket -> the link
         for link in self.pool.links:
-            poller.register(link.socket, zmq.POLLIN)
+            self._watch(link)
+
+    def _watch(self, link: LeafLink) -> None:
+        self.poller.register(link.socket, zmq.POLLIN)
+        self.poller.register(link.watch.monitor, zmq.POLLIN)
+        self.monitors[link.watch.monitor] = link
 
     def by_socket(self, sock) -> LeafLink:
         return self.pool.by_socket[sock]
+
+    def on_monitor(self, sock, now: float) -> bool:
+        """Act on the connection events of the link whose monitor ``sock`` is;
+        False when ``sock`` is no monitor."""
+        link = self.monitors.get(sock)
+        if link is None:
+            return False
+        link.watch_connection(now)
+        return True
 
     def reconcile(self, active, now: float) -> None:
         """Link to leaves ``active`` adds; retire links it no longer names.
@@ -53,13 +70,13 @@ class LeafLinks:
         added, _ = self.pool.reconcile(leaves, active.placement,
                                        now + self.cfg.max_deadline_ms / 1000)
         for link in added:
-            self.poller.register(link.socket, zmq.POLLIN)
+            self._watch(link)
             try:
                 self.shm.add(link, self.pool.transport(link))
             except Exception as exc:  # no ring: the link still works over its socket
                 log.error("leaf %s (%s): no shared-memory ring: %s", link.name, link.endpoint, exc)
             # Pinged now, not at the next tick: routing waits for its first pong.
-            link.send([pack_header({"type": "ping", "id": "ping-new"})])
+            link.ping()
         self.reap_retired(now)
 
     def tick(self, now: float) -> None:
@@ -83,6 +100,8 @@ class LeafLinks:
                 log.warning("leaf %s (%s): closing a retired link with %d request(s) past their "
                             "deadline", link.name, link.endpoint, link.outstanding)
             self.poller.unregister(link.socket)
+            self.poller.unregister(link.watch.monitor)
+            del self.monitors[link.watch.monitor]
             self.shm.remove(link)
             self.pool.forget(link)
             for gauge in (self.metrics.leaf_up, self.metrics.leaf_outstanding):
@@ -99,7 +118,7 @@ class LeafLinks:
     def records(self, now: float) -> tuple[LinkRecord, ...]:
         """The links as the root's heartbeat lists them."""
         return tuple(LinkRecord(link["leaf"], link["endpoint"], link["healthy"], link["transport"],
-                                bool(link.get("retiring")))
+                                bool(link.get("retiring")), bool(link.get("draining")))
                      for link in self.status(now))
 
     def close(self) -> None:

@@ -62,7 +62,7 @@ class RootMetrics:
         only bumps plain ints, never a Prometheus lock."""
         self.registry.register(_CacheCollector(cached_store))
 
-    def serve(self, port: int, addr: str = "0.0.0.0"):
+    def serve(self, port: int, addr: str = "127.0.0.1"):
         return start_http_server(port, addr=addr, registry=self.registry)
 
 

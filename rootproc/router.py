@@ -3,15 +3,17 @@
 `Router` owns every client request that has gone to its leaves and is not
 answered yet, as one state machine run on the serving loop's thread: which
 leaf message carries which model's result, the requests' deadlines, resends
-after an ``overloaded`` reply, and each request's single reply.
+after an ``overloaded`` or ``shutting_down`` reply, and each request's single
+reply.
 
 Each model of a request goes to a leaf replica as its own message, under a
 message id the root chooses. Replicas are tried best first (`LeafPool.
 candidates`); when none takes the message the model's result is
 ``unavailable`` at once rather than a ``deadline`` later. A replica whose
-queue for the model is full answers ``overloaded``; when the model has
-another replica and time remains, its batch goes there instead, once per
-replica (only models with several replicas keep their batch for that). A
+queue for the model is full answers ``overloaded``, one that is draining
+``shutting_down`` (and takes no new request from then on); when the model
+has another replica and time remains, its batch goes there instead, once
+per replica (only models with several replicas keep their batch for that). A
 request is answered when every model has its result, or at its deadline with
 what it has, the rest ``deadline``; a leaf reply after that is dropped.
 
@@ -35,7 +37,14 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from _trim.transport.frames import recv_waiting
-from _trim.transport.protocol import DEADLINE, OVERLOADED, UNAVAILABLE, ProtocolError, unpack_header
+from _trim.transport.protocol import (
+    DEADLINE,
+    OVERLOADED,
+    SHUTTING_DOWN,
+    UNAVAILABLE,
+    ProtocolError,
+    unpack_header,
+)
 
 from .defaults import DRAIN_BATCH
 from .leaf_message import Encoder, LeafMessage, ModelBatch
@@ -43,6 +52,10 @@ from .leaves import LeafLink
 from .reply import read_leaf_reply, scores_reply
 
 log = logging.getLogger("rootproc")
+
+# Leaf errors that say "not here, not now": the batch goes to another replica
+# when the model has one and time remains.
+RESENT = (OVERLOADED, SHUTTING_DOWN)
 
 
 @dataclass
@@ -110,7 +123,8 @@ class Router:
         result = request.results[idx]
         links = self.pool.candidates(model.key, now)
         if not links:
-            result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf hosts {model.key}"}
+            result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf replica serves "
+                               f"{model.key} now (none is up, ready and not shutting down)"}
             return
         if len(links) > 1:
             request.resendable[idx] = (model, set())
@@ -196,10 +210,12 @@ class Router:
         self.metrics.latency.labels("leaf").observe(time.perf_counter() - flight.t_sent)
         del request.waiting[mid]
         frame, error = read_leaf_reply(header, frames, request.n, link.name)
+        if error is not None and error["kind"] == SHUTTING_DOWN:
+            link.draining = True   # as its pong will say: no new request goes there
         if error is None:
             request.results[idx]["ok"] = True
             request.frames[idx] = frame
-        elif error["kind"] == OVERLOADED and idx in request.resendable:
+        elif error["kind"] in RESENT and idx in request.resendable:
             request.resend_queued[idx] = error
             self._resends.append((request, idx, link))
             return

@@ -12,6 +12,14 @@ config the follower thread prepared (between two requests), the heartbeat
 record it hands that thread, and the drain on SIGTERM. No other thread
 touches what it owns. Scale out with more root processes on the node: they
 share the LMDB store and the leaves.
+
+The drain: from SIGTERM every new score request is answered
+`shutting_down` (clients go to another root), the requests in flight get
+their scores (or their deadline), and the loop runs on until DRAIN_QUIET_S
+has passed since SIGTERM, so that clients still sending hear it. Then what
+is already queued in the client socket is read and answered too, and that
+socket is closed first, before the rest is torn down: every request it took
+in gets exactly one reply.
 """
 from __future__ import annotations
 
@@ -41,7 +49,14 @@ from signatures.schema import FeatureSchema
 from .active import PreparedConfig, load_active_config, prepare_config
 from .cache import CachedStore
 from .config import RootConfig
-from .defaults import CLIENT_HWM, DRAIN_BATCH, DRAIN_LINGER_MS, FRAME_HARD_CAP_FACTOR, MAX_POLL_MS
+from .defaults import (
+    CLIENT_HWM,
+    DRAIN_BATCH,
+    DRAIN_LINGER_MS,
+    DRAIN_QUIET_S,
+    FRAME_HARD_CAP_FACTOR,
+    MAX_POLL_MS,
+)
 from .follow import ConfigFollower
 from .links import LeafLinks
 from .metrics import RootMetrics
@@ -62,6 +77,7 @@ class RootServer:
         schema = FeatureSchema.load(cfg.schema)
         self.store = open_store(cfg.feature_store, cfg.redis)
         cached = CachedStore(self.store, cfg.cache.size, cfg.cache.ttl_s, cfg.cache.stale_if_error_s)
+        self.schema_fingerprint = schema.fingerprint
         self.metrics = RootMetrics(cfg.name)
         self.metrics.watch_cache(cached)
         prepare = functools.partial(prepare_config, schema, self.store.layouts, cfg.trim)
@@ -88,6 +104,7 @@ class RootServer:
         self.scorer = Scorer(cfg, self.store, cached, self.metrics, self.links.pool, self.router,
                              prepared)
         self.draining = False
+        self.drain_started = 0.0
         self.stopped = False
         self.metrics.info.labels(self.name, prepared.active.id, cfg.trim, cfg.compression).set(1)
         self.follower = None
@@ -95,7 +112,8 @@ class RootServer:
             self.metrics.follow_config(prepared.active.generation)
             self.follower = ConfigFollower(cfg.config_store, cfg.stage, name=self.name,
                                            prepared=prepared, prepare=prepare,
-                                           errors=self.metrics.config_errors).start()
+                                           errors=self.metrics.config_errors,
+                                           schema=schema).start()
 
     @property
     def active(self):
@@ -106,6 +124,7 @@ class RootServer:
     def request_stop(self, *_):
         if not self.draining:
             log.info("%s: draining %d request(s) in flight", self.name, self.router.count)
+            self.drain_started = time.monotonic()
         self.draining = True
 
     def run(self, install_signals: bool = True) -> None:
@@ -115,7 +134,7 @@ class RootServer:
         interval = self.cfg.ping_interval_ms / 1000
         next_ping = next_beat = 0.0
         try:
-            while not (self.draining and self.router.count == 0):
+            while not self.drained():
                 now = time.monotonic()
                 if now >= next_ping:
                     self.links.tick(now)
@@ -127,10 +146,14 @@ class RootServer:
                 deadline = self.router.next_deadline()
                 if deadline is not None:
                     wake = min(wake, deadline)
+                if self.draining:
+                    wake = min(wake, self.drain_started + DRAIN_QUIET_S)
                 timeout_ms = max(0, min(MAX_POLL_MS, int((wake - now) * 1000) + 1))
                 for sock, _ in self.poller.poll(timeout_ms):
                     if sock is self.frontend:
                         self.drain(sock, self.on_client)
+                    elif self.links.on_monitor(sock, time.monotonic()):
+                        pass
                     else:
                         link = self.links.by_socket(sock)
                         self.drain(sock, lambda frames, link=link: self.router.on_leaf(link, frames))
@@ -139,16 +162,24 @@ class RootServer:
                     prepared = self.follower.take_config()
                     if prepared is not None:
                         self.install(prepared)
+            while self.drain(self.frontend, self.on_client) == DRAIN_BATCH:
+                pass   # what arrived since the last poll, answered before the socket closes
         finally:
             self.close()
 
+    def drained(self) -> bool:
+        return (self.draining and self.router.count == 0
+                and time.monotonic() - self.drain_started >= DRAIN_QUIET_S)
+
     @staticmethod
-    def drain(sock, handler) -> None:
-        for _ in range(DRAIN_BATCH):
+    def drain(sock, handler) -> int:
+        """Hand up to DRAIN_BATCH waiting messages to ``handler``; how many."""
+        for n in range(DRAIN_BATCH):
             frames = recv_waiting(sock)
             if frames is None:
-                return
+                return n
             handler(frames)
+        return DRAIN_BATCH
 
     def install(self, prepared: PreparedConfig) -> None:
         """Serve a config the follower prepared, from the next request on."""
@@ -173,7 +204,8 @@ class RootServer:
         active, scorer = self.scorer.active, self.scorer
         gaps = scorer.agreement.current_gaps(active, self.links.pool)
         return MemberRecord("root", self.name, generation=active.generation, bundle=active.id,
-                            endpoints=tuple(self.endpoints), trim_gaps=tuple(sorted(gaps.items())),
+                            endpoints=tuple(self.endpoints), schema=self.schema_fingerprint,
+                            trim_gaps=tuple(sorted(gaps.items())),
                             trim_gap_counts=tuple(sorted(scorer.gap_counts.items())),
                             leaves=self.links.records(now))
 
@@ -181,11 +213,13 @@ class RootServer:
         if self.stopped:
             return
         self.stopped = True
-        if self.follower is not None:
-            self.follower.stop()
+        # The client socket first: while it is open it takes in requests that
+        # nobody would read any more.
         self.frontend.close(linger=DRAIN_LINGER_MS)
         if self.security is not None:
             self.security.close()
+        if self.follower is not None:
+            self.follower.stop()
         self.links.close()
         self.store.close()
         remove_ipc_files(self.endpoints)

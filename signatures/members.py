@@ -32,6 +32,7 @@ class LinkRecord:
     healthy: bool = False
     transport: str = "socket"
     retiring: bool = False
+    draining: bool = False   # the leaf process said it is shutting down
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,10 @@ class MemberRecord:
     retiring: tuple[str, ...] = ()
     failed: tuple[tuple[str, str], ...] = ()   # (version, error)
     # roots
+    schema: str | None = None                  # fingerprint of the feature schema it runs
     trim_gaps: tuple[tuple[str, str], ...] = ()        # (version, reason)
     trim_gap_counts: tuple[tuple[str, int], ...] = ()  # (version, requests sent untrimmed)
-    config_errors: int = 0
+    config_errors: int = 0                     # both: store states it could not use
     last_error: str | None = None
     leaves: tuple[LinkRecord, ...] = ()
     # set when written and read
@@ -62,7 +64,7 @@ class MemberRecord:
         d = dataclasses.asdict(self)
         for key in ("failed", "trim_gaps", "trim_gap_counts"):
             d[key] = dict(d[key])
-        d["leaves"] = [{k: v for k, v in link.items() if k != "retiring" or v}
+        d["leaves"] = [{k: v for k, v in link.items() if k not in ("retiring", "draining") or v}
                        for link in d["leaves"]]
         return d
 
@@ -79,8 +81,8 @@ class MemberRecord:
             return None
         kw: dict = {"role": role, "name": name}
         for key, kind in (("pid", int), ("host", str), ("generation", int), ("bundle", str),
-                          ("config_errors", int), ("last_error", str), ("time", (int, float)),
-                          ("stage", str)):
+                          ("schema", str), ("config_errors", int), ("last_error", str),
+                          ("time", (int, float)), ("stage", str)):
             value = d.get(key)
             if isinstance(value, kind) and not isinstance(value, bool):
                 kw[key] = value
@@ -105,7 +107,7 @@ def _link(d) -> LinkRecord | None:
         return None
     return LinkRecord(d["leaf"], d["endpoint"], d.get("healthy") is True,
                       d["transport"] if isinstance(d.get("transport"), str) else "socket",
-                      d.get("retiring") is True)
+                      d.get("retiring") is True, d.get("draining") is True)
 
 
 __all__ = ["FOLLOW_POLL_S", "HEARTBEAT_S", "LinkRecord", "MemberRecord", "ROLES", "STALE_S"]

@@ -4,6 +4,7 @@ A directory::
 
     .lock                         flock held by writers (never by readers)
     bundles/<id>.json             bundles, content-addressed, written once
+    schemas/<fingerprint>.json    the feature schemas roots run, published by them
     stages/<stage>.json           {"generation", "bundle", "history", "models", ...}
     members/<stage>/<role>-<name>.json   heartbeats: who runs which generation
     log.jsonl                     audit log of every change (forced ones marked)
@@ -14,6 +15,14 @@ point leaves the previous state active and readable, and concurrent writers
 serialise instead of losing updates. Readers take no lock: they read one file
 and the immutable bundle it names. ``generation`` grows by one with every
 change of a stage, so pollers compare one integer.
+
+A stage record that is lost, unreadable or corrupt is an error for every
+reader (signatures/stage_records.py), never an empty stage: followers keep
+serving what they had. `deploy`, `rollback` and `promote` replace such a
+record, starting from what the audit log says it held, with a generation
+past any a member has reported, and the audit entry says what they replaced.
+`deploy` and `deploy-models` also check the bundle's features against the
+schemas the stage's roots run (signatures/root_schemas.py).
 """
 from __future__ import annotations
 
@@ -29,12 +38,20 @@ from collections.abc import Callable
 from _trim.errors import StoreError
 from _trim.transport.model_key import ModelKey
 
+from . import root_schemas
 from .bundle import Bundle
 from .fsutil import atomic_write, fsync_dir, locked
 from .members import MemberRecord
+from .stage_records import (
+    HISTORY_LIMIT,
+    StageProblem,
+    empty_record,
+    parse_record,
+    replay,
+    stage_entries,
+)
 
 STAGES = ("canary", "production")
-HISTORY_LIMIT = 50
 log = logging.getLogger("trimmer.store")
 
 
@@ -61,17 +78,38 @@ class ConfigStore:
         return os.path.join(self.path, "stages", f"{_check_stage(stage)}.json")
 
     def state(self, stage: str) -> dict:
-        """The raw stage record; an empty one for a stage never written."""
+        """The stage's record; the empty one for a stage never written.
+        StoreError when it is lost, unreadable or corrupt."""
+        record = self.read_stage(stage)
+        if isinstance(record, StageProblem):
+            raise record.error(stage)
+        return record
+
+    def read_stage(self, stage: str) -> dict | StageProblem:
+        """The stage's record, or what is wrong with it."""
         path = self._stage_path(stage)
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            return {"generation": 0, "bundle": None, "history": [], "models": []}
+            written = self.recovered(stage)
+            if written is None:
+                return empty_record()
+            return StageProblem("missing", f"{path}: stage record missing, although the audit "
+                                           f"log has {stage} at generation "
+                                           f"{written['generation']}")
+        except OSError as exc:
+            return StageProblem("unreadable", f"{path}: cannot read the stage record: "
+                                              f"{exc.strerror}")
+        return parse_record(data, path)
+
+    def recovered(self, stage: str) -> dict | None:
+        """What the audit log says the stage's record held; None if it says nothing."""
         try:
-            return json.loads(data)
-        except ValueError as exc:
-            raise StoreError(f"{path}: corrupt stage record: {exc}") from exc
+            with open(os.path.join(self.path, "log.jsonl"), "rb") as f:
+                return replay(stage_entries(f, stage))
+        except OSError:
+            return None
 
     def generation(self, stage: str) -> int:
         """Grows with every change of the stage: cheap enough to poll each second."""
@@ -89,6 +127,10 @@ class ConfigStore:
 
     def bundle(self, bundle_id: str) -> Bundle:
         return Bundle.load(os.path.join(self.path, "bundles", f"{bundle_id}.json"))
+
+    def schema(self, fingerprint: str):
+        """A feature schema a root published (`publish_schema`), or None."""
+        return root_schemas.load(os.path.join(self.path, "schemas"), fingerprint)
 
     def active(self, stage: str) -> tuple[int, Bundle | None]:
         st = self.state(stage)
@@ -149,6 +191,43 @@ class ConfigStore:
         os.makedirs(self.path, exist_ok=True)
         return locked(os.path.join(self.path, ".lock"))
 
+    def _state_to_replace(self, stage: str) -> tuple[dict, dict]:
+        """(the record a change starts from, what the audit entry adds). A
+        broken record is replaced: the change starts from what the audit log
+        says it held, at the highest generation anyone has seen, so that
+        followers take the new record as new."""
+        record = self.read_stage(stage)
+        if not isinstance(record, StageProblem):
+            return record, {}
+        base = self.recovered(stage) or empty_record()
+        seen = [m.generation for m in self.members(stage) if m.generation is not None]
+        base["generation"] = max([base["generation"], *seen])
+        log.warning("%s: replaced the %s stage record (%s), starting from what the audit log "
+                    "says: generation %d, config %s, models %s", stage, record.kind,
+                    record.message, base["generation"], base["bundle"] or "(none)",
+                    ", ".join(base["models"]) or "(none)")
+        return base, {"replaced": record.kind, "replaced_error": record.message}
+
+    def _check_roots(self, stage: str, models: dict, force: bool, what: str) -> dict:
+        """Refuse (unless forced) model versions whose features a live root of
+        ``stage`` lacks; what the audit entry adds."""
+        problems = root_schemas.check_roots(self, stage, models)
+        if not problems:
+            return {}
+        if not force:
+            raise StoreError(f"{what} reads features the roots on {stage} do not compute: "
+                             f"{root_schemas.describe(problems)}. Give the roots a feature "
+                             "schema with them first (their `schema` setting, read at start), "
+                             "or rebuild the bundle against theirs (--force: the roots refuse "
+                             "the config)")
+        log.warning("forced %s on %s: %s", what, stage, root_schemas.describe(problems))
+        return {"forced": True, "schema_missing": root_schemas.union(problems)}
+
+    def publish_schema(self, schema) -> None:
+        """Put the feature schema a root runs into the store (once per
+        fingerprint), for `deploy` to check bundles against."""
+        root_schemas.publish(os.path.join(self.path, "schemas"), schema)
+
     def deploy(self, bundle: Bundle, stage: str, force: bool = False) -> int:
         """Make ``bundle`` the stage's root config; returns the new generation.
 
@@ -157,8 +236,10 @@ class ConfigStore:
         """
         _check_stage(stage)
         with self._lock():
+            old, replaced = self._state_to_replace(stage)
+            checked = self._check_roots(stage, {k: m.features for k, m in bundle.models.items()},
+                                        force, f"bundle {bundle.id}")
             self._write_bundle(bundle)
-            old = self.state(stage)
             uncovered = [k for k in old["models"] if k not in bundle.models]
             if uncovered and not force:
                 raise StoreError(
@@ -170,7 +251,8 @@ class ConfigStore:
             if old["bundle"] and old["bundle"] != bundle.id:
                 history.append(old["bundle"])
             new = {**old, "bundle": bundle.id, "history": history[-HISTORY_LIMIT:]}
-            event = {"action": "deploy", "bundle": bundle.id, "previous": old["bundle"]}
+            event = {"action": "deploy", "bundle": bundle.id, "previous": old["bundle"],
+                     **replaced, **checked}
             if uncovered:
                 event.update(forced=True, uncovered=uncovered)
                 log.warning("forced deploy of %s to %s without %s", bundle.id, stage, uncovered)
@@ -214,10 +296,13 @@ class ConfigStore:
                                  f"{'it' if len(missing + mismatched) == 1 else 'them'} "
                                  f"to {stage} first (`trimmer deploy BUNDLE --stage {stage}`), "
                                  "or use --force in an emergency (logged)")
+            carried = {k: bundle.models[k].features for k in keys
+                       if bundle is not None and k in bundle.models}
+            checked = self._check_roots(stage, carried, force, ", ".join(keys))
             models = keys if replace else list(dict.fromkeys(list(old["models"]) + keys))
             new = {**old, "models": models}
             event = {"action": "deploy-models", "models": models, "added": keys,
-                     "replace": replace, "bundle": old["bundle"]}
+                     "replace": replace, "bundle": old["bundle"], **checked}
             if missing or mismatched:
                 event.update(forced=True, missing=missing, mismatched=mismatched)
                 log.warning("forced deploy-models on %s: %s not carried by config %s",
@@ -235,7 +320,7 @@ class ConfigStore:
             s = self.state(src)
             if not s["bundle"]:
                 raise StoreError(f"{src} has no active config to promote")
-            old = self.state(dst)
+            old, replaced = self._state_to_replace(dst)
             history = list(old["history"])
             if old["bundle"] and old["bundle"] != s["bundle"]:
                 history.append(old["bundle"])
@@ -243,14 +328,14 @@ class ConfigStore:
                    "history": history[-HISTORY_LIMIT:]}
             return self._commit(dst, old, new, {"action": "promote", "from": src,
                                                 "bundle": s["bundle"], "previous": old["bundle"],
-                                                "models": list(s["models"])})
+                                                "models": list(s["models"]), **replaced})
 
     def rollback(self, stage: str) -> tuple[int, str, list[str]]:
         """Return the stage to its previous config: (generation, bundle id,
         model versions on the stage that the restored config does not carry)."""
         _check_stage(stage)
         with self._lock():
-            old = self.state(stage)
+            old, replaced = self._state_to_replace(stage)
             if not old["history"]:
                 raise StoreError(f"{stage} has no previous config to roll back to")
             history = list(old["history"])
@@ -259,7 +344,8 @@ class ConfigStore:
             uncovered = [k for k in old["models"] if k not in bundle.models]
             new = {**old, "bundle": previous, "history": history}
             gen = self._commit(stage, old, new, {"action": "rollback", "bundle": previous,
-                                                 "from": old["bundle"], "uncovered": uncovered})
+                                                 "from": old["bundle"], "uncovered": uncovered,
+                                                 **replaced})
             if uncovered:
                 log.warning("rollback of %s to %s: models %s are not in that config; roots "
                             "send them every feature", stage, previous, uncovered)
@@ -304,16 +390,30 @@ class ConfigStore:
             return []
 
     def status(self) -> dict:
+        """Per stage: its record, what it means, its members. A broken record
+        adds ``error`` and shows what the audit log says it held
+        (``recovered``, also in the usual fields)."""
         out = {}
         for stage in STAGES:
-            st = self.state(stage)
-            bundle = self.bundle(st["bundle"]) if st["bundle"] else None
+            record = self.read_stage(stage)
+            entry: dict = {}
+            if isinstance(record, StageProblem):
+                recovered = self.recovered(stage)
+                entry = {"error": record.message, "problem": record.kind, "recovered": recovered}
+                record = recovered or empty_record()
+            try:
+                bundle = self.bundle(record["bundle"]) if record["bundle"] else None
+            except ValueError as exc:
+                bundle = None
+                entry.setdefault("error", f"config {record['bundle']}: {exc}")
             out[stage] = {
-                "generation": st["generation"], "bundle": st["bundle"],
-                "updated": st.get("updated"), "models": st["models"],
-                "uncovered": [k for k in st["models"] if bundle is None or k not in bundle.models],
-                "history": st["history"],
-                "members": [{**m.to_dict(), "age_s": m.age_s()} for m in self.members(stage)]}
+                "generation": record["generation"], "bundle": record["bundle"],
+                "updated": record.get("updated"), "models": record["models"],
+                "uncovered": [k for k in record["models"]
+                              if bundle is None or k not in bundle.models],
+                "history": record["history"],
+                "members": [{**m.to_dict(), "age_s": m.age_s()} for m in self.members(stage)],
+                **entry}
         return out
 
 

@@ -1,8 +1,11 @@
-"""What a failed CURVE handshake means, for the log and the root's pong.
+"""What a failed CURVE handshake means, for the log and the root's pong; when
+a connection comes and goes.
 
 A failed handshake is silent in zmq (no message, no error on send), so both
 ends watch socket monitor events: a connecting socket through `LinkWatch`,
 read by its owner's thread, a binding one through a `ServerMonitor` thread.
+`LinkWatch` also says when the connection dropped and when a new one is up:
+the peer behind it may be another process by then.
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ log = logging.getLogger("trimmer.curve")
 
 FAILURE_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                   | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-LINK_EVENTS = FAILURE_EVENTS | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_MONITOR_STOPPED
+LINK_EVENTS = (FAILURE_EVENTS | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+               | zmq.EVENT_MONITOR_STOPPED)
 # The same failure repeats at every reconnect: say it again only this often.
 REPEAT_LOG_S = 60.0
 
@@ -70,7 +74,8 @@ def drain_events(monitor: zmq.Socket) -> list[tuple[int, int]]:
 
 
 class LinkWatch:
-    """Handshake outcome of one connecting socket, read by its owner's thread.
+    """Connection and handshake events of one connecting socket, read by its
+    owner's thread (``monitor`` may sit in the owner's poller).
 
     ``problem`` holds the last failure until a handshake succeeds. libzmq does
     not reconnect after the server rejects the key or the mechanism; ``due``
@@ -87,15 +92,21 @@ class LinkWatch:
         self.retry_at: float | None = None
         self._logged_at = float("-inf")
 
-    def poll(self, now: float) -> None:
+    def poll(self, now: float) -> tuple[bool, bool]:
+        """Read the events waiting: (whether the connection dropped, whether a
+        connection is up since, its handshake done)."""
+        dropped = up = False
         for event, value in drain_events(self.monitor):
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if event == zmq.EVENT_DISCONNECTED:
+                dropped, up = True, False
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                up = True
                 if self.problem is not None:
-                    log.info("%s: CURVE handshake succeeded", self.label)
+                    log.info("%s: handshake succeeded", self.label)
                 self.problem, self.retry_at = None, None
                 self._logged_at = float("-inf")
             elif event & FAILURE_EVENTS:
-                problem = describe(event, value, server=False)
+                problem = describe(event, value, server=False, curve=self.public_key is not None)
                 if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self.public_key:
                     problem += f" (this side's public key: {self.public_key.decode('ascii')})"
                 if problem != self.problem or now - self._logged_at >= REPEAT_LOG_S:
@@ -104,6 +115,7 @@ class LinkWatch:
                 self.problem = problem
                 if event != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:  # zmq retries those itself
                     self.retry_at = now + self.RETRY_S
+        return dropped, up
 
     def due(self, now: float) -> bool:
         if self.retry_at is not None and now >= self.retry_at:

@@ -15,6 +15,7 @@ process (or anyone) remove the segments of a process that died by kill -9.
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
@@ -22,7 +23,7 @@ import secrets
 import threading
 from collections import OrderedDict, deque
 from pathlib import Path
-from stat import S_ISREG
+from stat import S_IMODE, S_ISREG, S_IWGRP, S_IWOTH
 
 from ..errors import ShmUnavailable
 from .process import pid_alive
@@ -54,6 +55,48 @@ def reap_stale_segments(directory: Path | None = None) -> list[str]:
             except FileNotFoundError:
                 pass
     return removed
+
+
+def _open_segment(path: Path, name: str, owner: int) -> int:
+    """A read-only descriptor of the segment file at ``path``, if it is one
+    ``owner`` wrote; ValueError saying why not, never what the file holds."""
+    try:
+        # O_NOFOLLOW: never a symlink planted under a segment name; O_NONBLOCK:
+        # a FIFO planted there must not hang the reader.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ValueError(f"shm segment {name} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError(f"shm segment {name} is a symbolic link: refused") from None
+        raise ValueError(f"shm segment {name} cannot be opened: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not S_ISREG(st.st_mode):
+            raise ValueError(f"shm segment {name} is not a regular file")
+        if st.st_uid != owner:
+            raise ValueError(f"shm segment {name} is owned by uid {st.st_uid}, not by its "
+                             f"writer's uid {owner}")
+        if st.st_mode & (S_IWGRP | S_IWOTH):
+            raise ValueError(f"shm segment {name} is writable by group or others "
+                             f"(mode {S_IMODE(st.st_mode):o})")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def ipc_peer_uid(peer_address: str | None) -> int | None:
+    """The uid of the process at the other end of an ipc connection, from a
+    message's ``Peer-Address`` property (libzmq gives ``localhost:UID:GID:PID``
+    for a unix socket, from SO_PEERCRED, and a numeric address for tcp);
+    None when the message did not come over ipc."""
+    if not peer_address or not peer_address.startswith("localhost:"):
+        return None
+    parts = peer_address.split(":")
+    if len(parts) != 4 or not all(p.isascii() and p.isdigit() for p in parts[1:]):
+        return None
+    return int(parts[1])
 
 
 class SlotRing:
@@ -151,6 +194,14 @@ class SlotRing:
 class SegmentReader:
     """Reader side: maps writers' segments on first use, read-only.
 
+    A descriptor is foreign input naming a file in a world-writable directory,
+    so a segment is opened only as a regular file that is no symbolic link
+    (``O_NOFOLLOW``), owned by the uid the caller says wrote it, and writable
+    by nobody else; an error never quotes what the file holds. The file stays
+    open while it is mapped, and its size is checked before every use: a
+    mapping read past the end of a file truncated since (by its owner: no
+    one else can) would SIGBUS the reader.
+
     A writer that died leaves its segment unlinked (by its successor's reap)
     but still mapped here; `forget` drops it, and the cache is bounded so
     segments of long-gone writers do not accumulate.
@@ -162,11 +213,12 @@ class SegmentReader:
         # Called with (name, view) under the reader's lock, e.g. to register a
         # segment as pinned memory once, and to unregister it before unmapping.
         self.on_attach, self.on_drop = on_attach, on_drop
-        self._segments: OrderedDict[str, tuple[mmap.mmap, memoryview]] = OrderedDict()
+        self._segments: OrderedDict[str, tuple[mmap.mmap, memoryview, int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def view(self, descriptor: dict) -> memoryview:
-        """The bytes a descriptor names; ValueError naming what is wrong."""
+    def view(self, descriptor: dict, owner: int | None = None) -> memoryview:
+        """The bytes a descriptor names in a segment of user ``owner`` (default:
+        this process's); ValueError naming what is wrong."""
         try:
             name, size = descriptor["segment"], descriptor["size"]
             offset, nbytes = descriptor["offset"], descriptor["nbytes"]
@@ -177,42 +229,39 @@ class SegmentReader:
         for field, value in (("size", size), ("offset", offset), ("nbytes", nbytes)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"shm descriptor field {field!r} must be a non-negative integer")
-        view = self._attach(name, size)
+        view = self._attach(name, size, os.geteuid() if owner is None else owner)
         if offset > len(view) or nbytes > len(view) - offset:
             raise ValueError(f"shm descriptor range {offset}+{nbytes} is outside "
                              f"segment {name} ({len(view)} bytes)")
         return view[offset:offset + nbytes]
 
-    def _attach(self, name: str, size: int) -> memoryview:
+    def _attach(self, name: str, size: int, owner: int) -> memoryview:
         with self._lock:
             entry = self._segments.get(name)
             if entry is not None and len(entry[1]) == size:
+                now = os.fstat(entry[2]).st_size
+                if now != size:
+                    self._drop(name)
+                    raise ValueError(f"shm segment {name} is now {now} bytes, {size} when "
+                                     "mapped: truncated under this reader")
                 self._segments.move_to_end(name)
                 return entry[1]
             if entry is not None:
                 self._drop(name)
+            fd = _open_segment(self.directory / name, name, owner)
             try:
-                # O_NONBLOCK: a FIFO planted under a segment name must not hang the reader.
-                fd = os.open(self.directory / name, os.O_RDONLY | os.O_NONBLOCK)
-            except FileNotFoundError:
-                raise ValueError(f"shm segment {name} does not exist") from None
-            except OSError as exc:
-                raise ValueError(f"shm segment {name} cannot be opened: {exc.strerror}") from None
-            try:
-                st = os.fstat(fd)
-                if not S_ISREG(st.st_mode):
-                    raise ValueError(f"shm segment {name} is not a regular file")
-                actual = st.st_size
+                actual = os.fstat(fd).st_size
                 if actual != size:
                     raise ValueError(f"shm segment {name} is {actual} bytes, descriptor says {size}")
                 try:
                     mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ)
                 except OSError as exc:
                     raise ValueError(f"shm segment {name} cannot be mapped: {exc.strerror}") from None
-            finally:
+            except BaseException:
                 os.close(fd)
+                raise
             view = memoryview(mapped)
-            self._segments[name] = (mapped, view)
+            self._segments[name] = (mapped, view, fd)
             if self.on_attach is not None:
                 self.on_attach(name, view)
             while len(self._segments) > self.max_segments:
@@ -221,7 +270,7 @@ class SegmentReader:
 
     def segments(self) -> list[tuple[str, memoryview]]:
         with self._lock:
-            return [(name, view) for name, (_, view) in self._segments.items()]
+            return [(name, view) for name, (_, view, _) in self._segments.items()]
 
     def forget(self, name: str) -> None:
         with self._lock:
@@ -229,7 +278,8 @@ class SegmentReader:
                 self._drop(name)
 
     def _drop(self, name: str) -> None:
-        mapped, view = self._segments.pop(name)
+        mapped, view, fd = self._segments.pop(name)
+        os.close(fd)
         if self.on_drop is not None:
             self.on_drop(name, view)
         view.release()

@@ -85,8 +85,12 @@ def models_ready(n: int, pong: dict) -> bool:
 
 
 def leaves_healthy(pong: dict) -> bool:
-    """A root's pong says every leaf link is healthy."""
-    return all(link.get("healthy") for link in pong.get("leaves", []))
+    """A root's pong says every leaf link is healthy and routes every model
+    version it scores by default (a root routes a version only once a leaf's
+    pong lists it ready)."""
+    links = pong.get("leaves", [])
+    routed = {key for link in links for key in link.get("models", [])}
+    return all(link.get("healthy") for link in links) and set(pong.get("models", [])) <= routed
 
 
 def free_port() -> int:
@@ -115,7 +119,8 @@ def programs_for(scenario: Scenario, modes: list[Mode], args,
                 "--bind", endpoint, "--metrics-port", str(free_port() if args.metrics else 0),
                 "--config-store", str(scenario.config_store.resolve()), "--stage", STAGE]
         if remote:
-            argv = remote.exec_argv(argv)
+            # Plain tcp in a namespace of its own, which only this host reaches.
+            argv = remote.exec_argv(argv + ["--insecure"])
         programs.append(Program(leaf, argv, endpoint, ready=functools.partial(models_ready, len(models))))
     configs = scenario.run_dir / "roots"
     configs.mkdir(exist_ok=True)

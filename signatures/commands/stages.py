@@ -10,8 +10,9 @@ import sys
 from _trim.errors import TrimmerError
 
 from ..bundle import Bundle
-from ..cli import exit_for
+from ..cli import EXIT_FAILED, exit_for
 from ..members import STALE_S
+from ..stage_records import HEADINGS
 from ..store import STAGES, ConfigStore
 
 MULTI_COMMAND = True
@@ -46,7 +47,8 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.description = "Return a stage to its previous config."
         p.add_argument("stage", choices=STAGES)
     elif command == "status":
-        p.description = "What each stage runs, and who is on it."
+        p.description = ("What each stage runs, and who is on it. Exit status 1 when a stage's "
+                         "record is lost or corrupt (what the audit log says it ran is shown).")
         p.add_argument("--json", action="store_true")
     return p
 
@@ -94,6 +96,10 @@ def main(argv: list[str]) -> int:
                 print(json.dumps(status, indent=1))
             else:
                 print(format_status(status))
+            broken = [f"{stage}: {st['error']}" for stage, st in status.items() if st.get("error")]
+            if broken:
+                print("trimmer status: " + "; ".join(broken), file=sys.stderr)
+                return EXIT_FAILED
     except TrimmerError as exc:
         return exit_for(command, exc)
     return 0
@@ -102,8 +108,18 @@ def main(argv: list[str]) -> int:
 def format_status(status: dict) -> str:
     lines = []
     for stage, st in status.items():
-        lines.append(f"{stage}: generation {st['generation']}, config {st['bundle'] or '(none)'}"
-                     f" (updated {st['updated'] or 'never'}), {len(st['history'])} earlier")
+        summary = (f"generation {st['generation']}, config {st['bundle'] or '(none)'}"
+                   f" (updated {st['updated'] or 'never'}), {len(st['history'])} earlier")
+        if st.get("problem"):
+            lines.append(f"{stage}: {HEADINGS[st['problem']]} stage record: {st['error']}")
+            lines.append(f"  the audit log says: {summary}" if st.get("recovered") else
+                         "  the audit log says nothing about it")
+            lines.append(f"  `trimmer rollback {stage}` or `trimmer deploy BUNDLE --stage "
+                         f"{stage}` writes a new record from it; members keep what they run")
+        else:
+            lines.append(f"{stage}: {summary}")
+            if st.get("error"):
+                lines.append(f"  ERROR: {st['error']}")
         lines.append(f"  models: {', '.join(st['models']) or '(none)'}")
         if st["uncovered"]:
             lines.append(f"  NOT IN CONFIG: {', '.join(st['uncovered'])}")
@@ -133,6 +149,7 @@ def format_status(status: dict) -> str:
                     f"{link.get('leaf')} {link.get('endpoint')}"
                     f"{' (shm)' if link.get('transport') == 'shm' else ''}"
                     f"{' (retiring)' if link.get('retiring') else ''}"
+                    f"{' (draining)' if link.get('draining') else ''}"
                     f"{'' if link.get('healthy') else ' (DOWN)'}" for link in m["leaves"]))
             if m.get("last_error"):
                 lines.append(f"    config error: {m['last_error']}")

@@ -43,3 +43,45 @@ def test_root_and_leaf_configs_are_valid(tmp_path):
     args = parse_leaf_args(["--config", str(DEPLOY / "leaf.json"), "--bind", f"ipc://{tmp_path}/l.sock"])
     assert args.repo == "/var/lib/trimmer/models" and args.drain_timeout_s == 30
     assert args.config_store == cfg.config_store and args.stage == cfg.stage  # both follow one stage
+
+
+def program_settings(program, tmp_path):
+    """The settings a supervisord program starts with: its command line, with
+    ``--config /etc/trimmer/X.json`` read from deploy/."""
+    import argparse
+
+    from leafproc.config import LeafSettings
+    from rootproc.config import RootConfig
+    from signatures.settings import add_arguments, load
+
+    argv = shlex.split(program.command)
+    cls = RootConfig if argv[1] == "root" else LeafSettings
+    argv = [str(DEPLOY / Path(a).name) if a.startswith("/etc/trimmer/") and a.endswith(".json")
+            else a for a in argv[2:]]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, cls)
+    if cls is RootConfig:
+        parser.add_argument("--log-level")
+    return load(cls, parser.parse_args(argv))
+
+
+def test_the_shipped_shape_is_secure(tmp_path):
+    """What people copy binds nothing reachable without authentication, serves
+    metrics on loopback, and needs no `insecure`."""
+    from _trim.transport.sockets import is_loopback
+
+    for name, program in load_supervisord(tmp_path).items():
+        settings = program_settings(program, tmp_path)   # the full check, as at start
+        assert not settings.insecure, name
+        assert is_loopback(f"tcp://{settings.metrics_addr}:1"), (name, settings.metrics_addr)
+        reachable = [ep for ep in settings.bind if ep.startswith("tcp://") and not is_loopback(ep)]
+        if reachable:
+            assert settings.curve is not None and settings.curve.secret_key, name
+            assert settings.curve.authorized not in (None, "*"), name
+    for path in ("root.json", "leaf.json", "leaf-remote.json"):
+        data = json.loads((DEPLOY / path).read_text())
+        assert data.get("metrics_addr") == "127.0.0.1", path   # explicit, not left to a default
+    remote = json.loads((DEPLOY / "leaf-remote.json").read_text())
+    assert remote["curve"]["authorized"] not in (None, "*")
+    settings = parse_leaf_args(["--config", str(DEPLOY / "leaf-remote.json")])
+    assert settings.bind == ("tcp://0.0.0.0:5560",) and not settings.insecure

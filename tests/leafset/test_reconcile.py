@@ -36,7 +36,7 @@ def test_config_file_wins_and_is_never_retired(ctx, tmp_path):
     try:
         assert keys(pool.links) == {("leaf-0", f"ipc://{tmp_path}/own")}
         assert pool.links[0].compression == "lz4"
-        assert pool.links[0].models == {"ctr@3"}   # before a pong: the placement
+        assert pool.links[0].models == frozenset()   # nothing routes before its pong
         empty = config({})
         added, retired = pool.reconcile(wanted_leaves(own, empty, pool), empty.placement, 0.0)
         assert not added and not retired and not pool.retiring

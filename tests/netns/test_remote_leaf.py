@@ -101,7 +101,8 @@ def test_root_scores_through_leaves_in_a_namespace(tmp_path):
             for i, (leaf, models) in enumerate(placement.items()):
                 endpoints[leaf] = host.endpoint(5555 + i)
                 argv = [sys.executable, "-m", "leafproc", "--repo", world["repo"], "--name", leaf,
-                        "--bind", endpoints[leaf], "--threads", "1", "--max-wait-ms", "0"]
+                        "--bind", endpoints[leaf], "--threads", "1", "--max-wait-ms", "0",
+                        "--insecure"]   # plain tcp, in a namespace only this host reaches
                 for key in models:
                     argv += ["--model", key]
                 pids.append(host.spawn(argv, tmp_path / f"{leaf}.log").pid)

@@ -127,6 +127,7 @@ class Load(threading.Thread):
     def __init__(self, endpoint: str, models=("ctr", "eng"), in_flight: int = 3):
         super().__init__(daemon=True)
         self.endpoint, self.models, self.in_flight = endpoint, list(models), in_flight
+        self.sent = 0
         self.replies: list = []      # (monotonic time, request index, ScoreResult)
         self.lost = 0
         self._halt = threading.Event()
@@ -141,6 +142,7 @@ class Load(threading.Thread):
                     sent[client.submit(user, cands, models=self.models, deadline_ms=5000)] = \
                         i % len(REQUESTS)
                     i += 1
+                    self.sent = i
                 res = client.receive(8000)
                 if res is None:
                     self.lost += client.in_flight
@@ -158,6 +160,15 @@ class Load(threading.Thread):
 
     def failures(self) -> list:
         return [r for _, _, r in self.replies if not r.ok or r.errors]
+
+    def tally(self, label: str) -> dict:
+        """Requests sent, answered (every model scored), failed, lost; printed
+        so that a run shows its figures (``pytest -s``)."""
+        failed = len(self.failures())
+        figures = {"sent": self.sent, "answered": self.count() - failed, "failed": failed,
+                   "lost": self.lost}
+        print(f"\n{label}: {figures}")
+        return figures
 
     def versions(self, since: float = 0.0) -> set:
         return {r["model"] for t, _, res in self.replies if t >= since for r in res.results}

@@ -34,6 +34,7 @@ class Link:
     def __init__(self, ctx, name: str, models, events: list):
         self.name, self.endpoint, self.compression = name, f"inproc://{name}", "none"
         self.models, self.hashes, self.outstanding, self.pid = frozenset(models), {}, 0, None
+        self.draining = False
         self.leaf = ctx.socket(zmq.PAIR)
         self.leaf.bind(self.endpoint)
         self.socket = ctx.socket(zmq.PAIR)
@@ -72,7 +73,8 @@ class Pool:
         self.links = links
 
     def candidates(self, key, now):
-        return sorted((link for link in self.links if key in link.models), key=lambda link: link.outstanding)
+        return sorted((link for link in self.links if key in link.models and not link.draining),
+                      key=lambda link: link.outstanding)
 
 
 class SlowRing:
@@ -192,3 +194,27 @@ def test_deadline_answers_with_what_it_has(world):
     l1.answer(l1.sent[0]["id"])              # too late: dropped, no second reply
     deliver(r, l1)
     assert len(world.replies) == 1
+
+
+def test_shutting_down_is_resent_and_takes_the_replica_out_of_rotation(world):
+    r, l1, l2 = world.router, world.l1, world.l2
+    world.router.shm = Shm({})
+    request = open_request(r, "r1", ["a@1"])
+    send(r, request, 0)                      # to l1, first of two replicas
+    r.park(request)
+    l1.answer(l1.sent[0]["id"], "shutting_down")
+    deliver(r, l1)
+    assert l1.draining, "a shutting_down reply says the replica is draining"
+    assert [h["model"] for h in l2.sent] == ["a@1"]
+    l2.answer(l2.sent[0]["id"])
+    deliver(r, l2)
+    [(_, header)] = world.replies
+    assert header["results"][0]["ok"] and header["results"][0]["leaf"] == "l2"
+    later = open_request(r, "r2", ["a@1"])
+    send(r, later, 0)
+    assert len(l1.sent) == 1 and len(l2.sent) == 2, "no new request to a draining replica"
+    # A model with no replica left to try keeps the leaf's error.
+    only = open_request(r, "r3", ["b@1"])
+    send(r, only, 0)
+    r.park(only)
+    assert only.results[0]["error"]["kind"] == "unavailable"

@@ -5,9 +5,10 @@ import urllib.request
 
 import pytest
 
+from _trim.transport.shm import owner_pid
 from tests.root.conftest import leaves_healthy, spawn_leaves, spawn_root  # noqa: F401
 from tests.root.world import build_world
-from tests.support.procs import ProcessRunner, free_tcp_port
+from tests.support.procs import STARTED_PIDS, ProcessRunner, free_tcp_port
 
 SHM_DIR = "/dev/shm"
 
@@ -18,6 +19,14 @@ def trimmer_segments() -> set[str]:
         return {n for n in os.listdir(SHM_DIR) if n.startswith("trimmer-")}
     except FileNotFoundError:
         return set()
+
+
+def our_segments() -> set[str]:
+    """Segments of this test process and of the processes its runners started:
+    another Feature Trimmer on the machine (a demo, another checkout) makes
+    and removes segments of its own meanwhile."""
+    ours = STARTED_PIDS | {os.getpid()}
+    return {n for n in trimmer_segments() if owner_pid(n) in ours}
 
 
 def segments_of(pid: int) -> set[str]:
@@ -31,9 +40,9 @@ def world(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def shm_left_as_found():
-    before = trimmer_segments()
+    before = our_segments()
     yield
-    leaked = trimmer_segments() - before
+    leaked = our_segments() - before
     assert not leaked, f"segments left in {SHM_DIR}: {sorted(leaked)}"
 
 

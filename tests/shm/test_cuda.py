@@ -2,6 +2,8 @@
 copies batches to the device straight from their slots."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -30,7 +32,7 @@ def test_slots_are_pinned_once_and_dma_to_the_device(tmp_path):
         for slot in (ring.acquire(), ring.acquire()):
             n = _trim.encode_into(plan, batch, ring.slot(slot))
             header = {"shm": ring.descriptor(slot, n)}
-            buf, pinned = inbox.resolve(header, [b"header"], "none")
+            buf, pinned = inbox.resolve(header, [b"header"], "none", os.geteuid())
             assert pinned and list(inbox.pinned) == [ring.name]
             decoded = _trim.decode(buf)
             part = Part(decoded, np.frombuffer(buf, np.uint8, count=decoded.nbytes), rows, pinned)

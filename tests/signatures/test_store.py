@@ -112,10 +112,12 @@ def test_status_shows_each_roots_links_and_their_transport(tmp_path):
     s.heartbeat("canary", MemberRecord("root", "root-0", generation=1, bundle=B1.id, leaves=(
         LinkRecord("leaf-0", "ipc:///run/l0.sock", healthy=True, transport="shm"),
         LinkRecord("leaf-1", "tcp://10.0.0.2:5551", healthy=False, transport="socket",
-                   retiring=True))))
+                   retiring=True),
+        LinkRecord("leaf-0", "ipc:///run/l0b.sock", healthy=True, draining=True))))
     text = format_status(s.status())
     assert ("leaves: leaf-0 ipc:///run/l0.sock (shm), "
-            "leaf-1 tcp://10.0.0.2:5551 (retiring) (DOWN)") in text
+            "leaf-1 tcp://10.0.0.2:5551 (retiring) (DOWN), "
+            "leaf-0 ipc:///run/l0b.sock (draining)") in text
 
 
 CRASHING_WRITER = textwrap.dedent("""

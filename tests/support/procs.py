@@ -30,6 +30,9 @@ import zmq
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IPC_PATH_MAX = 100  # sun_path holds 107 bytes plus NUL
+# Every process a ProcessRunner spawned in this test session, by pid: what a
+# test may call its own (another Feature Trimmer on the machine is not).
+STARTED_PIDS: set[int] = set()
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -191,6 +194,7 @@ class ProcessRunner:
               ipc_paths: list[str] = (), env: dict | None = None) -> ManagedProcess:
         p = ManagedProcess(name, argv, os.path.join(self.tmp_path, f"{name}.log"), endpoint,
                            list(ipc_paths), env)
+        STARTED_PIDS.add(p.pid)
         self.procs.append(p)
         return p
 

@@ -75,3 +75,28 @@ def test_segments_of_a_killed_process_are_reaped(shm_dir):
         child.stdout.close()
     assert reap_stale_segments(shm_dir) == [name]
     assert not (shm_dir / name).exists()
+
+
+def test_reader_opens_only_regular_files_of_the_writer_and_rechecks_their_size(shm_dir):
+    import os
+
+    from _trim.transport.shm import ipc_peer_uid
+    reader = SegmentReader(shm_dir)
+    with SlotRing("x", 64, 2, shm_dir) as ring:
+        good = ring.descriptor(0, 64)
+        link = shm_dir / "trimmer-1-link-00000000"
+        link.symlink_to(ring.path)
+        with pytest.raises(ValueError, match="symbolic link"):
+            reader.view({**good, "segment": link.name})
+        with pytest.raises(ValueError, match=f"owned by uid {os.geteuid()}, not by its writer's uid"):
+            reader.view(good, owner=os.geteuid() + 1)
+        assert len(reader.view(good)) == 64
+        os.truncate(ring.path, 0)   # mapped here: reading it now would SIGBUS
+        with pytest.raises(ValueError, match="is now 0 bytes, 128 when mapped"):
+            reader.view(good)
+        with pytest.raises(ValueError, match="is 0 bytes, descriptor says 128"):
+            reader.view(good)
+    reader.close()
+    assert ipc_peer_uid("localhost:1000:1000:4242") == 1000
+    for address in (None, "", "127.0.0.1", "::1", "2001:db8::1000:1000:99", "localhost:x:1:2"):
+        assert ipc_peer_uid(address) is None, address

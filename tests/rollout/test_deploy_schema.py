@@ -1,0 +1,83 @@
+"""`deploy` and `deploy-models` check a bundle against the feature schema the
+stage's roots run (each root publishes it to the store and names its
+fingerprint in its heartbeat) and refuse one that needs features it lacks."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from signatures.store import ConfigStore
+from tests.root.world import SCHEMA
+from tests.support.models import write_model
+
+from .conftest import seed_store, spawn_leaf, spawn_root, wait_for
+from .test_stage_loss import trimmer
+
+pytestmark = pytest.mark.slow
+
+EXTRA = {"name": "pin_fresh", "dtype": "float32", "source": "candidate", "raw": "ctr_7d"}
+
+
+def other_schema_bundle(world, tmp_path):
+    """A bundle built against a schema with one more feature, read by ctr@9."""
+    from signatures.bundle import build
+    from signatures.module_info import ModelRepository, TensorSpec
+    from signatures.schema import FeatureSchema
+
+    path = tmp_path / "schema-2.json"
+    path.write_text(json.dumps({**SCHEMA, "features": SCHEMA["features"] + [EXTRA]}))
+    schema = FeatureSchema.load(path)
+    repo = tmp_path / "repo"
+    shutil.copytree(world["repo"], repo)
+    specs = [TensorSpec.from_feature(schema[n]) for n in ("pin_fresh", "pin_quality")]
+    write_model(repo, "ctr", "9", specs)
+    placement = {"leaves": {"leaf-0": {"current": ["ctr@3", "eng@1"], "pending": ["ctr@9"]}}}
+    bundle = build(ModelRepository(repo), schema, placement)
+    bundle_path = tmp_path / "b3.json"
+    bundle.save(bundle_path)
+    return bundle, str(bundle_path)
+
+
+def test_deploy_refuses_features_the_roots_schema_lacks(world, process_runner, tmp_path):
+    store_path = str(tmp_path / "configs")
+    seed_store(world, store_path, stages=("production",))
+    leaf = spawn_leaf(process_runner, world, store_path, "production")
+    root = spawn_root(process_runner, world, store_path, "production", leaf.endpoint)
+    store = ConfigStore(store_path)
+    wait_for("the root's heartbeat naming its schema",
+             lambda: any(m.role == "root" and m.schema for m in store.members("production")))
+    bundle, bundle_path = other_schema_bundle(world, tmp_path)
+
+    out = trimmer("deploy", bundle_path, "--stage", "production", "--config-store", store_path)
+    assert out.returncode == 1, out
+    for text in ("pin_fresh", "ctr@9", "root-production"):
+        assert text in out.stderr, out.stderr
+    assert store.state("production")["bundle"] == world["b1"].id
+
+    # Forced (logged), it lands; the root refuses it, and the models it alone
+    # carries are refused in turn.
+    out = trimmer("deploy", bundle_path, "--stage", "production", "--force",
+                  "--config-store", store_path)
+    assert out.returncode == 0, out
+    entry = store.log_entries()[-1]
+    assert entry["forced"] is True and entry["schema_missing"] == {"ctr@9": ["pin_fresh"]}, entry
+    out = trimmer("deploy-models", "ctr@9", "--stage", "production", "--config-store", store_path)
+    assert out.returncode == 1, out
+    assert "pin_fresh" in out.stderr and "root-production" in out.stderr, out.stderr
+    assert "ctr@9" not in store.state("production")["models"]
+    # Versions whose features every root has still go on.
+    out = trimmer("deploy-models", "ctr@3", "--stage", "production", "--config-store", store_path)
+    assert out.returncode == 0, out
+    assert root.returncode is None and leaf.returncode is None
+
+
+def test_no_root_on_the_stage_means_nothing_to_check_against(world, tmp_path):
+    store_path = str(tmp_path / "configs")
+    seed_store(world, store_path, stages=("production",))
+    _, bundle_path = other_schema_bundle(world, tmp_path)
+    out = trimmer("deploy", bundle_path, "--stage", "production", "--config-store", store_path)
+    assert out.returncode == 0, out
+    assert os.path.exists(os.path.join(store_path, "stages", "production.json"))
