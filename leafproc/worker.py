@@ -119,16 +119,17 @@ class ModelWorker(threading.Thread):
     def _load(self) -> None:
         # A kind this leaf cannot load (an AOTInductor package for another
         # device or torch release) is refused here, with what would load.
-        self.model = artifacts.load(self.path, self.info.artifact, self.device)
-        # Warm-up runs the real path (decode, check, build, forward) so that the
-        # first request pays no lazy initialisation or JIT profiling cost.
-        msg = synthetic_message(self.inputs, WARMUP_ROWS)
-        for _ in range(2):
-            decoded = _trim.decode(msg)
-            self.check(decoded, WARMUP_ROWS)
-            part = Part(decoded, np.frombuffer(msg, dtype=np.uint8), WARMUP_ROWS)
-            with torch.inference_mode():
-                to_scores(self.model(self.builder.build([part], self.inputs)), WARMUP_ROWS)
+        with artifacts.loading(self.info.artifact):   # torch's lazy imports, one thread at a time
+            self.model = artifacts.load(self.path, self.info.artifact, self.device)
+            # Warm-up runs the real path (decode, check, build, forward) so that the
+            # first request pays no lazy initialisation or JIT profiling cost.
+            msg = synthetic_message(self.inputs, WARMUP_ROWS)
+            for _ in range(2):
+                decoded = _trim.decode(msg)
+                self.check(decoded, WARMUP_ROWS)
+                part = Part(decoded, np.frombuffer(msg, dtype=np.uint8), WARMUP_ROWS)
+                with torch.inference_mode():
+                    to_scores(self.model(self.builder.build([part], self.inputs)), WARMUP_ROWS)
 
     def _loop(self) -> None:
         carry = None

@@ -8,7 +8,10 @@ with a message that says what would load it.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -82,17 +85,38 @@ def check_loadable(artifact: Artifact, device: torch.device) -> None:
         raise Refused("the AOTInductor package is for cuda and this leaf has no CUDA device")
 
 
+# torch imports torch.export's and inductor's machinery lazily, when a
+# program is loaded and when it first runs, and importing it from two threads
+# at once fails (one sees a module the other has half imported). A leaf loads
+# each version on a thread of its own: loading and warming up such a version
+# is done under this lock, and the machinery imported up front.
+_LOAD_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def loading(artifact: Artifact):
+    """Hold while loading ``artifact`` and running it the first times."""
+    if artifact.kind == "torchscript":
+        yield
+        return
+    with _LOAD_LOCK:
+        for machinery in ("torch._dynamo", "torch._inductor", "torch.export"):
+            importlib.import_module(machinery)
+        yield
+
+
 def load(path: str, artifact: Artifact, device: torch.device) -> Model:
     """The artifact at ``path`` as a callable on the features dict, on ``device``."""
     check_loadable(artifact, device)
     device = torch.device(device)
-    if artifact.kind == "torchscript":
-        module = torch.jit.load(path, map_location=device)
-        module.eval()
-        return module
-    if artifact.kind == "export":
-        return _load_program(path, device)
-    return AotiModel(path, device)
+    with loading(artifact):
+        if artifact.kind == "torchscript":
+            module = torch.jit.load(path, map_location=device)
+            module.eval()
+            return module
+        if artifact.kind == "export":
+            return _load_program(path, device)
+        return AotiModel(path, device)
 
 
 def _load_program(path: str, device: torch.device) -> Model:
@@ -141,4 +165,5 @@ class AotiModel:
         return self._pytree.tree_unflatten(self._run(inputs), self._out_spec)
 
 
-__all__ = ["AotiModel", "Model", "check_loadable", "load", "torch_release", "unsupported"]
+__all__ = ["AotiModel", "Model", "Refused", "check_loadable", "load", "loading", "torch_release",
+           "unsupported"]

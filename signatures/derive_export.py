@@ -44,6 +44,9 @@ EXAMPLE_ROWS = 5        # not 0 or 1, which tracing would take as special
 EXAMPLE_MIN_LIST = 2    # every example list's total length is at least 2 as well
 HINT = ("a model torch.export cannot trace can still be served: export it with "
         "--format torchscript")
+SAVED_HINT = ("a saved program must hold for any row count and list length: export it with "
+              "torch.export.Dim.DYNAMIC on dimension 0 of every input (docs/signatures.md), "
+              "or export the nn.Module source")
 # Entries of a saved program that differ between two saves of the same program.
 _UNSTABLE_ENTRIES = re.compile(r"(serialization_id|sample_inputs/)")
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -77,8 +80,11 @@ def _tracing():
         torch_log.setLevel(level)
 
 
-def trace(module: torch.nn.Module, schema: FeatureSchema, names) -> torch.export.ExportedProgram:
-    """``module`` exported with ``names`` as example inputs (dict in leaf order)."""
+def trace(module: torch.nn.Module, schema: FeatureSchema, names, *, derived: bool = False,
+          saved: bool = False) -> torch.export.ExportedProgram:
+    """``module`` exported with ``names`` as example inputs (dict in leaf order);
+    ``derived``: ``names`` are what a trace with the whole schema found it
+    reads; ``saved``: ``module`` is a saved program."""
     example = synthetic_inputs(schema, sorted(names), EXAMPLE_ROWS,
                                min_list_len=EXAMPLE_MIN_LIST, contiguous=True)
     try:
@@ -86,15 +92,18 @@ def trace(module: torch.nn.Module, schema: FeatureSchema, names) -> torch.export
             return torch.export.export(module, (example,),
                                        dynamic_shapes=(dynamic_shapes(schema, example),))
     except Exception as exc:  # the exporter raises many types; each becomes one clear refusal
-        raise _trace_error(exc, schema) from exc
+        raise _trace_error(exc, schema, derived, SAVED_HINT if saved else HINT) from exc
 
 
-def _trace_error(exc: BaseException, schema: FeatureSchema) -> ExportError:
+def _trace_error(exc: BaseException, schema: FeatureSchema, derived: bool,
+                 hint: str) -> ExportError:
     at = _user_location(exc)
     at = f"\n  at {at}" if at else ""
     if isinstance(exc, KeyError) and isinstance(exc.args[0] if exc.args else None, str):
         key = exc.args[0]
         name = feature_name(key)
+        if derived and name in schema:
+            return _changes_with_keys(f"it reads {key!r}", at)
         if name in schema and schema[name].ragged and key == name:
             why = (f"{name!r} is ragged: the model must read {name}.values and "
                    f"{name}.offsets, not features[{name!r}]")
@@ -106,7 +115,7 @@ def _trace_error(exc: BaseException, schema: FeatureSchema) -> ExportError:
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     gist = lines[0] if lines else type(exc).__name__
     return ExportError(f"torch.export cannot trace the model: {type(exc).__name__}: "
-                       f"{gist}{at}\n  {HINT}")
+                       f"{gist}{at}\n  {hint}")
 
 
 _RAISED_AT = re.compile(r'File "([^"]+)", line (\d+), in \S+\n\s*(.+)')
@@ -194,20 +203,29 @@ def _check_forward(module) -> None:
                           f"({', '.join(str(p) for p in params)})")
 
 
-def export_program(module: torch.nn.Module, schema: FeatureSchema,
-                   names: list[str]) -> torch.export.ExportedProgram:
+def export_program(module: torch.nn.Module, schema: FeatureSchema, names: list[str], *,
+                   saved: bool = False) -> torch.export.ExportedProgram:
     """The program a leaf serves: ``module`` traced with exactly ``names``,
-    which must then be exactly what its graph reads."""
-    program = trace(module, schema, names)
+    which must then be exactly what its graph reads. ``saved``: ``module``
+    is a saved program (`program_source`) and ``names`` the inputs it takes."""
+    program = trace(module, schema, names, derived=not saved, saved=saved)
     read = set(used_features(program, input_keys(schema, names)).features())
+    if read != set(names) and saved:
+        unused = ", ".join(sorted(set(names) - read))
+        raise ExportError(f"the program takes {unused} but its graph never reads them, so every "
+                          "leaf would be sent them: export it again without them, or export "
+                          "the nn.Module source")
     if read != set(names):
-        raise ExportError(
-            "the model's graph changes with the keys the features dict holds: traced with the "
-            f"features it reads ({', '.join(sorted(names))}) alone, it reads "
-            f"{', '.join(sorted(read)) or 'none of them'} (a test like `\"x\" in features` or "
-            "features.get on a key it never reads?); read every key unconditionally, or "
-            "export it with --format torchscript")
+        raise _changes_with_keys(f"it reads {', '.join(sorted(read)) or 'none of them'}")
     return program
+
+
+def _changes_with_keys(what: str, at: str = "") -> ExportError:
+    return ExportError(
+        "the model's graph changes with the keys the features dict holds: traced with only "
+        f"the features it reads when the dict holds every feature, {what} (a test like "
+        "`\"x\" in features` or features.get on a key it never reads?); read the keys "
+        f"unconditionally, or export it with --format torchscript{at}")
 
 
 class _Select(torch.nn.Module):
@@ -259,10 +277,6 @@ def program_sha256(data: bytes) -> str:
 def compile_aoti(program: torch.export.ExportedProgram, device: str) -> bytes:
     """An AOTInductor package of ``program`` for ``device``."""
     if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ExportError("--device cuda compiles for a GPU and this machine has no CUDA "
-                              f"device (torch {torch.__version__}): compile on a machine with "
-                              "one, or export --format export and let the leaf place it")
         from torch.export.passes import move_to_device_pass
         program = move_to_device_pass(program, "cuda")
     with tempfile.TemporaryDirectory(prefix="trimmer-aoti-") as tmp:

@@ -139,6 +139,10 @@ def resolve_format(src: Source, fmt: str | None, device: str | None) -> str:
                           "leaf's device when it loads)")
     if device is not None and device not in AOTI_DEVICES:
         raise ExportError(f"--device must be one of {', '.join(AOTI_DEVICES)}, not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ExportError("--device cuda compiles for a GPU and this machine has no CUDA device "
+                          f"(torch {torch.__version__}): compile on a machine with one, or "
+                          "export --format export and let the leaf place it on its GPU")
     if fmt != "torchscript" and src.kind == "torchscript":
         raise ExportError(f"a TorchScript model cannot be exported as {fmt}: torch.export "
                           "traces Python code; export the nn.Module source "
@@ -173,7 +177,7 @@ def _program(src: Source, schema: FeatureSchema, explicit: list[str] | None, fmt
     else:
         module, derivation = src.model, derive_program(src.model, schema)
     names = required_features(derivation, schema, explicit)
-    program = export_program(module, schema, names)
+    program = export_program(module, schema, names, saved=src.kind == "program")
     data = program_bytes(program)
     artifact = Artifact("export", program_sha256=program_sha256(data))
     timing = {"export_s": round(time.monotonic() - t0, 1)}

@@ -231,3 +231,19 @@ class ReassignedListAttribute(torch.nn.Module):
             s = s + features[name]
         self.names = ["pin_quality"]
         return s
+
+
+class RaggedByName(torch.nn.Module):
+    """Reads the ragged pin_tags by its name instead of .values/.offsets."""
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        return features["pin_ctr_7d"] + features["pin_tags"].sum()
+
+
+class KeyDependent(torch.nn.Module):
+    """Which features it reads depends on a key it never reads."""
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        if "pin_quality" in features:
+            return features["pin_ctr_7d"]
+        return features["pin_age_days"]
