@@ -45,7 +45,7 @@ from .module_info import (
 )
 from .publish import feature_diff, next_version, publish
 from .schema import FeatureSchema
-from .sources import ExportError, Source, load_source, module_bytes, scripted
+from .sources import ExportError, Source, describe, load_source, module_bytes, scripted
 from .synthetic import synthetic_inputs
 
 FORMATS = tuple(ARTIFACT_FILES)   # torchscript, export, aoti
@@ -195,11 +195,12 @@ def _program(src: Source, schema: FeatureSchema, explicit: list[str] | None, fmt
     return names, data, artifact, timing
 
 
-def export(source: str, repo_root, model: str, schema: FeatureSchema, version: str | None = None,
-           features: list[str] | None = None, fork: str | None = None, fmt: str | None = None,
-           device: str | None = None) -> ModuleInfo:
-    """Export ``source`` as ``model`` (or as the fork ``fork``) in format ``fmt``
-    (``device``: where an AOTInductor package runs); returns its ModuleInfo."""
+def export(source: str | torch.nn.Module, repo_root, model: str, schema: FeatureSchema,
+           version: str | None = None, features: list[str] | None = None, fork: str | None = None,
+           fmt: str | None = None, device: str | None = None) -> ModuleInfo:
+    """Export ``source`` (see `load_source`) as ``model`` (or as the fork
+    ``fork``) in format ``fmt`` (``device``: where an AOTInductor package
+    runs); returns its ModuleInfo."""
     repo = ModelRepository(repo_root)
     check_name("model name", model)
     name = model
@@ -213,7 +214,7 @@ def export(source: str, repo_root, model: str, schema: FeatureSchema, version: s
     src = load_source(source)
     fmt = resolve_format(src, fmt, device)
     if fmt == "torchscript":
-        names, data, artifact, timing = _torchscript(source, src, schema, features)
+        names, data, artifact, timing = _torchscript(describe(source), src, schema, features)
     else:
         names, data, artifact, timing = _program(src, schema, features, fmt, device or "cpu")
     version = version or next_version(repo, name)
@@ -225,7 +226,7 @@ def export(source: str, repo_root, model: str, schema: FeatureSchema, version: s
             "torch": torch.__version__,
             "python": sys.version.split()[0],
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "source": source,
+            "source": describe(source),
             "derived": "explicit list" if features is not None else "graph",
             "schema_fingerprint": schema.fingerprint,
             **timing,

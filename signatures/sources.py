@@ -2,7 +2,7 @@
 
 A source is a TorchScript file, a ``.pt2`` file holding an ExportedProgram
 (``torch.export.save``), or ``package.module:callable`` returning an
-``nn.Module`` (or a ``ScriptModule``). An AOTInductor package is not a
+``nn.Module`` (or a ``ScriptModule``); from Python, also a module itself. An AOTInductor package is not a
 source: it carries compiled code, not the graph a signature is read from.
 """
 from __future__ import annotations
@@ -60,7 +60,11 @@ def _load_file(path: str) -> Source:
         raise ExportError(f"{path}: not a loadable TorchScript file: {exc}") from exc
 
 
-def load_source(source: str) -> Source:
+def load_source(source: str | torch.nn.Module) -> Source:
+    if isinstance(source, torch.jit.ScriptModule):
+        return Source("torchscript", source)
+    if isinstance(source, torch.nn.Module):
+        return Source("module", source.eval())
     if os.path.exists(source):
         return _load_file(source)
     mod_name, sep, attr = source.partition(":")
@@ -87,6 +91,13 @@ def load_source(source: str) -> Source:
     return Source("module", module.eval())
 
 
+def describe(source: str | torch.nn.Module) -> str:
+    """How provenance names a source: its path or module:callable, or a module's class."""
+    if isinstance(source, torch.nn.Module):
+        return f"{type(source).__module__}.{type(source).__qualname__} instance"
+    return source
+
+
 def scripted(source: str, src: Source) -> torch.jit.ScriptModule:
     if src.kind == "torchscript":
         return src.model
@@ -102,4 +113,4 @@ def module_bytes(module: torch.jit.ScriptModule) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["ExportError", "Source", "load_source", "module_bytes", "scripted"]
+__all__ = ["ExportError", "Source", "describe", "load_source", "module_bytes", "scripted"]
