@@ -44,8 +44,8 @@ class LeafCurveSettings:
 class LeafSettings:
     WHAT = "leaf config"
 
-    repo: str = option(help="model repository: <repo>/<model>/<version>/{model.pt,"
-                       "module_info.json}", path=True)
+    repo: str = option(help="model repository: <repo>/<model>/<version>/{model.pt or "
+                       "model.pt2, module_info.json}", path=True)
     bind: tuple[str, ...] = option(help="endpoints to bind, ipc:// or tcp://",
                                    metavar="ENDPOINT")
     models: tuple[str, ...] = option((), "model versions to serve; NAME alone serves all its "

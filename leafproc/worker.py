@@ -20,9 +20,10 @@ import torch
 import zmq
 
 import _trim
-from _trim.errors import TrimmerError
+from _trim.errors import Refused, TrimmerError
 from _trim.transport import protocol as P
 from _trim.transport.frames import send_frames
+from signatures import artifact as artifacts
 from signatures.module_info import ModuleInfo
 
 from .defaults import MAX_ERROR_CHARS, REPLY_LINGER_MS, WARMUP_ROWS
@@ -104,7 +105,11 @@ class ModelWorker(threading.Thread):
                 self._load()
                 self.ready = True
                 self.series.ready.set(1)
-                log.info("model %s ready on %s", self.key, self.device)
+                log.info("model %s (%s) ready on %s", self.key, self.info.artifact.describe(),
+                         self.device)
+            except Refused as exc:   # a kind or build this leaf cannot load: no traceback
+                self.error = f"cannot load: {exc}"
+                log.error("model %s %s", self.key, self.error)
             except Exception as exc:
                 self.error = f"failed to load or warm up: {_short(exc)}"
                 log.exception("model %s %s", self.key, self.error)
@@ -113,18 +118,19 @@ class ModelWorker(threading.Thread):
             push.close()
 
     def _load(self) -> None:
-        model = torch.jit.load(self.path, map_location=self.device)
-        model.eval()
-        self.model = model
-        # Warm-up runs the real path (decode, check, build, forward) so that the
-        # first request pays no lazy initialisation or JIT profiling cost.
-        msg = synthetic_message(self.inputs, WARMUP_ROWS)
-        for _ in range(2):
-            decoded = _trim.decode(msg)
-            self.check(decoded, WARMUP_ROWS)
-            part = Part(decoded, np.frombuffer(msg, dtype=np.uint8), WARMUP_ROWS)
-            with torch.inference_mode():
-                to_scores(self.model(self.builder.build([part], self.inputs)), WARMUP_ROWS)
+        # A kind this leaf cannot load (an AOTInductor package for another
+        # device or torch release) is refused here, with what would load.
+        with artifacts.loading(self.info.artifact):   # torch's lazy imports, one thread at a time
+            self.model = artifacts.load(self.path, self.info.artifact, self.device)
+            # Warm-up runs the real path (decode, check, build, forward) so that the
+            # first request pays no lazy initialisation or JIT profiling cost.
+            msg = synthetic_message(self.inputs, WARMUP_ROWS)
+            for _ in range(2):
+                decoded = _trim.decode(msg)
+                self.check(decoded, WARMUP_ROWS)
+                part = Part(decoded, np.frombuffer(msg, dtype=np.uint8), WARMUP_ROWS)
+                with torch.inference_mode():
+                    to_scores(self.model(self.builder.build([part], self.inputs)), WARMUP_ROWS)
 
     def _loop(self) -> None:
         carry = None

@@ -7,8 +7,10 @@ code itself: every read of the ``features`` dict (``features["x"]``,
 submodules' ``forward``. Reads inside any branch count (a column the model
 may read must be sent). A key must be a compile-time constant, an element of
 a constant list of strings (``for n in ["a", "b"]``, a list attribute of the
-module that the graph never mutates), a branch choosing between constants,
-or a concatenation of those; anything else is refused with its source
+module that the graph never mutates), a str attribute of the module or of a
+submodule that the graph never assigns (``Tower("user_emb")`` reading
+``features[self.key]``), a branch choosing between constants, or a
+concatenation of those; anything else is refused with its source
 location, because guessing would break the model on the first request that
 takes that path.
 
@@ -151,6 +153,12 @@ class _Resolver:
         if kind == "prim::Constant":
             v = value.toIValue()
             return {v} if isinstance(v, str) else None
+        if kind == "prim::GetAttr" and str(value.type()) == "str":
+            # A str cannot be changed in place, only reassigned.
+            if not self._attribute_never_assigned(value):
+                return None
+            v = self._attribute(value)
+            return {v} if isinstance(v, str) else None
         if kind == "aten::__getitem__":
             container, _ = node.inputs()
             return self.list_strings(container)
@@ -192,7 +200,7 @@ class _Resolver:
                 out |= got
             return out
         if kind == "prim::GetAttr":
-            if not self._attribute_never_mutated(value):
+            if not (self._attribute_never_mutated(value) and self._attribute_never_assigned(value)):
                 return None
             v = self._attribute(value)
             if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
@@ -216,6 +224,16 @@ class _Resolver:
         nodes = self.graph.findAllNodes("prim::GetAttr", True)
         return all(self._never_mutated(n.output()) for n in nodes
                    if self._chain(n.output())[0] == chain)
+
+    def _attribute_never_assigned(self, value) -> bool:
+        # `self.a.b = ...` is a SetAttr "b" on the object `self.a` reads: once
+        # forward has run, the attribute may hold something else.
+        chain = self._chain(value)[0]
+        for node in self.graph.findAllNodes("prim::SetAttr", True):
+            target = self._chain(node.inputsAt(0))[0]
+            if (node.s("name"),) + target == chain:
+                return False
+        return True
 
     def _attribute(self, value):
         """Python value of a ``self.a.b`` attribute chain, or None."""

@@ -1,89 +1,60 @@
 """Export a model into the repository with the signature derived from its graph.
 
-Steps: load (TorchScript file, or ``module:callable`` returning an nn.Module
-that is scripted here), derive the keys it reads, map them onto the feature
-schema, dry-run it on synthetic inputs holding exactly those features, then
-publish ``model.pt`` + ``module_info.json`` under the immutability rules:
-a written version never changes, and every version of a model has the same
-signature hash (a different input set is a fork, a new model name).
+Steps: load the source (signatures/sources.py), derive the keys it reads
+(the TorchScript graph, signatures/derive.py, or the torch.export graph,
+signatures/derive_export.py), map them onto the feature schema, build the
+artifact (a TorchScript file, an exported program, or an AOTInductor package
+compiled from it), dry-run it on synthetic inputs holding exactly those
+features as a leaf loads it, then publish it with ``module_info.json``
+(signatures/publish.py). The signature depends only on the features read,
+never on the format: the same model exported as TorchScript and as a program
+has one signature hash.
 """
 from __future__ import annotations
 
 import datetime
 import hashlib
-import importlib
-import io
 import os
-import shutil
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from _trim.errors import Refused
-
+from . import artifact as artifacts
 from .derive import Derivation, DerivationError, check_explicit, derive, read_places
-from .fsutil import fsync_dir, locked
+from .derive_export import (
+    compile_aoti,
+    derive_program,
+    export_program,
+    program_bytes,
+    program_sha256,
+    program_source,
+)
 from .module_info import (
-    INFO_NAME,
-    MODEL_NAME,
+    AOTI_DEVICES,
+    ARTIFACT_FILES,
+    Artifact,
     ModelRepository,
     ModuleInfo,
     TensorSpec,
     check_name,
-    sha256_file,
     version_sort_key,
 )
+from .publish import feature_diff, next_version, publish
 from .schema import FeatureSchema
+from .sources import ExportError, Source, describe, load_source, module_bytes, scripted
+from .synthetic import synthetic_inputs
 
+FORMATS = tuple(ARTIFACT_FILES)   # torchscript, export, aoti
 DRY_RUN_ROWS = (1, 5)  # one row catches models that squeeze the row axis away
-
-
-class ExportError(Refused):
-    """The model cannot be exported; the message says why and what to do."""
-
-
-# -- loading ------------------------------------------------------------------
-
-def load_model(source: str) -> tuple[torch.jit.ScriptModule, bytes | None]:
-    """(scripted module, original file bytes when ``source`` is a TorchScript file)."""
-    if os.path.exists(source):
-        with open(source, "rb") as f:
-            data = f.read()
-        try:
-            return torch.jit.load(io.BytesIO(data), map_location="cpu"), data
-        except Exception as exc:  # torch raises RuntimeError, ValueError, zip errors...
-            raise ExportError(f"{source}: not a loadable TorchScript file: {exc}") from exc
-    mod_name, sep, attr = source.partition(":")
-    if not sep or not mod_name or not attr:
-        raise ExportError(f"{source!r}: neither an existing TorchScript file nor module:callable")
-    # Like `python -m`: a module:callable names code in the current directory.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj = importlib.import_module(mod_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ExportError(f"{source}: cannot import: {exc}") from exc
-    try:
-        module = obj() if callable(obj) and not isinstance(obj, torch.nn.Module) else obj
-    except Exception as exc:
-        raise ExportError(f"{source}: calling it raised {type(exc).__name__}: {exc}") from exc
-    if isinstance(module, torch.jit.ScriptModule):
-        return module, None
-    if not isinstance(module, torch.nn.Module):
-        raise ExportError(f"{source}: returned {type(module).__name__}, expected an nn.Module")
-    try:
-        return torch.jit.script(module.eval()), None
-    except Exception as exc:
-        raise ExportError(f"{source}: torch.jit.script failed: {exc}") from exc
-
-
-def module_bytes(module: torch.jit.ScriptModule) -> bytes:
-    buf = io.BytesIO()
-    torch.jit.save(module, buf)
-    return buf.getvalue()
+# An exported program or package must score like the module it came from:
+# |artifact - module| <= SCORE_ATOL + SCORE_RTOL * |module| on the dry run.
+# Compiled kernels may reorder float sums; they must not change a score more.
+SCORE_RTOL = 1e-4
+SCORE_ATOL = 1e-5
 
 
 # -- signature ----------------------------------------------------------------
@@ -123,42 +94,15 @@ def required_features(derivation: Derivation, schema: FeatureSchema,
 
 # -- dry run ------------------------------------------------------------------
 
-def synthetic_inputs(schema: FeatureSchema, names, rows: int, seed: int = 0) -> dict:
-    """Inputs as the leaf builds them (docs/signatures.md, model convention)."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, torch.Tensor] = {}
-    for name in names:
-        f = schema[name]
-        n_rows = 1 if f.per_request else rows
-        if f.ragged:
-            lengths = rng.integers(0, 4, size=n_rows)
-            offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
-            out[f"{name}.values"] = torch.from_numpy(_values(f, (int(offsets[-1]),), rng))
-            out[f"{name}.offsets"] = torch.from_numpy(offsets)
-        else:
-            t = torch.from_numpy(_values(f, (n_rows,) + f.shape, rng))
-            out[name] = t.expand((rows,) + f.shape) if f.per_request else t
-    return out
-
-
-def _values(feature, shape, rng) -> np.ndarray:
-    dtype = np.dtype(feature.dtype)
-    op = feature.transform.get("op")
-    if op == "hash":
-        return rng.integers(0, feature.transform["buckets"], size=shape).astype(dtype)
-    if dtype.kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
-    if dtype.kind == "b":
-        return rng.integers(0, 2, size=shape).astype(bool)
-    return rng.integers(0, 10, size=shape).astype(dtype)
-
-
-def dry_run(module, schema: FeatureSchema, names, rows_list=DRY_RUN_ROWS) -> None:
+def dry_run(model: Callable, schema: FeatureSchema, names, rows_list=DRY_RUN_ROWS, *,
+            reference: Callable | None = None, device: str = "cpu") -> None:
+    """``model`` must return one float score per row; with ``reference`` (the
+    module an artifact came from), the same scores within the tolerance."""
     for rows in rows_list:
         inputs = synthetic_inputs(schema, names, rows)
         try:
             with torch.inference_mode():
-                out = module(inputs)
+                out = model({k: v.to(device) for k, v in inputs.items()})
         except Exception as exc:
             msg = str(exc).strip()
             raise ExportError(f"dry run on {rows} synthetic row(s) holding only the derived "
@@ -171,82 +115,92 @@ def dry_run(module, schema: FeatureSchema, names, rows_list=DRY_RUN_ROWS) -> Non
             raise ExportError(f"dry run on {rows} row(s): forward must return one float score "
                               f"per row, shape [{rows}] or [{rows}, 1]; got "
                               f"{out.dtype} of shape {list(out.shape)}")
+        if reference is not None:
+            with torch.inference_mode():
+                want = reference(inputs).reshape(-1).to(torch.float64).numpy()
+            got = out.reshape(-1).to("cpu", torch.float64).numpy()
+            if not np.allclose(got, want, rtol=SCORE_RTOL, atol=SCORE_ATOL):
+                worst = float(np.max(np.abs(got - want)))
+                raise ExportError(f"dry run on {rows} row(s): the artifact's scores differ from "
+                                  f"the module's by up to {worst:.3g} (allowed: {SCORE_ATOL} + "
+                                  f"{SCORE_RTOL} x |score|)")
 
 
-# -- publishing ---------------------------------------------------------------
+# -- building each format -------------------------------------------------------
 
-def feature_diff(old: ModuleInfo, new: ModuleInfo) -> str:
-    o = {s.name: s for s in old.inputs}
-    n = {s.name: s for s in new.inputs}
-    lines = [f"+ {k}" for k in sorted(set(n) - set(o))]
-    lines += [f"- {k}" for k in sorted(set(o) - set(n))]
-    lines += [f"~ {k}: {o[k].to_dict()} -> {n[k].to_dict()}"
-              for k in sorted(set(o) & set(n)) if o[k] != n[k]]
-    if [s.output_dict() for s in old.outputs] != [s.output_dict() for s in new.outputs]:
-        lines.append("~ outputs differ")
-    return "\n".join(lines)
-
-
-def next_version(repo: ModelRepository, model: str) -> str:
-    numeric = [int(v) for v in repo.versions(model) if v.isdigit()]
-    return str(max(numeric, default=0) + 1)
-
-
-def publish(repo: ModelRepository, data: bytes, info: ModuleInfo) -> str:
-    """Write a version under the immutability rules; returns its directory.
-
-    Re-publishing identical bytes is a no-op, so a retried export succeeds.
-    """
-    os.makedirs(repo.root, exist_ok=True)
-    with locked(os.path.join(repo.root, ".lock")):
-        target = repo.version_dir(info.model, info.version)
-        if os.path.exists(os.path.join(target, INFO_NAME)):
-            old = ModuleInfo.load(target)
-            old_sha = sha256_file(os.path.join(target, MODEL_NAME))
-            if old_sha == info.artifact_sha256 and old.signature_hash == info.signature_hash:
-                return target
-            raise ExportError(
-                f"{info.key} already exists with different "
-                f"{'bytes' if old_sha != info.artifact_sha256 else 'signature'}; a version "
-                f"is immutable once written: export it as a new version "
-                f"(next free: {next_version(repo, info.model)})")
-        for version in repo.versions(info.model):
-            old = repo.info(info.model, version)
-            if old.signature_hash != info.signature_hash:
-                raise ExportError(
-                    f"{info.key} reads different features than {old.key}; every version of "
-                    f"a model must have the same signature (hash {old.signature_hash[:12]}, "
-                    f"this one {info.signature_hash[:12]}). Feature diff:\n"
-                    f"{feature_diff(old, info)}\n"
-                    f"A different input set is a new model: fork it with "
-                    f"`trimmer export ... --fork NEW_NAME`.")
-            break  # all versions share one hash, checked when each was written
-        # Build the version beside its final place, then rename it in whole:
-        # a crash leaves a hidden temp directory, never a half-written version.
-        parent = os.path.dirname(target)
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".tmp-{info.version}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        try:
-            with open(os.path.join(tmp, MODEL_NAME), "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            info.write(tmp)
-            fsync_dir(tmp)
-            if os.path.exists(target):  # an empty leftover without module_info.json
-                shutil.rmtree(target)
-            os.rename(tmp, target)
-            fsync_dir(parent)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return target
+def resolve_format(src: Source, fmt: str | None, device: str | None) -> str:
+    """The format to build (default: TorchScript, or an exported program for a
+    .pt2 source), after refusing what cannot be built from this source here."""
+    fmt = fmt or ("export" if src.kind == "program" else "torchscript")
+    if fmt not in FORMATS:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if device is not None and fmt != "aoti":
+        raise ExportError(f"--device is for --format aoti (a {fmt} artifact is placed on the "
+                          "leaf's device when it loads)")
+    if device is not None and device not in AOTI_DEVICES:
+        raise ExportError(f"--device must be one of {', '.join(AOTI_DEVICES)}, not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ExportError("--device cuda compiles for a GPU and this machine has no CUDA device "
+                          f"(torch {torch.__version__}): compile on a machine with one, or "
+                          "export --format export and let the leaf place it on its GPU")
+    if fmt != "torchscript" and src.kind == "torchscript":
+        raise ExportError(f"a TorchScript model cannot be exported as {fmt}: torch.export "
+                          "traces Python code; export the nn.Module source "
+                          "(package.module:callable) instead")
+    if fmt == "torchscript" and src.kind == "program":
+        raise ExportError("an exported program (.pt2) cannot become TorchScript: export it as "
+                          "--format export or aoti, or export the nn.Module source")
+    reason = artifacts.unsupported(fmt)
+    if reason:
+        raise ExportError(reason)
+    return fmt
 
 
-def export(source: str, repo_root, model: str, schema: FeatureSchema, version: str | None = None,
-           features: list[str] | None = None, fork: str | None = None) -> ModuleInfo:
-    """Export ``source`` as ``model`` (or as the fork ``fork``); returns its ModuleInfo."""
+def _torchscript(source: str, src: Source, schema: FeatureSchema,
+                 explicit: list[str] | None) -> tuple[list[str], bytes, Artifact, dict]:
+    module = scripted(source, src)
+    try:
+        derivation = derive(module)
+    except DerivationError as exc:
+        raise ExportError(f"cannot derive the signature: {exc}") from exc
+    names = required_features(derivation, schema, explicit)
+    dry_run(module, schema, names)
+    data = src.file_bytes if src.file_bytes is not None else module_bytes(module)
+    return names, data, Artifact(), {}
+
+
+def _program(src: Source, schema: FeatureSchema, explicit: list[str] | None, fmt: str,
+             device: str) -> tuple[list[str], bytes, Artifact, dict]:
+    t0 = time.monotonic()
+    if src.kind == "program":
+        module, derivation = program_source(src.model)
+    else:
+        module, derivation = src.model, derive_program(src.model, schema)
+    names = required_features(derivation, schema, explicit)
+    program = export_program(module, schema, names, saved=src.kind == "program")
+    data = program_bytes(program)
+    artifact = Artifact("export", program_sha256=program_sha256(data))
+    timing = {"export_s": round(time.monotonic() - t0, 1)}
+    if fmt == "aoti":
+        t1 = time.monotonic()
+        data = compile_aoti(program, device)
+        timing["compile_s"] = round(time.monotonic() - t1, 1)
+        artifact = Artifact("aoti", device, torch.__version__, artifact.program_sha256)
+    with tempfile.TemporaryDirectory(prefix="trimmer-export-") as tmp:
+        path = os.path.join(tmp, artifact.file)
+        with open(path, "wb") as f:
+            f.write(data)
+        model = artifacts.load(path, artifact, torch.device(device))
+        dry_run(model, schema, names, reference=module, device=device)
+    return names, data, artifact, timing
+
+
+def export(source: str | torch.nn.Module, repo_root, model: str, schema: FeatureSchema,
+           version: str | None = None, features: list[str] | None = None, fork: str | None = None,
+           fmt: str | None = None, device: str | None = None) -> ModuleInfo:
+    """Export ``source`` (see `load_source`) as ``model`` (or as the fork
+    ``fork``) in format ``fmt`` (``device``: where an AOTInductor package
+    runs); returns its ModuleInfo."""
     repo = ModelRepository(repo_root)
     check_name("model name", model)
     name = model
@@ -257,35 +211,31 @@ def export(source: str, repo_root, model: str, schema: FeatureSchema, version: s
         name = fork
     if version is not None:
         check_name("model version", version)
-    module, file_bytes = load_model(source)
-    try:
-        derivation = derive(module)
-    except DerivationError as exc:
-        raise ExportError(f"cannot derive the signature: {exc}") from exc
-    names = required_features(derivation, schema, features)
-    dry_run(module, schema, names)
-    data = file_bytes if file_bytes is not None else module_bytes(module)
+    src = load_source(source)
+    fmt = resolve_format(src, fmt, device)
+    if fmt == "torchscript":
+        names, data, artifact, timing = _torchscript(describe(source), src, schema, features)
+    else:
+        names, data, artifact, timing = _program(src, schema, features, fmt, device or "cpu")
     version = version or next_version(repo, name)
     info = ModuleInfo(
         model=name, version=version,
         inputs=[TensorSpec.from_feature(schema[n]) for n in names],
-        artifact_sha256=_sha256(data),
+        artifact_sha256=hashlib.sha256(data).hexdigest(), artifact=artifact,
         provenance={
             "torch": torch.__version__,
             "python": sys.version.split()[0],
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "source": source,
+            "source": describe(source),
             "derived": "explicit list" if features is not None else "graph",
             "schema_fingerprint": schema.fingerprint,
+            **timing,
             **({"forked_from": model} if fork is not None else {}),
         })
     publish(repo, data, info)
     return repo.info(name, version)
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-__all__ = ["ExportError", "dry_run", "export", "feature_diff", "load_model", "next_version",
-           "publish", "required_features", "synthetic_inputs", "version_sort_key"]
+__all__ = ["DRY_RUN_ROWS", "FORMATS", "SCORE_ATOL", "SCORE_RTOL", "ExportError", "dry_run",
+           "export", "feature_diff", "next_version", "publish", "required_features",
+           "resolve_format", "synthetic_inputs", "version_sort_key"]

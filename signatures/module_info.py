@@ -1,8 +1,9 @@
 """Model signatures (``module_info.json``) and the model repository.
 
-Repository layout: ``<repo>/<model>/<version>/{model.pt, module_info.json}``.
+Repository layout: ``<repo>/<model>/<version>/{model.pt | model.pt2, module_info.json}``.
 The signature hash covers inputs and outputs only, so every version of one
-model shares it; a different hash means a different model (a fork).
+model shares it whatever its artifact kind; a different hash means a
+different model (a fork).
 """
 from __future__ import annotations
 
@@ -20,7 +21,12 @@ from .fsutil import atomic_write, read_json
 
 FORMAT = 1
 INFO_NAME = "module_info.json"
-MODEL_NAME = "model.pt"
+MODEL_NAME = "model.pt"   # a TorchScript artifact's file
+# The artifact kinds and the file each is stored in. The name follows from
+# the kind, never from the file: module_info.json cannot point a leaf at
+# another path.
+ARTIFACT_FILES = {"torchscript": MODEL_NAME, "export": "model.pt2", "aoti": "model.pt2"}
+AOTI_DEVICES = ("cpu", "cuda")
 # Names become directory names and `model@version` keys.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
@@ -94,6 +100,65 @@ class TensorSpec:
 DEFAULT_OUTPUTS = (TensorSpec("score", "float32", ()),)
 
 
+@dataclass(frozen=True)
+class Artifact:
+    """What ``model.pt``/``model.pt2`` holds, and what a leaf needs to load it.
+
+    ``torchscript``: a TorchScript file; ``export``: a ``torch.export``
+    ExportedProgram (``torch.export.save``); ``aoti``: an AOTInductor package
+    compiled for ``device`` by torch ``torch``, which only that device type
+    and that torch release load. ``program_sha256`` identifies the traced
+    program of the last two (their files are not byte-reproducible), so a
+    retried export of the same program is recognised.
+    """
+
+    kind: str = "torchscript"
+    device: str | None = None
+    torch: str | None = None
+    program_sha256: str = ""
+
+    @property
+    def file(self) -> str:
+        return ARTIFACT_FILES[self.kind]
+
+    def describe(self) -> str:
+        if self.kind == "aoti":
+            return f"AOTInductor package for {self.device} (torch {self.torch})"
+        return {"torchscript": "TorchScript", "export": "exported program"}[self.kind]
+
+    def to_dict(self) -> dict:
+        d: dict = {"kind": self.kind}
+        if self.kind == "aoti":
+            d.update(device=self.device, torch=self.torch)
+        if self.program_sha256:
+            d["program_sha256"] = self.program_sha256
+        return d
+
+    @classmethod
+    def from_dict(cls, d, where: str) -> Artifact:
+        if not isinstance(d, dict):
+            raise InvalidInput(f"{where}: 'artifact' must be an object, got {d!r}")
+        kind = d.get("kind")
+        if kind not in ARTIFACT_FILES:
+            raise InvalidInput(f"{where}: artifact kind {kind!r} is not one of "
+                               f"{', '.join(ARTIFACT_FILES)}")
+        device, version = d.get("device"), d.get("torch")
+        if kind == "aoti":
+            if device not in AOTI_DEVICES:
+                raise InvalidInput(f"{where}: an aoti artifact needs a device, one of "
+                                   f"{', '.join(AOTI_DEVICES)}; got {device!r}")
+            if not isinstance(version, str) or not version:
+                raise InvalidInput(f"{where}: an aoti artifact needs the torch version it was "
+                                   f"built with; got {version!r}")
+        elif device is not None or version is not None:
+            raise InvalidInput(f"{where}: only an aoti artifact has a device and a torch "
+                               "version")
+        sha = d.get("program_sha256", "")
+        if not isinstance(sha, str):
+            raise InvalidInput(f"{where}: program_sha256 must be a string")
+        return cls(kind, device, version, sha)
+
+
 @dataclass
 class ModuleInfo:
     model: str
@@ -103,6 +168,7 @@ class ModuleInfo:
     artifact_sha256: str = ""
     provenance: dict = field(default_factory=dict)
     signature_hash: str = ""
+    artifact: Artifact = field(default_factory=Artifact)
 
     def __post_init__(self):
         check_name("model name", self.model)
@@ -140,6 +206,7 @@ class ModuleInfo:
                 "inputs": [s.to_dict() for s in self.inputs],
                 "outputs": [s.output_dict() for s in self.outputs],
                 "signature_hash": self.signature_hash,
+                "artifact": self.artifact.to_dict(),
                 "artifact_sha256": self.artifact_sha256,
                 "provenance": self.provenance}
 
@@ -164,9 +231,11 @@ class ModuleInfo:
             raise InvalidInput(f"{where}: 'inputs' and 'outputs' must be lists")
         inputs = [TensorSpec.from_dict(x, f"{where}: inputs") for x in d["inputs"]]
         outputs = [TensorSpec.from_dict(x, f"{where}: outputs") for x in d["outputs"]]
+        # Written before there were other kinds: a TorchScript model.pt.
+        artifact = Artifact.from_dict(d["artifact"], where) if "artifact" in d else Artifact()
         info = cls(model=d["model"], version=str(d["version"]), inputs=inputs, outputs=outputs,
                    artifact_sha256=d.get("artifact_sha256", ""),
-                   provenance=d.get("provenance") or {}, signature_hash="")
+                   provenance=d.get("provenance") or {}, signature_hash="", artifact=artifact)
         if info.signature_hash != d["signature_hash"]:
             raise InvalidInput(f"{where}: signature_hash {d['signature_hash'][:12]}... does not "
                              f"match its inputs/outputs ({info.signature_hash[:12]}...): "
@@ -226,10 +295,10 @@ class ModelRepository:
         return ModuleInfo.load(self.version_dir(model, version))
 
     def load(self, model: str, version: str, verify: bool = True) -> tuple[str, ModuleInfo]:
-        """(path to model.pt, ModuleInfo); with ``verify`` the artifact's sha256
-        must match the signature's record of it."""
+        """(path to the artifact, ModuleInfo); with ``verify`` the artifact's
+        sha256 must match the signature's record of it."""
         info = self.info(model, version)
-        path = os.path.join(self.version_dir(model, version), MODEL_NAME)
+        path = os.path.join(self.version_dir(model, version), info.artifact.file)
         if not os.path.isfile(path):
             raise InvalidInput(f"{info.key}: {path} is missing")
         if verify and info.artifact_sha256 and sha256_file(path) != info.artifact_sha256:
@@ -247,5 +316,6 @@ class ModelRepository:
         return f"ModelRepository({self.root!r})"
 
 
-__all__ = ["FORMAT", "INFO_NAME", "MODEL_NAME", "ModelRepository", "ModuleInfo", "TensorSpec",
+__all__ = ["AOTI_DEVICES", "ARTIFACT_FILES", "FORMAT", "INFO_NAME", "MODEL_NAME", "Artifact",
+           "ModelRepository", "ModuleInfo", "TensorSpec",
            "atomic_write", "canonical_json", "check_name", "sha256_file", "signature_hash"]

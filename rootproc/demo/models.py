@@ -1,7 +1,9 @@
-"""The demo's TorchScript model: a cheap scorer over a named subset of features.
+"""The demo's model: a cheap scorer over a named subset of features.
 
-The names are list attributes that forward never mutates, so the signature
-derivation reads them off the graph like any constant key.
+The names are list attributes that forward never mutates, so the TorchScript
+derivation reads them off the graph like any constant key; torch.export
+traces the loops away and names the features the graph reads. Either way
+the signature is the same, whichever format serves it.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ class SubsetScorer(torch.nn.Module):
                              torch.randn(len(ragged), generator=g) / max(1, len(ragged)) ** 0.5)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        rows = features[self.dense_names[0]].shape[0]
-        score = torch.zeros(rows)
+        first = features[self.dense_names[0]]
+        score = torch.zeros(first.shape[0], device=first.device)  # on the leaf's device
         i = 0
         for name in self.dense_names:
             x = features[name].float()

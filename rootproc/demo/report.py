@@ -6,6 +6,8 @@ from pathlib import Path
 from .modes import BASELINE, MODES
 
 LABELS = {m.name: m.label for m in MODES}
+FORMAT_LABELS = {"torchscript": "TorchScript", "export": "torch.export programs",
+                 "aoti": "AOTInductor packages"}
 
 
 def _change(value: float, base: float) -> str:
@@ -44,7 +46,8 @@ def render_table(results: list[dict], args, scenario) -> str:
     if any("shm" in r["mode"] for r in results):
         lines += ["", "With shared memory the batch bytes are written into the leaf's slots; "
                       "only a descriptor crosses the ipc socket."]
-    lines += ["", "Models (share of the schema each reads): "
+    served = FORMAT_LABELS[scenario.model_format]
+    lines += ["", f"Models, served as {served} (share of the schema each reads): "
               + ", ".join(f"{k} {v:.0%}" for k, v in scenario.models.items()), ""]
     return "\n".join(lines)
 

@@ -1,16 +1,24 @@
 """Everything the demo node needs on disk, generated deterministically:
 schema, exported models with derived signatures, bundle, staged config
-store and the LMDB feature store."""
+store and the LMDB feature store.
+
+The models are served as TorchScript unless ``TRIMMER_DEMO_MODEL_FORMAT``
+says otherwise: ``export`` (torch.export programs), ``aoti`` (AOTInductor
+packages for the CPU: the fastest forward, bench/RESULTS.md, but each takes
+half a minute to two minutes to compile on a small machine), or ``auto``
+(``aoti`` when this torch can build it, else TorchScript). The default keeps
+the demo's run time; the table says which format served."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from signatures import artifact as artifacts
 from signatures.bundle import build as build_bundle
-from signatures.export import export
+from signatures.export import FORMATS, export
 from signatures.module_info import ModelRepository
 from signatures.schema import FeatureSchema
 from signatures.store import ConfigStore
@@ -19,6 +27,21 @@ from .models import SubsetScorer
 from .schema_gen import demo_schema, model_feature_sets
 
 STAGE = "production"
+FORMAT_ENV = "TRIMMER_DEMO_MODEL_FORMAT"
+
+
+def model_format(requested: str | None = None, log=print) -> str:
+    """The format the demo exports its models in (see the module docstring)."""
+    fmt = requested or os.environ.get(FORMAT_ENV) or "torchscript"
+    if fmt == "auto":
+        fmt = "aoti" if artifacts.unsupported("aoti") is None else "torchscript"
+    if fmt not in FORMATS:
+        raise ValueError(f"{FORMAT_ENV}={fmt!r}: expected one of {', '.join(FORMATS)} or auto")
+    reason = artifacts.unsupported(fmt)
+    if reason:
+        log(f"{FORMAT_ENV}={fmt}: {reason}; serving TorchScript instead")
+        fmt = "torchscript"
+    return fmt
 
 
 @dataclass
@@ -28,6 +51,7 @@ class Scenario:
     models: dict[str, float]          # model key -> fraction of the schema it reads
     placement: dict[str, list[str]]   # leaf name -> model keys
     bundle_id: str
+    model_format: str = "torchscript"   # the artifact kind the leaves serve
 
     @property
     def schema_path(self) -> Path:
@@ -47,7 +71,7 @@ class Scenario:
 
 
 def build_scenario(run_dir: Path, *, leaves: int, users: int, candidates: int, seed: int,
-                   scale: float = 1.0, log=print) -> Scenario:
+                   scale: float = 1.0, log=print, fmt: str | None = None) -> Scenario:
     run_dir.mkdir(parents=True, exist_ok=True)
     schema_path = run_dir / "schema.json"
     schema_path.write_text(json.dumps(demo_schema(seed, scale), indent=1))
@@ -56,15 +80,17 @@ def build_scenario(run_dir: Path, *, leaves: int, users: int, candidates: int, s
         f"({sum(f.per_request for f in schema.features.values())} per-request)")
 
     repo = run_dir / "models"
+    fmt = model_format(fmt, log)
     keys = {}
     for i, (model, (dense, ragged)) in enumerate(model_feature_sets(schema, seed).items()):
-        artifact = run_dir / f".{model}.pt"
-        torch.jit.save(torch.jit.script(SubsetScorer(dense, ragged, seed + i)), str(artifact))
-        info = export(str(artifact), repo, model, schema, version="1")
-        artifact.unlink()
+        t0 = time.monotonic()
+        info = export(SubsetScorer(dense, ragged, seed + i), repo, model, schema, version="1",
+                      fmt=fmt)
         keys[info.key] = len(info.input_names) / len(schema)
-        log(f"exported {info.key}: reads {len(info.input_names)} of {len(schema)} features "
-            f"(derived from its TorchScript graph)")
+        graph = "TorchScript" if fmt == "torchscript" else "torch.export"
+        log(f"exported {info.key} as {info.artifact.describe()} in {time.monotonic() - t0:.1f} s: "
+            f"reads {len(info.input_names)} of {len(schema)} features (derived from its "
+            f"{graph} graph)")
 
     placement: dict[str, list[str]] = {f"leaf-{i}": [] for i in range(leaves)}
     for i, key in enumerate(keys):
@@ -83,7 +109,7 @@ def build_scenario(run_dir: Path, *, leaves: int, users: int, candidates: int, s
         raise RuntimeError("synthesising the feature store failed (see above)")
     log(f"feature store: {users} users, {candidates} candidates "
         f"({_du(run_dir / 'features') / 2**20:.0f} MiB on disk)")
-    return Scenario(run_dir, schema, keys, placement, bundle.id)
+    return Scenario(run_dir, schema, keys, placement, bundle.id, fmt)
 
 
 def _du(path: Path) -> int:

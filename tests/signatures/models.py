@@ -174,3 +174,76 @@ class MutatedAttributeLoop(torch.nn.Module):
         for name in self.names:
             s = s + features[name]
         return s
+
+
+class KeyTower(torch.nn.Module):
+    """A tower told which feature it reads: the key is a plain str attribute."""
+
+    def __init__(self, key: str):
+        super().__init__()
+        self.key = key
+        self.lin = torch.nn.Linear(8, 1)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        return self.lin(features[self.key]).squeeze(1)
+
+
+class StrAttributeTowers(torch.nn.Module):
+    """Towers in a ModuleList, each with its own key, and a key attribute of the model itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.towers = torch.nn.ModuleList([KeyTower("user_emb"), KeyTower("pin_emb")])
+        self.bias_key = "pin_quality"
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        s = features[self.bias_key]
+        for tower in self.towers:
+            s = s + tower(features)
+        return s
+
+
+class ReassignedStrAttribute(torch.nn.Module):
+    """forward rewrites its key attribute: the next call reads another feature."""
+
+    def __init__(self):
+        super().__init__()
+        self.key = "pin_ctr_7d"
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        s = features[self.key]
+        self.key = "pin_quality"
+        return s
+
+
+class ReassignedListAttribute(torch.nn.Module):
+    """forward replaces its list attribute (no append): the next call reads other features."""
+
+    names: list[str]
+
+    def __init__(self):
+        super().__init__()
+        self.names = ["pin_ctr_7d"]
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        s = torch.zeros(features["pin_lang"].shape[0])
+        for name in self.names:
+            s = s + features[name]
+        self.names = ["pin_quality"]
+        return s
+
+
+class RaggedByName(torch.nn.Module):
+    """Reads the ragged pin_tags by its name instead of .values/.offsets."""
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        return features["pin_ctr_7d"] + features["pin_tags"].sum()
+
+
+class KeyDependent(torch.nn.Module):
+    """Which features it reads depends on a key it never reads."""
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        if "pin_quality" in features:
+            return features["pin_ctr_7d"]
+        return features["pin_age_days"]

@@ -72,3 +72,17 @@ def test_explicit_list_checked():
 def test_list_attribute_mutated_in_forward_is_dynamic():
     d = derive(torch.jit.script(models.MutatedAttributeLoop()))
     assert not d.complete and any("features[name]" in p for p in d.dynamic)
+
+
+def test_str_attribute_keys_of_modules_and_submodules():
+    # Tower("user_emb") reading features[self.key]: resolved like a list attribute
+    assert keys(models.StrAttributeTowers) == ["pin_emb", "pin_quality", "user_emb"]
+    d = derive(torch.jit.script(models.StrAttributeTowers()))
+    assert d.complete and any("features[self.key]" in p for p in d.keys["user_emb"])
+
+
+@pytest.mark.parametrize("cls", [models.ReassignedStrAttribute, models.ReassignedListAttribute])
+def test_attribute_the_graph_writes_is_dynamic(cls):
+    d = derive(torch.jit.script(cls()))
+    assert not d.complete and "pin_quality" not in d.keys
+    assert any("models.py" in p for p in d.dynamic)

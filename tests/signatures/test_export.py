@@ -117,7 +117,7 @@ def test_refuse_dry_run_failures(tmp_path, schema):
 
 
 def test_refuse_bad_sources(tmp_path, schema):
-    with pytest.raises(ExportError, match="neither an existing TorchScript file"):
+    with pytest.raises(ExportError, match="neither an existing TorchScript or .pt2 file"):
         export("nope.pt", tmp_path, "m", schema)
     with pytest.raises(ExportError, match="cannot import"):
         export("no_such_module_x:f", tmp_path, "m", schema)
@@ -143,7 +143,7 @@ def test_cli(tmp_path, schema_path):
            str(tmp_path / "repo"), "--model", "ctr", "--schema", str(schema_path)]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=os.getcwd())
     assert r.returncode == 0, r.stderr
-    assert "exported ctr@1: 2 features" in r.stdout
+    assert "exported ctr@1 as TorchScript: 2 features" in r.stdout
     r = subprocess.run(cmd[:4] + [SRC + "DirectPlus"] + cmd[5:] + ["--version", "1"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "immutable" in r.stderr

@@ -70,3 +70,49 @@ def test_repository(tmp_path):
         repo.load("ctr", "2")
     with pytest.raises(KeyError, match="ctr@9"):
         repo.load("ctr", "9")
+
+
+def test_artifact_kind_device_torch_roundtrip_outside_the_hash(tmp_path):
+    from signatures.module_info import Artifact
+    plain = _info()
+    aoti = ModuleInfo("ctr", "2", plain.inputs, artifact=Artifact("aoti", "cuda", "2.11.0+cu126",
+                                                                   "ab" * 32))
+    assert aoti.signature_hash == plain.signature_hash  # the format is no part of the signature
+    aoti.write(tmp_path)
+    d = json.loads((tmp_path / "module_info.json").read_text())
+    assert d["artifact"] == {"kind": "aoti", "device": "cuda", "torch": "2.11.0+cu126",
+                             "program_sha256": "ab" * 32}
+    assert ModuleInfo.load(tmp_path) == aoti and aoti.artifact.file == "model.pt2"
+    del d["artifact"]   # written before other kinds existed: TorchScript in model.pt
+    assert ModuleInfo.from_dict(d).artifact == Artifact() and Artifact().file == "model.pt"
+
+
+@pytest.mark.parametrize("artifact, problem", [
+    ({"kind": "onnx"}, "artifact kind 'onnx' is not one of torchscript, export, aoti"),
+    ({"kind": "aoti", "torch": "2.11.0"}, "an aoti artifact needs a device"),
+    ({"kind": "aoti", "device": "tpu", "torch": "2.11.0"}, "an aoti artifact needs a device"),
+    ({"kind": "aoti", "device": "cpu"}, "needs the torch version it was built with"),
+    ({"kind": "export", "device": "cpu"}, "only an aoti artifact has a device"),
+    ("model.pt", "'artifact' must be an object"),
+])
+def test_bad_artifact(artifact, problem):
+    d = _info().to_dict()
+    d["artifact"] = artifact
+    with pytest.raises(ValueError, match=problem):
+        ModuleInfo.from_dict(d)
+
+
+def test_repository_loads_the_kinds_file(tmp_path):
+    from signatures.module_info import Artifact, sha256_file
+    d = tmp_path / "ctr" / "1"
+    d.mkdir(parents=True)
+    (d / "model.pt2").write_bytes(b"program")
+    info = ModuleInfo("ctr", "1", _info().inputs, artifact=Artifact("export"),
+                      artifact_sha256=sha256_file(d / "model.pt2"))
+    info.write(d)
+    path, loaded = ModelRepository(tmp_path).load("ctr", "1")
+    assert path == str(d / "model.pt2") and loaded.artifact.kind == "export"
+    (d / "model.pt2").unlink()
+    (d / "model.pt").write_bytes(b"program")   # the other kind's file is never read instead
+    with pytest.raises(ValueError, match="model.pt2 is missing"):
+        ModelRepository(tmp_path).load("ctr", "1")

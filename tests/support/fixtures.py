@@ -1,7 +1,8 @@
 """Pytest fixtures, registered for every test by tests/conftest.py.
 
 `process_runner` stops its processes after each test; `module_process_runner`
-after the module, for processes that many tests share."""
+after the module, for processes that many tests share. `format_repo`: one
+model exported in every format, once per session."""
 from __future__ import annotations
 
 import pytest
@@ -25,3 +26,10 @@ def module_process_runner(tmp_path_factory, request):
         yield runner
     finally:
         runner.close()
+
+
+@pytest.fixture(scope="session")
+def format_repo(tmp_path_factory):
+    """One model in every format (tests/support/formats.py), exported once per session."""
+    from .formats import build_format_repo
+    return build_format_repo(tmp_path_factory.mktemp("formats"))
