@@ -59,6 +59,13 @@ CASES = {
     "offsets negative start": (lambda b: set_offset(b, "ids", 0, -1), "'ids': ragged offsets must start at 0"),
     "offsets past values": (lambda b: set_offset(b, "ids", 3, 2**40), "'ids': last offset"),
     "more rows than bytes": (lambda b: header(b).__setitem__("n_rows", 2**32 - 1), "'dense'|'ids'"),
+    # Reserved fields are 0, and a receiver rejects anything else: a later
+    # version may give them a meaning an old receiver must not ignore.
+    "header flags set": (lambda b: header(b).__setitem__("flags", 1), "header flags 0x1 are reserved"),
+    "header flags high bit": (lambda b: header(b).__setitem__("flags", 2**31),
+                              "header flags 0x80000000 are reserved"),
+    "column reserved set": (lambda b: col(b, "ids").__setitem__("reserved", 7),
+                            "'ids': reserved field is 7"),
 }
 
 
