@@ -234,6 +234,8 @@ cdef list validate(const uint8_t* base, uint64_t length, MessageHeader* header):
         raise ValueError(f"unsupported message version {header.version} (this build reads {C_VERSION})")
     if header.header_nbytes != C_HEADER:
         raise ValueError(f"bad header size {header.header_nbytes} for version {C_VERSION}")
+    if header.flags != 0:
+        raise ValueError(f"header flags {header.flags:#x} are reserved and must be 0")
     total = header.total_nbytes
     if total > length:
         raise ValueError(f"truncated message: header says {total} bytes, got {length}")
@@ -270,6 +272,8 @@ cdef list validate(const uint8_t* base, uint64_t length, MessageHeader* header):
             raise ValueError(f"column {name!r}: a ragged column cannot be a vector")
         if col.width == 0 or (col.width != 1 and not (col.flags & C_FLAG_VECTOR)):
             raise ValueError(f"column {name!r}: bad width {col.width}")
+        if col.reserved != 0:
+            raise ValueError(f"column {name!r}: reserved field is {col.reserved}, must be 0")
         if col.data_offset < data_start or col.data_offset % C_ALIGN:
             raise ValueError(f"column {name!r}: data offset {col.data_offset} is misplaced")
         if col.data_offset > total or col.data_nbytes > total - col.data_offset:

@@ -93,6 +93,8 @@ def parse(buf):
         raise ValueError(f"unsupported message version {int(h['version'])} (this build reads {VERSION})")
     if h["header_nbytes"] != HEADER_NBYTES:
         raise ValueError(f"bad header size {int(h['header_nbytes'])} for version {VERSION}")
+    if h["flags"] != 0:
+        raise ValueError(f"header flags {int(h['flags']):#x} are reserved and must be 0")
     total = int(h["total_nbytes"])
     if total > length:
         raise ValueError(f"truncated message: header says {total} bytes, got {length}")
@@ -131,6 +133,8 @@ def parse(buf):
             raise ValueError(f"column {name!r}: a ragged column cannot be a vector")
         if width == 0 or (width != 1 and not flags & FLAG_VECTOR):
             raise ValueError(f"column {name!r}: bad width {width}")
+        if col["reserved"] != 0:
+            raise ValueError(f"column {name!r}: reserved field is {int(col['reserved'])}, must be 0")
         if offset < data_start or offset % ALIGN:
             raise ValueError(f"column {name!r}: data offset {offset} is misplaced")
         if offset + nbytes > total:
