@@ -36,7 +36,7 @@ from _trim.errors import TrimmerError
 from _trim.transport import protocol as P
 from _trim.transport import sockets
 from _trim.transport.curve import ServerKeys
-from _trim.transport.envelope import MAX_ID_CHARS, split_envelope, usable_id
+from _trim.transport.envelope import id_problem, split_envelope, usable_id
 from _trim.transport.frames import recv_waiting, send_frames
 from signatures.handoff import Handoff
 from signatures.members import MemberRecord
@@ -196,19 +196,19 @@ class LeafServer:
             try:
                 if not body:
                     raise P.ProtocolError(P.BAD_REQUEST, "empty message")
-                header = P.unpack_header(body[0].buffer)
-                rid = usable_id(header)
-                if rid is None and header.get("id") is not None:
-                    raise P.ProtocolError(P.BAD_REQUEST, f"'id' must be a string of at most "
-                                                         f"{MAX_ID_CHARS} characters")
-                kind = header["type"]
-                if kind in ("ping", "describe"):
+                header = P.load_header(body[0].buffer)
+                rid = usable_id(header)   # echoed whatever else is wrong
+                problem = id_problem(header, required=header.get("type") == "score")
+                if problem is not None:
+                    raise P.ProtocolError(P.BAD_REQUEST, problem)
+                kind = P.check_header(header)["type"]
+                if kind == "ping":
                     self._send(envelope, [self._pong(rid)])
                 elif kind == "score":
                     self._score(envelope, rid, header, body, t_recv)
                 else:
-                    raise P.ProtocolError(P.BAD_REQUEST, f"unknown request type {kind!r}; a leaf "
-                                                         "serves 'score' and 'ping'")
+                    raise P.ProtocolError(P.BAD_REQUEST, f"unknown request type {P.quote(kind)}; "
+                                                         "a leaf serves 'score' and 'ping'")
             except TrimmerError as exc:  # refused, with a reason the sender can act on
                 refusal = P.as_protocol_error(exc)
                 self._send(envelope, [P.error_header(rid, refusal.kind, str(refusal),
@@ -227,8 +227,8 @@ class LeafServer:
         key = P.field(header, "model", str)
         worker = self.table.worker(key)
         if worker is None:
-            raise P.ProtocolError(P.UNKNOWN_MODEL, f"leaf {self.name} does not serve {key!r}",
-                                  models=self.table.keys())
+            raise P.ProtocolError(P.UNKNOWN_MODEL, f"leaf {self.name} does not serve "
+                                                   f"{P.quote(key)}", models=self.table.keys())
         worker.series.requests.inc()
         rows = P.field(header, "rows", int, check=lambda n: 0 <= n < 2**32)
         compression = P.field(header, "compression", str, default=P.COMPRESSION_NONE,

@@ -3,10 +3,11 @@
 During a rollout the root's config and the leaves' loaded models change at
 different moments, so neither is the truth alone. A version is *served* when
 a healthy leaf's pong says it is ready; the root routes only to those. A
-version is trimmed only when the active config has its signature and no leaf
-that may receive it reports a different signature hash: otherwise it gets
-every feature (fail open) and counts as a trim gap, because a trimmed batch
-that lacks a feature the leaf's model reads would fail every request.
+version is trimmed only when the active config has its signature and every
+leaf that may receive it reports that signature's hash in its pong: one that
+reports another hash, or none, gets every feature (fail open) and the
+version counts as a trim gap, because a trimmed batch that lacks a feature
+the leaf's model reads would fail every request.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from signatures.module_info import version_sort_key
 log = logging.getLogger("rootproc")
 
 NOT_IN_CONFIG = "not in config"
+NO_CONFIG_HASH = "no signature hash in config"
 
 
 def served_versions(pool, now: float) -> frozenset:
@@ -62,29 +64,42 @@ class Agreement:
         self._warned: set = set()
 
     def gap_reason(self, active, key: str, links) -> str | None:
-        """None when ``key`` may be trimmed for ``links`` (the replicas it may go to)."""
+        """None when ``key`` may be trimmed for ``links`` (the replicas it may
+        go to): the config has its signature and every one of them reports
+        the same signature hash. No hash, on either side, is no agreement."""
         if active.features_for(key) is None:
             return NOT_IN_CONFIG
         want = active.hashes.get(key)
+        if not isinstance(want, str) or not want:
+            return NO_CONFIG_HASH
         for link in links:
             have = link.hashes.get(key)
-            if want and have and have != want:
-                reason = f"signature mismatch on {link.name}"
-                tag = (active.id, link.name, key, have)
-                if tag not in self._warned:
-                    self._warned.add(tag)
-                    log.error("%s: SIGNATURE MISMATCH for %s: leaf %s (%s) serves signature %s "
-                              "but config %s says %s; sending it every feature (trim gap) until "
-                              "they agree", self.root_name, key, link.name, link.endpoint,
-                              have[:12], active.id, want[:12])
+            if have is None:
+                reason = f"no signature hash from {link.name}"
+                self._warn_once((active.id, link.name, key, None), "%s: leaf %s (%s) reports no "
+                                "signature hash for %s; sending it every feature (trim gap) "
+                                "until its pong carries one", self.root_name, link.name,
+                                link.endpoint, key, level=logging.WARNING)
                 return reason
+            if have != want:
+                self._warn_once((active.id, link.name, key, have), "%s: SIGNATURE MISMATCH for "
+                                "%s: leaf %s (%s) serves signature %s but config %s says %s; "
+                                "sending it every feature (trim gap) until they agree",
+                                self.root_name, key, link.name, link.endpoint, have[:12],
+                                active.id, want[:12])
+                return f"signature mismatch on {link.name}"
         return None
+
+    def _warn_once(self, tag, *args, level=logging.ERROR) -> None:
+        if tag not in self._warned:
+            self._warned.add(tag)
+            log.log(level, *args)
 
     def current_gaps(self, active, pool) -> dict:
         """version -> reason, for every version a leaf serves that cannot be trimmed now."""
         out = {}
         for link in pool.links:
-            for key in sorted(link.reported or ()):
+            for key in sorted(link.models):
                 if key not in out:
                     reason = self.gap_reason(active, key, [link])
                     if reason:
@@ -92,4 +107,4 @@ class Agreement:
         return out
 
 
-__all__ = ["Agreement", "NOT_IN_CONFIG", "default_models", "resolve", "served_versions"]
+__all__ = ["Agreement", "NOT_IN_CONFIG", "NO_CONFIG_HASH", "default_models", "resolve", "served_versions"]

@@ -52,6 +52,14 @@ LEAF_RECONNECT_IVL_MS = 100
 LEAF_RECONNECT_IVL_MAX_MS = 1000
 # At most this many missing ids are named in a `missing: fail` error.
 MISSING_IDS_SHOWN = 20
+# Model versions one request may score: each has a result in the reply, whose
+# header must stay within the protocol's 64 KiB.
+MAX_MODELS_PER_REQUEST = 64
+# What an error object in a reply carries at most: list entries (the rest
+# counted in `<field>_omitted`), characters of its message and of a string detail.
+ERROR_LIST_ENTRIES = 20
+ERROR_MESSAGE_CHARS = 2000
+ERROR_DETAIL_CHARS = 256
 # Stage latencies span ~10 us (a cached fetch) to seconds (a deadline).
 LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
                    2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

@@ -37,10 +37,9 @@ import time
 
 import zmq
 
-from _trim.errors import InvalidName
 from _trim.transport.curve import ClientKeys
 from _trim.transport.frames import NOBLOCK, send_frames
-from _trim.transport.model_key import ModelKey
+from _trim.transport.model_key import is_model_key
 from _trim.transport.monitor import LinkWatch
 from _trim.transport.protocol import pack_header
 from _trim.transport.sockets import connect_all, secured
@@ -155,25 +154,21 @@ class LeafLink:
         self.draining = header.get("draining") is True
         models = header.get("models")
         if isinstance(models, list):
-            ready = [m for m in models if isinstance(m, dict) and _is_model_key(m.get("model"))
-                     and m.get("ready", True)]
+            # Ready only when it says so: an entry without `"ready": true` is
+            # a version still loading, or one it cannot say it serves.
+            ready = [m for m in models if isinstance(m, dict) and is_model_key(m.get("model"))
+                     and m.get("ready") is True]
             self.reported = frozenset(m["model"] for m in ready)
             self.hashes = {m["model"]: m.get("signature_hash") for m in ready
                            if isinstance(m.get("signature_hash"), str)}
         else:
-            self.reported = None
+            # The placement stands in for what it serves, and no hash is an
+            # agreement: nothing of it is trimmed.
+            self.reported, self.hashes = None, {}
 
     def close(self) -> None:
         self.watch.close(self.socket)
         self.socket.close(linger=0)
-
-
-def _is_model_key(value) -> bool:
-    try:
-        ModelKey(value)
-        return True
-    except InvalidName:
-        return False
 
 
 def load_curve(leaf) -> ClientKeys | None:
@@ -307,10 +302,12 @@ class LeafPool:
         return out
 
     def candidates(self, key: str, now: float) -> list[LeafLink]:
-        """Replicas a request for ``key`` may go to, best first: healthy, then
-        least outstanding."""
-        links = [link for link in self.links if link.routable(key)]
-        links.sort(key=lambda link: (not link.healthy(now, self.health_timeout_s), link.outstanding))
+        """Healthy replicas a request for ``key`` may go to, least outstanding
+        first. One whose last pong is older than the health timeout gets no
+        request: its model's result is ``unavailable`` at once, not a deadline."""
+        links = [link for link in self.links
+                 if link.routable(key) and link.healthy(now, self.health_timeout_s)]
+        links.sort(key=lambda link: link.outstanding)
         return links
 
     def ping_all(self) -> None:

@@ -31,7 +31,13 @@ class RootMetrics:
         self.wire_bytes = Counter(p + "wire_bytes", "payload bytes on the wire to leaves "
                                   "(after compression)", ["leaf", "model"], registry=r)
         self.trim_gaps = Counter(p + "trim_gaps", "model versions sent every feature because "
-                                 "the active config has no signature for them", ["model"], registry=r)
+                                 "the active config has no signature for them or a leaf does not "
+                                 "agree with it", ["model"], registry=r)
+        self.nonfinite_scores = Counter(p + "nonfinite_scores", "NaN or infinite scores leaves "
+                                        "returned (passed on as they are)", ["model"], registry=r)
+        self.leaf_replies_dropped = Counter(p + "leaf_replies_dropped", "leaf messages naming no "
+                                            "request (unreadable, or without a usable id)",
+                                            ["leaf"], registry=r)
         self.leaf_retries = Counter(p + "leaf_retries", "model batches sent to another replica "
                                     "after a leaf answered overloaded", ["leaf", "model"],
                                     registry=r)

@@ -43,7 +43,9 @@ from _trim.transport.protocol import (
     SHUTTING_DOWN,
     UNAVAILABLE,
     ProtocolError,
-    unpack_header,
+    check_header,
+    load_header,
+    quote,
 )
 
 from .defaults import DRAIN_BATCH
@@ -183,23 +185,30 @@ class Router:
         """Record one message from ``link``. Sends nothing: it may run inside a
         send's wait for a slot."""
         try:
-            header = unpack_header(frames[0].buffer)
+            header = load_header(frames[0].buffer)
         except ProtocolError as exc:
-            log.warning("leaf %s (%s) sent an unreadable reply: %s", link.name, link.endpoint, exc)
+            self._dropped(link, f"an unreadable reply: {exc}")
             return
         try:
-            if header["type"] == "pong":
-                link.on_pong(header, time.monotonic())
-                return
             mid = header.get("id")
+            if header.get("type") == "pong":
+                try:
+                    link.on_pong(check_header(header), time.monotonic())
+                except ProtocolError as exc:
+                    log.warning("leaf %s (%s): pong ignored: %s", link.name, link.endpoint, exc)
+                return
             if not isinstance(mid, str):
-                log.warning("leaf %s (%s) sent a %r reply without a usable id: dropped",
-                            link.name, link.endpoint, header["type"])
+                self._dropped(link, f"a {quote(header.get('type'))} reply without a usable id")
                 return
             self.shm.replied(link, mid)  # even after the deadline: the slot is free
             self._record(link, mid, header, frames)
         except Exception:  # a bug must not stop the loop; the deadline answers the request
             log.exception("leaf %s (%s): reply not handled", link.name, link.endpoint)
+
+    def _dropped(self, link, what: str) -> None:
+        """A leaf message that names no request: nothing to fail at once."""
+        self.metrics.leaf_replies_dropped.labels(link.name).inc()
+        log.warning("leaf %s (%s) sent %s: dropped", link.name, link.endpoint, what)
 
     def _record(self, link, mid: str, header: dict, frames) -> None:
         flight = self.inflight.pop(mid, None)
@@ -209,12 +218,15 @@ class Router:
         link.outstanding -= 1
         self.metrics.latency.labels("leaf").observe(time.perf_counter() - flight.t_sent)
         del request.waiting[mid]
-        frame, error = read_leaf_reply(header, frames, request.n, link.name)
+        frame, error, nonfinite = read_leaf_reply(header, frames, request.n, link.name)
         if error is not None and error["kind"] == SHUTTING_DOWN:
             link.draining = True   # as its pong will say: no new request goes there
         if error is None:
             request.results[idx]["ok"] = True
             request.frames[idx] = frame
+            if nonfinite:
+                request.results[idx]["nonfinite"] = nonfinite
+                self.metrics.nonfinite_scores.labels(request.results[idx]["model"]).inc(nonfinite)
         elif error["kind"] in RESENT and idx in request.resendable:
             request.resend_queued[idx] = error
             self._resends.append((request, idx, link))

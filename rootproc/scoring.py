@@ -19,7 +19,7 @@ from _trim.transport.protocol import BAD_REQUEST, ProtocolError
 from .active import PreparedConfig
 from .agreement import Agreement
 from .defaults import MISSING_IDS_SHOWN
-from .intake import ScoreRequest, parse_score, resolve_models
+from .intake import ScoreRequest, parse_score, resolve_models, unknown_model_error
 from .leaf_message import ModelBatch
 from .reply import wire_error
 from .router import OpenRequest
@@ -46,19 +46,37 @@ class Scorer:
     def score(self, envelope, header: dict, body) -> None:
         """Send a score request's models to their leaves; ProtocolError when it
         cannot be served at all."""
-        t0 = time.perf_counter()
+        t0, arrived = time.perf_counter(), time.monotonic()
         req = parse_score(header, body, self.cfg)
-        keys = resolve_models(self.active, self.pool, req.models, time.monotonic())
+        wanted = resolve_models(self.active, self.pool, req.models, arrived)
+        keys = [key for key, known in wanted if known]
+        # The deadline counts from arrival: fetching and building spend it too.
+        request = self.router.open(req.rid, envelope, len(req.candidates),
+                                   arrived + req.deadline_ms / 1000, t0)
+        if not keys or request.n == 0:
+            self.answer_without_leaves(request, wanted)
+            return
         users, candidates = self.fetch(req, t0)
         t_fetch = time.perf_counter()
         pre, gaps = self.choose_preprocessor(keys, time.monotonic())
         batch = pre.build(users, candidates)
         t_pre = time.perf_counter()
-        now = time.monotonic()
-        request = self.router.open(req.rid, envelope, len(req.candidates),
-                                   now + req.deadline_ms / 1000, t0)
-        self.send_models(request, keys, gaps, batch, now)
+        self.send_models(request, wanted, gaps, batch, time.monotonic())
         self.record_timing(request, t0, t_fetch, t_pre, time.perf_counter())
+        self.router.park(request)
+
+    def answer_without_leaves(self, request: OpenRequest, wanted) -> None:
+        """A request no leaf needs to see: no candidates (each known model's
+        scores are empty) or no model anyone knows. Nothing is fetched."""
+        for name, known in wanted:
+            idx = request.add_result(name, False)
+            if known:
+                request.results[idx]["ok"] = True
+                request.frames[idx] = b""
+            else:
+                request.results[idx]["error"] = unknown_model_error(name)
+        t = time.perf_counter()
+        self.record_timing(request, request.t_start, t, t, t)
         self.router.park(request)
 
     # -- the steps ----------------------------------------------------------------
@@ -88,7 +106,9 @@ class Scorer:
             raise ProtocolError(BAD_REQUEST, f"{len(missing)} {source} id(s) not in the feature "
                                              f"store: {', '.join(map(str, shown))}"
                                              f"{' ...' if len(missing) > MISSING_IDS_SHOWN else ''}",
-                                missing=shown, source=source)
+                                missing=shown, source=source,
+                                **({"missing_omitted": len(missing) - len(shown)}
+                                   if len(missing) > len(shown) else {}))
         default = self.store.layout(source).default_record
         for k in missing:
             records[k] = default
@@ -103,21 +123,22 @@ class Scorer:
         full = gaps or self.cfg.trim == "off"
         return (self.prepared.pre_full if full else self.prepared.pre_used), gaps
 
-    def send_models(self, request: OpenRequest, keys, gaps, batch, now: float) -> None:
-        """Each model's trimmed share of ``batch`` to the router; a model that
-        fails here gets its error as its result."""
+    def send_models(self, request: OpenRequest, wanted, gaps, batch, now: float) -> None:
+        """Each model's trimmed share of ``batch`` to the router, in the order
+        the request named them; a model that fails here, or that nobody knows,
+        gets its error as its result."""
         untrimmed = _trim.encoded_nbytes(self.plan_for(batch.layout, None), batch)
-        for key in keys:
+        for key, known in wanted:
+            if not known:
+                idx = request.add_result(key, False)
+                request.results[idx]["error"] = unknown_model_error(key)
+                continue
             gap = key in gaps
             if gap:
                 self.metrics.trim_gaps.labels(key).inc()
                 self.gap_counts[key] = self.gap_counts.get(key, 0) + 1
             trimmed = self.cfg.trim == "on" and not gap
             idx = request.add_result(key, trimmed)
-            if request.n == 0:
-                request.results[idx].update(ok=True, leaf=None, bytes_sent=0)
-                request.frames[idx] = b""
-                continue
             try:
                 plan = self.plan_for(batch.layout, key if trimmed else None)
                 self.router.send(request, idx, ModelBatch(key, plan, batch, untrimmed), now)

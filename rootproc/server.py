@@ -31,16 +31,17 @@ import time
 
 import zmq
 
-from _trim.transport.envelope import split_envelope, usable_id
+from _trim.transport.envelope import id_problem, split_envelope, usable_id
 from _trim.transport.frames import NOBLOCK, recv_waiting, send_frames
 from _trim.transport.protocol import (
     BAD_REQUEST,
     MAX_HEADER_NBYTES,
     SHUTTING_DOWN,
     ProtocolError,
-    error_header,
+    check_header,
+    load_header,
     pack_header,
-    unpack_header,
+    quote,
 )
 from _trim.transport.sockets import remove_ipc_files
 from signatures.members import HEARTBEAT_S, MemberRecord
@@ -60,7 +61,7 @@ from .defaults import (
 from .follow import ConfigFollower
 from .links import LeafLinks
 from .metrics import RootMetrics
-from .reply import wire_error
+from .reply import error_reply, wire_error
 from .router import Router
 from .scoring import Scorer
 from .security import bind_frontend
@@ -232,14 +233,19 @@ class RootServer:
         try:
             if not body:
                 raise ProtocolError(BAD_REQUEST, "request has no header frame")
-            header = unpack_header(body[0].buffer)
+            header = load_header(body[0].buffer)
+            # Echoed from here on, whatever else is wrong: a client with many
+            # requests in flight matches the error to its request by it.
             rid = usable_id(header)
-            kind = header["type"]
+            problem = id_problem(header, required=header.get("type") != "ping")
+            if problem is not None:
+                raise ProtocolError(BAD_REQUEST, problem)
+            kind = check_header(header)["type"]
             if kind == "ping":
                 self.reply(envelope, [self.pong(rid)])
                 return
             if kind != "score":
-                raise ProtocolError(BAD_REQUEST, f"unknown request type {kind!r} "
+                raise ProtocolError(BAD_REQUEST, f"unknown request type {quote(kind)} "
                                                  "(expected 'score' or 'ping')")
             if self.draining:
                 raise ProtocolError(SHUTTING_DOWN, f"root {self.name} is shutting down; retry "
@@ -251,7 +257,7 @@ class RootServer:
     def fail(self, envelope, rid, error: ProtocolError) -> None:
         self.metrics.requests.labels("error").inc()
         self.metrics.errors.labels(error.kind).inc()
-        self.reply(envelope, [error_header(rid, error.kind, str(error), **error.details)])
+        self.reply(envelope, [error_reply(rid, error)])
 
     def reply(self, envelope, frames) -> None:
         try:

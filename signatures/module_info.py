@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from _trim import DTYPE_CODES, ColumnSpec, Layout
 from _trim.errors import InvalidInput, NotFound
+from _trim.transport.model_key import NAME_PATTERN
 
 from .fsutil import atomic_write, read_json
 
@@ -28,7 +29,7 @@ MODEL_NAME = "model.pt"   # a TorchScript artifact's file
 ARTIFACT_FILES = {"torchscript": MODEL_NAME, "export": "model.pt2", "aoti": "model.pt2"}
 AOTI_DEVICES = ("cpu", "cuda")
 # Names become directory names and `model@version` keys.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+NAME_RE = re.compile(rf"^{NAME_PATTERN}\Z")
 
 
 def check_name(what: str, value) -> str:

@@ -7,9 +7,15 @@ the form, and ``.name`` / ``.version`` replace ad-hoc splitting.
 """
 from __future__ import annotations
 
+import re
+
 from ..errors import InvalidName
 
 SEPARATOR = "@"
+# What a model name and a version each are: they become directory names,
+# metrics labels and the `NAME@VERSION` of every header.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}"
+_NAME = re.compile(NAME_PATTERN)
 
 
 class ModelKey(str):
@@ -40,4 +46,20 @@ class ModelKey(str):
         return self.rpartition(SEPARATOR)[2]
 
 
-__all__ = ["ModelKey"]
+def is_model_ref(value) -> bool:
+    """Whether ``value`` names a model the way the wire does: ``NAME`` or
+    ``NAME@VERSION``, each part 1-128 letters, digits, ``_``, ``-``, ``.``,
+    starting with a letter or digit."""
+    if not isinstance(value, str):
+        return False
+    name, sep, version = value.partition(SEPARATOR)
+    return _NAME.fullmatch(name) is not None and (
+        not sep or _NAME.fullmatch(version) is not None)
+
+
+def is_model_key(value) -> bool:
+    """Whether ``value`` is a ``NAME@VERSION`` of that form."""
+    return is_model_ref(value) and SEPARATOR in value
+
+
+__all__ = ["NAME_PATTERN", "ModelKey", "is_model_key", "is_model_ref"]

@@ -29,10 +29,15 @@ OVERLOADED = "overloaded"              # a leaf's queue for the model is full: s
 UNAVAILABLE = "unavailable"            # no healthy leaf serves the model
 STORE_UNAVAILABLE = "store_unavailable"  # the feature store did not answer in time
 SHUTTING_DOWN = "shutting_down"        # process is draining
-INTERNAL = "internal"                  # a bug: logged with a traceback
+LEAF_ERROR = "leaf_error"              # a leaf's reply the root cannot use, or its own bug
+INTERNAL = "internal"                  # a bug in the process answering: logged with a traceback
 ERROR_KINDS = (BAD_REQUEST, UNKNOWN_MODEL, DECODE_ERROR, SIGNATURE_MISMATCH, MODEL_ERROR,
                TOO_LARGE, DEADLINE, OVERLOADED, UNAVAILABLE, STORE_UNAVAILABLE, SHUTTING_DOWN,
-               INTERNAL)
+               LEAF_ERROR, INTERNAL)
+
+# How much of a value the sender chose an error message quotes: enough to
+# recognise it, never enough to make a reply outgrow its header limit.
+QUOTE_CHARS = 64
 
 COMPRESSION_NONE = "none"
 COMPRESSION_LZ4 = "lz4"
@@ -57,8 +62,24 @@ def pack_header(header: dict) -> bytes:
     return orjson.dumps({"v": PROTOCOL_VERSION, **header})
 
 
-def unpack_header(frame) -> dict:
-    """Parse frame 0; ProtocolError(bad_request) naming what is wrong."""
+def quote(value, limit: int = QUOTE_CHARS) -> str:
+    """``value``, a JSON value someone else sent, as an error message may quote
+    it: a string cut to ``limit`` characters, a number as it is, a list or an
+    object described by its size (never walked: it may nest a thousand deep)."""
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("…" if len(value) > limit else "")
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return f"a list of {len(value)} entries"
+    if isinstance(value, dict):
+        return f"an object of {len(value)} fields"
+    return type(value).__name__
+
+
+def load_header(frame) -> dict:
+    """Frame 0 as a JSON object, not yet checked for ``v`` and ``type`` (a reply
+    echoes the id of a header that fails those); ProtocolError(bad_request)."""
     raw = memoryview(frame)
     if raw.nbytes > MAX_HEADER_NBYTES:
         raise ProtocolError(BAD_REQUEST, f"header frame is {raw.nbytes} bytes, limit {MAX_HEADER_NBYTES}")
@@ -68,12 +89,25 @@ def unpack_header(frame) -> dict:
         raise ProtocolError(BAD_REQUEST, f"header frame is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError(BAD_REQUEST, "header frame must be a JSON object")
-    if header.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(BAD_REQUEST, f"unsupported protocol version {header.get('v')!r} "
-                                         f"(this build speaks {PROTOCOL_VERSION})")
+    return header
+
+
+def check_header(header: dict) -> dict:
+    """``header`` when its ``v`` is the integer 1 and its ``type`` a string;
+    ProtocolError(bad_request) otherwise."""
+    v = header.get("v")
+    # Exactly the integer: JSON's 1.0 and true compare equal to 1 in Python.
+    if type(v) is not int or v != PROTOCOL_VERSION:
+        raise ProtocolError(BAD_REQUEST, f"unsupported protocol version {quote(v)} (this build "
+                                         f"speaks the integer {PROTOCOL_VERSION})")
     if not isinstance(header.get("type"), str):
         raise ProtocolError(BAD_REQUEST, "header has no string 'type'")
     return header
+
+
+def unpack_header(frame) -> dict:
+    """Parse and check frame 0; ProtocolError(bad_request) naming what is wrong."""
+    return check_header(load_header(frame))
 
 
 def field(header: dict, name: str, kind: type | tuple, *, default=..., check=None):
@@ -90,7 +124,7 @@ def field(header: dict, name: str, kind: type | tuple, *, default=..., check=Non
         raise ProtocolError(BAD_REQUEST, f"header field {name!r} has the wrong type "
                                          f"({type(value).__name__})")
     if check is not None and not check(value):
-        raise ProtocolError(BAD_REQUEST, f"header field {name!r} has an invalid value {value!r}")
+        raise ProtocolError(BAD_REQUEST, f"header field {name!r} has an invalid value {quote(value)}")
     return value
 
 
