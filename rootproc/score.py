@@ -4,6 +4,12 @@ Closed loop (``--concurrency C``: C requests always in flight) or open loop
 (``--rate R`` requests per second, at most ``--concurrency`` in flight).
 Prints throughput, p50/p90/p99 latency, bytes sent to leaves (as the roots
 report them) and errors by kind; ``--json`` prints one JSON object instead.
+``--output FILE`` writes what was scored: one JSON line per request sent, in
+the order the replies came, ``{"id", "user", "candidates", "scores": {model:
+[float, ...]}, "errors": {model: error}}``, or ``{"id", "user",
+"candidates", "error"}`` for a request that failed whole (``timeout`` or
+``abandoned`` when no reply came). Scores are written as the shortest
+decimal that reads back as the same float32; NaN and infinities as null.
 SIGINT (Ctrl-C), SIGTERM or SIGHUP, whatever dispositions it inherited, stop
 it early: no new requests, the ones in flight are waited for (up to
 ``--timeout-ms``), and the report covers what was sent (``stopped_by`` names
@@ -23,6 +29,7 @@ import sys
 import time
 
 import numpy as np
+import orjson
 import zmq
 
 from signatures.cli import EXIT_FAILED
@@ -43,6 +50,41 @@ def id_space(args) -> tuple[tuple[int, int], tuple[int, int]]:
     return (0, args.users - 1), (0, args.candidate_ids - 1)
 
 
+class ScoresFile:
+    """``--output``: one JSON line per request sent, once its fate is known."""
+
+    def __init__(self, path: str):
+        self.file = open(path, "wb")
+        self.asked: dict[str, tuple[int, np.ndarray]] = {}
+
+    def sent(self, rid: str, user: int, candidates: np.ndarray) -> None:
+        self.asked[rid] = (user, candidates)
+
+    def answered(self, res) -> None:
+        user, candidates = self.asked.pop(res.id, (None, None))
+        if candidates is None:
+            return   # not one of ours
+        line = {"id": res.id, "user": user, "candidates": candidates}
+        if res.ok:
+            line.update(scores=res.scores, errors=res.errors)
+        else:
+            line["error"] = res.error
+        self._write(line)
+
+    def close(self, unanswered: str) -> None:
+        """Write the requests no reply came for, as ``unanswered`` errors."""
+        for rid, (user, candidates) in list(self.asked.items()):
+            self._write({"id": rid, "user": user, "candidates": candidates,
+                         "error": {"kind": unanswered, "message": "no reply came"}})
+        self.asked.clear()
+        self.file.close()
+
+    def _write(self, line: dict) -> None:
+        # orjson writes a float32 as the shortest decimal of that float32, NaN as null.
+        self.file.write(orjson.dumps(line, option=orjson.OPT_SERIALIZE_NUMPY
+                                     | orjson.OPT_APPEND_NEWLINE))
+
+
 def percentile(values, q) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
@@ -53,6 +95,7 @@ def run_load(args, progress=None, stop: StopSignals | None = None) -> dict:
     for) and its second (`Stopped`) the waiting."""
     users, cands = id_space(args)
     rng = np.random.default_rng(args.seed)
+    output = ScoresFile(args.output) if getattr(args, "output", None) else None
     client = ScoringClient(args.endpoint, timeout_ms=args.timeout_ms,
                            curve_server_public_key=getattr(args, "curve_server_public_key", None),
                            curve_client_secret_key=getattr(args, "curve_client_secret_key", None))
@@ -84,12 +127,15 @@ def run_load(args, progress=None, stop: StopSignals | None = None) -> dict:
                 model_errors[err.get("kind", "?")] += 1
         else:
             errors[res.error.get("kind", "?")] += 1
+        if output is not None:
+            output.answered(res)
         if progress is not None:
             progress.update(1)
 
     def more() -> bool:
         return sent < args.requests and not (stop is not None and stop.requested)
 
+    unanswered = "abandoned"   # what a request still in flight at the end is written as
     try:
         while more() or client.in_flight:
             now = time.perf_counter()
@@ -97,7 +143,9 @@ def run_load(args, progress=None, stop: StopSignals | None = None) -> dict:
             if can_send and now >= next_send:
                 user = int(rng.integers(users[0], users[1] + 1))
                 ids = rng.integers(cands[0], cands[1] + 1, size=args.candidates)
-                client.submit(user, ids, args.models, args.deadline_ms)
+                rid = client.submit(user, ids, args.models, args.deadline_ms)
+                if output is not None:
+                    output.sent(rid, user, ids)
                 sent += 1
                 last_heard = now
                 next_send = max(next_send + interval, now) if interval else now
@@ -114,12 +162,15 @@ def run_load(args, progress=None, stop: StopSignals | None = None) -> dict:
             last_heard = time.perf_counter()
             while (res := client.receive(0)) is not None:
                 account(res)
+        unanswered = "timeout"
     except Stopped:
         if stop is None:  # someone else's (the demo's): theirs to handle
             raise
         errors["abandoned"] += client.in_flight
     finally:
         client.close()
+        if output is not None:
+            output.close(unanswered)
     elapsed = time.perf_counter() - t0
     lat_ms = np.array(latencies) * 1000
     stopped = {"stopped_by": stop.first} if stop is not None and stop.requested else {}
@@ -152,6 +203,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--timeout-ms", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--output", metavar="FILE", help="write each request's id, user, candidate "
+                   "ids and per-model scores or error to FILE, one JSON line per request")
     p.add_argument("--no-progress", action="store_true")
     add_curve_arguments(p)
     args = p.parse_args(argv)
