@@ -59,9 +59,9 @@ class LeafSettings:
                                  "merging requests", positive=True)
     max_wait_ms: float = option(MAX_WAIT_MS, "longest a request waits for others to merge "
                                 "with (0: no dynamic batching)", minimum=0)
-    max_message_bytes: int = option(MAX_MESSAGE_BYTES, "largest batch frame (and decompressed "
-                                    "batch) accepted; larger frames are refused by the socket",
-                                    minimum=1024)
+    max_message_bytes: int = option(MAX_MESSAGE_BYTES, "largest frame (and decompressed "
+                                    "batch) accepted, at least a header's 64 KiB; a larger "
+                                    "frame drops its connection", minimum=64 * 1024)
     max_queue: int = option(MAX_QUEUE, "requests waiting per model version; past it new ones "
                             "are answered 'overloaded' at once", positive=True)
     device: str = option("auto", "where models run", choices=DEVICES)

@@ -81,7 +81,7 @@ class LeafServer:
         try:
             self.router.setsockopt(zmq.LINGER, ROUTER_LINGER_MS)
             # Frames above the limit make libzmq drop the connection before the
-            # message is buffered; the header frame needs room for its own limit.
+            # message is buffered (the settings keep it at least a header's limit).
             self.router.setsockopt(zmq.MAXMSGSIZE, max(max_message_bytes, P.MAX_HEADER_NBYTES))
             # A ROUTER silently drops replies to a peer over its send HWM: never lose one.
             self.router.setsockopt(zmq.SNDHWM, 0)
@@ -254,10 +254,7 @@ class LeafServer:
             if len(body) != 2:
                 raise P.ProtocolError(P.BAD_REQUEST, f"a score request has 2 frames (header, "
                                                      f"batch), got {len(body)}")
-            if len(body[1]) > self.max_message_bytes:
-                raise P.ProtocolError(P.TOO_LARGE, f"batch frame is {len(body[1])} bytes, limit "
-                                                   f"{self.max_message_bytes}")
-            payload = body[1]
+            payload = body[1]   # no larger than max_message_bytes: the socket saw to it
         token = next(self._tokens).to_bytes(8, "little")
         self.inflight[token] = (envelope, rid)
         if in_shm:

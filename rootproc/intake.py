@@ -115,7 +115,7 @@ def resolve_models(active, pool, requested, now: float) -> list[tuple[str, bool]
 
 
 def unknown_model_error(name: str) -> dict:
-    what = f"model version {name}" if "@" in name else f"model {name}"
+    what = f"model version {quote(name)}" if "@" in name else f"model {quote(name)}"
     return {"kind": UNKNOWN_MODEL, "message": f"{what} is neither in the active config nor "
                                                "served by a leaf"}
 

@@ -325,3 +325,11 @@ def covers(*rules: str):
             COVERS.setdefault(rule, []).append(f"{fn.__module__}::{fn.__name__}")
         return fn
     return mark
+
+
+def fuzz_cases(what: str, make: Callable, n: int = 60) -> list[Case]:
+    """``n`` cases of the no-internal rule: ``make(seed)`` gives what to send,
+    and any error but `internal` (which `run` refuses), or scores, is a reply."""
+    answered = {"v": 1, "type": Pred(lambda t: t in ("error", "scores"), "error or scores")}
+    return [Case("envelope.no-internal", f"{what} {seed}", make(seed), answered)
+            for seed in range(n)]

@@ -12,7 +12,7 @@ import pytest
 from tests.root.world import CANDIDATE_IDS
 
 from .conftest import DEADLINE_MS
-from .harness import ABSENT, Case, Pred, case_id, covers, dealer, error, match, run, until
+from .harness import ABSENT, Case, Pred, case_id, covers, dealer, error, fuzz_cases, match, run, until
 from .messages import (
     ALL_FEATURES,
     CANDS,
@@ -125,7 +125,7 @@ CASES = [
          bad_request("t2", "no string 'type'")),
     Case("envelope.unknown-type", "type explode", [hdr(type="explode", id="t3")],
          bad_request("t3", "unknown request type 'explode'")),
-    Case("envelope.unknown-type", "a 60000-character type, quoted short",
+    Case("error.quote", "a 60000-character type, quoted short",
          [hdr(type=LONG, id="t4")], bad_request("t4", "unknown request type 'xxx"),
          check=short_message),
     Case("envelope.unknown-fields", "fields the spec does not name are ignored",
@@ -214,8 +214,8 @@ CASES = [
          frames=scores_are("eng@1", "ctr@3")),
     Case("score.unknown-model", "an unknown name fails only its own result",
          score("n3", models=["ctr@3", "nosuch", "ctr@9", "div"]),
-         scores("n3", [ok("ctr@3", 1), failed("nosuch", "unknown_model", "model nosuch"),
-                       failed("ctr@9", "unknown_model", "model version ctr@9"), ok("div@2", 2)]),
+         scores("n3", [ok("ctr@3", 1), failed("nosuch", "unknown_model", "model 'nosuch'"),
+                       failed("ctr@9", "unknown_model", "model version 'ctr@9'"), ok("div@2", 2)]),
          frames=scores_are("ctr@3", "div@2")),
     Case("score.unknown-model", "only unknown names: a scores reply, nothing sent",
          score("n4", models=["nosuch@1"]), scores("n4", [failed("nosuch@1", "unknown_model")]),
@@ -257,10 +257,13 @@ CASES = [
     Case("batch.size", "bytes_sent is the documented message size",
          score("y2", models=["eng@1"]), scores("y2", [ok("eng@1", 1, bytes_sent=INT)]),
          check=bytes_sent("eng@1")),
-    Case("score.transport", "shared memory says so; a compressed link adds wire_bytes",
+    Case("score.transport", "a batch through shared memory says so",
          score("y3", models=["ctr@3", "div@2"]),
-         scores("y3", [ok("ctr@3", 1, transport="shm", wire_bytes=ABSENT),
-                       ok("div@2", 2, transport=ABSENT, wire_bytes=INT)])),
+         scores("y3", [ok("ctr@3", 1, transport="shm"), ok("div@2", 2, transport=ABSENT)])),
+    Case("score.wire-bytes", "a compressed link adds wire_bytes",
+         score("y3b", models=["ctr@3", "div@2"]),
+         scores("y3b", [ok("ctr@3", 1, wire_bytes=ABSENT), ok("div@2", 2, wire_bytes=INT)]),
+         check=lambda c, h, f: h["results"][1]["wire_bytes"] < h["results"][1]["bytes_sent"]),
     Case("score.trimmed", "a version the config lacks is sent every feature",
          score("y4", models=["ctr@4"]), scores("y4", [ok("ctr@4", 1, trimmed=False)]),
          check=bytes_sent("ctr@4", names=ALL_FEATURES)),
@@ -314,9 +317,7 @@ def fuzzed(seed: int) -> list:
     return frames
 
 
-FUZZ = [Case("envelope.no-internal", f"fuzzed request {seed}", fuzzed(seed),
-             {"v": 1, "type": Pred(lambda t: t in ("error", "scores"), "error or scores")})
-        for seed in range(60)]
+FUZZ = fuzz_cases("fuzzed request", fuzzed)
 
 
 @pytest.mark.parametrize("case", FUZZ, ids=case_id)
@@ -369,3 +370,21 @@ def test_the_roots_pong(node):
 
 ANY_LINK = Pred(lambda e: {"leaf", "endpoint", "healthy", "outstanding", "models", "pid",
                            "transport"} <= set(e), "a link entry")
+
+
+@covers("score.models-limit")
+def test_a_default_set_over_the_limit_is_refused():
+    """A config whose current versions outnumber what one reply may carry: a
+    request without `models` is refused, naming the way out."""
+    from types import SimpleNamespace
+
+    from _trim.transport.protocol import ProtocolError
+    from rootproc.active import ActiveConfig
+    from rootproc.intake import resolve_models
+    active = ActiveConfig("many", {f"m{i}@1": ("f",) for i in range(65)})
+    pool = SimpleNamespace(links=[], health_timeout_s=1.0, hosted=set)
+    with pytest.raises(ProtocolError, match="65 model versions, limit 64") as refused:
+        resolve_models(active, pool, None, 0.0)
+    assert refused.value.kind == "too_large"
+    assert len(resolve_models(ActiveConfig("64", {f"m{i}@1": ("f",) for i in range(64)}),
+                              pool, None, 0.0)) == 64

@@ -8,6 +8,7 @@ import os
 import re
 
 import numpy as np
+import orjson
 import pytest
 
 from _trim import Batch, ColumnSpec, Layout, Ragged
@@ -17,7 +18,7 @@ from tests.root.world import direct
 from tests.trim.conftest import header as batch_header
 from tests.trim.conftest import table as batch_table
 
-from .harness import ABSENT, Case, Pred, case_id, covers, error, run
+from .harness import ABSENT, Case, Pred, case_id, covers, error, fuzz_cases, run
 from .messages import OMIT, hdr
 
 pytestmark = pytest.mark.slow
@@ -266,6 +267,8 @@ LEAF = [
          error("bad_request", "unknown request type 'describe'", rid="t1")),
     Case("leaf.types", "nor anything but score and ping", [hdr(type="explode", id="t2")],
          error("bad_request", "unknown request type 'explode'", rid="t2")),
+    Case("leaf.scores", "the scores reply: model, rows, timing, batch_rows, one frame",
+         with_batch(rid="r1"), *scored("r1")),
     Case("leaf.ping", "the pong", [hdr(type="ping", id="p1")],
          {"v": 1, "type": "pong", "id": "p1", "ok": True, "role": "leaf", "name": "leaf-0",
           "pid": Pred(lambda p: type(p) is int and p > 0, "a pid"), "draining": False,
@@ -374,3 +377,31 @@ def test_a_peer_running_as_another_user_is_refused():
         assert refused.value.kind == "bad_request"
     finally:
         inbox.close()
+
+
+def fuzzed(seed: int):
+    """send(ctx): a score request to the leaf with a header field or some batch
+    bytes changed at random."""
+    def send(ctx):
+        rng = np.random.default_rng(seed)
+        head = {"v": 1, "type": "score", "id": f"z{seed}", "model": KEY, "rows": ROWS,
+                "compression": "none", "deadline_ms": 5000}
+        values = [None, True, -1, 0, 2**32, 1.5, "", "lz4", [], {}, "x" * 300, 2**64 - 1]
+        if rng.random() < 0.4:
+            head[str(rng.choice(list(head) + ["raw_nbytes", "shm"]))] = values[
+                rng.integers(len(values))]
+        buf = message(ctx.world)
+        for pos in rng.integers(0, len(buf), size=rng.integers(1, 8)):
+            buf[pos] = rng.integers(0, 256)
+        if rng.random() < 0.2:
+            del buf[rng.integers(0, len(buf)):]
+        return [orjson.dumps(head), bytes(buf)]
+    return send
+
+
+FUZZ = fuzz_cases("fuzzed batch", fuzzed)
+
+
+@pytest.mark.parametrize("case", FUZZ, ids=case_id)
+def test_no_root_input_yields_internal(node, case):
+    run(case, node.leaf0.endpoint, node)   # `run` refuses `internal` in any reply

@@ -142,7 +142,7 @@ def test_unknown_version_fails_open_and_missing_ids_get_defaults(world, leaves, 
         eng = [n for n in ALL_FEATURES if n in MODELS["eng@1"]]
         assert by_model["eng@1"]["bytes_sent"] == message_nbytes(eng, len(cands), feats)
         unknown = client.score(int(USER_IDS[0]), cands, models=["nope@1"])
-        assert not unknown.ok and unknown.error["kind"] == "unknown_model"
+        assert unknown.ok and unknown.errors["nope@1"]["kind"] == "unknown_model"
 
 
 def test_missing_configured_to_fail(world, leaves, process_runner):

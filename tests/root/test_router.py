@@ -218,3 +218,33 @@ def test_shutting_down_is_resent_and_takes_the_replica_out_of_rotation(world):
     send(r, only, 0)
     r.park(only)
     assert only.results[0]["error"]["kind"] == "unavailable"
+
+
+class Ring:
+    """A ring with a free slot every time: each send goes through it."""
+
+    def __init__(self):
+        self.placed = []
+
+    def place(self, mid, plan, batch, nbytes, read_replies):
+        self.placed.append(mid)
+        return {"segment": "trimmer-1-ring-00000000", "size": 64, "offset": 0, "nbytes": nbytes,
+                "slot": 0}
+
+    def unsent(self, mid):
+        pass
+
+
+def test_a_resend_goes_over_the_socket(world):
+    r, l1, l2 = world.router, world.l1, world.l2
+    rings = {"l1": Ring(), "l2": Ring()}
+    r.shm = Shm(rings)
+    request = open_request(r, "r1", ["a@1"])
+    send(r, request, 0)
+    r.park(request)
+    assert "shm" in l1.sent[0] and rings["l1"].placed
+    l1.answer(l1.sent[0]["id"], "overloaded")
+    deliver(r, l1)
+    [resent] = l2.sent
+    assert "shm" not in resent and not rings["l2"].placed, "a resend took a slot"
+    assert request.results[0].get("transport") is None
