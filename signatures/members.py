@@ -19,8 +19,11 @@ ROLES = ("root", "leaf")
 # Members beat this often; `trimmer status` calls one silent for STALE_S stale.
 HEARTBEAT_S = 2.0
 STALE_S = 5 * HEARTBEAT_S
-# How often followers look at their stage for a change.
+# How often followers look at their stage for a change (a directory store),
+# and, where the store says when it changed (ZooKeeper's watches), how often
+# they look all the same, in case a watch was lost.
 FOLLOW_POLL_S = 0.2
+FOLLOW_RECHECK_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -110,4 +113,5 @@ def _link(d) -> LinkRecord | None:
                       d.get("retiring") is True, d.get("draining") is True)
 
 
-__all__ = ["FOLLOW_POLL_S", "HEARTBEAT_S", "LinkRecord", "MemberRecord", "ROLES", "STALE_S"]
+__all__ = ["FOLLOW_POLL_S", "FOLLOW_RECHECK_S", "HEARTBEAT_S", "LinkRecord", "MemberRecord", "ROLES",
+           "STALE_S"]
