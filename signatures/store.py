@@ -278,6 +278,9 @@ class ConfigStore:
         missing, mismatched = gating.not_carried(bundle, keys, signatures)
         if (missing or mismatched) and not force:
             raise StoreError(gating.refusal(stage, state["bundle"], missing, mismatched))
+        carried = {k: bundle.models[k].features for k in keys
+                   if bundle is not None and k in bundle.models}
+        checked = self._check_roots(stage, carried, force, ", ".join(keys))
         wanted = gating.wanted_hashes(bundle, keys, signatures)
         lagging = gating.wait_for_roots(self, stage, wanted, 0 if force else wait_s)
         if lagging and not force:
@@ -295,9 +298,6 @@ class ConfigStore:
                     raise StoreError(f"the root config on {stage} changed while deploy-models "
                                      f"waited ({state['bundle']} -> {old['bundle']}), with other "
                                      "signatures: run it again")
-            carried = {k: current.models[k].features for k in keys
-                       if current is not None and k in current.models}
-            checked = self._check_roots(stage, carried, force, ", ".join(keys))
             models = keys if replace else list(dict.fromkeys(list(old["models"]) + keys))
             new = {**old, "models": models}
             event = {"action": "deploy-models", "models": models, "added": keys,
