@@ -147,7 +147,8 @@ def format_status(status: dict) -> str:
             if not m.get("live", True):
                 marks.append("STALE")
             on = "on it" if m.get("bundle") == st["bundle"] else f"on {m.get('bundle') or '(none)'}"
-            lines.append(f"  {m['role']} {m['name']}: {on}, generation {m.get('generation', '?')}, "
+            gen = m.get("generation")
+            lines.append(f"  {m['role']} {m['name']}: {on}, generation {'?' if gen is None else gen}, "
                          f"{m.get('host')} pid {m.get('pid')}, last seen {m['age_s']:.0f}s ago"
                          f"{'  (' + ', '.join(marks) + ')' if marks else ''}")
             if m.get("endpoints"):

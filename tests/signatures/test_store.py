@@ -259,3 +259,38 @@ def test_cli(tmp_path, address):
     assert "NOT IN CONFIG: emb@1" in r.stdout
     st = json.loads(run("status", "--json").stdout)
     assert st["production"]["models"] == ["ctr@1", "emb@1"]
+
+
+def test_deploy_models_waits_for_every_live_root(store):
+    """Config before models, fleet-wide: a root still on a config without the
+    version holds deploy-models back (up to --wait), then it is refused
+    naming the root; once the root reports a config carrying it, it goes."""
+    import threading
+    s = store
+    s.deploy(B1, "canary")
+    s.deploy(B2, "canary")
+    lagging = MemberRecord("root", "root-0", generation=1, bundle=B1.id)
+    s.heartbeat("canary", lagging)
+    s.heartbeat("canary", MemberRecord("root", "root-1", generation=2, bundle=B2.id))
+    s.heartbeat("canary", MemberRecord("leaf", "leaf-0"))   # leaves are not waited for
+    t0 = time.monotonic()
+    with pytest.raises(StoreError, match=r"1 live root\(s\) on canary did not install a config "
+                                         r"carrying ctr@2 within 0.5 s: root root-0 on .* runs "
+                                         rf"config {B1.id} \(generation 1\), which does not "
+                                         r"carry ctr@2"):
+        s.deploy_models("canary", ["ctr@2"], wait_s=0.5)
+    assert time.monotonic() - t0 >= 0.5 and s.active_models("canary") == []
+    # It catches up while deploy-models waits.
+    later = threading.Timer(0.3, s.heartbeat, ("canary", MemberRecord(
+        "root", "root-0", generation=2, bundle=B2.id)))
+    later.start()
+    assert s.deploy_models("canary", ["ctr@2"], wait_s=10) == ["ctr@2"]
+    later.join()
+    # Forced past a lagging root: logged, naming it.
+    s.heartbeat("canary", lagging)
+    t0 = time.monotonic()
+    assert s.deploy_models("canary", ["ctr@2"], replace=True, force=True, wait_s=10) == ["ctr@2"]
+    assert time.monotonic() - t0 < 5   # forced: not waited for
+    entry = s.log_entries()[-1]
+    assert entry["forced"] is True and len(entry["lagging"]) == 1
+    assert entry["lagging"][0].startswith("root root-0 on ")
