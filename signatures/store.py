@@ -138,7 +138,7 @@ class ConfigStore:
         raise NotImplementedError
 
     def reconnected_at(self) -> float:
-        """Monotonic time this process last (re)connected to the store."""
+        """Monotonic time this process last reconnected to the store (0: never lost it)."""
         return 0.0
 
     def _write_bundle(self, bundle: Bundle) -> None:

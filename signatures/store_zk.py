@@ -294,7 +294,7 @@ class ZooKeeperStore(ConfigStore):
         return [r for r in (member_record(g[0]) for g in got if g is not None) if r is not None]
 
     def reconnected_at(self) -> float:
-        return self.zk.connected_since
+        return self.zk.reconnected_at
 
     def is_live(self, member: MemberRecord) -> bool:
         return True   # its node exists: its session, and so its process, is alive

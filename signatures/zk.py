@@ -98,7 +98,7 @@ class Ensemble:
             self.acl = OPEN_ACL_UNSAFE
         self.timeout_s = self.settings.connect_timeout_s
         self.on_state: list[Callable[[str], None]] = []
-        self.connected_since = 0.0   # monotonic time of the last (re)connection
+        self.reconnected_at = 0.0   # monotonic time of the last reconnection (0: none yet)
         self._zk: KazooClient | None = None
         self._lock = threading.Lock()
         self._lost = False
@@ -141,7 +141,6 @@ class Ensemble:
                 f"{self.describe()}: no server answered within {self.timeout_s:g} s "
                 f"({type(exc).__name__}{': ' + str(exc) if str(exc) else ''}); nothing was "
                 "read or changed") from exc
-        self.connected_since = time.monotonic()
         if self._credential is None and self.address not in _insecure_said:
             _insecure_said.add(self.address)
             log.warning("INSECURE: %s without a credential ($%s unset): the nodes written are "
@@ -154,8 +153,8 @@ class Ensemble:
         if self._closing:
             return
         if state == KazooState.CONNECTED:
-            self.connected_since = time.monotonic()
             if self._lost:
+                self.reconnected_at = time.monotonic()
                 log.warning("%s: reconnected", self.describe())
             self._lost = False
         elif not self._lost:
