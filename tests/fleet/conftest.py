@@ -17,7 +17,7 @@ SESSION_S = 2.0
 # Two leaf groups hosting the same versions: a request's result names which served it.
 GROUPS = ("leaf-b", "leaf-c")
 PLACE_1 = {"leaves": {g: {"current": ["ctr@3", "eng@1"]} for g in GROUPS}}
-PLACE_2 = {"leaves": {g: {"current": ["ctr@3", "eng@1"], "pending": ["ctr@5"]} for g in GROUPS}}
+PLACE_2 = {"leaves": {g: {"current": ["ctr@3", "ctr@5", "eng@1"]} for g in GROUPS}}
 
 
 @pytest.fixture(scope="session")
