@@ -70,10 +70,13 @@ def check_roots(store, stage: str, models: dict) -> dict[str, dict[str, list[str
     """root name -> `missing_features` of ``models`` (version -> features) in
     that root's schema, for every live root on ``stage`` that lacks some."""
     out = {}
+    schemas: dict = {}   # a fleet's roots mostly run one schema: read it once
     for member in store.live_members(stage, "root"):
         if not member.schema:
             continue
-        schema = store.schema(member.schema)
+        if member.schema not in schemas:
+            schemas[member.schema] = store.schema(member.schema)
+        schema = schemas[member.schema]
         if schema is None:
             continue
         lacking = missing_features(models, schema)

@@ -83,7 +83,7 @@ class ZooKeeperServer:
             [self.java, "-Xmx192m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
              "-Dzookeeper.admin.enableServer=false", "-Dzookeeper.jmx.log4j.disable=true",
              "-cp", f"{self.dir}:{JAR}", MAIN, cfg],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
