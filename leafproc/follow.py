@@ -86,7 +86,7 @@ class ModelFollower:
     def __init__(self, *, store_path: str, stage: str, name: str, repo: ModelRepository,
                  rollout: RolloutMetrics, poll_s: float = FOLLOW_POLL_S,
                  heartbeat_s: float = HEARTBEAT_S, settings=None, advertise=(),
-                 recheck_s: float = FOLLOW_RECHECK_S):
+                 recheck_s: float = FOLLOW_RECHECK_S, curve_key: str | None = None):
         self.store = ConfigStore(store_path, settings=settings)
         self.stage = stage
         self.name = name
@@ -95,6 +95,7 @@ class ModelFollower:
         self.poll_s = poll_s
         self.heartbeat_s = heartbeat_s
         self.advertise = tuple(advertise)
+        self.curve_key = curve_key   # published: roots that find this leaf connect with CURVE
         self.changes = self.store.changes(
             stage, recheck_s if self.store.ephemeral_members else poll_s)
         self.targets: Handoff[Target] = Handoff()          # to the loop
@@ -199,7 +200,8 @@ class ModelFollower:
         try:
             self.store.heartbeat(self.stage, dataclasses.replace(
                 self._record, config_errors=self.error_count, last_error=self.last_error,
-                endpoints=advertised(self._record.endpoints, self.advertise)))
+                endpoints=advertised(self._record.endpoints, self.advertise),
+                curve_key=self.curve_key))
         except ConfigStoreUnavailable:
             pass   # said once by the store; written again once it answers
         except Exception as exc:

@@ -25,7 +25,9 @@ schema the root runs (once), which `trimmer deploy` checks bundles against.
 
 Where members are ephemeral (ZooKeeper), the thread also keeps the leaves
 registered on the stage (`discovered`): leaf name -> the endpoints its live
-processes publish, an ipc one only from a leaf on this host. Each change goes
+processes publish (an ipc one only from a leaf on this host) and the CURVE
+public key they require, if they publish one (replicas of a name share a
+key pair, as in a root config's ``leaves``). Each change goes
 to the loop through a second handoff (`take_fleet`), which links to new
 endpoints and retires those whose node vanished (rootproc/links.py). For
 `SETTLE_S` after this root's own reconnection, a leaf missing from the
@@ -51,10 +53,11 @@ log = logging.getLogger("rootproc")
 SETTLE_S = 2 * HEARTBEAT_S
 
 
-def discovered(records, host: str) -> dict[str, tuple[str, ...]]:
-    """leaf name -> the endpoints of its registered processes a root on
-    ``host`` can reach."""
+def discovered(records, host: str) -> dict[str, tuple[tuple[str, ...], str | None]]:
+    """leaf name -> (the endpoints of its registered processes a root on
+    ``host`` can reach, the CURVE public key they require, if any)."""
     out: dict[str, list[str]] = {}
+    keys: dict[str, str | None] = {}
     for record in records:
         if record.role != "leaf":
             continue
@@ -62,9 +65,10 @@ def discovered(records, host: str) -> dict[str, tuple[str, ...]]:
             if ep.startswith("ipc://") and record.host != host:
                 continue   # another host's socket file
             out.setdefault(record.name, [])
+            keys.setdefault(record.name, record.curve_key)
             if ep not in out[record.name]:
                 out[record.name].append(ep)
-    return {name: tuple(sorted(eps)) for name, eps in sorted(out.items()) if eps}
+    return {name: (tuple(sorted(eps)), keys[name]) for name, eps in sorted(out.items()) if eps}
 
 
 class ConfigFollower:
@@ -115,7 +119,7 @@ class ConfigFollower:
         return self._configs.take()
 
     def take_fleet(self) -> dict | None:
-        """The registered leaves (name -> endpoints), when they changed; None
+        """The registered leaves (name -> (endpoints, CURVE key)), when they changed; None
         otherwise, and always where the store has no live membership."""
         return self._fleets.take()
 
@@ -193,8 +197,9 @@ class ConfigFollower:
             return   # the store does not answer: keep every link
         fleet = discovered(records.values(), self.host)
         if self.fleet is not None and time.monotonic() - self.store.reconnected_at() < SETTLE_S:
-            for name, eps in self.fleet.items():   # keep the vanished until the fleet settles
-                fleet[name] = tuple(sorted(set(fleet.get(name, ())) | set(eps)))
+            for name, (eps, key) in self.fleet.items():   # keep the vanished until it settles
+                now_eps, now_key = fleet.get(name, ((), key))
+                fleet[name] = (tuple(sorted(set(now_eps) | set(eps))), now_key)
         if fleet != self.fleet:
             if self.fleet is not None:
                 for name in sorted(set(self.fleet) - set(fleet)):

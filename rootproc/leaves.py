@@ -47,7 +47,7 @@ from _trim.transport.monitor import LinkWatch
 from _trim.transport.protocol import pack_header
 from _trim.transport.sockets import connect_all, secured
 
-from .config import LeafSpec
+from .config import LeafCurve, LeafSpec
 from .defaults import LEAF_HWM, LEAF_RECONNECT_IVL_MAX_MS, LEAF_RECONNECT_IVL_MS
 
 log = logging.getLogger("rootproc")
@@ -187,12 +187,15 @@ def load_curve(leaf) -> ClientKeys | None:
                            f"root config: leaf {leaf.name!r}: curve")
 
 
-def wanted_leaves(configured, active, pool=None, discovered=None) -> list[LeafSpec]:
+def wanted_leaves(configured, active, pool=None, discovered=None,
+                  secret_key: str | None = None) -> list[LeafSpec]:
     """The leaves a root links to under ``active``: those of its config file
     (as configured: they win over the bundle's endpoints and membership),
     then those the bundle's placement gives an endpoint, then, where
-    membership is known (``discovered``: name -> endpoints), every endpoint
-    a registered leaf publishes. Without membership, a leaf the placement
+    membership is known (``discovered``: name -> (endpoints, CURVE public
+    key or None)), every endpoint a registered leaf publishes, over CURVE
+    with this root's ``secret_key`` where the leaf publishes a key. Without
+    membership, a leaf the placement
     still names without an endpoint keeps the links ``pool`` has to it;
     with it, membership says who is there."""
     out = list(configured)
@@ -204,14 +207,15 @@ def wanted_leaves(configured, active, pool=None, discovered=None) -> list[LeafSp
     if discovered is not None:
         fixed = {leaf.name for leaf in configured}
         at = {leaf.name: i for i, leaf in enumerate(out)}
-        for name, eps in sorted(discovered.items()):
+        for name, (eps, key) in sorted(discovered.items()):
             if name in fixed:
                 continue
+            curve = LeafCurve(key, secret_key) if key else None
             if name in at:   # the bundle's endpoint and the registered ones
-                leaf = out[at[name]]
-                out[at[name]] = LeafSpec(name, tuple(dict.fromkeys(leaf.endpoints + tuple(eps))))
+                eps = tuple(dict.fromkeys(out[at[name]].endpoints + tuple(eps)))
+                out[at[name]] = LeafSpec(name, eps, curve=curve)
             else:
-                out.append(LeafSpec(name, tuple(eps)))
+                out.append(LeafSpec(name, tuple(eps), curve=curve))
         return out
     if pool is not None:
         kept: dict[str, list[str]] = {}

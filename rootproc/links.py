@@ -66,7 +66,7 @@ class LeafLinks:
         return True
 
     def discover(self, fleet: dict, now: float) -> None:
-        """The leaves registered now (name -> endpoints): link to new ones,
+        """The leaves registered now (name -> (endpoints, CURVE key)): link to new ones,
         retire those no longer there (as `reconcile`)."""
         self.discovered = fleet
         self.reconcile(self.active, now)
@@ -77,7 +77,8 @@ class LeafLinks:
         requests it carries finish or reach their deadline (all of them by
         ``max_deadline_ms`` from now) before `reap_retired` closes it."""
         self.active = active
-        leaves = wanted_leaves(self.cfg.leaves, active, self.pool, self.discovered)
+        secret = self.cfg.curve.secret_key if self.cfg.curve is not None else None
+        leaves = wanted_leaves(self.cfg.leaves, active, self.pool, self.discovered, secret)
         added, _ = self.pool.reconcile(leaves, active.placement,
                                        now + self.cfg.max_deadline_ms / 1000)
         for link in added:

@@ -48,6 +48,7 @@ class MemberRecord:
     bundle: str | None = None                  # the bundle id it runs
     endpoints: tuple[str, ...] = ()
     # leaves
+    curve_key: str | None = None               # Z85 public key its tcp endpoints require
     models: tuple[str, ...] = ()               # versions serving (ready)
     loading: tuple[str, ...] = ()
     retiring: tuple[str, ...] = ()
@@ -84,7 +85,7 @@ class MemberRecord:
             return None
         kw: dict = {"role": role, "name": name}
         for key, kind in (("pid", int), ("host", str), ("generation", int), ("bundle", str),
-                          ("schema", str), ("config_errors", int), ("last_error", str),
+                          ("schema", str), ("config_errors", int), ("last_error", str), ("curve_key", str),
                           ("time", (int, float)), ("stage", str)):
             value = d.get(key)
             if isinstance(value, kind) and not isinstance(value, bool):

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from signatures.store import ConfigStore
 from tests.rollout.conftest import Load, check_replies, serving, wait_for
 from tests.support.procs import ping
 
@@ -95,3 +96,46 @@ def save(bundle, tmp_path):
     path = tmp_path / f"{bundle.id}.json"
     bundle.save(path)
     return path
+
+
+def test_a_leaf_with_curve_is_reached_over_curve_with_the_key_it_publishes(
+        world, fleet_bundles, process_runner, zk_server, tmp_path):
+    """The leaf's member node carries its public key; the root connects to
+    the endpoints it finds with CURVE, as its own key pair, which the leaf
+    authorizes."""
+    import os
+    import sys
+
+    from _trim.transport.curve import generate
+    from rootproc.client import ScoringClient
+    from tests.root.world import CANDIDATE_IDS, USER_IDS
+
+    from .conftest import root_file
+    keys = tmp_path / "keys"
+    (keys / "roots").mkdir(parents=True)
+    generate(keys / "leaf-b")
+    root_pub, root_secret = generate(keys / "root")
+    os.rename(root_pub, keys / "roots" / "root.key")
+    address = zk_server.address()
+    seed(address, fleet_bundles[0])
+    bind = process_runner.endpoint("leaf-b", "tcp")
+    argv = leaf_argv(world, "leaf-b", address, "production", bind) + [
+        "--curve-secret-key", str(keys / "leaf-b.key_secret"),
+        "--curve-authorized", str(keys / "roots")]
+    leaf = process_runner.spawn("leaf-b", argv, endpoint=None)
+    with ConfigStore(address) as store:
+        wait_for("leaf-b registered with its key", lambda: any(
+            m.curve_key for m in store.members("production")), timeout=60)
+    name = "root-curve"
+    rbind = process_runner.endpoint(name)
+    path = root_file(world, os.path.join(process_runner.tmp_path, f"{name}.json"), name, address,
+                     "production", rbind, curve={"secret_key": str(root_secret)})
+    root = process_runner.spawn(name, [sys.executable, "-m", "rootproc", "--config", path],
+                                endpoint=rbind, ipc_paths=[rbind[len("ipc://"):]])
+    pong = root.wait_ready(60, ready=lambda p: routes(p, [bind]))
+    (link,) = pong["leaves"]
+    assert link["curve"] is True and link["handshake_error"] is None
+    with ScoringClient(rbind) as client:
+        res = client.score(int(USER_IDS[0]), CANDIDATE_IDS[:16], models=["ctr@3", "eng@1"])
+    assert res.ok and not res.errors, (res.error, res.errors)
+    assert leaf.returncode is None
