@@ -30,7 +30,7 @@ from .bundle import Bundle
 from .changes import now as _now
 from .fsutil import atomic_write, fsync_dir, locked
 from .members import MemberRecord
-from .stage_records import StageProblem, empty_record, parse_record, replay, stage_entries
+from .stage_records import StageProblem, empty_record, lost, parse_record, replay, stage_entries
 from .store import Change, ConfigStore, _check_stage, audit_fields, check_member_names
 
 
@@ -58,9 +58,7 @@ class DirectoryStore(ConfigStore):
             written = self.recovered(stage)
             if written is None:
                 return empty_record()
-            return StageProblem("missing", f"{path}: stage record missing, although the audit "
-                                           f"log has {stage} at generation "
-                                           f"{written['generation']}")
+            return lost(path, stage, written)
         except OSError as exc:
             return StageProblem("unreadable", f"{path}: cannot read the stage record: "
                                               f"{exc.strerror}")

@@ -48,7 +48,7 @@ from . import root_schemas
 from .bundle import Bundle
 from .changes import now as _now
 from .members import MemberRecord
-from .stage_records import StageProblem, empty_record, parse_record, replay, stage_entries
+from .stage_records import StageProblem, empty_record, lost, parse_record, replay, stage_entries
 from .store import (
     STAGES,
     Change,
@@ -113,9 +113,7 @@ class ZooKeeperStore(ConfigStore):
             written = self.recovered(stage)
             if written is None:
                 return empty_record()
-            return StageProblem("missing", f"{where}: stage record missing, although the audit "
-                                           f"log has {stage} at generation "
-                                           f"{written['generation']}")
+            return lost(where, stage, written)
         data, stat = got
         if self._reads is not None:
             self._reads[stage] = stat.version

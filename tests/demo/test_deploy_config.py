@@ -12,10 +12,10 @@ from rootproc.config import load_config
 DEPLOY = Path(__file__).parents[2] / "deploy"
 
 
-def load_supervisord(tmp_path):
-    text = (DEPLOY / "supervisord.conf").read_text()
+def load_supervisord(tmp_path, path=DEPLOY / "supervisord.conf"):
+    text = path.read_text()
     text = text.replace("/run/trimmer", str(tmp_path)).replace("/var/log/trimmer", str(tmp_path))
-    conf = tmp_path / "supervisord.conf"
+    conf = tmp_path / path.name
     conf.write_text(text)
     options = ServerOptions()
     options.configfile = str(conf)
@@ -91,14 +91,7 @@ FLEET = DEPLOY / "fleet"
 
 
 def fleet_programs(tmp_path, conf: str) -> dict:
-    text = (FLEET / conf).read_text()
-    text = text.replace("/run/trimmer", str(tmp_path)).replace("/var/log/trimmer", str(tmp_path))
-    path = tmp_path / conf
-    path.write_text(text)
-    options = ServerOptions()
-    options.configfile = str(path)
-    options.process_config(do_usage=False)
-    return {p.name: p for g in options.process_group_configs for p in g.process_configs}
+    return load_supervisord(tmp_path, FLEET / conf)
 
 
 def test_the_fleet_example_follows_one_zookeeper_stage_and_names_no_endpoint(tmp_path):

@@ -294,3 +294,48 @@ def test_deploy_models_waits_for_every_live_root(store):
     entry = s.log_entries()[-1]
     assert entry["forced"] is True and len(entry["lagging"]) == 1
     assert entry["lagging"][0].startswith("root root-0 on ")
+
+
+def break_record(address, store, stage: str, data: bytes | None) -> None:
+    """Replace the stage's record with ``data``, or delete it (None), behind the store's back."""
+    if not address.zk:
+        path = os.path.join(address, "stages", f"{stage}.json")
+        if data is None:
+            os.remove(path)
+        else:
+            with open(path, "wb") as f:
+                f.write(data)
+        return
+    node = store.zk.path("stages", stage)
+    zk = store.zk.client()
+    if data is None:
+        zk.delete(node)
+    else:
+        zk.set(node, data)
+
+
+@pytest.mark.parametrize("damage", [b'{"generation": 4, "bundle": ', None], ids=["corrupt", "lost"])
+def test_a_broken_stage_record_is_reported_and_replaced_from_the_audit_log(store, address,
+                                                                           damage):
+    from signatures.stage_records import StageProblem
+    s = store
+    s.deploy(B1, "canary")
+    s.deploy(B2, "canary")
+    s.deploy_models("canary", ["ctr@2"])
+    s.heartbeat("canary", MemberRecord("root", "root-0", generation=7, bundle=B2.id))
+    break_record(address, s, "canary", damage)
+    kind = "corrupt" if damage else "missing"
+    problem = s.read_stage("canary")
+    assert isinstance(problem, StageProblem) and problem.kind == kind, problem
+    with pytest.raises(StoreError, match="trimmer rollback canary"):
+        s.state("canary")
+    st = s.status()["canary"]
+    assert st["problem"] == kind and st["bundle"] == B2.id and st["models"] == ["ctr@2"]
+    with pytest.raises(StoreError, match="stage record"):   # it adds to a record it cannot read
+        s.deploy_models("canary", ["ctr@1"], wait_s=0)
+    # rollback writes a new record from the audit log, past every generation seen.
+    gen, bundle_id, _ = s.rollback("canary")
+    assert (gen, bundle_id) == (8, B1.id)
+    assert s.state("canary")["models"] == ["ctr@2"] and s.history("canary") == []
+    entry = s.log_entries()[-1]
+    assert entry["action"] == "rollback" and entry["replaced"] == kind
