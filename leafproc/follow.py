@@ -31,6 +31,7 @@ thread writes to the store.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import socket
 import threading
@@ -67,6 +68,12 @@ def versions_for(leaf: str, bundle, stage_models) -> list[str]:
 WILDCARDS = ("0.0.0.0", "*", "[::]", "::")
 
 
+@functools.lru_cache(maxsize=1)
+def host_name() -> str:
+    """This host's name as others resolve it (asked once: it may query DNS)."""
+    return socket.getfqdn()
+
+
 def advertised(endpoints, advertise=()) -> tuple[str, ...]:
     """The endpoints published for roots: ``advertise`` when given, else the
     bound ones with a wildcard address replaced by this host's name."""
@@ -77,7 +84,7 @@ def advertised(endpoints, advertise=()) -> tuple[str, ...]:
         scheme, sep, rest = ep.partition("://")
         host, colon, port = rest.rpartition(":")
         if scheme == "tcp" and colon and host in WILDCARDS:
-            ep = f"tcp://{socket.getfqdn()}:{port}"
+            ep = f"tcp://{host_name()}:{port}"
         out.append(ep)
     return tuple(out)
 
