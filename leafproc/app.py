@@ -128,7 +128,10 @@ class Leaf:
         follower = None
         if following:
             follower = self.follower = ModelFollower(store_path=str(s.config_store), stage=s.stage,
-                                                     name=self.name, repo=repo, rollout=rollout)
+                                                     name=self.name, repo=repo, rollout=rollout,
+                                                     settings=s.zookeeper, advertise=s.advertise,
+                                                     curve_key=curve_keys.public.decode()
+                                                     if curve_keys is not None else None)
         try:
             server = self.server = LeafServer(
                 name=self.name, binds=list(s.bind), table=self.table, ctx=self.ctx,

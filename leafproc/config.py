@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from _trim.transport.sockets import exposed, exposure_problem, exposures
 from signatures.settings import option
 from signatures.store import STAGES
+from signatures.store_settings import ZooKeeperSettings
 
 from .defaults import (
     DRAIN_TIMEOUT_S,
@@ -69,11 +70,17 @@ class LeafSettings:
                           minimum=0)
     drain_timeout_s: float = option(DRAIN_TIMEOUT_S, "on SIGTERM, longest wait for requests "
                                     "in flight", minimum=0)
-    config_store: str | None = option(None, "follow a stage of this staged config store: serve "
-                                      "the stage's versions placed on this leaf, loading and "
-                                      "unloading them as it changes (instead of models)",
+    config_store: str | None = option(None, "follow a stage of this staged config store (a "
+                                      "directory, or zk://HOST:PORT[,HOST:PORT...]/CHROOT): "
+                                      "serve the stage's versions placed on this leaf, loading "
+                                      "and unloading them as it changes (instead of models)",
                                       path=True)
     stage: str = option("production", "stage to follow with config_store", choices=STAGES)
+    zookeeper: ZooKeeperSettings = option(ZooKeeperSettings())
+    advertise: tuple[str, ...] = option((), "with a zk:// config store: the endpoints roots "
+                                        "reach this leaf at, published in its member node "
+                                        "(default: bind, a wildcard address replaced by this "
+                                        "host's name)", metavar="ENDPOINT")
     retire_grace_s: float = option(RETIRE_GRACE_S, "with config_store, how long a removed "
                                    "version keeps answering after pongs stop offering it "
                                    "(covers the roots' ping interval)", minimum=0)

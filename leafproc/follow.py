@@ -9,8 +9,15 @@ the leaves that host another version of the same model, so that the roots
 fail open for it rather than nobody serving it. A leaf the bundle does not
 name, or a stage without a bundle, serves every version on the stage.
 
-`ModelFollower` polls the store and reads the repository (hashing a model
-file can take a while), so the I/O loop never waits on either. A stage it
+`ModelFollower` follows the store (a directory: polled several times a
+second; ZooKeeper: a watch on the stage's node, and a look after every
+reconnection that compares generations) and reads the repository (hashing
+a model file can take a while), so the I/O loop never waits on either. A
+store that cannot be reached changes nothing: the leaf serves what it
+serves and looks again once the store answers. Where members are ephemeral
+(ZooKeeper) the leaf's node is how roots find it: it publishes the
+endpoints roots reach it at (`advertised`), and its node goes when the
+leaf stops (at once) or dies (at the session timeout). A stage it
 cannot use (its record lost, unreadable or corrupt: the store says which,
 signatures/stage_records.py) is logged once, counted in
 ``trimmer_leaf_config_errors_total`` and shown in the leaf's heartbeat; the
@@ -24,16 +31,18 @@ thread writes to the store.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import socket
 import threading
 import time
 
 from _trim.errors import StoreError
 from _trim.transport.model_key import ModelKey
 from signatures.handoff import Handoff
-from signatures.members import FOLLOW_POLL_S, HEARTBEAT_S, MemberRecord
+from signatures.members import FOLLOW_POLL_S, FOLLOW_RECHECK_S, HEARTBEAT_S, MemberRecord
 from signatures.module_info import ModelRepository
-from signatures.store import ConfigStore
+from signatures.store import ConfigStore, ConfigStoreUnavailable
 
 from .defaults import STOP_JOIN_S
 from .metrics import RolloutMetrics
@@ -56,22 +65,51 @@ def versions_for(leaf: str, bundle, stage_models) -> list[str]:
             if k in mine or (k not in placed and ModelKey(k).name in my_names)]
 
 
+WILDCARDS = ("0.0.0.0", "*", "[::]", "::")
+
+
+@functools.lru_cache(maxsize=1)
+def host_name() -> str:
+    """This host's name as others resolve it (asked once: it may query DNS)."""
+    return socket.getfqdn()
+
+
+def advertised(endpoints, advertise=()) -> tuple[str, ...]:
+    """The endpoints published for roots: ``advertise`` when given, else the
+    bound ones with a wildcard address replaced by this host's name."""
+    if advertise:
+        return tuple(advertise)
+    out = []
+    for ep in endpoints:
+        scheme, sep, rest = ep.partition("://")
+        host, colon, port = rest.rpartition(":")
+        if scheme == "tcp" and colon and host in WILDCARDS:
+            ep = f"tcp://{host_name()}:{port}"
+        out.append(ep)
+    return tuple(out)
+
+
 class ModelFollower:
     def __init__(self, *, store_path: str, stage: str, name: str, repo: ModelRepository,
                  rollout: RolloutMetrics, poll_s: float = FOLLOW_POLL_S,
-                 heartbeat_s: float = HEARTBEAT_S):
-        self.store = ConfigStore(store_path)
+                 heartbeat_s: float = HEARTBEAT_S, settings=None, advertise=(),
+                 recheck_s: float = FOLLOW_RECHECK_S, curve_key: str | None = None):
+        self.store = ConfigStore(store_path, settings=settings)
         self.stage = stage
         self.name = name
         self.repo = repo
         self.rollout = rollout
         self.poll_s = poll_s
         self.heartbeat_s = heartbeat_s
+        self.advertise = tuple(advertise)
+        self.curve_key = curve_key   # published: roots that find this leaf connect with CURVE
+        self.changes = self.store.changes(
+            stage, recheck_s if self.store.ephemeral_members else poll_s)
         self.targets: Handoff[Target] = Handoff()          # to the loop
         self.records: Handoff[MemberRecord] = Handoff()    # from the loop
         # The rest is this thread's own.
         self._latest: Target | None = None   # the last target handed over
-        self._stamp = None
+        self._stamp = _UNKNOWN
         self._files: dict = {}   # key -> (path, info) | error, kept across polls
         self._record = MemberRecord("leaf", name)
         self.error_count = 0
@@ -88,23 +126,37 @@ class ModelFollower:
 
     def stop(self) -> None:
         self._stop.set()
+        self.changes.close()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=STOP_JOIN_S)
+        self.store.close()   # a ZooKeeper member node goes at once
 
     def _run(self) -> None:
         next_beat = 0.0
-        while not self._stop.wait(self.poll_s):
-            try:
-                self.poll()
-            except Exception:
-                log.exception("leaf %s: model follower", self.name)
+        while not self._stop.is_set():
+            changed = self.changes.wait(self.poll_s)
+            if self._stop.is_set():
+                break
+            if changed:
+                try:
+                    self.poll()
+                except Exception:
+                    log.exception("leaf %s: model follower", self.name)
             now = time.monotonic()
-            if now >= next_beat:
+            # A store of ephemeral members writes only changes (and what a
+            # new session lost): told at once, roots link to the leaf sooner.
+            if now >= next_beat or self.store.ephemeral_members:
                 next_beat = now + self.heartbeat_s
                 self.beat()
 
     def poll(self, raise_errors: bool = False) -> None:
-        stamp = self.store.stage_stamp(self.stage)
+        try:
+            stamp = self.store.stage_stamp(self.stage)
+        except ConfigStoreUnavailable:
+            if raise_errors:
+                raise
+            self._stamp = _UNKNOWN   # read it all again once the store answers
+            return
         if stamp == self._stamp and self._latest is not None:
             return
         self._stamp = stamp
@@ -120,6 +172,11 @@ class ModelFollower:
                                  f"served its generation {served}: the stage record is missing")
             bundle = self.store.bundle(state["bundle"]) if state.get("bundle") else None
             keys = versions_for(self.name, bundle, state.get("models", []))
+        except ConfigStoreUnavailable:
+            if raise_errors:
+                raise
+            self._stamp = _UNKNOWN
+            return
         except Exception as exc:
             if raise_errors:
                 raise
@@ -127,7 +184,7 @@ class ModelFollower:
             self.error_count += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.error("leaf %s: cannot read stage %s of %s: %s; serving what it served",
-                      self.name, self.stage, self.store.path, self.last_error)
+                      self.name, self.stage, self.store.address, self.last_error)
             return
         self.last_error = None
         files = {}
@@ -149,9 +206,16 @@ class ModelFollower:
             self._record = record
         try:
             self.store.heartbeat(self.stage, dataclasses.replace(
-                self._record, config_errors=self.error_count, last_error=self.last_error))
+                self._record, config_errors=self.error_count, last_error=self.last_error,
+                endpoints=advertised(self._record.endpoints, self.advertise),
+                curve_key=self.curve_key))
+        except ConfigStoreUnavailable:
+            pass   # said once by the store; written again once it answers
         except Exception as exc:
-            log.warning("leaf %s: heartbeat to %s failed: %s", self.name, self.store.path, exc)
+            log.warning("leaf %s: heartbeat to %s failed: %s", self.name, self.store.address, exc)
 
 
-__all__ = ["ModelFollower", "versions_for"]
+_UNKNOWN = object()   # the stage's stamp could not be read
+
+
+__all__ = ["ModelFollower", "advertised", "versions_for"]

@@ -97,7 +97,8 @@ def load_active_config(cfg) -> ActiveConfig:
         from signatures.bundle import Bundle
         return ActiveConfig.from_bundle(Bundle.load(cfg.bundle))
     from signatures.store import ConfigStore
-    generation, bundle = ConfigStore(cfg.config_store).active(cfg.stage)
+    with ConfigStore(cfg.config_store, settings=cfg.zookeeper) as store:
+        generation, bundle = store.active(cfg.stage)
     if bundle is None:
         raise ValueError(f"config store {cfg.config_store}: stage {cfg.stage!r} has no active config")
     return ActiveConfig.from_bundle(bundle, generation)

@@ -30,6 +30,7 @@ from _trim.transport.protocol import COMPRESSION_LZ4, COMPRESSION_NONE
 from _trim.transport.sockets import exposed, exposure_problem, exposures
 from signatures.settings import load, option, parse, validate
 from signatures.store import STAGES
+from signatures.store_settings import ZooKeeperSettings
 
 from .defaults import (
     CACHE_SIZE,
@@ -171,9 +172,11 @@ class RootConfig:
                                           from_flag=leaf_from_flag)
     bundle: str | None = option(None, "a bundle file to serve (or config_store)", path=True,
                                 replaces=("config_store",))
-    config_store: str | None = option(None, "staged config store to follow (or bundle)",
+    config_store: str | None = option(None, "staged config store to follow (or bundle): a "
+                                      "directory, or zk://HOST:PORT[,HOST:PORT...]/CHROOT",
                                       path=True, replaces=("bundle",))
     stage: str = option("production", "stage of the config store to follow", choices=STAGES)
+    zookeeper: ZooKeeperSettings = option(ZooKeeperSettings())
     name: str = option("root", "name in pongs, heartbeats, logs and metrics")
     bind: tuple[str, ...] = option(ROOT_BIND, "endpoints clients connect to")
     cache: CacheSettings = option(CacheSettings())

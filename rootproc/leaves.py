@@ -25,7 +25,9 @@ process behind it says otherwise.
 
 The set of links follows the config (`LeafPool.reconcile`, on the serving
 loop between requests): leaves in the root's config file always, plus the
-leaves the active bundle's placement gives an endpoint. A link no config
+leaves the active bundle's placement gives an endpoint, plus, with a
+ZooKeeper config store, the endpoints the leaves registered on the stage
+publish (`wanted_leaves`). A link no config
 names any more is *retiring*: it takes no new request but stays open until
 the requests it carries are answered or past their deadline (closed then,
 see `LeafLinks.reap_retired` in rootproc/links.py).
@@ -44,7 +46,7 @@ from _trim.transport.monitor import LinkWatch
 from _trim.transport.protocol import pack_header
 from _trim.transport.sockets import connect_all, secured
 
-from .config import LeafSpec
+from .config import LeafCurve, LeafSpec
 from .defaults import LEAF_HWM, LEAF_RECONNECT_IVL_MAX_MS, LEAF_RECONNECT_IVL_MS
 
 log = logging.getLogger("rootproc")
@@ -180,17 +182,36 @@ def load_curve(leaf) -> ClientKeys | None:
                            f"root config: leaf {leaf.name!r}: curve")
 
 
-def wanted_leaves(configured, active, pool=None) -> list[LeafSpec]:
+def wanted_leaves(configured, active, pool=None, discovered=None,
+                  secret_key: str | None = None) -> list[LeafSpec]:
     """The leaves a root links to under ``active``: those of its config file
-    (as configured: they win over the bundle's endpoints), then those the
-    bundle's placement gives an endpoint. A leaf the placement still names
-    without an endpoint keeps the links ``pool`` has to it."""
+    (as configured: they win over the bundle's endpoints and membership),
+    then those the bundle's placement gives an endpoint, then, where
+    membership is known (``discovered``: name -> (endpoints, CURVE public
+    key or None)), every endpoint a registered leaf publishes, over CURVE
+    with this root's ``secret_key`` where the leaf publishes a key. Without
+    membership, a leaf the placement
+    still names without an endpoint keeps the links ``pool`` has to it;
+    with it, membership says who is there."""
     out = list(configured)
     named = {leaf.name for leaf in out}
     for name, ep in sorted(active.endpoints.items()):
         if name not in named:
             out.append(LeafSpec(name, (ep,)))
             named.add(name)
+    if discovered is not None:
+        fixed = {leaf.name for leaf in configured}
+        at = {leaf.name: i for i, leaf in enumerate(out)}
+        for name, (eps, key) in sorted(discovered.items()):
+            if name in fixed:
+                continue
+            curve = LeafCurve(key, secret_key) if key else None
+            if name in at:   # the bundle's endpoint and the registered ones
+                eps = tuple(dict.fromkeys(out[at[name]].endpoints + tuple(eps)))
+                out[at[name]] = LeafSpec(name, eps, curve=curve)
+            else:
+                out.append(LeafSpec(name, tuple(eps), curve=curve))
+        return out
     if pool is not None:
         kept: dict[str, list[str]] = {}
         for link in pool.links:

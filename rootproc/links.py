@@ -3,7 +3,9 @@
 `LeafLinks` owns the link pool (rootproc/leaves.py), each link's
 shared-memory ring (rootproc/shm_link.py), the links' places in the loop's
 poller (each link's socket and its connection monitor) and their gauges.
-Each installed config brings the links in line with it (`reconcile`); the
+Each installed config brings the links in line with it (`reconcile`), and
+so does each change of the leaves registered in a ZooKeeper store
+(`discover`: endpoints from membership, rootproc/follow.py); the
 ping tick pings them, reclaims slots of dead leaf processes and closes
 retired links once drained (`tick`); a link's connection events are acted
 on as they come (`on_monitor`: a dropped connection stops its traffic, a new
@@ -29,6 +31,8 @@ class LeafLinks:
         self.cfg = cfg
         self.metrics = metrics
         self.poller = poller
+        self.active = active
+        self.discovered: dict | None = None   # leaf name -> endpoints, where membership says
         # The root config's leaves, and those the bundle's placement gives an endpoint.
         leaves = wanted_leaves(cfg.leaves, active)
         self.pool = LeafPool(ctx, leaves, active.placement, cfg.compression,
@@ -61,12 +65,20 @@ class LeafLinks:
         link.watch_connection(now)
         return True
 
+    def discover(self, fleet: dict, now: float) -> None:
+        """The leaves registered now (name -> (endpoints, CURVE key)): link to new ones,
+        retire those no longer there (as `reconcile`)."""
+        self.discovered = fleet
+        self.reconcile(self.active, now)
+
     def reconcile(self, active, now: float) -> None:
-        """Link to leaves ``active`` adds; retire links it no longer names.
-        A retiring link takes no new request; requests it carries finish or
-        reach their deadline (all of them by ``max_deadline_ms`` from now)
-        before `reap_retired` closes it."""
-        leaves = wanted_leaves(self.cfg.leaves, active, self.pool)
+        """Link to leaves ``active`` (or membership) adds; retire links
+        neither names any more. A retiring link takes no new request;
+        requests it carries finish or reach their deadline (all of them by
+        ``max_deadline_ms`` from now) before `reap_retired` closes it."""
+        self.active = active
+        secret = self.cfg.curve.secret_key if self.cfg.curve is not None else None
+        leaves = wanted_leaves(self.cfg.leaves, active, self.pool, self.discovered, secret)
         added, _ = self.pool.reconcile(leaves, active.placement,
                                        now + self.cfg.max_deadline_ms / 1000)
         for link in added:

@@ -114,7 +114,7 @@ class RootServer:
             self.follower = ConfigFollower(cfg.config_store, cfg.stage, name=self.name,
                                            prepared=prepared, prepare=prepare,
                                            errors=self.metrics.config_errors,
-                                           schema=schema).start()
+                                           schema=schema, settings=cfg.zookeeper).start()
 
     @property
     def active(self):
@@ -163,6 +163,10 @@ class RootServer:
                     prepared = self.follower.take_config()
                     if prepared is not None:
                         self.install(prepared)
+                        next_beat = 0.0   # say so now: `deploy-models` waits for it
+                    fleet = self.follower.take_fleet()
+                    if fleet is not None:
+                        self.links.discover(fleet, time.monotonic())
             while self.drain(self.frontend, self.on_client) == DRAIN_BATCH:
                 pass   # what arrived since the last poll, answered before the socket closes
         finally:

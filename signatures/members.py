@@ -19,8 +19,11 @@ ROLES = ("root", "leaf")
 # Members beat this often; `trimmer status` calls one silent for STALE_S stale.
 HEARTBEAT_S = 2.0
 STALE_S = 5 * HEARTBEAT_S
-# How often followers look at their stage for a change.
+# How often followers look at their stage for a change (a directory store),
+# and, where the store says when it changed (ZooKeeper's watches), how often
+# they look all the same, in case a watch was lost.
 FOLLOW_POLL_S = 0.2
+FOLLOW_RECHECK_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class MemberRecord:
     bundle: str | None = None                  # the bundle id it runs
     endpoints: tuple[str, ...] = ()
     # leaves
+    curve_key: str | None = None               # Z85 public key its tcp endpoints require
     models: tuple[str, ...] = ()               # versions serving (ready)
     loading: tuple[str, ...] = ()
     retiring: tuple[str, ...] = ()
@@ -81,7 +85,7 @@ class MemberRecord:
             return None
         kw: dict = {"role": role, "name": name}
         for key, kind in (("pid", int), ("host", str), ("generation", int), ("bundle", str),
-                          ("schema", str), ("config_errors", int), ("last_error", str),
+                          ("schema", str), ("config_errors", int), ("last_error", str), ("curve_key", str),
                           ("time", (int, float)), ("stage", str)):
             value = d.get(key)
             if isinstance(value, kind) and not isinstance(value, bool):
@@ -110,4 +114,5 @@ def _link(d) -> LinkRecord | None:
                       d.get("retiring") is True, d.get("draining") is True)
 
 
-__all__ = ["FOLLOW_POLL_S", "HEARTBEAT_S", "LinkRecord", "MemberRecord", "ROLES", "STALE_S"]
+__all__ = ["FOLLOW_POLL_S", "FOLLOW_RECHECK_S", "HEARTBEAT_S", "LinkRecord", "MemberRecord", "ROLES",
+           "STALE_S"]

@@ -8,7 +8,8 @@ its fingerprint in every heartbeat (`MemberRecord.schema`). A bundle built
 against another schema may read a feature a root does not compute: the
 root would refuse the config (its preprocessors cannot be built), and a
 leaf serving the model would fail every request. Roots whose heartbeat is
-stale are not asked (they may be gone for good); a root whose schema is not
+stale (or, in ZooKeeper, whose
+node is gone) are not asked (they may be gone for good); a root whose schema is not
 in the store (an older root) cannot be checked, and says nothing.
 """
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import os
 
 from .fsutil import atomic_write
-from .members import STALE_S
 
 
 def publish(directory: str, schema) -> None:
@@ -25,18 +25,31 @@ def publish(directory: str, schema) -> None:
     path = os.path.join(directory, f"{schema.fingerprint}.json")
     if not os.path.exists(path):
         os.makedirs(directory, exist_ok=True)
-        atomic_write(path, json.dumps(schema.to_dict(), indent=1).encode() + b"\n")
+        atomic_write(path, to_bytes(schema))
 
 
 def load(directory: str, fingerprint: str):
     """The schema published under ``fingerprint``, or None (absent, or not
     what its name says)."""
-    from .schema import FeatureSchema
     path = os.path.join(directory, f"{fingerprint}.json")
     if "/" in fingerprint or not os.path.exists(path):
         return None
     try:
-        schema = FeatureSchema.load(path)
+        with open(path, "rb") as f:
+            return from_bytes(f.read(), fingerprint, path)
+    except OSError:
+        return None
+
+
+def to_bytes(schema) -> bytes:
+    return json.dumps(schema.to_dict(), indent=1).encode() + b"\n"
+
+
+def from_bytes(data: bytes, fingerprint: str, where: str):
+    """The schema ``data`` holds if it is the one ``fingerprint`` names, else None."""
+    from .schema import FeatureSchema
+    try:
+        schema = FeatureSchema.from_dict(json.loads(data), where)
     except ValueError:
         return None
     return schema if schema.fingerprint == fingerprint else None
@@ -57,10 +70,13 @@ def check_roots(store, stage: str, models: dict) -> dict[str, dict[str, list[str
     """root name -> `missing_features` of ``models`` (version -> features) in
     that root's schema, for every live root on ``stage`` that lacks some."""
     out = {}
-    for member in store.members(stage):
-        if member.role != "root" or not member.schema or member.age_s() > STALE_S:
+    schemas: dict = {}   # a fleet's roots mostly run one schema: read it once
+    for member in store.live_members(stage, "root"):
+        if not member.schema:
             continue
-        schema = store.schema(member.schema)
+        if member.schema not in schemas:
+            schemas[member.schema] = store.schema(member.schema)
+        schema = schemas[member.schema]
         if schema is None:
             continue
         lacking = missing_features(models, schema)
@@ -85,4 +101,5 @@ def union(problems: dict[str, dict[str, list[str]]]) -> dict[str, list[str]]:
     return out
 
 
-__all__ = ["check_roots", "describe", "load", "missing_features", "publish", "union"]
+__all__ = ["check_roots", "describe", "from_bytes", "load", "missing_features", "publish",
+           "to_bytes", "union"]

@@ -41,6 +41,12 @@ class StageProblem:
                           f"BUNDLE --stage {stage}` writes a new record from it")
 
 
+def lost(where: str, stage: str, written: dict) -> StageProblem:
+    """A record missing although the audit log says ``written`` was there."""
+    return StageProblem("missing", f"{where}: stage record missing, although the audit log "
+                                   f"has {stage} at generation {written['generation']}")
+
+
 def parse_record(data: bytes, path: str) -> dict | StageProblem:
     """A stage record from a file's bytes, or the problem with them."""
     try:
@@ -103,5 +109,5 @@ def replay(entries: list[dict]) -> dict | None:
     return record
 
 
-__all__ = ["HEADINGS", "HISTORY_LIMIT", "StageProblem", "empty_record", "parse_record", "replay",
-           "stage_entries"]
+__all__ = ["HEADINGS", "HISTORY_LIMIT", "StageProblem", "empty_record", "lost", "parse_record",
+           "replay", "stage_entries"]

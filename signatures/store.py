@@ -1,20 +1,23 @@
 """The staged config store: which bundle and which model versions each stage runs.
 
-A directory::
+`ConfigStore(address)` opens the backend its address names:
 
-    .lock                         flock held by writers (never by readers)
-    bundles/<id>.json             bundles, content-addressed, written once
-    schemas/<fingerprint>.json    the feature schemas roots run, published by them
-    stages/<stage>.json           {"generation", "bundle", "history", "models", ...}
-    members/<stage>/<role>-<name>.json   heartbeats: who runs which generation
-    log.jsonl                     audit log of every change (forced ones marked)
+- a directory path: `signatures/store_dir.py`, the embedded default (one
+  node, tests, the demo);
+- ``zk://HOST:PORT[,HOST:PORT...]/CHROOT``: `signatures/store_zk.py`, a
+  ZooKeeper ensemble, for a fleet.
 
-Every change is one atomic replace of one stage file (tmp + fsync + rename),
-made under the lock after re-reading the file, so a writer killed at any
-point leaves the previous state active and readable, and concurrent writers
-serialise instead of losing updates. Readers take no lock: they read one file
-and the immutable bundle it names. ``generation`` grows by one with every
-change of a stage, so pollers compare one integer.
+Both hold the same things (stages, content-addressed bundles, the feature
+schemas roots publish, the audit log, members' records) and give the same
+guarantees: every change of a stage is one atomic step, made against the
+record it read, so concurrent writers serialise and never lose an update; a
+writer killed at any moment leaves the previous state active and readable;
+``generation`` grows by one with every change of a stage.
+
+This class is the interface and the policy both backends share: what
+`deploy`, `deploy-models`, `promote` and `rollback` check and write. A
+backend supplies the reads, `_atomically` (run a change against what it
+read, commit it with its audit entry in one step) and membership.
 
 A stage record that is lost, unreadable or corrupt is an error for every
 reader (signatures/stage_records.py), never an empty stage: followers keep
@@ -22,41 +25,32 @@ serving what they had. `deploy`, `rollback` and `promote` replace such a
 record, starting from what the audit log says it held, with a generation
 past any a member has reported, and the audit entry says what they replaced.
 `deploy` and `deploy-models` also check the bundle's features against the
-schemas the stage's roots run (signatures/root_schemas.py).
+schemas the stage's roots run (signatures/root_schemas.py); `deploy-models`
+waits for every live root of the stage to run a config carrying the
+versions (config before models, fleet-wide: signatures/gating.py).
 """
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import getpass
-import json
 import logging
-import os
-import time
 from collections.abc import Callable
 
 from _trim.errors import StoreError
 from _trim.transport.model_key import ModelKey
 
-from . import root_schemas
+from . import gating, root_schemas
 from .bundle import Bundle
-from .fsutil import atomic_write, fsync_dir, locked
-from .members import MemberRecord
-from .stage_records import (
-    HISTORY_LIMIT,
-    StageProblem,
-    empty_record,
-    parse_record,
-    replay,
-    stage_entries,
-)
+from .changes import Change, Changes, audit_fields
+from .members import STALE_S, MemberRecord
+from .stage_records import HISTORY_LIMIT, StageProblem, empty_record
 
 STAGES = ("canary", "production")
+ZK_SCHEME = "zk://"
 log = logging.getLogger("trimmer.store")
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+class ConfigStoreUnavailable(StoreError):
+    """The store cannot be reached (a ZooKeeper ensemble down or partitioned
+    away); the message names it. Nothing was changed."""
 
 
 def _check_stage(stage: str) -> str:
@@ -65,17 +59,108 @@ def _check_stage(stage: str) -> str:
     return stage
 
 
+def check_member_names(record: MemberRecord) -> None:
+    for what, v in (("role", record.role), ("name", record.name)):
+        if not v or "/" in v or v.startswith(".") or "@" in v:
+            raise StoreError(f"heartbeat {what} {v!r} must be a plain name")
+
+
 class ConfigStore:
-    def __init__(self, path, _before_commit: Callable[[], None] | None = None):
-        self.path = os.fspath(path)
-        # Test hook: runs after a stage's new state is written to its temp
-        # file and before the rename that makes it visible.
-        self._before_commit = _before_commit
+    """The interface; ``ConfigStore(address)`` gives the backend's instance."""
 
-    # -- reading (no lock) ------------------------------------------------------
+    # Where members' records are ephemeral (they vanish with their process):
+    # roots then link to the leaves they find registered (rootproc/follow.py),
+    # and a member may call `heartbeat` as often as it likes (only changes
+    # are written).
+    ephemeral_members = False
 
-    def _stage_path(self, stage: str) -> str:
-        return os.path.join(self.path, "stages", f"{_check_stage(stage)}.json")
+    def __new__(cls, address=None, *args, **kwargs):
+        if cls is ConfigStore:
+            if is_zookeeper(address):
+                from .store_zk import ZooKeeperStore
+                cls = ZooKeeperStore
+            else:
+                from .store_dir import DirectoryStore
+                cls = DirectoryStore
+        return super().__new__(cls)
+
+    address: str
+
+    # -- the backend -------------------------------------------------------------------
+
+    def read_stage(self, stage: str) -> dict | StageProblem:
+        """The stage's record, or what is wrong with it."""
+        raise NotImplementedError
+
+    def recovered(self, stage: str) -> dict | None:
+        """What the audit log says the stage's record held; None if it says nothing."""
+        raise NotImplementedError
+
+    def stage_stamp(self, stage: str):
+        """A token that changes whenever the stage's record is replaced; None
+        while the stage has no record."""
+        raise NotImplementedError
+
+    def bundle(self, bundle_id: str) -> Bundle:
+        raise NotImplementedError
+
+    def schema(self, fingerprint: str):
+        """A feature schema a root published (`publish_schema`), or None."""
+        raise NotImplementedError
+
+    def publish_schema(self, schema) -> None:
+        """Put the feature schema a root runs into the store (once per
+        fingerprint), for `deploy` to check bundles against."""
+        raise NotImplementedError
+
+    def heartbeat(self, stage: str, record: MemberRecord) -> None:
+        """Record that ``record``'s member (e.g. root root-0) is alive on
+        ``stage``, and what it runs."""
+        raise NotImplementedError
+
+    def members(self, stage: str) -> list[MemberRecord]:
+        """The members' last records on ``stage``, by role and name."""
+        raise NotImplementedError
+
+    def log_entries(self) -> list[dict]:
+        """The audit log, oldest first."""
+        raise NotImplementedError
+
+    def changes(self, stage: str, poll_s: float) -> Changes:
+        """What a follower of ``stage`` waits on (see `Changes`)."""
+        return Changes(poll_s)
+
+    def close(self) -> None:
+        """Let go of connections; a member's records go with it where they are ephemeral."""
+
+    def member_watch(self, stage: str, wake: Callable[[], None]):
+        """The leaves registered on ``stage``, kept current (`ephemeral_members` only)."""
+        raise NotImplementedError
+
+    def reconnected_at(self) -> float:
+        """Monotonic time this process last reconnected to the store (0: never lost it)."""
+        return 0.0
+
+    def _write_bundle(self, bundle: Bundle) -> None:
+        raise NotImplementedError
+
+    def _atomically(self, change: Callable[[], Change]) -> tuple[int, object]:
+        """Run ``change`` and commit what it returns, with its audit entry, in
+        one step that fails if a stage it read changed meanwhile (then it is
+        run again); (the new generation, its result)."""
+        raise NotImplementedError
+
+    def is_live(self, member: MemberRecord) -> bool:
+        """Whether ``member`` is still there (its records are recent)."""
+        return member.age_s() <= STALE_S
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- reading -----------------------------------------------------------------------
 
     def state(self, stage: str) -> dict:
         """The stage's record; the empty one for a stage never written.
@@ -85,52 +170,9 @@ class ConfigStore:
             raise record.error(stage)
         return record
 
-    def read_stage(self, stage: str) -> dict | StageProblem:
-        """The stage's record, or what is wrong with it."""
-        path = self._stage_path(stage)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            written = self.recovered(stage)
-            if written is None:
-                return empty_record()
-            return StageProblem("missing", f"{path}: stage record missing, although the audit "
-                                           f"log has {stage} at generation "
-                                           f"{written['generation']}")
-        except OSError as exc:
-            return StageProblem("unreadable", f"{path}: cannot read the stage record: "
-                                              f"{exc.strerror}")
-        return parse_record(data, path)
-
-    def recovered(self, stage: str) -> dict | None:
-        """What the audit log says the stage's record held; None if it says nothing."""
-        try:
-            with open(os.path.join(self.path, "log.jsonl"), "rb") as f:
-                return replay(stage_entries(f, stage))
-        except OSError:
-            return None
-
     def generation(self, stage: str) -> int:
-        """Grows with every change of the stage: cheap enough to poll each second."""
+        """Grows with every change of the stage."""
         return int(self.state(stage)["generation"])
-
-    def stage_stamp(self, stage: str):
-        """A token that changes whenever the stage's record is replaced (every
-        write renames a new file into place): one stat, so followers can poll
-        it several times a second. None while the stage has no record."""
-        try:
-            st = os.stat(self._stage_path(stage))
-        except FileNotFoundError:
-            return None
-        return st.st_ino, st.st_mtime_ns, st.st_size
-
-    def bundle(self, bundle_id: str) -> Bundle:
-        return Bundle.load(os.path.join(self.path, "bundles", f"{bundle_id}.json"))
-
-    def schema(self, fingerprint: str):
-        """A feature schema a root published (`publish_schema`), or None."""
-        return root_schemas.load(os.path.join(self.path, "schemas"), fingerprint)
 
     def active(self, stage: str) -> tuple[int, Bundle | None]:
         st = self.state(stage)
@@ -143,53 +185,11 @@ class ConfigStore:
         """Bundle ids this stage ran before its active one, oldest first."""
         return list(self.state(stage)["history"])
 
-    # -- writing (under the lock) ------------------------------------------------
+    def live_members(self, stage: str, role: str | None = None) -> list[MemberRecord]:
+        return [m for m in self.members(stage)
+                if (role is None or m.role == role) and self.is_live(m)]
 
-    def _write_bundle(self, bundle: Bundle) -> None:
-        d = os.path.join(self.path, "bundles")
-        os.makedirs(d, exist_ok=True)
-        path = os.path.join(d, f"{bundle.id}.json")
-        if not os.path.exists(path):
-            atomic_write(path, bundle.to_json())
-
-    def _commit(self, stage: str, old: dict, new: dict, event: dict) -> int:
-        new["generation"] = int(old["generation"]) + 1
-        new["updated"] = _now()
-        path = self._stage_path(stage)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        data = json.dumps(new, indent=1).encode() + b"\n"
-        if self._before_commit is None:
-            atomic_write(path, data)
-        else:
-            tmp = f"{path}.tmp.{os.getpid()}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            self._before_commit()
-            os.replace(tmp, path)
-            fsync_dir(os.path.dirname(path))
-        self._log({"stage": stage, "generation": new["generation"], **event})
-        return new["generation"]
-
-    def _log(self, event: dict) -> None:
-        try:
-            user = getpass.getuser()
-        except Exception:  # no passwd entry in some containers
-            user = str(os.getuid())
-        line = json.dumps({"time": _now(), "user": user, "pid": os.getpid(), **event}) + "\n"
-        # One O_APPEND write per event: lines from concurrent writers never interleave.
-        fd = os.open(os.path.join(self.path, "log.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                     0o644)
-        try:
-            os.write(fd, line.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _lock(self):
-        os.makedirs(self.path, exist_ok=True)
-        return locked(os.path.join(self.path, ".lock"))
+    # -- the policy ----------------------------------------------------------------------
 
     def _state_to_replace(self, stage: str) -> tuple[dict, dict]:
         """(the record a change starts from, what the audit entry adds). A
@@ -223,11 +223,6 @@ class ConfigStore:
         log.warning("forced %s on %s: %s", what, stage, root_schemas.describe(problems))
         return {"forced": True, "schema_missing": root_schemas.union(problems)}
 
-    def publish_schema(self, schema) -> None:
-        """Put the feature schema a root runs into the store (once per
-        fingerprint), for `deploy` to check bundles against."""
-        root_schemas.publish(os.path.join(self.path, "schemas"), schema)
-
     def deploy(self, bundle: Bundle, stage: str, force: bool = False) -> int:
         """Make ``bundle`` the stage's root config; returns the new generation.
 
@@ -235,11 +230,13 @@ class ConfigStore:
         (its leaves would serve a model the roots cannot trim for), unless forced.
         """
         _check_stage(stage)
-        with self._lock():
+        checked = self._check_roots(stage, {k: m.features for k, m in bundle.models.items()},
+                                    force, f"bundle {bundle.id}")
+        # Content-addressed and never changed: written before the stage names it.
+        self._write_bundle(bundle)
+
+        def change() -> Change:
             old, replaced = self._state_to_replace(stage)
-            checked = self._check_roots(stage, {k: m.features for k, m in bundle.models.items()},
-                                        force, f"bundle {bundle.id}")
-            self._write_bundle(bundle)
             uncovered = [k for k in old["models"] if k not in bundle.models]
             if uncovered and not force:
                 raise StoreError(
@@ -256,49 +253,51 @@ class ConfigStore:
             if uncovered:
                 event.update(forced=True, uncovered=uncovered)
                 log.warning("forced deploy of %s to %s without %s", bundle.id, stage, uncovered)
-            return self._commit(stage, old, new, event)
+            return Change(stage, old, new, event)
+        return self._atomically(change)[0]
 
     def deploy_models(self, stage: str, keys, force: bool = False, replace: bool = False,
-                      signatures: dict[str, str] | None = None) -> list[str]:
+                      signatures: dict[str, str] | None = None,
+                      wait_s: float = gating.WAIT_S) -> list[str]:
         """Put model versions on a stage (added to those there, or replacing
         them); returns the stage's model list.
 
         Config before models: every version must be in the stage's active
         bundle (with the same signature hash when ``signatures`` gives it),
-        else refused naming the missing versions. ``force`` overrides, and
-        the override is logged.
+        and every live root of the stage must run a config carrying it with
+        that signature (waited for up to ``wait_s``); else refused, naming
+        what is missing and the roots that lag. ``force`` overrides, and the
+        override is logged with what it skipped.
         """
         _check_stage(stage)
         keys = list(dict.fromkeys(keys))
         for key in keys:
             ModelKey(key)
-        with self._lock():
+        state = self.state(stage)
+        bundle = self.bundle(state["bundle"]) if state["bundle"] else None
+        missing, mismatched = gating.not_carried(bundle, keys, signatures)
+        if (missing or mismatched) and not force:
+            raise StoreError(gating.refusal(stage, state["bundle"], missing, mismatched))
+        carried = {k: bundle.models[k].features for k in keys
+                   if bundle is not None and k in bundle.models}
+        checked = self._check_roots(stage, carried, force, ", ".join(keys))
+        wanted = gating.wanted_hashes(bundle, keys, signatures)
+        lagging = gating.wait_for_roots(self, stage, wanted, 0 if force else wait_s)
+        if lagging and not force:
+            raise StoreError(gating.lagging_refusal(stage, keys, lagging, wait_s))
+
+        def change() -> Change:
             old = self.state(stage)
-            bundle = self.bundle(old["bundle"]) if old["bundle"] else None
-            missing, mismatched = [], []
-            for key in keys:
-                if bundle is None or key not in bundle.models:
-                    missing.append(key)
-                elif signatures and key in signatures and \
-                        signatures[key] != bundle.models[key].signature_hash:
-                    mismatched.append(key)
-            if (missing or mismatched) and not force:
-                parts = []
-                if missing:
-                    parts.append(f"the active root config on {stage} "
-                                 f"({old['bundle'] or 'none'}) does not carry "
-                                 f"{', '.join(missing)}")
-                if mismatched:
-                    parts.append(f"the active root config on {stage} has a different "
-                                 f"signature for {', '.join(mismatched)}")
-                raise StoreError("config before models: " + "; ".join(parts) +
-                                 f". Deploy a bundle with "
-                                 f"{'it' if len(missing + mismatched) == 1 else 'them'} "
-                                 f"to {stage} first (`trimmer deploy BUNDLE --stage {stage}`), "
-                                 "or use --force in an emergency (logged)")
-            carried = {k: bundle.models[k].features for k in keys
-                       if bundle is not None and k in bundle.models}
-            checked = self._check_roots(stage, carried, force, ", ".join(keys))
+            current = bundle if old["bundle"] == state["bundle"] else \
+                (self.bundle(old["bundle"]) if old["bundle"] else None)
+            if current is not bundle and not force:   # another deploy meanwhile
+                if any(gating.not_carried(current, keys, signatures)):
+                    raise StoreError(gating.refusal(stage, old["bundle"], *gating.not_carried(
+                        current, keys, signatures)))
+                if gating.wanted_hashes(current, keys, signatures) != wanted:
+                    raise StoreError(f"the root config on {stage} changed while deploy-models "
+                                     f"waited ({state['bundle']} -> {old['bundle']}), with other "
+                                     "signatures: run it again")
             models = keys if replace else list(dict.fromkeys(list(old["models"]) + keys))
             new = {**old, "models": models}
             event = {"action": "deploy-models", "models": models, "added": keys,
@@ -307,8 +306,12 @@ class ConfigStore:
                 event.update(forced=True, missing=missing, mismatched=mismatched)
                 log.warning("forced deploy-models on %s: %s not carried by config %s",
                             stage, missing + mismatched, old["bundle"])
-            self._commit(stage, old, new, event)
-            return models
+            if lagging:
+                event.update(forced=True, lagging=gating.describe_lagging(lagging))
+                log.warning("forced deploy-models on %s: did not wait for %s",
+                            stage, gating.describe_lagging(lagging))
+            return Change(stage, old, new, event, models)
+        return self._atomically(change)[1]  # type: ignore[return-value]
 
     def promote(self, src: str, dst: str) -> int:
         """Copy ``src``'s active config and models to ``dst`` in one change."""
@@ -316,7 +319,8 @@ class ConfigStore:
         _check_stage(dst)
         if src == dst:
             raise StoreError("promote needs two different stages")
-        with self._lock():
+
+        def change() -> Change:
             s = self.state(src)
             if not s["bundle"]:
                 raise StoreError(f"{src} has no active config to promote")
@@ -326,15 +330,17 @@ class ConfigStore:
                 history.append(old["bundle"])
             new = {**old, "bundle": s["bundle"], "models": list(s["models"]),
                    "history": history[-HISTORY_LIMIT:]}
-            return self._commit(dst, old, new, {"action": "promote", "from": src,
-                                                "bundle": s["bundle"], "previous": old["bundle"],
-                                                "models": list(s["models"]), **replaced})
+            return Change(dst, old, new, {"action": "promote", "from": src,
+                                          "bundle": s["bundle"], "previous": old["bundle"],
+                                          "models": list(s["models"]), **replaced})
+        return self._atomically(change)[0]
 
     def rollback(self, stage: str) -> tuple[int, str, list[str]]:
         """Return the stage to its previous config: (generation, bundle id,
         model versions on the stage that the restored config does not carry)."""
         _check_stage(stage)
-        with self._lock():
+
+        def change() -> Change:
             old, replaced = self._state_to_replace(stage)
             if not old["history"]:
                 raise StoreError(f"{stage} has no previous config to roll back to")
@@ -343,51 +349,18 @@ class ConfigStore:
             bundle = self.bundle(previous)
             uncovered = [k for k in old["models"] if k not in bundle.models]
             new = {**old, "bundle": previous, "history": history}
-            gen = self._commit(stage, old, new, {"action": "rollback", "bundle": previous,
-                                                 "from": old["bundle"], "uncovered": uncovered,
-                                                 **replaced})
-            if uncovered:
-                log.warning("rollback of %s to %s: models %s are not in that config; roots "
-                            "send them every feature", stage, previous, uncovered)
-            return gen, previous, uncovered
+            return Change(stage, old, new, {"action": "rollback", "bundle": previous,
+                                            "from": old["bundle"], "uncovered": uncovered,
+                                            **replaced}, (previous, uncovered))
+        gen, result = self._atomically(change)
+        restored: str = result[0]  # type: ignore[index]
+        left_out: list[str] = result[1]  # type: ignore[index]
+        if left_out:
+            log.warning("rollback of %s to %s: models %s are not in that config; roots "
+                        "send them every feature", stage, restored, left_out)
+        return gen, restored, left_out
 
-    # -- membership ---------------------------------------------------------------
-
-    def heartbeat(self, stage: str, record: MemberRecord) -> None:
-        """Record that ``record``'s member (e.g. root root-0) is alive on
-        ``stage``, and what it runs."""
-        _check_stage(stage)
-        for what, v in (("role", record.role), ("name", record.name)):
-            if not v or "/" in v or v.startswith("."):
-                raise StoreError(f"heartbeat {what} {v!r} must be a plain name")
-        d = os.path.join(self.path, "members", stage)
-        os.makedirs(d, exist_ok=True)
-        stamped = dataclasses.replace(record, stage=stage, time=time.time())
-        atomic_write(os.path.join(d, f"{record.role}-{record.name}.json"),
-                     json.dumps(stamped.to_dict()).encode())
-
-    def members(self, stage: str) -> list[MemberRecord]:
-        """The members' last records on ``stage``, by role and name."""
-        d = os.path.join(self.path, "members", _check_stage(stage))
-        out = []
-        for entry in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-            if entry.startswith(".") or not entry.endswith(".json"):
-                continue
-            try:
-                with open(os.path.join(d, entry), "rb") as f:
-                    record = MemberRecord.from_dict(json.loads(f.read()))
-            except (OSError, ValueError):
-                continue  # removed between listdir and open
-            if record is not None:
-                out.append(record)
-        return out
-
-    def log_entries(self) -> list[dict]:
-        try:
-            with open(os.path.join(self.path, "log.jsonl"), "rb") as f:
-                return [json.loads(line) for line in f if line.strip()]
-        except FileNotFoundError:
-            return []
+    # -- status ------------------------------------------------------------------------
 
     def status(self) -> dict:
         """Per stage: its record, what it means, its members. A broken record
@@ -412,9 +385,15 @@ class ConfigStore:
                 "uncovered": [k for k in record["models"]
                               if bundle is None or k not in bundle.models],
                 "history": record["history"],
-                "members": [{**m.to_dict(), "age_s": m.age_s()} for m in self.members(stage)],
+                "members": [{**m.to_dict(), "age_s": m.age_s(), "live": self.is_live(m)}
+                            for m in self.members(stage)],
                 **entry}
         return out
 
 
-__all__ = ["ConfigStore", "STAGES", "StoreError"]
+def is_zookeeper(address) -> bool:
+    return isinstance(address, str) and address.startswith(ZK_SCHEME)
+
+
+__all__ = ["Change", "Changes", "ConfigStore", "ConfigStoreUnavailable", "STAGES", "StoreError",
+           "ZK_SCHEME", "audit_fields", "check_member_names", "is_zookeeper"]

@@ -1,4 +1,8 @@
-"""trimmer deploy / deploy-models / promote / rollback / status: the staged config store."""
+"""trimmer deploy / deploy-models / promote / rollback / status: the staged config store.
+
+``--config-store`` is a directory or ``zk://HOST:PORT[,HOST:PORT...]/CHROOT``
+(signatures/store.py); with ZooKeeper the writer's credential comes from
+``$TRIMMER_ZK_AUTH`` (signatures/store_settings.py)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +15,7 @@ from _trim.errors import TrimmerError
 
 from ..bundle import Bundle
 from ..cli import EXIT_FAILED, exit_for
-from ..members import STALE_S
+from ..gating import WAIT_S
 from ..stage_records import HEADINGS
 from ..store import STAGES, ConfigStore
 
@@ -21,8 +25,10 @@ DEFAULT_STORE = os.environ.get("TRIMMER_CONFIG_STORE", "config-store")
 
 def _parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"trimmer {command}")
-    p.add_argument("--config-store", default=DEFAULT_STORE, metavar="DIR",
-                   help="config store directory (default: $TRIMMER_CONFIG_STORE or ./config-store)")
+    p.add_argument("--config-store", default=DEFAULT_STORE, metavar="DIR|zk://HOSTS/CHROOT",
+                   help="config store: a directory, or a ZooKeeper ensemble "
+                        "zk://HOST:PORT[,HOST:PORT...]/CHROOT (default: $TRIMMER_CONFIG_STORE "
+                        "or ./config-store)")
     if command == "deploy":
         p.description = "Put a bundle on a stage as its root config."
         p.add_argument("bundle")
@@ -31,14 +37,20 @@ def _parser(command: str) -> argparse.ArgumentParser:
                        help="even if models on the stage are missing from the bundle (logged)")
     elif command == "deploy-models":
         p.description = ("Put model versions on a stage for its leaves. The stage's active root "
-                         "config must already carry each version (config before models).")
+                         "config must already carry each version, and every live root of the "
+                         "stage must run a config carrying it (config before models).")
         p.add_argument("models", nargs="+", metavar="NAME@VERSION")
         p.add_argument("--stage", required=True, choices=STAGES)
         p.add_argument("--replace", action="store_true",
                        help="the stage runs exactly these versions (default: add them)")
         p.add_argument("--repo", help="model repository: also check each version's signature "
                                       "hash against the config's")
-        p.add_argument("--force", action="store_true", help="emergencies only; logged")
+        p.add_argument("--wait", type=float, default=WAIT_S, metavar="SECONDS",
+                       help="how long to wait for every live root of the stage to install a "
+                            f"config carrying the versions (default {WAIT_S:g})")
+        p.add_argument("--force", action="store_true",
+                       help="emergencies only: neither the config nor the roots are waited "
+                            "for; logged, with what was skipped")
     elif command == "promote":
         p.description = "Copy one stage's active config and models to another."
         p.add_argument("src", choices=STAGES)
@@ -65,43 +77,48 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     args = _parser(command).parse_args(rest)
     logging.basicConfig(level=logging.WARNING, format="trimmer: %(levelname)s %(message)s")
-    store = ConfigStore(args.config_store)
     try:
-        if command == "deploy":
-            bundle = Bundle.load(args.bundle)
-            gen = store.deploy(bundle, args.stage, force=args.force)
-            print(f"{args.stage}: config {bundle.id} active (generation {gen})")
-        elif command == "deploy-models":
-            sigs = _signatures(args.repo, args.models) if args.repo else None
-            models = store.deploy_models(args.stage, args.models, force=args.force,
-                                         replace=args.replace, signatures=sigs)
-            print(f"{args.stage}: models {', '.join(models) or '(none)'} "
-                  f"(generation {store.generation(args.stage)})")
-        elif command == "promote":
-            gen = store.promote(args.src, args.dst)
-            _, promoted = store.active(args.dst)
-            assert promoted is not None   # promote refuses a stage without a config
-            print(f"{args.dst}: config {promoted.id} and models "
-                  f"{', '.join(store.active_models(args.dst)) or '(none)'} from {args.src} "
-                  f"(generation {gen})")
-        elif command == "rollback":
-            gen, bundle_id, uncovered = store.rollback(args.stage)
-            print(f"{args.stage}: rolled back to config {bundle_id} (generation {gen})")
-            if uncovered:
-                print(f"warning: {', '.join(uncovered)} on {args.stage} are not in that config; "
-                      "roots send them every feature until it is fixed", file=sys.stderr)
-        elif command == "status":
-            status = store.status()
-            if args.json:
-                print(json.dumps(status, indent=1))
-            else:
-                print(format_status(status))
-            broken = [f"{stage}: {st['error']}" for stage, st in status.items() if st.get("error")]
-            if broken:
-                print("trimmer status: " + "; ".join(broken), file=sys.stderr)
-                return EXIT_FAILED
+        with ConfigStore(args.config_store) as store:
+            return _run(command, args, store)
     except TrimmerError as exc:
         return exit_for(command, exc)
+
+
+def _run(command: str, args, store: ConfigStore) -> int:
+    if command == "deploy":
+        bundle = Bundle.load(args.bundle)
+        gen = store.deploy(bundle, args.stage, force=args.force)
+        print(f"{args.stage}: config {bundle.id} active (generation {gen})")
+    elif command == "deploy-models":
+        sigs = _signatures(args.repo, args.models) if args.repo else None
+        models = store.deploy_models(args.stage, args.models, force=args.force,
+                                     replace=args.replace, signatures=sigs, wait_s=args.wait)
+        print(f"{args.stage}: models {', '.join(models) or '(none)'} "
+              f"(generation {store.generation(args.stage)})")
+    elif command == "promote":
+        gen = store.promote(args.src, args.dst)
+        _, promoted = store.active(args.dst)
+        assert promoted is not None   # promote refuses a stage without a config
+        print(f"{args.dst}: config {promoted.id} and models "
+              f"{', '.join(store.active_models(args.dst)) or '(none)'} from {args.src} "
+              f"(generation {gen})")
+    elif command == "rollback":
+        gen, bundle_id, uncovered = store.rollback(args.stage)
+        print(f"{args.stage}: rolled back to config {bundle_id} (generation {gen})")
+        if uncovered:
+            print(f"warning: {', '.join(uncovered)} on {args.stage} are not in that config; "
+                  "roots send them every feature until it is fixed", file=sys.stderr)
+    elif command == "status":
+        status = store.status()
+        if args.json:
+            print(json.dumps(status, indent=1))
+        else:
+            print(f"config store {store.address}")
+            print(format_status(status))
+        broken = [f"{stage}: {st['error']}" for stage, st in status.items() if st.get("error")]
+        if broken:
+            print("trimmer status: " + "; ".join(broken), file=sys.stderr)
+            return EXIT_FAILED
     return 0
 
 
@@ -127,12 +144,15 @@ def format_status(status: dict) -> str:
             marks = []
             if m.get("generation") not in (None, st["generation"]):
                 marks.append("BEHIND")
-            if m["age_s"] > STALE_S:
+            if not m.get("live", True):
                 marks.append("STALE")
             on = "on it" if m.get("bundle") == st["bundle"] else f"on {m.get('bundle') or '(none)'}"
-            lines.append(f"  {m['role']} {m['name']}: {on}, generation {m.get('generation', '?')}, "
-                         f"last seen {m['age_s']:.0f}s ago"
+            gen = m.get("generation")
+            lines.append(f"  {m['role']} {m['name']}: {on}, generation {'?' if gen is None else gen}, "
+                         f"{m.get('host')} pid {m.get('pid')}, last seen {m['age_s']:.0f}s ago"
                          f"{'  (' + ', '.join(marks) + ')' if marks else ''}")
+            if m.get("endpoints"):
+                lines.append(f"    endpoints: {', '.join(m['endpoints'])}")
             if m.get("models"):
                 lines.append(f"    serving: {', '.join(m['models'])}")
             for what in ("loading", "retiring"):

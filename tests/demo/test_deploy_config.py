@@ -12,10 +12,10 @@ from rootproc.config import load_config
 DEPLOY = Path(__file__).parents[2] / "deploy"
 
 
-def load_supervisord(tmp_path):
-    text = (DEPLOY / "supervisord.conf").read_text()
+def load_supervisord(tmp_path, path=DEPLOY / "supervisord.conf"):
+    text = path.read_text()
     text = text.replace("/run/trimmer", str(tmp_path)).replace("/var/log/trimmer", str(tmp_path))
-    conf = tmp_path / "supervisord.conf"
+    conf = tmp_path / path.name
     conf.write_text(text)
     options = ServerOptions()
     options.configfile = str(conf)
@@ -85,3 +85,58 @@ def test_the_shipped_shape_is_secure(tmp_path):
     assert remote["curve"]["authorized"] not in (None, "*")
     settings = parse_leaf_args(["--config", str(DEPLOY / "leaf-remote.json")])
     assert settings.bind == ("tcp://0.0.0.0:5560",) and not settings.insecure
+
+
+FLEET = DEPLOY / "fleet"
+
+
+def fleet_programs(tmp_path, conf: str) -> dict:
+    return load_supervisord(tmp_path, FLEET / conf)
+
+
+def test_the_fleet_example_follows_one_zookeeper_stage_and_names_no_endpoint(tmp_path):
+    """deploy/fleet/: root hosts and GPU hosts coordinated through ZooKeeper.
+    Everything parses and validates as at start, every process follows the
+    same ensemble, chroot and stage, leaves are found (no endpoint in a root
+    config or the placement), and the shape is secure (CURVE, no insecure)."""
+    import argparse
+
+    from _trim.transport.sockets import is_loopback
+    from leafproc.config import LeafSettings
+    from rootproc.config import RootConfig
+    from signatures.settings import add_arguments, load
+    from signatures.zk import parse_address
+
+    roots = fleet_programs(tmp_path, "supervisord-root-host.conf")
+    leaves = fleet_programs(tmp_path, "supervisord-gpu-host.conf")
+    assert sorted(roots) == [f"root-{i}" for i in range(4)]
+    assert sorted(leaves) == ["leaf-0", "leaf-1"]
+    follows = set()
+    for name, program in {**roots, **leaves}.items():
+        argv = shlex.split(program.command)
+        cls = RootConfig if argv[1] == "root" else LeafSettings
+        argv = [str(FLEET / Path(a).name) if a.startswith("/etc/trimmer/") and a.endswith(".json")
+                else a for a in argv[2:]]
+        parser = argparse.ArgumentParser()
+        add_arguments(parser, cls)
+        if cls is RootConfig:
+            parser.add_argument("--log-level")
+        settings = load(cls, parser.parse_args(argv))   # the full check, as at start
+        follows.add((settings.config_store, settings.stage, settings.zookeeper.auth_env))
+        assert not settings.insecure and settings.curve is not None, name
+        assert settings.curve.authorized not in (None, "*"), name
+        assert is_loopback(f"tcp://{settings.metrics_addr}:1"), name
+        assert program.stopwaitsecs > (30 if cls is LeafSettings else 10), name
+        if cls is RootConfig:
+            assert settings.leaves == () and settings.bundle is None, name
+        else:
+            assert settings.name == "gpu-a" and settings.bind[0].startswith("tcp://0.0.0.0:")
+    ((address, stage, auth_env),) = follows
+    assert parse_address(address) == ("zk-1.internal:2181,zk-2.internal:2181,zk-3.internal:2181",
+                                      "/trimmer/prod-east")
+    assert stage == "production" and auth_env == "TRIMMER_ZK_AUTH"
+    placement = json.loads((FLEET / "placement.json").read_text())
+    assert "gpu-a" in placement["leaves"]
+    assert not any("endpoint" in leaf for leaf in placement["leaves"].values())
+    assert "TRIMMER_ZK_AUTH" not in (FLEET / "supervisord-root-host.conf").read_text().split(
+        "[program:")[1]   # the credential is never in the file

@@ -1,3 +1,5 @@
+"""The config store's contract, run against both backends: a directory and
+a real ZooKeeper server (tests/support/zookeeper.py; a chroot per test)."""
 import json
 import os
 import signal
@@ -13,6 +15,29 @@ from signatures.members import LinkRecord, MemberRecord
 from signatures.store import ConfigStore, StoreError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(params=["dir", "zk"])
+def address(request, tmp_path):
+    """A fresh, empty store's address; ``address.other()`` another one."""
+    if request.param == "dir":
+        return Address(str(tmp_path / "store"), lambda: str(tmp_path / "other"))
+    zk = request.getfixturevalue("zk_server")
+    return Address(zk.address(), zk.address)
+
+
+class Address(str):
+    def __new__(cls, value, other):
+        self = super().__new__(cls, value)
+        self.other = other
+        self.zk = value.startswith("zk://")
+        return self
+
+
+@pytest.fixture
+def store(address):
+    with ConfigStore(address) as s:
+        yield s
 
 
 def make_bundle(models: dict, tag: str = "") -> Bundle:
@@ -32,16 +57,16 @@ B2 = make_bundle({"ctr@1": ["a", "b"], "ctr@2": ["a", "b"]})
 B3 = make_bundle({"ctr@2": ["a", "b"], "emb@1": ["c"]})
 
 
-def test_empty_store(tmp_path):
-    s = ConfigStore(tmp_path / "store")
+def test_empty_store(store):
+    s = store
     assert s.active("canary") == (0, None) and s.generation("production") == 0
     assert s.active_models("canary") == [] and s.members("canary") == []
     with pytest.raises(StoreError, match="unknown stage 'staging'"):
         s.active("staging")
 
 
-def test_deploy_promote_rollback(tmp_path):
-    s = ConfigStore(tmp_path)
+def test_deploy_promote_rollback(store, address):
+    s = store
     assert s.deploy(B1, "canary") == 1
     gen, b = s.active("canary")
     assert gen == 1 and b.id == B1.id and b.features_for("ctr@1") == ["a", "b"]
@@ -58,13 +83,13 @@ def test_deploy_promote_rollback(tmp_path):
     with pytest.raises(StoreError, match="production has no previous config"):
         s.rollback("production")
     with pytest.raises(StoreError, match="canary has no active config"):
-        ConfigStore(tmp_path / "other").promote("canary", "production")
+        ConfigStore(address.other()).promote("canary", "production")
     actions = [e["action"] for e in s.log_entries()]
     assert actions == ["deploy", "deploy", "deploy-models", "promote", "rollback"]
 
 
-def test_config_before_models(tmp_path):
-    s = ConfigStore(tmp_path)
+def test_config_before_models(store):
+    s = store
     with pytest.raises(StoreError, match=r"config before models: the active root config on "
                                          r"canary \(none\) does not carry ctr@1"):
         s.deploy_models("canary", ["ctr@1"])
@@ -82,8 +107,8 @@ def test_config_before_models(tmp_path):
     assert s.deploy_models("canary", ["ctr@1"], replace=True) == ["ctr@1"]
 
 
-def test_deploy_refuses_dropping_staged_models(tmp_path):
-    s = ConfigStore(tmp_path)
+def test_deploy_refuses_dropping_staged_models(store):
+    s = store
     s.deploy(B2, "canary")
     s.deploy_models("canary", ["ctr@1"])
     with pytest.raises(StoreError, match=r"does not carry ctr@1, which is on canary: take it "
@@ -93,8 +118,8 @@ def test_deploy_refuses_dropping_staged_models(tmp_path):
     assert s.log_entries()[-1]["forced"] is True
 
 
-def test_heartbeats(tmp_path):
-    s = ConfigStore(tmp_path)
+def test_heartbeats(store):
+    s = store
     s.heartbeat("canary", MemberRecord("root", "root-0", generation=3, bundle=B1.id))
     s.heartbeat("canary", MemberRecord("leaf", "leaf-0", generation=2))
     (m0, m1) = s.members("canary")
@@ -105,9 +130,9 @@ def test_heartbeats(tmp_path):
 
 
 
-def test_status_shows_each_roots_links_and_their_transport(tmp_path):
+def test_status_shows_each_roots_links_and_their_transport(store):
     from signatures.commands.stages import format_status
-    s = ConfigStore(tmp_path)
+    s = store
     s.deploy(B1, "canary")
     s.heartbeat("canary", MemberRecord("root", "root-0", generation=1, bundle=B1.id, leaves=(
         LinkRecord("leaf-0", "ipc:///run/l0.sock", healthy=True, transport="shm"),
@@ -133,13 +158,12 @@ CRASHING_WRITER = textwrap.dedent("""
 """)
 
 
-def test_writer_killed_mid_write_leaves_previous_config(tmp_path):
-    store_dir = tmp_path / "store"
-    s = ConfigStore(store_dir)
+def test_writer_killed_mid_write_leaves_previous_config(tmp_path, store, address):
+    s = store
     s.deploy(B1, "canary")
     B2.save(tmp_path / "b2.json")
     marker = tmp_path / "in-write"
-    script = CRASHING_WRITER.format(root=ROOT, marker=str(marker), store=str(store_dir),
+    script = CRASHING_WRITER.format(root=ROOT, marker=str(marker), store=str(address),
                                     bundle=str(tmp_path / "b2.json"))
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
@@ -148,8 +172,8 @@ def test_writer_killed_mid_write_leaves_previous_config(tmp_path):
             assert proc.poll() is None, "writer exited before reaching the write"
             assert time.monotonic() < deadline, "writer never reached the write"
             time.sleep(0.02)
-        # the new record is fully written to its temp file, not yet renamed
-        assert any(".tmp." in n for n in os.listdir(store_dir / "stages"))
+        if not address.zk:   # the new record is in its temp file, not yet renamed
+            assert any(".tmp." in n for n in os.listdir(os.path.join(address, "stages")))
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -177,15 +201,14 @@ CONCURRENT_WRITER = textwrap.dedent("""
 """)
 
 
-def test_concurrent_writers_lose_nothing(tmp_path):
-    store_dir = tmp_path / "store"
+def test_concurrent_writers_lose_nothing(tmp_path, address):
     paths = []
     for i in range(3):
         b = make_bundle({"ctr@1": ["a"], f"m{i}@1": ["b"]})
         b.save(tmp_path / f"b{i}.json")
         paths.append(str(tmp_path / f"b{i}.json"))
     n, writers = 10, 4
-    script = CONCURRENT_WRITER.format(root=ROOT, store=str(store_dir), paths=paths, n=n)
+    script = CONCURRENT_WRITER.format(root=ROOT, store=str(address), paths=paths, n=n)
     procs = [subprocess.Popen([sys.executable, "-c", script]) for _ in range(writers)]
     try:
         for p in procs:
@@ -195,7 +218,7 @@ def test_concurrent_writers_lose_nothing(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    s = ConfigStore(store_dir)
+    s = ConfigStore(address)
     # every change is counted once: no update was lost to a race
     assert s.generation("canary") == 2 * n * writers
     log = s.log_entries()
@@ -204,13 +227,15 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     gen, bundle = s.active("canary")
     assert bundle.id in {Bundle.load(p).id for p in paths}
     assert s.active_models("canary") == ["ctr@1"]
-    assert not [f for f in os.listdir(store_dir / "stages") if ".tmp." in f]
+    if not address.zk:
+        assert not [f for f in os.listdir(os.path.join(address, "stages")) if ".tmp." in f]
+    s.close()
 
 
-def test_cli(tmp_path):
+def test_cli(tmp_path, address):
     B1.save(tmp_path / "b1.json")
     B3.save(tmp_path / "b3.json")
-    store = str(tmp_path / "store")
+    store = str(address)
 
     def run(*a):
         return subprocess.run([sys.executable, "-m", "signatures.cli", *a, "--config-store", store],
@@ -234,3 +259,83 @@ def test_cli(tmp_path):
     assert "NOT IN CONFIG: emb@1" in r.stdout
     st = json.loads(run("status", "--json").stdout)
     assert st["production"]["models"] == ["ctr@1", "emb@1"]
+
+
+def test_deploy_models_waits_for_every_live_root(store):
+    """Config before models, fleet-wide: a root still on a config without the
+    version holds deploy-models back (up to --wait), then it is refused
+    naming the root; once the root reports a config carrying it, it goes."""
+    import threading
+    s = store
+    s.deploy(B1, "canary")
+    s.deploy(B2, "canary")
+    lagging = MemberRecord("root", "root-0", generation=1, bundle=B1.id)
+    s.heartbeat("canary", lagging)
+    s.heartbeat("canary", MemberRecord("root", "root-1", generation=2, bundle=B2.id))
+    s.heartbeat("canary", MemberRecord("leaf", "leaf-0"))   # leaves are not waited for
+    t0 = time.monotonic()
+    with pytest.raises(StoreError, match=r"1 live root\(s\) on canary did not install a config "
+                                         r"carrying ctr@2 within 0.5 s: root root-0 on .* runs "
+                                         rf"config {B1.id} \(generation 1\), which does not "
+                                         r"carry ctr@2"):
+        s.deploy_models("canary", ["ctr@2"], wait_s=0.5)
+    assert time.monotonic() - t0 >= 0.5 and s.active_models("canary") == []
+    # It catches up while deploy-models waits.
+    later = threading.Timer(0.3, s.heartbeat, ("canary", MemberRecord(
+        "root", "root-0", generation=2, bundle=B2.id)))
+    later.start()
+    assert s.deploy_models("canary", ["ctr@2"], wait_s=10) == ["ctr@2"]
+    later.join()
+    # Forced past a lagging root: logged, naming it.
+    s.heartbeat("canary", lagging)
+    t0 = time.monotonic()
+    assert s.deploy_models("canary", ["ctr@2"], replace=True, force=True, wait_s=10) == ["ctr@2"]
+    assert time.monotonic() - t0 < 5   # forced: not waited for
+    entry = s.log_entries()[-1]
+    assert entry["forced"] is True and len(entry["lagging"]) == 1
+    assert entry["lagging"][0].startswith("root root-0 on ")
+
+
+def break_record(address, store, stage: str, data: bytes | None) -> None:
+    """Replace the stage's record with ``data``, or delete it (None), behind the store's back."""
+    if not address.zk:
+        path = os.path.join(address, "stages", f"{stage}.json")
+        if data is None:
+            os.remove(path)
+        else:
+            with open(path, "wb") as f:
+                f.write(data)
+        return
+    node = store.zk.path("stages", stage)
+    zk = store.zk.client()
+    if data is None:
+        zk.delete(node)
+    else:
+        zk.set(node, data)
+
+
+@pytest.mark.parametrize("damage", [b'{"generation": 4, "bundle": ', None], ids=["corrupt", "lost"])
+def test_a_broken_stage_record_is_reported_and_replaced_from_the_audit_log(store, address,
+                                                                           damage):
+    from signatures.stage_records import StageProblem
+    s = store
+    s.deploy(B1, "canary")
+    s.deploy(B2, "canary")
+    s.deploy_models("canary", ["ctr@2"])
+    s.heartbeat("canary", MemberRecord("root", "root-0", generation=7, bundle=B2.id))
+    break_record(address, s, "canary", damage)
+    kind = "corrupt" if damage else "missing"
+    problem = s.read_stage("canary")
+    assert isinstance(problem, StageProblem) and problem.kind == kind, problem
+    with pytest.raises(StoreError, match="trimmer rollback canary"):
+        s.state("canary")
+    st = s.status()["canary"]
+    assert st["problem"] == kind and st["bundle"] == B2.id and st["models"] == ["ctr@2"]
+    with pytest.raises(StoreError, match="stage record"):   # it adds to a record it cannot read
+        s.deploy_models("canary", ["ctr@1"], wait_s=0)
+    # rollback writes a new record from the audit log, past every generation seen.
+    gen, bundle_id, _ = s.rollback("canary")
+    assert (gen, bundle_id) == (8, B1.id)
+    assert s.state("canary")["models"] == ["ctr@2"] and s.history("canary") == []
+    entry = s.log_entries()[-1]
+    assert entry["action"] == "rollback" and entry["replaced"] == kind

@@ -33,3 +33,15 @@ def format_repo(tmp_path_factory):
     """One model in every format (tests/support/formats.py), exported once per session."""
     from .formats import build_format_repo
     return build_format_repo(tmp_path_factory.mktemp("formats"))
+
+
+@pytest.fixture(scope="session")
+def zk_server(tmp_path_factory):
+    """A ZooKeeper server for the session; each test takes a chroot of its own
+    (``zk_server.address()``). Tests that stop or kill a server start their own."""
+    from .zookeeper import ZooKeeperServer
+    server = ZooKeeperServer(tmp_path_factory.mktemp("zookeeper")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
