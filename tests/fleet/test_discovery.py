@@ -67,6 +67,7 @@ def test_roots_route_to_the_leaves_registered_for_their_config(world, fleet_bund
         out = trimmer("deploy", str(save(f2, tmp_path)), "--stage", "production",
                       "--config-store", address)
         assert out.returncode == 0, out
+        t_models = time.monotonic()
         out = trimmer("deploy-models", "ctr@5", "--stage", "production", "--wait", "30",
                       "--config-store", address)
         assert out.returncode == 0, out
@@ -89,7 +90,11 @@ def test_roots_route_to_the_leaves_registered_for_their_config(world, fleet_bund
         [(r.error, r.errors) for r in failed[:3]]
     assert figures["failed"] <= load.in_flight and load.lost == 0
     load.replies = [x for x in load.replies if x[2].ok and not x[2].errors]
-    check_replies(world, load, live=("ctr@3", "eng@1"))
+    # ctr@5 is live once deploy-models has run, and never before.
+    early = [r for t, _, res in load.replies if t < t_models
+             for r in res.results if r["model"] == "ctr@5"]
+    assert not early, early[:3]
+    check_replies(world, load, live=("ctr@3", "ctr@5", "eng@1"))
 
 
 def save(bundle, tmp_path):
