@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from _trim.errors import TrimmerError
+    from _trim.memory import keep_large_buffers
 
     from .server import RootServer
+    keep_large_buffers()
     try:
         cfg = load(RootConfig, args)
         server = RootServer(cfg)

@@ -11,7 +11,9 @@ version was sent untrimmed.
 """
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import _trim
 from _trim.transport.protocol import BAD_REQUEST, ProtocolError
@@ -49,10 +51,10 @@ class Scorer:
         t0 = time.perf_counter()
         req = parse_score(header, body, self.cfg)
         keys = resolve_models(self.active, self.pool, req.models, time.monotonic())
-        users, candidates = self.fetch(req, t0)
-        t_fetch = time.perf_counter()
-        pre, gaps = self.choose_preprocessor(keys, time.monotonic())
-        batch = pre.build(users, candidates)
+        with self.fetch(req, t0) as (users, candidates):
+            t_fetch = time.perf_counter()
+            pre, gaps = self.choose_preprocessor(keys, time.monotonic())
+            batch = pre.build(users, candidates)
         t_pre = time.perf_counter()
         now = time.monotonic()
         request = self.router.open(req.rid, envelope, len(req.candidates),
@@ -63,25 +65,29 @@ class Scorer:
 
     # -- the steps ----------------------------------------------------------------
 
-    def fetch(self, req: ScoreRequest, t0: float) -> tuple[list, list]:
+    @contextlib.contextmanager
+    def fetch(self, req: ScoreRequest, t0: float) -> Iterator[tuple[list, list]]:
         """The user's and the candidates' raw records, missing ones filled, in
-        one store round trip for what the cache lacks. The store gets at most
-        half of what is left of the deadline: a store that does not answer
-        costs the request a prompt ``store_unavailable``, never its deadline."""
+        one store round trip for what the cache lacks, valid inside the
+        ``with`` block (LMDB's are buffers into its memory map). The store
+        gets at most half of what is left of the deadline: a store that does
+        not answer costs the request a prompt ``store_unavailable``, never
+        its deadline."""
         cand_ids = req.candidates.tolist()
         left_s = req.deadline_ms / 1000 - (time.perf_counter() - t0)
-        got = self.cached.fetch({"user": [req.user], "candidate": cand_ids}, max(0.0, left_s) / 2)
-        users, candidates = got["user"], got["candidate"]
-        self.fill_missing("user", [req.user], users)
-        self.fill_missing("candidate", cand_ids, candidates)
-        return users, candidates
+        with self.cached.reading({"user": [req.user], "candidate": cand_ids},
+                                 max(0.0, left_s) / 2) as got:
+            users, candidates = got["user"], got["candidate"]
+            self.fill_missing("user", [req.user], users)
+            self.fill_missing("candidate", cand_ids, candidates)
+            yield users, candidates
 
     def fill_missing(self, source: str, ids, records) -> None:
         """Default records for ids the store lacks, or a ``bad_request`` naming
         them when the config says ``missing: fail``."""
-        missing = [k for k, r in enumerate(records) if r is None]
-        if not missing:
+        if None not in records:   # one C-level scan, the usual case
             return
+        missing = [k for k, r in enumerate(records) if r is None]
         self.metrics.missing.labels(source).inc(len(missing))
         if self.cfg.missing == "fail":
             shown = [ids[k] for k in missing[:MISSING_IDS_SHOWN]]
