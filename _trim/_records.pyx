@@ -36,7 +36,8 @@ cnp.import_array()
 cnp.import_ufunc()
 
 cdef extern from "_records_cast.h" nogil:
-    int TC_F32, TC_F16, TC_F64, TC_I64, TC_I32, TC_I8, TC_U8, TC_BOOL
+    int TC_F32, TC_F16, TC_F64, TC_I64, TC_I32, TC_I8, TC_U8, TC_BOOL, TC_I16, TC_U16, TC_U32
+    int TC_U64, TC_N_CODES
     int trim_cast(int sc, const void* src, int dc, void* dst, intptr_t n)
     double trim_as_double(int c, const char* p)
     void trim_store_double(int c, char* p, double v)
@@ -46,6 +47,9 @@ cdef extern from "_records_cast.h" nogil:
 assert (TC_F32, TC_F16, TC_F64, TC_I64, TC_I32, TC_I8, TC_U8, TC_BOOL) == tuple(
     DTYPE_CODES[n] for n in ("float32", "float16", "float64", "int64", "int32", "int8", "uint8",
                              "bool")), "_records_cast.h codes differ from format.DTYPE_CODES"
+# Beyond the wire's: the integer types a store's raw fields may have besides.
+RAW_CODES = {**DTYPE_CODES, "int16": TC_I16, "uint16": TC_U16, "uint32": TC_U32, "uint64": TC_U64}
+assert max(RAW_CODES.values()) == TC_N_CODES - 1
 
 ctypedef void (*loop_fn)(char**, cnp.npy_intp*, cnp.npy_intp*, void*) noexcept nogil
 
@@ -58,12 +62,15 @@ KINDS = {"dense": K_DENSE, "ragged": K_RAGGED, "const": K_CONST, "const_ragged":
          "dot": K_DOT}
 OPS = {"none": OP_NONE, "unary": OP_UNARY, "clip": OP_CLIP, "standardize": OP_STANDARDIZE,
        "hash": OP_HASH}
-cdef uint64_t ITEMSIZE[9]
-ITEMSIZE[:] = [0, 4, 2, 8, 8, 4, 1, 1, 1]
+cdef uint64_t ITEMSIZE[13]
+ITEMSIZE[:] = [0, 4, 2, 8, 8, 4, 1, 1, 1, 2, 2, 4, 8]
+for _name, _code in RAW_CODES.items():
+    assert ITEMSIZE[_code] == np.dtype(_name).itemsize
 cdef uint64_t C_HEADER = HEADER_NBYTES
 cdef uint64_t C_COLUMN = COLUMN_NBYTES
 cdef uint64_t C_ALIGN = ALIGN
 cdef uint8_t C_PER_REQUEST = FLAG_PER_REQUEST
+cdef double CANONICAL_NAN = np.nan
 
 
 cdef struct Source:
@@ -214,7 +221,7 @@ cdef class RecordProgram:
             st.raw_code = spec.get("raw_code", st.dst_code)
             st.loop_code = spec.get("loop_code", st.dst_code)
             st.width = col.width
-            if not (1 <= st.raw_code <= 8 and 1 <= st.loop_code <= 8):
+            if not (1 <= st.raw_code < TC_N_CODES and 1 <= st.loop_code < TC_N_CODES):
                 raise ValueError(f"step {i}: bad dtype codes")
             st.op = OPS[spec.get("op", "none")]
             take_loop(spec.get("loop"), &st.fn, &st.fn_data)
@@ -568,6 +575,8 @@ cdef class RecordProgram:
             acc = 0.0
             for k in range(w):
                 acc += trim_as_double(st.a_code, pa + k * sa) * trim_as_double(st.b_code, pb + k * sb)
+            if acc != acc:
+                acc = CANONICAL_NAN   # the reference's: which NaN a sum keeps is the CPU's choice
             trim_store_double(st.dst_code, <char*>dst + i * sd, acc)
         for i in range(rows, n):   # both inputs per-request: one value for every row
             memcpy(dst + i * sd, dst, sd)

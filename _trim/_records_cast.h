@@ -1,4 +1,6 @@
-/* Element casts between the wire dtypes, exactly as numpy's `astype` does them.
+/* Element casts between the wire dtypes (and the integer types a store's raw
+ * field may have besides: two features sharing an int8 and a uint8 field
+ * widen it to int16), exactly as numpy's `astype` does them.
  *
  * The record program (_records.pyx) casts a raw field to the dtype its
  * transform computes in, and the result to the feature's dtype, and must give
@@ -19,7 +21,7 @@
 #include <numpy/halffloat.h>
 
 enum { TC_F32 = 1, TC_F16 = 2, TC_F64 = 3, TC_I64 = 4, TC_I32 = 5, TC_I8 = 6, TC_U8 = 7,
-       TC_BOOL = 8 };
+       TC_BOOL = 8, TC_I16 = 9, TC_U16 = 10, TC_U32 = 11, TC_U64 = 12, TC_N_CODES = 13 };
 
 /* One conversion per (source, destination) kind. */
 #define TC_PLAIN(x) (x)
@@ -54,6 +56,10 @@ enum { TC_F32 = 1, TC_F16 = 2, TC_F64 = 3, TC_I64 = 4, TC_I32 = 5, TC_I8 = 6, TC
     case TC_I8: TC_LOOP(ST, int8_t, INT_CONV);                                  \
     case TC_U8: TC_LOOP(ST, uint8_t, INT_CONV);                                 \
     case TC_BOOL: TC_LOOP(ST, uint8_t, BOOL_CONV);                              \
+    case TC_I16: TC_LOOP(ST, int16_t, INT_CONV);                                \
+    case TC_U16: TC_LOOP(ST, uint16_t, INT_CONV);                               \
+    case TC_U32: TC_LOOP(ST, uint32_t, INT_CONV);                               \
+    case TC_U64: TC_LOOP(ST, uint64_t, INT_CONV);                               \
     default: return -1;                                                         \
     }
 
@@ -62,9 +68,9 @@ enum { TC_F32 = 1, TC_F16 = 2, TC_F64 = 3, TC_I64 = 4, TC_I32 = 5, TC_I8 = 6, TC
  * numpy's (a bool byte other than 0 or 1 stays what it was). */
 static inline int trim_cast(int sc, const void *src, int dc, void *dst, intptr_t n)
 {
-    static const int itemsize[9] = {0, 4, 2, 8, 8, 4, 1, 1, 1};
+    static const int itemsize[TC_N_CODES] = {0, 4, 2, 8, 8, 4, 1, 1, 1, 2, 2, 4, 8};
     if (sc == dc) {
-        if (sc < 1 || sc > 8) return -1;
+        if (sc < 1 || sc >= TC_N_CODES) return -1;
         if (n) memcpy(dst, src, (size_t)n * itemsize[sc]);
         return 0;
     }
@@ -78,6 +84,10 @@ static inline int trim_cast(int sc, const void *src, int dc, void *dst, intptr_t
     case TC_I8: TC_FROM(int8_t, TC_PLAIN, TC_INT_TO_HALF, TC_PLAIN, TC_PLAIN, TC_TO_BOOL)
     case TC_U8: TC_FROM(uint8_t, TC_PLAIN, TC_INT_TO_HALF, TC_PLAIN, TC_PLAIN, TC_TO_BOOL)
     case TC_BOOL: TC_FROM(uint8_t, TC_BOOL_TO, TC_BOOL_TO_HALF, TC_BOOL_TO, TC_BOOL_TO, TC_TO_BOOL)
+    case TC_I16: TC_FROM(int16_t, TC_PLAIN, TC_INT_TO_HALF, TC_PLAIN, TC_PLAIN, TC_TO_BOOL)
+    case TC_U16: TC_FROM(uint16_t, TC_PLAIN, TC_INT_TO_HALF, TC_PLAIN, TC_PLAIN, TC_TO_BOOL)
+    case TC_U32: TC_FROM(uint32_t, TC_PLAIN, TC_INT_TO_HALF, TC_PLAIN, TC_PLAIN, TC_TO_BOOL)
+    case TC_U64: TC_FROM(uint64_t, TC_PLAIN, TC_INT_TO_HALF, TC_PLAIN, TC_PLAIN, TC_TO_BOOL)
     default: return -1;
     }
 }

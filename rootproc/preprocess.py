@@ -26,8 +26,9 @@ Transforms (the schema's ``transform.op``):
   bits, modulo ``buckets``. Deterministic across processes and hosts.
 - ``dot`` (cross): per candidate, the dot product of two float vectors (a
   per-request user vector is reused for every candidate): the products in
-  float64, summed in element order, rounded once to the feature's dtype, so
-  that it is the same on every CPU (no BLAS, no fused multiply-add).
+  float64, summed in element order, rounded once to the feature's dtype (a
+  NaN result is the one quiet NaN), so that it is the same on every CPU (no
+  BLAS, no fused multiply-add).
 
 Each transform computes in the dtype numpy gives its operands (the raw
 field's dtype and a Python-number parameter: float32 stays float32), and
@@ -43,6 +44,7 @@ from collections.abc import Iterable, Mapping
 
 from _trim import IMPL_ENV, Batch
 
+from . import preprocess_plan
 from .preprocess_numpy import NumpyPreprocessing, hash_ids
 from .records import RawField, RecordLayout, raw_dtype
 
@@ -94,12 +96,12 @@ class Preprocessor:
         if problems:
             raise ValueError("feature store does not match the schema:\n  - " + "\n  - ".join(problems))
         self.impl = implementation(impl)
+        # Compiled for either implementation: a parameter that does not fit the
+        # dtype its transform computes in is refused here, at startup, by both.
+        steps = preprocess_plan.steps(self)
         if self.impl == "kernel":
             from _trim._records import RecordProgram
-
-            from . import preprocess_plan
-            self.program = RecordProgram(self.layout, preprocess_plan.sources(record_layouts),
-                                         preprocess_plan.steps(self))
+            self.program = RecordProgram(self.layout, preprocess_plan.sources(record_layouts), steps)
             self._build = self.program.build
         else:
             self.reference = NumpyPreprocessing(self)

@@ -65,14 +65,15 @@ def elementwise(op: str, params: Mapping):
 def dot(a: np.ndarray, b: np.ndarray, dst: np.ndarray) -> None:
     """Per row, the dot product of two float vectors (one may be a single
     per-request row): the products in float64, summed in element order, then
-    rounded once to ``dst``'s dtype. The order is fixed so that the result is
-    the same on every CPU and BLAS, and the compiled program's."""
-    a = a.reshape(len(a), -1).astype(np.float64)
-    b = b.reshape(len(b), -1).astype(np.float64)
+    rounded once to ``dst``'s dtype; a NaN result is numpy's ``nan``. The order is
+    fixed so that the result is the same on every CPU and BLAS, and the
+    compiled program's."""
+    a, b = a.astype(np.float64), b.astype(np.float64)   # (rows, width) each
     acc = np.zeros(max(len(a), len(b)) if len(dst) else 0, dtype=np.float64)
     if len(acc):
         for k in range(a.shape[1]):
             acc += a[:, k] * b[:, k]
+        acc[np.isnan(acc)] = np.nan   # which NaN a sum of NaNs keeps differs between CPUs
     dst[...] = acc
 
 
@@ -210,7 +211,8 @@ class NumpyPreprocessing:
         offsets = batch.table["data_offset"]
         for source, raw_dt, dst_dt, cols, columns, segments in self.groups:
             fx = fixed[source]
-            matrix = fx.view(np.uint8).reshape(len(fx), -1).view(raw_dt)[:, cols].T
+            size = pre.record_layouts[source].fixed_nbytes
+            matrix = fx.view(np.uint8).reshape(len(fx), size).view(raw_dt)[:, cols].T
             out = np.empty(matrix.shape, dtype=dst_dt)
             for sl, fn in segments:
                 fn(matrix[sl], out[sl])

@@ -20,6 +20,10 @@ from .records import RecordLayout
 from .records import SOURCES as RECORD_SOURCES
 
 SOURCE_INDEX = {s: i for i, s in enumerate(RECORD_SOURCES)}
+# The program's dtype codes: the wire's, and the integer types a store's raw
+# field may have besides (features sharing an int8 and a uint8 field widen it
+# to int16). _trim/_records_cast.h has the same table.
+RAW_CODES = {**DTYPE_CODES, "int16": 9, "uint16": 10, "uint32": 11, "uint64": 12}
 
 
 def _loop(ufunc, dtypes) -> tuple:
@@ -77,10 +81,10 @@ def _transform(feature, raw_dt: np.dtype) -> dict:
 
 def _code(dtype: np.dtype, feature) -> int:
     name = np.dtype(dtype).name
-    if name not in DTYPE_CODES:
-        raise ValueError(f"feature {feature.name!r}: its transform computes in {name}, "
+    if name not in RAW_CODES:
+        raise ValueError(f"feature {feature.name!r}: reads or computes in {name}, "
                          "which the record program does not carry")
-    return DTYPE_CODES[name]
+    return RAW_CODES[name]
 
 
 def _const(feature, default: np.ndarray) -> bytes:
@@ -129,7 +133,7 @@ def steps(pre) -> list[dict]:
         layout = pre.record_layouts[f.source]
         raw = layout.fields[f.raw_name]
         raw_dt = np.dtype(raw.dtype)
-        step = {"column": column, "source": source, "raw_code": DTYPE_CODES[raw_dt.name],
+        step = {"column": column, "source": source, "raw_code": _code(raw_dt, f),
                 **_transform(f, raw_dt)}
         if f.ragged:
             step.update(kind="ragged", ragged=[x.name for x in layout.ragged].index(raw.name))
