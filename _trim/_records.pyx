@@ -42,6 +42,7 @@ cdef extern from "_records_cast.h" nogil:
     double trim_as_double(int c, const char* p)
     void trim_store_double(int c, char* p, double v)
     void trim_hash_ids(int64_t* ids, intptr_t n, uint64_t buckets)
+    void trim_copy_row(void* dst, const void* src, size_t n)
 
 # The header's codes are the wire's (format.py is the one table).
 assert (TC_F32, TC_F16, TC_F64, TC_I64, TC_I32, TC_I8, TC_U8, TC_BOOL) == tuple(
@@ -57,6 +58,8 @@ cdef enum:
     K_DENSE = 1, K_RAGGED = 2, K_CONST = 3, K_CONST_RAGGED = 4, K_DOT = 5
     OP_NONE = 0, OP_UNARY = 1, OP_CLIP = 2, OP_STANDARDIZE = 3, OP_HASH = 4
     MAX_RAGGED_FIELDS = 1 << 16
+    # Candidate records gathered together: 16 float32 rows fill a cache line.
+    RECORD_BLOCK = 16
 
 KINDS = {"dense": K_DENSE, "ragged": K_RAGGED, "const": K_CONST, "const_ragged": K_CONST_RAGGED,
          "dot": K_DOT}
@@ -103,6 +106,15 @@ cdef struct Step:
     int a_code, b_code
 
 
+cdef struct Run:
+    # One step's place in one build: where its raw bytes are gathered (its
+    # column, or a staging area when a cast comes first), where its values go.
+    uint8_t* gather
+    uint8_t* dst
+    uint8_t* offsets             # ragged: the column's offsets
+    uint64_t total               # ragged: values gathered so far
+
+
 cdef struct Records:
     Py_ssize_t n
     const uint8_t** ptr
@@ -128,7 +140,7 @@ cdef void take_loop(object spec, loop_fn* fn, void** data) except *:
         raise ValueError(f"{ufunc.__name__}: no loop {index} taking {nargs} arguments")
     if u.types[index * u.nargs] == ord("O"):
         raise ValueError(f"{ufunc.__name__}: loop {index} is an object loop")
-    fn[0] = <loop_fn>u.functions[index]
+    fn[0] = <loop_fn><void*>u.functions[index]
     data[0] = u.data[index]
 
 
@@ -285,8 +297,12 @@ cdef class RecordProgram:
         cdef Records recs[2]
         cdef Py_buffer* views = NULL
         cdef Py_ssize_t n_views = 0, s, i
-        cdef uint64_t scratch_nbytes = 0
+        cdef uint64_t scratch_nbytes = 0, staged_nbytes = 0, values
         cdef uint8_t* scratch = NULL
+        cdef uint8_t* staged = NULL
+        cdef Run* runs = NULL
+        cdef Step* st
+        cdef ColumnEntry col
         cdef uint8_t* base
         cdef const ColumnEntry* table
         cdef int failed = 0
@@ -322,21 +338,40 @@ cdef class RecordProgram:
             for step_index, column in self._ragged_columns:
                 counts[column] = self._ragged_count(&self.steps[step_index], recs)
             batch = Batch(self.layout, recs[1].n, counts, zeroed=False)
+            runs = <Run*>calloc(self.n_steps + 1, sizeof(Run))
+            if runs == NULL:
+                raise MemoryError()
             for i in range(self.n_steps):
-                scratch_nbytes = max(scratch_nbytes, 8 * self._values(&self.steps[i], recs))
-            scratch = <uint8_t*>malloc(2 * scratch_nbytes + 16)
+                st = &self.steps[i]
+                values = self._values(st, recs)
+                scratch_nbytes = max(scratch_nbytes, 8 * values)
+                if self._staged(st):
+                    runs[i].total = staged_nbytes   # its offset in the staging area, for now
+                    staged_nbytes += align_up(values * ITEMSIZE[st.raw_code])
+            scratch = <uint8_t*>malloc(2 * scratch_nbytes + staged_nbytes + 16)
             if scratch == NULL:
                 raise MemoryError()
+            staged = scratch + 2 * scratch_nbytes
             buffer = batch.buffer
             base = <uint8_t*>cnp.PyArray_DATA(buffer)
             table = <const ColumnEntry*>(base + C_HEADER)
+            for i in range(self.n_steps):
+                st = &self.steps[i]
+                memcpy(&col, &table[st.column], sizeof(ColumnEntry))
+                runs[i].dst = base + col.data_offset
+                if st.kind == K_RAGGED or st.kind == K_CONST_RAGGED:
+                    runs[i].offsets = runs[i].dst
+                    runs[i].dst += 8 * ((1 if st.source == 0 else recs[1].n) + 1)
+                runs[i].gather = staged + runs[i].total if self._staged(st) else runs[i].dst
+                runs[i].total = 0
             with nogil:
-                failed = self._fill(recs, base, table, recs[1].n, scratch, scratch_nbytes)
+                failed = self._fill(recs, base, table, recs[1].n, runs, scratch, scratch_nbytes)
             if failed:
                 raise ValueError("record program: unknown dtype code")   # checked at compile
             return batch
         finally:
             free(scratch)
+            free(runs)
             for i in range(n_views):
                 PyBuffer_Release(&views[i])
             free(views)
@@ -393,6 +428,12 @@ cdef class RecordProgram:
             total += r.counts[i * nr + st.ragged]
         return total
 
+    cdef bint _staged(self, Step* st) noexcept nogil:
+        """Whether a step's raw bytes are gathered apart from its column: a
+        cast comes before its values are the column's."""
+        return (st.kind == K_DENSE or st.kind == K_RAGGED) and not (
+            st.raw_code == st.dst_code and st.loop_code == st.dst_code)
+
     cdef uint64_t _values(self, Step* st, Records* recs):
         """Elements a step's intermediate arrays hold."""
         if st.kind == K_DENSE:
@@ -404,27 +445,35 @@ cdef class RecordProgram:
     # -- the fill (no GIL) -------------------------------------------------------------
 
     cdef int _fill(self, Records* recs, uint8_t* base, const ColumnEntry* table, Py_ssize_t n,
-                   uint8_t* scratch, uint64_t scratch_nbytes) noexcept nogil:
-        cdef Py_ssize_t i, c
+                   Run* runs, uint8_t* scratch, uint64_t scratch_nbytes) noexcept nogil:
+        """Gather every raw field into its column (or its staging area), a block
+        of candidate records at a time; then each column's transform; then
+        the defaults, the cross features and the padding."""
+        cdef Py_ssize_t i, c, lo
         cdef Step* st
         cdef ColumnEntry col
         cdef uint64_t end
         cdef int failed = 0
+        self._gather(recs, runs, 0, 0, 1)
+        lo = 0
+        while lo < n:
+            self._gather(recs, runs, 1, lo, min(n, lo + RECORD_BLOCK))
+            lo += RECORD_BLOCK
         for i in range(self.n_steps):
             st = &self.steps[i]
-            memcpy(&col, &table[st.column], sizeof(ColumnEntry))
             if st.kind == K_DENSE:
-                failed |= self._dense(st, &recs[st.source], base + col.data_offset, scratch,
-                                      scratch + scratch_nbytes)
+                failed |= self._transform(st, runs[i].gather,
+                                          <intptr_t>(recs[st.source].n * st.width), runs[i].dst,
+                                          scratch, scratch + scratch_nbytes)
             elif st.kind == K_RAGGED:
-                failed |= self._ragged(st, &recs[st.source], base + col.data_offset, scratch,
-                                       scratch + scratch_nbytes)
+                failed |= self._transform(st, runs[i].gather, <intptr_t>runs[i].total, runs[i].dst,
+                                          scratch, scratch + scratch_nbytes)
             elif st.kind == K_CONST:
-                self._const(st, 1 if st.source == 0 else n, base + col.data_offset)
+                self._const(st, 1 if st.source == 0 else n, runs[i].dst)
             elif st.kind == K_CONST_RAGGED:
-                self._const_ragged(st, 1 if st.source == 0 else n, base + col.data_offset)
+                self._const_ragged(st, 1 if st.source == 0 else n, runs[i].offsets)
             else:
-                self._dot(st, base, table, n, base + col.data_offset)
+                self._dot(st, base, table, n, runs[i].dst)
         # Every region's padding, so that no stale byte reaches the wire.
         for c in range(self.n_columns):
             memcpy(&col, &table[c], sizeof(ColumnEntry))
@@ -432,38 +481,49 @@ cdef class RecordProgram:
             memset(base + end, 0, align_up(end) - end)
         return failed
 
-    cdef int _dense(self, Step* st, Records* r, uint8_t* dst, uint8_t* s1, uint8_t* s2) noexcept nogil:
-        cdef uint64_t row = st.width * ITEMSIZE[st.raw_code]
-        cdef Py_ssize_t i
-        cdef uint8_t* out = dst if st.raw_code == st.dst_code and st.loop_code == st.dst_code else s1
-        cdef const uint8_t* p
-        cdef uint64_t off = st.raw_offset
-        if row == 4:
-            for i in range(r.n):
-                memcpy(out + 4 * i, r.ptr[i] + off, 4)
-        elif row == 8:
-            for i in range(r.n):
-                memcpy(out + 8 * i, r.ptr[i] + off, 8)
-        else:
-            for i in range(r.n):
-                memcpy(out + row * i, r.ptr[i] + off, row)
-        return self._transform(st, out, <intptr_t>(r.n * st.width), dst, s1, s2)
-
-    cdef int _ragged(self, Step* st, Records* r, uint8_t* dst, uint8_t* s1, uint8_t* s2) noexcept nogil:
-        cdef Py_ssize_t i, nr = self.src[st.source].n_ragged
-        cdef uint64_t size = ITEMSIZE[st.raw_code]
-        cdef uint64_t count, total = 0
-        cdef int64_t* offsets = <int64_t*>dst
-        cdef uint8_t* values = dst + 8 * (r.n + 1)
-        cdef uint8_t* out = values if st.raw_code == st.dst_code and st.loop_code == st.dst_code else s1
-        offsets[0] = 0
-        for i in range(r.n):
-            count = r.counts[i * nr + st.ragged]
-            if count:
-                memcpy(out + total * size, r.ptr[i] + r.seg_start[i * nr + st.ragged], count * size)
-            total += count
-            offsets[i + 1] = total
-        return self._transform(st, out, <intptr_t>total, values, s1, s2)
+    cdef void _gather(self, Records* recs, Run* runs, int source, Py_ssize_t lo,
+                      Py_ssize_t hi) noexcept nogil:
+        """Records ``lo:hi`` of ``source``: every step's raw bytes, in record
+        order. A block's records are read front to back together (a stream
+        each, which the hardware prefetches) and a scalar column gets a cache
+        line per block, where a column at a time over every record would miss
+        the cache on each record it visits."""
+        cdef Records* r = &recs[source]
+        cdef Py_ssize_t i, k, nr = self.src[source].n_ragged
+        cdef Step* st
+        cdef uint64_t row, off, size, count, total
+        cdef uint8_t* out
+        cdef int64_t* offsets
+        for k in range(self.n_steps):
+            st = &self.steps[k]
+            if st.source != source:
+                continue
+            out = runs[k].gather
+            if st.kind == K_DENSE:
+                row = st.width * ITEMSIZE[st.raw_code]
+                off = st.raw_offset
+                if row == 4:
+                    for i in range(lo, hi):
+                        memcpy(out + 4 * i, r.ptr[i] + off, 4)
+                elif row == 8:
+                    for i in range(lo, hi):
+                        memcpy(out + 8 * i, r.ptr[i] + off, 8)
+                else:
+                    for i in range(lo, hi):
+                        trim_copy_row(out + row * i, r.ptr[i] + off, row)
+            elif st.kind == K_RAGGED:
+                size = ITEMSIZE[st.raw_code]
+                offsets = <int64_t*>runs[k].offsets
+                total = runs[k].total
+                if lo == 0:
+                    offsets[0] = 0
+                for i in range(lo, hi):
+                    count = r.counts[i * nr + st.ragged]
+                    trim_copy_row(out + total * size, r.ptr[i] + r.seg_start[i * nr + st.ragged],
+                                  count * size)
+                    total += count
+                    offsets[i + 1] = <int64_t>total
+                runs[k].total = total
 
     cdef int _transform(self, Step* st, uint8_t* cur, intptr_t n, uint8_t* dst, uint8_t* s1,
                         uint8_t* s2) noexcept nogil:
@@ -473,7 +533,7 @@ cdef class RecordProgram:
         cdef int code = st.raw_code
         cdef uint8_t* target
         if code != st.loop_code:
-            target = dst if st.loop_code == st.dst_code else (s2 if cur == s1 else s1)
+            target = dst if st.loop_code == st.dst_code else s1
             if trim_cast(code, cur, st.loop_code, target, n):
                 return 1
             cur, code = target, st.loop_code
@@ -580,3 +640,16 @@ cdef class RecordProgram:
             trim_store_double(st.dst_code, <char*>dst + i * sd, acc)
         for i in range(rows, n):   # both inputs per-request: one value for every row
             memcpy(dst + i * sd, dst, sd)
+
+
+def hash_ids(ids, uint64_t buckets):
+    """The hash transform of int64 ``ids`` into ``buckets`` (>= 1), as a new
+    array: the record program's own loop, for checking it."""
+    if buckets < 1:
+        raise ValueError("buckets must be >= 1")
+    out = np.array(ids, dtype=np.int64, copy=True).reshape(-1)
+    cdef int64_t[::1] view = out
+    if view.shape[0]:
+        with nogil:
+            trim_hash_ids(&view[0], view.shape[0], buckets)
+    return out

@@ -92,6 +92,28 @@ static inline int trim_cast(int sc, const void *src, int dc, void *dst, intptr_t
     }
 }
 
+/* Copy n bytes where n is small (a vector's row, a short id list): a call to
+ * memcpy per row would cost more than the copy. Whole words inline, the rest
+ * by memcpy. */
+static inline void trim_copy_row(void *dst, const void *src, size_t n)
+{
+    char *d = (char *)dst;
+    const char *s = (const char *)src;
+    if (n > 128) {
+        memcpy(d, s, n);
+        return;
+    }
+    while (n >= 8) {
+        memcpy(d, s, 8);
+        d += 8; s += 8; n -= 8;
+    }
+    if (n >= 4) {
+        memcpy(d, s, 4);
+        d += 4; s += 4; n -= 4;
+    }
+    while (n--) *d++ = *s++;
+}
+
 /* An element of code c at p as a double: what the cross features' dot
  * products are computed in (numpy's astype(float64)). */
 static inline double trim_as_double(int c, const char *p)
@@ -113,10 +135,56 @@ static inline void trim_store_double(int c, char *p, double v)
     }
 }
 
+/* x mod d by multiplying with a precomputed reciprocal (libdivide's
+ * branch-free unsigned 64-bit scheme): a hardware divide per id costs more
+ * than the rest of the hash. Exact for every x and d >= 1. */
+typedef struct {
+    uint64_t d;
+    uint64_t magic;     /* 0: d is a power of two */
+    int shift;
+    int add;            /* the 65-bit magic's extra step */
+} trim_divider;
+
+static inline trim_divider trim_divider_for(uint64_t d)
+{
+    trim_divider v = {d, 0, 0, 0};
+    int log2d = 63 - __builtin_clzll(d);
+    if ((d & (d - 1)) == 0) {
+        v.shift = log2d;
+        return v;
+    }
+    unsigned __int128 num = (unsigned __int128)1 << (64 + log2d);
+    uint64_t proposed = (uint64_t)(num / d);
+    uint64_t rem = (uint64_t)(num - (unsigned __int128)proposed * d);
+    uint64_t e = d - rem;
+    if (e < ((uint64_t)1 << log2d)) {
+        v.shift = log2d;
+    } else {
+        uint64_t twice = rem + rem;
+        proposed += proposed;
+        if (twice >= d || twice < rem) proposed += 1;
+        v.shift = log2d;
+        v.add = 1;
+    }
+    v.magic = proposed + 1;
+    return v;
+}
+
+static inline uint64_t trim_mod(uint64_t x, const trim_divider *v)
+{
+    uint64_t q;
+    if (v->magic == 0) return x & (v->d - 1);
+    q = (uint64_t)(((unsigned __int128)x * v->magic) >> 64);
+    if (v->add) q = (((x - q) >> 1) + q) >> v->shift;
+    else q >>= v->shift;
+    return x - q * v->d;
+}
+
 /* murmur3's 64-bit finaliser of each id's two's-complement bits, modulo
  * buckets, in place (rootproc/preprocess.py documents the function). */
 static inline void trim_hash_ids(int64_t *ids, intptr_t n, uint64_t buckets)
 {
+    trim_divider div = trim_divider_for(buckets);
     for (intptr_t i = 0; i < n; i++) {
         uint64_t h = (uint64_t)ids[i];
         h ^= h >> 33;
@@ -124,7 +192,7 @@ static inline void trim_hash_ids(int64_t *ids, intptr_t n, uint64_t buckets)
         h ^= h >> 33;
         h *= 0xC4CEB9FE1A85EC53ull;
         h ^= h >> 33;
-        ids[i] = (int64_t)(h % buckets);
+        ids[i] = (int64_t)trim_mod(h, &div);
     }
 }
 

@@ -241,3 +241,14 @@ def test_a_program_must_fill_every_column_once():
         RecordProgram(layout, [(8, []), (8, [])], [step])
     with pytest.raises(ValueError, match="outside the fixed part"):
         RecordProgram(layout, [(8, []), (8, [])], [step, {**step, "column": 1, "raw_offset": 6}])
+
+
+@given(st.lists(st.integers(-(1 << 63), (1 << 63) - 1), min_size=1, max_size=50),
+       st.one_of(st.integers(1, 1 << 64 - 1), st.sampled_from(
+           [1, 2, 3, 7, 1 << 20, (1 << 32) - 1, 1 << 32, (1 << 32) + 1, (1 << 63) - 1, 1 << 63,
+            (1 << 63) + 1, (1 << 64) - 1, 1000, 512, 100_000, 1_000_000])))
+def test_the_compiled_hash_divides_exactly(ids, buckets):
+    from _trim._records import hash_ids as compiled
+    from tests.root.world import bucket
+    got = compiled(np.array(ids, dtype=np.int64), buckets)
+    assert [int(x) & ((1 << 64) - 1) for x in got] == [bucket(x, buckets) for x in ids]
