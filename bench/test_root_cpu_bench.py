@@ -20,6 +20,11 @@ preprocess, trim: its ``timing_us``), the bytes, and the same stages' CPU
 measured in this process with the root's code (thread time), so that
 "send" is the rest of the root's CPU.
 
+Threads (goal 2): one root process's throughput at ``threads`` 1 and 2
+(rootproc/workers.py), closed loop at concurrency 4 over shared memory,
+reported side by side (``extra_info``); nothing is asserted, as on this
+2-core machine the echo peers and the client share the second core.
+
 ``TRIMMER_BENCH_ROOT_CHECKOUT=DIR`` runs the root from another checkout (its
 kernel built in place), e.g. the code before this work, for its ratio.
 
@@ -98,9 +103,9 @@ def scene(tmp_path_factory):
         runner.close()
 
 
-def spawn_root(scene, transport: str):
+def spawn_root(scene, transport: str, threads: int = 1):
     base, runner = scene["base"], scene["runner"]
-    name = f"root-{transport}"
+    name = f"root-{transport}-{threads}"
     bind = runner.endpoint(name)
     cfg = {"name": name, "bind": [bind], "schema": str(base / "schema.json"),
            "bundle": str(base / "bundle.json"), "feature_store": str(base / "store"),
@@ -109,6 +114,8 @@ def spawn_root(scene, transport: str):
            "trim": "on", "compression": "none", "deadline_ms": 10_000, "metrics_port": None,
            "ping_interval_ms": 500,
            "shm": {"enabled": transport == "shm", "slot_bytes": 8 << 20, "slots": 16}}
+    if threads > 1:
+        cfg["threads"] = threads
     path = base / f"{name}.json"
     path.write_text(json.dumps(cfg))
     env = None
@@ -215,3 +222,33 @@ def test_root_cpu_per_request_vs_memory_floor(benchmark, scene, transport):
     print(f"\n{transport}: {json.dumps(info)}")
     if transport == "shm" and not CHECKOUT:
         assert ratio <= GOAL, f"root CPU {cpu_ms:.2f} ms/request is {ratio:.2f}x the floor"
+
+
+threads_rps: dict = {}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_root_throughput_by_threads(benchmark, scene, threads):
+    from argparse import Namespace
+
+    from rootproc.score import run_load
+    root = spawn_root(scene, "shm", threads)
+    load = Namespace(endpoint=[root.endpoint], requests=REQUESTS * 2, concurrency=4, rate=0.0,
+                     candidates=ROWS, feature_store=str(scene["base"] / "store"), users=0,
+                     candidate_ids=0, models=None, deadline_ms=None, timeout_ms=30_000, seed=7)
+    run_load(Namespace(**{**vars(load), "requests": WARMUP}))
+    cpu0 = cpu_seconds(root.pid)
+    stats = benchmark.pedantic(lambda: run_load(load), rounds=1, iterations=1)
+    cpu = cpu_seconds(root.pid) - cpu0
+    root.stop()
+    assert stats["ok"] == load.requests, stats
+    threads_rps[threads] = stats["throughput_rps"]
+    benchmark.group = "root throughput by threads (shm, concurrency 4)"
+    benchmark.extra_info.update(threads=threads, req_per_s=stats["throughput_rps"],
+                                p50_ms=stats["latency_ms"]["p50"],
+                                root_cpu_ms_per_request=round(1000 * cpu / stats["ok"], 3),
+                                load=os.getloadavg()[0])
+    if 1 in threads_rps and threads == 2:
+        benchmark.extra_info["vs_one_thread"] = round(threads_rps[2] / threads_rps[1], 2)
+    print(f"\nthreads={threads}: {stats['throughput_rps']} req/s, root CPU "
+          f"{1000 * cpu / stats['ok']:.2f} ms/request, p50 {stats['latency_ms']['p50']} ms")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -127,6 +128,9 @@ class CachedStore:
         self.store_errors: dict[str, int] = {}
         self.round_trips = RoundTrips()
         self.down_since: float | None = None
+        # Batch workers (rootproc/workers.py) read concurrently: the caches and
+        # counters are touched under this lock, the store's reads outside it.
+        self._lock = threading.Lock()
 
     def get(self, source: str, ids: Sequence[int]) -> list:
         return self.fetch({source: ids})[source]
@@ -141,9 +145,10 @@ class CachedStore:
             return
         t0 = time.perf_counter()
         with self.store.reading(wanted, timeout_s) as got:
-            self.round_trips.observe(time.perf_counter() - t0)
-            for source, records in got.items():
-                self.store_reads[source] += len(records)
+            with self._lock:
+                self.round_trips.observe(time.perf_counter() - t0)
+                for source, records in got.items():
+                    self.store_reads[source] += len(records)
             yield got
 
     def fetch(self, wanted: Mapping[str, Sequence[int]], timeout_s: float | None = None) -> dict:
@@ -152,14 +157,15 @@ class CachedStore:
         ``timeout_s``; when the store fails, the policy in the module docstring."""
         out: dict[str, list] = {}
         todo: dict[str, list[int]] = {}
-        for source, ids in wanted.items():
-            cache = self.caches[source]
-            if cache.size:
-                out[source] = [cache.get(i) for i in ids]
-                todo[source] = [k for k, v in enumerate(out[source]) if v is ABSENT]
-            else:
-                out[source] = [ABSENT] * len(ids)
-                todo[source] = list(range(len(ids)))
+        with self._lock:
+            for source, ids in wanted.items():
+                cache = self.caches[source]
+                if cache.size:
+                    out[source] = [cache.get(i) for i in ids]
+                    todo[source] = [k for k, v in enumerate(out[source]) if v is ABSENT]
+                else:
+                    out[source] = [ABSENT] * len(ids)
+                    todo[source] = list(range(len(ids)))
         ask = {s: [wanted[s][k] for k in idx] for s, idx in todo.items() if idx}
         if not ask:
             return out
@@ -167,9 +173,14 @@ class CachedStore:
         try:
             fetched = self.store.get_many(ask, timeout_s)
         except StoreUnavailable as exc:
-            self.round_trips.observe(time.perf_counter() - t0)
-            self._failed(exc)
-            return self._from_stale(wanted, out, todo, exc)
+            with self._lock:
+                self.round_trips.observe(time.perf_counter() - t0)
+                self._failed(exc)
+                return self._from_stale(wanted, out, todo, exc)
+        with self._lock:
+            return self._fetched(wanted, out, todo, fetched, t0)
+
+    def _fetched(self, wanted, out: dict, todo: dict, fetched: dict, t0: float) -> dict:
         self.round_trips.observe(time.perf_counter() - t0)
         if self.down_since is not None:
             log.info("feature store %s: answering again after %.1f s", self.store.address,

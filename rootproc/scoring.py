@@ -1,9 +1,13 @@
 """A score request from its checked header to its models' messages on their way.
 
-`Scorer.score` is the request's CPU work, all of it done inline and none of
-it waiting: fetch the records, fill the missing ones, choose the
-preprocessor, build the batch, hand each model's trimmed share to the router
-(rootproc/router.py), record the timing. The router answers the client.
+`Scorer.score` is the request's CPU work, none of it waiting, in three
+steps: `start` (check the header, resolve the models, choose the
+preprocessor), `compute` (fetch the records, fill the missing ones, build
+the batch) and `finish` (hand each model's trimmed share to the router,
+rootproc/router.py, record the timing). With one thread (``threads``) all
+three run inline on the serving loop; with more, `compute` runs on a worker
+(rootproc/workers.py) while the loop serves other requests, and `collect`
+finishes what the workers hand back. The router answers the client.
 
 The scorer also holds what the loop last installed: the compiled config
 (preprocessors, trim plans) and, for the heartbeat, how many requests each
@@ -14,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import _trim
-from _trim.transport.protocol import BAD_REQUEST, ProtocolError
+from _trim.transport.protocol import BAD_REQUEST, DEADLINE, ProtocolError
 
 from .active import PreparedConfig
 from .agreement import Agreement
@@ -25,6 +30,24 @@ from .intake import ScoreRequest, parse_score, resolve_models
 from .leaf_message import ModelBatch
 from .reply import wire_error
 from .router import OpenRequest
+from .workers import BatchWorkers
+
+
+@dataclass(eq=False)
+class Job:
+    """One score request between `Scorer.start` and `Scorer.finish`."""
+
+    envelope: list
+    req: ScoreRequest
+    keys: list
+    pre: object             # the preprocessor chosen for it
+    gaps: list
+    t0: float               # time.perf_counter() on arrival
+    deadline: float         # time.monotonic()
+    batch: object = None
+    t_fetch: float = 0.0
+    t_pre: float = 0.0
+    error: BaseException | None = None
 
 
 class Scorer:
@@ -38,6 +61,17 @@ class Scorer:
         self.agreement = Agreement(cfg.name)
         self.gap_counts: dict[str, int] = {}   # version -> requests sent untrimmed for it
         self.install(prepared)
+        threads = getattr(cfg, "threads", 1)
+        self.workers = BatchWorkers(threads - 1, self.compute, cfg.name) if threads > 1 else None
+
+    @property
+    def pending(self) -> int:
+        """Requests a worker has not handed back yet."""
+        return 0 if self.workers is None else self.workers.pending
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self.workers.close()
 
     def install(self, prepared: PreparedConfig) -> None:
         """Serve ``prepared`` from the next request on."""
@@ -46,21 +80,54 @@ class Scorer:
         self.plans: dict = dict(prepared.plans)   # grows: plans compiled on first use
 
     def score(self, envelope, header: dict, body) -> None:
-        """Send a score request's models to their leaves; ProtocolError when it
-        cannot be served at all."""
+        """Send a score request's models to their leaves (now, or once a worker
+        has built its batch); ProtocolError when it cannot be served at all."""
+        job = self.start(envelope, header, body)
+        if self.workers is not None:
+            self.workers.submit(job)
+            return
+        self.compute(job)
+        self.finish(job)
+
+    def collect(self, fail) -> None:
+        """Finish the jobs the workers handed back; ``fail(envelope, rid,
+        ProtocolError)`` answers one that failed."""
+        assert self.workers is not None
+        for job in self.workers.finished():
+            if job.error is None:
+                try:
+                    self.finish(job)
+                    continue
+                except Exception as exc:
+                    job.error = exc
+            rid = job.req.rid
+            fail(job.envelope, rid, wire_error(job.error, f"request {rid!r}"))
+
+    def start(self, envelope, header: dict, body) -> Job:
         t0 = time.perf_counter()
-        req = parse_score(header, body, self.cfg)
-        keys = resolve_models(self.active, self.pool, req.models, time.monotonic())
-        with self.fetch(req, t0) as (users, candidates):
-            t_fetch = time.perf_counter()
-            pre, gaps = self.choose_preprocessor(keys, time.monotonic())
-            batch = pre.build(users, candidates)
-        t_pre = time.perf_counter()
         now = time.monotonic()
-        request = self.router.open(req.rid, envelope, len(req.candidates),
-                                   now + req.deadline_ms / 1000, t0)
-        self.send_models(request, keys, gaps, batch, now)
-        self.record_timing(request, t0, t_fetch, t_pre, time.perf_counter())
+        req = parse_score(header, body, self.cfg)
+        keys = resolve_models(self.active, self.pool, req.models, now)
+        pre, gaps = self.choose_preprocessor(keys, now)
+        return Job(envelope, req, keys, pre, gaps, t0, now + req.deadline_ms / 1000)
+
+    def compute(self, job: Job) -> None:
+        """The request's batch (any thread)."""
+        if time.monotonic() >= job.deadline:
+            raise ProtocolError(DEADLINE, "the root could not start on the request within its "
+                                          "deadline (it is overloaded)")
+        with self.fetch(job.req, job.t0) as (users, candidates):
+            job.t_fetch = time.perf_counter()
+            job.batch = job.pre.build(users, candidates)
+        job.t_pre = time.perf_counter()
+
+    def finish(self, job: Job) -> None:
+        """The request's models to the router (the loop thread)."""
+        now = time.monotonic()
+        request = self.router.open(job.req.rid, job.envelope, len(job.req.candidates),
+                                   job.deadline, job.t0)
+        self.send_models(request, job.keys, job.gaps, job.batch, now)
+        self.record_timing(request, job.t0, job.t_fetch, job.t_pre, time.perf_counter())
         self.router.park(request)
 
     # -- the steps ----------------------------------------------------------------

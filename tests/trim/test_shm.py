@@ -38,6 +38,8 @@ def test_slots_run_out_and_come_back(shm_dir):
         assert {a, b} == {0, 1}
         assert ring.acquire(timeout=0.01) is None
         ring.release(a)
+        ring.release(b)
+        assert ring.acquire() == b   # the slot freed last is the warmest: it goes first
         assert ring.acquire() == a
 
 
