@@ -152,7 +152,7 @@ class Scorer:
     def fill_missing(self, source: str, ids, records) -> None:
         """Default records for ids the store lacks, or a ``bad_request`` naming
         them when the config says ``missing: fail``."""
-        if None not in records:   # one C-level scan, the usual case
+        if all(records):   # one C-level scan, the usual case (None is falsy, a record is not)
             return
         missing = [k for k, r in enumerate(records) if r is None]
         self.metrics.missing.labels(source).inc(len(missing))
