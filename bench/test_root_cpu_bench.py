@@ -50,7 +50,7 @@ from rootproc.demo.schema_gen import demo_schema, model_feature_sets
 from rootproc.preprocess import Preprocessor
 from rootproc.store import open_store
 from signatures.schema import FeatureSchema
-from tests.support.procs import ProcessRunner
+from tests.support.procs import ManagedProcess, ProcessRunner
 
 USERS, ITEMS, ROWS = 300, 4000, 256
 WARMUP, REQUESTS = 20, int(os.environ.get("TRIMMER_BENCH_ROOT_REQUESTS", 120))
@@ -118,11 +118,13 @@ def spawn_root(scene, transport: str, threads: int = 1):
         cfg["threads"] = threads
     path = base / f"{name}.json"
     path.write_text(json.dumps(cfg))
-    env = None
-    if CHECKOUT:
-        env = {**os.environ, "PYTHONPATH": CHECKOUT}
-    proc = runner.spawn(name, [sys.executable, "-m", "rootproc", "--config", str(path)],
-                        endpoint=bind, ipc_paths=[bind[len("ipc://"):]], env=env)
+    argv = [sys.executable, "-m", "rootproc", "--config", str(path)]
+    if CHECKOUT:   # run from there: `-m` imports from the working directory first
+        proc = ManagedProcess(name, argv, str(base / f"{name}.log"), bind,
+                              [bind[len("ipc://"):]], {"PYTHONPATH": CHECKOUT}, cwd=CHECKOUT)
+        runner.procs.append(proc)
+    else:
+        proc = runner.spawn(name, argv, endpoint=bind, ipc_paths=[bind[len("ipc://"):]])
 
     def ready(pong):
         links = pong.get("leaves", [])
