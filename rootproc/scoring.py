@@ -19,6 +19,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import _trim
 from _trim.transport.protocol import BAD_REQUEST, DEADLINE, ProtocolError
@@ -32,6 +33,9 @@ from .reply import wire_error
 from .router import OpenRequest
 from .workers import BatchWorkers
 
+if TYPE_CHECKING:
+    from .preprocess import Preprocessor
+
 
 @dataclass(eq=False)
 class Job:
@@ -40,7 +44,7 @@ class Job:
     envelope: list
     req: ScoreRequest
     keys: list
-    pre: object             # the preprocessor chosen for it
+    pre: Preprocessor       # the one chosen for it
     gaps: list
     t0: float               # time.perf_counter() on arrival
     deadline: float         # time.monotonic()
