@@ -52,8 +52,14 @@ def test_sigterm_drains_the_requests_workers_hold(world, leaves, process_runner)
     root = spawn_root(process_runner, world, leaves, threads=2)
     with ScoringClient(root.endpoint) as client:
         ids = [client.submit(int(USER_IDS[1]), CANDIDATE_IDS[:200]) for _ in range(30)]
+        # Once one is answered the loop has read the others waiting with it
+        # and handed them to the workers: the signal lands while they hold
+        # them (sent at once, it could land before the loop read any, and
+        # every request was rightly refused shutting_down).
+        first = client.receive(15_000)
+        assert first is not None and first.ok, first
         root.signal(signal.SIGTERM)
-        got = {}
+        got = {first.id: first}
         while len(got) < len(ids):
             r = client.receive(15_000)
             assert r is not None, "a request taken in got no reply"
