@@ -24,13 +24,28 @@ else:
                   "initializedcheck": False}
 directives.update({"language_level": "3", "cdivision": True})
 
+NUMPY_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+# numpy's half-float conversions (npymath), so that float16 casts are numpy's own.
+NPYMATH_DIR = os.path.join(os.path.dirname(np.get_include()), "lib")
+
 extensions = [
     Extension(
         "_trim._kernel",
         ["_trim/_kernel.pyx"],
         include_dirs=[np.get_include()],
-        define_macros=macros + [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        define_macros=macros + NUMPY_MACROS,
         extra_compile_args=compile_args,
+    ),
+    Extension(
+        "_trim._records",
+        ["_trim/_records.pyx"],
+        include_dirs=[np.get_include(), "_trim"],
+        library_dirs=[NPYMATH_DIR],
+        libraries=["npymath"],
+        define_macros=macros + NUMPY_MACROS,
+        # Dot products sum in element order: no fused multiply-add, whatever -march says.
+        extra_compile_args=compile_args + ["-ffp-contract=off"],
+        depends=["_trim/_records_cast.h", "_trim/_kernel.pxd"],
     ),
 ]
 

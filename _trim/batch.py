@@ -38,7 +38,11 @@ class Batch:
 
     __slots__ = ("layout", "n_rows", "buffer", "table", "nbytes")
 
-    def __init__(self, layout: Layout, n_rows: int, ragged_values: Mapping | None = None):
+    def __init__(self, layout: Layout, n_rows: int, ragged_values: Mapping | None = None, *,
+                 zeroed: bool = True):
+        """``zeroed=False`` is for a builder that writes every byte of every
+        column region and its padding (the record program does): the header,
+        table and names are written here either way."""
         if not 0 <= int(n_rows) < 2**32:
             raise ValueError(f"row count must be in [0, 2**32), got {n_rows}")
         self.layout = layout
@@ -49,7 +53,11 @@ class Batch:
         offsets = start + np.cumsum(padded) - padded
         self.nbytes = int(start + padded.sum())
         # Zeroed so that padding never carries stale bytes onto the wire.
-        self.buffer = np.zeros(self.nbytes, dtype=np.uint8)
+        if zeroed:
+            self.buffer = np.zeros(self.nbytes, dtype=np.uint8)
+        else:
+            self.buffer = np.empty(self.nbytes, dtype=np.uint8)
+            self.buffer[:start] = 0
         header = self.buffer[:HEADER_NBYTES].view(HEADER_DTYPE)[0]
         header["magic"] = MAGIC
         header["version"] = VERSION

@@ -6,7 +6,7 @@ scores: no model thread, no forward pass. Against it, the transport
 benchmark measures what each transport costs without the leaf's Python
 request handling on top.
 
-    python bench/echo_peer.py ENDPOINT MODEL
+    python bench/echo_peer.py ENDPOINT MODEL[,MODEL...]
 """
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ from _trim.transport.sockets import remove_ipc_files  # noqa: E402
 
 def answer(header: dict, payload: list, reader: SegmentReader, model: str) -> list:
     if header["type"] == "ping":
-        return [P.pack_header({"type": "pong", "id": header.get("id"), "ok": True,
-                               "models": [{"model": model, "ready": True}]})]
+        return [P.pack_header({"type": "pong", "id": header.get("id"), "ok": True, "pid": os.getpid(),
+                               "models": [{"model": m, "ready": True} for m in model.split(",")]})]
     buf = reader.view(header["shm"]) if "shm" in header else payload[0].buffer
     rows = _trim.decode(buf).n_rows  # the views die here: the slot is not read after the reply
-    return [P.pack_header({"type": "scores", "id": header["id"], "ok": True, "model": model,
-                           "rows": rows}),
+    return [P.pack_header({"type": "scores", "id": header["id"], "ok": True,
+                           "model": header.get("model", model), "rows": rows}),
             np.zeros(rows, P.SCORES_DTYPE).tobytes()]
 
 

@@ -111,7 +111,8 @@ class Leaf:
             raise ConfigError(str(exc)) from exc
         self.device = choose_device(s.device)
         # Leave a core for the I/O thread and decoding; several leaves may share a node.
-        torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 2) // 2))
+        threads = s.threads or max(1, (os.cpu_count() or 2) // 2)
+        torch.set_num_threads(threads)   # this thread's; each model thread sets its own
 
         self.metrics = LeafMetrics()
         # A fixed list never rolls out: its rollout series stay off the registry.
@@ -121,7 +122,8 @@ class Leaf:
         make_worker = functools.partial(
             ModelWorker, ctx=self.ctx, reply_endpoint=reply_endpoint, device=self.device,
             metrics=self.metrics, max_batch_rows=s.max_batch_rows,
-            max_wait_s=s.max_wait_ms / 1000.0, max_message_bytes=s.max_message_bytes)
+            max_wait_s=s.max_wait_ms / 1000.0, max_message_bytes=s.max_message_bytes,
+            threads=threads)
         self.table = ModelTable(name=self.name, make_worker=make_worker, metrics=self.metrics,
                                 rollout=rollout, stage=s.stage if following else None,
                                 retire_grace_s=s.retire_grace_s)

@@ -5,6 +5,13 @@ inproc PUSH socket (zmq sockets belong to one thread, and only the I/O thread
 may touch the ROUTER). The forward pass releases the GIL, so the I/O thread
 keeps receiving while a model runs. The model table (leafproc/table.py)
 starts and stops workers; nothing else does.
+
+Each worker sets its own intra-op thread budget (`apply_thread_budget`) when
+its thread starts: torch's CPU thread count is OpenMP's, which is a
+per-thread setting, so ``--threads`` applied on the main thread alone leaves
+every model thread a team of one thread per core, whose idle members spin
+after each parallel op (measured: the same ``mv`` 2.04 ms of CPU in a model
+thread against 0.32 ms on the main thread; bench/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -36,6 +43,13 @@ log = logging.getLogger("leafproc")
 STOP = object()
 
 
+def apply_thread_budget(threads: int) -> int:
+    """Give the calling thread's torch ops ``threads`` threads (its own OpenMP
+    team size; see the module docstring); the count torch now reports."""
+    torch.set_num_threads(max(1, int(threads)))
+    return torch.get_num_threads()
+
+
 @dataclass(eq=False)
 class Request:
     token: bytes          # the I/O thread's handle for the reply envelope
@@ -53,8 +67,13 @@ class Request:
 class ModelWorker(threading.Thread):
     def __init__(self, path: str, info: ModuleInfo, *, ctx: zmq.Context, reply_endpoint: str,
                  device: torch.device, metrics: LeafMetrics, max_batch_rows: int,
-                 max_wait_s: float, max_message_bytes: int, staged: bool | None = None):
+                 max_wait_s: float, max_message_bytes: int, staged: bool | None = None,
+                 threads: int | None = None):
         super().__init__(name=f"model-{info.key}", daemon=True)
+        # None: the budget of the thread making the worker (the leaf's main
+        # thread, where --threads is applied).
+        self.threads = threads or torch.get_num_threads()
+        self.intra_op_threads: int | None = None   # as torch reports it on this worker's thread
         self.key = info.key
         self.info = info
         self.inputs = list(info.inputs)
@@ -97,6 +116,7 @@ class ModelWorker(threading.Thread):
     # -- the thread -------------------------------------------------------------
 
     def run(self) -> None:
+        self.intra_op_threads = apply_thread_budget(self.threads)
         push = self._push = self._ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
         push.connect(self._reply_endpoint)

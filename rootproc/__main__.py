@@ -9,6 +9,7 @@ use, shared memory this host cannot give).
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 
@@ -30,14 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from _trim.errors import TrimmerError
+    from _trim.memory import keep_large_buffers
 
     from .server import RootServer
+    keep_large_buffers()
     try:
         cfg = load(RootConfig, args)
         server = RootServer(cfg)
     except (TrimmerError, ValueError) as exc:
         print(f"trimmer root: {exc}", file=sys.stderr)
         return 2
+    # Everything made so far (schema, plans, record programs) lives as long as
+    # the process: out of the collector's way, each full collection is short.
+    gc.freeze()
     for exposure in cfg.exposures():
         log.warning("%s: %s", cfg.name, exposure)
     if cfg.metrics_port:

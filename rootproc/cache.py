@@ -11,16 +11,24 @@ served only if every one of its entities is found that way; otherwise it
 fails with the store's error (``store_unavailable`` on the wire). Requests
 are never scored with a mix of real and made-up features.
 
+A store that reads in place (LMDB: records are buffers into its memory
+map, shared through the page cache by every root on the node) is read
+through with no cache: a lookup and a copy per entity would only add to a
+read that copies nothing, and it cannot be down. The cache is for remote
+stores (Redis), whose every read is a round trip and a copy.
+
 The serving loop only bumps plain ints here; `RootMetrics.watch_cache`
 exports them when scraped.
 """
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from _trim.errors import StoreUnavailable
 
@@ -112,15 +120,36 @@ class CachedStore:
     def __init__(self, store, size: int, ttl_s: float | None, stale_if_error_s: float = 0.0):
         self.store = store
         self.stale_if_error_s = float(stale_if_error_s)
+        if getattr(store, "reads_in_place", False):
+            size = 0   # see the module docstring
         self.caches = {s: LRUCache(size, ttl_s, keep_s=self.stale_if_error_s) for s in SOURCES}
         self.store_reads = {s: 0 for s in SOURCES}
         self.stale_served = {s: 0 for s in SOURCES}
         self.store_errors: dict[str, int] = {}
         self.round_trips = RoundTrips()
         self.down_since: float | None = None
+        # Batch workers (rootproc/workers.py) read concurrently: the caches and
+        # counters are touched under this lock, the store's reads outside it.
+        self._lock = threading.Lock()
 
     def get(self, source: str, ids: Sequence[int]) -> list:
         return self.fetch({source: ids})[source]
+
+    @contextlib.contextmanager
+    def reading(self, wanted: Mapping[str, Sequence[int]],
+                timeout_s: float | None = None) -> Iterator[dict]:
+        """`fetch`'s records, valid inside the ``with`` block: a store that
+        reads in place hands out buffers into its memory, uncopied."""
+        if not getattr(self.store, "reads_in_place", False):
+            yield self.fetch(wanted, timeout_s)
+            return
+        t0 = time.perf_counter()
+        with self.store.reading(wanted, timeout_s) as got:
+            with self._lock:
+                self.round_trips.observe(time.perf_counter() - t0)
+                for source, records in got.items():
+                    self.store_reads[source] += len(records)
+            yield got
 
     def fetch(self, wanted: Mapping[str, Sequence[int]], timeout_s: float | None = None) -> dict:
         """Records for each source's ids (None where the store has none), from
@@ -128,14 +157,15 @@ class CachedStore:
         ``timeout_s``; when the store fails, the policy in the module docstring."""
         out: dict[str, list] = {}
         todo: dict[str, list[int]] = {}
-        for source, ids in wanted.items():
-            cache = self.caches[source]
-            if cache.size:
-                out[source] = [cache.get(i) for i in ids]
-                todo[source] = [k for k, v in enumerate(out[source]) if v is ABSENT]
-            else:
-                out[source] = [ABSENT] * len(ids)
-                todo[source] = list(range(len(ids)))
+        with self._lock:
+            for source, ids in wanted.items():
+                cache = self.caches[source]
+                if cache.size:
+                    out[source] = [cache.get(i) for i in ids]
+                    todo[source] = [k for k, v in enumerate(out[source]) if v is ABSENT]
+                else:
+                    out[source] = [ABSENT] * len(ids)
+                    todo[source] = list(range(len(ids)))
         ask = {s: [wanted[s][k] for k in idx] for s, idx in todo.items() if idx}
         if not ask:
             return out
@@ -143,9 +173,14 @@ class CachedStore:
         try:
             fetched = self.store.get_many(ask, timeout_s)
         except StoreUnavailable as exc:
-            self.round_trips.observe(time.perf_counter() - t0)
-            self._failed(exc)
-            return self._from_stale(wanted, out, todo, exc)
+            with self._lock:
+                self.round_trips.observe(time.perf_counter() - t0)
+                self._failed(exc)
+                return self._from_stale(wanted, out, todo, exc)
+        with self._lock:
+            return self._fetched(wanted, out, todo, fetched, t0)
+
+    def _fetched(self, wanted, out: dict, todo: dict, fetched: dict, t0: float) -> dict:
         self.round_trips.observe(time.perf_counter() - t0)
         if self.down_since is not None:
             log.info("feature store %s: answering again after %.1f s", self.store.address,

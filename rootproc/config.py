@@ -200,6 +200,8 @@ class RootConfig:
     health_timeout_ms: int = option(HEALTH_TIMEOUT_MS, "a leaf unanswered this long is "
                                     "unhealthy", positive=True)
     shm: ShmSettings = option(ShmSettings())
+    threads: int = option(1, "threads scoring requests: 1 scores on the serving loop; N adds "
+                          "N - 1 threads that fetch and build batches", positive=True)
     curve: RootCurve | None = option(None, "CURVE: this root's keys, and who may connect")
     insecure: bool = option(False, "accept tcp binds other hosts can reach without client "
                             "authentication (said loudly at start)")

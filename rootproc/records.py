@@ -272,14 +272,15 @@ class RecordLayout:
             joined = b"".join(records)
             if len(joined) != n * size:
                 raise ValueError(f"corrupt {self.source} record: expected {size} bytes each")
-            return np.frombuffer(joined, dtype=self.dtype), None, None
+            # count: a layout without fields has 0-byte records
+            return np.frombuffer(joined, dtype=self.dtype, count=n), None, None
         views = [memoryview(r) for r in records]
         joined = b"".join([v[:size] for v in views])
         if len(joined) != n * size:
             raise ValueError(f"corrupt {self.source} record: shorter than its fixed part")
         tails = np.frombuffer(b"".join([v[size:] for v in views]), dtype=np.uint8)
         tail_nbytes = np.fromiter((v.nbytes - size for v in views), dtype=np.int64, count=n)
-        return np.frombuffer(joined, dtype=self.dtype), tails, tail_nbytes
+        return np.frombuffer(joined, dtype=self.dtype, count=n), tails, tail_nbytes
 
     def decode_many(self, records: Sequence, names: Iterable[str] | None = None,
                     decoded=None) -> dict:

@@ -1,9 +1,13 @@
 """A score request from its checked header to its models' messages on their way.
 
-`Scorer.score` is the request's CPU work, all of it done inline and none of
-it waiting: fetch the records, fill the missing ones, choose the
-preprocessor, build the batch, hand each model's trimmed share to the router
-(rootproc/router.py), record the timing. The router answers the client.
+`Scorer.score` is the request's CPU work, none of it waiting, in three
+steps: `start` (check the header, resolve the models, choose the
+preprocessor), `compute` (fetch the records, fill the missing ones, build
+the batch) and `finish` (hand each model's trimmed share to the router,
+rootproc/router.py, record the timing). With one thread (``threads``) all
+three run inline on the serving loop; with more, `compute` runs on a worker
+(rootproc/workers.py) while the loop serves other requests, and `collect`
+finishes what the workers hand back. The router answers the client.
 
 The scorer also holds what the loop last installed: the compiled config
 (preprocessors, trim plans) and, for the heartbeat, how many requests each
@@ -11,10 +15,14 @@ version was sent untrimmed.
 """
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import _trim
-from _trim.transport.protocol import BAD_REQUEST, ProtocolError
+from _trim.transport.protocol import BAD_REQUEST, DEADLINE, ProtocolError
 
 from .active import PreparedConfig
 from .agreement import Agreement
@@ -23,6 +31,28 @@ from .intake import ScoreRequest, parse_score, resolve_models, unknown_model_err
 from .leaf_message import ModelBatch
 from .reply import wire_error
 from .router import OpenRequest
+from .workers import BatchWorkers
+
+if TYPE_CHECKING:
+    from .preprocess import Preprocessor
+
+
+@dataclass(eq=False)
+class Job:
+    """One score request between `Scorer.start` and `Scorer.finish`."""
+
+    envelope: list
+    req: ScoreRequest
+    wanted: list            # (model, known) in the order the request named them
+    keys: list              # the known ones
+    pre: Preprocessor       # the one chosen for it
+    gaps: list
+    t0: float               # time.perf_counter() on arrival
+    deadline: float         # time.monotonic()
+    batch: object = None
+    t_fetch: float = 0.0
+    t_pre: float = 0.0
+    error: BaseException | None = None
 
 
 class Scorer:
@@ -36,6 +66,17 @@ class Scorer:
         self.agreement = Agreement(cfg.name)
         self.gap_counts: dict[str, int] = {}   # version -> requests sent untrimmed for it
         self.install(prepared)
+        threads = getattr(cfg, "threads", 1)
+        self.workers = BatchWorkers(threads - 1, self.compute, cfg.name) if threads > 1 else None
+
+    @property
+    def pending(self) -> int:
+        """Requests a worker has not handed back yet."""
+        return 0 if self.workers is None else self.workers.pending
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self.workers.close()
 
     def install(self, prepared: PreparedConfig) -> None:
         """Serve ``prepared`` from the next request on."""
@@ -44,26 +85,45 @@ class Scorer:
         self.plans: dict = dict(prepared.plans)   # grows: plans compiled on first use
 
     def score(self, envelope, header: dict, body) -> None:
-        """Send a score request's models to their leaves; ProtocolError when it
-        cannot be served at all."""
+        """Send a score request's models to their leaves (now, or once a worker
+        has built its batch); ProtocolError when it cannot be served at all."""
+        job = self.start(envelope, header, body)
+        if job is None:
+            return
+        if self.workers is not None:
+            self.workers.submit(job)
+            return
+        self.compute(job)
+        self.finish(job)
+
+    def collect(self, fail) -> None:
+        """Finish the jobs the workers handed back; ``fail(envelope, rid,
+        ProtocolError)`` answers one that failed."""
+        assert self.workers is not None
+        for job in self.workers.finished():
+            if job.error is None:
+                try:
+                    self.finish(job)
+                    continue
+                except Exception as exc:
+                    job.error = exc
+            rid = job.req.rid
+            fail(job.envelope, rid, wire_error(job.error, f"request {rid!r}"))
+
+    def start(self, envelope, header: dict, body) -> Job | None:
+        """The request's job, or None when it was answered without leaves."""
         t0, arrived = time.perf_counter(), time.monotonic()
         req = parse_score(header, body, self.cfg)
         wanted = resolve_models(self.active, self.pool, req.models, arrived)
         keys = [key for key, known in wanted if known]
         # The deadline counts from arrival: fetching and building spend it too.
-        request = self.router.open(req.rid, envelope, len(req.candidates),
-                                   arrived + req.deadline_ms / 1000, t0)
-        if not keys or request.n == 0:
+        deadline = arrived + req.deadline_ms / 1000
+        if not keys or len(req.candidates) == 0:
+            request = self.router.open(req.rid, envelope, len(req.candidates), deadline, t0)
             self.answer_without_leaves(request, wanted)
-            return
-        users, candidates = self.fetch(req, t0)
-        t_fetch = time.perf_counter()
-        pre, gaps = self.choose_preprocessor(keys, time.monotonic())
-        batch = pre.build(users, candidates)
-        t_pre = time.perf_counter()
-        self.send_models(request, wanted, gaps, batch, time.monotonic())
-        self.record_timing(request, t0, t_fetch, t_pre, time.perf_counter())
-        self.router.park(request)
+            return None
+        pre, gaps = self.choose_preprocessor(keys, arrived)
+        return Job(envelope, req, wanted, keys, pre, gaps, t0, deadline)
 
     def answer_without_leaves(self, request: OpenRequest, wanted) -> None:
         """A request no leaf needs to see: no candidates (each known model's
@@ -79,27 +139,50 @@ class Scorer:
         self.record_timing(request, request.t_start, t, t, t)
         self.router.park(request)
 
+    def compute(self, job: Job) -> None:
+        """The request's batch (any thread)."""
+        if time.monotonic() >= job.deadline:
+            raise ProtocolError(DEADLINE, "the root could not start on the request within its "
+                                          "deadline (it is overloaded)")
+        with self.fetch(job.req, job.t0) as (users, candidates):
+            job.t_fetch = time.perf_counter()
+            job.batch = job.pre.build(users, candidates)
+        job.t_pre = time.perf_counter()
+
+    def finish(self, job: Job) -> None:
+        """The request's models to the router (the loop thread)."""
+        now = time.monotonic()
+        request = self.router.open(job.req.rid, job.envelope, len(job.req.candidates),
+                                   job.deadline, job.t0)
+        self.send_models(request, job.wanted, job.gaps, job.batch, now)
+        self.record_timing(request, job.t0, job.t_fetch, job.t_pre, time.perf_counter())
+        self.router.park(request)
+
     # -- the steps ----------------------------------------------------------------
 
-    def fetch(self, req: ScoreRequest, t0: float) -> tuple[list, list]:
+    @contextlib.contextmanager
+    def fetch(self, req: ScoreRequest, t0: float) -> Iterator[tuple[list, list]]:
         """The user's and the candidates' raw records, missing ones filled, in
-        one store round trip for what the cache lacks. The store gets at most
-        half of what is left of the deadline: a store that does not answer
-        costs the request a prompt ``store_unavailable``, never its deadline."""
+        one store round trip for what the cache lacks, valid inside the
+        ``with`` block (LMDB's are buffers into its memory map). The store
+        gets at most half of what is left of the deadline: a store that does
+        not answer costs the request a prompt ``store_unavailable``, never
+        its deadline."""
         cand_ids = req.candidates.tolist()
         left_s = req.deadline_ms / 1000 - (time.perf_counter() - t0)
-        got = self.cached.fetch({"user": [req.user], "candidate": cand_ids}, max(0.0, left_s) / 2)
-        users, candidates = got["user"], got["candidate"]
-        self.fill_missing("user", [req.user], users)
-        self.fill_missing("candidate", cand_ids, candidates)
-        return users, candidates
+        with self.cached.reading({"user": [req.user], "candidate": cand_ids},
+                                 max(0.0, left_s) / 2) as got:
+            users, candidates = got["user"], got["candidate"]
+            self.fill_missing("user", [req.user], users)
+            self.fill_missing("candidate", cand_ids, candidates)
+            yield users, candidates
 
     def fill_missing(self, source: str, ids, records) -> None:
         """Default records for ids the store lacks, or a ``bad_request`` naming
         them when the config says ``missing: fail``."""
-        missing = [k for k, r in enumerate(records) if r is None]
-        if not missing:
+        if all(records):   # one C-level scan, the usual case (None is falsy, a record is not)
             return
+        missing = [k for k, r in enumerate(records) if r is None]
         self.metrics.missing.labels(source).inc(len(missing))
         if self.cfg.missing == "fail":
             shown = [ids[k] for k in missing[:MISSING_IDS_SHOWN]]

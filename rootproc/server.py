@@ -104,6 +104,10 @@ class RootServer:
         self.router = Router(self.name, self.links.pool, self.links.shm, self.metrics, self.reply)
         self.scorer = Scorer(cfg, self.store, cached, self.metrics, self.links.pool, self.router,
                              prepared)
+        self.workers_fd = None   # with threads > 1: the batch workers' results (rootproc/workers.py)
+        if self.scorer.workers is not None:
+            self.workers_fd = self.scorer.workers.fd
+            self.poller.register(self.workers_fd, zmq.POLLIN)
         self.draining = False
         self.drain_started = 0.0
         self.stopped = False
@@ -153,6 +157,8 @@ class RootServer:
                 for sock, _ in self.poller.poll(timeout_ms):
                     if sock is self.frontend:
                         self.drain(sock, self.on_client)
+                    elif sock == self.workers_fd:
+                        self.scorer.collect(self.fail)
                     elif self.links.on_monitor(sock, time.monotonic()):
                         pass
                     else:
@@ -173,7 +179,7 @@ class RootServer:
             self.close()
 
     def drained(self) -> bool:
-        return (self.draining and self.router.count == 0
+        return (self.draining and self.router.count == 0 and self.scorer.pending == 0
                 and time.monotonic() - self.drain_started >= DRAIN_QUIET_S)
 
     @staticmethod
@@ -225,6 +231,7 @@ class RootServer:
             self.security.close()
         if self.follower is not None:
             self.follower.stop()
+        self.scorer.close()
         self.links.close()
         self.store.close()
         remove_ipc_files(self.endpoints)

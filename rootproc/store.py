@@ -17,11 +17,12 @@ not finish. Readers get every source a request needs in one round trip
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from _trim.errors import StoreUnavailable
 
@@ -72,6 +73,9 @@ class FeatureStore(ABC):
     layouts: dict[str, RecordLayout]
     readonly: bool
     loading: dict | None                  # the marker of a load not finished, if any
+    # Records read in place (buffers into the store's own memory, valid inside
+    # `reading`) rather than copied out: no cache in front is faster.
+    reads_in_place = False
 
     def layout(self, source: str) -> RecordLayout:
         return self.layouts[source]
@@ -85,6 +89,13 @@ class FeatureStore(ABC):
 
     def get(self, source: str, ids: Sequence[int]) -> list:
         return self.get_many({source: ids})[source]
+
+    @contextlib.contextmanager
+    def reading(self, wanted: Mapping[str, Sequence[int]],
+                timeout_s: float | None = None) -> Iterator[dict[str, list]]:
+        """`get_many`'s records, valid (only) inside the ``with`` block: a
+        store that `reads_in_place` hands out buffers into its own memory."""
+        yield self.get_many(wanted, timeout_s)
 
     @abstractmethod
     def count(self, source: str) -> int: ...

@@ -26,6 +26,7 @@ drain, so a process stopped as it starts still exits 0 and leaves nothing.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -57,6 +58,7 @@ class StopSignals:
         self.raise_on = raise_on
         self.on_signal = on_signal   # (signum, how many so far), before any raise
         self.received: list[int] = []
+        self._arrivals = itertools.count(1)
         self._previous: dict[int, object] = {}
         self.wakeup: socket.socket | None = None   # readable after a signal, while in use
         self._wakeup_writer: socket.socket | None = None
@@ -72,10 +74,14 @@ class StopSignals:
         return signal.Signals(self.received[0]).name if self.received else None
 
     def _handle(self, signum: int, _frame) -> None:
-        self.received.append(signum)
+        # The next signal's handler may run inside this one (Python checks for
+        # signals after every call), so this one's place is taken in one step
+        # and kept, whatever the list holds by the check below.
+        count = next(self._arrivals)
+        self.received.insert(count - 1, signum)
         if self.on_signal is not None:
-            self.on_signal(signum, len(self.received))
-        if len(self.received) == self.raise_on:
+            self.on_signal(signum, count)
+        if count == self.raise_on:
             raise Stopped(signum)
 
     def finish(self, step: Callable[[], object]) -> None:

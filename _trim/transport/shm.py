@@ -99,8 +99,26 @@ def ipc_peer_uid(peer_address: str | None) -> int | None:
     return int(parts[1])
 
 
+# Linux >= 5.14; Python 3.11's mmap module does not name it.
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+
+
+def _populate_for_writing(mapped: mmap.mmap) -> None:
+    """Map every page of ``mapped`` writable now. posix_fallocate reserved
+    the pages but this process has no page-table entries for them yet, so
+    the first write into each 4 KiB page of a slot would fault (write faults
+    get no fault-around): ~3 ms for a fresh 8 MiB slot on tmpfs, paid by
+    the first requests through it. An older kernel refuses the advice, and
+    the pages then fault on first use as before."""
+    try:
+        mapped.madvise(MADV_POPULATE_WRITE)
+    except OSError:
+        pass
+
+
 class SlotRing:
-    """Writer side: a segment of ``n_slots`` slots of ``slot_nbytes`` each."""
+    """Writer side: a segment of ``n_slots`` slots of ``slot_nbytes`` each.
+    Its pages are mapped when it is made (`_populate_for_writing`)."""
 
     def __init__(self, label: str, slot_nbytes: int, n_slots: int, directory: Path | None = None):
         if slot_nbytes <= 0 or n_slots <= 0:
@@ -134,6 +152,7 @@ class SlotRing:
             self.path.unlink(missing_ok=True)
             raise ShmUnavailable(f"cannot allocate {self.nbytes} bytes in {self.directory}: {exc}") from None
         os.close(fd)
+        _populate_for_writing(self._map)
         self._view = memoryview(self._map)
         self._free = deque(range(n_slots))
         self._cond = threading.Condition()
@@ -146,7 +165,9 @@ class SlotRing:
                 self._cond.wait_for(lambda: self._free or self._closed, timeout)
             if self._closed or not self._free:
                 return None
-            return self._free.popleft()
+            # The slot freed last: its pages and cache lines are the warmest (a
+            # gather into it took 0.49 ms where cycling through 16 took 0.79).
+            return self._free.pop()
 
     def release(self, slot: int) -> None:
         with self._cond:

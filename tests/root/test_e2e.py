@@ -100,8 +100,12 @@ def test_metrics_count_bytes_and_the_untrimmed_counterfactual(world, leaves, pro
     assert m[("trimmer_root_missing_entities_total", frozenset({"source": "user"}.items()))] == 1
     assert m[("trimmer_root_requests_total", frozenset({"outcome": "ok"}.items()))] == 5
     assert m[("trimmer_root_latency_seconds_count", frozenset({"stage": "total"}.items()))] == 5
+    # LMDB is read in place, every request (no cache in front: rootproc/cache.py).
+    assert m[("trimmer_root_store_reads_total",
+              frozenset({"source": "candidate"}.items()))] == sum(len(request_ids(s)[1])
+                                                                  for s in range(4)) + len(cands)
     assert m[("trimmer_root_cache_lookups_total",
-              frozenset({"source": "candidate", "result": "hit"}.items()))] > 0
+              frozenset({"source": "candidate", "result": "hit"}.items()))] == 0
 
 
 def test_trim_off_sends_every_feature(world, leaves, process_runner):

@@ -9,7 +9,8 @@ import pytest
 import _trim
 from _trim import Ragged
 from rootproc.config import RootConfig, config_from_dict
-from rootproc.preprocess import Preprocessor, _elementwise, hash_ids
+from rootproc.preprocess import Preprocessor, hash_ids
+from rootproc.preprocess_numpy import elementwise
 from rootproc.records import RecordLayout
 from signatures.schema import FeatureSchema
 from signatures.settings import add_arguments, load
@@ -135,14 +136,17 @@ def test_grouped_scalars_match_the_per_feature_path():
     layouts = {s: RecordLayout.from_schema(schema, s) for s in ("user", "candidate")}
     (_, urecs), = synth_chunks(schema, layouts["user"], 1, seed=1)
     (_, crecs), = synth_chunks(schema, layouts["candidate"], 50, seed=1)
-    grouped = Preprocessor(schema, None, layouts)
-    assert len(grouped._groups) >= 4 and len(grouped._steps) == 1
-    single = Preprocessor(schema, None, layouts)
-    single._groups = []
-    single._steps = [(f, _elementwise(f.transform["op"], f.transform)) for f in single.features]
-    single._step_fields = {s: sorted(layouts[s].fields) for s in ("user", "candidate")}
-    a, b = grouped.build(urecs, crecs), single.build(urecs, crecs)
+    grouped = Preprocessor(schema, None, layouts, impl="reference")
+    ref = grouped.reference
+    assert len(ref.groups) >= 4 and len(ref.steps) == 1
+    single = Preprocessor(schema, None, layouts, impl="reference").reference
+    single.groups = []
+    single.steps = [(f, elementwise(f.transform["op"], f.transform)) for f in single.pre.features]
+    single.step_fields = {s: sorted(layouts[s].fields) for s in ("user", "candidate")}
+    a, b = grouped.build(urecs[:1], crecs), single.build(urecs[:1], crecs)
     assert bytes(a.buffer) == bytes(b.buffer)
+    kernel = Preprocessor(schema, None, layouts, impl="kernel").build(urecs[:1], crecs)
+    assert bytes(kernel.buffer) == bytes(a.buffer)
     hashed = _trim.decode(a.buffer)["h3"]
     raw = layouts["candidate"].decode_many(crecs)["h3"]
     assert hashed.tolist() == [bucket(x, 13) for x in raw.tolist()]

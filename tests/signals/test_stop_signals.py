@@ -53,6 +53,24 @@ def test_only_the_chosen_signal_raises_and_only_once():
     assert stop.first == "SIGTERM"
 
 
+def test_a_signal_handled_inside_the_first_ones_notice_does_not_cancel_its_stop():
+    """Two stop signals at once (`timeout` passes on the one it got, say):
+    Python may run the second's handler inside the first's notice, and the
+    first must still raise (it did not: both saw two signals received, and
+    a demo kept running)."""
+    notes = []
+
+    def notice(sig, n):
+        if n == 1:
+            send(signal.SIGTERM)   # handled here, before this notice returns
+        notes.append(n)
+
+    with StopSignals(raise_on=1, on_signal=notice) as stop, pytest.raises(Stopped) as raised:
+        send(signal.SIGINT)
+    assert raised.value.name == "SIGINT" and sorted(notes) == [1, 2]
+    assert stop.received == [signal.SIGINT, signal.SIGTERM] and stop.first == "SIGINT"
+
+
 def test_finish_runs_a_step_to_its_end_when_the_signal_lands_inside_it():
     calls = []
 

@@ -194,17 +194,30 @@ def test_lru_cache_hits_eviction_and_ttl():
     assert cache.expired == 1 and cache.hit_ratio == pytest.approx(2 / 4)
 
 
-def test_cached_store_counts_hits_and_remembers_misses(tmp_path, schema):
-    with create_store(tmp_path / "s", schema) as w:
+@pytest.mark.parametrize("backend", ["lmdb", "redis"])
+def test_cached_store_counts_hits_and_remembers_misses(tmp_path, schema, backend, request):
+    address = (request.getfixturevalue("module_redis_server").url(f"c{os.getpid()}")
+               if backend == "redis" else tmp_path / "s")
+    with create_store(address, schema) as w:
         w.put_many("candidate", [1, 2], w.layout("candidate").encode_many(2, {}))
-    with open_store(tmp_path / "s") as store:
+    with open_store(address) as store:
         cached = CachedStore(store, size=10, ttl_s=None)
         first = cached.get("candidate", [1, 2, 3])
         assert first[2] is None and cached.store_reads["candidate"] == 3
         assert cached.get("candidate", [1, 2, 3]) == first
-        assert cached.store_reads["candidate"] == 3
         c = cached.caches["candidate"]
+        if backend == "lmdb":
+            # Read in place from its memory map: the cache would only add a copy.
+            assert cached.store_reads["candidate"] == 6 and c.size == 0
+            with cached.reading({"candidate": [2, 9]}) as got:
+                assert isinstance(got["candidate"][0], memoryview) and got["candidate"][1] is None
+                assert bytes(got["candidate"][0]) == first[1]
+            assert cached.store_reads["candidate"] == 8
+            return
+        assert cached.store_reads["candidate"] == 3
         assert (c.hits, c.misses) == (3, 3)
+        with cached.reading({"candidate": [2, 9]}) as got:
+            assert got["candidate"] == [first[1], None] and cached.store_reads["candidate"] == 4
         off = CachedStore(store, size=0, ttl_s=None)
         off.get("candidate", [1, 1])
         assert off.store_reads["candidate"] == 2
