@@ -168,6 +168,8 @@ def main(argv: list[str]) -> int:
     load.add_argument("--users", help="file of user records")
     load.add_argument("--candidates", help="file of candidate records")
     args = parser.parse_args(argv)
+    from _trim.memory import keep_large_buffers
+    keep_large_buffers()   # a chunk's buffers reuse the last chunk's pages
     try:
         if args.action == "info":
             with open_store(args.feature_store) as store:

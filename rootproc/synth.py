@@ -35,9 +35,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from _trim import chosen_implementation
+
 from .records import PackedRecords, RawField, RecordLayout
 
-CHUNK_NBYTES = 1 << 25    # records made per chunk (one store write each)
+CHUNK_NBYTES = 1 << 23    # records made per chunk (one store write each): under
+                          # malloc's mmap threshold (_trim/memory.py), so their pages are reused
 BLOCK_NBYTES = 1 << 19     # rows computed at a time: sized for the CPU's cache
 THREADS = min(4, os.cpu_count() or 1)
 COLD = 0.08
@@ -176,12 +179,18 @@ def _params(profiles: list[Profile], widths: list[int], dtype=np.float32,
 class Synthesizer:
     """Records for one source of a layout: `chunks` yields (ids, records)."""
 
-    def __init__(self, schema, layout: RecordLayout, seed: int):
+    def __init__(self, schema, layout: RecordLayout, seed: int, impl: str | None = None):
         ops: dict[str, dict] = {}
         for feat in schema.features.values():
             if feat.source == layout.source:
                 ops.setdefault(feat.raw_name, feat.transform)
         self.layout, self.seed, self.source = layout, seed, layout.source
+        self.compiled = None
+        self._list_keys: dict = {}   # list field -> (length key, element keys), made once
+        self.impl = chosen_implementation(impl)
+        if self.impl == "kernel":
+            from _trim import _load
+            self.compiled = _load
         self.profiles = {f.name: Profile(f, ops.get(f.name, {}), seed, self.source)
                          for f in layout.fields.values()}
         # Float32 fields next to each other in the record, of one kind (dense
@@ -236,10 +245,17 @@ class Synthesizer:
         ragged = {name: done.result() for name, done in lists.items()}
         for f in self.others:
             fixed[f.name] = self._other(f, keys, cold).reshape((len(ids),) + f.shape)
-        return self.layout.pack(fixed, ragged)
+        return self.layout.pack(fixed, ragged, self.impl)
 
     def _runs(self, raw: np.ndarray, keys: np.ndarray, cold: np.ndarray, lo: int, hi: int) -> None:
-        """Rows ``lo:hi`` of every float32 run, a cache-sized block at a time."""
+        """Rows ``lo:hi`` of every float32 run: in one compiled pass
+        (`_trim._load`), or with numpy a cache-sized block at a time
+        (``TRIMMER_IMPL=reference``); the same values either way."""
+        if self.compiled is not None:
+            for a, b, params, cols, dense in self.runs:
+                self.compiled.float_values(keys[lo:hi], cols, cold[lo:hi], params,
+                                           raw[lo:hi, a:b].view(np.float32), dense)
+            return
         for a, b, params, cols, dense in self.runs:
             out = raw[:, a:b].view(np.float32)
             block = max(1, BLOCK_NBYTES // (b - a))
@@ -281,9 +297,17 @@ class Synthesizer:
     def _ragged(self, f: RawField, keys: np.ndarray, cold: np.ndarray) -> tuple:
         """(values, offsets) of a list field: a length per row, then one hash per element."""
         p = self.profiles[f.name]
+        empty = 0.2 + 0.3 * ((p.key >> 8) / (1 << 24))   # 20-50 % empty lists, per field
+        if p.vocab and self.compiled is not None:   # id lists, the usual kind: compiled
+            if f.name not in self._list_keys:
+                self._list_keys[f.name] = (int((p.columns(1) ^ np.uint32(0x5EED))[0]),
+                                           p.columns(MAX_LIST))
+            length_key, element_keys = self._list_keys[f.name]
+            values, offsets = self.compiled.ragged_ids(keys, cold, length_key, empty, element_keys,
+                                                       p.vocab, p.hashed, int(p.key))
+            return values.astype(f.dtype, copy=False), offsets
         u = _uniform(keys, p.columns(1) ^ np.uint32(0x5EED), np.empty((len(keys), 1), np.uint32),
                      np.empty((len(keys), 1), np.float64))[:, 0]
-        empty = 0.2 + 0.3 * ((p.key >> 8) / (1 << 24))   # 20-50 % empty lists, per field
         w = np.maximum(u - empty, 0) / (1 - empty)
         lengths = np.where(cold > 0, 0, np.minimum(MAX_LIST, np.ceil(6 * w / (1.00001 - w))))
         offsets = np.zeros(len(keys) + 1, dtype=np.int64)
