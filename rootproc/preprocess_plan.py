@@ -10,15 +10,19 @@ The compiled program then only moves bytes and calls those loops.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 from numpy._core import umath
 
 from _trim import DTYPE_CODES
 
 from .preprocess_numpy import elementwise
-from .records import RecordLayout
 from .records import SOURCES as RECORD_SOURCES
+from .records import RecordLayout
 
+_CLIP: Any = umath.clip   # type: ignore[attr-defined]  # the ufunc; not in numpy's stubs
 SOURCE_INDEX = {s: i for i, s in enumerate(RECORD_SOURCES)}
 # The program's dtype codes: the wire's, and the integer types a store's raw
 # field may have besides (features sharing an int8 and a uint8 field widen it
@@ -66,9 +70,9 @@ def _transform(feature, raw_dt: np.dtype) -> dict:
         return {"op": "unary", "loop_code": _code(loop[0], feature),
                 "loop": _loop(np.log1p, loop[:2])}
     if op == "clip":
-        loop = umath.clip.resolve_dtypes((raw_dt, type(t["lo"]), type(t["hi"]), dst), casting="unsafe")
+        loop = _CLIP.resolve_dtypes((raw_dt, type(t["lo"]), type(t["hi"]), dst), casting="unsafe")
         L = loop[0]
-        return {"op": "clip", "loop_code": _code(L, feature), "loop": _loop(umath.clip, (L,) * 4),
+        return {"op": "clip", "loop_code": _code(L, feature), "loop": _loop(_CLIP, (L,) * 4),
                 "p1": _bits(L, t["lo"], feature), "p2": _bits(L, t["hi"], feature)}
     if op == "standardize":
         loop = np.subtract.resolve_dtypes((raw_dt, type(t["mean"]), dst), casting="unsafe")
@@ -100,7 +104,7 @@ def _const(feature, default: np.ndarray) -> bytes:
     return out.tobytes()
 
 
-def sources(record_layouts: dict[str, RecordLayout]) -> list:
+def sources(record_layouts: Mapping[str, RecordLayout]) -> list:
     """Each source's (fixed part size, [(count offset, element size)] per ragged field)."""
     out = []
     for s in RECORD_SOURCES:

@@ -149,10 +149,11 @@ def first_difference(schema, layouts, a, b) -> str:
     for i, col in enumerate(a.layout):
         start = int(table["data_offset"][i])
         if start <= at < start + ((int(table["data_nbytes"][i]) + 7) & ~7):
+            store_fields = {s: [(f.name, f.dtype) for f in lay.fields.values()]
+                            for s, lay in layouts.items()}
             return (f"column {col} differs at byte {at - start} "
                     f"(kernel {a.buffer[at - 4:at + 4]}, reference {b.buffer[at - 4:at + 4]}); "
-                    f"feature {schema[col.name]}; store fields "
-                    f"{ {s: [(f.name, f.dtype) for f in lay.fields.values()] for s, lay in layouts.items()} }")
+                    f"feature {schema[col.name]}; store fields {store_fields}")
     return f"byte {at} differs, outside the columns"
 
 
@@ -167,7 +168,8 @@ def both(schema, names, layouts):
     return Preprocessor(schema, names, layouts, impl="kernel"), ref
 
 
-@settings(max_examples=int(os.environ.get("TRIMMER_RECORDS_EXAMPLES", 300)), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=int(os.environ.get("TRIMMER_RECORDS_EXAMPLES", 300)), deadline=None,
+          suppress_health_check=list(HealthCheck))
 @given(schemas(), st.data())
 def test_kernel_and_reference_build_the_same_batch_bit_for_bit(schema, data):
     layouts = store_layouts(data, schema) if data.draw(st.booleans()) else \
