@@ -235,8 +235,9 @@ class RecordLayout:
             from _trim import _load
             placed: Any = self.dtype.fields
             buf, offsets = _load.pack(fixed, size, [
-                (np.asarray(ragged[f.name][0], dtype=f.dtype), ragged[f.name][1],
-                 np.dtype(f.dtype).itemsize, placed[LEN_PREFIX + f.name][1]) for f in self.ragged])
+                (f"{self.source}.{f.name}", np.asarray(ragged[f.name][0], dtype=f.dtype),
+                 ragged[f.name][1], np.dtype(f.dtype).itemsize, placed[LEN_PREFIX + f.name][1])
+                for f in self.ragged])
             return PackedRecords(buf, offsets)
         if not self.ragged:
             return PackedRecords(fixed.view(np.uint8).reshape(-1),
