@@ -7,6 +7,12 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
+#define TRIM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define TRIM_CLONES
+#endif
+
 #define TRIM_M1 0x85EBCA6Bu
 #define TRIM_U24 (1.0f / 16777216.0f)
 
@@ -30,7 +36,7 @@ static inline float trim_round_even(float x)
     return r;
 }
 
-static inline void trim_values_row(uint32_t row, const uint32_t *restrict cols, intptr_t m,
+TRIM_CLONES static void trim_values_row(uint32_t row, const uint32_t *restrict cols, intptr_t m,
                                    float cold, const float *restrict p0, const float *restrict a,
                                    const float *restrict b, const float *restrict c,
                                    const float *restrict q, const float *restrict deflt,
@@ -50,7 +56,7 @@ static inline void trim_values_row(uint32_t row, const uint32_t *restrict cols, 
     }
 }
 
-static inline void trim_dense_row(uint32_t row, const uint32_t *restrict cols, intptr_t m,
+TRIM_CLONES static void trim_dense_row(uint32_t row, const uint32_t *restrict cols, intptr_t m,
                                   float keep, const float *restrict scale, float *restrict dst)
 {
     for (intptr_t j = 0; j < m; j++) {
