@@ -22,9 +22,12 @@ A missing value is the field's default (0 unless the schema names one).
 Every value is a pure function of (seed, source, field, element, entity id):
 a counter-based hash (murmur3's finalizer) of them is mapped through the
 field's profile. So the same seed gives the same store whatever the chunking,
-adding a field changes no other field's values, and the work is whole-array
-arithmetic on rows already laid out as records (`RecordLayout.pack`): no
-per-record or per-field-and-record Python.
+and adding a field changes no other field's values. The numpy code here is
+the definition (``TRIMMER_IMPL=reference``: whole-array arithmetic on a
+chunk's fixed parts, then `RecordLayout.pack`); by default a compiled
+`RecordWriter` (_trim/_load.pyx) draws the float32 fields and id lists
+straight into the chunk's records, the same bytes, each written once, with
+numpy giving it the rarer fields.
 """
 from __future__ import annotations
 
