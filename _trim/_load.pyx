@@ -122,6 +122,13 @@ cdef inline void draw_ids(const List* li, uint32_t key, int64_t count, uint8_t* 
             dst[k] = <uint8_t>rank
 
 
+PARAMS = ("p0", "a", "b", "c", "q", "default", "scale_q2")   # synth's _params, per column
+
+
+cdef inline const float* first(const float[::1] v):
+    return &v[0] if v.shape[0] else NULL
+
+
 def _place(covered, at, nbytes, what):
     if at < 0 or nbytes < 0 or at + nbytes > len(covered):
         raise ValueError(f"RecordWriter: {what} at {at}+{nbytes} is outside the "
@@ -149,12 +156,7 @@ cdef class RecordWriter:
     cdef list names
     cdef list keep     # the arrays the structs point into
 
-    def __cinit__(self):
-        self.runs = NULL
-        self.lists = NULL
-        self.columns = NULL
-        self.zeros = NULL
-
+    # (tp_alloc zeroes the object: the pointers start NULL)
     def __dealloc__(self):
         PyMem_Free(self.runs)
         PyMem_Free(self.lists)
@@ -166,8 +168,6 @@ cdef class RecordWriter:
         cdef Run* r
         cdef List* li
         cdef const uint32_t[::1] keys
-        cdef const float[::1] p
-        cdef const float* ptr
         if size < 0 or size % 8:
             raise ValueError(f"RecordWriter: a fixed part of {size} bytes (a multiple of 8)")
         self.size = size
@@ -189,26 +189,13 @@ cdef class RecordWriter:
                 raise ValueError(f"RecordWriter: run {k} at {at} is not float32-aligned")
             r.cols = &keys[0] if r.m else NULL
             self.keep.append(keys)
-            for name in ("p0", "a", "b", "c", "q", "default", "scale_q2"):
-                p = np.ascontiguousarray(params[name], dtype=np.float32)
-                if p.shape[0] != r.m:
-                    raise ValueError(f"RecordWriter: run {k}: {p.shape[0]} {name} for {r.m} columns")
-                self.keep.append(p)
-                ptr = &p[0] if r.m else NULL
-                if name == "p0":
-                    r.p0 = ptr
-                elif name == "a":
-                    r.a = ptr
-                elif name == "b":
-                    r.b = ptr
-                elif name == "c":
-                    r.c = ptr
-                elif name == "q":
-                    r.q = ptr
-                elif name == "default":
-                    r.deflt = ptr
-                else:
-                    r.scale = ptr
+            got = [np.ascontiguousarray(params[name], dtype=np.float32) for name in PARAMS]
+            for name, arr in zip(PARAMS, got):
+                if arr.shape[0] != r.m:
+                    raise ValueError(f"RecordWriter: run {k}: {arr.shape[0]} {name} for {r.m} columns")
+            self.keep += got
+            r.p0, r.a, r.b, r.c = first(got[0]), first(got[1]), first(got[2]), first(got[3])
+            r.q, r.deflt, r.scale = first(got[4]), first(got[5]), first(got[6])
         for k, spec in enumerate(lists):
             li = &self.lists[k]
             name, li.count_at, li.itemsize = spec[0], spec[1], spec[2]
@@ -267,11 +254,6 @@ cdef class Chunk:
     cdef const int64_t** value_offsets
     cdef const uint8_t** column_data
     cdef list keep
-
-    def __cinit__(self):
-        self.values = NULL
-        self.value_offsets = NULL
-        self.column_data = NULL
 
     def __dealloc__(self):
         PyMem_Free(self.values)
