@@ -47,6 +47,15 @@ extensions = [
         extra_compile_args=compile_args + ["-ffp-contract=off"],
         depends=["_trim/_records_cast.h", "_trim/_kernel.pxd"],
     ),
+    Extension(
+        "_trim._load",
+        ["_trim/_load.pyx"],
+        include_dirs=[np.get_include(), "_trim"],
+        depends=["_trim/_load_values.h"],
+        define_macros=macros + NUMPY_MACROS,
+        # The same float32 operations as numpy's, one at a time.
+        extra_compile_args=compile_args + ["-ffp-contract=off"],
+    ),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives,

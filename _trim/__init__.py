@@ -38,14 +38,22 @@ IMPL_ENV = "TRIMMER_IMPL"
 _KERNEL_API = ("IMPLEMENTATION", "decode", "encode", "encode_into", "encoded_nbytes")
 
 
+def chosen_implementation(name: str | None = None) -> str:
+    """``name``, else ``TRIMMER_IMPL``, else ``kernel``: which implementation
+    of the compiled core's work runs (the gather kernel's, the record
+    program's, the bulk load's); ``reference`` is the slow, obvious one."""
+    chosen = name or os.environ.get(IMPL_ENV, "kernel")
+    if chosen not in ("kernel", "reference"):
+        raise ImportError(f"{IMPL_ENV}={chosen!r}: expected 'kernel' or 'reference'")
+    return chosen
+
+
 def _load_implementation():
     """The module that encodes and decodes: the kernel, or the reference by name."""
-    chosen = os.environ.get(IMPL_ENV, "kernel")
+    chosen = chosen_implementation()
     if chosen == "reference":
         from . import _reference
         return chosen, _reference
-    if chosen != "kernel":
-        raise ImportError(f"{IMPL_ENV}={chosen!r}: expected 'kernel' or 'reference'")
     try:
         from . import _kernel
     except ImportError as exc:
@@ -94,5 +102,5 @@ def compile_plan(layout: Layout, names) -> TrimPlan:
 __all__ = [
     "ALIGN", "DTYPE_CODES", "MAGIC", "VERSION", "IMPLEMENTATION",
     "Batch", "ColumnSpec", "Decoded", "Layout", "Ragged", "TrimPlan",
-    "compile_plan", "decode", "encode", "encode_into", "encoded_nbytes",
+    "chosen_implementation", "compile_plan", "decode", "encode", "encode_into", "encoded_nbytes",
 ]

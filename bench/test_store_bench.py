@@ -1,26 +1,31 @@
 """The feature store: fetch latency (LMDB vs Redis, cache off and on) and bulk load speed.
 
 Fetch: one request's reads, one user and 256 candidates, as the root does
-them (`CachedStore.fetch`: one LMDB read transaction, or one Redis ``MGET``
-on loopback), from the demo's schema at ~250 features (the size of Feast's
-published benchmark), 20,000 candidates drawn at random, 400 rounds per
-case. "cache on" is the root's LRU in front, every entity already in it; the
+them (`CachedStore.reading`: one LMDB read transaction handing out buffers
+into its map, or one Redis ``MGET`` on loopback), from the demo's schema at
+~250 features (the size of Feast's published benchmark), 20,000 candidates
+drawn at random, 400 rounds per case. "cache on" (Redis: an LMDB store is
+read in place, with no cache) is the root's LRU in front, every entity already in it; the
 floor is redis-py's own ``MGET`` of the same keys with a plain client in the
 same run. Asserted: the store's Redis fetch is within 1.3x of that floor,
 and a cached fetch under 0.25x of an uncached one.
 
 Load: `trimmer store synth` for the demo (its full schema, 5,000 users and
 20,000 candidates) into LMDB and into Redis, against the load as it was
-before (`store_baseline.py`) in the same run. Issue 17 asks for >= 5x on
-LMDB; this shared 2-core VM gives 2.3-3.9x (bench/RESULTS.md says where the
-rest goes), so >= 2x is asserted, against regressions, and the goal is
-reported beside the figure. Records/s for both backends in ``extra_info``.
+before (`store_baseline.py`) in the same run, each the best of two rounds
+(the second writes into memory the first gave back; both are reported).
+Beside them the floor of any load into a new LMDB directory: writing as
+many bytes as the LMDB store's file has to a new file (8 MiB a write) and
+syncing it, no records made. Asserted: LMDB >= ``LOAD_SPEEDUP``x the load
+before (issue 17 asks 5x). Records/s for both backends in ``extra_info``.
 
     .venv/bin/python -m pytest bench/test_store_bench.py --benchmark-only
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 
 import numpy as np
@@ -77,6 +82,8 @@ def record(benchmark, key: str) -> None:
 @pytest.mark.parametrize("backend", ["lmdb", "redis"])
 @pytest.mark.parametrize("cache", ["off", "on"])
 def test_fetch(benchmark, stores, backend, cache):
+    if backend == "lmdb" and cache == "on":
+        pytest.skip("LMDB is read in place, with no cache in front (rootproc/cache.py)")
     with open_store(stores[backend]) as store:
         cached = CachedStore(store, 0 if cache == "off" else 100_000, None)
         reqs = requests(ROUNDS + 50)
@@ -85,14 +92,15 @@ def test_fetch(benchmark, stores, backend, cache):
             cached.fetch({"user": [user], "candidate": cands})
         todo = iter(reqs[50:])
 
-        def one():
+        def one():   # as the root reads: LMDB's records are buffers into its map
             user, cands = next(todo)
-            assert cached.fetch({"user": [user], "candidate": cands})["candidate"][0] is not None
+            with cached.reading({"user": [user], "candidate": cands}) as got:
+                assert got["candidate"][0] is not None
 
         benchmark.group = "fetch: 1 user + 256 candidates"
         benchmark.pedantic(one, rounds=ROUNDS, iterations=1)
         record(benchmark, f"{backend} {cache}")
-    if cache == "on" and f"{backend} off" in p50s:
+    if cache == "on" and f"{backend} off" in p50s:   # Redis
         ratio = p50s[f"{backend} on"] / p50s[f"{backend} off"]
         benchmark.extra_info["p50_vs_uncached"] = round(ratio, 3)
         assert ratio < 0.25, ratio
@@ -128,29 +136,64 @@ def demo_schema_path(tmp_path_factory):
 
 
 loads: dict = {}
+LOAD_SPEEDUP = 5
 
 
-@pytest.mark.parametrize("how", ["before", "lmdb", "redis"])
+def write_file(path: str, nbytes: int) -> None:
+    block = np.ones(8 << 20, dtype=np.uint8)
+    with open(path, "wb", buffering=0) as f:
+        for start in range(0, nbytes, len(block)):
+            f.write(block[:min(len(block), nbytes - start)])
+        os.fdatasync(f.fileno())
+
+
+@pytest.mark.parametrize("how", ["before", "lmdb", "floor", "redis"])
 def test_load_demo_store(benchmark, demo_schema_path, server, tmp_path, how):
     counts = {"user": 5000, "candidate": 20_000}
-    address = server.url(f"load-{time.monotonic_ns()}") if how == "redis" else str(tmp_path / "s")
+    addresses: list[str] = []
+    if how == "floor" and "lmdb_nbytes" not in loads:
+        pytest.skip("the floor writes as many bytes as the LMDB case's store has")
+
+    def setup():
+        # Each round into a new store, the last one deleted first: every case
+        # writes its second round into memory its first round gave back (a
+        # VM's never-touched memory costs the host a fault per page).
+        if addresses and how == "floor":
+            os.unlink(addresses[-1])
+        elif addresses and how != "redis":
+            shutil.rmtree(addresses[-1], ignore_errors=True)
+        addresses.append(server.url(f"load-{time.monotonic_ns()}") if how == "redis"
+                         else str(tmp_path / f"s{len(addresses)}"))
+        return (), {}
 
     def run() -> float:
+        address = addresses[-1]
         t0 = time.perf_counter()
         if how == "before":
             store_baseline.load(address, FeatureSchema.load(demo_schema_path), counts)
+        elif how == "floor":
+            write_file(address, loads["lmdb_nbytes"])
         else:
             assert store_cli.main(["synth", "--feature-store", address, "--schema",
                                    str(demo_schema_path), "--users", "5000", "--candidates",
                                    "20000", "--no-progress"]) == 0
-        return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        if how == "lmdb":
+            loads["lmdb_nbytes"] = os.path.getsize(os.path.join(address, "data.mdb"))
+        return seconds
 
     benchmark.group = "load: the demo's store (5,000 users, 20,000 candidates)"
-    seconds = benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.pedantic(run, setup=setup, rounds=2, iterations=1)
+    seconds = benchmark.stats.stats.min
     loads[how] = seconds
     benchmark.extra_info.update(seconds=round(seconds, 2),
-                                records_per_s=round(sum(counts.values()) / seconds))
+                                rounds_s=[round(x, 2) for x in benchmark.stats.stats.data])
+    if how != "floor":
+        benchmark.extra_info["records_per_s"] = round(sum(counts.values()) / seconds)
+    if how == "floor":
+        benchmark.extra_info.update(nbytes=loads["lmdb_nbytes"],
+                                    lmdb_vs_floor=round(loads["lmdb"] / seconds, 2))
     if how == "lmdb" and "before" in loads:
         speedup = loads["before"] / seconds
         benchmark.extra_info.update(speedup_vs_before=round(speedup, 2), goal=5)
-        assert speedup >= 2, f"{speedup:.2f}x"
+        assert speedup >= LOAD_SPEEDUP, f"{speedup:.2f}x"

@@ -39,24 +39,13 @@ gives the feature's ``default`` (0 / an empty list when none is set).
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 
-from _trim import IMPL_ENV, Batch
+from _trim import Batch, chosen_implementation
 
 from . import preprocess_plan
 from .preprocess_numpy import NumpyPreprocessing, hash_ids
 from .records import RawField, RecordLayout, raw_dtype
-
-IMPLEMENTATIONS = ("kernel", "reference")
-
-
-def implementation(name: str | None = None) -> str:
-    """The preprocessing implementation ``name`` or ``TRIMMER_IMPL`` selects."""
-    chosen = name or os.environ.get(IMPL_ENV, "kernel")
-    if chosen not in IMPLEMENTATIONS:
-        raise ImportError(f"{IMPL_ENV}={chosen!r}: expected 'kernel' or 'reference'")
-    return chosen
 
 
 class Preprocessor:
@@ -95,7 +84,7 @@ class Preprocessor:
                 self.raw_fields[f.source].append(raw)
         if problems:
             raise ValueError("feature store does not match the schema:\n  - " + "\n  - ".join(problems))
-        self.impl = implementation(impl)
+        self.impl = chosen_implementation(impl)
         # Compiled for either implementation: a parameter that does not fit the
         # dtype its transform computes in is refused here, at startup, by both.
         steps = preprocess_plan.steps(self)
@@ -118,4 +107,4 @@ class Preprocessor:
         return self._build(user_records, candidate_records)
 
 
-__all__ = ["IMPLEMENTATIONS", "Preprocessor", "hash_ids", "implementation"]
+__all__ = ["Preprocessor", "hash_ids"]

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from _trim import Ragged
+from _trim import Ragged, chosen_implementation
 
 SOURCES = ("user", "candidate")
 LEN_DTYPE = np.dtype("<u4")
@@ -222,13 +222,23 @@ class RecordLayout:
         values = np.concatenate(lists) if lists else np.zeros(0, dtype=f.dtype)
         return values, offsets
 
-    def pack(self, fixed: np.ndarray, ragged: Mapping[str, tuple[np.ndarray, np.ndarray]]
-             ) -> PackedRecords:
+    def pack(self, fixed: np.ndarray, ragged: Mapping[str, tuple[np.ndarray, np.ndarray]],
+             impl: str | None = None) -> PackedRecords:
         """Records from their fixed parts (an array of `dtype`; the ragged
         lengths are filled in here) and each ragged field's (values, offsets),
-        in bulk: one buffer, the values placed with one scatter per field."""
+        in bulk: one buffer, written in one compiled pass (`_trim._load.pack`),
+        or with numpy, the values placed with one scatter per field
+        (``TRIMMER_IMPL=reference``)."""
         n = len(fixed)
         size = self.fixed_nbytes
+        if self.ragged and n and chosen_implementation(impl) == "kernel":
+            from _trim import _load
+            placed: Any = self.dtype.fields
+            buf, offsets = _load.pack(fixed, size, [
+                (f"{self.source}.{f.name}", np.asarray(ragged[f.name][0], dtype=f.dtype),
+                 ragged[f.name][1], np.dtype(f.dtype).itemsize, placed[LEN_PREFIX + f.name][1])
+                for f in self.ragged])
+            return PackedRecords(buf, offsets)
         if not self.ragged:
             return PackedRecords(fixed.view(np.uint8).reshape(-1),
                                  np.arange(n + 1, dtype=np.int64) * size)
@@ -238,6 +248,8 @@ class RecordLayout:
             counts[:, k] = np.diff(offsets)
             if len(values) < offsets[-1] or (counts[:, k] < 0).any():
                 raise ValueError(f"{self.source}.{f.name}: offsets do not fit its {len(values)} values")
+            if n and counts[:, k].max() > 0xFFFFFFFF:
+                raise ValueError(f"{self.source}.{f.name}: a list longer than 2**32 - 1")
             fixed[LEN_PREFIX + f.name] = counts[:, k]
         sizes = np.array([np.dtype(f.dtype).itemsize for f in self.ragged], dtype=np.int64)
         seg_nbytes = (counts * sizes + 7) & ~7

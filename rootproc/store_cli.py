@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from queue import Queue
+from typing import Any
 
 import numpy as np
 import orjson
@@ -98,10 +99,15 @@ def read_jsonl(path: str, layout: RecordLayout):
         yield flush(rows)
 
 
-def chunks_for(args, store: FeatureStore, schema, source: str):
+def chunks_for(args, store: FeatureStore, schema, source: str) -> tuple[int | None, Iterator]:
+    """(records expected or None, a lazy iterator of (ids, records)): nothing
+    is made (a synthesizer set up, a file opened) before its first item."""
     if args.action == "synth":
         count = getattr(args, f"{source}s")
-        return count, Synthesizer(schema, store.layout(source), args.seed).chunks(count)
+
+        def synth() -> Iterator:
+            yield from Synthesizer(schema, store.layout(source), args.seed).chunks(count)
+        return count, synth()
     path = getattr(args, f"{source}s")
     if not path:
         return 0, iter(())
@@ -111,7 +117,7 @@ def chunks_for(args, store: FeatureStore, schema, source: str):
 
 def ahead(chunks: Iterator) -> Iterator:
     """``chunks``, each made in a thread while the one before it is written:
-    numpy (making) and the store (writing) both run without the GIL."""
+    making (compiled, numpy) and the store (writing) both run without the GIL."""
     done = object()
     queue: Queue = Queue(maxsize=1)
 
@@ -133,19 +139,31 @@ def ahead(chunks: Iterator) -> Iterator:
 
 
 def write(args, store: FeatureStore, schema) -> tuple[dict, int]:
-    """Every chunk of ``args`` written; (records per source, bytes)."""
+    """Every chunk of ``args`` written, the sources one after the other from
+    one thread making them (the next source's set-up overlaps the last
+    writes of the one before); (records per source, bytes)."""
     from tqdm import tqdm
-    counts, nbytes = {}, 0
-    for source in SOURCES:
-        total, chunks = chunks_for(args, store, schema, source)
-        counts[source] = 0
-        with tqdm(total=total, unit="rec", desc=source, file=sys.stderr, leave=False,
-                  disable=args.no_progress or None) as progress:
-            for ids, records in ahead(chunks):
-                store.put_many(source, ids, records)
-                counts[source] += len(ids)
-                nbytes += records.nbytes
-                progress.update(len(ids))
+    counts, nbytes = {s: 0 for s in SOURCES}, 0
+    plans = [(source, *chunks_for(args, store, schema, source)) for source in SOURCES]
+    totals = {source: total for source, total, _ in plans}
+    made = ((source, ids, records) for source, _, chunks in plans for ids, records in chunks)
+    progress: Any = None
+    shown = None
+    try:
+        for source, ids, records in ahead(made):
+            if source != shown:
+                if progress is not None:
+                    progress.close()
+                progress = tqdm(total=totals[source], unit="rec", desc=source, file=sys.stderr,
+                                leave=False, disable=args.no_progress or None)
+                shown = source
+            store.put_many(source, ids, records)
+            counts[source] += len(ids)
+            nbytes += records.nbytes
+            progress.update(len(ids))
+    finally:
+        if progress is not None:
+            progress.close()
     return counts, nbytes
 
 
@@ -168,6 +186,8 @@ def main(argv: list[str]) -> int:
     load.add_argument("--users", help="file of user records")
     load.add_argument("--candidates", help="file of candidate records")
     args = parser.parse_args(argv)
+    from _trim.memory import keep_large_buffers
+    keep_large_buffers()   # a chunk's buffers reuse the last chunk's pages
     try:
         if args.action == "info":
             with open_store(args.feature_store) as store:

@@ -22,9 +22,12 @@ A missing value is the field's default (0 unless the schema names one).
 Every value is a pure function of (seed, source, field, element, entity id):
 a counter-based hash (murmur3's finalizer) of them is mapped through the
 field's profile. So the same seed gives the same store whatever the chunking,
-adding a field changes no other field's values, and the work is whole-array
-arithmetic on rows already laid out as records (`RecordLayout.pack`): no
-per-record or per-field-and-record Python.
+and adding a field changes no other field's values. The numpy code here is
+the definition (``TRIMMER_IMPL=reference``: whole-array arithmetic on a
+chunk's fixed parts, then `RecordLayout.pack`); by default a compiled
+`RecordWriter` (_trim/_load.pyx) draws the float32 fields and id lists
+straight into the chunk's records, the same bytes, each written once, with
+numpy giving it the rarer fields.
 """
 from __future__ import annotations
 
@@ -32,12 +35,16 @@ import os
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
-from .records import PackedRecords, RawField, RecordLayout
+from _trim import chosen_implementation
 
-CHUNK_NBYTES = 1 << 25    # records made per chunk (one store write each)
+from .records import LEN_PREFIX, PackedRecords, RawField, RecordLayout
+
+CHUNK_NBYTES = 1 << 23    # records made per chunk (one store write each): under
+                          # malloc's mmap threshold (_trim/memory.py), so their pages are reused
 BLOCK_NBYTES = 1 << 19     # rows computed at a time: sized for the CPU's cache
 THREADS = min(4, os.cpu_count() or 1)
 COLD = 0.08
@@ -173,15 +180,21 @@ def _params(profiles: list[Profile], widths: list[int], dtype=np.float32,
     return {k: v.astype(dtype) for k, v in out.items()}
 
 
+def _empty_fraction(p: Profile) -> float:
+    """The share of a list field's rows with an empty list: 20-50 %, per field."""
+    return 0.2 + 0.3 * float((p.key >> 8) / (1 << 24))
+
+
 class Synthesizer:
     """Records for one source of a layout: `chunks` yields (ids, records)."""
 
-    def __init__(self, schema, layout: RecordLayout, seed: int):
+    def __init__(self, schema, layout: RecordLayout, seed: int, impl: str | None = None):
         ops: dict[str, dict] = {}
         for feat in schema.features.values():
             if feat.source == layout.source:
                 ops.setdefault(feat.raw_name, feat.transform)
         self.layout, self.seed, self.source = layout, seed, layout.source
+        self.impl = chosen_implementation(impl)
         self.profiles = {f.name: Profile(f, ops.get(f.name, {}), seed, self.source)
                          for f in layout.fields.values()}
         # Float32 fields next to each other in the record, of one kind (dense
@@ -202,6 +215,7 @@ class Synthesizer:
             group.append(f)
         if group:
             self._add_run(group)
+        self.writer = self._writer() if self.impl == "kernel" else None
 
     def _add_run(self, fields: list[RawField]) -> None:
         profiles = [self.profiles[f.name] for f in fields]
@@ -218,28 +232,62 @@ class Synthesizer:
                 ids = np.arange(lo, min(lo + rows, start + count), dtype=np.int64)
                 yield ids, self.records(ids, pool)
 
+    def _drawn(self, f: RawField) -> bool:
+        """Whether the compiled writer draws ``f``'s lists itself: id lists of
+        an integer or bool dtype, the usual kind; others come from `_ragged`."""
+        return bool(self.profiles[f.name].vocab) and np.dtype(f.dtype).kind in "iub"
+
+    def _writer(self):
+        """The compiled `RecordWriter` for this layout: the float32 runs and
+        id lists drawn in place, other fields given by numpy per chunk."""
+        from _trim._load import RecordWriter
+        placed: Any = self.layout.dtype.fields
+        lists: list[tuple] = []
+        for f in self.layout.ragged:
+            at, itemsize = placed[LEN_PREFIX + f.name][1], np.dtype(f.dtype).itemsize
+            if not self._drawn(f):
+                lists.append((f.name, at, itemsize))
+                continue
+            p = self.profiles[f.name]
+            lists.append((f.name, at, itemsize, np.dtype(f.dtype) == np.bool_,
+                          int((p.columns(1) ^ np.uint32(0x5EED))[0]), _empty_fraction(p),
+                          p.columns(MAX_LIST), p.vocab, p.hashed, int(p.key)))
+        columns = [(placed[f.name][1], np.dtype(f.dtype).itemsize * f.width) for f in self.others]
+        return RecordWriter(self.layout.fixed_nbytes,
+                            [(a, cols, params, dense) for a, _, params, cols, dense in self.runs],
+                            lists, columns)
+
     def records(self, ids: np.ndarray, pool: ThreadPoolExecutor | None = None) -> PackedRecords:
         if pool is None:
             with ThreadPoolExecutor(THREADS, thread_name_prefix="synth") as own:
                 return self.records(ids, own)
         keys = row_keys(self.seed, self.source, ids)
         cold = (_mix(keys ^ np.uint32(0xC01D)) < np.uint32(COLD * 2**32)).astype(np.float32)
+        # Both implementations let go of the GIL: slices of rows on every core.
+        bounds = np.linspace(0, len(ids), THREADS + 1).astype(int).tolist()
+        parts = [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+        if self.writer is not None:
+            chunk = self.writer.chunk(
+                len(ids), keys, cold,
+                [self._ragged(f, keys, cold) for f in self.layout.ragged if not self._drawn(f)],
+                [self._other(f, keys, cold).reshape(len(ids), f.width) for f in self.others])
+            for done in [pool.submit(chunk.write, lo, hi) for lo, hi in parts]:
+                done.result()
+            return PackedRecords(*chunk.result())
         fixed = np.zeros(len(ids), dtype=self.layout.dtype)
         raw = fixed.view(np.uint8).reshape(len(ids), self.layout.fixed_nbytes)
-        # numpy lets go of the GIL: slices of rows and the list fields on every core.
-        bounds = np.linspace(0, len(ids), THREADS + 1).astype(int).tolist()
-        runs = [pool.submit(self._runs, raw, keys, cold, lo, hi)
-                for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+        runs = [pool.submit(self._runs, raw, keys, cold, lo, hi) for lo, hi in parts]
         lists = {f.name: pool.submit(self._ragged, f, keys, cold) for f in self.layout.ragged}
         for done in runs:
             done.result()
         ragged = {name: done.result() for name, done in lists.items()}
         for f in self.others:
             fixed[f.name] = self._other(f, keys, cold).reshape((len(ids),) + f.shape)
-        return self.layout.pack(fixed, ragged)
+        return self.layout.pack(fixed, ragged, "reference")
 
     def _runs(self, raw: np.ndarray, keys: np.ndarray, cold: np.ndarray, lo: int, hi: int) -> None:
-        """Rows ``lo:hi`` of every float32 run, a cache-sized block at a time."""
+        """Rows ``lo:hi`` of every float32 run, a cache-sized block at a time:
+        the definition the compiled writer (`_trim._load`) follows bit for bit."""
         for a, b, params, cols, dense in self.runs:
             out = raw[:, a:b].view(np.float32)
             block = max(1, BLOCK_NBYTES // (b - a))
@@ -281,9 +329,9 @@ class Synthesizer:
     def _ragged(self, f: RawField, keys: np.ndarray, cold: np.ndarray) -> tuple:
         """(values, offsets) of a list field: a length per row, then one hash per element."""
         p = self.profiles[f.name]
+        empty = _empty_fraction(p)
         u = _uniform(keys, p.columns(1) ^ np.uint32(0x5EED), np.empty((len(keys), 1), np.uint32),
                      np.empty((len(keys), 1), np.float64))[:, 0]
-        empty = 0.2 + 0.3 * ((p.key >> 8) / (1 << 24))   # 20-50 % empty lists, per field
         w = np.maximum(u - empty, 0) / (1 - empty)
         lengths = np.where(cold > 0, 0, np.minimum(MAX_LIST, np.ceil(6 * w / (1.00001 - w))))
         offsets = np.zeros(len(keys) + 1, dtype=np.int64)
