@@ -247,3 +247,13 @@ class KeyDependent(torch.nn.Module):
         if "pin_quality" in features:
             return features["pin_ctr_7d"]
         return features["pin_age_days"]
+
+
+class WritesInput(torch.nn.Module):
+    """Scales a feature in place, through a view of it: the leaf may hand
+    it read-only shared memory."""
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        ctr = features["pin_ctr_7d"]
+        ctr[:].mul_(2.0)
+        return ctr + features["pin_age_days"]

@@ -194,3 +194,13 @@ def test_package_for_another_device_or_torch_is_refused(format_repo, tmp_path):
     # the wheel's local tag (+cpu, +cu126) names a build, not a release
     release = artifacts.torch_release()
     assert artifacts.load(str(path), Artifact("aoti", "cpu", release + "+other"), CPU) is not None
+
+
+def test_a_model_writing_to_its_inputs_is_refused_for_export(tmp_path, schema):
+    """A compiled package writes straight into the leaf's input memory, which
+    can be a root's read-only slot; TorchScript's writes the leaf can see
+    (tests/leaf/test_input_writes.py), so it remains the way to ship one."""
+    with pytest.raises(ExportError, match=r"writes to its input pin_ctr_7d in place.*clone"):
+        export(SRC + "WritesInput", tmp_path, "w", schema, fmt="export")
+    assert ModelRepository(tmp_path).models() == []
+    assert export(SRC + "WritesInput", tmp_path, "w", schema).artifact.kind == "torchscript"
