@@ -93,12 +93,31 @@ def assemble(parts: list[Part], mappers: list[Mapper], inputs: list[TensorSpec])
     return features
 
 
+def _private_copy(arr: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(arr.copy())
+
+
 class HostTensors:
     device = torch.device("cpu")
 
-    def build(self, parts: list[Part], inputs: list[TensorSpec]) -> dict:
-        mapper = torch.from_numpy
-        return assemble(parts, [mapper] * len(parts), inputs)
+    def build(self, parts: list[Part], inputs: list[TensorSpec], private: bool = False) -> dict:
+        """``private``: the model writes to its inputs, so columns on memory
+        the leaf may only read (a root's shared-memory slot) are copied; a
+        received frame is the leaf's own and is used in place."""
+        mappers: list[Mapper] = [
+            _private_copy if private and not p.raw.flags.writeable else torch.from_numpy
+            for p in parts]
+        return assemble(parts, mappers, inputs)
+
+
+def written_inputs(model, features: dict[str, torch.Tensor]) -> list[str]:
+    """The inputs one forward of ``model`` writes to in place (torch counts
+    every in-place write in a tensor's version), run on ``features`` made
+    outside inference mode so that they keep that count."""
+    before = {name: t._version for name, t in features.items()}
+    with torch.inference_mode():
+        model(features)
+    return sorted(name for name, t in features.items() if t._version != before[name])
 
 
 class StagedTensors:
@@ -123,7 +142,8 @@ class StagedTensors:
         self._staging = torch.empty(size, dtype=torch.uint8, pin_memory=self._pin)
         self._staging_np = self._staging.numpy()
 
-    def build(self, parts: list[Part], inputs: list[TensorSpec]) -> dict:
+    def build(self, parts: list[Part], inputs: list[TensorSpec], private: bool = False) -> dict:
+        # Always private: the model sees the staging buffer or the device's copy.
         bases, total = [], 0
         for p in parts:
             bases.append(total)

@@ -36,7 +36,7 @@ from signatures.module_info import ModuleInfo
 from .defaults import MAX_ERROR_CHARS, REPLY_LINGER_MS, WARMUP_ROWS
 from .metrics import LeafMetrics
 from .signature import SignatureCheck, synthetic_message
-from .tensors import ModelOutputError, Part, builder_for, merge_key, to_scores
+from .tensors import ModelOutputError, Part, builder_for, merge_key, to_scores, written_inputs
 
 log = logging.getLogger("leafproc")
 
@@ -95,6 +95,9 @@ class ModelWorker(threading.Thread):
         self._reply_endpoint = reply_endpoint
         self._push: zmq.Socket | None = None   # made on the worker's own thread
         self.model: Any = None   # the loaded module; None until loaded, and once unloaded
+        # Inputs the model writes to in place (found at warm-up): it gets its
+        # own copy of any it would otherwise read from a root's read-only slot.
+        self.writes_inputs: list[str] = []
 
     # -- called from the I/O thread -------------------------------------------
 
@@ -144,6 +147,14 @@ class ModelWorker(threading.Thread):
             self.model = artifacts.load(self.path, self.info.artifact, self.device)
             # Warm-up runs the real path (decode, check, build, forward) so that the
             # first request pays no lazy initialisation or JIT profiling cost.
+            msg = synthetic_message(self.inputs, WARMUP_ROWS)
+            decoded = _trim.decode(msg)
+            part = Part(decoded, np.frombuffer(msg, dtype=np.uint8), WARMUP_ROWS)
+            self.writes_inputs = written_inputs(self.model, self.builder.build([part], self.inputs))
+            if self.writes_inputs:
+                log.warning("model %s writes to its inputs %s in place: they are copied out of "
+                            "shared-memory slots before each forward (a cost; clone them in the "
+                            "model instead)", self.key, ", ".join(self.writes_inputs))
             msg = synthetic_message(self.inputs, WARMUP_ROWS)
             for _ in range(2):
                 decoded = _trim.decode(msg)
@@ -233,7 +244,7 @@ class ModelWorker(threading.Thread):
         rows = sum(p.rows for p in parts)
         t0 = time.perf_counter()
         try:
-            features = self.builder.build(parts, self.inputs)
+            features = self.builder.build(parts, self.inputs, private=bool(self.writes_inputs))
         except Exception as exc:
             log.exception("model %s: building tensors failed", self.key)
             for req, *_ in group:

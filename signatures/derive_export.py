@@ -170,6 +170,30 @@ def used_features(program: torch.export.ExportedProgram, keys: list[str]) -> Der
     return derivation
 
 
+def written_inputs(program: torch.export.ExportedProgram, keys: list[str]) -> list[str]:
+    """The dict keys the graph changes in place, directly or through a view:
+    an op whose schema marks an argument written, on a value aliasing an input."""
+    from torch.export.graph_signature import InputKind
+    specs = [s for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    root = {spec.arg.name: key for key, spec in zip(keys, specs)}   # node name -> input key
+    written: set[str] = set()
+    for node in program.graph.nodes:
+        schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+        if schema is None:
+            continue
+        for arg, formal in zip(node.args, schema.arguments):
+            key = root.get(arg.name) if isinstance(arg, torch.fx.Node) else None
+            if key is not None and formal.alias_info is not None and formal.alias_info.is_write:
+                written.add(key)
+        # A view (or an in-place op's result) aliases the input it came from.
+        sources = [root[a.name] for a, formal in zip(node.args, schema.arguments)
+                   if isinstance(a, torch.fx.Node) and a.name in root
+                   and formal.alias_info is not None]
+        if sources and any(r.alias_info is not None for r in schema.returns):
+            root[node.name] = sources[0]
+    return sorted(written)
+
+
 def _place(node) -> str:
     for user in node.users:
         found = list(_RAISED_AT.finditer(user.meta.get("stack_trace") or ""))
@@ -209,6 +233,14 @@ def export_program(module: torch.nn.Module, schema: FeatureSchema, names: list[s
     which must then be exactly what its graph reads. ``saved``: ``module``
     is a saved program (`program_source`) and ``names`` the inputs it takes."""
     program = trace(module, schema, names, derived=not saved, saved=saved)
+    written = written_inputs(program, input_keys(schema, names))
+    if written:
+        raise ExportError(
+            f"the model writes to its input{'s' if len(written) > 1 else ''} "
+            f"{', '.join(written)} in place: a compiled program writes straight into the "
+            "leaf's input memory, which on a same-node link is a root's read-only shared "
+            "memory; clone an input before changing it, or export it with --format torchscript "
+            "(whose leaf copies such inputs)")
     read = set(used_features(program, input_keys(schema, names)).features())
     if read != set(names) and saved:
         unused = ", ".join(sorted(set(names) - read))
