@@ -54,5 +54,14 @@ def leaf(module_process_runner, repo):
 
 
 @pytest.fixture
+def shm_dir(tmp_path, monkeypatch):
+    """A private segment directory for the leaves this test spawns."""
+    path = tmp_path / "shm"
+    path.mkdir()
+    monkeypatch.setenv("TRIMMER_SHM_DIR", str(path))  # inherited by the spawned leaf
+    return path
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)

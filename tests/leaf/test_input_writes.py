@@ -35,14 +35,6 @@ class ScribblesOnInputs(torch.nn.Module):
 
 
 @pytest.fixture
-def shm_dir(tmp_path, monkeypatch):
-    path = tmp_path / "shm"
-    path.mkdir()
-    monkeypatch.setenv("TRIMMER_SHM_DIR", str(path))   # inherited by the spawned leaf
-    return path
-
-
-@pytest.fixture
 def scribbler(tmp_path):
     repo = tmp_path / "models"
     write_model(repo, "scribble", "1", INPUTS, module=ScribblesOnInputs())

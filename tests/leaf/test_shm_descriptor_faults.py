@@ -18,14 +18,6 @@ pytestmark = pytest.mark.slow
 BASE = {"type": "score", "model": "ctr@3", "rows": 4, "compression": "none"}
 
 
-@pytest.fixture
-def shm_dir(tmp_path, monkeypatch):
-    path = tmp_path / "shm"
-    path.mkdir()
-    monkeypatch.setenv("TRIMMER_SHM_DIR", str(path))  # inherited by the spawned leaf
-    return path
-
-
 def test_descriptor_naming_a_directory_or_fifo_is_refused(process_runner, repo, shm_dir):
     leaf = process_runner.leaf(repo.root, models=["ctr@3"], name="shm-faults")
     directory = shm_dir / "trimmer-1-dir-00000000"

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -31,6 +33,16 @@ def spawn_root(runner: ProcessRunner, world: dict, leaf_endpoints: dict, *, tran
     if ready is not None:
         proc.wait_ready(30, ready=ready)
     return proc
+
+
+@contextlib.contextmanager
+def leaves_running(tmp_path_factory, world: dict, transports=("ipc",)) -> Iterator[dict]:
+    """`spawn_leaves` in a runner of their own, stopped on exit (a module's leaves)."""
+    runner = ProcessRunner(tmp_path_factory.mktemp("leaves"))
+    try:
+        yield spawn_leaves(runner, world, transports)
+    finally:
+        runner.close()
 
 
 def spawn_leaves(runner: ProcessRunner, world: dict, transports=("ipc",)) -> dict:

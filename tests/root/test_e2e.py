@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from rootproc.client import ScoringClient
-from tests.support.procs import ProcessRunner, free_tcp_port
+from tests.support.procs import free_tcp_port
 
-from .conftest import spawn_leaves, spawn_root
+from .conftest import leaves_running, spawn_root
 from .world import CANDIDATE_IDS, GAP_MODEL, MODELS, SCHEMA, USER_IDS, assert_scores_match, message_nbytes
 
 pytestmark = pytest.mark.slow
@@ -22,11 +22,8 @@ ALL_FEATURES = [f["name"] for f in SCHEMA["features"]]
 
 @pytest.fixture(scope="module")
 def leaves(world, tmp_path_factory):
-    runner = ProcessRunner(tmp_path_factory.mktemp("leaves"))
-    try:
-        yield spawn_leaves(runner, world, ("ipc", "tcp"))
-    finally:
-        runner.close()
+    with leaves_running(tmp_path_factory, world, ("ipc", "tcp")) as endpoints:
+        yield endpoints
 
 
 def request_ids(seed: int, n: int = 40):

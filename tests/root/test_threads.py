@@ -8,7 +8,7 @@ import pytest
 
 from rootproc.client import ScoringClient
 
-from .conftest import spawn_leaves, spawn_root
+from .conftest import leaves_running, spawn_root
 from .world import CANDIDATE_IDS, MODELS, USER_IDS, assert_scores_match
 
 pytestmark = pytest.mark.slow
@@ -16,12 +16,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def leaves(world, tmp_path_factory):
-    from tests.support.procs import ProcessRunner
-    runner = ProcessRunner(tmp_path_factory.mktemp("leaves"))
-    try:
-        yield spawn_leaves(runner, world)["ipc"]
-    finally:
-        runner.close()
+    with leaves_running(tmp_path_factory, world) as endpoints:
+        yield endpoints["ipc"]
 
 
 def test_requests_in_flight_on_workers_get_exact_scores_and_one_reply_each(world, leaves,

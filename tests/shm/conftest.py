@@ -6,9 +6,9 @@ import urllib.request
 import pytest
 
 from _trim.transport.shm import owner_pid
-from tests.root.conftest import leaves_healthy, spawn_leaves, spawn_root  # noqa: F401
+from tests.root.conftest import leaves_healthy, leaves_running, spawn_leaves, spawn_root  # noqa: F401
 from tests.root.world import build_world
-from tests.support.procs import STARTED_PIDS, ProcessRunner, free_tcp_port
+from tests.support.procs import STARTED_PIDS, free_tcp_port
 
 SHM_DIR = "/dev/shm"
 
@@ -48,11 +48,8 @@ def shm_left_as_found():
 
 @pytest.fixture(scope="module")
 def leaves(world, tmp_path_factory):
-    runner = ProcessRunner(tmp_path_factory.mktemp("leaves"))
-    try:
-        yield spawn_leaves(runner, world, ("ipc",))["ipc"]
-    finally:
-        runner.close()
+    with leaves_running(tmp_path_factory, world) as endpoints:
+        yield endpoints["ipc"]
 
 
 def metric(port: int, name: str, **labels) -> float:

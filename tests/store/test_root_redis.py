@@ -12,9 +12,9 @@ from rootproc import store_cli
 from rootproc.client import ScoringClient
 from rootproc.store import create_store
 from signatures.schema import FeatureSchema
-from tests.root.conftest import spawn_leaves, spawn_root
+from tests.root.conftest import leaves_running, spawn_root
 from tests.root.world import CANDIDATE_IDS, MODELS, USER_IDS, assert_scores_match
-from tests.support.procs import ProcessRunner, free_tcp_port
+from tests.support.procs import free_tcp_port
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +33,8 @@ def load_redis(world, url: str) -> None:
 
 @pytest.fixture(scope="module")
 def leaves(world, tmp_path_factory):
-    runner = ProcessRunner(tmp_path_factory.mktemp("leaves"))
-    try:
-        yield spawn_leaves(runner, world)["ipc"]
-    finally:
-        runner.close()
+    with leaves_running(tmp_path_factory, world) as endpoints:
+        yield endpoints["ipc"]
 
 
 def metrics(port: int) -> dict:
