@@ -70,11 +70,8 @@ def bundle(seed: int) -> Bundle:
 def zk(tmp_path_factory):
     sys.path.insert(0, str(ROOT))
     from tests.support.zookeeper import ZooKeeperServer
-    server = ZooKeeperServer(tmp_path_factory.mktemp("zk")).start()
-    try:
+    with ZooKeeperServer(tmp_path_factory.mktemp("zk")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

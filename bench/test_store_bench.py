@@ -47,11 +47,8 @@ p50s: dict = {}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

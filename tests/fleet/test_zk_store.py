@@ -48,11 +48,8 @@ def wait_for(what: str, check, timeout: float = 15.0):
 @pytest.fixture
 def own_zk(tmp_path):
     """A server this test may stop and kill."""
-    server = ZooKeeperServer(tmp_path / "zk").start()
-    try:
+    with ZooKeeperServer(tmp_path / "zk") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_the_address_names_hosts_and_a_chroot(tmp_path):

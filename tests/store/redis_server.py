@@ -1,8 +1,8 @@
 """A real redis-server for tests: its own free port and directory, no persistence, stopped after.
 
-    server = RedisServer(tmp_path).start()
-    server.url("ns")          # redis://127.0.0.1:PORT/0?namespace=ns
-    server.kill(); server.start()   # the same port and directory: a restart
+    with RedisServer(tmp_path) as server:
+        server.url("ns")      # redis://127.0.0.1:PORT/0?namespace=ns
+        server.kill(); server.start()   # the same port and directory: a restart
 
 Without the redis-server binary (Debian's ``redis-server`` package) the
 tests that need it are skipped, saying so, unless TRIMMER_TEST_SERVICES=required,
@@ -15,52 +15,39 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
-
-import pytest
 
 from tests.support.procs import free_tcp_port
+from tests.support.services import ServerProcess, require, tail
 
 BINARY = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-def require_redis_server() -> str:
-    if os.path.exists(BINARY):
-        return BINARY
-    reason = ("redis-server is not installed (Debian: apt-get install redis-server); "
-              "the Redis feature store tests need a real server")
-    if os.environ.get("TRIMMER_TEST_SERVICES") == "required":
-        pytest.fail(reason + " and TRIMMER_TEST_SERVICES=required")
-    pytest.skip(reason)
+class RedisServer(ServerProcess):
+    name = "redis-server"
+    poll_s = 0.02
 
-
-class RedisServer:
     def __init__(self, tmp_path, password: str | None = None):
-        self.binary = require_redis_server()
+        super().__init__()
+        require(os.path.exists(BINARY), "redis-server is not installed (Debian: apt-get install "
+                "redis-server); the Redis feature store tests need a real server")
         self.dir = os.fspath(tmp_path)
         self.port = free_tcp_port()
         self.password = password
-        self.proc: subprocess.Popen | None = None
 
     def url(self, namespace: str = "features", db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}?namespace={namespace}"
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        """Start (or restart) the server; it loads dump.rdb if `save` wrote one."""
-        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+    def _popen(self) -> subprocess.Popen:
+        # It loads dump.rdb if `save` wrote one.
+        argv = [BINARY, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", self.dir, "--save", "", "--appendonly", "no",
                 "--logfile", os.path.join(self.dir, "redis.log"), "--daemonize", "no"]
         if self.password:
             argv += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {self.log()}")
-            if self.command("PING") == b"+PONG":   # not -LOADING: the dump is read
-                return self
-            time.sleep(0.02)
-        raise TimeoutError(f"redis-server on port {self.port} not up after {timeout}s: {self.log()}")
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def serving(self) -> bool:
+        return self.command("PING") == b"+PONG"   # not -LOADING: the dump is read
 
     def command(self, *args: str) -> bytes | None:
         """One inline command's first reply line (b"+OK", b"-ERR ..."), None if unreachable."""
@@ -79,11 +66,6 @@ class RedisServer:
         reply = self.command("SAVE")
         assert reply == b"+OK", reply
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
     def pause(self) -> None:
         """SIGSTOP: the server keeps its sockets and answers nothing (a stalled server)."""
         assert self.proc is not None
@@ -93,19 +75,5 @@ class RedisServer:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
     def log(self) -> str:
-        try:
-            with open(os.path.join(self.dir, "redis.log")) as f:
-                return f.read()[-2000:]
-        except OSError:
-            return ""
+        return tail(os.path.join(self.dir, "redis.log"))

@@ -40,8 +40,5 @@ def zk_server(tmp_path_factory):
     """A ZooKeeper server for the session; each test takes a chroot of its own
     (``zk_server.address()``). Tests that stop or kill a server start their own."""
     from .zookeeper import ZooKeeperServer
-    server = ZooKeeperServer(tmp_path_factory.mktemp("zookeeper")).start()
-    try:
+    with ZooKeeperServer(tmp_path_factory.mktemp("zookeeper")) as server:
         yield server
-    finally:
-        server.stop()

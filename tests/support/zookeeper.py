@@ -1,9 +1,9 @@
 """A real ZooKeeper server for tests: standalone, its own free port and data
 directory, stopped after.
 
-    server = ZooKeeperServer(tmp_path).start()
-    server.address("cluster-a")        # zk://127.0.0.1:PORT/cluster-a
-    server.kill(); server.start()      # same port and data: a crash and a restart
+    with ZooKeeperServer(tmp_path) as server:
+        server.address("cluster-a")        # zk://127.0.0.1:PORT/cluster-a
+        server.kill(); server.start()      # same port and data: a crash and a restart
 
 It runs Debian's ``zookeeper`` package (its jars in /usr/share/java) on the
 Java found on PATH, with a short tick so that session timeouts of a second
@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import time
 import uuid
 
-import pytest
-
 from tests.support.procs import free_tcp_port
+from tests.support.services import ServerProcess, require, tail
 
 INSTALLED = "/usr/share/zookeeper/bin/zkServer.sh"
 JAR = "/usr/share/java/zookeeper.jar"
@@ -33,22 +30,23 @@ TICK_MS = 250
 
 def require_zookeeper() -> str:
     java = shutil.which("java")
-    if os.path.exists(INSTALLED) and os.path.exists(JAR) and java:
-        return java
-    reason = ("ZooKeeper is not installed (Debian: apt-get install zookeeper; it brings Java) "
-              "and the fleet config store tests need a real server")
-    if os.environ.get("TRIMMER_TEST_SERVICES") == "required":
-        pytest.fail(reason + " and TRIMMER_TEST_SERVICES=required")
-    pytest.skip(reason)
+    require(bool(os.path.exists(INSTALLED) and os.path.exists(JAR) and java),
+            "ZooKeeper is not installed (Debian: apt-get install zookeeper; it brings Java) "
+            "and the fleet config store tests need a real server")
+    assert java is not None
+    return java
 
 
-class ZooKeeperServer:
+class ZooKeeperServer(ServerProcess):
+    name = "ZooKeeper"
+    poll_s = 0.1
+
     def __init__(self, tmp_path, host: str = "127.0.0.1", port: int | None = None):
+        super().__init__()
         self.java = require_zookeeper()
         self.dir = os.fspath(tmp_path)
         self.host = host
         self.port = port or free_tcp_port()
-        self.proc: subprocess.Popen | None = None
         self._log = None
 
     @property
@@ -75,24 +73,14 @@ class ZooKeeperServer:
                     "log4j.appender.FILE.layout.ConversionPattern=%d %-5p %m%n\n")
         return cfg
 
-    def start(self, timeout: float = 30.0) -> ZooKeeperServer:
-        """Start (or restart: same port, same data) and wait until it serves."""
+    def _popen(self) -> subprocess.Popen:
         cfg = self._write_config()
         self._log = open(os.path.join(self.dir, "stdout.log"), "ab")
-        self.proc = subprocess.Popen(
+        return subprocess.Popen(
             [self.java, "-Xmx192m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
              "-Dzookeeper.admin.enableServer=false", "-Dzookeeper.jmx.log4j.disable=true",
              "-cp", f"{self.dir}:{JAR}", MAIN, cfg],
             stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ZooKeeper exited with {self.proc.returncode}: {self.log()}")
-            if self.serving():
-                return self
-            time.sleep(0.1)
-        self.kill()
-        raise TimeoutError(f"ZooKeeper on {self.hosts} not serving after {timeout}s: {self.log()}")
 
     def serving(self) -> bool:
         from kazoo.client import KazooClient
@@ -106,34 +94,14 @@ class ZooKeeperServer:
             zk.stop()
             zk.close()
 
-    def kill(self) -> None:
-        """SIGKILL: a crash."""
-        self._end(signal.SIGKILL)
-
-    def stop(self) -> None:
-        self._end(signal.SIGTERM)
-
     def _end(self, sig) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        super()._end(sig)
         if self._log is not None:
             self._log.close()
             self._log = None
 
     def log(self) -> str:
-        out = ""
-        for name in ("stdout.log", "zookeeper.log"):
-            try:
-                with open(os.path.join(self.dir, name)) as f:
-                    out += f.read()[-2000:]
-            except OSError:
-                pass
-        return out
+        return "".join(tail(os.path.join(self.dir, name)) for name in ("stdout.log", "zookeeper.log"))
 
 
 __all__ = ["ZooKeeperServer", "require_zookeeper"]
