@@ -110,13 +110,13 @@ class HostTensors:
         return assemble(parts, mappers, inputs)
 
 
-def written_inputs(model, features: dict[str, torch.Tensor]) -> list[str]:
-    """The inputs one forward of ``model`` writes to in place (torch counts
-    every in-place write in a tensor's version), run on ``features`` made
-    outside inference mode so that they keep that count."""
+def written_inputs(model, features: dict[str, torch.Tensor], rows: int) -> list[str]:
+    """The inputs one forward of ``model`` (its output checked as `to_scores`
+    does) writes to in place: torch counts every in-place write in a tensor's
+    version, kept by ``features`` made outside inference mode."""
     before = {name: t._version for name, t in features.items()}
     with torch.inference_mode():
-        model(features)
+        to_scores(model(features), rows)
     return sorted(name for name, t in features.items() if t._version != before[name])
 
 

@@ -147,21 +147,22 @@ class ModelWorker(threading.Thread):
             self.model = artifacts.load(self.path, self.info.artifact, self.device)
             # Warm-up runs the real path (decode, check, build, forward) so that the
             # first request pays no lazy initialisation or JIT profiling cost.
-            msg = synthetic_message(self.inputs, WARMUP_ROWS)
-            decoded = _trim.decode(msg)
-            part = Part(decoded, np.frombuffer(msg, dtype=np.uint8), WARMUP_ROWS)
-            self.writes_inputs = written_inputs(self.model, self.builder.build([part], self.inputs))
+            # The first pass also finds the inputs the model writes to in place.
+            for first in (True, False):
+                msg = synthetic_message(self.inputs, WARMUP_ROWS)   # fresh: a write changed it
+                decoded = _trim.decode(msg)
+                self.check(decoded, WARMUP_ROWS)
+                part = Part(decoded, np.frombuffer(msg, dtype=np.uint8), WARMUP_ROWS)
+                features = self.builder.build([part], self.inputs)
+                if first:
+                    self.writes_inputs = written_inputs(self.model, features, WARMUP_ROWS)
+                    continue
+                with torch.inference_mode():
+                    to_scores(self.model(features), WARMUP_ROWS)
             if self.writes_inputs:
                 log.warning("model %s writes to its inputs %s in place: they are copied out of "
                             "shared-memory slots before each forward (a cost; clone them in the "
                             "model instead)", self.key, ", ".join(self.writes_inputs))
-            msg = synthetic_message(self.inputs, WARMUP_ROWS)
-            for _ in range(2):
-                decoded = _trim.decode(msg)
-                self.check(decoded, WARMUP_ROWS)
-                part = Part(decoded, np.frombuffer(msg, dtype=np.uint8), WARMUP_ROWS)
-                with torch.inference_mode():
-                    to_scores(self.model(self.builder.build([part], self.inputs)), WARMUP_ROWS)
 
     def _loop(self) -> None:
         carry = None
