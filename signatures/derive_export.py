@@ -181,16 +181,17 @@ def written_inputs(program: torch.export.ExportedProgram, keys: list[str]) -> li
         schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
         if schema is None:
             continue
+        aliased = None
         for arg, formal in zip(node.args, schema.arguments):
             key = root.get(arg.name) if isinstance(arg, torch.fx.Node) else None
-            if key is not None and formal.alias_info is not None and formal.alias_info.is_write:
+            if key is None or formal.alias_info is None:
+                continue
+            aliased = aliased or key
+            if formal.alias_info.is_write:
                 written.add(key)
         # A view (or an in-place op's result) aliases the input it came from.
-        sources = [root[a.name] for a, formal in zip(node.args, schema.arguments)
-                   if isinstance(a, torch.fx.Node) and a.name in root
-                   and formal.alias_info is not None]
-        if sources and any(r.alias_info is not None for r in schema.returns):
-            root[node.name] = sources[0]
+        if aliased and any(r.alias_info is not None for r in schema.returns):
+            root[node.name] = aliased
     return sorted(written)
 
 
