@@ -44,7 +44,6 @@ class Job:
     envelope: list
     req: ScoreRequest
     wanted: list            # (model, known) in the order the request named them
-    keys: list              # the known ones
     pre: Preprocessor       # the one chosen for it
     gaps: list
     t0: float               # time.perf_counter() on arrival
@@ -123,7 +122,7 @@ class Scorer:
             self.answer_without_leaves(request, wanted)
             return None
         pre, gaps = self.choose_preprocessor(keys, arrived)
-        return Job(envelope, req, wanted, keys, pre, gaps, t0, deadline)
+        return Job(envelope, req, wanted, pre, gaps, t0, deadline)
 
     def answer_without_leaves(self, request: OpenRequest, wanted) -> None:
         """A request no leaf needs to see: no candidates (each known model's
