@@ -45,9 +45,9 @@ def test_root_and_leaf_configs_are_valid(tmp_path):
     assert args.config_store == cfg.config_store and args.stage == cfg.stage  # both follow one stage
 
 
-def program_settings(program, tmp_path):
+def program_settings(program, tmp_path, configs: Path = DEPLOY):
     """The settings a supervisord program starts with: its command line, with
-    ``--config /etc/trimmer/X.json`` read from deploy/."""
+    ``--config /etc/trimmer/X.json`` read from ``configs`` (deploy/)."""
     import argparse
 
     from leafproc.config import LeafSettings
@@ -56,7 +56,7 @@ def program_settings(program, tmp_path):
 
     argv = shlex.split(program.command)
     cls = RootConfig if argv[1] == "root" else LeafSettings
-    argv = [str(DEPLOY / Path(a).name) if a.startswith("/etc/trimmer/") and a.endswith(".json")
+    argv = [str(configs / Path(a).name) if a.startswith("/etc/trimmer/") and a.endswith(".json")
             else a for a in argv[2:]]
     parser = argparse.ArgumentParser()
     add_arguments(parser, cls)
@@ -99,12 +99,10 @@ def test_the_fleet_example_follows_one_zookeeper_stage_and_names_no_endpoint(tmp
     Everything parses and validates as at start, every process follows the
     same ensemble, chroot and stage, leaves are found (no endpoint in a root
     config or the placement), and the shape is secure (CURVE, no insecure)."""
-    import argparse
 
     from _trim.transport.sockets import is_loopback
     from leafproc.config import LeafSettings
     from rootproc.config import RootConfig
-    from signatures.settings import add_arguments, load
     from signatures.zk import parse_address
 
     roots = fleet_programs(tmp_path, "supervisord-root-host.conf")
@@ -113,21 +111,13 @@ def test_the_fleet_example_follows_one_zookeeper_stage_and_names_no_endpoint(tmp
     assert sorted(leaves) == ["leaf-0", "leaf-1"]
     follows = set()
     for name, program in {**roots, **leaves}.items():
-        argv = shlex.split(program.command)
-        cls = RootConfig if argv[1] == "root" else LeafSettings
-        argv = [str(FLEET / Path(a).name) if a.startswith("/etc/trimmer/") and a.endswith(".json")
-                else a for a in argv[2:]]
-        parser = argparse.ArgumentParser()
-        add_arguments(parser, cls)
-        if cls is RootConfig:
-            parser.add_argument("--log-level")
-        settings = load(cls, parser.parse_args(argv))   # the full check, as at start
+        settings = program_settings(program, tmp_path, FLEET)   # the full check, as at start
         follows.add((settings.config_store, settings.stage, settings.zookeeper.auth_env))
         assert not settings.insecure and settings.curve is not None, name
         assert settings.curve.authorized not in (None, "*"), name
         assert is_loopback(f"tcp://{settings.metrics_addr}:1"), name
-        assert program.stopwaitsecs > (30 if cls is LeafSettings else 10), name
-        if cls is RootConfig:
+        assert program.stopwaitsecs > (30 if isinstance(settings, LeafSettings) else 10), name
+        if isinstance(settings, RootConfig):
             assert settings.leaves == () and settings.bundle is None, name
         else:
             assert settings.name == "gpu-a" and settings.bind[0].startswith("tcp://0.0.0.0:")
