@@ -175,19 +175,24 @@ def message_nbytes(names, rows: int, feats: dict) -> int:
     return total
 
 
+def write_schema(base) -> tuple:
+    """The world's schema written to ``base``/schema.json: (path, FeatureSchema)."""
+    from signatures.schema import FeatureSchema
+    schema_path = os.path.join(os.fspath(base), "schema.json")
+    with open(schema_path, "w") as f:
+        json.dump(SCHEMA, f)
+    return schema_path, FeatureSchema.load(schema_path)
+
+
 def build_world(base) -> dict:
     """Write schema, store, model repository and bundle under ``base``."""
     from rootproc import store_cli
     from signatures.bundle import build
     from signatures.module_info import ModelRepository, TensorSpec
-    from signatures.schema import FeatureSchema
     from tests.support.models import write_model
 
     base = os.fspath(base)
-    schema_path = os.path.join(base, "schema.json")
-    with open(schema_path, "w") as f:
-        json.dump(SCHEMA, f)
-    schema = FeatureSchema.load(schema_path)
+    schema_path, schema = write_schema(base)
     users, cands = raw_data()
     np.savez(os.path.join(base, "users.npz"), **users)
     np.savez(os.path.join(base, "cands.npz"), **cands)

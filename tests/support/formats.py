@@ -12,7 +12,6 @@ need it skip.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -54,12 +53,9 @@ class FormatRepo:
 
 
 def build_format_repo(base) -> FormatRepo:
-    from tests.root.world import SCHEMA
+    from tests.root.world import write_schema
     base = os.fspath(base)
-    schema_path = os.path.join(base, "schema.json")
-    with open(schema_path, "w") as f:
-        json.dump(SCHEMA, f)
-    schema = FeatureSchema.load(schema_path)
+    schema_path, schema = write_schema(base)
     repo = FormatRepo(os.path.join(base, "repo"), schema_path, schema)
     for fmt in FORMATS:
         reason = artifacts.unsupported(fmt)
