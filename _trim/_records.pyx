@@ -131,6 +131,25 @@ cdef inline uint64_t align_up(uint64_t n) nogil:
     return (n + C_ALIGN - 1) & ~(C_ALIGN - 1)
 
 
+cdef inline void in_place(loop_fn fn, void* fn_data, uint8_t* data, void* p1, void* p2,
+                          int nparams, cnp.npy_intp size, cnp.npy_intp n) noexcept nogil:
+    """numpy's inner loop ``fn`` over ``n`` values of ``size`` bytes at
+    ``data``, with up to two scalar parameters (stride 0), written back in place."""
+    cdef char* args[4]
+    cdef cnp.npy_intp steps[4]
+    cdef cnp.npy_intp dims[1]
+    dims[0] = n
+    args[0] = <char*>data
+    steps[0] = size
+    args[1] = <char*>p1
+    args[2] = <char*>p2
+    steps[1] = 0
+    steps[2] = 0
+    args[nparams + 1] = <char*>data
+    steps[nparams + 1] = size
+    fn(args, dims, steps, fn_data)
+
+
 cdef void take_loop(object spec, loop_fn* fn, void** data) except *:
     """(ufunc, index, nargs) -> the inner loop numpy runs for those dtypes."""
     cdef cnp.ufunc u
@@ -560,51 +579,18 @@ cdef class RecordProgram:
         return 0
 
     cdef void _apply(self, Step* st, uint8_t* data, intptr_t n) noexcept nogil:
-        cdef char* args[4]
-        cdef cnp.npy_intp dims[1]
-        cdef cnp.npy_intp steps[4]
         cdef cnp.npy_intp size = ITEMSIZE[st.loop_code]
-        dims[0] = n
         if st.op == OP_HASH:
             trim_hash_ids(<int64_t*>data, n, st.buckets)
         elif st.op == OP_UNARY:
-            args[0] = <char*>data
-            args[1] = <char*>data
-            steps[0] = size
-            steps[1] = size
-            st.fn(args, dims, steps, st.fn_data)
+            in_place(st.fn, st.fn_data, data, NULL, NULL, 0, size, n)
         elif st.op == OP_CLIP:
-            args[0] = <char*>data
-            args[1] = <char*>st.p1
-            args[2] = <char*>st.p2
-            args[3] = <char*>data
-            steps[0] = size
-            steps[1] = 0
-            steps[2] = 0
-            steps[3] = size
-            st.fn(args, dims, steps, st.fn_data)
+            in_place(st.fn, st.fn_data, data, st.p1, st.p2, 2, size, n)
         elif st.op == OP_STANDARDIZE:
-            args[0] = <char*>data
-            args[1] = <char*>st.p1
-            args[2] = <char*>data
-            steps[0] = size
-            steps[1] = 0
-            steps[2] = size
-            st.fn(args, dims, steps, st.fn_data)
+            in_place(st.fn, st.fn_data, data, st.p1, NULL, 1, size, n)
 
     cdef void _divide(self, Step* st, uint8_t* data, intptr_t n) noexcept nogil:
-        cdef char* args[3]
-        cdef cnp.npy_intp dims[1]
-        cdef cnp.npy_intp steps[3]
-        cdef cnp.npy_intp size = ITEMSIZE[st.dst_code]
-        dims[0] = n
-        args[0] = <char*>data
-        args[1] = <char*>st.p2
-        args[2] = <char*>data
-        steps[0] = size
-        steps[1] = 0
-        steps[2] = size
-        st.div(args, dims, steps, st.div_data)
+        in_place(st.div, st.div_data, data, st.p2, NULL, 1, ITEMSIZE[st.dst_code], n)
 
     cdef void _const(self, Step* st, Py_ssize_t rows, uint8_t* dst) noexcept nogil:
         cdef uint64_t row = st.width * ITEMSIZE[st.dst_code]
