@@ -65,8 +65,8 @@ class Scorer:
         self.agreement = Agreement(cfg.name)
         self.gap_counts: dict[str, int] = {}   # version -> requests sent untrimmed for it
         self.install(prepared)
-        threads = getattr(cfg, "threads", 1)
-        self.workers = BatchWorkers(threads - 1, self.compute, cfg.name) if threads > 1 else None
+        self.workers = (BatchWorkers(cfg.threads - 1, self.compute, cfg.name)
+                        if cfg.threads > 1 else None)
 
     @property
     def pending(self) -> int:
