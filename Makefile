@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 # (or point VENV at an environment that has one).
 TORCH_SPEC ?= torch==2.13.0
 
-KERNEL_SRC := $(wildcard _trim/*.pyx _trim/*.pxd _trim/*.h) setup.py
+KERNEL_SRC := $(wildcard _trim/*.pyx _trim/*.pxd _trim/*.h _trim/records/*.pyx _trim/records/*.pxd _trim/records/*.h) setup.py
 KERNEL_SO  := $(VENV)/.stamp-kernel$(if $(TRIMMER_DEBUG),-debug)
 
 .PHONY: install demo test lint bench asan clean

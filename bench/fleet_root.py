@@ -2,7 +2,7 @@
 and nothing else.
 
 It reads the stage's config as a root does at start, then runs the root's own
-follower (rootproc/follow.py: the store's watch or poll, the bundle read and
+follower (rootproc/rollout/follower.py: the store's watch or poll, the bundle read and
 validated, preprocessors and trim plans compiled by `prepare_config`) and a
 loop that installs each prepared config the way the serving loop does
 (`take_config` after each turn of at most MAX_POLL_MS, as an idle root) and posts the root's heartbeat. Each
@@ -21,13 +21,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rootproc.active import ActiveConfig, prepare_config  # noqa: E402
+from _trim.records.layout import RecordLayout  # noqa: E402
 from rootproc.defaults import MAX_POLL_MS  # noqa: E402
-from rootproc.follow import ConfigFollower  # noqa: E402
-from rootproc.records import RecordLayout  # noqa: E402
-from signatures.members import HEARTBEAT_S, MemberRecord  # noqa: E402
+from rootproc.rollout.follower import ConfigFollower  # noqa: E402
+from rootproc.rollout.installed import ActiveConfig, prepare_config  # noqa: E402
+from signatures.configstore.base import ConfigStore  # noqa: E402
+from signatures.configstore.members import HEARTBEAT_S, MemberStatus  # noqa: E402
 from signatures.schema import FeatureSchema  # noqa: E402
-from signatures.store import ConfigStore  # noqa: E402
 
 
 class Counter:
@@ -59,7 +59,7 @@ def main(address: str, stage: str, name: str, schema_path: str) -> None:
                 print(f"installed {new.active.generation} {time.monotonic():.6f}", flush=True)
                 next_beat = 0.0
             if now >= next_beat:
-                follower.post_heartbeat(MemberRecord(
+                follower.post_heartbeat(MemberStatus(
                     "root", name, generation=prepared.active.generation, bundle=prepared.active.id,
                     schema=schema.fingerprint))
                 next_beat = now + HEARTBEAT_S

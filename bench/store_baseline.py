@@ -14,8 +14,8 @@ import lmdb
 import numpy as np
 
 from _trim import Ragged
-from rootproc.records import LEN_PREFIX, RawField, RecordLayout
-from rootproc.store_lmdb import encode_keys
+from _trim.records.layout import LEN_PREFIX, RawField, RecordLayout
+from rootproc.featurestore.lmdb_store import encode_keys
 
 CHUNK = 8192
 SOURCE_IDS = {"user": 1, "candidate": 2}

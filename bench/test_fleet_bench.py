@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from signatures.bundle import Bundle
-from signatures.store import ConfigStore
+from signatures.configstore.base import ConfigStore
 
 SIZES = [int(n) for n in os.environ.get("TRIMMER_BENCH_FLEET_SIZES", "10,50").split(",")]
 ROUNDS = int(os.environ.get("TRIMMER_BENCH_FLEET_ROUNDS", "8"))

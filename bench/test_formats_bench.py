@@ -4,7 +4,7 @@ artifact format: TorchScript, a torch.export program, an AOTInductor package.
 What is timed is the leaf's work after decoding (leafproc/worker.py
 ``_forward``): tensors from the decoded message (the host path: views on its
 bytes), the forward pass as the leaf loads the artifact
-(signatures/artifact.py), the scores back as float32. One torch thread, a
+(signatures/repository/artifacts.py), the scores back as float32. One torch thread, a
 leaf's share of this 2-core machine. The models are the demo's
 (rootproc/demo: ~1,500-feature schema, four models reading 15-60% of it),
 exported by `trimmer export` itself, once per run (the AOTInductor compiles
@@ -29,9 +29,9 @@ from _trim import Batch
 from leafproc.tensors import HostTensors, Part, to_scores
 from rootproc.demo.models import SubsetScorer
 from rootproc.demo.schema_gen import demo_schema, model_feature_sets
-from signatures import artifact as artifacts
-from signatures.export import FORMATS, export
-from signatures.module_info import ModelRepository
+from signatures.derive.exporter import FORMATS, export
+from signatures.repository import artifacts
+from signatures.repository.module_info import ModelRepository
 from signatures.schema import FeatureSchema
 
 ROWS = 256

@@ -28,12 +28,12 @@ import pytest
 import torch
 
 import _trim
-from rootproc import store_cli
 from rootproc.demo.models import SubsetScorer
 from rootproc.demo.schema_gen import demo_schema, model_feature_sets
-from rootproc.preprocess import Preprocessor
-from rootproc.store import open_store
-from signatures.export import export
+from rootproc.featurestore import cli as store_cli
+from rootproc.featurestore.base import open_feature_store
+from rootproc.preprocess.preprocessor import Preprocessor
+from signatures.derive.exporter import export
 from signatures.schema import FeatureSchema
 from tests.support.models import spec, write_model
 from tests.support.procs import Client, ManagedProcess, ProcessRunner
@@ -69,7 +69,7 @@ def leaf(tmp_path_factory):
     assert store_cli.main(["synth", "--feature-store", str(base / "store"), "--schema",
                            str(base / "schema.json"), "--users", "20", "--candidates", "1000",
                            "--no-progress"]) == 0
-    store = open_store(str(base / "store"))
+    store = open_feature_store(str(base / "store"))
     pre = Preprocessor(schema, None, store.layouts)
     rng = np.random.default_rng(0)
     for i, model in enumerate(("ctr", "hide")):

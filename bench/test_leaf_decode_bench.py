@@ -18,8 +18,8 @@ from scenarios import scenario
 import _trim
 from _trim import _kernel
 from _trim.decoded import build_views
-from leafproc.signature import SignatureCheck, check
-from signatures.module_info import TensorSpec
+from leafproc.input_check import SignatureCheck, check
+from signatures.repository.module_info import TensorSpec
 
 ROWS = 256
 # (features in the schema, fraction a model reads): ~100, ~500 and ~950 columns.

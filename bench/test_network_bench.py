@@ -5,7 +5,7 @@ joined to this one by a veth pair that ``tc tbf`` limits to each rate in
 ``RATES``; a real root (``python -m rootproc``) in the default namespace
 reaches it over tcp. The scenario is the demo's (``build_scenario``: four
 models reading 15-60% of the schema, here all on the one remote leaf) at a
-moderate scale, and the same closed-loop load (``rootproc.score.run_load``)
+moderate scale, and the same closed-loop load (``rootproc.client.loadgen.run_load``)
 goes through a fresh root per mode: every feature, trimmed, and each with
 LZ4. Reported per case in ``extra_info``: req/s, p50/p90/p99 ms, MB/request
 on the wire, root and leaf CPU ms/request, and the ceiling the link puts on
@@ -37,11 +37,11 @@ from pathlib import Path
 
 import pytest
 
+from rootproc.client.health import ping
+from rootproc.client.loadgen import run_load
 from rootproc.demo.netns import RemoteHost, unavailable_reason
 from rootproc.demo.node import cpu_seconds
 from rootproc.demo.scenario import build_scenario
-from rootproc.health import ping
-from rootproc.score import run_load
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"remote-leaf bench: {REASON}")

@@ -43,12 +43,12 @@ import numpy as np
 import pytest
 
 import _trim
-from rootproc import store_cli
-from rootproc.cache import CachedStore
-from rootproc.client import ScoringClient
+from rootproc.client.scoring_client import ScoringClient
 from rootproc.demo.schema_gen import demo_schema, model_feature_sets
-from rootproc.preprocess import Preprocessor
-from rootproc.store import open_store
+from rootproc.featurestore import cli as store_cli
+from rootproc.featurestore.base import open_feature_store
+from rootproc.featurestore.cache import CachedStore
+from rootproc.preprocess.preprocessor import Preprocessor
 from signatures.schema import FeatureSchema
 from tests.support.procs import ManagedProcess, ProcessRunner
 
@@ -148,7 +148,7 @@ def floor_seconds(nbytes: int) -> float:
 def in_process_stages(scene, reqs) -> dict:
     """fetch / preprocess / trim CPU (thread time, ms) with the root's own code."""
     schema, models = scene["schema"], scene["models"]
-    store = open_store(str(scene["base"] / "store"))
+    store = open_feature_store(str(scene["base"] / "store"))
     cached = CachedStore(store, 0, None)
     union = sorted({n for names in models.values() for n in names})
     pre = Preprocessor(schema, union, store.layouts)
@@ -233,7 +233,7 @@ threads_rps: dict = {}
 def test_root_throughput_by_threads(benchmark, scene, threads):
     from argparse import Namespace
 
-    from rootproc.score import run_load
+    from rootproc.client.loadgen import run_load
     root = spawn_root(scene, "shm", threads)
     load = Namespace(endpoint=[root.endpoint], requests=REQUESTS * 2, concurrency=4, rate=0.0,
                      candidates=ROWS, feature_store=str(scene["base"] / "store"), users=0,

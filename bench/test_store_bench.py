@@ -33,12 +33,12 @@ import pytest
 import redis
 import store_baseline
 
-from rootproc import store_cli
-from rootproc.cache import CachedStore
 from rootproc.demo.schema_gen import demo_schema
-from rootproc.store import open_store
+from rootproc.featurestore import cli as store_cli
+from rootproc.featurestore.base import open_feature_store
+from rootproc.featurestore.cache import CachedStore
 from signatures.schema import FeatureSchema
-from tests.store.redis_server import RedisServer
+from tests.featurestore.redis_server import RedisServer
 
 USERS, CANDIDATES, ROWS, ROUNDS = 2000, 20_000, 256, 400
 FEAST_P99_MS = 1.5     # Feast, "Serving features in milliseconds" (2022): Redis, 250 features
@@ -80,8 +80,8 @@ def record(benchmark, key: str) -> None:
 @pytest.mark.parametrize("cache", ["off", "on"])
 def test_fetch(benchmark, stores, backend, cache):
     if backend == "lmdb" and cache == "on":
-        pytest.skip("LMDB is read in place, with no cache in front (rootproc/cache.py)")
-    with open_store(stores[backend]) as store:
+        pytest.skip("LMDB is read in place, with no cache in front (rootproc/featurestore/cache.py)")
+    with open_feature_store(stores[backend]) as store:
         cached = CachedStore(store, 0 if cache == "off" else 100_000, None)
         reqs = requests(ROUNDS + 50)
         # Connections and page cache warm; with the cache on, every entity in it.

@@ -33,9 +33,9 @@ import zmq
 import _trim
 from _trim import Batch, ColumnSpec, Layout, compile_plan
 from _trim.transport.protocol import pack_header, unpack_header
-from rootproc.config import ShmSettings
-from rootproc.leaves import LeafLink
-from rootproc.shm_link import ShmChannel
+from rootproc.leaves.replicas import LeafLink
+from rootproc.leaves.shm import ShmChannel
+from rootproc.settings import ShmSettings
 from tests.support.models import spec, write_model
 from tests.support.procs import ProcessRunner
 

@@ -7,7 +7,7 @@ the wire protocol is docs/protocol.md, "Root <-> leaf".
 - `server`: the I/O loop (ROUTER, replies, drain); `table`: which versions serve
   and how they join and leave; `worker`: one model version's thread (its
   artifact, TorchScript, exported program or AOTInductor package, loaded by
-  signatures/artifact.py, which refuses a kind the leaf cannot load)
+  signatures/repository/artifacts.py, which refuses a kind the leaf cannot load)
 - `follow`: the thread that follows a config-store stage; `handoff`: what it
   and the loop pass each other
 - `inbox`, `signature`, `tensors`: shared-memory batches, the signature

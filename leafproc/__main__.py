@@ -5,7 +5,7 @@ Example::
     python -m leafproc --repo models/ --model ctr@3 --bind ipc:///run/trim/leaf-0.ipc \\
         --name leaf-0 --metrics-port 9101
 
-Settings may also come from ``--config leaf.json`` (leafproc/config.py:
+Settings may also come from ``--config leaf.json`` (leafproc/settings.py:
 ``{"repo": "...", "models": ["ctr@3"], "bind": [...]}``); the command line
 overrides the file. The leaf itself is leafproc/app.py: settings, then build,
 run, close.
@@ -23,10 +23,9 @@ import logging
 import sys
 
 from _trim.errors import ConfigError
-from signatures.settings import add_arguments, load
-from signatures.stop_signals import DeferredStop
-
-from .config import LeafSettings
+from leafproc.settings import LeafSettings
+from signatures.runtime.settings import add_arguments, load
+from signatures.runtime.stop_signals import DeferredStop
 
 CANNOT_START = 2
 
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s leaf %(process)d %(levelname)s %(message)s")
     # torch loads in seconds: only once the settings are known to be usable.
-    from .app import Leaf
+    from leafproc.app import Leaf
 
     try:
         leaf = Leaf.build(settings)

@@ -4,7 +4,7 @@
 A leaf is its metrics, a zmq context, CURVE keys, the model repository, the
 model table (leafproc/table.py) with its worker threads, the I/O loop
 (leafproc/server.py) and, when it follows a stage, the follower thread
-(leafproc/follow.py). This module owns their order. `close` is the only
+(leafproc/follower.py). This module owns their order. `close` is the only
 teardown, whether `build` got halfway, `run` returned or `run` raised: it
 stops the threads (follower, then model workers) before it closes the
 sockets they answer through, and the zmq context last.
@@ -24,14 +24,13 @@ from _trim.errors import ConfigError, NotFound
 from _trim.transport.curve import ServerKeys
 from _trim.transport.model_key import SEPARATOR, ModelKey
 from _trim.transport.sockets import secured
-from signatures.module_info import ModelRepository
-
-from .config import LeafSettings
-from .follow import ModelFollower
-from .metrics import LeafMetrics, RolloutMetrics
-from .server import LeafServer
-from .table import ModelTable, Target
-from .worker import ModelWorker
+from leafproc.follower import ModelFollower
+from leafproc.metrics import LeafMetrics, RolloutMetrics
+from leafproc.server import LeafServer
+from leafproc.settings import LeafSettings
+from leafproc.table import ModelTable, Target
+from leafproc.worker import ModelWorker
+from signatures.repository.module_info import ModelRepository
 
 log = logging.getLogger("leafproc")
 

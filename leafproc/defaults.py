@@ -1,11 +1,11 @@
 """The leaf's constants and setting defaults: the one place each number is written.
 
-The settings (leafproc/config.py) take their defaults from here; the rest
+The settings (leafproc/settings.py) take their defaults from here; the rest
 are fixed behaviour.
 """
 MIB = 1 << 20
 
-# -- setting defaults (leafproc/config.py) --------------------------------------------
+# -- setting defaults (leafproc/settings.py) --------------------------------------------
 MAX_BATCH_ROWS = 4096
 MAX_WAIT_MS = 1.0
 MAX_MESSAGE_BYTES = 256 * MIB

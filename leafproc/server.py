@@ -38,14 +38,13 @@ from _trim.transport import sockets
 from _trim.transport.curve import ServerKeys
 from _trim.transport.envelope import id_problem, split_envelope, usable_id
 from _trim.transport.frames import recv_waiting, send_frames
-from signatures.handoff import Handoff
-from signatures.members import MemberRecord
-
-from .defaults import DRAIN_BATCH, MAX_QUEUE, POLL_MS, QUIET_S, ROUTER_LINGER_MS
-from .inbox import ShmInbox, peer_uid
-from .metrics import LeafMetrics
-from .table import ModelTable, Target
-from .worker import Request
+from leafproc.defaults import DRAIN_BATCH, MAX_QUEUE, POLL_MS, QUIET_S, ROUTER_LINGER_MS
+from leafproc.inbox import ShmInbox, peer_uid
+from leafproc.metrics import LeafMetrics
+from leafproc.table import ModelTable, Target
+from leafproc.worker import Request
+from signatures.configstore.members import MemberStatus
+from signatures.runtime.handoff import Handoff
 
 log = logging.getLogger("leafproc")
 
@@ -55,7 +54,7 @@ class LeafServer:
                  reply_endpoint: str, metrics: LeafMetrics, max_message_bytes: int,
                  drain_timeout_s: float, device: str, curve_keys: ServerKeys | None = None,
                  max_queue: int = MAX_QUEUE, targets: Handoff[Target] | None = None,
-                 records: Handoff[MemberRecord] | None = None):
+                 records: Handoff[MemberStatus] | None = None):
         self.name = name
         self.binds = binds
         self.table = table

@@ -8,7 +8,7 @@ other thread reads or writes it. That is what makes "finish in flight, then
 unload" exact: once a worker is out of the table and told to stop, nothing
 can be queued behind its stop marker.
 
-Following a stage (leafproc/follow.py says which versions), a change is
+Following a stage (leafproc/follower.py says which versions), a change is
 carried out so that no request is dropped:
 
 - a new version is loaded and warmed on its own worker thread, and only
@@ -35,12 +35,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from _trim.transport.model_key import ModelKey
-from signatures.members import MemberRecord
-from signatures.module_info import ModuleInfo
-
-from .defaults import RETIRE_GRACE_S, STOP_JOIN_S
-from .metrics import LeafMetrics, RolloutMetrics
-from .worker import ModelWorker
+from leafproc.defaults import RETIRE_GRACE_S, STOP_JOIN_S
+from leafproc.metrics import LeafMetrics, RolloutMetrics
+from leafproc.worker import ModelWorker
+from signatures.configstore.members import MemberStatus
+from signatures.repository.module_info import ModuleInfo
 
 log = logging.getLogger("leafproc")
 
@@ -119,10 +118,10 @@ class ModelTable:
         return {"stage": self.stage, "generation": t.generation if t else None,
                 "config": t.bundle if t else None}
 
-    def record(self, endpoints) -> MemberRecord:
+    def record(self, endpoints) -> MemberStatus:
         """The heartbeat record of what the table serves."""
         t = self.target
-        return MemberRecord(
+        return MemberStatus(
             "leaf", self.name, generation=t.generation if t else None,
             bundle=t.bundle if t else None, endpoints=tuple(endpoints),
             models=tuple(sorted(k for k in self._serving if k not in self._retiring)),

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from _trim import Decoded
-from signatures.module_info import TensorSpec
+from signatures.repository.module_info import TensorSpec
 
 TORCH_DTYPES = {
     np.dtype("float32"): torch.float32, np.dtype("float16"): torch.float16,

@@ -30,13 +30,12 @@ import _trim
 from _trim.errors import Refused, TrimmerError
 from _trim.transport import protocol as P
 from _trim.transport.frames import send_frames
-from signatures import artifact as artifacts
-from signatures.module_info import ModuleInfo
-
-from .defaults import MAX_ERROR_CHARS, REPLY_LINGER_MS, WARMUP_ROWS
-from .metrics import LeafMetrics
-from .signature import SignatureCheck, synthetic_message
-from .tensors import ModelOutputError, Part, builder_for, merge_key, to_scores, written_inputs
+from leafproc.defaults import MAX_ERROR_CHARS, REPLY_LINGER_MS, WARMUP_ROWS
+from leafproc.input_check import SignatureCheck, synthetic_message
+from leafproc.metrics import LeafMetrics
+from leafproc.tensors import ModelOutputError, Part, builder_for, merge_key, to_scores, written_inputs
+from signatures.repository import artifacts
+from signatures.repository.module_info import ModuleInfo
 
 log = logging.getLogger("leafproc")
 

@@ -13,10 +13,9 @@ import gc
 import logging
 import sys
 
-from signatures.settings import add_arguments, load
-from signatures.stop_signals import DeferredStop
-
-from .config import RootConfig
+from rootproc.settings import RootSettings
+from signatures.runtime.settings import add_arguments, load
+from signatures.runtime.stop_signals import DeferredStop
 
 log = logging.getLogger("rootproc")
 
@@ -25,18 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     starting = DeferredStop().install()
     parser = argparse.ArgumentParser(prog="trimmer root", description="Run a root process: "
                                      "fetch, preprocess, trim and fan scoring requests out to leaves.")
-    add_arguments(parser, RootConfig)
+    add_arguments(parser, RootSettings)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from _trim.errors import TrimmerError
     from _trim.memory import keep_large_buffers
-
-    from .server import RootServer
+    from rootproc.server import RootServer
     keep_large_buffers()
     try:
-        cfg = load(RootConfig, args)
+        cfg = load(RootSettings, args)
         server = RootServer(cfg)
     except (TrimmerError, ValueError) as exc:
         print(f"trimmer root: {exc}", file=sys.stderr)

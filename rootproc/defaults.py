@@ -1,11 +1,11 @@
 """The root's constants and setting defaults: the one place each number is written.
 
-The settings (rootproc/config.py) take their defaults from here; the rest
+The settings (rootproc/settings.py) take their defaults from here; the rest
 are fixed behaviour that a setting would only make harder to reason about.
 """
 MIB = 1 << 20
 
-# -- setting defaults (rootproc/config.py) --------------------------------------------
+# -- setting defaults (rootproc/settings.py) --------------------------------------------
 ROOT_BIND = ("tcp://127.0.0.1:5550",)
 CACHE_SIZE = 100_000
 CACHE_TTL_S = 60.0

@@ -24,9 +24,8 @@ from _trim.transport.protocol import (
     field,
     quote,
 )
-
-from .agreement import default_models, resolve, served_versions
-from .defaults import MAX_MODELS_PER_REQUEST
+from rootproc.defaults import MAX_MODELS_PER_REQUEST
+from rootproc.leaves.agreement import default_models, resolve, served_versions
 
 _INT64 = np.iinfo(np.int64)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from .defaults import LATENCY_BUCKETS
+from rootproc.defaults import LATENCY_BUCKETS
 
 STAGES = ("fetch", "preprocess", "trim", "leaf", "total")
 

@@ -34,8 +34,7 @@ from _trim.transport.protocol import (
     pack_header,
     quote,
 )
-
-from .defaults import ERROR_DETAIL_CHARS, ERROR_LIST_ENTRIES, ERROR_MESSAGE_CHARS
+from rootproc.defaults import ERROR_DETAIL_CHARS, ERROR_LIST_ENTRIES, ERROR_MESSAGE_CHARS
 
 log = logging.getLogger("rootproc")
 

@@ -47,11 +47,10 @@ from _trim.transport.protocol import (
     load_header,
     quote,
 )
-
-from .defaults import DRAIN_BATCH
-from .leaf_message import Encoder, LeafMessage, ModelBatch
-from .leaves import LeafLink
-from .reply import read_leaf_reply, scores_reply
+from rootproc.defaults import DRAIN_BATCH
+from rootproc.leaves.encoding import Encoder, LeafMessage, ModelBatch
+from rootproc.leaves.replicas import LeafLink
+from rootproc.reply import read_leaf_reply, scores_reply
 
 log = logging.getLogger("rootproc")
 

@@ -23,18 +23,17 @@ from typing import TYPE_CHECKING
 
 import _trim
 from _trim.transport.protocol import BAD_REQUEST, DEADLINE, ProtocolError
-
-from .active import PreparedConfig
-from .agreement import Agreement
-from .defaults import MISSING_IDS_SHOWN
-from .intake import ScoreRequest, parse_score, resolve_models, unknown_model_error
-from .leaf_message import ModelBatch
-from .reply import wire_error
-from .router import OpenRequest
-from .workers import BatchWorkers
+from rootproc.defaults import MISSING_IDS_SHOWN
+from rootproc.intake import ScoreRequest, parse_score, resolve_models, unknown_model_error
+from rootproc.leaves.agreement import Agreement
+from rootproc.leaves.encoding import ModelBatch
+from rootproc.reply import wire_error
+from rootproc.rollout.installed import PreparedConfig
+from rootproc.router import OpenRequest
+from rootproc.workers import BatchWorkers
 
 if TYPE_CHECKING:
-    from .preprocess import Preprocessor
+    from rootproc.preprocess.preprocessor import Preprocessor
 
 
 @dataclass(eq=False)

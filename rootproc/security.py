@@ -1,4 +1,4 @@
-"""CURVE on the root's client-facing socket (the leaf links: rootproc/leaves.py).
+"""CURVE on the root's client-facing socket (the leaf links: rootproc/leaves/replicas.py).
 
 With ``curve.authorized`` in the root config, the root's tcp binds require
 CURVE from clients whose public keys are in that directory (``"*"``: any
@@ -11,18 +11,17 @@ import zmq
 from _trim.transport.curve import ServerKeys
 from _trim.transport.sockets import bind_all
 from _trim.transport.zap import ServerSecurity
+from rootproc.settings import RootSettings
 
-from .config import RootConfig
 
-
-def frontend_keys(cfg: RootConfig) -> ServerKeys | None:
+def frontend_keys(cfg: RootSettings) -> ServerKeys | None:
     """The root's CURVE server keys for its tcp binds, or None (reads the files)."""
     if cfg.curve is None or not cfg.curve.authorized:
         return None
     return ServerKeys.load(cfg.curve.secret_key, cfg.curve.authorized, "root config: curve")
 
 
-def bind_frontend(ctx: zmq.Context, sock: zmq.Socket, cfg: RootConfig) -> ServerSecurity | None:
+def bind_frontend(ctx: zmq.Context, sock: zmq.Socket, cfg: RootSettings) -> ServerSecurity | None:
     """Bind ``cfg.bind`` on ``sock``; the ServerSecurity to close after the
     socket, or None when the binds are plain."""
     _, security = bind_all(ctx, sock, cfg.bind, frontend_keys(cfg), f"root {cfg.name}")

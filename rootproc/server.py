@@ -44,13 +44,7 @@ from _trim.transport.protocol import (
     quote,
 )
 from _trim.transport.sockets import remove_ipc_files
-from signatures.members import HEARTBEAT_S, MemberRecord
-from signatures.schema import FeatureSchema
-
-from .active import PreparedConfig, load_active_config, prepare_config
-from .cache import CachedStore
-from .config import RootConfig
-from .defaults import (
+from rootproc.defaults import (
     CLIENT_HWM,
     DRAIN_BATCH,
     DRAIN_LINGER_MS,
@@ -58,25 +52,30 @@ from .defaults import (
     FRAME_HARD_CAP_FACTOR,
     MAX_POLL_MS,
 )
-from .follow import ConfigFollower
-from .links import LeafLinks
-from .metrics import RootMetrics
-from .reply import error_reply, wire_error
-from .router import Router
-from .scoring import Scorer
-from .security import bind_frontend
-from .store import open_store
+from rootproc.featurestore.base import open_feature_store
+from rootproc.featurestore.cache import CachedStore
+from rootproc.leaves.links import LeafLinks
+from rootproc.metrics import RootMetrics
+from rootproc.reply import error_reply, wire_error
+from rootproc.rollout.follower import ConfigFollower
+from rootproc.rollout.installed import PreparedConfig, load_active_config, prepare_config
+from rootproc.router import Router
+from rootproc.scoring import Scorer
+from rootproc.security import bind_frontend
+from rootproc.settings import RootSettings
+from signatures.configstore.members import HEARTBEAT_S, MemberStatus
+from signatures.schema import FeatureSchema
 
 log = logging.getLogger("rootproc")
 
 
 class RootServer:
-    def __init__(self, cfg: RootConfig, ctx: zmq.Context | None = None):
+    def __init__(self, cfg: RootSettings, ctx: zmq.Context | None = None):
         self.cfg = cfg
         self.name = cfg.name
         self.ctx = ctx or zmq.Context.instance()
         schema = FeatureSchema.load(cfg.schema)
-        self.store = open_store(cfg.feature_store, cfg.redis)
+        self.store = open_feature_store(cfg.feature_store, cfg.redis)
         cached = CachedStore(self.store, cfg.cache.size, cfg.cache.ttl_s, cfg.cache.stale_if_error_s)
         self.schema_fingerprint = schema.fingerprint
         self.metrics = RootMetrics(cfg.name)
@@ -113,7 +112,7 @@ class RootServer:
         self.stopped = False
         self.metrics.info.labels(self.name, prepared.active.id, cfg.trim, cfg.compression).set(1)
         self.follower = None
-        if cfg.config_store:   # follow its stage (rootproc/follow.py)
+        if cfg.config_store:   # follow its stage (rootproc/rollout/follower.py)
             self.metrics.follow_config(prepared.active.generation)
             self.follower = ConfigFollower(cfg.config_store, cfg.stage, name=self.name,
                                            prepared=prepared, prepare=prepare,
@@ -210,11 +209,11 @@ class RootServer:
             log.info("%s: %s config %s -> %s (generation %d)", self.name, self.cfg.stage,
                      old.id, prepared.active.id, prepared.active.generation)
 
-    def heartbeat(self, now: float) -> MemberRecord:
+    def heartbeat(self, now: float) -> MemberStatus:
         """The root's record in the store, less the follower's own fields."""
         active, scorer = self.scorer.active, self.scorer
         gaps = scorer.agreement.current_gaps(active, self.links.pool)
-        return MemberRecord("root", self.name, generation=active.generation, bundle=active.id,
+        return MemberStatus("root", self.name, generation=active.generation, bundle=active.id,
                             endpoints=tuple(self.endpoints), schema=self.schema_fingerprint,
                             trim_gaps=tuple(sorted(gaps.items())),
                             trim_gap_counts=tuple(sorted(scorer.gap_counts.items())),

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 
 from _trim.errors import InvalidInput, NotFound
 from _trim.transport.model_key import ModelKey
-
-from .fsutil import atomic_write, read_json
-from .module_info import ModelRepository, canonical_json
-from .schema import FeatureSchema
+from signatures.repository.module_info import ModelRepository, canonical_json
+from signatures.runtime.files import atomic_write, read_json
+from signatures.schema import FeatureSchema
 
 FORMAT = 1
 

@@ -54,15 +54,15 @@ def test_every_error_kind_is_documented_and_only_those():
 
 def test_settings_tables_are_the_settings():
     """Each ``<!-- settings MODULE.CLASS -->`` block of docs/operations.md is
-    that class's table, as `signatures.settings.markdown` renders it."""
+    that class's table, as `signatures.runtime.settings.markdown` renders it."""
     import importlib
 
-    from signatures.settings import markdown
+    from signatures.runtime.settings import markdown
     text = (DOCS / "operations.md").read_text()
     blocks = re.findall(r"<!-- settings ([\w.]+) -->\n(.*?)\n<!-- /settings -->", text, re.S)
-    assert {name for name, _ in blocks} == {"rootproc.config.RootConfig",
-                                            "rootproc.config.LeafSpec",
-                                            "leafproc.config.LeafSettings"}
+    assert {name for name, _ in blocks} == {"rootproc.settings.RootSettings",
+                                            "rootproc.settings.LeafSpec",
+                                            "leafproc.settings.LeafSettings"}
     for name, table in blocks:
         module, _, cls = name.rpartition(".")
         klass = getattr(importlib.import_module(module), cls)

@@ -27,16 +27,15 @@ from argparse import Namespace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from signatures.cli import EXIT_FAILED
-from signatures.stop_signals import Stopped, StopSignals, say
-
-from .modes import MODES, Mode
-from .netns import RemoteHost, parse_rate, unavailable_reason
-from .node import STOP_WAIT_S, Node, Program, cpu_seconds, ipc_endpoint
-from .report import render_chart, render_table
+from rootproc.demo.modes import MODES, Mode
+from rootproc.demo.netns import RemoteHost, parse_rate, unavailable_reason
+from rootproc.demo.node import STOP_WAIT_S, Node, Program, cpu_seconds, ipc_endpoint
+from rootproc.demo.render import render_chart, render_table
+from signatures.runtime.exit_codes import EXIT_FAILED
+from signatures.runtime.stop_signals import Stopped, StopSignals, say
 
 if TYPE_CHECKING:  # the scenario needs torch: imported when a run builds one
-    from .scenario import Scenario
+    from rootproc.demo.scenario import Scenario
 
 
 def parse_args(argv):
@@ -104,7 +103,7 @@ REMOTE_LEAF_PORT = 5555  # + the leaf's index, inside the leaves' own namespace
 
 def programs_for(scenario: Scenario, modes: list[Mode], args,
                  remote: RemoteHost | None = None) -> tuple[list[Program], dict]:
-    from .scenario import STAGE
+    from rootproc.demo.scenario import STAGE
     sock = scenario.run_dir.resolve() / "sock"
     sock.mkdir(exist_ok=True)
     programs: list[Program] = []
@@ -150,8 +149,8 @@ def programs_for(scenario: Scenario, modes: list[Mode], args,
 
 
 def drive(mode: Mode, endpoints: list[str], scenario: Scenario, args, log) -> dict:
-    from rootproc.health import ping
-    from rootproc.score import run_load
+    from rootproc.client.health import ping
+    from rootproc.client.loadgen import run_load
     pids = [ping(e)["pid"] for e in endpoints]
     load = Namespace(endpoint=endpoints, requests=args.requests, concurrency=args.concurrency,
                      rate=0.0, candidates=args.candidates, feature_store=str(scenario.feature_store),
@@ -218,7 +217,7 @@ def run(args, run_dir: Path, modes: list[Mode], signals: StopSignals, results: l
     """Build the scenario, start the node, measure every mode, write the
     results into ``results`` and the run directory; with ``--keep-running``,
     wait for a stop signal. The node is down when this returns or raises."""
-    from .scenario import build_scenario
+    from rootproc.demo.scenario import build_scenario
     scenario = build_scenario(run_dir, leaves=args.leaves, users=args.users, candidates=args.items,
                               seed=args.seed, scale=args.scale, log=log)
     with contextlib.ExitStack() as stack:

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rootproc.health import ping
-from signatures.stop_signals import STOP_SIGNALS
+from rootproc.client.health import ping
+from signatures.runtime.stop_signals import STOP_SIGNALS
 
 # Long enough for a leaf or root to drain its in-flight requests on SIGTERM.
 STOP_WAIT_S = 30

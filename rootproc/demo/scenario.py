@@ -16,15 +16,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from signatures import artifact as artifacts
+from rootproc.demo.models import SubsetScorer
+from rootproc.demo.schema_gen import demo_schema, model_feature_sets
 from signatures.bundle import build as build_bundle
-from signatures.export import FORMATS, export
-from signatures.module_info import ModelRepository
+from signatures.configstore.base import ConfigStore
+from signatures.derive.exporter import FORMATS, export
+from signatures.repository import artifacts
+from signatures.repository.module_info import ModelRepository
 from signatures.schema import FeatureSchema
-from signatures.store import ConfigStore
-
-from .models import SubsetScorer
-from .schema_gen import demo_schema, model_feature_sets
 
 STAGE = "production"
 FORMAT_ENV = "TRIMMER_DEMO_MODEL_FORMAT"
@@ -103,7 +102,7 @@ def build_scenario(run_dir: Path, *, leaves: int, users: int, candidates: int, s
     store.deploy_models(STAGE, list(keys))
     log(f"bundle {bundle.id} deployed to {STAGE}, then its model versions")
 
-    from rootproc import store_cli
+    from rootproc.featurestore import cli as store_cli
     if store_cli.main(["synth", "--feature-store", str(run_dir / "features"), "--schema", str(schema_path),
                        "--users", str(users), "--candidates", str(candidates), "--seed", str(seed)]):
         raise RuntimeError("synthesising the feature store failed (see above)")

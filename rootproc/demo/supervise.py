@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 
-from signatures.stop_signals import STOP_SIGNALS
+from signatures.runtime.stop_signals import STOP_SIGNALS
 
 PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
 DEATH_SIGNAL = signal.SIGTERM

@@ -8,7 +8,7 @@ ELSEWHERE = {
     "security.curve": [
         "tests/curve/test_curve.py::test_clients_without_an_authorized_key_get_no_service"],
     "error.store-unavailable": [
-        "tests/store/test_root_redis.py::test_redis_down_under_load_every_request_answered_in_time"],
+        "tests/featurestore/test_root_redis.py::test_redis_down_under_load_every_request_answered_in_time"],
     "root.draining": [
         "tests/faults/test_root_drain.py::test_sigterm_under_load_leaves_no_request_without_a_reply"],
     "leaf.model-error": [

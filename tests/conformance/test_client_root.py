@@ -379,8 +379,8 @@ def test_a_default_set_over_the_limit_is_refused():
     from types import SimpleNamespace
 
     from _trim.transport.protocol import ProtocolError
-    from rootproc.active import ActiveConfig
     from rootproc.intake import resolve_models
+    from rootproc.rollout.installed import ActiveConfig
     active = ActiveConfig("many", {f"m{i}@1": ("f",) for i in range(65)})
     pool = SimpleNamespace(links=[], health_timeout_s=1.0, hosted=set)
     with pytest.raises(ProtocolError, match="65 model versions, limit 64") as refused:

@@ -17,9 +17,9 @@ import pytest
 import zmq
 import zmq.auth
 
-from rootproc.client import ScoringClient
-from rootproc.config import config_from_dict
-from rootproc.health import ping
+from rootproc.client.health import ping
+from rootproc.client.scoring_client import ScoringClient
+from rootproc.settings import config_from_dict
 from tests.root.world import CANDIDATE_IDS, MODELS, USER_IDS, assert_scores_match
 from tests.support.procs import ping as plain_ping
 
@@ -237,7 +237,7 @@ def test_curve_config_is_checked_and_key_files_read_at_start(world, tmp_path, ru
 
 def test_deploy_configs_name_curve_keys_for_the_remote_link(tmp_path):
     from leafproc.__main__ import parse_args
-    from rootproc.config import load_config
+    from rootproc.settings import load_config
 
     deploy = os.path.join(os.path.dirname(__file__), "..", "..", "deploy")
     cfg = load_config(os.path.join(deploy, "root.json")).validate()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from signatures.bundle import Bundle
-from signatures.report import report
+from signatures.savings import report
 from signatures.schema import FeatureSchema
 from tests.support.procs import processes_mentioning
 from tests.support.signals import alive, shm_segments_of, socket_files, with_dispositions

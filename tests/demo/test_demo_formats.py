@@ -4,9 +4,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from rootproc.demo.report import render_table
+from rootproc.demo.render import render_table
 from rootproc.demo.scenario import FORMAT_ENV, model_format
-from signatures import artifact as artifacts
+from signatures.repository import artifacts
 
 
 def test_default_is_torchscript_and_each_format_is_taken(monkeypatch):

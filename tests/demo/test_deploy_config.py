@@ -7,7 +7,7 @@ from pathlib import Path
 from supervisor.options import ServerOptions
 
 from leafproc.__main__ import parse_args as parse_leaf_args
-from rootproc.config import load_config
+from rootproc.settings import load_config
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 
@@ -50,17 +50,17 @@ def program_settings(program, tmp_path, configs: Path = DEPLOY):
     ``--config /etc/trimmer/X.json`` read from ``configs`` (deploy/)."""
     import argparse
 
-    from leafproc.config import LeafSettings
-    from rootproc.config import RootConfig
-    from signatures.settings import add_arguments, load
+    from leafproc.settings import LeafSettings
+    from rootproc.settings import RootSettings
+    from signatures.runtime.settings import add_arguments, load
 
     argv = shlex.split(program.command)
-    cls = RootConfig if argv[1] == "root" else LeafSettings
+    cls = RootSettings if argv[1] == "root" else LeafSettings
     argv = [str(configs / Path(a).name) if a.startswith("/etc/trimmer/") and a.endswith(".json")
             else a for a in argv[2:]]
     parser = argparse.ArgumentParser()
     add_arguments(parser, cls)
-    if cls is RootConfig:
+    if cls is RootSettings:
         parser.add_argument("--log-level")
     return load(cls, parser.parse_args(argv))
 
@@ -101,9 +101,9 @@ def test_the_fleet_example_follows_one_zookeeper_stage_and_names_no_endpoint(tmp
     config or the placement), and the shape is secure (CURVE, no insecure)."""
 
     from _trim.transport.sockets import is_loopback
-    from leafproc.config import LeafSettings
-    from rootproc.config import RootConfig
-    from signatures.zk import parse_address
+    from leafproc.settings import LeafSettings
+    from rootproc.settings import RootSettings
+    from signatures.configstore.zookeeper.ensemble import parse_address
 
     roots = fleet_programs(tmp_path, "supervisord-root-host.conf")
     leaves = fleet_programs(tmp_path, "supervisord-gpu-host.conf")
@@ -117,7 +117,7 @@ def test_the_fleet_example_follows_one_zookeeper_stage_and_names_no_endpoint(tmp
         assert settings.curve.authorized not in (None, "*"), name
         assert is_loopback(f"tcp://{settings.metrics_addr}:1"), name
         assert program.stopwaitsecs > (30 if isinstance(settings, LeafSettings) else 10), name
-        if isinstance(settings, RootConfig):
+        if isinstance(settings, RootSettings):
             assert settings.leaves == () and settings.bundle is None, name
         else:
             assert settings.name == "gpu-a" and settings.bind[0].startswith("tcp://0.0.0.0:")

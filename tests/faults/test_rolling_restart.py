@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from rootproc.client import ScoringClient
+from rootproc.client.scoring_client import ScoringClient
 from tests.root.world import root_config, write_root_config
 from tests.support.procs import ping
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from rootproc.client import ScoringClient
+from rootproc.client.scoring_client import ScoringClient
 from tests.root.conftest import spawn_leaves, spawn_root
 
 from .conftest import REQUESTS

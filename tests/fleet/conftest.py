@@ -23,7 +23,7 @@ PLACE_2 = {"leaves": {g: {"current": ["ctr@3", "ctr@5", "eng@1"]} for g in GROUP
 @pytest.fixture(scope="session")
 def fleet_bundles(world):  # noqa: F811
     from signatures.bundle import build
-    from signatures.module_info import ModelRepository
+    from signatures.repository.module_info import ModelRepository
     from signatures.schema import FeatureSchema
     repo, schema = ModelRepository(world["repo"]), FeatureSchema.load(world["schema"])
     return build(repo, schema, PLACE_1), build(repo, schema, PLACE_2)
@@ -59,7 +59,7 @@ def linked(root_endpoint: str) -> set:
 
 
 def seed(address: str, bundle, stages=("production",)) -> None:
-    from signatures.store import ConfigStore
+    from signatures.configstore.base import ConfigStore
     with ConfigStore(address) as store:
         for stage in stages:
             store.deploy(bundle, stage)

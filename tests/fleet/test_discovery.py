@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from signatures.store import ConfigStore
+from signatures.configstore.base import ConfigStore
 from tests.rollout.conftest import Load, check_replies, serving, wait_for
 from tests.support.procs import ping
 
@@ -112,7 +112,7 @@ def test_a_leaf_with_curve_is_reached_over_curve_with_the_key_it_publishes(
     import sys
 
     from _trim.transport.curve import generate
-    from rootproc.client import ScoringClient
+    from rootproc.client.scoring_client import ScoringClient
     from tests.root.world import CANDIDATE_IDS, USER_IDS
 
     from .conftest import root_file

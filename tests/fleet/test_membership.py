@@ -2,10 +2,10 @@
 it finds: endpoints a root on this host can reach, keyed by leaf name."""
 from __future__ import annotations
 
-from leafproc.follow import advertised, host_name
-from rootproc.follow import discovered
-from rootproc.leaves import wanted_leaves
-from signatures.members import MemberRecord
+from leafproc.follower import advertised, host_name
+from rootproc.leaves.replicas import wanted_leaves
+from rootproc.rollout.follower import discovered
+from signatures.configstore.members import MemberStatus
 
 
 def test_a_leaf_publishes_its_binds_a_wildcard_as_its_host_name():
@@ -19,11 +19,11 @@ def test_a_leaf_publishes_its_binds_a_wildcard_as_its_host_name():
 
 def test_roots_take_reachable_endpoints_by_leaf_name():
     records = [
-        MemberRecord("leaf", "gpu-a", host="h1", endpoints=("tcp://h1:5560", "ipc:///run/a")),
-        MemberRecord("leaf", "gpu-a", host="h2", endpoints=("tcp://h2:5560",), curve_key="K"),
-        MemberRecord("leaf", "gpu-b", host="me", endpoints=("ipc:///run/b",)),
-        MemberRecord("leaf", "idle", host="h3"),                 # nothing published yet
-        MemberRecord("root", "root-0", host="h1", endpoints=("tcp://h1:5550",)),
+        MemberStatus("leaf", "gpu-a", host="h1", endpoints=("tcp://h1:5560", "ipc:///run/a")),
+        MemberStatus("leaf", "gpu-a", host="h2", endpoints=("tcp://h2:5560",), curve_key="K"),
+        MemberStatus("leaf", "gpu-b", host="me", endpoints=("ipc:///run/b",)),
+        MemberStatus("leaf", "idle", host="h3"),                 # nothing published yet
+        MemberStatus("root", "root-0", host="h1", endpoints=("tcp://h1:5550",)),
     ]
     found = discovered(records, host="me")
     assert found == {"gpu-a": (("tcp://h1:5560", "tcp://h2:5560"), None),
@@ -31,8 +31,8 @@ def test_roots_take_reachable_endpoints_by_leaf_name():
 
 
 def test_the_root_config_wins_over_membership(tmp_path):
-    from rootproc.active import ActiveConfig
-    from rootproc.config import LeafSpec
+    from rootproc.rollout.installed import ActiveConfig
+    from rootproc.settings import LeafSpec
     active = ActiveConfig("b-1", {}, endpoints={"gpu-b": "tcp://bundle:1"})
     configured = [LeafSpec("gpu-a", ("tcp://fixed:1",), compression="lz4")]
     fleet = {"gpu-a": (("tcp://h1:5560",), None), "gpu-b": (("tcp://h2:5560",), "KEY"),

@@ -16,10 +16,10 @@ import pytest
 
 from _trim.errors import ConfigError, StoreError
 from signatures.bundle import Bundle
-from signatures.members import MemberRecord
-from signatures.store import ConfigStore, ConfigStoreUnavailable
-from signatures.store_settings import ZooKeeperSettings
-from signatures.zk import NODE_BYTES, Ensemble, parse_address
+from signatures.configstore.base import ConfigStore, ConfigStoreUnavailable
+from signatures.configstore.members import MemberStatus
+from signatures.configstore.zookeeper.ensemble import NODE_BYTES, Ensemble, parse_address
+from signatures.configstore.zookeeper.settings import ZooKeeperSettings
 from tests.signatures.test_store import B1, B2, make_bundle
 from tests.support.procs import REPO_ROOT
 from tests.support.zookeeper import ZooKeeperServer
@@ -108,7 +108,7 @@ def test_blobs_at_the_node_limit(zk_server, size, chunks):
 
 
 def test_a_blob_past_the_store_limit_is_refused_saying_so(zk_server):
-    from signatures.zk import MAX_CHUNKS
+    from signatures.configstore.zookeeper.ensemble import MAX_CHUNKS
     zk = Ensemble(zk_server.address(), FAST)
     try:
         with pytest.raises(StoreError, match=r"holds at most \d+ bytes compressed"):
@@ -151,7 +151,7 @@ class Prepared(types.SimpleNamespace):
 
 def follower(address, generation: int = 0, **kw):
     """A root's follower, with what the root installed at start (``generation``)."""
-    from rootproc.follow import ConfigFollower
+    from rootproc.rollout.follower import ConfigFollower
     counter = types.SimpleNamespace(n=0)
     counter.inc = lambda: setattr(counter, "n", counter.n + 1)
     first = Prepared(active=types.SimpleNamespace(generation=generation, id=""))
@@ -198,7 +198,7 @@ def test_a_change_missed_while_disconnected_is_caught_up(zk_server, cut_s):
     f = follower(address.replace(zk_server.hosts, f"127.0.0.1:{proxy.port}"), generation=1)
     f.start()
     try:
-        f.post_heartbeat(MemberRecord("root", "root-t", generation=1, bundle=B1.id))
+        f.post_heartbeat(MemberStatus("root", "root-t", generation=1, bundle=B1.id))
         wait_for("registered", lambda: writer.members("canary"))
         proxy.cut()
         time.sleep(0.2)
@@ -220,11 +220,11 @@ def test_a_change_missed_while_disconnected_is_caught_up(zk_server, cut_s):
 MEMBER = """
 import sys, time
 sys.path.insert(0, {root!r})
-from signatures.members import MemberRecord
-from signatures.store import ConfigStore
-from signatures.store_settings import ZooKeeperSettings
+from signatures.configstore.members import MemberStatus
+from signatures.configstore.base import ConfigStore
+from signatures.configstore.zookeeper.settings import ZooKeeperSettings
 store = ConfigStore({address!r}, settings=ZooKeeperSettings(session_timeout_s=2.0))
-store.heartbeat("canary", MemberRecord("leaf", "leaf-0", endpoints=("tcp://10.0.0.9:5560",)))
+store.heartbeat("canary", MemberStatus("leaf", "leaf-0", endpoints=("tcp://10.0.0.9:5560",)))
 print("registered", flush=True)
 if sys.argv[1] == "close":
     sys.stdin.readline()
@@ -273,7 +273,7 @@ def test_writers_need_the_credential_readers_do_not(zk_server, monkeypatch, tmp_
     monkeypatch.setenv("TRIMMER_ZK_AUTH", "deployer:s3cret")
     member = ConfigStore(address)   # registered while the test runs
     member.deploy(B1, "canary")
-    member.heartbeat("canary", MemberRecord("root", "root-0", generation=1, bundle=B1.id))
+    member.heartbeat("canary", MemberStatus("root", "root-0", generation=1, bundle=B1.id))
     for env in ({"TRIMMER_ZK_AUTH": ""}, {"TRIMMER_ZK_AUTH": "deployer:wrong"},
                 {"TRIMMER_ZK_AUTH": "someone:else"}):
         monkeypatch.setenv("TRIMMER_ZK_AUTH", env["TRIMMER_ZK_AUTH"])
@@ -285,7 +285,7 @@ def test_writers_need_the_credential_readers_do_not(zk_server, monkeypatch, tmp_
             with pytest.raises(StoreError, match="not allowed"):
                 other.promote("canary", "production")
             with pytest.raises(StoreError, match="not allowed"):   # nor pose as a leaf
-                other.heartbeat("canary", MemberRecord("leaf", "leaf-x", endpoints=("tcp://x:1",)))
+                other.heartbeat("canary", MemberStatus("leaf", "leaf-x", endpoints=("tcp://x:1",)))
         B2.save(tmp_path / "b2.json")
         out = trimmer("deploy", str(tmp_path / "b2.json"), "--stage", "canary",
                       "--config-store", address, env=env)

@@ -16,9 +16,9 @@ import torch
 
 import _trim
 from leafproc.tensors import HostTensors, Part, StagedTensors, to_scores
-from signatures import artifact as artifacts
-from signatures.export import SCORE_ATOL, SCORE_RTOL, export
-from signatures.module_info import FORMAT, ModuleInfo
+from signatures.derive.exporter import SCORE_ATOL, SCORE_RTOL, export
+from signatures.repository import artifacts
+from signatures.repository.module_info import FORMAT, ModuleInfo
 from tests.support.formats import MODEL, SOURCE
 from tests.support.models import direct_scores, encode_columns, random_columns
 from tests.support.procs import Client, ping

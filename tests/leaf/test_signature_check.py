@@ -5,7 +5,7 @@ import pytest
 
 import _trim
 from _trim.transport.protocol import BAD_REQUEST, SIGNATURE_MISMATCH, ProtocolError
-from leafproc.signature import SignatureCheck
+from leafproc.input_check import SignatureCheck
 from tests.support.models import encode_columns, random_columns, spec
 
 from .conftest import CTR_INPUTS

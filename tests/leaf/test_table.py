@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from leafproc.metrics import LeafMetrics, RolloutMetrics
 from leafproc.table import ModelTable, Target
-from signatures.handoff import Handoff
+from signatures.runtime.handoff import Handoff
 
 
 class Info:

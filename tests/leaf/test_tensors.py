@@ -6,7 +6,7 @@ import torch
 
 import _trim
 from _trim.transport.protocol import ProtocolError
-from leafproc.signature import check, synthetic_message
+from leafproc.input_check import check, synthetic_message
 from leafproc.tensors import HostTensors, Part, StagedTensors, merge_key
 from tests.support.models import encode_columns, random_columns, spec
 

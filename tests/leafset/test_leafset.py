@@ -1,6 +1,6 @@
 """A root following a stage adds and retires leaf links as bundles name them,
-without a restart and without failing a request (rootproc/leaves.py,
-`LeafLinks.reconcile` in rootproc/links.py)."""
+without a restart and without failing a request (rootproc/leaves/replicas.py,
+`LeafLinks.reconcile` in rootproc/leaves/links.py)."""
 from __future__ import annotations
 
 import glob
@@ -13,12 +13,12 @@ import time
 import pytest
 
 from _trim.transport.shm import PREFIX
-from rootproc.client import ScoringClient
+from rootproc.client.scoring_client import ScoringClient
 from signatures.bundle import build
-from signatures.commands.stages import format_status
-from signatures.module_info import ModelRepository
+from signatures.cli.stages import format_status
+from signatures.configstore.base import ConfigStore
+from signatures.repository.module_info import ModelRepository
 from signatures.schema import FeatureSchema
-from signatures.store import ConfigStore
 from tests.rollout.conftest import REQUESTS, Load, check_replies, root_pong, serving, wait_for
 from tests.root.world import root_config, write_root_config
 from tests.support.models import spin_for, write_model

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from rootproc.active import ActiveConfig
-from rootproc.config import LeafSpec
-from rootproc.leaves import LeafPool, wanted_leaves
+from rootproc.leaves.replicas import LeafPool, wanted_leaves
+from rootproc.rollout.installed import ActiveConfig
+from rootproc.settings import LeafSpec
 
 
 def config(leaves: dict) -> ActiveConfig:

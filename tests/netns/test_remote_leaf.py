@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rootproc.client import ScoringClient
+from rootproc.client.scoring_client import ScoringClient
 from rootproc.demo.netns import RemoteHost, cleanup_stale, namespaces, owner_pid, unavailable_reason, veths
 from tests.root.world import MODELS, build_world, root_config, write_root_config
 from tests.support.models import direct_scores

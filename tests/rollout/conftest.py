@@ -12,7 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from rootproc.client import ScoringClient
+from rootproc.client.scoring_client import ScoringClient
 from tests.root.world import (
     CANDIDATE_IDS,
     USER_IDS,
@@ -34,7 +34,7 @@ REQUESTS = [(int(USER_IDS[i]), CANDIDATE_IDS[17 * i: 17 * i + 24]) for i in rang
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
     from signatures.bundle import build
-    from signatures.module_info import ModelRepository, TensorSpec
+    from signatures.repository.module_info import ModelRepository, TensorSpec
     from signatures.schema import FeatureSchema
 
     w = build_world(tmp_path_factory.mktemp("rollout-world"))
@@ -57,7 +57,7 @@ def world(tmp_path_factory):
 
 
 def seed_store(world, path, stages=("canary", "production")):
-    from signatures.store import ConfigStore
+    from signatures.configstore.base import ConfigStore
     store = ConfigStore(path)
     for stage in stages:
         store.deploy(world["b1"], stage)

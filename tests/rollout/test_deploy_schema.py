@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from signatures.store import ConfigStore
+from signatures.configstore.base import ConfigStore
 from tests.root.world import SCHEMA
 from tests.support.models import write_model
 
@@ -24,7 +24,7 @@ EXTRA = {"name": "pin_fresh", "dtype": "float32", "source": "candidate", "raw": 
 def other_schema_bundle(world, tmp_path):
     """A bundle built against a schema with one more feature, read by ctr@9."""
     from signatures.bundle import build
-    from signatures.module_info import ModelRepository, TensorSpec
+    from signatures.repository.module_info import ModelRepository, TensorSpec
     from signatures.schema import FeatureSchema
 
     path = tmp_path / "schema-2.json"

@@ -1,5 +1,5 @@
-"""Which versions a following leaf serves (leafproc.follow.versions_for)."""
-from leafproc.follow import versions_for
+"""Which versions a following leaf serves (leafproc.follower.versions_for)."""
+from leafproc.follower import versions_for
 from signatures.bundle import BundleLeaf
 
 

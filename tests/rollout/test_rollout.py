@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from signatures.store import ConfigStore
+from signatures.configstore.base import ConfigStore
 from tests.support.procs import ping
 
 from .conftest import (
@@ -126,7 +126,7 @@ def test_models_before_config_fail_open_then_trim(world, process_runner, tmp_pat
         # The root reports the gap in its heartbeat, `trimmer status` shows it.
         wait_for("gap in heartbeat", lambda: any(
             "ctr@5" in dict(m.trim_gaps) for m in store.members("canary")), timeout=10)
-        from signatures.commands.stages import format_status
+        from signatures.cli.stages import format_status
         assert "trim gap: ctr@5" in format_status(store.status())
         # Then the config arrives: trimming resumes.
         gen = store.deploy(world["b2"], "canary")
@@ -188,7 +188,7 @@ def test_corrupt_config_is_ignored(world, process_runner, tmp_path):
 
 
 def test_model_that_fails_to_load_leaves_the_old_version_serving(world, process_runner, tmp_path):
-    from signatures.module_info import ModuleInfo, sha256_file
+    from signatures.repository.module_info import ModuleInfo, sha256_file
     # ctr@7: a model.pt that is not TorchScript, with a module_info that matches it.
     version_dir = os.path.join(world["repo"], "ctr", "7")
     os.makedirs(version_dir, exist_ok=True)

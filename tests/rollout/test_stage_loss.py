@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from signatures.store import ConfigStore
+from signatures.configstore.base import ConfigStore
 from tests.support.procs import REPO_ROOT, free_tcp_port, ping
 
 from .conftest import (

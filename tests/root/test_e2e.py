@@ -9,7 +9,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from rootproc.client import ScoringClient
+from rootproc.client.scoring_client import ScoringClient
 from tests.support.procs import free_tcp_port
 
 from .conftest import leaves_running, spawn_root
@@ -97,7 +97,7 @@ def test_metrics_count_bytes_and_the_untrimmed_counterfactual(world, leaves, pro
     assert m[("trimmer_root_missing_entities_total", frozenset({"source": "user"}.items()))] == 1
     assert m[("trimmer_root_requests_total", frozenset({"outcome": "ok"}.items()))] == 5
     assert m[("trimmer_root_latency_seconds_count", frozenset({"stage": "total"}.items()))] == 5
-    # LMDB is read in place, every request (no cache in front: rootproc/cache.py).
+    # LMDB is read in place, every request (no cache in front: rootproc/featurestore/cache.py).
     assert m[("trimmer_root_store_reads_total",
               frozenset({"source": "candidate"}.items()))] == sum(len(request_ids(s)[1])
                                                                   for s in range(4)) + len(cands)
@@ -182,7 +182,7 @@ def test_two_roots_share_the_store_and_spread_requests(world, leaves, process_ru
 
 
 def test_active_config_from_a_staged_config_store(world, leaves, process_runner, tmp_path):
-    from signatures.store import ConfigStore
+    from signatures.configstore.base import ConfigStore
     configs = str(tmp_path / "configs")
     empty = spawn_root(process_runner, world, leaves["ipc"], name="root-empty", bundle=None,
                        config_store=configs, stage="canary", ready=None)

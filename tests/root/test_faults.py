@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from rootproc.client import ScoringClient
+from rootproc.client.scoring_client import ScoringClient
 from tests.support.procs import Client
 
 from .conftest import leaves_healthy, spawn_leaves, spawn_root

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rootproc.client import ScoringClient
+from rootproc.client.scoring_client import ScoringClient
 
 from .conftest import spawn_leaves, spawn_root
 from .world import CANDIDATE_IDS, USER_IDS

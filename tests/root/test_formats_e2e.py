@@ -14,10 +14,10 @@ import shutil
 import numpy as np
 import pytest
 
-from rootproc.client import ScoringClient
+from rootproc.client.scoring_client import ScoringClient
 from signatures.bundle import build
-from signatures.export import SCORE_ATOL, SCORE_RTOL
-from signatures.module_info import ModelRepository
+from signatures.derive.exporter import SCORE_ATOL, SCORE_RTOL
+from signatures.repository.module_info import ModelRepository
 from tests.support.models import direct_scores
 from tests.support.procs import ProcessRunner
 

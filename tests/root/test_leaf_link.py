@@ -9,7 +9,7 @@ import orjson
 import pytest
 import zmq
 
-from rootproc.leaves import LeafLink
+from rootproc.leaves.replicas import LeafLink
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from rootproc.client import ScoringClient
+from rootproc.client.scoring_client import ScoringClient
 from tests.support.models import spin_for, write_model
 from tests.support.procs import free_tcp_port
 

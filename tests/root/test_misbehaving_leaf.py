@@ -18,7 +18,7 @@ import orjson
 import pytest
 import zmq
 
-from rootproc.client import ScoringClient
+from rootproc.client.scoring_client import ScoringClient
 
 from .conftest import spawn_root
 from .world import CANDIDATE_IDS, GAP_MODEL, USER_IDS

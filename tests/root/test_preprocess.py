@@ -8,12 +8,12 @@ import pytest
 
 import _trim
 from _trim import Ragged
-from rootproc.config import RootConfig, config_from_dict
-from rootproc.preprocess import Preprocessor, hash_ids
-from rootproc.preprocess_numpy import elementwise
-from rootproc.records import RecordLayout
+from _trim.records.layout import RecordLayout
+from _trim.records.program_reference import elementwise
+from rootproc.preprocess.preprocessor import Preprocessor, hash_ids
+from rootproc.settings import RootSettings, config_from_dict
+from signatures.runtime.settings import add_arguments, load
 from signatures.schema import FeatureSchema
-from signatures.settings import add_arguments, load
 
 from .world import SCHEMA, bucket, expected_features, raw_data
 
@@ -100,14 +100,14 @@ def test_config_file_flags_and_validation(tmp_path):
     path = tmp_path / "root.json"
     path.write_text(json.dumps(data))
     parser = argparse.ArgumentParser()
-    add_arguments(parser, RootConfig)
-    cfg = load(RootConfig, parser.parse_args(["--config", str(path), "--compression", "lz4",
+    add_arguments(parser, RootSettings)
+    cfg = load(RootSettings, parser.parse_args(["--config", str(path), "--compression", "lz4",
                                               "--metrics-port", "0"]))
     assert cfg.schema == str(tmp_path / "s.json") and cfg.bind == ("ipc:///tmp/x",)
     assert cfg.leaves[0].endpoints == ("tcp://h:1",) and cfg.leaves[0].models == ("ctr@3",)
     assert (cfg.cache.size, cfg.cache.ttl_s, cfg.trim, cfg.compression) == (10, 5, "off", "lz4")
     assert cfg.metrics_port is None
-    cfg = load(RootConfig, parser.parse_args(["--config", str(path), "--config-store", "cs",
+    cfg = load(RootSettings, parser.parse_args(["--config", str(path), "--config-store", "cs",
                                               "--leaf", "a=ipc:///x,ipc:///y"]))
     assert cfg.bundle is None and cfg.leaves[0].endpoints == ("ipc:///x", "ipc:///y")
     with pytest.raises(ValueError, match="unknown keys"):
@@ -119,7 +119,7 @@ def test_config_file_flags_and_validation(tmp_path):
 
 
 def test_grouped_scalars_match_the_per_feature_path():
-    from rootproc.synth import synth_chunks
+    from rootproc.featurestore.synth import synth_chunks
     ops = [{"op": "identity"}, {"op": "log1p"}, {"op": "clip", "lo": 0.1, "hi": 7.3},
            {"op": "standardize", "mean": 0.3, "std": 1.7}]
     feats = []

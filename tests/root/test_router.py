@@ -11,8 +11,8 @@ import zmq
 
 from _trim.transport.frames import recv_waiting
 from _trim.transport.protocol import pack_header, unpack_header
-from rootproc import leaf_message
-from rootproc.leaf_message import ModelBatch
+from rootproc.leaves import encoding as leaf_message
+from rootproc.leaves.encoding import ModelBatch
 from rootproc.metrics import RootMetrics
 from rootproc.router import Router
 

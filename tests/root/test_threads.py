@@ -6,7 +6,7 @@ import signal
 import numpy as np
 import pytest
 
-from rootproc.client import ScoringClient
+from rootproc.client.scoring_client import ScoringClient
 
 from .conftest import leaves_running, spawn_root
 from .world import CANDIDATE_IDS, MODELS, USER_IDS, assert_scores_match

@@ -186,9 +186,9 @@ def write_schema(base) -> tuple:
 
 def build_world(base) -> dict:
     """Write schema, store, model repository and bundle under ``base``."""
-    from rootproc import store_cli
+    from rootproc.featurestore import cli as store_cli
     from signatures.bundle import build
-    from signatures.module_info import ModelRepository, TensorSpec
+    from signatures.repository.module_info import ModelRepository, TensorSpec
     from tests.support.models import write_model
 
     base = os.fspath(base)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from rootproc.client import ScoringClient
+from rootproc.client.scoring_client import ScoringClient
 from tests.root.world import CANDIDATE_IDS, USER_IDS
 
 from .conftest import segments_of, shm_root

@@ -12,7 +12,7 @@ import pytest
 import _trim
 from _trim import Batch, ColumnSpec, Layout, compile_plan
 from _trim.transport.shm import SlotRing
-from rootproc.client import ScoringClient
+from rootproc.client.scoring_client import ScoringClient
 from tests.root.world import CANDIDATE_IDS, MODELS, USER_IDS
 from tests.support.procs import Client, free_tcp_port, ping
 
@@ -148,7 +148,7 @@ def test_ring_too_big_for_dev_shm_is_a_clear_start_up_error(world, leaves, tmp_p
 
 
 def test_bad_config_names_the_problem(world, leaves, tmp_path):
-    from rootproc.config import config_from_dict
+    from rootproc.settings import config_from_dict
     from tests.root.world import root_config
     cfg = root_config(world, leaves, "ipc:///tmp/x.ipc",
                       shm={"enabled": "yes", "slots": 0, "size": 1})

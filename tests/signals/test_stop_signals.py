@@ -1,4 +1,4 @@
-"""signatures/stop_signals.py in this process: what each signal does, that
+"""signatures/runtime/stop_signals.py in this process: what each signal does, that
 only one ever raises, that cleanup runs to its end, and that a signal the
 kernel hands another thread still wakes a poll on `wakeup`."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from signatures.stop_signals import STOP_SIGNALS, DeferredStop, Stopped, StopSignals
+from signatures.runtime.stop_signals import STOP_SIGNALS, DeferredStop, Stopped, StopSignals
 from tests.support.procs import REPO_ROOT
 
 
@@ -122,7 +122,7 @@ def test_a_deferred_stop_is_handed_to_the_server_once_it_exists():
 
 def test_a_second_signal_while_starting_ends_the_process_as_the_default_would():
     code = ("import os, signal, time\n"
-            "from signatures.stop_signals import DeferredStop\n"
+            "from signatures.runtime.stop_signals import DeferredStop\n"
             "starting = DeferredStop().install()\n"
             "os.kill(os.getpid(), signal.SIGTERM)\n"
             "print('held', flush=True)\n"
@@ -140,7 +140,7 @@ def test_stopped_is_not_an_exception_that_except_exception_swallows():
 
 
 def test_a_notice_from_a_handler_survives_a_closed_stderr():
-    code = ("import os\nfrom signatures.stop_signals import say\n"
+    code = ("import os\nfrom signatures.runtime.stop_signals import say\n"
             "os.close(2)\nsay('nobody reads this')\nprint('fine')\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=30)

@@ -7,9 +7,9 @@ import pytest
 
 from _trim import Batch, compile_plan, encode
 from signatures.bundle import Bundle, build
-from signatures.export import export
-from signatures.module_info import ModelRepository
-from signatures.report import SizeModel, diff, format_diff, report
+from signatures.derive.exporter import export
+from signatures.repository.module_info import ModelRepository
+from signatures.savings import SizeModel, diff, format_diff, report
 
 SRC = "tests.signatures.models:"
 

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from signatures.export import ExportError, export, synthetic_inputs
-from signatures.module_info import ModelRepository
+from signatures.derive.exporter import ExportError, export, synthetic_inputs
+from signatures.repository.module_info import ModelRepository
 
 from . import models
 

@@ -13,9 +13,9 @@ import sys
 import pytest
 import torch
 
-from signatures import artifact as artifacts
-from signatures.export import SCORE_ATOL, SCORE_RTOL, ExportError, export, synthetic_inputs
-from signatures.module_info import Artifact, ModelRepository
+from signatures.derive.exporter import SCORE_ATOL, SCORE_RTOL, ExportError, export, synthetic_inputs
+from signatures.repository import artifacts
+from signatures.repository.module_info import Artifact, ModelRepository
 from signatures.schema import FeatureSchema
 
 from . import models

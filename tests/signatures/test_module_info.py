@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from signatures.module_info import ModelRepository, ModuleInfo, TensorSpec
+from signatures.repository.module_info import ModelRepository, ModuleInfo, TensorSpec
 
 
 def _info(version="1", inputs=None):
@@ -56,7 +56,7 @@ def test_repository(tmp_path):
         d = tmp_path / "ctr" / v
         d.mkdir(parents=True)
         (d / "model.pt").write_bytes(b"weights" + v.encode())
-        from signatures.module_info import sha256_file
+        from signatures.repository.module_info import sha256_file
         info = _info(v)
         info.artifact_sha256 = sha256_file(d / "model.pt")
         info.write(d)
@@ -73,7 +73,7 @@ def test_repository(tmp_path):
 
 
 def test_artifact_kind_device_torch_roundtrip_outside_the_hash(tmp_path):
-    from signatures.module_info import Artifact
+    from signatures.repository.module_info import Artifact
     plain = _info()
     aoti = ModuleInfo("ctr", "2", plain.inputs, artifact=Artifact("aoti", "cuda", "2.11.0+cu126",
                                                                    "ab" * 32))
@@ -103,7 +103,7 @@ def test_bad_artifact(artifact, problem):
 
 
 def test_repository_loads_the_kinds_file(tmp_path):
-    from signatures.module_info import Artifact, sha256_file
+    from signatures.repository.module_info import Artifact, sha256_file
     d = tmp_path / "ctr" / "1"
     d.mkdir(parents=True)
     (d / "model.pt2").write_bytes(b"program")

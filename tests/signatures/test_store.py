@@ -11,8 +11,8 @@ import time
 import pytest
 
 from signatures.bundle import Bundle
-from signatures.members import LinkRecord, MemberRecord
-from signatures.store import ConfigStore, StoreError
+from signatures.configstore.base import ConfigStore, StoreError
+from signatures.configstore.members import LinkStatus, MemberStatus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -120,25 +120,25 @@ def test_deploy_refuses_dropping_staged_models(store):
 
 def test_heartbeats(store):
     s = store
-    s.heartbeat("canary", MemberRecord("root", "root-0", generation=3, bundle=B1.id))
-    s.heartbeat("canary", MemberRecord("leaf", "leaf-0", generation=2))
+    s.heartbeat("canary", MemberStatus("root", "root-0", generation=3, bundle=B1.id))
+    s.heartbeat("canary", MemberStatus("leaf", "leaf-0", generation=2))
     (m0, m1) = s.members("canary")
     assert (m0.role, m0.name, m0.generation) == ("leaf", "leaf-0", 2)
     assert m1.bundle == B1.id and m1.age_s() >= 0
     with pytest.raises(StoreError, match="plain name"):
-        s.heartbeat("canary", MemberRecord("root", "../x"))
+        s.heartbeat("canary", MemberStatus("root", "../x"))
 
 
 
 def test_status_shows_each_roots_links_and_their_transport(store):
-    from signatures.commands.stages import format_status
+    from signatures.cli.stages import format_status
     s = store
     s.deploy(B1, "canary")
-    s.heartbeat("canary", MemberRecord("root", "root-0", generation=1, bundle=B1.id, leaves=(
-        LinkRecord("leaf-0", "ipc:///run/l0.sock", healthy=True, transport="shm"),
-        LinkRecord("leaf-1", "tcp://10.0.0.2:5551", healthy=False, transport="socket",
+    s.heartbeat("canary", MemberStatus("root", "root-0", generation=1, bundle=B1.id, leaves=(
+        LinkStatus("leaf-0", "ipc:///run/l0.sock", healthy=True, transport="shm"),
+        LinkStatus("leaf-1", "tcp://10.0.0.2:5551", healthy=False, transport="socket",
                    retiring=True),
-        LinkRecord("leaf-0", "ipc:///run/l0b.sock", healthy=True, draining=True))))
+        LinkStatus("leaf-0", "ipc:///run/l0b.sock", healthy=True, draining=True))))
     text = format_status(s.status())
     assert ("leaves: leaf-0 ipc:///run/l0.sock (shm), "
             "leaf-1 tcp://10.0.0.2:5551 (retiring) (DOWN), "
@@ -149,7 +149,7 @@ CRASHING_WRITER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
     from signatures.bundle import Bundle
-    from signatures.store import ConfigStore
+    from signatures.configstore.base import ConfigStore
     def hook():
         open({marker!r}, "w").close()
         time.sleep(60)
@@ -192,7 +192,7 @@ CONCURRENT_WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
     from signatures.bundle import Bundle
-    from signatures.store import ConfigStore
+    from signatures.configstore.base import ConfigStore
     store = ConfigStore({store!r})
     bundles = [Bundle.load(p) for p in {paths!r}]
     for i in range({n}):
@@ -269,10 +269,10 @@ def test_deploy_models_waits_for_every_live_root(store):
     s = store
     s.deploy(B1, "canary")
     s.deploy(B2, "canary")
-    lagging = MemberRecord("root", "root-0", generation=1, bundle=B1.id)
+    lagging = MemberStatus("root", "root-0", generation=1, bundle=B1.id)
     s.heartbeat("canary", lagging)
-    s.heartbeat("canary", MemberRecord("root", "root-1", generation=2, bundle=B2.id))
-    s.heartbeat("canary", MemberRecord("leaf", "leaf-0"))   # leaves are not waited for
+    s.heartbeat("canary", MemberStatus("root", "root-1", generation=2, bundle=B2.id))
+    s.heartbeat("canary", MemberStatus("leaf", "leaf-0"))   # leaves are not waited for
     t0 = time.monotonic()
     with pytest.raises(StoreError, match=r"1 live root\(s\) on canary did not install a config "
                                          r"carrying ctr@2 within 0.5 s: root root-0 on .* runs "
@@ -281,7 +281,7 @@ def test_deploy_models_waits_for_every_live_root(store):
         s.deploy_models("canary", ["ctr@2"], wait_s=0.5)
     assert time.monotonic() - t0 >= 0.5 and s.active_models("canary") == []
     # It catches up while deploy-models waits.
-    later = threading.Timer(0.3, s.heartbeat, ("canary", MemberRecord(
+    later = threading.Timer(0.3, s.heartbeat, ("canary", MemberStatus(
         "root", "root-0", generation=2, bundle=B2.id)))
     later.start()
     assert s.deploy_models("canary", ["ctr@2"], wait_s=10) == ["ctr@2"]
@@ -317,12 +317,12 @@ def break_record(address, store, stage: str, data: bytes | None) -> None:
 @pytest.mark.parametrize("damage", [b'{"generation": 4, "bundle": ', None], ids=["corrupt", "lost"])
 def test_a_broken_stage_record_is_reported_and_replaced_from_the_audit_log(store, address,
                                                                            damage):
-    from signatures.stage_records import StageProblem
+    from signatures.configstore.stage_state import StageProblem
     s = store
     s.deploy(B1, "canary")
     s.deploy(B2, "canary")
     s.deploy_models("canary", ["ctr@2"])
-    s.heartbeat("canary", MemberRecord("root", "root-0", generation=7, bundle=B2.id))
+    s.heartbeat("canary", MemberStatus("root", "root-0", generation=7, bundle=B2.id))
     break_record(address, s, "canary", damage)
     kind = "corrupt" if damage else "missing"
     problem = s.read_stage("canary")

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from signatures import artifact as artifacts
-from signatures.export import FORMATS, export
-from signatures.module_info import ModelRepository, ModuleInfo
+from signatures.derive.exporter import FORMATS, export
+from signatures.repository import artifacts
+from signatures.repository.module_info import ModelRepository, ModuleInfo
 from signatures.schema import FeatureSchema
 
 MODEL = "fmt"

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from signatures.module_info import MODEL_NAME, ModuleInfo, TensorSpec, sha256_file
+from signatures.repository.module_info import MODEL_NAME, ModuleInfo, TensorSpec, sha256_file
 
 
 class GenericScorer(torch.nn.Module):

@@ -1,6 +1,6 @@
-"""The bulk load's compiled loops (`_trim._load`) against their numpy definitions, bit for bit.
+"""The bulk load's compiled loops (`_trim.records._writer`) against their numpy definitions, bit for bit.
 
-Synthetic values (rootproc/synth.py) and record packing (rootproc/records.py)
+Synthetic values (rootproc/featurestore/synth.py) and record packing (_trim/records/layout.py)
 each have a numpy path, the definition, selected with ``TRIMMER_IMPL=reference``;
 the compiled path must give the same records. `make asan` runs these under
 AddressSanitizer and UBSan.
@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from _trim import Ragged
-from rootproc import synth
+from _trim.records.layout import RawField, RecordLayout
 from rootproc.demo.schema_gen import demo_schema
-from rootproc.records import RawField, RecordLayout
+from rootproc.featurestore import synth
 from signatures.schema import FeatureSchema
 from tests.root.world import SCHEMA
 from tests.trim.test_records import schemas
@@ -40,7 +40,7 @@ def test_rounding_matches_numpy_rint_everywhere():
     """The values' rint is computed without a call (so that it vectorises):
     checked against synth's numpy mapping on every magnitude, halves, signed
     zeros and the specials."""
-    from _trim import _load
+    from _trim.records import _writer as _load
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.standard_normal(20000) * 10.0 ** rng.integers(-3, 12, 20000),
                         np.arange(-40, 40) / 2, [0.0, -0.0, -0.4, np.inf, -np.inf, np.nan,

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from _trim import DTYPE_CODES, Ragged
-from rootproc.preprocess import Preprocessor
-from rootproc.records import RawField, RecordLayout
+from _trim.records.layout import RawField, RecordLayout
+from rootproc.preprocess.preprocessor import Preprocessor
 from signatures.schema import FeatureSchema
 
 # NaNs and overflows are the point: numpy's warnings about them are not.
@@ -195,7 +195,7 @@ def test_kernel_and_reference_build_the_same_batch_bit_for_bit(schema, data):
 
 def test_the_demo_schema_builds_the_same_batch():
     from rootproc.demo.schema_gen import demo_schema
-    from rootproc.synth import synth_chunks
+    from rootproc.featurestore.synth import synth_chunks
     schema = FeatureSchema.from_dict(demo_schema(0, 0.1))
     layouts = {s: RecordLayout.from_schema(schema, s) for s in ("user", "candidate")}
     (_, users), = synth_chunks(schema, layouts["user"], 3, seed=2)
@@ -229,14 +229,14 @@ def test_corrupt_records_are_refused_alike(impl):
 
 
 def test_the_program_and_the_plan_share_their_dtype_codes():
-    from _trim._records import RAW_CODES
-    from rootproc.preprocess_plan import RAW_CODES as PLAN_CODES
+    from _trim.records._program import RAW_CODES
+    from rootproc.preprocess.steps import RAW_CODES as PLAN_CODES
     assert RAW_CODES == PLAN_CODES
 
 
 def test_a_program_must_fill_every_column_once():
     from _trim import ColumnSpec, Layout
-    from _trim._records import RecordProgram
+    from _trim.records._program import RecordProgram
     layout = Layout([ColumnSpec("a", "float32"), ColumnSpec("b", "float32")])
     step = {"kind": "dense", "column": 0, "source": 1, "raw_offset": 0}
     with pytest.raises(ValueError, match="not filled exactly once: b"):
@@ -250,7 +250,7 @@ def test_a_program_must_fill_every_column_once():
            [1, 2, 3, 7, 1 << 20, (1 << 32) - 1, 1 << 32, (1 << 32) + 1, (1 << 63) - 1, 1 << 63,
             (1 << 63) + 1, (1 << 64) - 1, 1000, 512, 100_000, 1_000_000])))
 def test_the_compiled_hash_divides_exactly(ids, buckets):
-    from _trim._records import hash_ids as compiled
+    from _trim.records._program import hash_ids as compiled
     from tests.root.world import bucket
     got = compiled(np.array(ids, dtype=np.int64), buckets)
     assert [int(x) & ((1 << 64) - 1) for x in got] == [bucket(x, buckets) for x in ids]

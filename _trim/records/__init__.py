@@ -1,0 +1,1 @@
+"""_trim.records."""

@@ -1,0 +1,96 @@
+"""Checking a decoded batch against a model's signature, and synthetic input.
+
+The check reports every problem at once (one error reply names all missing
+and mismatched features), because a root that trims with a stale config
+usually gets several features wrong together.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from _trim import Batch, Decoded, Layout
+from _trim.transport.protocol import BAD_REQUEST, SIGNATURE_MISMATCH, ProtocolError
+from signatures.repository.module_info import TensorSpec
+
+
+def describe(dtype: str, shape: tuple, ragged: bool, per_request: bool) -> str:
+    kind = "ragged" if ragged else "dense"
+    dims = f"[{shape[0]}]" if shape else ""
+    return f"{dtype}{dims} {kind}{' per-request' if per_request else ''}"
+
+
+def check(decoded: Decoded, inputs: list[TensorSpec], header_rows: int) -> None:
+    """ProtocolError unless ``decoded`` carries every input as the signature declares it.
+
+    Extra columns are ignored. A dense column may arrive per-request or per
+    row: the model sees ``[rows, ...]`` either way (per-request ones are
+    expanded). A ragged column's per-request flag must match, since it
+    changes the offsets the model receives (2 entries instead of rows + 1).
+    """
+    if decoded.n_rows != header_rows:
+        raise ProtocolError(BAD_REQUEST, f"header says rows={header_rows} but the batch has "
+                                         f"{decoded.n_rows} rows")
+    missing, mismatched, problems = [], [], []
+    for spec in inputs:
+        if spec.name not in decoded:
+            missing.append(spec.name)
+            continue
+        dtype, shape, ragged, per_request = decoded.spec(spec.name)
+        ok = dtype == spec.dtype and ragged == spec.ragged and (
+            spec.per_request == per_request if ragged else shape == tuple(spec.shape))
+        if not ok:
+            mismatched.append(spec.name)
+            problems.append(f"{spec.name}: expected "
+                            f"{describe(spec.dtype, tuple(spec.shape), spec.ragged, spec.per_request)}"
+                            f", got {describe(dtype, shape, ragged, per_request)}")
+    if missing or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing)}")
+        if problems:
+            parts.append("; ".join(problems))
+        raise ProtocolError(SIGNATURE_MISMATCH,
+                            "batch does not match the model's signature: " + "; ".join(parts),
+                            missing=missing, mismatched=mismatched)
+
+
+class SignatureCheck:
+    """`check` for one model, remembering the message layouts it accepted.
+
+    A root sends every request for a model with the same trim plan, so all
+    but the first message repeat a layout already checked; `Decoded.layout_key`
+    identifies it exactly (names, order, dtypes, flags, widths), and a repeat
+    costs one set lookup instead of a pass over every input. Rejected layouts
+    are never remembered: each one gets the full, itemised error.
+    """
+
+    MAX_LAYOUTS = 64  # a few configs in flight during a rollout; more is a misbehaving root
+
+    def __init__(self, inputs: list[TensorSpec]):
+        self.inputs = list(inputs)
+        self._accepted: set[bytes] = set()
+
+    def __call__(self, decoded: Decoded, header_rows: int) -> None:
+        if decoded.layout_key in self._accepted:
+            if decoded.n_rows != header_rows:
+                check(decoded, self.inputs, header_rows)  # raises, naming the row counts
+            return
+        check(decoded, self.inputs, header_rows)
+        if len(self._accepted) >= self.MAX_LAYOUTS:
+            self._accepted.clear()
+        self._accepted.add(decoded.layout_key)
+
+
+def synthetic_message(inputs: list[TensorSpec], rows: int) -> np.ndarray:
+    """An encoded batch that satisfies ``inputs``: zeros, one list element per
+    ragged row. Used to warm a model up through the same path as real traffic."""
+    layout = Layout(s.column_spec() for s in inputs)
+    arrays: dict[str, object] = {}
+    for spec in inputs:
+        n = 1 if spec.per_request else rows
+        if spec.ragged:
+            arrays[spec.name] = (np.zeros(n, dtype=spec.dtype), np.arange(n + 1, dtype=np.int64))
+        else:
+            arrays[spec.name] = np.zeros((n,) + tuple(spec.shape), dtype=spec.dtype)
+    # A batch's own buffer is a valid message.
+    return Batch.from_arrays(layout, arrays, rows).buffer

@@ -1,0 +1,1 @@
+"""rootproc.client.scoring_client."""

@@ -1,0 +1,1 @@
+"""rootproc.leaves.replicas."""

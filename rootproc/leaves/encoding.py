@@ -1,0 +1,97 @@
+"""One model's batch as the message a leaf link carries.
+
+The gather kernel copies the trim plan's byte ranges straight into what is
+sent: a shared-memory slot when the link has a ring and a slot frees up in
+time, else a fresh buffer that becomes the payload frame (LZ4-compressed when
+the link says so). This module only encodes; which replica gets the message,
+and what happens when it does not take it, is the router's business
+(rootproc/router.py).
+
+Each message carries the time left before the client's deadline
+(``deadline_ms``), so that a leaf skips work nobody waits for.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+import _trim
+from _trim.transport.protocol import COMPRESSION_LZ4, compress, pack_header
+
+if TYPE_CHECKING:
+    from rootproc.leaves.shm import ShmChannel
+
+
+@dataclass(frozen=True)
+class ModelBatch:
+    """One model version's share of a request's batch: what a send, and any
+    resend to another replica, encodes."""
+
+    key: str           # model version
+    plan: object       # trim plan: which columns of ``batch`` the model reads
+    batch: object
+    untrimmed: int     # bytes the message would take with every column (for metrics)
+    nbytes: int = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "nbytes", _trim.encoded_nbytes(self.plan, self.batch))
+
+
+@dataclass
+class LeafMessage:
+    """The frames of one score message, and what its sending owes the ring."""
+
+    mid: str
+    frames: list
+    wire_nbytes: int             # payload bytes on the socket: 0 through shared memory
+    channel: ShmChannel | None = None   # the ring's channel holding its slot, if it went through one
+
+    @property
+    def in_shm(self) -> bool:
+        return self.channel is not None
+
+    def unsent(self) -> None:
+        """The link refused it: nobody will read its slot."""
+        if self.channel is not None:
+            self.channel.unsent(self.mid)
+
+
+class Encoder:
+    """Encodes one `ModelBatch` for each replica tried in turn. The socket
+    payload is encoded once and shared by those tries: zmq takes a buffer
+    only when a send succeeds, and a link that refuses a message queued none
+    of it."""
+
+    def __init__(self, model: ModelBatch):
+        self.model = model
+        self._payload: np.ndarray | None = None
+
+    def message(self, link, mid: str, rows: int, deadline_ms: int, channel=None,
+                read_replies=None) -> LeafMessage:
+        """``link``'s message ``mid``; through ``channel`` (the link's ring)
+        when it has a slot within its wait, during which
+        ``read_replies(timeout_s)`` reads the link's replies (only they
+        free slots)."""
+        model = self.model
+        head = {"type": "score", "id": mid, "model": model.key, "rows": rows,
+                "compression": link.compression, "deadline_ms": deadline_ms}
+        if channel is not None:
+            desc = channel.place(mid, model.plan, model.batch, model.nbytes, read_replies)
+            if desc is not None:
+                head.update(compression="none", shm=desc)
+                return LeafMessage(mid, [pack_header(head)], 0, channel)
+        if self._payload is None:
+            # A fresh buffer per send, never reused once sent: zmq owns it until
+            # it has left (copy=False).
+            self._payload = np.empty(model.nbytes, dtype=np.uint8)
+            _trim.encode_into(model.plan, model.batch, self._payload)
+        payload: np.ndarray | bytes = self._payload
+        if link.compression == COMPRESSION_LZ4:
+            payload = compress(payload)
+            head["raw_nbytes"] = model.nbytes
+        return LeafMessage(mid, [pack_header(head), payload], len(payload))
+
+
+__all__ = ["Encoder", "LeafMessage", "ModelBatch"]

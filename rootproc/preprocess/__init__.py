@@ -1,0 +1,1 @@
+"""rootproc.preprocess.preprocessor."""

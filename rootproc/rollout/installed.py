@@ -1,0 +1,106 @@
+"""The root's active config: which model versions it serves and what each reads.
+
+`load_active_config` is the one place a bundle is read, so that following a
+staged config store (polling its generation and swapping) replaces a single
+function.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rootproc.preprocess.preprocessor import Preprocessor
+
+
+@dataclass(frozen=True)
+class ActiveConfig:
+    id: str
+    models: dict                      # "name@version" -> tuple of required feature names
+    pending: frozenset = frozenset()  # versions allowlisted but not yet serving
+    placement: dict = field(default_factory=dict)  # leaf name -> model versions it hosts
+    generation: int = 0
+    endpoints: dict = field(default_factory=dict)  # leaf name -> endpoint, when the bundle has one
+    hashes: dict = field(default_factory=dict)     # "name@version" -> signature hash
+
+    def features_for(self, key: str):
+        """Required features of a model version; None if this config does not know it."""
+        return self.models.get(key)
+
+    @property
+    def union(self) -> list[str]:
+        """Every feature some model version of this config reads."""
+        out: set[str] = set()
+        for names in self.models.values():
+            out.update(names)
+        return sorted(out)
+
+    @property
+    def default_models(self) -> list[str]:
+        """What a request without ``models`` is scored by: every current version."""
+        return sorted(k for k in self.models if k not in self.pending)
+
+    @classmethod
+    def from_bundle(cls, bundle, generation: int = 0) -> ActiveConfig:
+        d = bundle.to_dict() if hasattr(bundle, "to_dict") else bundle
+        models = {k: tuple(m["features"]) for k, m in d["models"].items()}
+        pending = frozenset(k for k, m in d["models"].items() if m.get("pending"))
+        placement = {name: tuple(leaf.get("current", [])) + tuple(leaf.get("pending", []))
+                     for name, leaf in d.get("leaves", {}).items()}
+        endpoints = {name: leaf["endpoint"] for name, leaf in d.get("leaves", {}).items()
+                     if leaf.get("endpoint")}
+        hashes = {k: m.get("signature_hash") for k, m in d["models"].items()}
+        return cls(str(d.get("id", "")), models, pending, placement, generation, endpoints, hashes)
+
+
+@dataclass(frozen=True)
+class PreparedConfig:
+    """An active config with everything a request needs compiled: built off
+    the serving loop, then installed in one step between requests."""
+
+    active: ActiveConfig
+    pre_full: Preprocessor    # every schema feature (fail open, trim off)
+    pre_used: Preprocessor    # the features this config's models read
+    plans: dict               # (layout fingerprint, model version | None) -> trim plan
+
+
+def prepare_config(schema, record_layouts, trim: str, active: ActiveConfig,
+                   previous: PreparedConfig | None = None) -> PreparedConfig:
+    """Validate ``active`` against the schema and compile its preprocessors and
+    trim plans; ValueError naming the problem. Touches no serving state, so it
+    may run on another thread. ``previous`` with the same config id is reused
+    (a change of the stage's models alone only moves the generation)."""
+    import _trim
+    from rootproc.preprocess.preprocessor import Preprocessor
+
+    if previous is not None and previous.active.id == active.id and active.id:
+        return PreparedConfig(active, previous.pre_full, previous.pre_used, previous.plans)
+    full = previous.pre_full if previous is not None else Preprocessor(schema, None, record_layouts)
+    if trim == "on":
+        schema.check_names(active.union)
+        used = Preprocessor(schema, active.union, record_layouts)
+    else:
+        used = full
+    plans = {(full.layout.fingerprint, None): _trim.compile_plan(full.layout, full.layout.names),
+             (used.layout.fingerprint, None): _trim.compile_plan(used.layout, used.layout.names)}
+    if trim == "on":
+        for key, names in active.models.items():
+            plans[(used.layout.fingerprint, key)] = _trim.compile_plan(used.layout, names)
+    return PreparedConfig(active, full, used, plans)
+
+
+def load_active_config(cfg) -> ActiveConfig:
+    """The bundle the root config names: a bundle file, or a stage's active
+    bundle in a staged config store."""
+    if cfg.bundle is not None:
+        from signatures.bundle import Bundle
+        return ActiveConfig.from_bundle(Bundle.load(cfg.bundle))
+    from signatures.configstore.base import ConfigStore
+    with ConfigStore(cfg.config_store, settings=cfg.zookeeper) as store:
+        generation, bundle = store.active(cfg.stage)
+    if bundle is None:
+        raise ValueError(f"config store {cfg.config_store}: stage {cfg.stage!r} has no active config")
+    return ActiveConfig.from_bundle(bundle, generation)
+
+
+__all__ = ["ActiveConfig", "PreparedConfig", "load_active_config", "prepare_config"]

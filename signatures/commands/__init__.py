@@ -1,1 +1,0 @@
-"""`trimmer` subcommands of the control plane: each module has ``main(argv) -> int``."""

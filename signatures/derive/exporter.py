@@ -1,0 +1,241 @@
+"""Export a model into the repository with the signature derived from its graph.
+
+Steps: load the source (signatures/derive/sources.py), derive the keys it reads
+(the TorchScript graph, signatures/derive/torchscript.py, or the torch.export graph,
+signatures/derive/exported.py), map them onto the feature schema, build the
+artifact (a TorchScript file, an exported program, or an AOTInductor package
+compiled from it), dry-run it on synthetic inputs holding exactly those
+features as a leaf loads it, then publish it with ``module_info.json``
+(signatures/repository/publish.py). The signature depends only on the features read,
+never on the format: the same model exported as TorchScript and as a program
+has one signature hash.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from signatures.derive.exported import (
+    compile_aoti,
+    derive_program,
+    export_program,
+    program_bytes,
+    program_sha256,
+    program_source,
+)
+from signatures.derive.sources import ExportError, Source, describe, load_source, module_bytes, scripted
+from signatures.derive.synthetic import synthetic_inputs
+from signatures.derive.torchscript import Derivation, DerivationError, check_explicit, derive, read_places
+from signatures.repository import artifacts
+from signatures.repository.module_info import (
+    AOTI_DEVICES,
+    ARTIFACT_FILES,
+    Artifact,
+    ModelRepository,
+    ModuleInfo,
+    TensorSpec,
+    check_name,
+    version_sort_key,
+)
+from signatures.repository.publish import feature_diff, next_version, publish
+from signatures.schema import FeatureSchema
+
+FORMATS = tuple(ARTIFACT_FILES)   # torchscript, export, aoti
+DRY_RUN_ROWS = (1, 5)  # one row catches models that squeeze the row axis away
+# An exported program or package must score like the module it came from:
+# |artifact - module| <= SCORE_ATOL + SCORE_RTOL * |module| on the dry run.
+# Compiled kernels may reorder float sums; they must not change a score more.
+SCORE_RTOL = 1e-4
+SCORE_ATOL = 1e-5
+
+
+# -- signature ----------------------------------------------------------------
+
+def required_features(derivation: Derivation, schema: FeatureSchema,
+                      explicit: list[str] | None = None) -> list[str]:
+    """The features the model needs, in schema order; ExportError listing every problem."""
+    problems = []
+    if explicit is None and not derivation.complete:
+        problems += [f"the features dict is read with a key that is not a constant at {p}"
+                     for p in derivation.dynamic]
+        problems.append("make the keys constant, or pass the full list with --features "
+                        "(it is still checked against the constant reads)")
+    if explicit is not None:
+        problems += check_explicit(derivation, explicit)
+    read = derivation.features()
+    wanted = list(explicit) if explicit is not None else list(read)
+    for name in wanted:
+        if name not in schema:
+            at = read_places(derivation, name)
+            problems.append(f"the model reads {name!r}{f' (at {at[0]})' if at else ''} "
+                            "but the feature schema has no such feature")
+            continue
+        feature = schema[name]
+        for key in read.get(name, []):
+            if feature.ragged and key == name:
+                problems.append(f"{name!r} is ragged: the model must read {name}.values and "
+                                f"{name}.offsets, not features[{name!r}] "
+                                f"(at {derivation.keys[key][0]})")
+            elif not feature.ragged and key != name:
+                problems.append(f"{name!r} is dense: read it as features[{name!r}], not "
+                                f"{key!r} (at {derivation.keys[key][0]})")
+    if problems:
+        raise ExportError("cannot derive the signature:\n  - " + "\n  - ".join(problems))
+    return [n for n in schema.names if n in set(wanted)]
+
+
+# -- dry run ------------------------------------------------------------------
+
+def dry_run(model: Callable, schema: FeatureSchema, names, rows_list=DRY_RUN_ROWS, *,
+            reference: Callable | None = None, device: str = "cpu") -> None:
+    """``model`` must return one float score per row; with ``reference`` (the
+    module an artifact came from), the same scores within the tolerance."""
+    for rows in rows_list:
+        inputs = synthetic_inputs(schema, names, rows)
+        try:
+            with torch.inference_mode():
+                out = model({k: v.to(device) for k, v in inputs.items()})
+        except Exception as exc:
+            msg = str(exc).strip()
+            raise ExportError(f"dry run on {rows} synthetic row(s) holding only the derived "
+                              f"features failed; the model raised {type(exc).__name__}: "
+                              f"{msg}") from exc
+        if not isinstance(out, torch.Tensor):
+            raise ExportError(f"dry run: forward returned {type(out).__name__}, "
+                              "expected a Tensor of scores")
+        if tuple(out.shape) not in ((rows,), (rows, 1)) or not out.is_floating_point():
+            raise ExportError(f"dry run on {rows} row(s): forward must return one float score "
+                              f"per row, shape [{rows}] or [{rows}, 1]; got "
+                              f"{out.dtype} of shape {list(out.shape)}")
+        if reference is not None:
+            with torch.inference_mode():
+                want = reference(inputs).reshape(-1).to(torch.float64).numpy()
+            got = out.reshape(-1).to("cpu", torch.float64).numpy()
+            if not np.allclose(got, want, rtol=SCORE_RTOL, atol=SCORE_ATOL):
+                worst = float(np.max(np.abs(got - want)))
+                raise ExportError(f"dry run on {rows} row(s): the artifact's scores differ from "
+                                  f"the module's by up to {worst:.3g} (allowed: {SCORE_ATOL} + "
+                                  f"{SCORE_RTOL} x |score|)")
+
+
+# -- building each format -------------------------------------------------------
+
+def resolve_format(src: Source, fmt: str | None, device: str | None) -> str:
+    """The format to build (default: TorchScript, or an exported program for a
+    .pt2 source), after refusing what cannot be built from this source here."""
+    fmt = fmt or ("export" if src.kind == "program" else "torchscript")
+    if fmt not in FORMATS:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if device is not None and fmt != "aoti":
+        raise ExportError(f"--device is for --format aoti (a {fmt} artifact is placed on the "
+                          "leaf's device when it loads)")
+    if device is not None and device not in AOTI_DEVICES:
+        raise ExportError(f"--device must be one of {', '.join(AOTI_DEVICES)}, not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ExportError("--device cuda compiles for a GPU and this machine has no CUDA device "
+                          f"(torch {torch.__version__}): compile on a machine with one, or "
+                          "export --format export and let the leaf place it on its GPU")
+    if fmt != "torchscript" and src.kind == "torchscript":
+        raise ExportError(f"a TorchScript model cannot be exported as {fmt}: torch.export "
+                          "traces Python code; export the nn.Module source "
+                          "(package.module:callable) instead")
+    if fmt == "torchscript" and src.kind == "program":
+        raise ExportError("an exported program (.pt2) cannot become TorchScript: export it as "
+                          "--format export or aoti, or export the nn.Module source")
+    reason = artifacts.unsupported(fmt)
+    if reason:
+        raise ExportError(reason)
+    return fmt
+
+
+def _torchscript(source: str, src: Source, schema: FeatureSchema,
+                 explicit: list[str] | None) -> tuple[list[str], bytes, Artifact, dict]:
+    module = scripted(source, src)
+    try:
+        derivation = derive(module)
+    except DerivationError as exc:
+        raise ExportError(f"cannot derive the signature: {exc}") from exc
+    names = required_features(derivation, schema, explicit)
+    dry_run(module, schema, names)
+    data = src.file_bytes if src.file_bytes is not None else module_bytes(module)
+    return names, data, Artifact(), {}
+
+
+def _program(src: Source, schema: FeatureSchema, explicit: list[str] | None, fmt: str,
+             device: str) -> tuple[list[str], bytes, Artifact, dict]:
+    t0 = time.monotonic()
+    if src.kind == "program":
+        module, derivation = program_source(src.model)
+    else:
+        module, derivation = src.model, derive_program(src.model, schema)
+    names = required_features(derivation, schema, explicit)
+    program = export_program(module, schema, names, saved=src.kind == "program")
+    data = program_bytes(program)
+    artifact = Artifact("export", program_sha256=program_sha256(data))
+    timing = {"export_s": round(time.monotonic() - t0, 1)}
+    if fmt == "aoti":
+        t1 = time.monotonic()
+        data = compile_aoti(program, device)
+        timing["compile_s"] = round(time.monotonic() - t1, 1)
+        artifact = Artifact("aoti", device, torch.__version__, artifact.program_sha256)
+    with tempfile.TemporaryDirectory(prefix="trimmer-export-") as tmp:
+        path = os.path.join(tmp, artifact.file)
+        with open(path, "wb") as f:
+            f.write(data)
+        model = artifacts.load(path, artifact, torch.device(device))
+        dry_run(model, schema, names, reference=module, device=device)
+    return names, data, artifact, timing
+
+
+def export(source: str | torch.nn.Module, repo_root, model: str, schema: FeatureSchema,
+           version: str | None = None, features: list[str] | None = None, fork: str | None = None,
+           fmt: str | None = None, device: str | None = None) -> ModuleInfo:
+    """Export ``source`` (see `load_source`) as ``model`` (or as the fork
+    ``fork``) in format ``fmt`` (``device``: where an AOTInductor package
+    runs); returns its ModuleInfo."""
+    repo = ModelRepository(repo_root)
+    check_name("model name", model)
+    name = model
+    if fork is not None:
+        check_name("fork name", fork)
+        if fork == model:
+            raise ExportError("--fork must name a new model, not the model itself")
+        name = fork
+    if version is not None:
+        check_name("model version", version)
+    src = load_source(source)
+    fmt = resolve_format(src, fmt, device)
+    if fmt == "torchscript":
+        names, data, artifact, timing = _torchscript(describe(source), src, schema, features)
+    else:
+        names, data, artifact, timing = _program(src, schema, features, fmt, device or "cpu")
+    version = version or next_version(repo, name)
+    info = ModuleInfo(
+        model=name, version=version,
+        inputs=[TensorSpec.from_feature(schema[n]) for n in names],
+        artifact_sha256=hashlib.sha256(data).hexdigest(), artifact=artifact,
+        provenance={
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "source": describe(source),
+            "derived": "explicit list" if features is not None else "graph",
+            "schema_fingerprint": schema.fingerprint,
+            **timing,
+            **({"forked_from": model} if fork is not None else {}),
+        })
+    publish(repo, data, info)
+    return repo.info(name, version)
+
+
+__all__ = ["DRY_RUN_ROWS", "FORMATS", "SCORE_ATOL", "SCORE_RTOL", "ExportError", "dry_run",
+           "export", "feature_diff", "next_version", "publish", "required_features",
+           "resolve_format", "synthetic_inputs", "version_sort_key"]
