@@ -1,1 +1,1 @@
-"""signatures.derive.torchscript."""
+"""signatures.derive.script_graph."""

@@ -1,8 +1,8 @@
 """Export a model into the repository with the signature derived from its graph.
 
 Steps: load the source (signatures/derive/sources.py), derive the keys it reads
-(the TorchScript graph, signatures/derive/torchscript.py, or the torch.export graph,
-signatures/derive/exported.py), map them onto the feature schema, build the
+(the TorchScript graph, signatures/derive/script_graph.py, or the torch.export graph,
+signatures/derive/export_graph.py), map them onto the feature schema, build the
 artifact (a TorchScript file, an exported program, or an AOTInductor package
 compiled from it), dry-run it on synthetic inputs holding exactly those
 features as a leaf loads it, then publish it with ``module_info.json``
@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from signatures.derive.exported import (
+from signatures.derive.export_graph import (
     compile_aoti,
     derive_program,
     export_program,
@@ -31,9 +31,9 @@ from signatures.derive.exported import (
     program_sha256,
     program_source,
 )
+from signatures.derive.script_graph import Derivation, DerivationError, check_explicit, derive, read_places
 from signatures.derive.sources import ExportError, Source, describe, load_source, module_bytes, scripted
 from signatures.derive.synthetic import synthetic_inputs
-from signatures.derive.torchscript import Derivation, DerivationError, check_explicit, derive, read_places
 from signatures.repository import artifacts
 from signatures.repository.module_info import (
     AOTI_DEVICES,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from signatures.derive.torchscript import DerivationError, check_explicit, derive, feature_name
+from signatures.derive.script_graph import DerivationError, check_explicit, derive, feature_name
 
 from . import models
 

@@ -35,9 +35,9 @@ from typing import Any
 
 import torch
 
+from signatures.derive.script_graph import Derivation, feature_name
 from signatures.derive.sources import ExportError
 from signatures.derive.synthetic import input_keys, synthetic_inputs
-from signatures.derive.torchscript import Derivation, feature_name
 from signatures.schema import FeatureSchema
 
 EXAMPLE_ROWS = 5        # not 0 or 1, which tracing would take as special
