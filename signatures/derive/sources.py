@@ -17,11 +17,7 @@ from typing import Any
 
 import torch
 
-from _trim.errors import Refused
-
-
-class ExportError(Refused):
-    """The model cannot be exported; the message says why and what to do."""
+from signatures.repository.publish import ExportError
 
 
 @dataclass

@@ -6,9 +6,16 @@ from __future__ import annotations
 import os
 import shutil
 
-from signatures.derive.sources import ExportError
+from _trim.errors import Refused
 from signatures.repository.module_info import INFO_NAME, Artifact, ModelRepository, ModuleInfo, sha256_file
 from signatures.runtime.files import fsync_dir, locked
+
+
+class ExportError(Refused):
+    """The model cannot be exported (its signature cannot be derived, or the
+    repository refuses the version); the message says why and what to do.
+    Defined with publishing, the export's last step, so that derivation
+    (signatures/derive/) depends on the repository and never the reverse."""
 
 
 def feature_diff(old: ModuleInfo, new: ModuleInfo) -> str:
