@@ -8,9 +8,9 @@ the wire protocol is docs/protocol.md, "Root <-> leaf".
   and how they join and leave; `worker`: one model version's thread (its
   artifact, TorchScript, exported program or AOTInductor package, loaded by
   signatures/repository/artifacts.py, which refuses a kind the leaf cannot load)
-- `follow`: the thread that follows a config-store stage; `handoff`: what it
-  and the loop pass each other
-- `inbox`, `signature`, `tensors`: shared-memory batches, the signature
-  check, features for the model
-- `config`, `defaults`, `metrics`: settings, constants, Prometheus series
+- `follower`: the thread that follows a config-store stage (over
+  signatures/configstore/follower.py) and hands the loop its `Target`s
+- `inbox`, `input_check`, `tensors`: shared-memory batches, the check of a
+  batch against the model's signature, features for the model
+- `settings`, `defaults`, `metrics`: settings, constants, Prometheus series
 """
