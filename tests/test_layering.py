@@ -245,10 +245,13 @@ def test_transport_imports_no_kernel(graph):
                      lambda n: not any(n == a or n.startswith(a + ".") for a in allowed)) == []
 
 
-def run_probe(code: str, cwd: Path, pythonpath: Path) -> subprocess.CompletedProcess:
+def run_probe(code: str, cwd: Path, pythonpath: Path) -> str:
+    """What ``code`` prints in a fresh interpreter that imports from ``pythonpath``."""
     env = {k: v for k, v in os.environ.items() if k != "TRIMMER_IMPL"}
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
                           env={**env, "PYTHONPATH": str(pythonpath)}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_the_scoring_client_is_light():
@@ -261,9 +264,7 @@ def test_the_scoring_client_is_light():
              "heavy = {'torch', 'lmdb', 'redis', 'kazoo', '_trim._kernel', 'signatures',"
              " 'leafproc', 'rootproc.featurestore', 'rootproc.server'}\n"
              "print(sorted(heavy & set(sys.modules)))\n")
-    done = run_probe(probe, ROOT, ROOT)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert run_probe(probe, ROOT, ROOT).strip() == "[]"
 
 
 def test_transport_imports_on_an_unbuilt_checkout(tmp_path):
@@ -281,9 +282,7 @@ def test_transport_imports_on_an_unbuilt_checkout(tmp_path):
              "    _trim_unbuilt.decode\n"
              "except ImportError as exc:\n"
              "    print('kernel needed:', exc)\n")
-    done = run_probe(probe, tmp_path, tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "kernel needed: the _trim gather kernel is not built" in done.stdout
+    assert "kernel needed: the _trim gather kernel is not built" in run_probe(probe, tmp_path, tmp_path)
     assert {"protocol", "envelope", "frames", "curve", "shm"} <= set(names)
 
 
