@@ -25,7 +25,7 @@ from _trim.records.layout import RecordLayout  # noqa: E402
 from rootproc.defaults import MAX_POLL_MS  # noqa: E402
 from rootproc.rollout.follower import ConfigFollower  # noqa: E402
 from rootproc.rollout.installed import ActiveConfig, prepare_config  # noqa: E402
-from signatures.configstore.base import ConfigStore  # noqa: E402
+from signatures.configstore import open_config_store  # noqa: E402
 from signatures.configstore.members import HEARTBEAT_S, MemberStatus  # noqa: E402
 from signatures.schema import FeatureSchema  # noqa: E402
 
@@ -39,7 +39,7 @@ def main(address: str, stage: str, name: str, schema_path: str) -> None:
     schema = FeatureSchema.load(schema_path)
     layouts = {s: RecordLayout.from_schema(schema, s) for s in ("user", "candidate")}
     prepare = functools.partial(prepare_config, schema, layouts, "on")
-    with ConfigStore(address) as store:
+    with open_config_store(address) as store:
         generation, bundle = store.active(stage)
     prepared = prepare(ActiveConfig.from_bundle(bundle, generation))
     follower = ConfigFollower(address, stage, name=name, prepared=prepared, prepare=prepare,

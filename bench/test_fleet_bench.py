@@ -2,7 +2,7 @@
 
 N lightweight roots (bench/fleet_root.py: the root's own follower, its
 `prepare_config` and an install loop like the serving loop's, no sockets)
-follow one stage; a bundle is deployed (the store's `deploy`, as the command
+follow one stage; a bundle is deployed (`Stages.deploy`, as the command
 calls it) and each root prints when it installed the new generation. The
 time from the deploy call to each install, over ``ROUNDS`` deploys, gives the
 p50 and the max per (backend, N), for N = 10 and 50 and both backends in
@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from signatures.bundle import Bundle
-from signatures.configstore.base import ConfigStore
+from signatures.configstore import Stages, open_config_store
 
 SIZES = [int(n) for n in os.environ.get("TRIMMER_BENCH_FLEET_SIZES", "10,50").split(",")]
 ROUNDS = int(os.environ.get("TRIMMER_BENCH_FLEET_ROUNDS", "8"))
@@ -115,8 +115,9 @@ def installs(procs: list, generation: int, timeout: float = 30.0) -> list[float]
 @pytest.mark.parametrize("backend", ["directory", "zookeeper"])
 def test_deploy_reaches_every_root(benchmark, backend, n, zk, schema_path, tmp_path):
     address = str(tmp_path / "configs") if backend == "directory" else zk.address(f"bench-{n}")
-    store = ConfigStore(address)
-    store.deploy(bundle(0), "production")
+    store = open_config_store(address)
+    stages = Stages(store)
+    stages.deploy(bundle(0), "production")
     logs = tmp_path / "logs"
     logs.mkdir()
     procs = start_roots(address, n, schema_path, logs)
@@ -127,7 +128,7 @@ def test_deploy_reaches_every_root(benchmark, backend, n, zk, schema_path, tmp_p
         def deploy_round(seed: int):
             time.sleep(0.3)   # roots idle, as between two real deploys
             t0 = time.monotonic()
-            gen = store.deploy(bundle(seed), "production")
+            gen = stages.deploy(bundle(seed), "production")
             calls.append(time.monotonic() - t0)
             times = installs(procs, gen)
             lags.extend(t - t0 for t in times)

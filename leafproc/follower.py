@@ -42,7 +42,7 @@ from _trim.transport.model_key import ModelKey
 from leafproc.defaults import STOP_JOIN_S
 from leafproc.metrics import RolloutMetrics
 from leafproc.table import Target
-from signatures.configstore.base import ConfigStore, ConfigStoreUnavailable
+from signatures.configstore import ConfigStoreUnavailable, open_config_store
 from signatures.configstore.members import FOLLOW_POLL_S, FOLLOW_RECHECK_S, HEARTBEAT_S, MemberStatus
 from signatures.repository.module_info import ModelRepository
 from signatures.runtime.handoff import Handoff
@@ -93,7 +93,7 @@ class ModelFollower:
                  rollout: RolloutMetrics, poll_s: float = FOLLOW_POLL_S,
                  heartbeat_s: float = HEARTBEAT_S, settings=None, advertise=(),
                  recheck_s: float = FOLLOW_RECHECK_S, curve_key: str | None = None):
-        self.store = ConfigStore(store_path, settings=settings)
+        self.store = open_config_store(store_path, settings=settings)
         self.stage = stage
         self.name = name
         self.repo = repo

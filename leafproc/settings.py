@@ -22,7 +22,7 @@ from leafproc.defaults import (
     MAX_WAIT_MS,
     RETIRE_GRACE_S,
 )
-from signatures.configstore.base import STAGES
+from signatures.configstore import STAGES
 from signatures.configstore.zookeeper.settings import ZooKeeperSettings
 from signatures.runtime.settings import option
 

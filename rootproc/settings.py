@@ -52,7 +52,7 @@ from rootproc.defaults import (
     SHM_SLOTS,
     SHM_WAIT_MS,
 )
-from signatures.configstore.base import STAGES
+from signatures.configstore import STAGES
 from signatures.configstore.zookeeper.settings import ZooKeeperSettings
 from signatures.runtime.settings import load, option, parse, validate
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from rootproc.demo.models import SubsetScorer
 from rootproc.demo.schema_gen import demo_schema, model_feature_sets
 from signatures.bundle import build as build_bundle
-from signatures.configstore.base import ConfigStore
+from signatures.configstore import Stages, open_config_store
 from signatures.derive.exporter import FORMATS, export
 from signatures.repository import artifacts
 from signatures.repository.module_info import ModelRepository
@@ -97,9 +97,9 @@ def build_scenario(run_dir: Path, *, leaves: int, users: int, candidates: int, s
     bundle = build_bundle(ModelRepository(repo), schema, {
         "leaves": {leaf: {"current": models, "pending": []} for leaf, models in placement.items()}})
     bundle.save(run_dir / "bundle.json")
-    store = ConfigStore(run_dir / "configs")
-    store.deploy(bundle, STAGE)
-    store.deploy_models(STAGE, list(keys))
+    stages = Stages(open_config_store(run_dir / "configs"))
+    stages.deploy(bundle, STAGE)
+    stages.deploy_models(STAGE, list(keys))
     log(f"bundle {bundle.id} deployed to {STAGE}, then its model versions")
 
     from rootproc.featurestore import cli as store_cli

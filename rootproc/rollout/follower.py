@@ -44,7 +44,7 @@ from collections.abc import Callable
 
 from _trim.errors import StoreError
 from rootproc.rollout.installed import ActiveConfig, PreparedConfig
-from signatures.configstore.base import ConfigStore, ConfigStoreUnavailable
+from signatures.configstore import ConfigStoreUnavailable, open_config_store
 from signatures.configstore.members import FOLLOW_POLL_S, FOLLOW_RECHECK_S, HEARTBEAT_S, MemberStatus
 from signatures.runtime.handoff import Handoff
 
@@ -77,7 +77,7 @@ class ConfigFollower:
                  recheck_s: float = FOLLOW_RECHECK_S):
         self.name = name
         self.schema = schema     # published to the store before the first heartbeat
-        self.store = ConfigStore(store_address, settings=settings)
+        self.store = open_config_store(store_address, settings=settings)
         self.stage = stage
         self.prepare = prepare   # prepare(active, previous): compiled off the loop
         self.errors = errors     # the root's trimmer_root_config_errors counter

@@ -95,8 +95,8 @@ def load_active_config(cfg) -> ActiveConfig:
     if cfg.bundle is not None:
         from signatures.bundle import Bundle
         return ActiveConfig.from_bundle(Bundle.load(cfg.bundle))
-    from signatures.configstore.base import ConfigStore
-    with ConfigStore(cfg.config_store, settings=cfg.zookeeper) as store:
+    from signatures.configstore import open_config_store
+    with open_config_store(cfg.config_store, settings=cfg.zookeeper) as store:
         generation, bundle = store.active(cfg.stage)
     if bundle is None:
         raise ValueError(f"config store {cfg.config_store}: stage {cfg.stage!r} has no active config")

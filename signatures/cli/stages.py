@@ -1,8 +1,9 @@
 """trimmer deploy / deploy-models / promote / rollback / status: the staged config store.
 
 ``--config-store`` is a directory or ``zk://HOST:PORT[,HOST:PORT...]/CHROOT``
-(signatures/configstore/base.py); with ZooKeeper the writer's credential comes from
-``$TRIMMER_ZK_AUTH`` (signatures/configstore/zookeeper/settings.py)."""
+(`open_config_store`, signatures/configstore/__init__.py); what each command checks
+and writes is the stage policy (signatures/configstore/stages.py). With ZooKeeper the
+writer's credential comes from ``$TRIMMER_ZK_AUTH`` (signatures/configstore/zookeeper/settings.py)."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,7 @@ import sys
 
 from _trim.errors import TrimmerError
 from signatures.bundle import Bundle
-from signatures.configstore.base import STAGES, ConfigStore
+from signatures.configstore import STAGES, ConfigStore, Stages, open_config_store
 from signatures.configstore.gating import WAIT_S
 from signatures.configstore.stage_state import HEADINGS
 from signatures.runtime.exit_codes import EXIT_FAILED, exit_for
@@ -76,38 +77,39 @@ def main(argv: list[str]) -> int:
     args = _parser(command).parse_args(rest)
     logging.basicConfig(level=logging.WARNING, format="trimmer: %(levelname)s %(message)s")
     try:
-        with ConfigStore(args.config_store) as store:
+        with open_config_store(args.config_store) as store:
             return _run(command, args, store)
     except TrimmerError as exc:
         return exit_for(command, exc)
 
 
 def _run(command: str, args, store: ConfigStore) -> int:
+    stages = Stages(store)
     if command == "deploy":
         bundle = Bundle.load(args.bundle)
-        gen = store.deploy(bundle, args.stage, force=args.force)
+        gen = stages.deploy(bundle, args.stage, force=args.force)
         print(f"{args.stage}: config {bundle.id} active (generation {gen})")
     elif command == "deploy-models":
         sigs = _signatures(args.repo, args.models) if args.repo else None
-        models = store.deploy_models(args.stage, args.models, force=args.force,
-                                     replace=args.replace, signatures=sigs, wait_s=args.wait)
+        models = stages.deploy_models(args.stage, args.models, force=args.force,
+                                      replace=args.replace, signatures=sigs, wait_s=args.wait)
         print(f"{args.stage}: models {', '.join(models) or '(none)'} "
               f"(generation {store.generation(args.stage)})")
     elif command == "promote":
-        gen = store.promote(args.src, args.dst)
+        gen = stages.promote(args.src, args.dst)
         _, promoted = store.active(args.dst)
         assert promoted is not None   # promote refuses a stage without a config
         print(f"{args.dst}: config {promoted.id} and models "
               f"{', '.join(store.active_models(args.dst)) or '(none)'} from {args.src} "
               f"(generation {gen})")
     elif command == "rollback":
-        gen, bundle_id, uncovered = store.rollback(args.stage)
+        gen, bundle_id, uncovered = stages.rollback(args.stage)
         print(f"{args.stage}: rolled back to config {bundle_id} (generation {gen})")
         if uncovered:
             print(f"warning: {', '.join(uncovered)} on {args.stage} are not in that config; "
                   "roots send them every feature until it is fixed", file=sys.stderr)
     elif command == "status":
-        status = store.status()
+        status = stages.status()
         if args.json:
             print(json.dumps(status, indent=1))
         else:

@@ -1,5 +1,5 @@
 """Two small pieces both config store backends use: a `Change` of a stage as
-the policy computed it (signatures/configstore/base.py), with who made it
+the policy computed it (signatures/configstore/stages.py), with who made it
 (`audit_fields`), and what a follower waits on between two looks at its
 stage (`Changes`: a directory store is polled; signatures/configstore/zookeeper/watch.py has
 ZooKeeper's, woken by a watch)."""

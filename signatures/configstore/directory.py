@@ -25,11 +25,15 @@ import os
 import time
 from collections.abc import Callable
 
+# Siblings by their module path, never through the package: its __init__
+# opens this backend, which would close a circle.
+import signatures.configstore.root_schemas as root_schemas
 from signatures.bundle import Bundle
-from signatures.configstore import root_schemas
-from signatures.configstore.base import Change, ConfigStore, _check_stage, audit_fields, check_member_names
+from signatures.configstore.base import ConfigStore
+from signatures.configstore.changes import Change, audit_fields
 from signatures.configstore.changes import now as _now
-from signatures.configstore.members import MemberStatus
+from signatures.configstore.members import MemberStatus, check_member_names
+from signatures.configstore.names import check_stage
 from signatures.configstore.stage_state import (
     StageProblem,
     empty_record,
@@ -54,7 +58,7 @@ class DirectoryStore(ConfigStore):
     # -- reading (no lock) ------------------------------------------------------
 
     def _stage_path(self, stage: str) -> str:
-        return os.path.join(self.path, "stages", f"{_check_stage(stage)}.json")
+        return os.path.join(self.path, "stages", f"{check_stage(stage)}.json")
 
     def read_stage(self, stage: str) -> dict | StageProblem:
         path = self._stage_path(stage)
@@ -151,7 +155,7 @@ class DirectoryStore(ConfigStore):
     # -- membership ---------------------------------------------------------------
 
     def heartbeat(self, stage: str, record: MemberStatus) -> None:
-        _check_stage(stage)
+        check_stage(stage)
         check_member_names(record)
         d = os.path.join(self.path, "members", stage)
         os.makedirs(d, exist_ok=True)
@@ -160,7 +164,7 @@ class DirectoryStore(ConfigStore):
                      json.dumps(stamped.to_dict()).encode())
 
     def members(self, stage: str) -> list[MemberStatus]:
-        d = os.path.join(self.path, "members", _check_stage(stage))
+        d = os.path.join(self.path, "members", check_stage(stage))
         out = []
         for entry in sorted(os.listdir(d)) if os.path.isdir(d) else []:
             if entry.startswith(".") or not entry.endswith(".json"):

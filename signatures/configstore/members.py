@@ -5,15 +5,19 @@ A member (a root or a leaf process following a stage) writes a
 reads them back. The record is built on the process's serving thread from
 state it owns, and handed whole to the thread that writes it, so it is
 frozen. Records read back are foreign input (any version, any language):
-`MemberStatus.from_dict` keeps the fields of the right type and drops the rest.
+`MemberStatus.from_dict` keeps the fields of the right type and drops the rest
+(`member_record` reads one from the bytes a backend holds).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import time
 from dataclasses import dataclass, field
+
+from _trim.errors import StoreError
 
 ROLES = ("root", "leaf")
 # Members beat this often; `trimmer status` calls one silent for STALE_S stale.
@@ -105,6 +109,21 @@ class MemberStatus:
         return cls(**kw)
 
 
+def member_record(data: bytes) -> MemberStatus | None:
+    """The record a backend holds as JSON; None when it is not one."""
+    try:
+        return MemberStatus.from_dict(json.loads(data))
+    except ValueError:
+        return None
+
+
+def check_member_names(record: MemberStatus) -> None:
+    """Refuse a role or name that cannot name a file or node of its own."""
+    for what, v in (("role", record.role), ("name", record.name)):
+        if not v or "/" in v or v.startswith(".") or "@" in v:
+            raise StoreError(f"heartbeat {what} {v!r} must be a plain name")
+
+
 def _link(d) -> LinkStatus | None:
     if not isinstance(d, dict) or not isinstance(d.get("leaf"), str) \
             or not isinstance(d.get("endpoint"), str):
@@ -115,4 +134,4 @@ def _link(d) -> LinkStatus | None:
 
 
 __all__ = ["FOLLOW_POLL_S", "FOLLOW_RECHECK_S", "HEARTBEAT_S", "LinkStatus", "MemberStatus", "ROLES",
-           "STALE_S"]
+           "STALE_S", "check_member_names", "member_record"]

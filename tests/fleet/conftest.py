@@ -59,11 +59,11 @@ def linked(root_endpoint: str) -> set:
 
 
 def seed(address: str, bundle, stages=("production",)) -> None:
-    from signatures.configstore.base import ConfigStore
-    with ConfigStore(address) as store:
+    from signatures.configstore import Stages, open_config_store
+    with open_config_store(address) as store:
         for stage in stages:
-            store.deploy(bundle, stage)
-            store.deploy_models(stage, ["ctr@3", "eng@1"])
+            Stages(store).deploy(bundle, stage)
+            Stages(store).deploy_models(stage, ["ctr@3", "eng@1"])
 
 
 def spawn_root(runner, world, address, stage, name="root-0"):  # noqa: F811

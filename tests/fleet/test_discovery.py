@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from signatures.configstore.base import ConfigStore
+from signatures.configstore import open_config_store
 from tests.rollout.conftest import Load, check_replies, serving, wait_for
 from tests.support.procs import ping
 
@@ -128,7 +128,7 @@ def test_a_leaf_with_curve_is_reached_over_curve_with_the_key_it_publishes(
         "--curve-secret-key", str(keys / "leaf-b.key_secret"),
         "--curve-authorized", str(keys / "roots")]
     leaf = process_runner.spawn("leaf-b", argv, endpoint=None)
-    with ConfigStore(address) as store:
+    with open_config_store(address) as store:
         wait_for("leaf-b registered with its key", lambda: any(
             m.curve_key for m in store.members("production")), timeout=60)
     name = "root-curve"

@@ -16,7 +16,7 @@ import pytest
 
 from _trim.errors import ConfigError, StoreError
 from signatures.bundle import Bundle
-from signatures.configstore.base import ConfigStore, ConfigStoreUnavailable
+from signatures.configstore import ConfigStoreUnavailable, Stages, open_config_store
 from signatures.configstore.members import MemberStatus
 from signatures.configstore.zookeeper.ensemble import NODE_BYTES, Ensemble, parse_address
 from signatures.configstore.zookeeper.settings import ZooKeeperSettings
@@ -58,7 +58,7 @@ def test_the_address_names_hosts_and_a_chroot(tmp_path):
                       ("zk://a/x", "'a' is not HOST:PORT"), ("zk://a:99999/x", "not HOST:PORT"),
                       ("zk://a:1/x/../y", "name a chroot")):
         with pytest.raises(ConfigError, match=says):
-            ConfigStore(bad)
+            open_config_store(bad)
     out = trimmer("status", "--config-store", "zk://127.0.0.1:2181")
     assert out.returncode == 2 and "name a chroot" in out.stderr, out
 
@@ -123,9 +123,9 @@ def test_a_bundle_larger_than_a_node_deploys_and_reads_back(zk_server):
     big = make_bundle(models)
     assert len(big.to_json()) > 2 * NODE_BYTES and len(zlib.compress(big.to_json())) > NODE_BYTES
     address = zk_server.address()
-    with ConfigStore(address) as store:
-        store.deploy(big, "canary")
-    with ConfigStore(address) as reader:
+    with open_config_store(address) as store:
+        Stages(store).deploy(big, "canary")
+    with open_config_store(address) as reader:
         gen, bundle = reader.active("canary")
         assert gen == 1 and bundle.to_dict() == big.to_dict()
 
@@ -168,14 +168,14 @@ def test_a_follower_is_told_by_a_watch_not_by_polling(zk_server):
     """Its safety-net look is once in ten minutes: every install within a
     second or so can only have come from the watch."""
     address = zk_server.address()
-    writer = ConfigStore(address)
+    writer = open_config_store(address)
     f = follower(address, recheck_s=600).start()
     try:
         lags = []
         for i in range(5):
             time.sleep(0.3)
             t0 = time.monotonic()
-            gen = writer.deploy(make_bundle({f"m{i}@1": ["a"]}), "canary")
+            gen = Stages(writer).deploy(make_bundle({f"m{i}@1": ["a"]}), "canary")
             got = take(f)
             lags.append(time.monotonic() - t0)
             assert got.active.generation == gen
@@ -193,8 +193,8 @@ def test_a_change_missed_while_disconnected_is_caught_up(zk_server, cut_s):
     session timeout, its member node goes meanwhile and comes back."""
     address = zk_server.address()
     proxy = TcpProxy("127.0.0.1", zk_server.port).start()
-    writer = ConfigStore(address)
-    writer.deploy(B1, "canary")
+    writer = open_config_store(address)
+    Stages(writer).deploy(B1, "canary")
     f = follower(address.replace(zk_server.hosts, f"127.0.0.1:{proxy.port}"), generation=1)
     f.start()
     try:
@@ -202,7 +202,7 @@ def test_a_change_missed_while_disconnected_is_caught_up(zk_server, cut_s):
         wait_for("registered", lambda: writer.members("canary"))
         proxy.cut()
         time.sleep(0.2)
-        gen = writer.deploy(B2, "canary")
+        gen = Stages(writer).deploy(B2, "canary")
         time.sleep(cut_s)
         assert f.take_config() is None
         if cut_s > FAST.session_timeout_s:
@@ -221,9 +221,9 @@ MEMBER = """
 import sys, time
 sys.path.insert(0, {root!r})
 from signatures.configstore.members import MemberStatus
-from signatures.configstore.base import ConfigStore
+from signatures.configstore import Stages, open_config_store
 from signatures.configstore.zookeeper.settings import ZooKeeperSettings
-store = ConfigStore({address!r}, settings=ZooKeeperSettings(session_timeout_s=2.0))
+store = open_config_store({address!r}, settings=ZooKeeperSettings(session_timeout_s=2.0))
 store.heartbeat("canary", MemberStatus("leaf", "leaf-0", endpoints=("tcp://10.0.0.9:5560",)))
 print("registered", flush=True)
 if sys.argv[1] == "close":
@@ -236,8 +236,8 @@ time.sleep(60)
 
 def test_members_are_ephemeral_and_status_shows_the_fleet(zk_server):
     address = zk_server.address()
-    with ConfigStore(address) as store:
-        store.deploy(B1, "canary")
+    with open_config_store(address) as store:
+        Stages(store).deploy(B1, "canary")
         for how in ("kill", "close"):
             proc = subprocess.Popen([sys.executable, "-c", MEMBER.format(root=REPO_ROOT,
                                      address=address), how], stdout=subprocess.PIPE, stdin=subprocess.PIPE,
@@ -271,19 +271,19 @@ def test_members_are_ephemeral_and_status_shows_the_fleet(zk_server):
 def test_writers_need_the_credential_readers_do_not(zk_server, monkeypatch, tmp_path):
     address = zk_server.address()
     monkeypatch.setenv("TRIMMER_ZK_AUTH", "deployer:s3cret")
-    member = ConfigStore(address)   # registered while the test runs
-    member.deploy(B1, "canary")
+    member = open_config_store(address)   # registered while the test runs
+    Stages(member).deploy(B1, "canary")
     member.heartbeat("canary", MemberStatus("root", "root-0", generation=1, bundle=B1.id))
     for env in ({"TRIMMER_ZK_AUTH": ""}, {"TRIMMER_ZK_AUTH": "deployer:wrong"},
                 {"TRIMMER_ZK_AUTH": "someone:else"}):
         monkeypatch.setenv("TRIMMER_ZK_AUTH", env["TRIMMER_ZK_AUTH"])
-        with ConfigStore(address) as other:
+        with open_config_store(address) as other:
             assert other.active("canary")[1].id == B1.id   # readers may be open
             assert [m.name for m in other.members("canary")] == ["root-0"]
             with pytest.raises(StoreError, match="not allowed"):
-                other.deploy(B2, "canary")
+                Stages(other).deploy(B2, "canary")
             with pytest.raises(StoreError, match="not allowed"):
-                other.promote("canary", "production")
+                Stages(other).promote("canary", "production")
             with pytest.raises(StoreError, match="not allowed"):   # nor pose as a leaf
                 other.heartbeat("canary", MemberStatus("leaf", "leaf-x", endpoints=("tcp://x:1",)))
         B2.save(tmp_path / "b2.json")
@@ -292,9 +292,9 @@ def test_writers_need_the_credential_readers_do_not(zk_server, monkeypatch, tmp_
         assert out.returncode == 1 and "not allowed" in out.stderr, out
     monkeypatch.setenv("TRIMMER_ZK_AUTH", "no-colon")
     with pytest.raises(ConfigError, match="USER:PASSWORD"):
-        ConfigStore(address)
+        open_config_store(address)
     monkeypatch.setenv("TRIMMER_ZK_AUTH", "deployer:s3cret")
-    with ConfigStore(address) as writer:
-        assert writer.deploy(B2, "canary") == 2
+    with open_config_store(address) as writer:
+        assert Stages(writer).deploy(B2, "canary") == 2
         assert Bundle.from_dict(writer.bundle(B2.id).to_dict()).id == B2.id
     member.close()

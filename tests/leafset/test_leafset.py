@@ -16,7 +16,7 @@ from _trim.transport.shm import PREFIX
 from rootproc.client.scoring_client import ScoringClient
 from signatures.bundle import build
 from signatures.cli.stages import format_status
-from signatures.configstore.base import ConfigStore
+from signatures.configstore import Stages, open_config_store
 from signatures.repository.module_info import ModelRepository
 from signatures.schema import FeatureSchema
 from tests.rollout.conftest import REQUESTS, Load, check_replies, root_pong, serving, wait_for
@@ -72,9 +72,9 @@ def on_generation(root, gen):
 def test_leaf_added_then_retired_under_load(world, process_runner, tmp_path):
     repo = world["repo"]
     store_path = str(tmp_path / "configs")
-    store = ConfigStore(store_path)
-    store.deploy(bundle(world, repo, BASE), STAGE)
-    store.deploy_models(STAGE, ["ctr@3", "eng@1"])
+    stages = Stages(open_config_store(store_path))
+    stages.deploy(bundle(world, repo, BASE), STAGE)
+    stages.deploy_models(STAGE, ["ctr@3", "eng@1"])
     leaf0 = spawn_leaf(process_runner, repo, store_path, "leaf-0", ("ctr@3", "eng@1"))
     root = spawn_root(process_runner, world, store_path, leaf0)
     assert set(links(root)) == {"leaf-0"}
@@ -88,10 +88,10 @@ def test_leaf_added_then_retired_under_load(world, process_runner, tmp_path):
                                           "--max-wait-ms", "0", "--retire-grace-s", "1"])
         leaf1.wait_ready(60, ready=lambda p: p.get("generation") is not None)
         grown = {**BASE, "leaf-1": {"endpoint": leaf1.endpoint, "current": ["ctr@5"]}}
-        gen = store.deploy(bundle(world, repo, grown), STAGE)
+        gen = stages.deploy(bundle(world, repo, grown), STAGE)
         wait_for("root linked to leaf-1", lambda: "leaf-1" in links(root), timeout=5)
         assert root_pong(root)["generation"] >= gen
-        store.deploy_models(STAGE, ["ctr@5"])
+        stages.deploy_models(STAGE, ["ctr@5"])
         t0 = time.monotonic()
         with ScoringClient(root.endpoint, timeout_ms=5000) as client:
             user, cands = REQUESTS[0]
@@ -102,11 +102,11 @@ def test_leaf_added_then_retired_under_load(world, process_runner, tmp_path):
         wait_for("load on ctr@5", lambda: "ctr@5" in load.versions(since=time.monotonic() - 0.5))
         assert len(rings(root, "leaf-1")) == 1, "an added ipc link gets its shared-memory ring"
         wait_for("trimmer status lists the root's link to leaf-1",
-                 lambda: f"leaf-1 {leaf1.endpoint}" in format_status(store.status()), timeout=5)
+                 lambda: f"leaf-1 {leaf1.endpoint}" in format_status(stages.status()), timeout=5)
         # Then a bundle without leaf-1 (ctr@5 moves to leaf-0) while requests
         # are in flight to leaf-1: it takes no new ones, answers what it has, closes.
         moved = {"leaf-0": {"current": ["ctr@3", "ctr@5", "eng@1"]}}
-        gen = store.deploy(bundle(world, repo, moved), STAGE)
+        gen = stages.deploy(bundle(world, repo, moved), STAGE)
         wait_for("root on the bundle without leaf-1", on_generation(root, gen), timeout=5)
         wait_for("leaf-1's link closed", lambda: "leaf-1" not in links(root), timeout=15)
         assert not rings(root, "leaf-1"), "a retired link gives its ring back"
@@ -135,10 +135,10 @@ def test_retired_leaf_answers_its_requests_in_flight(world, process_runner, tmp_
     shutil.copytree(world["repo"], repo)
     write_model(repo, "slow", "1", world["inputs"]["ctr@3"], spin=spin_for(2.0))
     store_path = str(tmp_path / "configs")
-    store = ConfigStore(store_path)
+    stages = Stages(open_config_store(store_path))
     base = bundle(world, repo, BASE)
-    store.deploy(base, STAGE)
-    store.deploy_models(STAGE, ["ctr@3", "eng@1"])
+    stages.deploy(base, STAGE)
+    stages.deploy_models(STAGE, ["ctr@3", "eng@1"])
     leaf0 = spawn_leaf(process_runner, repo, store_path, "leaf-0", ("ctr@3", "eng@1"))
     root = spawn_root(process_runner, world, store_path, leaf0, max_deadline_ms=4000)
     leaf1 = process_runner.leaf(repo, name="leaf-1", ready=False,
@@ -146,8 +146,8 @@ def test_retired_leaf_answers_its_requests_in_flight(world, process_runner, tmp_
                                       "--max-wait-ms", "0", "--retire-grace-s", "1"])
     leaf1.wait_ready(60, ready=lambda p: p.get("generation") is not None)
     grown = {**BASE, "leaf-1": {"endpoint": leaf1.endpoint, "current": ["slow@1"]}}
-    store.deploy(bundle(world, repo, grown), STAGE)
-    store.deploy_models(STAGE, ["slow@1"])
+    stages.deploy(bundle(world, repo, grown), STAGE)
+    stages.deploy_models(STAGE, ["slow@1"])
     wait_for("root routing slow@1 to leaf-1", lambda: "slow@1" in links(root).get(
         "leaf-1", {}).get("models", ()) and links(root)["leaf-1"]["healthy"], timeout=30)
     load = Load(root.endpoint)
@@ -160,7 +160,7 @@ def test_retired_leaf_answers_its_requests_in_flight(world, process_runner, tmp_
             wait_for("requests in flight on leaf-1",
                      lambda: links(root)["leaf-1"]["outstanding"] >= 1, timeout=5)
             # Forced: slow@1 stays on the stage, outside the config, so only leaf-1 has it.
-            gen = store.deploy(base, STAGE, force=True)
+            gen = stages.deploy(base, STAGE, force=True)
             wait_for("root on the bundle without leaf-1", on_generation(root, gen), timeout=5)
             replies = {}
             while len(replies) < 2:

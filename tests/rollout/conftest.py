@@ -57,11 +57,11 @@ def world(tmp_path_factory):
 
 
 def seed_store(world, path, stages=("canary", "production")):
-    from signatures.configstore.base import ConfigStore
-    store = ConfigStore(path)
+    from signatures.configstore import Stages, open_config_store
+    store = open_config_store(path)
     for stage in stages:
-        store.deploy(world["b1"], stage)
-        store.deploy_models(stage, ["ctr@3", "eng@1"])
+        Stages(store).deploy(world["b1"], stage)
+        Stages(store).deploy_models(stage, ["ctr@3", "eng@1"])
     return store
 
 

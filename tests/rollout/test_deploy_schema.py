@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from signatures.configstore.base import ConfigStore
+from signatures.configstore import open_config_store
 from tests.root.world import SCHEMA
 from tests.support.models import write_model
 
@@ -46,7 +46,7 @@ def test_deploy_refuses_features_the_roots_schema_lacks(world, process_runner, t
     seed_store(world, store_path, stages=("production",))
     leaf = spawn_leaf(process_runner, world, store_path, "production")
     root = spawn_root(process_runner, world, store_path, "production", leaf.endpoint)
-    store = ConfigStore(store_path)
+    store = open_config_store(store_path)
     wait_for("the root's heartbeat naming its schema",
              lambda: any(m.role == "root" and m.schema for m in store.members("production")))
     bundle, bundle_path = other_schema_bundle(world, tmp_path)

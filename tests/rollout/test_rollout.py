@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from signatures.configstore.base import ConfigStore
+from signatures.configstore import Stages, open_config_store
 from tests.support.procs import ping
 
 from .conftest import (
@@ -55,6 +55,7 @@ def traffic_after(load: Load, n: int = 10):
 def test_seed_pipeline_config_models_promote_rollback(world, process_runner, tmp_path):
     store_path = str(tmp_path / "configs")
     store = seed_store(world, store_path)
+    stages = Stages(store)
     leaf_c = spawn_leaf(process_runner, world, store_path, "canary")
     leaf_p = spawn_leaf(process_runner, world, store_path, "production")
     root_c = spawn_root(process_runner, world, store_path, "canary", leaf_c.endpoint)
@@ -65,23 +66,23 @@ def test_seed_pipeline_config_models_promote_rollback(world, process_runner, tmp
     try:
         traffic_after(load_c)
         # 1. Root config first: it carries ctr@5 before any leaf has it.
-        gen = store.deploy(world["b2"], "canary")
+        gen = stages.deploy(world["b2"], "canary")
         wait_for("canary root on b2", on_generation(root_c, gen))
         assert root_pong(root_c)["config"] == world["b2"].id
         traffic_after(load_c)
         # 2. Then the model: loaded and warmed before traffic moves to it.
-        store.deploy_models("canary", ["ctr@5"])
+        stages.deploy_models("canary", ["ctr@5"])
         wait_for("canary leaf serving ctr@5", leaf_serves(leaf_c, "ctr@5"), timeout=30)
         settles_on(load_c, {"ctr@5", "eng@1"})
         assert "ctr@5" not in load_p.versions()  # production untouched so far
         # 3. Promote config and models to production in one change.
-        gen = store.promote("canary", "production")
+        gen = stages.promote("canary", "production")
         wait_for("production root on b2", on_generation(root_p, gen))
         wait_for("production leaf serving ctr@5", leaf_serves(leaf_p, "ctr@5"), timeout=30)
         settles_on(load_p, {"ctr@5", "eng@1"})
         # 4. Roll production back: b1 again; ctr@5 stays on the stage, outside the
         # config, so names resolve to ctr@3 again.
-        gen, bundle_id, uncovered = store.rollback("production")
+        gen, bundle_id, uncovered = stages.rollback("production")
         assert bundle_id == world["b1"].id and uncovered == ["ctr@5"]
         wait_for("production root back on b1", on_generation(root_p, gen))
         settles_on(load_p, {"ctr@3", "eng@1"})
@@ -95,7 +96,7 @@ def test_seed_pipeline_config_models_promote_rollback(world, process_runner, tmp
                for r in res.results)
     # Heartbeats: both roles on both stages, on the stage's generation.
     def on_latest():
-        status = ConfigStore(store_path).status()
+        status = Stages(open_config_store(store_path)).status()
         return all({(m["role"], m.get("generation")) for m in status[s]["members"]} ==
                    {("root", status[s]["generation"]), ("leaf", status[s]["generation"])}
                    for s in ("canary", "production"))
@@ -105,6 +106,7 @@ def test_seed_pipeline_config_models_promote_rollback(world, process_runner, tmp
 def test_models_before_config_fail_open_then_trim(world, process_runner, tmp_path):
     store_path = str(tmp_path / "configs")
     store = seed_store(world, store_path, stages=("canary",))
+    stages = Stages(store)
     leaf = spawn_leaf(process_runner, world, store_path, "canary")
     root = spawn_root(process_runner, world, store_path, "canary", leaf.endpoint, metrics=True)
     load = Load(root.endpoint)
@@ -113,7 +115,7 @@ def test_models_before_config_fail_open_then_trim(world, process_runner, tmp_pat
     try:
         traffic_after(load)
         # The wrong order, forced: ctr@5 on the stage before any config carries it.
-        store.deploy_models("canary", ["ctr@5"], force=True)
+        stages.deploy_models("canary", ["ctr@5"], force=True)
         wait_for("leaf serving ctr@5", leaf_serves(leaf, "ctr@5"), timeout=30)
         wait_for("root sees ctr@5", lambda: any(
             "ctr@5" in link["models"] for link in root_pong(root)["leaves"]))
@@ -127,9 +129,9 @@ def test_models_before_config_fail_open_then_trim(world, process_runner, tmp_pat
         wait_for("gap in heartbeat", lambda: any(
             "ctr@5" in dict(m.trim_gaps) for m in store.members("canary")), timeout=10)
         from signatures.cli.stages import format_status
-        assert "trim gap: ctr@5" in format_status(store.status())
+        assert "trim gap: ctr@5" in format_status(stages.status())
         # Then the config arrives: trimming resumes.
-        gen = store.deploy(world["b2"], "canary")
+        gen = stages.deploy(world["b2"], "canary")
         wait_for("root on b2", on_generation(root, gen))
         t_config = time.monotonic()
         wait_for("trimming resumed", lambda: len(gap_load.replies) > 10 and all(
@@ -151,6 +153,7 @@ def test_models_before_config_fail_open_then_trim(world, process_runner, tmp_pat
 def test_corrupt_config_is_ignored(world, process_runner, tmp_path):
     store_path = str(tmp_path / "configs")
     store = seed_store(world, store_path, stages=("production",))
+    stages = Stages(store)
     leaf = spawn_leaf(process_runner, world, store_path, "production")
     root = spawn_root(process_runner, world, store_path, "production", leaf.endpoint, metrics=True)
     errors = ("trimmer_root_config_errors_total", frozenset())
@@ -174,7 +177,7 @@ def test_corrupt_config_is_ignored(world, process_runner, tmp_path):
         bundle_file = os.path.join(store_path, "bundles", f"{world['b2'].id}.json")
         with open(bundle_file, "wb") as f:
             f.write(b"garbage")
-        bad_gen = store.deploy(world["b2"], "production")
+        bad_gen = stages.deploy(world["b2"], "production")
         wait_for("second config error", lambda: scrape(root.metrics_port)[errors] >= 2)
         traffic_after(load)
         pong = root_pong(root)
@@ -199,13 +202,14 @@ def test_model_that_fails_to_load_leaves_the_old_version_serving(world, process_
                provenance={"source": "test"}).write(version_dir)
     store_path = str(tmp_path / "configs")
     store = seed_store(world, store_path, stages=("canary",))
+    stages = Stages(store)
     leaf = spawn_leaf(process_runner, world, store_path, "canary")
     root = spawn_root(process_runner, world, store_path, "canary", leaf.endpoint)
     load = Load(root.endpoint)
     load.start()
     try:
         traffic_after(load)
-        store.deploy_models("canary", ["ctr@7", "eng@1"], replace=True, force=True)
+        stages.deploy_models("canary", ["ctr@7", "eng@1"], replace=True, force=True)
         failed = wait_for("ctr@7 reported failed", lambda: [
             m for m in (ping(leaf.endpoint) or {}).get("models", [])
             if m["model"] == "ctr@7" and m.get("state") == "failed"], timeout=30)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from signatures.configstore.base import ConfigStore
+from signatures.configstore import Stages, open_config_store
 from tests.support.procs import REPO_ROOT, free_tcp_port, ping
 
 from .conftest import (
@@ -100,8 +100,8 @@ def corrupt(store_path: str, stage: str) -> None:
 def test_a_corrupt_stage_record_can_be_rolled_back_or_redeployed(world, tmp_path):
     store_path = str(tmp_path / "configs")
     store = seed_store(world, store_path)
-    store.deploy(world["b2"], "production")
-    store.deploy_models("production", ["ctr@5"])
+    Stages(store).deploy(world["b2"], "production")
+    Stages(store).deploy_models("production", ["ctr@5"])
     good = store.state("production")
     corrupt(store_path, "production")
 
@@ -147,7 +147,7 @@ def test_a_corrupt_stage_record_can_be_rolled_back_or_redeployed(world, tmp_path
 
 
 def test_a_stage_never_written_is_empty_not_lost(tmp_path):
-    store = ConfigStore(tmp_path / "configs")
+    store = open_config_store(tmp_path / "configs")
     assert store.state("canary") == {"generation": 0, "bundle": None, "history": [], "models": []}
     out = trimmer("status", "--config-store", str(tmp_path / "configs"))
     assert out.returncode == 0 and "canary: generation 0, config (none)" in out.stdout, out

@@ -182,12 +182,12 @@ def test_two_roots_share_the_store_and_spread_requests(world, leaves, process_ru
 
 
 def test_active_config_from_a_staged_config_store(world, leaves, process_runner, tmp_path):
-    from signatures.configstore.base import ConfigStore
+    from signatures.configstore import Stages, open_config_store
     configs = str(tmp_path / "configs")
     empty = spawn_root(process_runner, world, leaves["ipc"], name="root-empty", bundle=None,
                        config_store=configs, stage="canary", ready=None)
     assert empty.wait(30) == 2 and "no active config" in empty.log()
-    ConfigStore(configs).deploy(world["bundle_obj"], "canary")
+    Stages(open_config_store(configs)).deploy(world["bundle_obj"], "canary")
     root = spawn_root(process_runner, world, leaves["ipc"], bundle=None, config_store=configs,
                       stage="canary")
     with ScoringClient(root.endpoint) as client:

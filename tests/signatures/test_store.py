@@ -10,8 +10,9 @@ import time
 
 import pytest
 
+from _trim.errors import StoreError
 from signatures.bundle import Bundle
-from signatures.configstore.base import ConfigStore, StoreError
+from signatures.configstore import Stages, open_config_store
 from signatures.configstore.members import LinkStatus, MemberStatus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,7 +37,7 @@ class Address(str):
 
 @pytest.fixture
 def store(address):
-    with ConfigStore(address) as s:
+    with open_config_store(address) as s:
         yield s
 
 
@@ -67,54 +68,57 @@ def test_empty_store(store):
 
 def test_deploy_promote_rollback(store, address):
     s = store
-    assert s.deploy(B1, "canary") == 1
+    stages = Stages(s)
+    assert stages.deploy(B1, "canary") == 1
     gen, b = s.active("canary")
     assert gen == 1 and b.id == B1.id and b.features_for("ctr@1") == ["a", "b"]
-    assert s.deploy(B2, "canary") == 2
-    s.deploy_models("canary", ["ctr@2"])
-    assert s.promote("canary", "production") == 1
+    assert stages.deploy(B2, "canary") == 2
+    stages.deploy_models("canary", ["ctr@2"])
+    assert stages.promote("canary", "production") == 1
     assert s.active("production")[1].id == B2.id
     assert s.active_models("production") == ["ctr@2"]
-    gen, bid, uncovered = s.rollback("canary")
+    gen, bid, uncovered = stages.rollback("canary")
     assert (gen, bid, uncovered) == (4, B1.id, ["ctr@2"])  # ctr@2 left uncovered: reported
-    assert s.status()["canary"]["uncovered"] == ["ctr@2"]
+    assert stages.status()["canary"]["uncovered"] == ["ctr@2"]
     with pytest.raises(StoreError, match="canary has no previous config to roll back to"):
-        s.rollback("canary")
+        stages.rollback("canary")
     with pytest.raises(StoreError, match="production has no previous config"):
-        s.rollback("production")
+        stages.rollback("production")
     with pytest.raises(StoreError, match="canary has no active config"):
-        ConfigStore(address.other()).promote("canary", "production")
+        Stages(open_config_store(address.other())).promote("canary", "production")
     actions = [e["action"] for e in s.log_entries()]
     assert actions == ["deploy", "deploy", "deploy-models", "promote", "rollback"]
 
 
 def test_config_before_models(store):
     s = store
+    stages = Stages(s)
     with pytest.raises(StoreError, match=r"config before models: the active root config on "
                                          r"canary \(none\) does not carry ctr@1"):
-        s.deploy_models("canary", ["ctr@1"])
-    s.deploy(B1, "canary")
+        stages.deploy_models("canary", ["ctr@1"])
+    stages.deploy(B1, "canary")
     with pytest.raises(StoreError, match=r"does not carry ctr@2\. Deploy a bundle with it to "
                                          r"canary first.*--force"):
-        s.deploy_models("canary", ["ctr@1", "ctr@2"])
+        stages.deploy_models("canary", ["ctr@1", "ctr@2"])
     assert s.active_models("canary") == []
     with pytest.raises(StoreError, match="different signature for ctr@1"):
-        s.deploy_models("canary", ["ctr@1"], signatures={"ctr@1": "other"})
-    assert s.deploy_models("canary", ["ctr@1"], signatures={"ctr@1": "h-ctr"}) == ["ctr@1"]
-    assert s.deploy_models("canary", ["ctr@2"], force=True) == ["ctr@1", "ctr@2"]
+        stages.deploy_models("canary", ["ctr@1"], signatures={"ctr@1": "other"})
+    assert stages.deploy_models("canary", ["ctr@1"], signatures={"ctr@1": "h-ctr"}) == ["ctr@1"]
+    assert stages.deploy_models("canary", ["ctr@2"], force=True) == ["ctr@1", "ctr@2"]
     forced = [e for e in s.log_entries() if e.get("forced")]
     assert len(forced) == 1 and forced[0]["missing"] == ["ctr@2"] and "user" in forced[0]
-    assert s.deploy_models("canary", ["ctr@1"], replace=True) == ["ctr@1"]
+    assert stages.deploy_models("canary", ["ctr@1"], replace=True) == ["ctr@1"]
 
 
 def test_deploy_refuses_dropping_staged_models(store):
     s = store
-    s.deploy(B2, "canary")
-    s.deploy_models("canary", ["ctr@1"])
+    stages = Stages(s)
+    stages.deploy(B2, "canary")
+    stages.deploy_models("canary", ["ctr@1"])
     with pytest.raises(StoreError, match=r"does not carry ctr@1, which is on canary: take it "
                                          r"off first"):
-        s.deploy(B3, "canary")
-    assert s.deploy(B3, "canary", force=True) == 3
+        stages.deploy(B3, "canary")
+    assert stages.deploy(B3, "canary", force=True) == 3
     assert s.log_entries()[-1]["forced"] is True
 
 
@@ -133,13 +137,14 @@ def test_heartbeats(store):
 def test_status_shows_each_roots_links_and_their_transport(store):
     from signatures.cli.stages import format_status
     s = store
-    s.deploy(B1, "canary")
+    stages = Stages(s)
+    stages.deploy(B1, "canary")
     s.heartbeat("canary", MemberStatus("root", "root-0", generation=1, bundle=B1.id, leaves=(
         LinkStatus("leaf-0", "ipc:///run/l0.sock", healthy=True, transport="shm"),
         LinkStatus("leaf-1", "tcp://10.0.0.2:5551", healthy=False, transport="socket",
                    retiring=True),
         LinkStatus("leaf-0", "ipc:///run/l0b.sock", healthy=True, draining=True))))
-    text = format_status(s.status())
+    text = format_status(stages.status())
     assert ("leaves: leaf-0 ipc:///run/l0.sock (shm), "
             "leaf-1 tcp://10.0.0.2:5551 (retiring) (DOWN), "
             "leaf-0 ipc:///run/l0b.sock (draining)") in text
@@ -149,18 +154,19 @@ CRASHING_WRITER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
     from signatures.bundle import Bundle
-    from signatures.configstore.base import ConfigStore
+    from signatures.configstore import Stages, open_config_store
     def hook():
         open({marker!r}, "w").close()
         time.sleep(60)
-    store = ConfigStore({store!r}, _before_commit=hook)
-    store.deploy(Bundle.load({bundle!r}), "canary")
+    store = open_config_store({store!r}, _before_commit=hook)
+    Stages(store).deploy(Bundle.load({bundle!r}), "canary")
 """)
 
 
 def test_writer_killed_mid_write_leaves_previous_config(tmp_path, store, address):
     s = store
-    s.deploy(B1, "canary")
+    stages = Stages(s)
+    stages.deploy(B1, "canary")
     B2.save(tmp_path / "b2.json")
     marker = tmp_path / "in-write"
     script = CRASHING_WRITER.format(root=ROOT, marker=str(marker), store=str(address),
@@ -182,9 +188,9 @@ def test_writer_killed_mid_write_leaves_previous_config(tmp_path, store, address
             proc.wait()
     gen, bundle = s.active("canary")
     assert (gen, bundle.id) == (1, B1.id)
-    assert s.status()["canary"]["bundle"] == B1.id
+    assert stages.status()["canary"]["bundle"] == B1.id
     # the dead writer's lock died with it: the next writer proceeds
-    assert s.deploy(B2, "canary") == 2
+    assert stages.deploy(B2, "canary") == 2
     assert s.active("canary")[1].id == B2.id and s.history("canary") == [B1.id]
 
 
@@ -192,12 +198,12 @@ CONCURRENT_WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
     from signatures.bundle import Bundle
-    from signatures.configstore.base import ConfigStore
-    store = ConfigStore({store!r})
+    from signatures.configstore import Stages, open_config_store
+    stages = Stages(open_config_store({store!r}))
     bundles = [Bundle.load(p) for p in {paths!r}]
     for i in range({n}):
-        store.deploy(bundles[i % len(bundles)], "canary")
-        store.deploy_models("canary", ["ctr@1"])
+        stages.deploy(bundles[i % len(bundles)], "canary")
+        stages.deploy_models("canary", ["ctr@1"])
 """)
 
 
@@ -218,7 +224,7 @@ def test_concurrent_writers_lose_nothing(tmp_path, address):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    s = ConfigStore(address)
+    s = open_config_store(address)
     # every change is counted once: no update was lost to a race
     assert s.generation("canary") == 2 * n * writers
     log = s.log_entries()
@@ -267,8 +273,9 @@ def test_deploy_models_waits_for_every_live_root(store):
     naming the root; once the root reports a config carrying it, it goes."""
     import threading
     s = store
-    s.deploy(B1, "canary")
-    s.deploy(B2, "canary")
+    stages = Stages(s)
+    stages.deploy(B1, "canary")
+    stages.deploy(B2, "canary")
     lagging = MemberStatus("root", "root-0", generation=1, bundle=B1.id)
     s.heartbeat("canary", lagging)
     s.heartbeat("canary", MemberStatus("root", "root-1", generation=2, bundle=B2.id))
@@ -278,18 +285,18 @@ def test_deploy_models_waits_for_every_live_root(store):
                                          r"carrying ctr@2 within 0.5 s: root root-0 on .* runs "
                                          rf"config {B1.id} \(generation 1\), which does not "
                                          r"carry ctr@2"):
-        s.deploy_models("canary", ["ctr@2"], wait_s=0.5)
+        stages.deploy_models("canary", ["ctr@2"], wait_s=0.5)
     assert time.monotonic() - t0 >= 0.5 and s.active_models("canary") == []
     # It catches up while deploy-models waits.
     later = threading.Timer(0.3, s.heartbeat, ("canary", MemberStatus(
         "root", "root-0", generation=2, bundle=B2.id)))
     later.start()
-    assert s.deploy_models("canary", ["ctr@2"], wait_s=10) == ["ctr@2"]
+    assert stages.deploy_models("canary", ["ctr@2"], wait_s=10) == ["ctr@2"]
     later.join()
     # Forced past a lagging root: logged, naming it.
     s.heartbeat("canary", lagging)
     t0 = time.monotonic()
-    assert s.deploy_models("canary", ["ctr@2"], replace=True, force=True, wait_s=10) == ["ctr@2"]
+    assert stages.deploy_models("canary", ["ctr@2"], replace=True, force=True, wait_s=10) == ["ctr@2"]
     assert time.monotonic() - t0 < 5   # forced: not waited for
     entry = s.log_entries()[-1]
     assert entry["forced"] is True and len(entry["lagging"]) == 1
@@ -319,9 +326,10 @@ def test_a_broken_stage_record_is_reported_and_replaced_from_the_audit_log(store
                                                                            damage):
     from signatures.configstore.stage_state import StageProblem
     s = store
-    s.deploy(B1, "canary")
-    s.deploy(B2, "canary")
-    s.deploy_models("canary", ["ctr@2"])
+    stages = Stages(s)
+    stages.deploy(B1, "canary")
+    stages.deploy(B2, "canary")
+    stages.deploy_models("canary", ["ctr@2"])
     s.heartbeat("canary", MemberStatus("root", "root-0", generation=7, bundle=B2.id))
     break_record(address, s, "canary", damage)
     kind = "corrupt" if damage else "missing"
@@ -329,12 +337,12 @@ def test_a_broken_stage_record_is_reported_and_replaced_from_the_audit_log(store
     assert isinstance(problem, StageProblem) and problem.kind == kind, problem
     with pytest.raises(StoreError, match="trimmer rollback canary"):
         s.state("canary")
-    st = s.status()["canary"]
+    st = stages.status()["canary"]
     assert st["problem"] == kind and st["bundle"] == B2.id and st["models"] == ["ctr@2"]
     with pytest.raises(StoreError, match="stage record"):   # it adds to a record it cannot read
-        s.deploy_models("canary", ["ctr@1"], wait_s=0)
+        stages.deploy_models("canary", ["ctr@1"], wait_s=0)
     # rollback writes a new record from the audit log, past every generation seen.
-    gen, bundle_id, _ = s.rollback("canary")
+    gen, bundle_id, _ = stages.rollback("canary")
     assert (gen, bundle_id) == (8, B1.id)
     assert s.state("canary")["models"] == ["ctr@2"] and s.history("canary") == []
     entry = s.log_entries()[-1]

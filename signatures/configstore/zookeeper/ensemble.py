@@ -43,7 +43,8 @@ from kazoo.retry import KazooRetry
 from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 
 from _trim.errors import ConfigError, InvalidInput, StoreError
-from signatures.configstore.base import ZK_SCHEME, ConfigStoreUnavailable
+from signatures.configstore.errors import ConfigStoreUnavailable
+from signatures.configstore.names import ZK_SCHEME
 from signatures.configstore.zookeeper.settings import ZooKeeperSettings
 
 log = logging.getLogger("trimmer.store")

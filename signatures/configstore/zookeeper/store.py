@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable
 
@@ -42,21 +43,16 @@ from kazoo.exceptions import (
     RolledBackError,
 )
 
+# Siblings by their module path, never through the package: its __init__
+# opens this backend, which would close a circle.
+import signatures.configstore.root_schemas as root_schemas
 from _trim.errors import InvalidInput, StoreError
 from signatures.bundle import Bundle
-from signatures.configstore import root_schemas
-from signatures.configstore.base import (
-    STAGES,
-    Change,
-    Changes,
-    ConfigStore,
-    _check_stage,
-    audit_fields,
-    check_member_names,
-    log,
-)
+from signatures.configstore.base import ConfigStore
+from signatures.configstore.changes import Change, Changes, audit_fields
 from signatures.configstore.changes import now as _now
-from signatures.configstore.members import MemberStatus
+from signatures.configstore.members import MemberStatus, check_member_names, member_record
+from signatures.configstore.names import STAGES, check_stage
 from signatures.configstore.stage_state import (
     StageProblem,
     empty_record,
@@ -70,6 +66,7 @@ from signatures.configstore.zookeeper.settings import ZooKeeperSettings
 
 CONFLICT_RETRIES = 50
 BUNDLE_CACHE = 16
+log = logging.getLogger("trimmer.store")
 
 
 class ZooKeeperStore(ConfigStore):
@@ -100,7 +97,7 @@ class ZooKeeperStore(ConfigStore):
             self._written.clear()   # the session's ephemeral nodes are gone with it
 
     def _stage_node(self, stage: str) -> str:
-        return self.zk.path("stages", _check_stage(stage))
+        return self.zk.path("stages", check_stage(stage))
 
     # -- reading -------------------------------------------------------------------------
 
@@ -253,7 +250,7 @@ class ZooKeeperStore(ConfigStore):
     def heartbeat(self, stage: str, record: MemberStatus) -> None:
         """Write the member's ephemeral node when its record changed (the
         session, not the writes, keeps it alive)."""
-        _check_stage(stage)
+        check_stage(stage)
         check_member_names(record)
         node = self.zk.path("members", stage, self.member_node(record))
         body = {**dataclasses.replace(record, stage=stage).to_dict(), "time": None}
@@ -292,7 +289,7 @@ class ZooKeeperStore(ConfigStore):
             self.zk.call(what, lambda zk: zk.set_async(node, data))
 
     def members(self, stage: str) -> list[MemberStatus]:
-        directory = self.zk.path("members", _check_stage(stage))
+        directory = self.zk.path("members", check_stage(stage))
         names = self.zk.children(directory, f"read the members of {stage}") or []
         got = self.zk.get_many([f"{directory}/{n}" for n in names], f"read the members of {stage}")
         return [r for r in (member_record(g[0]) for g in got if g is not None) if r is not None]
@@ -311,14 +308,7 @@ class ZooKeeperStore(ConfigStore):
 
     def member_watch(self, stage: str, wake: Callable[[], None]):
         from signatures.configstore.zookeeper.watch import MemberWatch
-        return MemberWatch(self.zk, self.zk.path("members", _check_stage(stage)), wake)
+        return MemberWatch(self.zk, self.zk.path("members", check_stage(stage)), wake)
 
 
-def member_record(data: bytes) -> MemberStatus | None:
-    try:
-        return MemberStatus.from_dict(json.loads(data))
-    except ValueError:
-        return None
-
-
-__all__ = ["ZooKeeperStore", "member_record"]
+__all__ = ["ZooKeeperStore"]

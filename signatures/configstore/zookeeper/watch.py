@@ -16,9 +16,8 @@ from kazoo.client import KazooState
 
 from _trim.errors import StoreError
 from signatures.configstore.changes import Changes
-from signatures.configstore.members import MemberStatus
+from signatures.configstore.members import MemberStatus, member_record
 from signatures.configstore.zookeeper.ensemble import Ensemble
-from signatures.configstore.zookeeper.store import member_record
 
 
 class Watched(Changes):
