@@ -197,6 +197,10 @@ def test_units_depend_on_each_other_one_way(graph):
     edges = defaultdict(set)
     for module, names in graph.items():
         for name in names:
+            # A package's __init__ may open its own backends (the factory of
+            # `signatures.configstore`): a facade over its children, not a layer.
+            if name.startswith(module + ".") and (ROOT / module.replace(".", "/")).is_dir():
+                continue
             a, b = unit_of(module), unit_of(name)
             if a != b:
                 edges[a].add(b)
