@@ -30,7 +30,7 @@ import orjson
 
 from _trim import Ragged
 from _trim.records.layout import SOURCES, RecordLayout
-from rootproc.featurestore.base import FeatureStore, create_feature_store, open_feature_store
+from rootproc.featurestore import FeatureStore, create_feature_store, open_feature_store
 from rootproc.featurestore.synth import Synthesizer
 from signatures.schema import FeatureSchema
 

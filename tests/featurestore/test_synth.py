@@ -10,8 +10,7 @@ import pytest
 from _trim.records.layout import RecordLayout
 from rootproc.demo.schema_gen import demo_schema
 from rootproc.featurestore import cli as store_cli
-from rootproc.featurestore import synth
-from rootproc.featurestore.base import open_feature_store
+from rootproc.featurestore import open_feature_store, synth
 from signatures.schema import FeatureSchema
 from tests.root.world import SCHEMA
 
