@@ -5,7 +5,7 @@
     trimmer store info  --feature-store ADDRESS
 
 ADDRESS is a directory (LMDB) or ``redis[s]://HOST:PORT/DB[?namespace=NAME]``
-(rootproc/featurestore/base.py). Records are written in chunks (one LMDB transaction, or
+(rootproc/featurestore/__init__.py). Records are written in chunks (one LMDB transaction, or
 a few pipelined Redis commands, each), packed in bulk, and the store's
 metadata last: until a load finishes, a new store is never served.
 
