@@ -59,4 +59,4 @@ asan: install
 	  $(CURDIR)/$(PY) -S -m pytest tests/trim -q -p no:cacheprovider
 
 clean:
-	rm -rf build $(VENV) _trim/*.so _trim/*.c *.egg-info
+	rm -rf build $(VENV) _trim/*.so _trim/*.c _trim/records/*.so _trim/records/*.c *.egg-info

@@ -33,6 +33,7 @@ extensions = [
         "_trim._kernel",
         ["_trim/_kernel.pyx"],
         include_dirs=[np.get_include()],
+        depends=["_trim/_common.pxd", "_trim/_kernel.pxd"],
         define_macros=macros + NUMPY_MACROS,
         extra_compile_args=compile_args,
     ),
@@ -45,7 +46,7 @@ extensions = [
         define_macros=macros + NUMPY_MACROS,
         # Dot products sum in element order: no fused multiply-add, whatever -march says.
         extra_compile_args=compile_args + ["-ffp-contract=off"],
-        depends=["_trim/records/_program_cast.h", "_trim/_kernel.pxd"],
+        depends=["_trim/records/_program_cast.h", "_trim/_common.pxd", "_trim/_kernel.pxd"],
     ),
     Extension(
         "_trim.records._writer",

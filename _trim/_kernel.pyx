@@ -13,6 +13,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free, qsort
 from libc.string cimport memcpy, memset
 
+from _trim._common cimport ITEMSIZE, WIRE_ALIGN, WIRE_CODES_END, align_up, is_wire_code
+
 import numpy as np
 
 from .batch import Ragged
@@ -30,20 +32,14 @@ cdef uint8_t C_FLAG_RAGGED = FLAG_RAGGED
 cdef uint8_t C_FLAG_PER_REQUEST = FLAG_PER_REQUEST
 cdef uint8_t C_FLAG_VECTOR = FLAG_VECTOR
 cdef uint8_t C_KNOWN_FLAGS = KNOWN_FLAGS
-# The dtype table lives in format.py alone; the kernel copies it at import.
-cdef enum:
-    MAX_CODES = 256   # every value of the u8 dtype field
-cdef uint8_t[MAX_CODES] ITEMSIZE
-memset(ITEMSIZE, 0, MAX_CODES)   # 0: no such dtype code
-for _code, _dtype in CODE_DTYPES.items():
-    ITEMSIZE[_code] = _dtype.itemsize
+# The dtype table lives in format.py alone; _common.pxd's must agree with it.
+assert ALIGN == WIRE_ALIGN, "_common.pxd's WIRE_ALIGN differs from format.ALIGN"
+assert sorted(CODE_DTYPES) == list(range(1, WIRE_CODES_END)) and all(
+    ITEMSIZE[_code] == _dtype.itemsize for _code, _dtype in CODE_DTYPES.items()), \
+    "_common.pxd's dtype codes differ from format.DTYPE_CODES"
 
 assert sizeof(MessageHeader) == HEADER_NBYTES
 assert sizeof(ColumnEntry) == COLUMN_DTYPE.itemsize
-
-
-cdef inline uint64_t align_up(uint64_t n) nogil:
-    return (n + C_ALIGN - 1) & ~(C_ALIGN - 1)
 
 
 cdef uint8_t[::1] writable_bytes(object out) except *:
@@ -264,7 +260,7 @@ cdef list validate(const uint8_t* base, uint64_t length, MessageHeader* header):
             raise ValueError(f"duplicate column {name!r}")
         seen.add(name)
         names.append(name)
-        if ITEMSIZE[col.dtype] == 0:
+        if not is_wire_code(col.dtype):
             raise ValueError(f"column {name!r}: unknown dtype code {col.dtype}")
         if col.flags & ~C_KNOWN_FLAGS:
             raise ValueError(f"column {name!r}: unknown flags {col.flags:#x}")
@@ -350,7 +346,7 @@ cdef extern from "numpy/arrayobject.h":
         PyTypeObject* subtype, cnp.PyArray_Descr* descr, int nd, cnp.npy_intp* dims,
         cnp.npy_intp* strides, void* data, int flags, PyObject* obj)
 
-DTYPES = [CODE_DTYPES.get(code) for code in range(MAX_CODES)]
+DTYPES = [CODE_DTYPES.get(code) for code in range(256)]   # every value of the u8 dtype field
 DTYPE_NAMES = [None if d is None else d.name for d in DTYPES]
 OFFSETS = np.dtype("<i8")
 NO_SHAPE = ()

@@ -31,7 +31,7 @@ import _trim
 from rootproc.demo.models import SubsetScorer
 from rootproc.demo.schema_gen import demo_schema, model_feature_sets
 from rootproc.featurestore import cli as store_cli
-from rootproc.featurestore.base import open_feature_store
+from rootproc.featurestore import open_feature_store
 from rootproc.preprocess.preprocessor import Preprocessor
 from signatures.derive.exporter import export
 from signatures.schema import FeatureSchema

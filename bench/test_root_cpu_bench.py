@@ -46,7 +46,7 @@ import _trim
 from rootproc.client.scoring_client import ScoringClient
 from rootproc.demo.schema_gen import demo_schema, model_feature_sets
 from rootproc.featurestore import cli as store_cli
-from rootproc.featurestore.base import open_feature_store
+from rootproc.featurestore import open_feature_store
 from rootproc.featurestore.cache import CachedStore
 from rootproc.preprocess.preprocessor import Preprocessor
 from signatures.schema import FeatureSchema

@@ -35,7 +35,7 @@ import store_baseline
 
 from rootproc.demo.schema_gen import demo_schema
 from rootproc.featurestore import cli as store_cli
-from rootproc.featurestore.base import open_feature_store
+from rootproc.featurestore import open_feature_store
 from rootproc.featurestore.cache import CachedStore
 from signatures.schema import FeatureSchema
 from tests.featurestore.redis_server import RedisServer

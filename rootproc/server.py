@@ -52,7 +52,7 @@ from rootproc.defaults import (
     FRAME_HARD_CAP_FACTOR,
     MAX_POLL_MS,
 )
-from rootproc.featurestore.base import open_feature_store
+from rootproc.featurestore import open_feature_store
 from rootproc.featurestore.cache import CachedStore
 from rootproc.leaves.links import LeafLinks
 from rootproc.metrics import RootMetrics

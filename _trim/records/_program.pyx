@@ -25,6 +25,7 @@ from libc.stdint cimport int64_t, intptr_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
+from _trim._common cimport ITEMSIZE, RAW_CODES_END, WIRE_ALIGN, align_up
 from _trim._kernel cimport ColumnEntry
 
 import numpy as np
@@ -69,13 +70,11 @@ KINDS = {"dense": K_DENSE, "ragged": K_RAGGED, "const": K_CONST, "const_ragged":
          "dot": K_DOT}
 OPS = {"none": OP_NONE, "unary": OP_UNARY, "clip": OP_CLIP, "standardize": OP_STANDARDIZE,
        "hash": OP_HASH}
-cdef uint64_t ITEMSIZE[13]
-ITEMSIZE[:] = [0, 4, 2, 8, 8, 4, 1, 1, 1, 2, 2, 4, 8]
+assert <int>TC_N_CODES == <int>RAW_CODES_END and ALIGN == WIRE_ALIGN
 for _name, _code in RAW_CODES.items():
-    assert ITEMSIZE[_code] == np.dtype(_name).itemsize
+    assert ITEMSIZE[_code] == np.dtype(_name).itemsize, "_common.pxd's item sizes differ"
 cdef uint64_t C_HEADER = HEADER_NBYTES
 cdef uint64_t C_COLUMN = COLUMN_NBYTES
-cdef uint64_t C_ALIGN = ALIGN
 cdef uint8_t C_PER_REQUEST = FLAG_PER_REQUEST
 cdef double CANONICAL_NAN = np.nan
 
@@ -125,10 +124,6 @@ cdef struct Records:
     uint64_t* nbytes
     uint32_t* counts             # n x n_ragged, when the tails were checked
     uint64_t* seg_start          # n x n_ragged: each segment's offset in its record
-
-
-cdef inline uint64_t align_up(uint64_t n) nogil:
-    return (n + C_ALIGN - 1) & ~(C_ALIGN - 1)
 
 
 cdef inline void in_place(loop_fn fn, void* fn_data, uint8_t* data, void* p1, void* p2,

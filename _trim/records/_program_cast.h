@@ -2,13 +2,13 @@
  * field may have besides: two features sharing an int8 and a uint8 field
  * widen it to int16), exactly as numpy's `astype` does them.
  *
- * The record program (_records.pyx) casts a raw field to the dtype its
+ * The record program (_program.pyx) casts a raw field to the dtype its
  * transform computes in, and the result to the feature's dtype, and must give
  * the bits numpy's reference path gives. numpy casts numeric types with plain
  * C conversions, except that it normalises to and from bool (x != 0) and goes
  * through its own half-float routines (npymath: software, round to nearest
  * even, NaN payloads shifted, never quieted) for float16. Codes are the wire
- * dtype codes of _trim/format.py; _records.pyx checks them at import.
+ * dtype codes of _trim/format.py; _program.pyx checks them at import.
  *
  * A float cast to an integer out of its range is undefined in C and in numpy
  * alike (numpy warns "invalid value encountered in cast").

@@ -7,12 +7,12 @@ to 8 bytes) and what fills each place:
 
     runs      float32 columns of synthetic values, each a function of its
               row's key and its column's key: the uniform draw and the
-              profile's mapping that rootproc/featurestore/synth.py defines with numpy
-              (`_uniform`, `_values`, `_dense_values`), in float32 with the
-              same operations in the same order, so the same bits
-    id lists  ragged fields of synthetic ids, drawn here as synth's `_ragged`
-              and `_ids` draw them in float64: a length per row, then a
-              Zipf-like rank per element
+              profile's mapping that _trim/records/writer_reference.py defines with
+              numpy (`uniform`, `draw_values`, `dense_values`), in float32 with
+              the same operations in the same order, so the same bits
+    id lists  ragged fields of synthetic ids, drawn here as the reference's
+              `list_offsets`, `element_uniforms` and `draw_ids` draw them in
+              float64: a length per row, then a Zipf-like rank per element
     given     everything else: fixed-part columns and ragged fields whose
               values the caller computed (numpy) or read (`trimmer store load`)
 
@@ -21,8 +21,8 @@ each segment's padding. `chunk` sizes a chunk's records (their ragged
 lengths first) and allocates their one buffer; `Chunk.write` fills rows
 ``lo:hi`` of it with the GIL released, so threads fill parts of one chunk.
 Each byte of the records is written once: no fixed-part array, no copy of it.
-The numpy definitions (``TRIMMER_IMPL=reference``) must give the same
-records bit for bit (tests/trim/test_load.py).
+The numpy definitions (writer_reference.py, ``TRIMMER_IMPL=reference``)
+must give the same records bit for bit (tests/trim/test_load.py).
 """
 cimport numpy as cnp
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
@@ -76,7 +76,7 @@ cdef struct Span:
 
 
 cdef inline double uniform64(uint32_t h) noexcept nogil:
-    # synth's _uniform into float64: (h * M1 >> 8) * 2**-24, exact
+    # the reference's uniform into float64: (h * M1 >> 8) * 2**-24, exact
     return <double>((h * <uint32_t>0x85EBCA6B) >> 8) * (1.0 / (1 << 24))
 
 
@@ -122,7 +122,7 @@ cdef inline void draw_ids(const List* li, uint32_t key, int64_t count, uint8_t* 
             dst[k] = <uint8_t>rank
 
 
-PARAMS = ("p0", "a", "b", "c", "q", "default", "scale_q2")   # synth's _params, per column
+PARAMS = ("p0", "a", "b", "c", "q", "default", "scale_q2")   # a profile's, per column (synth.py)
 
 
 cdef inline const float* first(const float[::1] v):
@@ -140,7 +140,7 @@ cdef class RecordWriter:
     """Where each part of one layout's records comes from (module docstring).
 
     ``size``: the fixed part's bytes. ``runs``: ``(offset, column keys uint32,
-    params, dense)`` per run of float32 columns, params synth's per-column
+    params, dense)`` per run of float32 columns, params synth.py's per-column
     float32 arrays (p0, a, b, c, q, default, scale_q2). ``lists``: per ragged
     field in layout order, ``(name, count offset, item size)`` for given
     values, or ``(name, count offset, item size, as bool, length key, empty

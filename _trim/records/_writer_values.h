@@ -1,6 +1,6 @@
-/* The synthetic-value loops of _load.pyx, written so that the compiler
+/* The synthetic-value loops of _writer.pyx, written so that the compiler
  * vectorises them (restrict pointers, no calls, int32 conversions): the
- * same float32 operations, in the same order, as rootproc/featurestore/synth.py's numpy. */
+ * same float32 operations, in the same order, as writer_reference.py's numpy. */
 #ifndef TRIM_LOAD_VALUES_H
 #define TRIM_LOAD_VALUES_H
 

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from _trim import Ragged, chosen_implementation
+from _trim import Ragged
+from _trim.records import record_writer
 
 SOURCES = ("user", "candidate")
 LEN_DTYPE = np.dtype("<u4")
@@ -225,51 +226,20 @@ class RecordLayout:
     def pack(self, fixed: np.ndarray, ragged: Mapping[str, tuple[np.ndarray, np.ndarray]],
              impl: str | None = None) -> PackedRecords:
         """Records from their fixed parts (an array of `dtype`; the ragged
-        lengths are filled in here) and each ragged field's (values, offsets),
-        in bulk: one buffer, written in one compiled pass (`_trim.records._writer.pack`),
-        or with numpy, the values placed with one scatter per field
-        (``TRIMMER_IMPL=reference``)."""
+        lengths are written into the records) and each ragged field's (values,
+        offsets), in bulk: one buffer, written by the record writer
+        (`_trim.records.record_writer`: compiled, or numpy with
+        ``TRIMMER_IMPL=reference``). Without ragged fields the records are
+        the fixed parts themselves."""
         n = len(fixed)
-        size = self.fixed_nbytes
-        if self.ragged and n and chosen_implementation(impl) == "kernel":
-            from _trim.records import _writer as _load
-            placed: Any = self.dtype.fields
-            buf, offsets = _load.pack(fixed, size, [
-                (f"{self.source}.{f.name}", np.asarray(ragged[f.name][0], dtype=f.dtype),
-                 ragged[f.name][1], np.dtype(f.dtype).itemsize, placed[LEN_PREFIX + f.name][1])
-                for f in self.ragged])
-            return PackedRecords(buf, offsets)
         if not self.ragged:
             return PackedRecords(fixed.view(np.uint8).reshape(-1),
-                                 np.arange(n + 1, dtype=np.int64) * size)
-        counts = np.empty((n, len(self.ragged)), dtype=np.int64)
-        for k, f in enumerate(self.ragged):
-            values, offsets = ragged[f.name]
-            counts[:, k] = np.diff(offsets)
-            if len(values) < offsets[-1] or (counts[:, k] < 0).any():
-                raise ValueError(f"{self.source}.{f.name}: offsets do not fit its {len(values)} values")
-            if n and counts[:, k].max() > 0xFFFFFFFF:
-                raise ValueError(f"{self.source}.{f.name}: a list longer than 2**32 - 1")
-            fixed[LEN_PREFIX + f.name] = counts[:, k]
-        sizes = np.array([np.dtype(f.dtype).itemsize for f in self.ragged], dtype=np.int64)
-        seg_nbytes = (counts * sizes + 7) & ~7
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(size + seg_nbytes.sum(axis=1), out=offsets[1:])
-        buf = np.zeros(int(offsets[-1]), dtype=np.uint8)   # zeros: the segments' padding
-        out, src = buf.data, fixed.view(np.uint8).reshape(-1).data
-        for i, start in enumerate(offsets[:-1].tolist()):
-            out[start:start + size] = src[i * size:(i + 1) * size]
-        seg_start = offsets[:-1, None] + size + np.cumsum(seg_nbytes, axis=1) - seg_nbytes
-        for k, f in enumerate(self.ragged):
-            values, value_offsets = ragged[f.name]
-            total = int(counts[:, k].sum())
-            if not total:
-                continue
-            # Every segment starts on 8 bytes, so on a whole element of its field.
-            first = seg_start[:, k] // sizes[k] - value_offsets[:-1]
-            at = np.repeat(first, counts[:, k]) + np.arange(int(value_offsets[0]),
-                                                            int(value_offsets[0]) + total)
-            buf.view(f.dtype)[at] = values[value_offsets[0]:value_offsets[0] + total]
+                                 np.arange(n + 1, dtype=np.int64) * self.fixed_nbytes)
+        placed: Any = self.dtype.fields
+        buf, offsets = record_writer(impl).pack(fixed, self.fixed_nbytes, [
+            (f"{self.source}.{f.name}", np.asarray(ragged[f.name][0], dtype=f.dtype),
+             ragged[f.name][1], np.dtype(f.dtype).itemsize, placed[LEN_PREFIX + f.name][1])
+            for f in self.ragged])
         return PackedRecords(buf, offsets)
 
     # -- decoding -------------------------------------------------------------

@@ -40,7 +40,7 @@ from signatures.runtime.stop_signals import Stopped, StopSignals, say
 def id_space(args) -> tuple[tuple[int, int], tuple[int, int]]:
     """(user id range, candidate id range), inclusive, from the store or flags."""
     if args.feature_store:
-        from rootproc.featurestore.base import open_feature_store
+        from rootproc.featurestore import open_feature_store
         with open_feature_store(args.feature_store) as store:
             users, cands = store.id_range("user"), store.id_range("candidate")
         if users is None or cands is None:

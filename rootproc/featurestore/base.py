@@ -1,19 +1,16 @@
-"""The feature store: the interface every backend serves, and the choice of backend by address.
+"""The feature store's interface, which every backend serves.
 
 A store holds one packed record per entity (`_trim.records.layout`) for each
 source (``user``, ``candidate``), with metadata that makes it describe
 itself: the format, each source's record layout, the fingerprint of the
-schema it was written for, counts and id ranges. Two backends:
+schema it was written for, counts and id ranges. The backends (LMDB, Redis)
+and the choice of one by address are the package's (rootproc/featurestore/__init__.py):
+this module knows none of them.
 
-    a directory path            LMDB on this node (rootproc/featurestore/lmdb_store.py), the default
-    redis://HOST:PORT/DB        a Redis server shared by a fleet (rootproc/featurestore/redis_store.py);
-    rediss://HOST:PORT/DB       the same over TLS. ``?namespace=NAME`` keeps two stores
-                                apart on one server (default ``features``)
-
-Both write the metadata last: a store whose first load has not finished
-has no layouts, and a root refuses to start on it, naming the load that did
-not finish. Readers get every source a request needs in one round trip
-(`get_many`).
+Every backend writes the metadata last: a store whose first load has not
+finished has no layouts, and a root refuses to start on it, naming the load
+that did not finish. Readers get every source a request needs in one round
+trip (`get_many`).
 """
 from __future__ import annotations
 
@@ -154,24 +151,5 @@ def check_layouts(where: str, have: Mapping[str, RecordLayout], schema, has_reco
     return wanted
 
 
-def open_feature_store(address, settings=None, *, readonly: bool = True) -> FeatureStore:
-    """The store at ``address`` (a directory, or a redis:// URL with the root's
-    `RedisSettings`), open for reading; ValueError naming what is wrong."""
-    if is_redis_address(address):
-        from rootproc.featurestore.redis_store import RedisStore
-        return RedisStore(address, settings, readonly=readonly)
-    from rootproc.featurestore.lmdb_store import LmdbStore
-    return LmdbStore(address, readonly=readonly)
-
-
-def create_feature_store(address, schema, settings=None) -> FeatureStore:
-    """``address`` open for a load of ``schema``'s records (created if absent)."""
-    if is_redis_address(address):
-        from rootproc.featurestore.redis_store import RedisStore
-        return RedisStore.create(address, schema, settings)
-    from rootproc.featurestore.lmdb_store import LmdbStore
-    return LmdbStore.create(address, schema)
-
-
-__all__ = ["FORMAT", "FeatureStore", "StoreDown", "check_layouts", "create_feature_store",
-           "is_redis_address", "open_feature_store"]
+__all__ = ["FORMAT", "FeatureStore", "StoreDown", "check_layouts", "is_redis_address",
+           "loading_marker", "unfinished_message"]

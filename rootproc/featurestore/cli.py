@@ -5,7 +5,7 @@
     trimmer store info  --feature-store ADDRESS
 
 ADDRESS is a directory (LMDB) or ``redis[s]://HOST:PORT/DB[?namespace=NAME]``
-(rootproc/featurestore/base.py). Records are written in chunks (one LMDB transaction, or
+(rootproc/featurestore/__init__.py). Records are written in chunks (one LMDB transaction, or
 a few pipelined Redis commands, each), packed in bulk, and the store's
 metadata last: until a load finishes, a new store is never served.
 
@@ -30,7 +30,7 @@ import orjson
 
 from _trim import Ragged
 from _trim.records.layout import SOURCES, RecordLayout
-from rootproc.featurestore.base import FeatureStore, create_feature_store, open_feature_store
+from rootproc.featurestore import FeatureStore, create_feature_store, open_feature_store
 from rootproc.featurestore.synth import Synthesizer
 from signatures.schema import FeatureSchema
 

@@ -22,12 +22,13 @@ A missing value is the field's default (0 unless the schema names one).
 Every value is a pure function of (seed, source, field, element, entity id):
 a counter-based hash (murmur3's finalizer) of them is mapped through the
 field's profile. So the same seed gives the same store whatever the chunking,
-and adding a field changes no other field's values. The numpy code here is
-the definition (``TRIMMER_IMPL=reference``: whole-array arithmetic on a
-chunk's fixed parts, then `RecordLayout.pack`); by default a compiled
-`RecordWriter` (_trim/records/_writer.pyx) draws the float32 fields and id lists
-straight into the chunk's records, the same bytes, each written once, with
-numpy giving it the rarer fields.
+and adding a field changes no other field's values. This module is the
+policy: which profile each field gets (`Profile`) and its parameters; the
+record writer (`_trim.records.record_writer`) draws the float32 fields and
+id lists straight into a chunk's records, with numpy here giving it the
+rarer fields. Its numpy reference (_trim/records/writer_reference.py, with
+``TRIMMER_IMPL=reference``) defines the draws, and the compiled writer
+(_trim/records/_writer.pyx, the default) gives the same bytes, each written once.
 """
 from __future__ import annotations
 
@@ -35,61 +36,44 @@ import os
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from _trim import chosen_implementation
+from _trim.records import record_writer
 from _trim.records.layout import LEN_PREFIX, PackedRecords, RawField, RecordLayout
+from _trim.records.writer_reference import (
+    draw_ids,
+    draw_values,
+    element_uniforms,
+    list_offsets,
+    mix,
+    uniform,
+)
 
 CHUNK_NBYTES = 1 << 23    # records made per chunk (one store write each): under
                           # malloc's mmap threshold (_trim/memory.py), so their pages are reused
-BLOCK_NBYTES = 1 << 19     # rows computed at a time: sized for the CPU's cache
 THREADS = min(4, os.cpu_count() or 1)
 COLD = 0.08
 EMBEDDING_WIDTH = 32
 MAX_LIST = 200
-_M1, _M2 = np.uint32(0x85EBCA6B), np.uint32(0xC2B2AE35)
-_U24 = np.float32(1 / (1 << 24))
-
-
-def _mix(h: np.ndarray, tmp: np.ndarray | None = None, rounds: int = 3) -> np.ndarray:
-    """murmur3's 32-bit finalizer, in place on a uint32 array; ``rounds=2``
-    stops before its last xor-shift (enough for a value's bits: `_uniform`)."""
-    tmp = np.empty_like(h) if tmp is None else tmp
-    for shift, mult in ((16, _M1), (13, _M2), (16, None))[:rounds]:
-        np.right_shift(h, shift, out=tmp)
-        h ^= tmp
-        if mult is not None:
-            h *= mult
-    return h
 
 
 def _key(*parts: int) -> np.uint32:
     h = np.array([0x9E3779B9], dtype=np.uint32)
     for p in parts:
         h ^= np.uint32(p & 0xFFFFFFFF)
-        _mix(h)
+        mix(h)
     return h[0]
 
 
 def row_keys(seed: int, source: str, ids: np.ndarray) -> np.ndarray:
     ids = np.asarray(ids, dtype=np.int64).view(np.uint64)
     h = (ids & np.uint64(0xFFFFFFFF)).astype(np.uint32) ^ _key(seed, zlib.crc32(source.encode()))
-    _mix(h)
+    mix(h)
     h ^= (ids >> np.uint64(32)).astype(np.uint32)
-    return _mix(h)
-
-
-def _uniform(rows: np.ndarray, cols: np.ndarray, h: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """U[0, 1) for every (row key, column key) pair, into ``out`` (float32).
-
-    Both keys are already mixed, so one multiply spreads their xor into the
-    top 24 bits kept (each value exact in float32)."""
-    np.bitwise_xor(rows[:, None], cols[None, :], out=h)
-    h *= _M1
-    h >>= 8
-    return np.multiply(h, _U24, out=out)
+    return mix(h)
 
 
 class Profile:
@@ -133,36 +117,7 @@ class Profile:
     def columns(self, width: int) -> np.ndarray:
         """One hash key per element of the field."""
         h = np.arange(width, dtype=np.uint32) * np.uint32(0x27D4EB2F) + self.key
-        return _mix(h)
-
-
-def _values(u: np.ndarray, p: dict, cold: np.ndarray, tmp: np.ndarray) -> np.ndarray:
-    """`Profile`'s mapping, in place on ``u`` (its rows' ``cold`` is 0 or 1);
-    ``p`` holds `_params`' arrays (one per column) or scalars.
-
-    With w = (u - p0) / (1 - p0), the heavy core w / (1 - w) is (u - p0) / (1 - u),
-    and ``a * u + b * heavy + c`` (in steps of q) is either profile's value."""
-    missing = np.less(u, p["p0"] + cold, out=np.empty(u.shape, dtype=np.bool_))
-    heavy = np.subtract(u, p["p0"], out=tmp[1])
-    heavy /= np.subtract(1.001, u, out=tmp[0])   # the tail stops at ~1000 x scale
-    heavy *= p["b"]
-    u *= p["a"]
-    u += heavy
-    u += p["c"]
-    np.rint(u, out=u)
-    u *= p["q"]
-    np.copyto(u, p["default"], where=missing)
-    return u
-
-
-def _dense_values(u: np.ndarray, p: dict, cold: np.ndarray) -> np.ndarray:
-    """Embeddings: uniform in [-scale, scale) at float16 precision (a float32
-    with the low 13 bits of its mantissa cleared); cold rows all zeros."""
-    u -= 0.5
-    u *= p["scale_q2"]
-    u.view(np.uint32)[...] &= np.uint32(0xFFFFE000)
-    u *= 1 - cold
-    return u
+        return mix(h)
 
 
 def _params(profiles: list[Profile], widths: list[int], dtype=np.float32,
@@ -171,7 +126,7 @@ def _params(profiles: list[Profile], widths: list[int], dtype=np.float32,
     rep = lambda attr: np.repeat([float(getattr(p, attr)) for p in profiles], widths)  # noqa: E731
     p0 = rep("p0") if missing else np.zeros(sum(widths))
     q, sym, scale, loc = rep("q"), rep("sym"), rep("scale"), rep("loc")
-    # sym: loc + scale * (2w - 1); else loc + scale * heavy (see _values), in steps of q.
+    # sym: loc + scale * (2w - 1); else loc + scale * heavy (see writer_reference.draw_values), in steps of q.
     a = sym * 2 * scale / (1 - p0) / q
     out = {"p0": p0, "a": a, "b": (1 - sym) * scale / q, "c": (loc - sym * scale) / q - a * p0,
            "scale_q2": 2 * scale / q, "q": q,
@@ -184,6 +139,11 @@ def _empty_fraction(p: Profile) -> float:
     return 0.2 + 0.3 * float((p.key >> 8) / (1 << 24))
 
 
+def _length_key(p: Profile) -> int:
+    """The column key of a list field's lengths."""
+    return int((p.columns(1) ^ np.uint32(0x5EED))[0])
+
+
 class Synthesizer:
     """Records for one source of a layout: `chunks` yields (ids, records)."""
 
@@ -193,12 +153,11 @@ class Synthesizer:
             if feat.source == layout.source:
                 ops.setdefault(feat.raw_name, feat.transform)
         self.layout, self.seed, self.source = layout, seed, layout.source
-        self.impl = chosen_implementation(impl)
         self.profiles = {f.name: Profile(f, ops.get(f.name, {}), seed, self.source)
                          for f in layout.fields.values()}
         # Float32 fields next to each other in the record, of one kind (dense
         # or not), are computed together: a run of columns of the fixed part.
-        self.runs: list[tuple[int, int, dict, np.ndarray, bool]] = []
+        self.runs: list[tuple[int, np.ndarray, dict, bool]] = []
         self.others: list[RawField] = []
         placed = layout.dtype.fields or {}
         group: list[RawField] = []
@@ -214,15 +173,14 @@ class Synthesizer:
             group.append(f)
         if group:
             self._add_run(group)
-        self.writer = self._writer() if self.impl == "kernel" else None
+        self.writer = self._writer(record_writer(impl))
 
     def _add_run(self, fields: list[RawField]) -> None:
         profiles = [self.profiles[f.name] for f in fields]
         widths = [f.width for f in fields]
         cols = np.concatenate([p.columns(w) for p, w in zip(profiles, widths)])
         start = self.layout.dtype.fields[fields[0].name][1]
-        self.runs.append((start, start + 4 * len(cols), _params(profiles, widths), cols,
-                          profiles[0].dense))
+        self.runs.append((start, cols, _params(profiles, widths), profiles[0].dense))
 
     def chunks(self, count: int, start: int = 0) -> Iterator[tuple[np.ndarray, PackedRecords]]:
         rows = max(1, min(count, CHUNK_NBYTES // max(1, self.layout.fixed_nbytes)))
@@ -232,14 +190,13 @@ class Synthesizer:
                 yield ids, self.records(ids, pool)
 
     def _drawn(self, f: RawField) -> bool:
-        """Whether the compiled writer draws ``f``'s lists itself: id lists of
+        """Whether the record writer draws ``f``'s lists itself: id lists of
         an integer or bool dtype, the usual kind; others come from `_ragged`."""
         return bool(self.profiles[f.name].vocab) and np.dtype(f.dtype).kind in "iub"
 
-    def _writer(self):
-        """The compiled `RecordWriter` for this layout: the float32 runs and
-        id lists drawn in place, other fields given by numpy per chunk."""
-        from _trim.records._writer import RecordWriter
+    def _writer(self, impl: ModuleType):
+        """``impl``'s `RecordWriter` for this layout: the float32 runs and id
+        lists drawn in place, other fields given by numpy per chunk."""
         placed: Any = self.layout.dtype.fields
         lists: list[tuple] = []
         for f in self.layout.ragged:
@@ -248,103 +205,57 @@ class Synthesizer:
                 lists.append((f.name, at, itemsize))
                 continue
             p = self.profiles[f.name]
-            lists.append((f.name, at, itemsize, np.dtype(f.dtype) == np.bool_,
-                          int((p.columns(1) ^ np.uint32(0x5EED))[0]), _empty_fraction(p),
-                          p.columns(MAX_LIST), p.vocab, p.hashed, int(p.key)))
+            lists.append((f.name, at, itemsize, np.dtype(f.dtype) == np.bool_, _length_key(p),
+                          _empty_fraction(p), p.columns(MAX_LIST), p.vocab, p.hashed, int(p.key)))
         columns = [(placed[f.name][1], np.dtype(f.dtype).itemsize * f.width) for f in self.others]
-        return RecordWriter(self.layout.fixed_nbytes,
-                            [(a, cols, params, dense) for a, _, params, cols, dense in self.runs],
-                            lists, columns)
+        return impl.RecordWriter(self.layout.fixed_nbytes, self.runs, lists, columns)
 
     def records(self, ids: np.ndarray, pool: ThreadPoolExecutor | None = None) -> PackedRecords:
         if pool is None:
             with ThreadPoolExecutor(THREADS, thread_name_prefix="synth") as own:
                 return self.records(ids, own)
         keys = row_keys(self.seed, self.source, ids)
-        cold = (_mix(keys ^ np.uint32(0xC01D)) < np.uint32(COLD * 2**32)).astype(np.float32)
+        cold = (mix(keys ^ np.uint32(0xC01D)) < np.uint32(COLD * 2**32)).astype(np.float32)
+        chunk = self.writer.chunk(
+            len(ids), keys, cold,
+            [self._ragged(f, keys, cold) for f in self.layout.ragged if not self._drawn(f)],
+            [self._other(f, keys, cold).reshape(len(ids), f.width) for f in self.others])
         # Both implementations let go of the GIL: slices of rows on every core.
         bounds = np.linspace(0, len(ids), THREADS + 1).astype(int).tolist()
-        parts = [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
-        if self.writer is not None:
-            chunk = self.writer.chunk(
-                len(ids), keys, cold,
-                [self._ragged(f, keys, cold) for f in self.layout.ragged if not self._drawn(f)],
-                [self._other(f, keys, cold).reshape(len(ids), f.width) for f in self.others])
-            for done in [pool.submit(chunk.write, lo, hi) for lo, hi in parts]:
-                done.result()
-            return PackedRecords(*chunk.result())
-        fixed = np.zeros(len(ids), dtype=self.layout.dtype)
-        raw = fixed.view(np.uint8).reshape(len(ids), self.layout.fixed_nbytes)
-        runs = [pool.submit(self._runs, raw, keys, cold, lo, hi) for lo, hi in parts]
-        lists = {f.name: pool.submit(self._ragged, f, keys, cold) for f in self.layout.ragged}
-        for done in runs:
+        for done in [pool.submit(chunk.write, lo, hi)
+                     for lo, hi in zip(bounds, bounds[1:]) if hi > lo]:
             done.result()
-        ragged = {name: done.result() for name, done in lists.items()}
-        for f in self.others:
-            fixed[f.name] = self._other(f, keys, cold).reshape((len(ids),) + f.shape)
-        return self.layout.pack(fixed, ragged, "reference")
-
-    def _runs(self, raw: np.ndarray, keys: np.ndarray, cold: np.ndarray, lo: int, hi: int) -> None:
-        """Rows ``lo:hi`` of every float32 run, a cache-sized block at a time:
-        the definition the compiled writer (`_trim.records._writer`) follows bit for bit."""
-        for a, b, params, cols, dense in self.runs:
-            out = raw[:, a:b].view(np.float32)
-            block = max(1, BLOCK_NBYTES // (b - a))
-            h = np.empty((block, len(cols)), dtype=np.uint32)
-            tmp = np.empty((2, block, len(cols)), dtype=np.float32)
-            for r in range(lo, hi, block):
-                m = min(block, hi - r)
-                u = _uniform(keys[r:r + m], cols, h[:m], out[r:r + m])
-                if dense:
-                    _dense_values(u, params, cold[r:r + m, None])
-                else:
-                    _values(u, params, cold[r:r + m, None], tmp[:, :m])
-
-    def _ids(self, p: Profile, u: np.ndarray, dtype) -> np.ndarray:
-        """Zipf-like ranks over the field's vocabulary; hashed fields' spread
-        over 40 bits (ids as a feature log has them), others small ints."""
-        rank = np.minimum(p.vocab - 1, np.floor(u / (1.00001 - u))).astype(np.uint64)
-        if p.hashed:
-            rank = (rank * np.uint64(0x9E3779B97F4A7C15) + np.uint64(p.key)) & np.uint64((1 << 40) - 1)
-        return rank.astype(dtype)
+        return PackedRecords(*chunk.result())
 
     def _other(self, f: RawField, keys: np.ndarray, cold: np.ndarray) -> np.ndarray:
         """A dense field that is not float32, drawn per field."""
         p, dt = self.profiles[f.name], np.dtype(f.dtype)
         cols = p.columns(f.width)
-        u = _uniform(keys, cols, np.empty((len(keys), len(cols)), dtype=np.uint32),
-                     np.empty((len(keys), len(cols)), dtype=np.float64))
+        u = uniform(keys, cols, np.empty((len(keys), len(cols)), dtype=np.uint32),
+                    np.empty((len(keys), len(cols)), dtype=np.float64))
         if p.vocab:
-            return np.where(cold[:, None] > 0, p.default[0], self._ids(p, u, np.int64)).astype(dt)
-        values = _values(u, _params([p], [len(cols)], np.float64), cold[:, None].astype(np.float64),
-                         np.empty((2,) + u.shape))
+            drawn = draw_ids(u, p.vocab, p.hashed, int(p.key), np.int64)
+            return np.where(cold[:, None] > 0, p.default[0], drawn).astype(dt)
+        out = draw_values(u, _params([p], [len(cols)], np.float64), cold[:, None].astype(np.float64),
+                     np.empty((2,) + u.shape))
         if dt == np.bool_:
-            return values > 0
+            return out > 0
         if dt.kind in "iu":
             info = np.iinfo(dt)
-            return np.clip(values, max(info.min, -(1 << 62)), min(info.max, 1 << 62)).astype(dt)
-        return values.astype(dt)
+            return np.clip(out, max(info.min, -(1 << 62)), min(info.max, 1 << 62)).astype(dt)
+        return out.astype(dt)
 
     def _ragged(self, f: RawField, keys: np.ndarray, cold: np.ndarray) -> tuple:
-        """(values, offsets) of a list field: a length per row, then one hash per element."""
+        """(values, offsets) of a list field the writer is given: a length
+        per row, then one hash per element, as the writer draws id lists."""
         p = self.profiles[f.name]
-        empty = _empty_fraction(p)
-        u = _uniform(keys, p.columns(1) ^ np.uint32(0x5EED), np.empty((len(keys), 1), np.uint32),
-                     np.empty((len(keys), 1), np.float64))[:, 0]
-        w = np.maximum(u - empty, 0) / (1 - empty)
-        lengths = np.where(cold > 0, 0, np.minimum(MAX_LIST, np.ceil(6 * w / (1.00001 - w))))
-        offsets = np.zeros(len(keys) + 1, dtype=np.int64)
-        np.cumsum(lengths.astype(np.int64), out=offsets[1:])
-        rows = np.repeat(np.arange(len(keys)), np.diff(offsets))
-        position = np.arange(int(offsets[-1]), dtype=np.int64) - offsets[:-1][rows]
-        h = keys[rows] + p.columns(MAX_LIST)[position]
-        u = _uniform(h, np.zeros(1, np.uint32), np.empty((len(h), 1), np.uint32),
-                     np.empty((len(h), 1), np.float64))
+        offsets = list_offsets(keys, cold, _length_key(p), _empty_fraction(p), MAX_LIST)
+        u = element_uniforms(keys, offsets, p.columns(MAX_LIST))
         dt = np.dtype(f.dtype)
         if p.vocab:
-            return self._ids(p, u[:, 0], dt), offsets
+            return draw_ids(u[:, 0], p.vocab, p.hashed, int(p.key), dt), offsets
         params = _params([p], [1], np.float64, missing=False)   # an element is there or not
-        return _values(u, params, np.zeros((len(h), 1)), np.empty((2,) + u.shape))[:, 0].astype(dt), \
+        return draw_values(u, params, np.zeros((len(u), 1)), np.empty((2,) + u.shape))[:, 0].astype(dt), \
             offsets
 
 

@@ -4,7 +4,8 @@ A `Preprocessor` is compiled once per (schema, feature set, store layouts):
 it resolves every feature to a step (read which raw field, apply which
 transform in which dtype, write which column). Two implementations build
 the batch from those steps, selected by name like the gather kernel's
-(``TRIMMER_IMPL``, read when the preprocessor is made):
+(``TRIMMER_IMPL``, read when the preprocessor is made, by
+`_trim.records.record_program`):
 
 - ``kernel`` (the default): `_trim.records._program.RecordProgram`, one compiled
   pass over the records that writes every column straight into the batch
@@ -41,9 +42,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from _trim import Batch, chosen_implementation
+from _trim import Batch
+from _trim.records import record_program
 from _trim.records.layout import RawField, RecordLayout, raw_dtype
-from _trim.records.program_reference import NumpyPreprocessing, hash_ids
+from _trim.records.program_reference import hash_ids
 from rootproc.preprocess import steps as preprocess_plan
 
 
@@ -83,17 +85,11 @@ class Preprocessor:
                 self.raw_fields[f.source].append(raw)
         if problems:
             raise ValueError("feature store does not match the schema:\n  - " + "\n  - ".join(problems))
-        self.impl = chosen_implementation(impl)
         # Compiled for either implementation: a parameter that does not fit the
         # dtype its transform computes in is refused here, at startup, by both.
         steps = preprocess_plan.steps(self)
-        if self.impl == "kernel":
-            from _trim.records._program import RecordProgram
-            self.program = RecordProgram(self.layout, preprocess_plan.sources(record_layouts), steps)
-            self._build = self.program.build
-        else:
-            self.reference = NumpyPreprocessing(self)
-            self._build = self.reference.build
+        self.program = record_program(self, preprocess_plan.sources(record_layouts), steps, impl)
+        self._build = self.program.build
 
     @property
     def absent_features(self) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 from _trim.records.layout import SOURCES
 from rootproc.client import loadgen as score
 from rootproc.featurestore import cli as store_cli
-from rootproc.featurestore.base import create_feature_store, open_feature_store
+from rootproc.featurestore import create_feature_store, open_feature_store
 from signatures.schema import FeatureSchema
 from tests.root.world import SCHEMA, raw_data
 

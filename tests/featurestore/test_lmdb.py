@@ -11,7 +11,7 @@ import pytest
 
 from _trim.records.layout import RawField, RecordLayout
 from rootproc.featurestore import cli as store_cli
-from rootproc.featurestore.base import create_feature_store, open_feature_store
+from rootproc.featurestore import create_feature_store, open_feature_store
 from rootproc.featurestore.cache import ABSENT, CachedStore, LRUCache
 from rootproc.featurestore.lmdb_store import decode_key, encode_keys
 from signatures.schema import FeatureSchema
@@ -161,7 +161,7 @@ def test_two_processes_read_concurrently(tmp_path, schema):
     reader = f"""
 import sys, time
 sys.path.insert(0, {os.getcwd()!r})
-from rootproc.featurestore.base import open_feature_store
+from rootproc.featurestore import open_feature_store
 store = open_feature_store({str(tmp_path / 's')!r})
 layout = store.layout("candidate")
 total = 0.0

@@ -10,7 +10,7 @@ import pytest
 
 from rootproc.client.scoring_client import ScoringClient
 from rootproc.featurestore import cli as store_cli
-from rootproc.featurestore.base import create_feature_store
+from rootproc.featurestore import create_feature_store
 from signatures.schema import FeatureSchema
 from tests.root.conftest import leaves_running, spawn_root
 from tests.root.world import CANDIDATE_IDS, MODELS, USER_IDS, assert_scores_match

@@ -7,11 +7,11 @@ import lz4.block
 import numpy as np
 import pytest
 
+from _trim.records import writer_reference
 from _trim.records.layout import RecordLayout
 from rootproc.demo.schema_gen import demo_schema
 from rootproc.featurestore import cli as store_cli
-from rootproc.featurestore import synth
-from rootproc.featurestore.base import open_feature_store
+from rootproc.featurestore import open_feature_store, synth
 from signatures.schema import FeatureSchema
 from tests.root.world import SCHEMA
 
@@ -43,7 +43,7 @@ def test_a_value_depends_on_its_entity_and_field_alone(monkeypatch):
     layout = RecordLayout.from_schema(schema, "candidate")
     whole = list(synth.Synthesizer(schema, layout, 9).records(np.arange(1000)))
     monkeypatch.setattr(synth, "CHUNK_NBYTES", 7 * layout.fixed_nbytes)   # chunks of 7 rows
-    monkeypatch.setattr(synth, "BLOCK_NBYTES", 3 * layout.fixed_nbytes)
+    monkeypatch.setattr(writer_reference, "BLOCK_NBYTES", 3 * layout.fixed_nbytes)
     chunked = [r for _, recs in synth.Synthesizer(schema, layout, 9).chunks(1000) for r in recs]
     assert [bytes(r) for r in chunked] == [bytes(r) for r in whole]
     # Another field in the schema leaves every other field's values as they were.

@@ -137,9 +137,9 @@ def test_grouped_scalars_match_the_per_feature_path():
     (_, urecs), = synth_chunks(schema, layouts["user"], 1, seed=1)
     (_, crecs), = synth_chunks(schema, layouts["candidate"], 50, seed=1)
     grouped = Preprocessor(schema, None, layouts, impl="reference")
-    ref = grouped.reference
+    ref = grouped.program
     assert len(ref.groups) >= 4 and len(ref.steps) == 1
-    single = Preprocessor(schema, None, layouts, impl="reference").reference
+    single = Preprocessor(schema, None, layouts, impl="reference").program
     single.groups = []
     single.steps = [(f, elementwise(f.transform["op"], f.transform)) for f in single.pre.features]
     single.step_fields = {s: sorted(layouts[s].fields) for s in ("user", "candidate")}

@@ -41,6 +41,9 @@ CASES = {
     "duplicate name": (lambda b: col(b, "user").__setitem__("name_offset", 0) or
                        col(b, "user").__setitem__("name_nbytes", 5), "duplicate column 'dense'"),
     "unknown dtype": (lambda b: col(b, "dense").__setitem__("dtype", 42), "'dense': unknown dtype code 42"),
+    # int16..uint64 have codes (9..12) in the record program, never on the wire.
+    "raw-only dtype": (lambda b: col(b, "dense").__setitem__("dtype", 9), "'dense': unknown dtype code 9"),
+    "dtype code 0": (lambda b: col(b, "dense").__setitem__("dtype", 0), "'dense': unknown dtype code 0"),
     "unknown flag": (lambda b: col(b, "dense").__setitem__("flags", 0x84), "'dense': unknown flags"),
     "ragged vector": (lambda b: col(b, "ids").__setitem__("flags", 5), "'ids': a ragged column cannot be a vector"),
     "zero width": (lambda b: col(b, "dense").__setitem__("width", 0), "'dense': bad width 0"),

@@ -1,9 +1,9 @@
-"""The bulk load's compiled loops (`_trim.records._writer`) against their numpy definitions, bit for bit.
+"""The record writer's compiled loops (`_trim.records._writer`) against their numpy definitions, bit for bit.
 
 Synthetic values (rootproc/featurestore/synth.py) and record packing (_trim/records/layout.py)
-each have a numpy path, the definition, selected with ``TRIMMER_IMPL=reference``;
-the compiled path must give the same records. `make asan` runs these under
-AddressSanitizer and UBSan.
+are written by the record writer, whose numpy reference (_trim/records/writer_reference.py,
+``TRIMMER_IMPL=reference``) is the definition; the compiled writer must give the same
+records. `make asan` runs these under AddressSanitizer and UBSan.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from _trim import Ragged
+from _trim.records import writer_reference
 from _trim.records.layout import RawField, RecordLayout
 from rootproc.demo.schema_gen import demo_schema
 from rootproc.featurestore import synth
@@ -38,7 +39,7 @@ def test_synthetic_records_are_the_numpy_ones(schema, source):
 
 def test_rounding_matches_numpy_rint_everywhere():
     """The values' rint is computed without a call (so that it vectorises):
-    checked against synth's numpy mapping on every magnitude, halves, signed
+    checked against the reference's numpy mapping on every magnitude, halves, signed
     zeros and the specials."""
     from _trim.records import _writer as _load
     rng = np.random.default_rng(0)
@@ -58,8 +59,9 @@ def test_rounding_matches_numpy_rint_everywhere():
     chunk = writer.chunk(1, rows, cold, [], [])
     chunk.write(0, 1)
     out = chunk.result()[0][:4 * n].view(np.float32).reshape(1, n)
-    want = synth._uniform(rows, cols, np.empty((1, n), np.uint32), np.empty((1, n), np.float32))
-    synth._values(want, params, cold[:, None], np.empty((2, 1, n), np.float32))
+    want = writer_reference.uniform(rows, cols, np.empty((1, n), np.uint32),
+                                    np.empty((1, n), np.float32))
+    writer_reference.draw_values(want, params, cold[:, None], np.empty((2, 1, n), np.float32))
     assert out.tobytes() == want.tobytes()
     finite = np.isfinite(x)
     assert np.array_equal(out[0][finite], np.rint(x[finite]))
