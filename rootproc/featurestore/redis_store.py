@@ -47,7 +47,7 @@ from rootproc.featurestore.base import (
     loading_marker,
     unfinished_message,
 )
-from rootproc.featurestore.redis_settings import LOADER_REDIS, RedisSettings
+from rootproc.settings import LOADER_REDIS, RedisSettings
 
 NAMESPACE = "features"
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")

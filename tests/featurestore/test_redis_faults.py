@@ -11,7 +11,7 @@ from _trim.errors import StoreUnavailable
 from rootproc.featurestore import StoreDown, open_feature_store
 from rootproc.featurestore import cli as store_cli
 from rootproc.featurestore.cache import CachedStore
-from rootproc.featurestore.redis_settings import RedisSettings
+from rootproc.settings import RedisSettings
 from tests.root.world import SCHEMA
 
 SETTINGS = RedisSettings(timeout_ms=200, connect_timeout_ms=50, retries=1, backoff_ms=100,
