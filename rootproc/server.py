@@ -82,10 +82,6 @@ class RootServer:
         self.draining = False
         self.drain_started = 0.0
 
-    @property
-    def active(self):
-        return self.scorer.active
-
     # -- the loop -------------------------------------------------------------------
 
     def request_stop(self, *_):
