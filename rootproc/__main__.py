@@ -4,7 +4,8 @@ Exit status (`trimmer --help`): 0 after a clean drain on SIGTERM or SIGINT
 (also one that arrives while the root is starting, and whatever dispositions
 it inherited); 2 when it cannot start with the settings given (the message
 lists every problem: a bad setting, a key file it cannot read, an endpoint in
-use, shared memory this host cannot give).
+use, shared memory this host cannot give). The root itself is rootproc/app.py:
+settings, then build, run, close.
 """
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ import sys
 from rootproc.settings import RootSettings
 from signatures.runtime.settings import add_arguments, load
 from signatures.runtime.stop_signals import DeferredStop
-
-log = logging.getLogger("rootproc")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,28 +30,24 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from _trim.errors import TrimmerError
     from _trim.memory import keep_large_buffers
-    from rootproc.server import RootServer
+    from rootproc.app import Root
     keep_large_buffers()
     try:
         cfg = load(RootSettings, args)
-        server = RootServer(cfg)
+        root = Root.build(cfg)
     except (TrimmerError, ValueError) as exc:
         print(f"trimmer root: {exc}", file=sys.stderr)
         return 2
     # Everything made so far (schema, plans, record programs) lives as long as
     # the process: out of the collector's way, each full collection is short.
     gc.freeze()
-    for exposure in cfg.exposures():
-        log.warning("%s: %s", cfg.name, exposure)
-    if cfg.metrics_port:
-        server.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
-    log.info("%s: serving on %s (config %s, trim %s, compression %s, %d leaf replica(s))",
-             cfg.name, ", ".join(server.endpoints), server.active.id, cfg.trim, cfg.compression,
-             len(server.links.pool.links))
-    starting.hand_to(server.request_stop)
-    server.run()
-    log.info("%s: drained, exiting", cfg.name)
-    return 0
+    # The server installs its own handlers as it starts serving; one that came before is passed on.
+    assert root.server is not None, "built"
+    starting.hand_to(root.server.request_stop)
+    try:
+        return root.run()
+    finally:
+        root.close()
 
 
 if __name__ == "__main__":

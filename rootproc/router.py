@@ -1,10 +1,13 @@
 """The root's request path from a built batch to the client's one reply.
 
-`Router` owns every client request that has gone to its leaves and is not
-answered yet, as one state machine run on the serving loop's thread: which
-leaf message carries which model's result, the requests' deadlines, resends
-after an ``overloaded`` or ``shutting_down`` reply, and each request's single
-reply.
+`Router` owns every client request from `open` to its reply, as one state
+machine run on the serving loop's thread: which leaf message carries which
+model's result, the requests' deadlines, resends after an ``overloaded`` or
+``shutting_down`` reply, and each request's single reply, which it sends
+itself through the client socket's send side (rootproc/frontend.py
+`ClientReplies`). The scorer (rootproc/scoring.py) only says what happened
+to each model (`add_model`, then `send`, `scored` or `fail`) and `park`s
+the request once every model is on its way; it never writes a result.
 
 Each model of a request goes to a leaf replica as its own message, under a
 message id the root chooses. Replicas are tried best first (`LeafPool.
@@ -33,8 +36,6 @@ import itertools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from _trim.transport.frames import recv_waiting
 from _trim.transport.protocol import (
@@ -49,8 +50,8 @@ from _trim.transport.protocol import (
 )
 from rootproc.defaults import DRAIN_BATCH
 from rootproc.leaves.encoding import Encoder, LeafMessage, ModelBatch
-from rootproc.leaves.replicas import LeafLink
-from rootproc.reply import read_leaf_reply, scores_reply
+from rootproc.open_request import Flight, OpenRequest
+from rootproc.reply import read_leaf_reply
 
 log = logging.getLogger("rootproc")
 
@@ -59,52 +60,12 @@ log = logging.getLogger("rootproc")
 RESENT = (OVERLOADED, SHUTTING_DOWN)
 
 
-@dataclass
-class OpenRequest:
-    """A client request being sent to its leaves, or waiting for them."""
-
-    rid: str
-    envelope: list
-    n: int                  # candidates: the rows of every model's batch
-    deadline: float         # time.monotonic()
-    t_start: float          # time.perf_counter() on arrival
-    results: list = field(default_factory=list)      # one dict per model, as the reply says it
-    frames: dict = field(default_factory=dict)       # result index -> scores frame
-    waiting: dict = field(default_factory=dict)      # leaf message id -> result index
-    # result index -> (ModelBatch, replicas tried): what a resend needs
-    resendable: dict = field(default_factory=dict)
-    # result index -> the ``overloaded`` error it keeps unless the queued resend goes out
-    resend_queued: dict = field(default_factory=dict)
-    timing: dict = field(default_factory=dict)        # stage -> seconds, before the leaves
-    t_sent: float = 0.0
-    parked: bool = False    # every model sent (or failed): answered once all results are in
-    done: bool = False      # answered
-
-    def add_result(self, key: str, trimmed: bool) -> int:
-        self.results.append({"model": key, "ok": False, "trimmed": trimmed})
-        return len(self.results) - 1
-
-    @property
-    def complete(self) -> bool:
-        return not self.waiting and not self.resend_queued
-
-
-class Flight(NamedTuple):
-    """A leaf message the root waits for."""
-
-    request: OpenRequest
-    idx: int            # the result it fills
-    link: LeafLink
-    t_sent: float       # time.perf_counter()
-
-
 class Router:
-    def __init__(self, root_name: str, pool, shm, metrics, reply):
-        self.root_name = root_name
+    def __init__(self, pool, shm, metrics, replies):
         self.pool = pool
         self.shm = shm
         self.metrics = metrics
-        self.reply = reply   # reply(envelope, frames): to the client
+        self.replies = replies   # the client socket's send side (rootproc/frontend.py)
         self.inflight: dict[str, Flight] = {}
         self.count = 0       # parked requests: the ones a drain waits for
         self._deadlines: list = []
@@ -116,7 +77,24 @@ class Router:
     # -- requests -------------------------------------------------------------------
 
     def open(self, rid: str, envelope, n: int, deadline: float, t_start: float) -> OpenRequest:
+        """A request the router holds from now until its one reply: its models
+        are added, sent (or failed) in turn, then it is parked."""
         return OpenRequest(rid, envelope, n, deadline, t_start)
+
+    def add_model(self, request: OpenRequest, key: str, trimmed: bool) -> int:
+        """The index of ``request``'s next result, model ``key``'s (the reply
+        lists them in the order they were added)."""
+        return request.add_result(key, trimmed)
+
+    def scored(self, request: OpenRequest, idx: int, frame) -> None:
+        """Result ``idx`` has its scores without a leaf (no candidates: empty)."""
+        request.results[idx]["ok"] = True
+        request.frames[idx] = frame
+
+    def fail(self, request: OpenRequest, idx: int, error: dict) -> None:
+        """Result ``idx`` fails with ``error`` (a reply's error object); the
+        request's other models go on."""
+        request.results[idx]["error"] = error
 
     def send(self, request: OpenRequest, idx: int, model: ModelBatch, now: float) -> None:
         """Send result ``idx`` of ``request`` to the best replica that takes it,
@@ -133,9 +111,15 @@ class Router:
             result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf replica of {model.key} "
                                f"is connected (tried {', '.join(link.endpoint for link in links)})"}
 
-    def park(self, request: OpenRequest) -> None:
-        """Every model of ``request`` is sent: wait for the leaves (or the
-        deadline); answer now when nothing is awaited."""
+    def park(self, request: OpenRequest, timing: dict[str, float] | None = None,
+             t_sent: float | None = None) -> None:
+        """Every model of ``request`` is sent (at ``t_sent``, perf_counter, the
+        steps before taking ``timing``, stage -> seconds): wait for the leaves
+        (or the deadline); answer now when nothing is awaited."""
+        if timing is not None:
+            request.timing = timing
+        if t_sent is not None:
+            request.t_sent = t_sent
         if request.complete:
             self._answer(request)
         else:
@@ -280,7 +264,7 @@ class Router:
         if request.parked:
             self.count -= 1
             self.metrics.in_flight.set(self.count)
-        self.reply(request.envelope, scores_reply(request, self.root_name, self.metrics))
+        self.replies.scores(request)
         # The heap may hold the request until its deadline: keep no batch or scores alive.
         request.frames.clear()
         request.resendable.clear()
@@ -336,4 +320,4 @@ class Router:
                 self._read(link, frames)
 
 
-__all__ = ["Flight", "OpenRequest", "Router"]
+__all__ = ["Router"]

@@ -7,7 +7,8 @@ the batch) and `finish` (hand each model's trimmed share to the router,
 rootproc/router.py, record the timing). With one thread (``threads``) all
 three run inline on the serving loop; with more, `compute` runs on a worker
 (rootproc/workers.py) while the loop serves other requests, and `collect`
-finishes what the workers hand back. The router answers the client.
+finishes what the workers hand back. The router answers the client: the
+scorer tells it each model's fate and never writes the request itself.
 
 The scorer also holds what the loop last installed: the compiled config
 (preprocessors, trim plans) and, for the heartbeat, how many requests each
@@ -27,9 +28,9 @@ from rootproc.defaults import MISSING_IDS_SHOWN
 from rootproc.intake import ScoreRequest, parse_score, resolve_models, unknown_model_error
 from rootproc.leaves.agreement import Agreement
 from rootproc.leaves.encoding import ModelBatch
+from rootproc.open_request import OpenRequest
 from rootproc.reply import wire_error
 from rootproc.rollout.installed import PreparedConfig
-from rootproc.router import OpenRequest
 from rootproc.workers import BatchWorkers
 
 if TYPE_CHECKING:
@@ -127,15 +128,13 @@ class Scorer:
         """A request no leaf needs to see: no candidates (each known model's
         scores are empty) or no model anyone knows. Nothing is fetched."""
         for name, known in wanted:
-            idx = request.add_result(name, False)
+            idx = self.router.add_model(request, name, False)
             if known:
-                request.results[idx]["ok"] = True
-                request.frames[idx] = b""
+                self.router.scored(request, idx, b"")
             else:
-                request.results[idx]["error"] = unknown_model_error(name)
+                self.router.fail(request, idx, unknown_model_error(name))
         t = time.perf_counter()
-        self.record_timing(request, request.t_start, t, t, t)
-        self.router.park(request)
+        self.router.park(request, self.timing(request.t_start, t, t, t), t)
 
     def compute(self, job: Job) -> None:
         """The request's batch (any thread)."""
@@ -153,8 +152,8 @@ class Scorer:
         request = self.router.open(job.req.rid, job.envelope, len(job.req.candidates),
                                    job.deadline, job.t0)
         self.send_models(request, job.wanted, job.gaps, job.batch, now)
-        self.record_timing(request, job.t0, job.t_fetch, job.t_pre, time.perf_counter())
-        self.router.park(request)
+        t_sent = time.perf_counter()
+        self.router.park(request, self.timing(job.t0, job.t_fetch, job.t_pre, t_sent), t_sent)
 
     # -- the steps ----------------------------------------------------------------
 
@@ -211,33 +210,30 @@ class Scorer:
         untrimmed = _trim.encoded_nbytes(self.plan_for(batch.layout, None), batch)
         for key, known in wanted:
             if not known:
-                idx = request.add_result(key, False)
-                request.results[idx]["error"] = unknown_model_error(key)
+                self.router.fail(request, self.router.add_model(request, key, False),
+                                 unknown_model_error(key))
                 continue
             gap = key in gaps
             if gap:
                 self.metrics.trim_gaps.labels(key).inc()
                 self.gap_counts[key] = self.gap_counts.get(key, 0) + 1
             trimmed = self.cfg.trim == "on" and not gap
-            idx = request.add_result(key, trimmed)
+            idx = self.router.add_model(request, key, trimmed)
             try:
                 plan = self.plan_for(batch.layout, key if trimmed else None)
                 self.router.send(request, idx, ModelBatch(key, plan, batch, untrimmed), now)
             except Exception as exc:
                 # Other models may already be in flight, and the router gives
                 # the request its one reply: the failure stays this model's result.
-                request.results[idx]["error"] = wire_error(
-                    exc, f"request {request.rid!r}, {key}").to_error()
+                self.router.fail(request, idx, wire_error(
+                    exc, f"request {request.rid!r}, {key}").to_error())
 
-    def record_timing(self, request: OpenRequest, t0: float, t_fetch: float, t_pre: float,
-                      t_sent: float) -> None:
-        request.timing = {"fetch": t_fetch - t0, "preprocess": t_pre - t_fetch,
-                          "trim": t_sent - t_pre}
-        request.t_sent = t_sent
-        latency = self.metrics.latency
-        latency.labels("fetch").observe(t_fetch - t0)
-        latency.labels("preprocess").observe(t_pre - t_fetch)
-        latency.labels("trim").observe(t_sent - t_pre)
+    def timing(self, t0: float, t_fetch: float, t_pre: float, t_sent: float) -> dict[str, float]:
+        """Seconds per step before the leaves (stage -> seconds), observed."""
+        timing = {"fetch": t_fetch - t0, "preprocess": t_pre - t_fetch, "trim": t_sent - t_pre}
+        for stage, seconds in timing.items():
+            self.metrics.latency.labels(stage).observe(seconds)
+        return timing
 
     def plan_for(self, layout, key: str | None):
         """The trim plan of ``key`` (None: every column) on ``layout``, compiled once."""

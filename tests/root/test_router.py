@@ -11,6 +11,7 @@ import zmq
 
 from _trim.transport.frames import recv_waiting
 from _trim.transport.protocol import pack_header, unpack_header
+from rootproc.frontend import ClientReplies
 from rootproc.leaves import encoding as leaf_message
 from rootproc.leaves.encoding import ModelBatch
 from rootproc.metrics import RootMetrics
@@ -105,6 +106,18 @@ class Shm:
         pass
 
 
+class Replies(ClientReplies):
+    """The client socket's send side, each reply recorded instead of sent."""
+
+    def __init__(self, events: list, replies: list, metrics):
+        super().__init__(None, "root", metrics)
+        self.events, self.replies = events, replies
+
+    def send(self, envelope, frames) -> None:
+        self.events.append(("reply", envelope[0]))
+        self.replies.append((envelope[0], unpack_header(frames[0])))
+
+
 @pytest.fixture
 def world():
     ctx = zmq.Context()
@@ -112,9 +125,9 @@ def world():
     l1 = Link(ctx, "l1", ["a@1", "b@1"], events)
     l2 = Link(ctx, "l2", ["a@1"], events)
     replies: list = []
-    router = Router("root", Pool([l1, l2]), Shm({"l1": SlowRing(events)}), RootMetrics(),
-                    lambda envelope, frames: (events.append(("reply", envelope[0])),
-                                              replies.append((envelope[0], unpack_header(frames[0])))))
+    metrics = RootMetrics()
+    router = Router(Pool([l1, l2]), Shm({"l1": SlowRing(events)}), metrics,
+                    Replies(events, replies, metrics))
     yield types.SimpleNamespace(router=router, l1=l1, l2=l2, events=events, replies=replies)
     l1.close()
     l2.close()

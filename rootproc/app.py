@@ -1,0 +1,133 @@
+"""The root as one object: `Root.build` makes every part from the settings,
+`Root.run` serves until drained, `Root.close` tears down whatever was made.
+
+A root is the feature store behind its cache, its metrics, the config it
+serves (compiled), the leaf links with their shared-memory rings, the client
+socket and its send side (rootproc/frontend.py), the router that holds each
+request until its one reply (rootproc/router.py), the scorer that builds
+and sends batches (rootproc/scoring.py, with its batch worker threads), the
+serving loop over them (rootproc/server.py) and, when it follows a stage,
+the config follower thread (rootproc/rollout/follower.py). This module owns
+their order. `close` is the only teardown, whether `build` got halfway,
+`run` returned or `run` raised: the client socket first (while it is open it
+takes in requests nobody would read any more), then the threads (follower,
+batch workers), the links and the store.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import zmq
+
+from _trim.transport.sockets import remove_ipc_files
+from rootproc.featurestore import open_feature_store
+from rootproc.featurestore.base import FeatureStore
+from rootproc.featurestore.cache import CachedStore
+from rootproc.frontend import ClientReplies, ClientSocket
+from rootproc.leaves.links import LeafLinks
+from rootproc.metrics import RootMetrics
+from rootproc.rollout.follower import ConfigFollower
+from rootproc.rollout.installed import load_active_config, prepare_config
+from rootproc.router import Router
+from rootproc.scoring import Scorer
+from rootproc.server import RootServer
+from rootproc.settings import RootSettings
+from signatures.schema import FeatureSchema
+
+log = logging.getLogger("rootproc")
+
+
+class Root:
+    def __init__(self, settings: RootSettings, ctx: zmq.Context | None = None):
+        self.settings = settings
+        self.name = settings.name
+        self.ctx = ctx or zmq.Context.instance()
+        self.store: FeatureStore | None = None
+        self.metrics: RootMetrics | None = None
+        self.links: LeafLinks | None = None
+        self.client: ClientSocket | None = None
+        self.scorer: Scorer | None = None
+        self.follower: ConfigFollower | None = None
+        self.server: RootServer | None = None
+        self._drained = False
+        self._closed = False
+
+    @classmethod
+    def build(cls, settings: RootSettings, ctx: zmq.Context | None = None) -> Root:
+        """A root ready to `run`. TrimmerError or ValueError, saying why, when
+        it cannot start with these settings; nothing it made is left open then."""
+        root = cls(settings, ctx)
+        try:
+            root._build()
+        except BaseException:
+            root.close()
+            raise
+        return root
+
+    def _build(self) -> None:
+        cfg = self.settings
+        schema = FeatureSchema.load(cfg.schema)
+        store = self.store = open_feature_store(cfg.feature_store, cfg.redis)
+        cached = CachedStore(store, cfg.cache.size, cfg.cache.ttl_s, cfg.cache.stale_if_error_s)
+        metrics = self.metrics = RootMetrics(cfg.name)
+        metrics.watch_cache(cached)
+        prepare = functools.partial(prepare_config, schema, store.layouts, cfg.trim)
+        prepared = prepare(load_active_config(cfg))
+        if prepared.pre_full.absent_features:
+            log.warning("feature store has no raw field for %s: they take their defaults",
+                        ", ".join(prepared.pre_full.absent_features))
+        poller = zmq.Poller()
+        links = self.links = LeafLinks(self.ctx, cfg, prepared.active, metrics, poller)
+        client = self.client = ClientSocket(self.ctx, cfg)
+        replies = ClientReplies(client.socket, self.name, metrics)
+        router = Router(links.pool, links.shm, metrics, replies)
+        scorer = self.scorer = Scorer(cfg, store, cached, metrics, links.pool, router, prepared)
+        metrics.info.labels(self.name, prepared.active.id, cfg.trim, cfg.compression).set(1)
+        if cfg.config_store:   # follow its stage (rootproc/rollout/follower.py)
+            metrics.follow_config(prepared.active.generation)
+            self.follower = ConfigFollower(cfg.config_store, cfg.stage, name=self.name,
+                                           prepared=prepared, prepare=prepare,
+                                           errors=metrics.config_errors,
+                                           schema=schema, settings=cfg.zookeeper).start()
+        self.server = RootServer(cfg=cfg, client=client, replies=replies, poller=poller,
+                                 links=links, router=router, scorer=scorer,
+                                 follower=self.follower, metrics=metrics,
+                                 schema_fingerprint=schema.fingerprint)
+        for exposure in cfg.exposures():
+            log.warning("%s: %s", cfg.name, exposure)
+        if cfg.metrics_port:
+            metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+        log.info("%s: serving on %s (config %s, trim %s, compression %s, %d leaf replica(s))",
+                 cfg.name, ", ".join(client.endpoints), scorer.active.id, cfg.trim,
+                 cfg.compression, len(links.pool.links))
+
+    def run(self) -> int:
+        """Serve until a SIGTERM (or SIGINT) drain completes; 0."""
+        assert self.server is not None, "run() after a build"
+        self.server.run()
+        self._drained = True
+        return 0
+
+    def close(self) -> None:
+        """Stop and close everything `build` made; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.client is not None:
+            self.client.close()
+        if self.follower is not None:
+            self.follower.stop()
+        if self.scorer is not None:
+            self.scorer.close()
+        if self.links is not None:
+            self.links.close()
+        if self.store is not None:
+            self.store.close()
+        if self.client is not None:
+            remove_ipc_files(self.client.endpoints)
+        if self._drained:
+            log.info("%s: drained, exiting", self.name)
+
+
+__all__ = ["Root"]
