@@ -1,10 +1,15 @@
 """The root: fetch features, preprocess, trim per model, fan out to leaves, merge.
 
-The request path, in the order a score request takes it: `server` (the loop
-and the client socket) -> `intake` (checks) -> `scoring` (fetch,
-preprocess, trim, hand over) -> `router` (sends, replies, retries,
-deadlines; `leaf_message` encodes, `reply` merges) -> back to the client.
-Beside it: `links` (leaf links as the loop runs them, over `leaves` and
-`shm_link`), `follow` (the config follower thread), `active` and
-`agreement` (what a config serves and may trim), `config` and `defaults`.
+The top level is the request path, in the order a score request takes it:
+`server` (the loop; `frontend`, the client socket and its replies) ->
+`intake` (checks) -> `scoring` (fetch, preprocess, trim, hand over) ->
+`router` (a request from open to its one reply: sends, resends, deadlines;
+`open_request` its state, `reply` the merge) -> back to the client. `app`
+builds the parts (`Root`: build / run / close); `workers`, `security`,
+`metrics`, `settings` and `defaults` serve them.
+
+The parts, each a subpackage: `leaves` (links to leaves, encoding, shared
+memory, agreement), `featurestore` (where features come from), `preprocess`
+(records to a batch), `rollout` (the installed config and its follower),
+`client` (the scoring client, health, `trimmer score`) and `demo`.
 """

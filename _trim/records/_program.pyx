@@ -404,7 +404,7 @@ cdef class RecordProgram:
     cdef int _check(self, int s, Records* r) except -1:
         """Every record holds its fixed part; with ragged fields read, its
         tail is exactly the segments its counts say. The messages are the
-        numpy path's (records.py)."""
+        numpy path's (layout.py)."""
         cdef Source* src = &self.src[s]
         cdef Py_ssize_t i, k, nr = src.n_ragged
         cdef uint64_t pos, seg

@@ -12,7 +12,7 @@ import zmq
 from _trim.transport.frames import recv_waiting
 from _trim.transport.protocol import pack_header, unpack_header
 from rootproc.frontend import ClientReplies
-from rootproc.leaves import encoding as leaf_message
+from rootproc.leaves import encoding
 from rootproc.leaves.encoding import ModelBatch
 from rootproc.metrics import RootMetrics
 from rootproc.router import Router
@@ -23,7 +23,7 @@ NBYTES = 8
 @pytest.fixture(autouse=True)
 def fake_kernel(monkeypatch):
     """Batches of NBYTES bytes without building a real batch and plan."""
-    monkeypatch.setattr(leaf_message, "_trim", types.SimpleNamespace(
+    monkeypatch.setattr(encoding, "_trim", types.SimpleNamespace(
         encoded_nbytes=lambda plan, batch: NBYTES,
         encode_into=lambda plan, batch, buf: buf.fill(1)))
 
