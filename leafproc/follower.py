@@ -38,7 +38,6 @@ from _trim.transport.model_key import ModelKey
 from leafproc.defaults import STOP_JOIN_S
 from leafproc.metrics import RolloutMetrics
 from leafproc.table import Target
-from signatures.bundle import Bundle
 from signatures.configstore.follower import StageFollower
 from signatures.configstore.members import FOLLOW_POLL_S, FOLLOW_RECHECK_S, HEARTBEAT_S, MemberStatus
 from signatures.repository.module_info import ModelRepository
@@ -109,7 +108,7 @@ class ModelFollower(StageFollower[Target]):
         self.poll(raise_errors=True)
         return super().start()
 
-    def on_stage(self, generation: int, state: dict, bundle: Bundle | None) -> Target:
+    def on_stage(self, generation: int, state: dict, bundle) -> Target:
         keys = versions_for(self.name, bundle, state.get("models", []))
         files = {}
         for key in keys:
