@@ -139,7 +139,7 @@ class Leaf:
                 reply_endpoint=reply_endpoint, metrics=self.metrics,
                 max_message_bytes=s.max_message_bytes, drain_timeout_s=s.drain_timeout_s,
                 device=str(self.device), curve_keys=curve_keys, max_queue=s.max_queue,
-                targets=follower.targets if follower else None,
+                targets=follower.updates if follower else None,
                 records=follower.records if follower else None)
         except zmq.ZMQError as exc:
             raise ConfigError(f"cannot bind {', '.join(s.bind)}: {exc}") from exc
