@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from rootproc.demo.modes import MODES, Mode
 from rootproc.demo.netns import RemoteHost, parse_rate, unavailable_reason
 from rootproc.demo.node import STOP_WAIT_S, Node, Program, cpu_seconds, ipc_endpoint
-from rootproc.demo.render import render_chart, render_table
+from rootproc.demo.render import describe_failures, render_chart, render_table
 from signatures.runtime.exit_codes import EXIT_FAILED
 from signatures.runtime.stop_signals import Stopped, StopSignals, say
 
@@ -178,6 +178,12 @@ def drive(mode: Mode, endpoints: list[str], scenario: Scenario, args, log) -> di
     return stats
 
 
+def failures(results: list[dict]) -> list[str]:
+    """One line per mode whose requests or model results failed: such a run
+    measured less than it was asked to, and the demo says so and fails."""
+    return [f"{r['mode']}: {why}" for r in results if (why := describe_failures(r))]
+
+
 def stopping_notice(signum: int, count: int) -> None:
     name = signal.Signals(signum).name
     say(f"trimmer demo: {name}: stopping the node" if count == 1 else
@@ -209,7 +215,10 @@ def main(argv: list[str]) -> int:
                 return EXIT_FAILED
             log(f"{stop.name}: everything started has been stopped")
     log("stopped cleanly")
-    return 0
+    failed = failures(results)
+    for line in failed:
+        log(f"FAILED RESULTS in {line}; the root and leaf logs in {run_dir / 'logs'} say why")
+    return EXIT_FAILED if failed else 0
 
 
 def run(args, run_dir: Path, modes: list[Mode], signals: StopSignals, results: list[dict],

@@ -10,10 +10,27 @@ FORMAT_LABELS = {"torchscript": "TorchScript", "export": "torch.export programs"
                  "aoti": "AOTInductor packages"}
 
 
+NOT_COMPARED = "n/a†"
+
+
 def _change(value: float, base: float) -> str:
     if not base:
         return "—"
     return f"{100 * (value - base) / base:+.0f}%"
+
+
+def _kinds(counts: dict) -> str:
+    return ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def describe_failures(result: dict) -> str | None:
+    """What failed in one mode's run (requests, then model results, by kind),
+    or None when nothing did."""
+    parts = [f"{sum(counts.values())} failed {what} ({_kinds(counts)})"
+             for what, counts in (("requests", result["errors"]),
+                                  ("model results", result["model_errors"]))
+             if sum(counts.values())]
+    return ", ".join(parts) or None
 
 
 def render_table(results: list[dict], args, scenario) -> str:
@@ -33,16 +50,27 @@ def render_table(results: list[dict], args, scenario) -> str:
         "| root CPU ms/request | CPU vs all | p90 vs all | errors |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    # A mode whose requests or models failed did less work than it was asked
+    # to: a ratio against it (or of it) would flatter whichever side failed.
+    failed = {r["mode"]: why for r in results if (why := describe_failures(r))}
     for r in results:
         lat = r["latency_ms"]
         errors = sum(r["errors"].values()) + sum(r["model_errors"].values())
+        compared = r is base or not ({r["mode"], base["mode"]} & set(failed))
+
+        def change(value, of_base, compared=compared):
+            return _change(value, of_base) if compared else NOT_COMPARED
+
         lines.append(
             f"| {LABELS.get(r['mode'], r['mode'])} | {per_request(r) / 1e6:.2f} "
-            f"| {_change(per_request(r), per_request(base))} | {r['throughput_rps']:.1f} "
+            f"| {change(per_request(r), per_request(base))} | {r['throughput_rps']:.1f} "
             f"| {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} "
             f"| {r['root_cpu_ms_per_request']:.1f} "
-            f"| {_change(r['root_cpu_ms_per_request'], base['root_cpu_ms_per_request'])} "
-            f"| {_change(lat['p90'], base['latency_ms']['p90'])} | {errors} |")
+            f"| {change(r['root_cpu_ms_per_request'], base['root_cpu_ms_per_request'])} "
+            f"| {change(lat['p90'], base['latency_ms']['p90'])} | {errors} |")
+    if failed:
+        lines.append("")
+        lines += [f"† no comparison: {LABELS.get(mode, mode)} had {why}" for mode, why in failed.items()]
     if any("shm" in r["mode"] for r in results):
         lines += ["", "With shared memory the batch bytes are written into the leaf's slots; "
                       "only a descriptor crosses the ipc socket."]
