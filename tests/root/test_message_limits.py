@@ -79,3 +79,34 @@ def test_a_message_over_the_leafs_limit_is_too_large_at_once_and_never_sent(worl
     assert metric(port, "trimmer_root_too_large_total", leaf="leaf-0", model="eng@1") == 1
     assert "eng@1" in root.log() and "too_large" in root.log(), root.log()
 
+
+
+def incompressible(rows: int):
+    """A ModelBatch of random bytes, which LZ4 makes a little larger."""
+    from _trim import Batch, ColumnSpec, Layout, compile_plan
+    from rootproc.leaves.encoding import ModelBatch
+    layout = Layout([ColumnSpec("noise", "uint8", (64,))])
+    noise = np.random.default_rng(0).integers(0, 256, size=(rows, 64), dtype=np.uint8)
+    batch = Batch.from_arrays(layout, {"noise": noise}, rows)
+    plan = compile_plan(layout, layout.names)
+    return ModelBatch("m@1", plan, batch, 0)
+
+
+@pytest.mark.parametrize("limit, compressed", [(None, True), (1 << 30, True), ("exact", False)])
+def test_an_lz4_block_over_the_limit_goes_uncompressed(limit, compressed):
+    from types import SimpleNamespace
+
+    from _trim.transport.protocol import unpack_header
+    from rootproc.leaves.encoding import Encoder
+    model = incompressible(512)
+    limit = model.nbytes if limit == "exact" else limit
+    link = SimpleNamespace(compression="lz4", max_message_bytes=limit)
+    msg = Encoder(model).message(link, "1", 512, 100)
+    head = unpack_header(msg.frames[0])
+    assert len(msg.frames[1]) <= (limit or float("inf"))
+    if compressed:
+        assert head["compression"] == "lz4" and head["raw_nbytes"] == model.nbytes
+        assert msg.wire_nbytes > model.nbytes   # random bytes: LZ4 adds a little
+    else:
+        assert head["compression"] == "none" and "raw_nbytes" not in head
+        assert msg.wire_nbytes == model.nbytes
