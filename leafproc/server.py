@@ -268,4 +268,7 @@ class LeafServer:
             "type": "pong", "id": rid, "ok": True, "role": "leaf", "name": self.name,
             "pid": os.getpid(), "device": self.device,
             "draining": self._draining_since is not None,
+            # The largest batch message it takes (frame, decompressed or shm): roots
+            # send nothing larger, answering `too_large` themselves.
+            "max_message_bytes": self.max_message_bytes,
             "models": self.table.describe(), **self.table.pong_fields()})

@@ -61,7 +61,9 @@ class LeafSettings:
                                 "with (0: no dynamic batching)", minimum=0)
     max_message_bytes: int = option(MAX_MESSAGE_BYTES, "largest frame (and decompressed "
                                     "batch) accepted, at least a header's 64 KiB; a larger "
-                                    "frame drops its connection", minimum=64 * 1024)
+                                    "frame drops its connection. Said in pongs: roots send "
+                                    "nothing larger (answering too_large)",
+                                    minimum=64 * 1024)
     max_queue: int = option(MAX_QUEUE, "requests waiting per model version; past it new ones "
                             "are answered 'overloaded' at once", positive=True)
     device: str = option("auto", "where models run", choices=DEVICES)

@@ -41,6 +41,9 @@ class RootMetrics:
         self.leaf_retries = Counter(p + "leaf_retries", "model batches sent to another replica "
                                     "after a leaf answered overloaded", ["leaf", "model"],
                                     registry=r)
+        self.too_large = Counter(p + "too_large", "model batches answered too_large, not sent: "
+                                 "larger than every replica's max_message_bytes",
+                                 ["leaf", "model"], registry=r)
         self.missing = Counter(p + "missing_entities", "ids the store does not have "
                                "(served with default features)", ["source"], registry=r)
         self.leaf_up = Gauge(p + "leaf_up", "1 if the leaf replica answered a recent ping",

@@ -12,7 +12,10 @@ the request once every model is on its way; it never writes a result.
 Each model of a request goes to a leaf replica as its own message, under a
 message id the root chooses. Replicas are tried best first (`LeafPool.
 candidates`); when none takes the message the model's result is
-``unavailable`` at once rather than a ``deadline`` later. A replica whose
+``unavailable`` at once rather than a ``deadline`` later. Only replicas
+whose pongs' ``max_message_bytes`` the message fits are tried; when it fits
+none, the model's result is ``too_large`` at once and nothing is sent
+(rootproc/leaves/limits.py). A replica whose
 queue for the model is full answers ``overloaded``, one that is draining
 ``shutting_down`` (and takes no new request from then on); when the model
 has another replica and time remains, its batch goes there instead, once
@@ -50,6 +53,7 @@ from _trim.transport.protocol import (
 )
 from rootproc.defaults import DRAIN_BATCH
 from rootproc.leaves.encoding import Encoder, LeafMessage, ModelBatch
+from rootproc.leaves.limits import SizeGate
 from rootproc.open_request import Flight, OpenRequest
 from rootproc.reply import read_leaf_reply
 
@@ -66,6 +70,7 @@ class Router:
         self.shm = shm
         self.metrics = metrics
         self.replies = replies   # the client socket's send side (rootproc/frontend.py)
+        self.sizes = SizeGate(metrics.too_large)   # never a message larger than a leaf takes
         self.inflight: dict[str, Flight] = {}
         self.count = 0       # parked requests: the ones a drain waits for
         self._deadlines: list = []
@@ -105,6 +110,11 @@ class Router:
             result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf replica serves "
                                f"{model.key} now (none is up, ready and not shutting down)"}
             return
+        fitting = self.sizes.fitting(links, model.nbytes)
+        if not fitting:
+            result["error"] = self.sizes.too_large(model.key, model.nbytes, links)
+            return
+        links = fitting
         if len(links) > 1:
             request.resendable[idx] = (model, set())
         if not self._send_to_first(request, idx, model, links, shm=True):
@@ -248,6 +258,7 @@ class Router:
             return False
         tried.add(refused)
         links = [link for link in self.pool.candidates(model.key, now) if link not in tried]
+        links = self.sizes.fitting(links, model.nbytes)
         # Over the socket, as resends were when they ran inside a reply's
         # handling. From `_settle` a slot wait would be safe too; using the
         # ring for them is a change of behaviour, left for its own commit.

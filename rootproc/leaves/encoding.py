@@ -78,7 +78,8 @@ class Encoder:
         head = {"type": "score", "id": mid, "model": model.key, "rows": rows,
                 "compression": link.compression, "deadline_ms": deadline_ms}
         if channel is not None:
-            desc = channel.place(mid, model.plan, model.batch, model.nbytes, read_replies)
+            desc = channel.place(mid, model.plan, model.batch, model.nbytes, read_replies,
+                                 what=model.key)
             if desc is not None:
                 head.update(compression="none", shm=desc)
                 return LeafMessage(mid, [pack_header(head)], 0, channel)
@@ -89,8 +90,15 @@ class Encoder:
             _trim.encode_into(model.plan, model.batch, self._payload)
         payload: np.ndarray | bytes = self._payload
         if link.compression == COMPRESSION_LZ4:
-            payload = compress(payload)
-            head["raw_nbytes"] = model.nbytes
+            block = compress(payload)
+            limit = link.max_message_bytes
+            # A block LZ4 made larger than the limit goes as it is: the leaf
+            # would drop the frame, and the raw message fits (the router saw to it).
+            if limit is None or len(block) <= limit:
+                payload = block
+                head["raw_nbytes"] = model.nbytes
+            else:
+                head["compression"] = "none"
         return LeafMessage(mid, [pack_header(head), payload], len(payload))
 
 

@@ -46,6 +46,7 @@ from _trim.transport.monitor import LinkWatch
 from _trim.transport.protocol import pack_header
 from _trim.transport.sockets import connect_all, secured
 from rootproc.defaults import LEAF_HWM, LEAF_RECONNECT_IVL_MAX_MS, LEAF_RECONNECT_IVL_MS
+from rootproc.leaves.limits import message_limit
 from rootproc.settings import LeafCurve, LeafSpec
 
 log = logging.getLogger("rootproc")
@@ -71,6 +72,7 @@ class LeafLink:
         self.outstanding = 0
         self.last_pong = float("-inf")
         self.pid = None
+        self.max_message_bytes: int | None = None   # what its pongs say it accepts (limits.py)
         self._next_ping = 0
         self._pong_floor = 0     # pings numbered below were sent on a connection that dropped
         self.socket = ctx.socket(zmq.DEALER)
@@ -153,6 +155,7 @@ class LeafLink:
         usable = isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 1 << 31
         self.pid = pid if usable else None
         self.draining = header.get("draining") is True
+        self.max_message_bytes = message_limit(header)
         models = header.get("models")
         if isinstance(models, list):
             # Ready only when it says so: an entry without `"ready": true` is
@@ -346,6 +349,8 @@ class LeafPool:
                      "outstanding": link.outstanding, "models": sorted(link.models), "pid": link.pid}
             if describe is not None:
                 entry.update(describe(link))
+            if link.max_message_bytes is not None:
+                entry["max_message_bytes"] = link.max_message_bytes
             if link.draining:
                 entry["draining"] = True
             if link.retiring:

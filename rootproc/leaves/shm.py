@@ -21,6 +21,7 @@ over the socket as usual and counts in ``trimmer_root_shm_fallback_total``.
 """
 from __future__ import annotations
 
+import logging
 import time
 
 from prometheus_client import Counter, Gauge
@@ -29,6 +30,10 @@ import _trim
 from _trim.transport.process import pid_alive
 from _trim.transport.shm import SlotRing
 from rootproc.settings import ShmSettings
+
+log = logging.getLogger("rootproc")
+
+FALLBACK_LOG_S = 60.0   # a fallback reason is logged at most this often per link
 
 
 def wants_shm(endpoint: str, transport: str, cfg: ShmSettings) -> bool:
@@ -41,20 +46,25 @@ def wants_shm(endpoint: str, transport: str, cfg: ShmSettings) -> bool:
 class ShmChannel:
     """One link's ring and the slots the leaf holds, by request id."""
 
-    def __init__(self, label: str, cfg: ShmSettings, fallbacks=None):
+    def __init__(self, label: str, cfg: ShmSettings, fallbacks=None, where: str = ""):
         self.ring = SlotRing(label, cfg.slot_bytes, cfg.slots)
+        self.where = where or f"leaf {label}"   # the link, for the log
+        self._logged: dict[str, tuple[float | None, int]] = {}  # reason -> (last line, unlogged)
         self.wait_s = cfg.wait_ms / 1000
         self.held: dict[str, tuple[int, int | None]] = {}  # request id -> (slot, leaf pid then)
         self.leaf_pid: int | None = None
         self._dead: set[int | None] = set()  # leaf pids seen gone (a link's pid lags behind until a pong)
         self.fallbacks = fallbacks  # reason -> counter (or None)
 
-    def place(self, mid: str, plan, batch, nbytes: int, read_replies=None) -> dict | None:
-        """Encode ``batch`` into a slot held for ``mid``; its descriptor, or None
-        when the caller must send over the socket. ``read_replies(timeout_s)``
-        reads the link's replies while waiting for a slot: only they free one."""
+    def place(self, mid: str, plan, batch, nbytes: int, read_replies=None,
+              what: str = "") -> dict | None:
+        """Encode ``batch`` (of model version ``what``) into a slot held for
+        ``mid``; its descriptor, or None when the caller must send over the
+        socket. ``read_replies(timeout_s)`` reads the link's replies while
+        waiting for a slot: only they free one."""
         if nbytes > self.ring.slot_nbytes:
-            self._fallback("too_large")
+            self._fallback("too_large", f"a {nbytes}-byte batch of {what} is larger than a "
+                                        f"shared-memory slot ({self.ring.slot_nbytes} bytes)")
             return None
         slot = self.ring.acquire()
         if slot is None and self.wait_s > 0:
@@ -69,7 +79,8 @@ class ShmChannel:
                 else:
                     slot = self.ring.acquire(timeout=left)
         if slot is None:
-            self._fallback("no_slot")
+            self._fallback("no_slot", f"no shared-memory slot of {self.ring.n_slots} came free "
+                                      f"within {self.wait_s * 1000:g} ms for a batch of {what}")
             return None
         try:
             written = _trim.encode_into(plan, batch, self.ring.slot(slot))
@@ -108,9 +119,19 @@ class ShmChannel:
             self.replied(mid)
         return len(dead)
 
-    def _fallback(self, reason: str) -> None:
+    def _fallback(self, reason: str, why: str) -> None:
+        """Counted always; logged the first time, then at most once per
+        FALLBACK_LOG_S per reason, with how many went unlogged meanwhile."""
         if self.fallbacks is not None:
             self.fallbacks.labels(reason).inc()
+        now = time.monotonic()
+        last, quiet = self._logged.get(reason, (None, 0))
+        if last is not None and now - last < FALLBACK_LOG_S:
+            self._logged[reason] = (last, quiet + 1)
+            return
+        self._logged[reason] = (now, 0)
+        more = f" ({quiet} more since the last such line)" if quiet else ""
+        log.warning("%s: %s: sent over the socket%s", self.where, why, more)
 
     def close(self) -> None:
         self.held.clear()
@@ -145,7 +166,8 @@ class ShmLinks:
         """A channel for ``link`` if it uses shared memory (a link added while serving)."""
         if link not in self.channels and wants_shm(link.endpoint, transport, self.cfg):
             fb = None if self.fallback_total is None else _Labelled(self.fallback_total, link.name)
-            self.channels[link] = ShmChannel(link.name, self.cfg, fb)
+            self.channels[link] = ShmChannel(link.name, self.cfg, fb,
+                                             f"leaf {link.name} ({link.endpoint})")
 
     def describe(self, link) -> dict:
         """How ``link``'s batches travel, for the root's pong and heartbeat."""

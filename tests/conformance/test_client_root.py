@@ -11,7 +11,7 @@ import pytest
 
 from tests.root.world import CANDIDATE_IDS
 
-from .conftest import DEADLINE_MS
+from .conftest import DEADLINE_MS, MAX_MESSAGE_BYTES
 from .harness import ABSENT, Case, Pred, case_id, covers, dealer, error, fuzz_cases, match, run, until
 from .messages import (
     ALL_FEATURES,
@@ -360,7 +360,8 @@ def test_the_roots_pong(node):
     pong = ping(node.root.endpoint, timeout=5)
     link = {"leaf": "leaf-0", "endpoint": node.cfg["leaves"][0]["endpoints"][0], "healthy": True,
             "outstanding": 0, "models": ["ctr@3", "ctr@4", "eng@1"], "pid": node.leaf0.pid,
-            "transport": "shm", "shm": {"slots": 8, "slot_bytes": 1 << 20, "held": 0}}
+            "transport": "shm", "shm": {"slots": 8, "slot_bytes": 1 << 20, "held": 0},
+            "max_message_bytes": MAX_MESSAGE_BYTES}
     match(pong, {"v": 1, "type": "pong", "id": Pred(bool, "the ping's id"), "ok": True,
                  "role": "root", "name": "root-c",
                  "pid": node.root.pid, "config": Pred(bool, "the config id"),

@@ -229,6 +229,67 @@ def test_pongs(node, fake, case):
     run(case, node.root.endpoint, node)
 
 
+# -- message limits ---------------------------------------------------------------------
+
+
+def div_nbytes(ctx) -> int:
+    """The size of div@2's (trimmed) message for `request`."""
+    return trimmed_nbytes(ctx.world, "div@2")
+
+
+def limited(*limits):
+    """setup: replica i's pongs advertise ``limits[i](ctx)`` as max_message_bytes
+    (a callable, or the value itself; None: no such field)."""
+    def setup(ctx):
+        for i, limit in enumerate(limits):
+            value = limit(ctx) if callable(limit) else limit
+            fields = {} if value is None else {"max_message_bytes": value}
+            ctx.fake.script(pong=lambda h, fields=fields: ctx.fake.pong(h, **fields), replicas=[i])
+        ctx.fake.heard()
+        ctx.t0 = time.monotonic()
+    return setup
+
+
+def sent_to(*replicas):
+    """check: the request went to these replicas (indexes), once each."""
+    def check(ctx, header, frames):
+        got = [i for i, r in enumerate(ctx.fake.replicas) for _ in r.received]
+        assert got == list(replicas), got
+    return check
+
+
+def too_large(ctx_limit):
+    return failed("div@2", "too_large", rf"div@2 is \d+ bytes, above the {ctx_limit} bytes",
+                  error={"limit": ctx_limit, "leaf": "leaf-1",
+                         "nbytes": Pred(lambda n: type(n) is int and n > ctx_limit, "the size")})
+
+
+LIMITS = [
+    Case("pong.max-message-bytes", "over every replica's limit: too_large, nothing sent",
+         request("m1"), scores("m1", [ok("ctr@3", 1), too_large(256)]),
+         setup=limited(256, 256), check=nothing_sent),
+    Case("pong.max-message-bytes", "exactly the limit is sent", request("m2"),
+         scores("m2", [ok("ctr@3", 1), ok("div@2", 2, trimmed=TRIMMED)]),
+         setup=limited(div_nbytes, div_nbytes), check=sent_to(0)),
+    Case("pong.max-message-bytes", "a replica it does not fit is passed over", request("m3"),
+         scores("m3", [ok("ctr@3", 1), ok("div@2", 2, trimmed=TRIMMED)]),
+         setup=limited(256, None), check=sent_to(1)),
+    Case("pong.max-message-bytes", "no limit advertised (an older leaf): sent, any size",
+         request("m4"), scores("m4", [ok("ctr@3", 1), ok("div@2", 2)]),
+         setup=limited(None, None), check=sent_to(0)),
+] + [
+    Case("pong.max-message-bytes", f"a limit that is not a positive integer is ignored: {bad!r}",
+         request(f"m5-{i}"), scores(f"m5-{i}", [ok("ctr@3", 1), ok("div@2", 2)]),
+         setup=limited(bad, bad), check=sent_to(0))
+    for i, bad in enumerate(["1000", True, 0, -1, 100.0, [256], {"bytes": 256}])
+]
+
+
+@pytest.mark.parametrize("case", LIMITS, ids=case_id)
+def test_message_limits(node, fake, case):
+    run(case, node.root.endpoint, node)
+
+
 @covers("health.rotation")
 def test_rotation_follows_health(node, fake):
     """Replicas that stop answering pings leave rotation within health_timeout_ms

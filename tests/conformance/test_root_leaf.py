@@ -272,6 +272,7 @@ LEAF = [
     Case("leaf.ping", "the pong", [hdr(type="ping", id="p1")],
          {"v": 1, "type": "pong", "id": "p1", "ok": True, "role": "leaf", "name": "leaf-0",
           "pid": Pred(lambda p: type(p) is int and p > 0, "a pid"), "draining": False,
+          "max_message_bytes": MAX_MESSAGE_BYTES,
           "models": [{"model": k, "signature_hash": Pred(lambda h: isinstance(h, str) and len(h) == 64,
                                                           "a sha256"), "ready": True,
                       "error": ABSENT} for k in ("ctr@3", "eng@1", "ctr@4")]}),

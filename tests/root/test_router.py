@@ -35,7 +35,7 @@ class Link:
     def __init__(self, ctx, name: str, models, events: list):
         self.name, self.endpoint, self.compression = name, f"inproc://{name}", "none"
         self.models, self.hashes, self.outstanding, self.pid = frozenset(models), {}, 0, None
-        self.draining = False
+        self.draining, self.max_message_bytes = False, None
         self.leaf = ctx.socket(zmq.PAIR)
         self.leaf.bind(self.endpoint)
         self.socket = ctx.socket(zmq.PAIR)
@@ -85,7 +85,7 @@ class SlowRing:
     def __init__(self, events):
         self.events = events
 
-    def place(self, mid, plan, batch, nbytes, read_replies):
+    def place(self, mid, plan, batch, nbytes, read_replies, what=""):
         self.events.append(("wait", "start"))
         read_replies(0.05)
         self.events.append(("wait", "end"))
@@ -239,7 +239,7 @@ class Ring:
     def __init__(self):
         self.placed = []
 
-    def place(self, mid, plan, batch, nbytes, read_replies):
+    def place(self, mid, plan, batch, nbytes, read_replies, what=""):
         self.placed.append(mid)
         return {"segment": "trimmer-1-ring-00000000", "size": 64, "offset": 0, "nbytes": nbytes,
                 "slot": 0}

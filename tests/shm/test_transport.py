@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,6 +61,10 @@ def test_oversize_batches_fall_back_to_the_socket(world, leaves, process_runner)
         assert res.ok and not res.errors and "transport" not in res.results[0]
     assert metric(port, "trimmer_root_shm_fallback_total", reason="too_large") == 1
     assert metric(port, "trimmer_root_shm_sent_total") == 0
+    # Never silent: the log says which link, how big the batch and the slot were.
+    assert re.search(r"leaf leaf-0 \(ipc://[^)]*\): a \d+-byte batch of ctr@3 is larger than a "
+                     r"shared-memory slot \(256 bytes\): sent over the socket", root.log()), \
+        root.log()
 
 
 def test_no_free_slot_falls_back_and_slots_come_back(world, leaves, process_runner):
