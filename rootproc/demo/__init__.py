@@ -49,6 +49,8 @@ def parse_args(argv):
     p.add_argument("--users", type=int, default=5000, help="users in the feature store")
     p.add_argument("--items", type=int, default=20000, help="candidates in the feature store")
     p.add_argument("--scale", type=float, default=1.0, help="schema size (1.0: about 1,500 features)")
+    p.add_argument("--models", type=int, default=4,
+                   help="model versions, spread over the leaves, each reading 15-60%% of the schema")
     p.add_argument("--modes", nargs="+", choices=[m.name for m in MODES], help="default: all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--metrics", action="store_true", help="expose Prometheus metrics on free ports")
@@ -62,8 +64,8 @@ def parse_args(argv):
                         "the network cost trimming saves (needs root and iproute2). At the default "
                         "scale every feature is ~41 MB a request: try --scale 0.5 --candidates 64")
     args = p.parse_args(argv)
-    if min(args.requests, args.candidates, args.concurrency, args.leaves, args.roots) < 1:
-        p.error("--requests, --candidates, --concurrency, --leaves and --roots must be >= 1")
+    if min(args.requests, args.candidates, args.concurrency, args.leaves, args.roots, args.models) < 1:
+        p.error("--requests, --candidates, --concurrency, --leaves, --roots and --models must be >= 1")
     if args.remote_leaf_bandwidth:
         try:
             parse_rate(args.remote_leaf_bandwidth)
@@ -148,10 +150,12 @@ def programs_for(scenario: Scenario, modes: list[Mode], args,
     return programs, roots
 
 
-def drive(mode: Mode, endpoints: list[str], scenario: Scenario, args, log) -> dict:
+def drive(mode: Mode, endpoints: list[str], leaf_endpoints: list[str], scenario: Scenario,
+          args, log) -> dict:
     from rootproc.client.health import ping
     from rootproc.client.loadgen import run_load
     pids = [ping(e)["pid"] for e in endpoints]
+    leaf_pids = [ping(e)["pid"] for e in leaf_endpoints]
     load = Namespace(endpoint=endpoints, requests=args.requests, concurrency=args.concurrency,
                      rate=0.0, candidates=args.candidates, feature_store=str(scenario.feature_store),
                      users=0, candidate_ids=0, models=None, deadline_ms=None, timeout_ms=30_000,
@@ -159,6 +163,7 @@ def drive(mode: Mode, endpoints: list[str], scenario: Scenario, args, log) -> di
     warm = Namespace(**{**vars(load), "requests": min(10, args.requests)})
     run_load(warm)  # caches and allocators warm before anything is measured
     cpu0 = sum(cpu_seconds(p) for p in pids)
+    leaf_cpu0 = sum(cpu_seconds(p) for p in leaf_pids)
     progress = None
     if not args.no_progress:
         from tqdm import tqdm
@@ -170,7 +175,11 @@ def drive(mode: Mode, endpoints: list[str], scenario: Scenario, args, log) -> di
         if progress is not None:
             progress.close()
     cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+    leaf_cpu = sum(cpu_seconds(p) for p in leaf_pids) - leaf_cpu0
     stats["root_cpu_ms_per_request"] = round(1000 * cpu / max(1, stats["ok"]), 2)
+    # Every model version scores every request: one batch each (before the
+    # leaf's dynamic batching merges some).
+    stats["leaf_cpu_ms_per_batch"] = round(1000 * leaf_cpu / max(1, stats["ok"] * len(scenario.models)), 2)
     stats["mode"] = mode.name
     mb = stats["wire_bytes"] / max(1, stats["ok"]) / 1e6
     log(f"{mode.name:<14} {stats['ok']}/{stats['requests']} ok, {stats['throughput_rps']} req/s, "
@@ -228,7 +237,7 @@ def run(args, run_dir: Path, modes: list[Mode], signals: StopSignals, results: l
     wait for a stop signal. The node is down when this returns or raises."""
     from rootproc.demo.scenario import build_scenario
     scenario = build_scenario(run_dir, leaves=args.leaves, users=args.users, candidates=args.items,
-                              seed=args.seed, scale=args.scale, log=log)
+                              seed=args.seed, scale=args.scale, log=log, models=args.models)
     with contextlib.ExitStack() as stack:
         remote = None
         if args.remote_leaf_bandwidth:
@@ -241,7 +250,8 @@ def run(args, run_dir: Path, modes: list[Mode], signals: StopSignals, results: l
         node = Node(run_dir, programs)
         stack.callback(signals.finish, node.stop)
         node.start(log=log)
-        measured = [drive(mode, roots[mode.name], scenario, args, log) for mode in modes]
+        leaves = [p.endpoint for p in programs if p.name in scenario.placement]
+        measured = [drive(mode, roots[mode.name], leaves, scenario, args, log) for mode in modes]
         table = render_table(measured, args, scenario)
         (run_dir / "results.md").write_text(table)
         (run_dir / "results.json").write_text(json.dumps(measured, indent=1))

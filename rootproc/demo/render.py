@@ -47,8 +47,8 @@ def render_table(results: list[dict], args, scenario) -> str:
            f"{args.remote_leaf_bandwidth}."] if getattr(args, "remote_leaf_bandwidth", None) else []),
         "",
         "| mode | MB/request root→leaves | network vs all | req/s | p50 ms | p90 ms | p99 ms "
-        "| root CPU ms/request | CPU vs all | p90 vs all | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| root CPU ms/request | CPU vs all | p90 vs all | leaf CPU ms/batch | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     # A mode whose requests or models failed did less work than it was asked
     # to: a ratio against it (or of it) would flatter whichever side failed.
@@ -67,7 +67,8 @@ def render_table(results: list[dict], args, scenario) -> str:
             f"| {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} "
             f"| {r['root_cpu_ms_per_request']:.1f} "
             f"| {change(r['root_cpu_ms_per_request'], base['root_cpu_ms_per_request'])} "
-            f"| {change(lat['p90'], base['latency_ms']['p90'])} | {errors} |")
+            f"| {change(lat['p90'], base['latency_ms']['p90'])} "
+            f"| {r.get('leaf_cpu_ms_per_batch', float('nan')):.1f} | {errors} |")
     if failed:
         lines.append("")
         lines += [f"† no comparison: {LABELS.get(mode, mode)} had {why}" for mode, why in failed.items()]

@@ -70,7 +70,8 @@ class Scenario:
 
 
 def build_scenario(run_dir: Path, *, leaves: int, users: int, candidates: int, seed: int,
-                   scale: float = 1.0, log=print, fmt: str | None = None) -> Scenario:
+                   scale: float = 1.0, log=print, fmt: str | None = None,
+                   models: int = 4) -> Scenario:
     run_dir.mkdir(parents=True, exist_ok=True)
     schema_path = run_dir / "schema.json"
     schema_path.write_text(json.dumps(demo_schema(seed, scale), indent=1))
@@ -81,7 +82,7 @@ def build_scenario(run_dir: Path, *, leaves: int, users: int, candidates: int, s
     repo = run_dir / "models"
     fmt = model_format(fmt, log)
     keys = {}
-    for i, (model, (dense, ragged)) in enumerate(model_feature_sets(schema, seed).items()):
+    for i, (model, (dense, ragged)) in enumerate(model_feature_sets(schema, seed, models).items()):
         t0 = time.monotonic()
         info = export(SubsetScorer(dense, ragged, seed + i), repo, model, schema, version="1",
                       fmt=fmt)

@@ -44,12 +44,23 @@ def demo_schema(seed: int = 0, scale: float = 1.0) -> dict:
 MODEL_FRACTIONS = {"ctr": 0.15, "engage": 0.30, "save": 0.45, "hide": 0.60}
 
 
-def model_feature_sets(schema, seed: int = 0) -> dict[str, tuple[list[str], list[str]]]:
-    """For each demo model, the (dense, ragged) features it reads."""
+def model_fractions(count: int = len(MODEL_FRACTIONS)) -> dict[str, float]:
+    """``count`` models: the four above, then ``m04``, ``m05``, ... reading
+    the same spread of the schema (15 % to 60 %) in turn."""
+    if count < 1:
+        raise ValueError(f"a scenario needs at least one model, got {count}")
+    spread = list(MODEL_FRACTIONS.values())
+    named = list(MODEL_FRACTIONS.items())[:count]
+    return dict(named + [(f"m{i:02d}", spread[i % len(spread)]) for i in range(len(named), count)])
+
+
+def model_feature_sets(schema, seed: int = 0,
+                       models: int = len(MODEL_FRACTIONS)) -> dict[str, tuple[list[str], list[str]]]:
+    """For each of ``models`` demo models, the (dense, ragged) features it reads."""
     rng = np.random.default_rng(seed + 1)
     names = schema.names
     out = {}
-    for model, fraction in MODEL_FRACTIONS.items():
+    for model, fraction in model_fractions(models).items():
         chosen = sorted(rng.choice(len(names), size=max(2, int(len(names) * fraction)), replace=False))
         picked = [names[i] for i in chosen]
         dense = [n for n in picked if not schema[n].ragged]

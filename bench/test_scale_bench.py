@@ -1,0 +1,208 @@
+"""The cost curve: the whole node at production sizes (issue 24).
+
+Each grid point is one `trimmer demo` run, real processes under
+supervisord (two leaves, one root per mode), driving the same closed-loop
+load at concurrency 4 through every-feature, trimmed and trimmed +
+shared-memory roots. Per point and mode it records:
+
+- errors (failed requests and model results, by kind): goal 0 everywhere;
+- root CPU per request (the root processes' user + system time over the
+  run, /proc) and its ratio to a floor measured in this run: one ``memcpy``
+  of the bytes that mode's root must move for a request (the raw records it
+  reads, the batch it builds, the messages it writes);
+- leaf CPU per model batch, req/s and latency.
+
+The grid is features {1.5K, 3K, 6K, 12K} (demo schema scales 1, 2, 4, 8) x
+candidates {256, 1024, 2048} x models {4, 16}. A point whose every-feature
+mode needs more memory than this machine has (estimated from the batch
+size, the models and the concurrency) is skipped, saying how much it needs.
+``TRIMMER_BENCH_SCALE_GRID="1x256x4,4x1024x4"`` picks points
+(scale x candidates x models); ``TRIMMER_BENCH_SCALE_REQUESTS`` the
+requests per mode; ``TRIMMER_BENCH_SCALE_OUT=DIR`` writes every point's
+figures (``scale.json``) and the plot of cost against bytes
+(``scale.png``) there. In ``make test`` (quick mode) one small point runs,
+so that the bench cannot rot.
+
+Asserted: 0 errors at every point run, in every mode. Reported, not yet
+asserted: the ratio to the floor (goal <= 2x) and shared memory against
+ipc (goal: better in req/s and root CPU); bench/RESULTS.md records where
+they stand.
+
+    .venv/bin/python -m pytest bench/test_scale_bench.py --benchmark-only -s
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from quick import QUICK, knob
+
+from rootproc.featurestore import open_feature_store
+from rootproc.preprocess.preprocessor import Preprocessor
+from signatures.schema import FeatureSchema
+from tests.support.procs import REPO_ROOT
+
+FULL_GRID = [(scale, cands, models) for scale in (1, 2, 4, 8) for cands in (256, 1024, 2048)
+             for models in (4, 16)]
+QUICK_GRID = [(0.25, 64, 4)]
+MODES = ("all", "trimmed", "trimmed-shm")
+CONCURRENCY = 4
+REQUESTS = knob("TRIMMER_BENCH_SCALE_REQUESTS", 24, 6)
+# Bytes a candidate's row takes in the every-feature batch at schema scale 1
+# (the demo: 9.4 MB for 256 candidates); the memory estimate scales it.
+ROW_NBYTES_AT_SCALE_1 = 37_000
+OUT = os.environ.get("TRIMMER_BENCH_SCALE_OUT")
+points: list[dict] = []
+
+
+def grid() -> list[tuple[float, int, int]]:
+    chosen = os.environ.get("TRIMMER_BENCH_SCALE_GRID")
+    if not chosen:
+        return QUICK_GRID if QUICK else FULL_GRID
+    out = []
+    for item in chosen.split(","):
+        scale, cands, models = item.lower().split("x")
+        out.append((float(scale), int(cands), int(models)))
+    return out
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["MemAvailable"].split()[0]) * 1024
+
+
+def memory_needed(scale: float, cands: int, models: int) -> int:
+    """Every-feature mode, at the concurrency: each request's batch and one
+    message per model at the root, the same messages again at the leaves."""
+    batch = ROW_NBYTES_AT_SCALE_1 * scale * cands
+    return int(CONCURRENCY * batch * (1 + 2 * models))
+
+
+def floor_ms(nbytes: int) -> float:
+    src = np.ones(nbytes, np.uint8)
+    dst = np.zeros(nbytes, np.uint8)
+    best = float("inf")
+    for _ in range(10):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 1000 * best
+
+
+def bytes_read_and_built(run_dir: Path, cands: int) -> dict[str, tuple[int, int]]:
+    """Per mode kind ("all", "trimmed"): the raw record bytes one request
+    reads and the batch bytes it builds, with the root's own code."""
+    schema = FeatureSchema.load(run_dir / "schema.json")
+    bundle = json.loads((run_dir / "bundle.json").read_text())
+    used = sorted({n for m in bundle["models"].values() for n in m["features"]})
+    store = open_feature_store(str(run_dir / "features"))
+    try:
+        ids = {"user": [0], "candidate": list(range(cands))}
+        with store.reading(ids) as got:
+            raw = sum(len(r) for r in got["candidate"]) + len(got["user"][0])
+            out = {}
+            for kind, names in (("all", schema.names), ("trimmed", used)):
+                batch = Preprocessor(schema, names, store.layouts).build(got["user"], got["candidate"])
+                out[kind] = (raw, batch.nbytes)
+        return out
+    finally:
+        store.close()
+
+
+def run_point(scale: float, cands: int, models: int) -> list[dict]:
+    # A short directory: the node's ipc socket paths must fit in 100 bytes.
+    with tempfile.TemporaryDirectory(prefix="scale-", dir="/tmp") as tmp:
+        return measure_point(Path(tmp), scale, cands, models)
+
+
+def measure_point(run_dir: Path, scale: float, cands: int, models: int) -> list[dict]:
+    argv = [sys.executable, "-m", "signatures.cli", "demo", "--run-dir", str(run_dir),
+            "--scale", str(scale), "--candidates", str(cands), "--models", str(models),
+            "--modes", *MODES, "--requests", str(REQUESTS), "--concurrency", str(CONCURRENCY),
+            "--users", "200", "--items", str(max(2 * cands, 1000)), "--no-progress"]
+    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=3600)
+    results = run_dir / "results.json"
+    assert results.exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    measured = json.loads(results.read_text())
+    moved = bytes_read_and_built(run_dir, cands)
+    n_features = len(FeatureSchema.load(run_dir / "schema.json"))
+    rows = []
+    for r in measured:
+        raw, batch = moved["all" if r["mode"] == "all" else "trimmed"]
+        messages = r["wire_bytes"] / max(1, r["ok"])
+        floor = floor_ms(int(raw + batch + messages))
+        rows.append({
+            "features": n_features, "scale": scale, "candidates": cands,
+            "models": models, "mode": r["mode"], "requests": r["requests"], "ok": r["ok"],
+            "errors": r["errors"], "model_errors": r["model_errors"],
+            "mb_moved": round((raw + batch + messages) / 1e6, 2),
+            "mb_messages": round(messages / 1e6, 2),
+            "root_cpu_ms_per_request": r["root_cpu_ms_per_request"],
+            "floor_ms": round(floor, 3),
+            "ratio_to_floor": round(r["root_cpu_ms_per_request"] / floor, 2),
+            "leaf_cpu_ms_per_batch": r.get("leaf_cpu_ms_per_batch"),
+            "req_per_s": r["throughput_rps"], "p90_ms": r["latency_ms"]["p90"],
+            "load": round(os.getloadavg()[0], 2)})
+    # The demo exits 1 when a mode had failed results: the rows say which.
+    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def collected():
+    yield points
+    if OUT and points:
+        out = Path(OUT)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scale.json").write_text(json.dumps(points, indent=1))
+        plot(points, out / "scale.png")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for mode, marker in zip(MODES, "os^"):
+        mine = [r for r in rows if r["mode"] == mode]
+        ax.scatter([r["mb_moved"] for r in mine], [r["root_cpu_ms_per_request"] for r in mine],
+                   marker=marker, label=mode)
+    floor = sorted(rows, key=lambda r: r["mb_moved"])
+    ax.plot([r["mb_moved"] for r in floor], [2 * r["floor_ms"] for r in floor], "k--", lw=1,
+            label="2x memcpy floor")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("MB a request moves at the root (records + batch + messages)")
+    ax.set_ylabel("root CPU ms per request")
+    ax.legend()
+    ax.set_title("Root cost against bytes (concurrency 4)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("scale,cands,models", grid(),
+                         ids=[f"{s:g}x{c}x{m}" for s, c, m in grid()])
+def test_scale_point(benchmark, collected, scale, cands, models):
+    need = memory_needed(scale, cands, models)
+    if need > 0.6 * mem_available():
+        pytest.skip(f"needs ~{need / 2**30:.0f} GiB for the every-feature mode at concurrency "
+                    f"{CONCURRENCY}; {mem_available() / 2**30:.0f} GiB available")
+    rows = benchmark.pedantic(run_point, args=(scale, cands, models), rounds=1,
+                              iterations=1)
+    collected.extend(rows)
+    benchmark.group = "scale: root CPU per request against the bytes it moves"
+    benchmark.extra_info["modes"] = rows
+    for row in rows:
+        print(f"\n{json.dumps(row)}")
+    failed = {r["mode"]: (r["errors"], r["model_errors"]) for r in rows
+              if sum(r["errors"].values()) or sum(r["model_errors"].values())}
+    assert failed == {}, failed
