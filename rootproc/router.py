@@ -58,6 +58,9 @@ log = logging.getLogger("rootproc")
 # Leaf errors that say "not here, not now": the batch goes to another replica
 # when the model has one and time remains.
 RESENT = (OVERLOADED, SHUTTING_DOWN)
+# A model error the root produces is logged at most this often per (model, kind, reason),
+# with a count of those not logged since; every one is counted in model_failures_total.
+FAILURE_LOG_S = 10.0
 
 
 class Router:
@@ -73,6 +76,7 @@ class Router:
         self._mid_seq = itertools.count(1)
         self._resends: deque = deque()   # (request, result index, the link that refused it)
         self._answerable: list[OpenRequest] = []
+        self._logged: dict[tuple, list] = {}   # (model, kind, reason) -> [logged at, not logged since]
 
     # -- requests -------------------------------------------------------------------
 
@@ -94,7 +98,23 @@ class Router:
     def fail(self, request: OpenRequest, idx: int, error: dict) -> None:
         """Result ``idx`` fails with ``error`` (a reply's error object); the
         request's other models go on."""
-        request.results[idx]["error"] = error
+        self._failed(request.results[idx], error["kind"], error["kind"], error["message"], error)
+
+    def _failed(self, result: dict, kind: str, reason: str, message: str,
+                error: dict | None = None) -> None:
+        """The root fails ``result`` itself: the error (``error``, or one of
+        ``kind`` and ``message``), counted and logged (rate-limited) with ``reason``."""
+        result["error"] = error if error is not None else {"kind": kind, "message": message}
+        model = result["model"]
+        self.metrics.model_failures.labels(model, kind, reason).inc()
+        now = time.monotonic()
+        entry = self._logged.setdefault((model, kind, reason), [float("-inf"), 0])
+        if now - entry[0] < FAILURE_LOG_S:
+            entry[1] += 1
+            return
+        more = f" ({entry[1]} more like it in the last {now - entry[0]:.0f} s)" if entry[1] else ""
+        entry[0], entry[1] = now, 0
+        log.warning("model %s: result %s (%s): %s%s", model, kind, reason, message, more)
 
     def send(self, request: OpenRequest, idx: int, model: ModelBatch, now: float) -> None:
         """Send result ``idx`` of ``request`` to the best replica that takes it,
@@ -102,14 +122,15 @@ class Router:
         result = request.results[idx]
         links = self.pool.candidates(model.key, now)
         if not links:
-            result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf replica serves "
-                               f"{model.key} now (none is up, ready and not shutting down)"}
+            self._failed(result, UNAVAILABLE, "no_replica_in_rotation", f"no leaf replica serves "
+                         f"{model.key} now (none is up, ready and not shutting down; the root's "
+                         f"log says why each left rotation)")
             return
         if len(links) > 1:
             request.resendable[idx] = (model, set())
         if not self._send_to_first(request, idx, model, links, shm=True):
-            result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf replica of {model.key} "
-                               f"is connected (tried {', '.join(link.endpoint for link in links)})"}
+            self._failed(result, UNAVAILABLE, "not_connected", f"no leaf replica of {model.key} "
+                         f"is connected (tried {', '.join(link.endpoint for link in links)})")
 
     def park(self, request: OpenRequest, timing: dict[str, float] | None = None,
              t_sent: float | None = None) -> None:
@@ -149,8 +170,8 @@ class Router:
                 if flight is not None:
                     flight.link.outstanding -= 1
                 result = request.results[idx]
-                result["error"] = {"kind": DEADLINE, "message": f"leaf {result.get('leaf')} did "
-                                   f"not answer within the deadline"}
+                self._failed(result, DEADLINE, "leaf_did_not_answer", f"leaf {result.get('leaf')} "
+                             f"did not answer within the deadline")
             request.waiting.clear()
             for idx, error in request.resend_queued.items():
                 request.results[idx]["error"] = error
@@ -167,6 +188,7 @@ class Router:
     def _read(self, link, frames) -> None:
         """Record one message from ``link``. Sends nothing: it may run inside a
         send's wait for a slot."""
+        link.heard(time.monotonic())   # a sign of life, whatever it says
         try:
             header = load_header(frames[0].buffer)
         except ProtocolError as exc:

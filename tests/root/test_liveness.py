@@ -91,16 +91,17 @@ def test_a_stopped_leaf_leaves_rotation_and_says_why(world, process_runner):
     finally:
         os.kill(leaf1.pid, signal.SIGCONT)
     root.wait_ready(30, ready=leaves_healthy)
+    until("its rejoining logged", lambda: any(
+        "leaf-1" in line and "back in rotation" in line for line in root.log(200_000).splitlines()))
     log = root.log(200_000)
     left = [line for line in log.splitlines() if "leaf-1" in line and "out of rotation" in line]
     assert len(left) == 1, left
     assert "no pong for" in left[0]
-    assert any("leaf-1" in line and "back in rotation" in line for line in log.splitlines())
     assert "unavailable" in log and "div@2" in log
     assert metric(port, "trimmer_root_leaf_rotation_exits_total", leaf="leaf-1",
                   reason="no_pong") == 1
     assert metric(port, "trimmer_root_leaf_rotation_entries_total", leaf="leaf-1") >= 2
-    assert metric(port, "trimmer_root_unavailable_total", model="div@2",
+    assert metric(port, "trimmer_root_model_failures_total", model="div@2", kind="unavailable",
                   reason="no_replica_in_rotation") == 3
 
 

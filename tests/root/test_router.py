@@ -53,6 +53,9 @@ class Link:
     def on_pong(self, header, now) -> None:
         pass
 
+    def heard(self, now) -> None:
+        pass
+
     def answer(self, mid: str, kind: str | None = None, rows: int = 2) -> None:
         if kind is None:
             self.leaf.send_multipart([pack_header({"type": "scores", "id": mid, "ok": True}),
