@@ -188,7 +188,6 @@ class Router:
     def _read(self, link, frames) -> None:
         """Record one message from ``link``. Sends nothing: it may run inside a
         send's wait for a slot."""
-        link.heard(time.monotonic())   # a sign of life, whatever it says
         try:
             header = load_header(frames[0].buffer)
         except ProtocolError as exc:
@@ -205,6 +204,7 @@ class Router:
             if not isinstance(mid, str):
                 self._dropped(link, f"a {quote(header.get('type'))} reply without a usable id")
                 return
+            link.heard(time.monotonic())   # a reply to a request: a sign of life
             self.shm.replied(link, mid)  # even after the deadline: the slot is free
             self._record(link, mid, header, frames)
         except Exception:  # a bug must not stop the loop; the deadline answers the request

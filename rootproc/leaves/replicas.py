@@ -391,6 +391,7 @@ class LeafPool:
     def status(self, now: float, describe=None) -> list[dict]:
         """One entry per link; ``describe(link)`` adds fields of its own (the
         transport the link's batches take)."""
+        self.refresh(now)   # what it reports has been logged and counted
         out = []
         for link in self.links + self.retiring:
             entry = {"leaf": link.name, "endpoint": link.endpoint,
