@@ -40,6 +40,7 @@ from collections import deque
 from _trim.transport.frames import recv_waiting
 from _trim.transport.protocol import (
     DEADLINE,
+    LEAF_ERROR,
     OVERLOADED,
     SHUTTING_DOWN,
     UNAVAILABLE,
@@ -236,6 +237,8 @@ class Router:
             request.resend_queued[idx] = error
             self._resends.append((request, idx, link))
             return
+        elif error["kind"] == LEAF_ERROR:   # the root's verdict on the reply: say why
+            self._failed(request.results[idx], LEAF_ERROR, "bad_leaf_reply", error["message"], error)
         else:
             request.results[idx]["error"] = error
         # An unparked request is still sending its other models (this reply was
