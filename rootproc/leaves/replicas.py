@@ -23,6 +23,12 @@ stale and ignored. A pong saying ``"draining": true``, or a `shutting_down`
 reply (rootproc/router.py), takes the replica out of rotation until a
 process behind it says otherwise.
 
+A live leaf stays in rotation however late the root's own loop reads it:
+it leaves only when *silent* (`LeafLink.silent`: a ping unanswered and no
+pong or reply read for ``health_timeout_ms``, with nothing of it waiting
+unread in the socket). Each change is logged once with the reason and
+counted (rootproc/leaves/rotation.py).
+
 The set of links follows the config (`LeafPool.reconcile`, on the serving
 loop between requests): leaves in the root's config file always, plus the
 leaves the active bundle's placement gives an endpoint, plus, with a
@@ -60,7 +66,6 @@ from rootproc.settings import LeafCurve, LeafSpec
 log = logging.getLogger("rootproc")
 
 
-
 class LeafLink:
     """One replica endpoint of a named leaf."""
 
@@ -80,7 +85,7 @@ class LeafLink:
         self.compression = compression
         self.outstanding = 0
         self.last_pong = float("-inf")
-        self.last_heard = float("-inf")   # any message from the leaf, read by the loop
+        self.last_heard = float("-inf")   # a reply naming a request, read by the loop
         self.unanswered_since: float | None = None   # oldest ping sent since the last pong
         self.lost = False        # the connection dropped; no pong since
         self.out: str | None = NOT_YET   # why it is out of rotation (None: in rotation)
@@ -143,7 +148,7 @@ class LeafLink:
         return NO_PONG if self.silent(now, timeout_s) else None
 
     def heard(self, now: float) -> None:
-        """A message from the leaf was read: a sign of life."""
+        """A reply naming a request was read: a sign of life, as good as a pong."""
         self.last_heard = now
 
     def routable(self, key: str) -> bool:
