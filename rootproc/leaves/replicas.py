@@ -23,11 +23,9 @@ stale and ignored. A pong saying ``"draining": true``, or a `shutting_down`
 reply (rootproc/router.py), takes the replica out of rotation until a
 process behind it says otherwise.
 
-A live leaf stays in rotation however late the root's own loop reads it:
-it leaves only when *silent* (`LeafLink.silent`: a ping unanswered and no
-pong or reply read for ``health_timeout_ms``, with nothing of it waiting
-unread in the socket). Each change is logged once with the reason and
-counted (rootproc/leaves/rotation.py).
+A live leaf stays in rotation however late the root's loop reads it: it
+leaves only when silent (`LeafLink.silent`); each change is logged once
+with the reason and counted (rootproc/leaves/rotation.py).
 
 The set of links follows the config (`LeafPool.reconcile`, on the serving
 loop between requests): leaves in the root's config file always, plus the
