@@ -51,14 +51,7 @@ from _trim.transport.monitor import LinkWatch
 from _trim.transport.protocol import pack_header
 from _trim.transport.sockets import connect_all, secured
 from rootproc.defaults import LEAF_HWM, LEAF_RECONNECT_IVL_MAX_MS, LEAF_RECONNECT_IVL_MS
-from rootproc.leaves.rotation import (
-    CONNECTION_LOST,
-    DRAINING,
-    HANDSHAKE_FAILED,
-    NO_PONG,
-    NOT_YET,
-    note_rotation,
-)
+from rootproc.leaves import rotation as R
 from rootproc.settings import LeafCurve, LeafSpec
 
 log = logging.getLogger("rootproc")
@@ -86,7 +79,7 @@ class LeafLink:
         self.last_heard = float("-inf")   # a reply naming a request, read by the loop
         self.unanswered_since: float | None = None   # oldest ping sent since the last pong
         self.lost = False        # the connection dropped; no pong since
-        self.out: str | None = NOT_YET   # why it is out of rotation (None: in rotation)
+        self.out: str | None = R.NOT_YET   # why it is out of rotation (None: in rotation)
         self.pid = None
         self._next_ping = 0
         self._pong_floor = 0     # pings numbered below were sent on a connection that dropped
@@ -120,13 +113,11 @@ class LeafLink:
 
     def healthy(self, now: float, timeout_s: float) -> bool:
         """Alive and answering (draining or not: see `routable`)."""
-        return self.out_reason(now, timeout_s) in (None, DRAINING)
+        return self.out_reason(now, timeout_s) in (None, R.DRAINING)
 
     def silent(self, now: float, timeout_s: float) -> bool:
-        """Whether the leaf has been silent for ``timeout_s`` although asked:
-        a ping unanswered and nothing heard from it that long, and nothing of
-        its waiting unread here. What the root's own loop has not read yet
-        does not count against the leaf: a busy root is not a dead leaf."""
+        """Asked and silent ``timeout_s``: a ping unanswered, nothing heard, nothing
+        unread here (what the busy root has not read never counts against it)."""
         since = self.unanswered_since
         if since is None or now - max(since, self.last_heard) <= timeout_s:
             return False
@@ -139,11 +130,11 @@ class LeafLink:
         """Why no new request may go here (a `REASONS` key), or None."""
         if self.last_pong == float("-inf"):
             if self.watch.problem is not None:
-                return HANDSHAKE_FAILED
-            return CONNECTION_LOST if self.lost else NOT_YET
+                return R.HANDSHAKE_FAILED
+            return R.CONNECTION_LOST if self.lost else R.NOT_YET
         if self.draining:
-            return DRAINING
-        return NO_PONG if self.silent(now, timeout_s) else None
+            return R.DRAINING
+        return R.NO_PONG if self.silent(now, timeout_s) else None
 
     def heard(self, now: float) -> None:
         """A reply naming a request was read: a sign of life, as good as a pong."""
@@ -373,7 +364,7 @@ class LeafPool:
 
     def refresh(self, now: float) -> None:
         """Note each link's entering or leaving rotation (rootproc/leaves/rotation.py)."""
-        note_rotation(self.links, now, self.health_timeout_s, self.on_rotation)
+        R.note_rotation(self.links, now, self.health_timeout_s, self.on_rotation)
 
     def candidates(self, key: str, now: float) -> list[LeafLink]:
         """Healthy replicas a request for ``key`` may go to, least outstanding
