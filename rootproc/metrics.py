@@ -46,8 +46,17 @@ class RootMetrics:
                                  ["leaf", "model"], registry=r)
         self.missing = Counter(p + "missing_entities", "ids the store does not have "
                                "(served with default features)", ["source"], registry=r)
-        self.leaf_up = Gauge(p + "leaf_up", "1 if the leaf replica answered a recent ping",
+        self.leaf_up = Gauge(p + "leaf_up", "1 while the leaf replica is alive and answering "
+                             "(not silent, connected, answered a ping since)",
                              ["leaf", "endpoint"], registry=r)
+        self.rotation_exits = Counter(p + "leaf_rotation_exits", "leaf replicas leaving "
+                                      "rotation, by why", ["leaf", "reason"], registry=r)
+        self.rotation_entries = Counter(p + "leaf_rotation_entries", "leaf replicas entering "
+                                        "rotation (the first time, and each time back)",
+                                        ["leaf"], registry=r)
+        self.model_failures = Counter(p + "model_failures", "model results the root itself "
+                                      "failed, by kind and why", ["model", "kind", "reason"],
+                                      registry=r)
         self.leaf_outstanding = Gauge(p + "leaf_outstanding", "requests in flight per leaf replica",
                                       ["leaf", "endpoint"], registry=r)
         self.in_flight = Gauge(p + "in_flight", "client requests being served", registry=r)

@@ -43,6 +43,7 @@ from collections import deque
 from _trim.transport.frames import recv_waiting
 from _trim.transport.protocol import (
     DEADLINE,
+    LEAF_ERROR,
     OVERLOADED,
     SHUTTING_DOWN,
     UNAVAILABLE,
@@ -62,6 +63,9 @@ log = logging.getLogger("rootproc")
 # Leaf errors that say "not here, not now": the batch goes to another replica
 # when the model has one and time remains.
 RESENT = (OVERLOADED, SHUTTING_DOWN)
+# A model error the root produces is logged at most this often per (model, kind, reason),
+# with a count of those not logged since; every one is counted in model_failures_total.
+FAILURE_LOG_S = 10.0
 
 
 class Router:
@@ -78,6 +82,7 @@ class Router:
         self._mid_seq = itertools.count(1)
         self._resends: deque = deque()   # (request, result index, the link that refused it)
         self._answerable: list[OpenRequest] = []
+        self._logged: dict[tuple, list] = {}   # (model, kind, reason) -> [logged at, not logged since]
 
     # -- requests -------------------------------------------------------------------
 
@@ -99,7 +104,23 @@ class Router:
     def fail(self, request: OpenRequest, idx: int, error: dict) -> None:
         """Result ``idx`` fails with ``error`` (a reply's error object); the
         request's other models go on."""
-        request.results[idx]["error"] = error
+        self._failed(request.results[idx], error["kind"], error["kind"], error["message"], error)
+
+    def _failed(self, result: dict, kind: str, reason: str, message: str,
+                error: dict | None = None) -> None:
+        """The root fails ``result`` itself: the error (``error``, or one of
+        ``kind`` and ``message``), counted and logged (rate-limited) with ``reason``."""
+        result["error"] = error if error is not None else {"kind": kind, "message": message}
+        model = result["model"]
+        self.metrics.model_failures.labels(model, kind, reason).inc()
+        now = time.monotonic()
+        entry = self._logged.setdefault((model, kind, reason), [float("-inf"), 0])
+        if now - entry[0] < FAILURE_LOG_S:
+            entry[1] += 1
+            return
+        more = f" ({entry[1]} more like it in the last {now - entry[0]:.0f} s)" if entry[1] else ""
+        entry[0], entry[1] = now, 0
+        log.warning("model %s: result %s (%s): %s%s", model, kind, reason, message, more)
 
     def send(self, request: OpenRequest, idx: int, model: ModelBatch, now: float) -> None:
         """Send result ``idx`` of ``request`` to the best replica that takes it,
@@ -107,8 +128,9 @@ class Router:
         result = request.results[idx]
         links = self.pool.candidates(model.key, now)
         if not links:
-            result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf replica serves "
-                               f"{model.key} now (none is up, ready and not shutting down)"}
+            self._failed(result, UNAVAILABLE, "no_replica_in_rotation", f"no leaf replica serves "
+                         f"{model.key} now (none is up, ready and not shutting down; the root's "
+                         f"log says why each left rotation)")
             return
         fitting = self.sizes.fitting(links, model.nbytes)
         if not fitting:
@@ -118,8 +140,8 @@ class Router:
         if len(links) > 1:
             request.resendable[idx] = (model, set())
         if not self._send_to_first(request, idx, model, links, shm=True):
-            result["error"] = {"kind": UNAVAILABLE, "message": f"no leaf replica of {model.key} "
-                               f"is connected (tried {', '.join(link.endpoint for link in links)})"}
+            self._failed(result, UNAVAILABLE, "not_connected", f"no leaf replica of {model.key} "
+                         f"is connected (tried {', '.join(link.endpoint for link in links)})")
 
     def park(self, request: OpenRequest, timing: dict[str, float] | None = None,
              t_sent: float | None = None) -> None:
@@ -159,8 +181,8 @@ class Router:
                 if flight is not None:
                     flight.link.outstanding -= 1
                 result = request.results[idx]
-                result["error"] = {"kind": DEADLINE, "message": f"leaf {result.get('leaf')} did "
-                                   f"not answer within the deadline"}
+                self._failed(result, DEADLINE, "leaf_did_not_answer", f"leaf {result.get('leaf')} "
+                             f"did not answer within the deadline")
             request.waiting.clear()
             for idx, error in request.resend_queued.items():
                 request.results[idx]["error"] = error
@@ -193,6 +215,7 @@ class Router:
             if not isinstance(mid, str):
                 self._dropped(link, f"a {quote(header.get('type'))} reply without a usable id")
                 return
+            link.heard(time.monotonic())   # a reply to a request: a sign of life
             self.shm.replied(link, mid)  # even after the deadline: the slot is free
             self._record(link, mid, header, frames)
         except Exception:  # a bug must not stop the loop; the deadline answers the request
@@ -224,6 +247,8 @@ class Router:
             request.resend_queued[idx] = error
             self._resends.append((request, idx, link))
             return
+        elif error["kind"] == LEAF_ERROR:   # the root's verdict on the reply: say why
+            self._failed(request.results[idx], LEAF_ERROR, "bad_leaf_reply", error["message"], error)
         else:
             request.results[idx]["error"] = error
         # An unparked request is still sending its other models (this reply was

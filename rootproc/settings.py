@@ -196,8 +196,9 @@ class RootSettings:
     metrics_addr: str = option(METRICS_ADDR, "address the metrics server binds (loopback: "
                                "scrape through a local agent, or name an address)")
     ping_interval_ms: int = option(PING_INTERVAL_MS, "how often leaves are pinged", positive=True)
-    health_timeout_ms: int = option(HEALTH_TIMEOUT_MS, "a leaf unanswered this long is "
-                                    "unhealthy", positive=True)
+    health_timeout_ms: int = option(HEALTH_TIMEOUT_MS, "a leaf asked (pinged) and silent "
+                                    "this long leaves rotation; what the root has not read yet "
+                                    "does not count", positive=True)
     shm: ShmSettings = option(ShmSettings())
     threads: int = option(1, "threads scoring requests: 1 scores on the serving loop; N adds "
                           "N - 1 threads that fetch and build batches", positive=True)

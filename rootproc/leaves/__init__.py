@@ -6,6 +6,8 @@
 - `replicas`: one `LeafLink` per replica endpoint (DEALER, pings and pongs,
   health, outstanding load) and the `LeafPool` that picks the best replica
   for a model; `wanted_leaves`, which leaves a config and discovery call for
+- `rotation`: why a replica is out of rotation (the reasons), and noting each
+  change once: logged and counted
 - `encoding`: a model's message, the gather kernel writing the trim plan's
   columns into a shared-memory slot or a payload frame (LZ4 when asked)
 - `shm`: the shared-memory ring of a link to a leaf on the same node

@@ -36,6 +36,7 @@ class LeafLinks:
         leaves = wanted_leaves(cfg.leaves, active)
         self.pool = LeafPool(ctx, leaves, active.placement, cfg.compression,
                              cfg.health_timeout_ms / 1000)
+        self.pool.on_rotation = self._rotation_changed
         reap_stale_segments()
         try:
             self.shm = ShmLinks(self.pool.links, cfg.shm, {leaf.name: leaf.transport for leaf in leaves},
@@ -51,6 +52,12 @@ class LeafLinks:
         self.poller.register(link.socket, zmq.POLLIN)
         self.poller.register(link.watch.monitor, zmq.POLLIN)
         self.monitors[link.watch.monitor] = link
+
+    def _rotation_changed(self, link: LeafLink, reason: str | None) -> None:
+        if reason is None:
+            self.metrics.rotation_entries.labels(link.name).inc()
+        else:
+            self.metrics.rotation_exits.labels(link.name, reason).inc()
 
     def by_socket(self, sock) -> LeafLink:
         return self.pool.by_socket[sock]
@@ -93,6 +100,7 @@ class LeafLinks:
     def tick(self, now: float) -> None:
         """The ping tick: pings, slots of dead leaves back, retired links closed, gauges."""
         self.pool.ping_all()
+        self.pool.refresh(now)
         self.shm.check_leaves()
         self.reap_retired(now)
         for link in self.pool.links:

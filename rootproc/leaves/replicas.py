@@ -23,6 +23,10 @@ stale and ignored. A pong saying ``"draining": true``, or a `shutting_down`
 reply (rootproc/router.py), takes the replica out of rotation until a
 process behind it says otherwise.
 
+A live leaf stays in rotation however late the root's loop reads it: it
+leaves only when silent (`LeafLink.silent`); each change is logged once
+with the reason and counted (rootproc/leaves/rotation.py).
+
 The set of links follows the config (`LeafPool.reconcile`, on the serving
 loop between requests): leaves in the root's config file always, plus the
 leaves the active bundle's placement gives an endpoint, plus, with a
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import zmq
 
@@ -46,6 +51,7 @@ from _trim.transport.monitor import LinkWatch
 from _trim.transport.protocol import pack_header
 from _trim.transport.sockets import connect_all, secured
 from rootproc.defaults import LEAF_HWM, LEAF_RECONNECT_IVL_MAX_MS, LEAF_RECONNECT_IVL_MS
+from rootproc.leaves import rotation as R
 from rootproc.leaves.limits import message_limit
 from rootproc.settings import LeafCurve, LeafSpec
 
@@ -71,6 +77,10 @@ class LeafLink:
         self.compression = compression
         self.outstanding = 0
         self.last_pong = float("-inf")
+        self.last_heard = float("-inf")   # a reply naming a request, read by the loop
+        self.unanswered_since: float | None = None   # oldest ping sent since the last pong
+        self.lost = False        # the connection dropped; no pong since
+        self.out: str | None = R.NOT_YET   # why it is out of rotation (None: in rotation)
         self.pid = None
         self.max_message_bytes: int | None = None   # what its pongs say it accepts (limits.py)
         self._next_ping = 0
@@ -104,7 +114,33 @@ class LeafLink:
         return self.configured if self.reported is None else self.reported
 
     def healthy(self, now: float, timeout_s: float) -> bool:
-        return now - self.last_pong <= timeout_s
+        """Alive and answering (draining or not: see `routable`)."""
+        return self.out_reason(now, timeout_s) in (None, R.DRAINING)
+
+    def silent(self, now: float, timeout_s: float) -> bool:
+        """Asked and silent ``timeout_s``: a ping unanswered, nothing heard, nothing
+        unread here (what the busy root has not read never counts against it)."""
+        since = self.unanswered_since
+        if since is None or now - max(since, self.last_heard) <= timeout_s:
+            return False
+        try:
+            return not self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN
+        except zmq.ZMQError:
+            return True
+
+    def out_reason(self, now: float, timeout_s: float) -> str | None:
+        """Why no new request may go here (a `REASONS` key), or None."""
+        if self.last_pong == float("-inf"):
+            if self.watch.problem is not None:
+                return R.HANDSHAKE_FAILED
+            return R.CONNECTION_LOST if self.lost else R.NOT_YET
+        if self.draining:
+            return R.DRAINING
+        return R.NO_PONG if self.silent(now, timeout_s) else None
+
+    def heard(self, now: float) -> None:
+        """A reply naming a request was read: a sign of life, as good as a pong."""
+        self.last_heard = now
 
     def routable(self, key: str) -> bool:
         """Whether a new request for ``key`` may go here."""
@@ -120,7 +156,9 @@ class LeafLink:
 
     def ping(self) -> None:
         n, self._next_ping = self._next_ping, self._next_ping + 1
-        self.send([pack_header({"type": "ping", "id": f"ping-{n}"})])
+        if self.send([pack_header({"type": "ping", "id": f"ping-{n}"})]) \
+                and self.unanswered_since is None:
+            self.unanswered_since = time.monotonic()
 
     def watch_connection(self, now: float) -> None:
         """Act on the connection's events: a drop forgets what the process
@@ -129,7 +167,8 @@ class LeafLink:
         dropped, up = self.watch.poll(now)
         if dropped:
             self.reported, self.hashes, self.draining = frozenset(), {}, False
-            self.last_pong = float("-inf")
+            self.last_pong, self.unanswered_since = float("-inf"), None
+            self.lost = True
             self._pong_floor = self._next_ping
             log.info("leaf %s (%s): connection lost; no traffic until the process behind it "
                      "answers a ping", self.name, self.endpoint)
@@ -148,7 +187,7 @@ class LeafLink:
             else ""
         if not (n.isascii() and n.isdigit() and len(n) <= 18) or int(n) < self._pong_floor:
             return  # not one of ours, or asked of a connection that has dropped since
-        self.last_pong = now
+        self.last_pong, self.unanswered_since, self.lost = now, None, False
         # A pong is foreign input (leaves may be written in any language): fields
         # of the wrong type are dropped, not used as pids or compared as hashes.
         pid = header.get("pid")
@@ -233,6 +272,8 @@ class LeafPool:
         self.by_socket: dict = {}
         self.leaves: dict[str, LeafSpec] = {}   # leaf name -> its config (transport, models)
         self.health_timeout_s = health_timeout_s
+        # Called with (link, reason or None) as a link leaves or rejoins rotation.
+        self.on_rotation: Callable[[LeafLink, str | None], None] | None = None
         # Every key file is read before any socket exists: a bad one fails the start cleanly.
         keys = {leaf.name: load_curve(leaf) for leaf in leaves}
         self._link_up(leaves, placement, keys, starting=True)
@@ -324,10 +365,15 @@ class LeafPool:
             out |= link.models
         return out
 
+    def refresh(self, now: float) -> None:
+        """Note each link's entering or leaving rotation (rootproc/leaves/rotation.py)."""
+        R.note_rotation(self.links, now, self.health_timeout_s, self.on_rotation)
+
     def candidates(self, key: str, now: float) -> list[LeafLink]:
         """Healthy replicas a request for ``key`` may go to, least outstanding
-        first. One whose last pong is older than the health timeout gets no
-        request: its model's result is ``unavailable`` at once, not a deadline."""
+        first. One out of rotation (`LeafLink.out_reason`) gets no request:
+        its model's result is ``unavailable`` at once, not a deadline."""
+        self.refresh(now)
         links = [link for link in self.links
                  if link.routable(key) and link.healthy(now, self.health_timeout_s)]
         links.sort(key=lambda link: link.outstanding)
@@ -342,6 +388,7 @@ class LeafPool:
     def status(self, now: float, describe=None) -> list[dict]:
         """One entry per link; ``describe(link)`` adds fields of its own (the
         transport the link's batches take)."""
+        self.refresh(now)   # what it reports has been logged and counted
         out = []
         for link in self.links + self.retiring:
             entry = {"leaf": link.name, "endpoint": link.endpoint,

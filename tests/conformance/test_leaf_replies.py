@@ -292,10 +292,10 @@ def test_message_limits(node, fake, case):
 
 @covers("health.rotation")
 def test_rotation_follows_health(node, fake):
-    """Replicas that stop answering pings leave rotation within health_timeout_ms
-    of their last pong (the client sees `unavailable` at once, and they get no
-    request), and come back with their next pong, within ping_interval_ms of
-    answering again."""
+    """Replicas that stop answering pings leave rotation once silent for
+    health_timeout_ms since the first ping they left unanswered (the client
+    sees `unavailable` at once, and they get no request), and come back with
+    their next pong, within ping_interval_ms of answering again."""
     t0 = time.monotonic()
     fake.script(pong=lambda h: None)
     until("leaf-1 unhealthy", lambda: "div@2" not in node.routes("leaf-1"), timeout=10)

@@ -53,6 +53,9 @@ class Link:
     def on_pong(self, header, now) -> None:
         pass
 
+    def heard(self, now) -> None:
+        pass
+
     def answer(self, mid: str, kind: str | None = None, rows: int = 2) -> None:
         if kind is None:
             self.leaf.send_multipart([pack_header({"type": "scores", "id": mid, "ok": True}),
@@ -261,3 +264,36 @@ def test_a_resend_goes_over_the_socket(world):
     [resent] = l2.sent
     assert "shm" not in resent and not rings["l2"].placed, "a resend took a slot"
     assert request.results[0].get("transport") is None
+
+
+def test_root_made_failures_are_counted_and_logged_rate_limited(world, caplog):
+    """Every `unavailable` (or `deadline`) the root makes itself is counted with
+    why; the log names it once per window, then says how many it left out."""
+    import logging
+
+    from rootproc import router as router_module
+    r = world.router
+    caplog.set_level(logging.WARNING, logger="rootproc")
+    for i in range(3):
+        request = open_request(r, f"u{i}", ["c@1"])   # no replica serves c@1
+        send(r, request, 0)
+        assert request.results[0]["error"]["kind"] == "unavailable"
+    value = r.metrics.registry.get_sample_value(
+        "trimmer_root_model_failures_total",
+        {"model": "c@1", "kind": "unavailable", "reason": "no_replica_in_rotation"})
+    assert value == 3
+    lines = [rec.getMessage() for rec in caplog.records if "c@1" in rec.getMessage()]
+    assert len(lines) == 1 and "no_replica_in_rotation" in lines[0], lines
+    for entry in r._logged.values():   # the window has passed
+        entry[0] -= router_module.FAILURE_LOG_S
+    send(r, open_request(r, "u3", ["c@1"]), 0)
+    lines = [rec.getMessage() for rec in caplog.records if "c@1" in rec.getMessage()]
+    assert len(lines) == 2 and "2 more like it" in lines[1], lines
+    request = open_request(r, "d1", ["b@1"], deadline_s=0.0)
+    send(r, request, 0)
+    r.park(request)
+    r.expire(time.monotonic())
+    assert request.results[0]["error"]["kind"] == "deadline"
+    assert r.metrics.registry.get_sample_value(
+        "trimmer_root_model_failures_total",
+        {"model": "b@1", "kind": "deadline", "reason": "leaf_did_not_answer"}) == 1
