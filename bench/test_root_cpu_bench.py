@@ -49,6 +49,7 @@ from rootproc.featurestore import cli as store_cli
 from rootproc.featurestore import open_feature_store
 from rootproc.featurestore.cache import CachedStore
 from rootproc.preprocess.preprocessor import Preprocessor
+from signatures.repository.module_info import DEFAULT_OUTPUTS, TensorSpec, signature_hash
 from signatures.schema import FeatureSchema
 from tests.support.procs import ManagedProcess, ProcessRunner
 
@@ -84,7 +85,12 @@ def scene(tmp_path_factory):
     models = {f"{m}@1": dense + ragged for m, (dense, ragged) in model_feature_sets(schema).items()}
     keys = sorted(models)
     placement = {"leaf-0": keys[0::2], "leaf-1": keys[1::2]}
-    content = {"models": {k: {"features": v, "signature_hash": ""} for k, v in models.items()},
+    # Each version's signature hash as signatures/ derives it (module_info.json: inputs and
+    # outputs), in the bundle and in the peers' pongs: without it the root trims nothing.
+    hashes = {k: signature_hash([TensorSpec.from_feature(schema[n]) for n in v], DEFAULT_OUTPUTS)
+              for k, v in models.items()}
+    content = {"models": {k: {"features": v, "signature_hash": hashes[k]}
+                          for k, v in models.items()},
                "leaves": {leaf: {"current": ks} for leaf, ks in placement.items()}}
     bundle = {"format": 1, "id": "b-" + hashlib.sha256(json.dumps(content).encode()).hexdigest()[:12],
               "schema_fingerprint": schema.fingerprint, **content}
@@ -94,7 +100,8 @@ def scene(tmp_path_factory):
         leaves = {}
         for leaf, ks in placement.items():
             ep = runner.endpoint(leaf)
-            runner.spawn(leaf, [sys.executable, ECHO_PEER, ep, ",".join(ks)], endpoint=ep,
+            peer_models = ",".join(f"{k}={hashes[k]}" for k in ks)
+            runner.spawn(leaf, [sys.executable, ECHO_PEER, ep, peer_models], endpoint=ep,
                          ipc_paths=[ep[len("ipc://"):]]).wait_ready(30)
             leaves[leaf] = ep
         yield {"base": base, "schema": schema, "models": models, "leaves": leaves,
