@@ -29,6 +29,12 @@ reported side by side (``extra_info``); nothing is asserted, as on this
 kernel built in place), e.g. the code before this work, for its ratio.
 
     .venv/bin/python -m pytest bench/test_root_cpu_bench.py --benchmark-only -s
+
+Quick mode (``TRIMMER_BENCH_QUICK=1``, `make test`; bench/quick.py): 5
+warm-up and 10 measured requests (20 for each threads case). Every request
+must still be ok, without model errors, and every model's batch trimmed; the
+ratio to the floor is reported, not asserted (ten requests at the clock's
+10 ms resolution do not measure it).
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from quick import goals_asserted, knob
 
 import _trim
 from rootproc.client.scoring_client import ScoringClient
@@ -51,10 +58,11 @@ from rootproc.featurestore.cache import CachedStore
 from rootproc.preprocess.preprocessor import Preprocessor
 from signatures.repository.module_info import DEFAULT_OUTPUTS, TensorSpec, signature_hash
 from signatures.schema import FeatureSchema
-from tests.support.procs import ManagedProcess, ProcessRunner
+from tests.support.procs import STARTED_PIDS, ManagedProcess, ProcessRunner
 
 USERS, ITEMS, ROWS = 300, 4000, 256
-WARMUP, REQUESTS = 20, int(os.environ.get("TRIMMER_BENCH_ROOT_REQUESTS", 120))
+WARMUP = knob("TRIMMER_BENCH_ROOT_WARMUP", 20, 5)
+REQUESTS = knob("TRIMMER_BENCH_ROOT_REQUESTS", 120, 10)
 SCALE = float(os.environ.get("TRIMMER_BENCH_ROOT_SCALE", 1.0))
 CHECKOUT = os.environ.get("TRIMMER_BENCH_ROOT_CHECKOUT")
 ECHO_PEER = str(Path(__file__).with_name("echo_peer.py"))
@@ -130,6 +138,7 @@ def spawn_root(scene, transport: str, threads: int = 1):
         proc = ManagedProcess(name, argv, str(base / f"{name}.log"), bind,
                               [bind[len("ipc://"):]], {"PYTHONPATH": CHECKOUT}, cwd=CHECKOUT)
         runner.procs.append(proc)
+        STARTED_PIDS.add(proc.pid)
     else:
         proc = runner.spawn(name, argv, endpoint=bind, ipc_paths=[bind[len("ipc://"):]])
 
@@ -229,7 +238,7 @@ def test_root_cpu_per_request_vs_memory_floor(benchmark, scene, transport):
     benchmark.extra_info.update(info)
     results[transport] = info
     print(f"\n{transport}: {json.dumps(info)}")
-    if transport == "shm" and not CHECKOUT:
+    if transport == "shm" and not CHECKOUT and goals_asserted():
         assert ratio <= GOAL, f"root CPU {cpu_ms:.2f} ms/request is {ratio:.2f}x the floor"
 
 
