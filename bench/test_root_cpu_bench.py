@@ -76,6 +76,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def minor_faults(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
 def requests(n: int, seed: int):
     rng = np.random.default_rng(seed)
     return [(int(rng.integers(USERS)), rng.integers(ITEMS, size=ROWS).tolist()) for _ in range(n)]
@@ -201,13 +206,14 @@ def test_root_cpu_per_request_vs_memory_floor(benchmark, scene, transport):
     local = in_process_stages(scene, reqs)
     root = spawn_root(scene, transport)
     timing: dict[str, list[int]] = {}
-    sent = []
+    sent: list[int] = []
+    faults: list[int] = []
 
     def run() -> float:
         with ScoringClient(root.endpoint, timeout_ms=30_000) as client:
             for user, cands in reqs[:WARMUP]:
                 assert client.score(user, cands).ok
-            cpu0 = cpu_seconds(root.pid)
+            cpu0, faults0 = cpu_seconds(root.pid), minor_faults(root.pid)
             for user, cands in reqs[WARMUP:]:
                 res = client.score(user, cands)
                 assert res.ok and not res.errors, (res.error, res.errors)
@@ -215,6 +221,7 @@ def test_root_cpu_per_request_vs_memory_floor(benchmark, scene, transport):
                 sent.append(sum(r["bytes_sent"] for r in res.results))
                 for stage, us in res.timing_us.items():
                     timing.setdefault(stage, []).append(us)
+            faults.append(minor_faults(root.pid) - faults0)
             return cpu_seconds(root.pid) - cpu0
 
     benchmark.group = "root CPU per request (demo scenario, 256 candidates)"
@@ -234,6 +241,7 @@ def test_root_cpu_per_request_vs_memory_floor(benchmark, scene, transport):
                              if k in ("fetch", "preprocess", "trim")},
             "in_process_cpu_ms": stages,
             "send_and_rest_cpu_ms": round(cpu_ms - sum(stages.values()), 3),
+            "root_minor_faults_per_request": round(faults[0] / REQUESTS),
             "checkout": CHECKOUT or "this one", "load": os.getloadavg()[0]}
     benchmark.extra_info.update(info)
     results[transport] = info
