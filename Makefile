@@ -39,8 +39,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# Then every benchmark once, small (bench/quick.py): a bench that breaks fails the build.
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+	TRIMMER_BENCH_QUICK=1 $(PY) -m pytest bench --benchmark-disable -q $(BENCH_ARGS)
 
 bench: install
 	$(PY) -m pytest bench --benchmark-only $(PYTEST_ARGS)

@@ -11,16 +11,20 @@ ZooKeeper (a standalone server started for the bench; followers are told by
 a watch).
 
 Asserted, for ZooKeeper: every root installs within a second of the write
-(the issue's target; a watch makes delivery independent of any poll period).
-Not part of ``make test``::
+(the issue's target; a watch makes delivery independent of any poll period)::
 
     .venv/bin/python -m pytest bench/test_fleet_bench.py --benchmark-only -s
     TRIMMER_BENCH_FLEET_SIZES=10,50,100 TRIMMER_BENCH_FLEET_ROUNDS=10 ...
+
+Quick mode (``TRIMMER_BENCH_QUICK=1``, `make test`; bench/quick.py): 3 roots,
+one deploy per backend; every root must install it (within the 30 s an
+install is waited for), and the one-second target is reported, not
+asserted: on a loaded 2-core machine starting processes, a second is not a
+verdict.
 """
 from __future__ import annotations
 
 import json
-import os
 import random
 import selectors
 import statistics
@@ -30,12 +34,13 @@ import time
 from pathlib import Path
 
 import pytest
+from quick import goals_asserted, knob
 
 from signatures.bundle import Bundle
 from signatures.configstore import Stages, open_config_store
 
-SIZES = [int(n) for n in os.environ.get("TRIMMER_BENCH_FLEET_SIZES", "10,50").split(",")]
-ROUNDS = int(os.environ.get("TRIMMER_BENCH_FLEET_ROUNDS", "8"))
+SIZES = [int(n) for n in knob("TRIMMER_BENCH_FLEET_SIZES", "10,50", "3").split(",")]
+ROUNDS = knob("TRIMMER_BENCH_FLEET_ROUNDS", 8, 1)
 FEATURES = 300
 MODELS = 12
 ZK_TARGET_S = 1.0
@@ -152,5 +157,5 @@ def test_deploy_reaches_every_root(benchmark, backend, n, zk, schema_path, tmp_p
     print(f"\n{backend}, {n} roots: deploy -> installed p50 {figures['p50_ms']} ms, "
           f"max {figures['max_ms']} ms (all {n} roots: p50 {figures['all_roots_p50_ms']} ms; "
           f"the deploy call itself p50 {figures['deploy_call_p50_ms']} ms)")
-    if backend == "zookeeper":
+    if backend == "zookeeper" and goals_asserted():
         assert worst < ZK_TARGET_S, f"a root installed {worst:.3f} s after the write"

@@ -16,6 +16,10 @@ tests/leaf/test_threads.py, checks the behaviour):
 
 ``TRIMMER_BENCH_LEAF_CHECKOUT=DIR`` runs the leaf from another checkout
 (e.g. the code before the fix) for comparison.
+
+Quick mode (``TRIMMER_BENCH_QUICK=1``, `make test`; bench/quick.py): 2
+warm-up and 3 measured batches per model, each answered ok with a score per
+row; the CPU figure is printed as at full length.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from quick import knob
 
 import _trim
 from rootproc.demo.models import SubsetScorer
@@ -36,9 +41,11 @@ from rootproc.preprocess.preprocessor import Preprocessor
 from signatures.derive.exporter import export
 from signatures.schema import FeatureSchema
 from tests.support.models import spec, write_model
-from tests.support.procs import Client, ManagedProcess, ProcessRunner
+from tests.support.procs import STARTED_PIDS, Client, ManagedProcess, ProcessRunner
 
-ROWS, BATCHES, WARMUP = 256, int(os.environ.get("TRIMMER_BENCH_LEAF_BATCHES", 80)), 10
+ROWS = 256
+BATCHES = knob("TRIMMER_BENCH_LEAF_BATCHES", 80, 3)
+WARMUP = knob("TRIMMER_BENCH_LEAF_WARMUP", 10, 2)
 CHECKOUT = os.environ.get("TRIMMER_BENCH_LEAF_CHECKOUT")
 WIDE = 4096
 
@@ -98,6 +105,7 @@ def leaf(tmp_path_factory):
             proc = ManagedProcess("leaf", argv, str(base / "leaf.log"), endpoint,
                                   [endpoint[len("ipc://"):]], {"PYTHONPATH": CHECKOUT}, cwd=CHECKOUT)
             runner.procs.append(proc)
+            STARTED_PIDS.add(proc.pid)
         else:
             proc = runner.spawn("leaf", argv, endpoint=endpoint, ipc_paths=[endpoint[len("ipc://"):]])
         proc.wait_ready(120)

@@ -10,9 +10,15 @@ Targets, each a ratio against a baseline measured in this run:
            building the views in Python (the leaf's path before; per column, a
            few numpy calls)
   check:   a layout already accepted >= 10x faster than the full check
+
+Quick mode (``TRIMMER_BENCH_QUICK=1 ... --benchmark-disable``, `make test`;
+bench/quick.py): each path runs once per case and must accept the message
+(the kernel's views and the Python ones name the same columns); the ratios
+need timed rounds and are not asserted.
 """
 import numpy as np
 import pytest
+from quick import best_s, goals_asserted
 from scenarios import scenario
 
 import _trim
@@ -43,12 +49,15 @@ def message(request):
 
 def measured(benchmark, case, what, impl, ratio_of=None):
     benchmark.group = f"{case} {what}"
-    best[case, what, impl] = benchmark.stats.stats.min
     benchmark.extra_info["columns"] = case
+    if best_s(benchmark) is None:
+        return   # --benchmark-disable: nothing timed
+    best[case, what, impl] = best_s(benchmark)
     if ratio_of is not None and (case, what, ratio_of) in best:
         ratio = best[case, what, ratio_of] / best[case, what, impl]
         benchmark.extra_info[f"speedup_vs_{ratio_of}"] = round(ratio, 1)
-        assert ratio >= TARGETS[what], f"{case}: {what} {impl} is {ratio:.1f}x {ratio_of}"
+        if goals_asserted():
+            assert ratio >= TARGETS[what], f"{case}: {what} {impl} is {ratio:.1f}x {ratio_of}"
 
 
 def python_views(buf):
@@ -56,8 +65,9 @@ def python_views(buf):
 
 
 def test_decode_python_views(benchmark, message):
-    case, buf, *_ = message
-    benchmark(python_views, buf)
+    case, buf, decoded, _ = message
+    views = benchmark(python_views, buf)
+    assert sorted(views) == sorted(decoded), case
     measured(benchmark, case, "decode", "python_views")
 
 

@@ -19,10 +19,17 @@ their link ceiling); 1.5x leaves room for the CPU side of a busy 2-core
 machine. At 1 Gbit/s trimmed meets the CPU ceiling too, so it is reported,
 not asserted (see bench/RESULTS.md).
 
-Needs root and ``ip netns``; skipped otherwise. Not part of ``make test``::
+Needs root and ``ip netns``; skipped otherwise, saying why (in ``make test``
+too: a CI runner without root skips it)::
 
     sudo .venv/bin/python -m pytest bench/test_network_bench.py --benchmark-only -s
     TRIMMER_BENCH_NET_RATES=100mbit,1gbit TRIMMER_BENCH_NET_REQUESTS=60 ...   # other rates / lengths
+
+Quick mode (``TRIMMER_BENCH_QUICK=1``, `make test`; bench/quick.py): the
+limited rate only, the schema at scale 0.1, 16 candidates, 8 requests per
+mode: every request must be ok without model errors and trimming must cut
+the bytes 1.5x (fixed by the scenario); the throughput ratio is reported,
+not asserted (8 requests do not measure it).
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ from argparse import Namespace
 from pathlib import Path
 
 import pytest
+from quick import goals_asserted, knob
 
 from rootproc.client.health import ping
 from rootproc.client.loadgen import run_load
@@ -46,11 +54,11 @@ from rootproc.demo.scenario import build_scenario
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"remote-leaf bench: {REASON}")
 
-RATES = os.environ.get("TRIMMER_BENCH_NET_RATES", "200mbit,1gbit").split(",")
-SCALE = float(os.environ.get("TRIMMER_BENCH_NET_SCALE", "0.5"))
-CANDIDATES = int(os.environ.get("TRIMMER_BENCH_NET_CANDIDATES", "64"))
-REQUESTS = int(os.environ.get("TRIMMER_BENCH_NET_REQUESTS", "60"))
-CONCURRENCY = int(os.environ.get("TRIMMER_BENCH_NET_CONCURRENCY", "4"))
+RATES = knob("TRIMMER_BENCH_NET_RATES", "200mbit,1gbit", "200mbit").split(",")
+SCALE = knob("TRIMMER_BENCH_NET_SCALE", 0.5, 0.1)
+CANDIDATES = knob("TRIMMER_BENCH_NET_CANDIDATES", 64, 16)
+REQUESTS = knob("TRIMMER_BENCH_NET_REQUESTS", 60, 8)
+CONCURRENCY = knob("TRIMMER_BENCH_NET_CONCURRENCY", 4, 4)
 MODES = {  # name -> (trim, compression); "all" first: the others compare to it
     "all": ("off", "none"), "trimmed": ("on", "none"),
     "all-lz4": ("off", "lz4"), "trimmed-lz4": ("on", "lz4")}
@@ -229,6 +237,8 @@ def test_remote_leaf(benchmark, scenario, remote_leaf, mode):
         benchmark.extra_info.update(speedup_vs_all=round(speedup, 2), bytes_ratio=round(bytes_ratio, 2))
         # The bytes ratio is fixed by the scenario; below 1.5x the premise changed, not the code.
         assert bytes_ratio >= MIN_SPEEDUP, f"trimming saves only {bytes_ratio:.2f}x the bytes here"
-        assert speedup >= MIN_SPEEDUP, (
-            f"at {rate} trimmed does {row['req_per_s']} req/s, {speedup:.2f}x all features "
-            f"({base['req_per_s']} req/s); bytes ratio {bytes_ratio:.2f}x")
+        print(f"trimmed: {speedup:.2f}x the throughput of all features, {bytes_ratio:.2f}x fewer bytes")
+        if goals_asserted():
+            assert speedup >= MIN_SPEEDUP, (
+                f"at {rate} trimmed does {row['req_per_s']} req/s, {speedup:.2f}x all features "
+                f"({base['req_per_s']} req/s); bytes ratio {bytes_ratio:.2f}x")

@@ -29,6 +29,12 @@ reported side by side (``extra_info``); nothing is asserted, as on this
 kernel built in place), e.g. the code before this work, for its ratio.
 
     .venv/bin/python -m pytest bench/test_root_cpu_bench.py --benchmark-only -s
+
+Quick mode (``TRIMMER_BENCH_QUICK=1``, `make test`; bench/quick.py): 5
+warm-up and 10 measured requests (20 for each threads case). Every request
+must still be ok, without model errors, and every model's batch trimmed; the
+ratio to the floor is reported, not asserted (ten requests at the clock's
+10 ms resolution do not measure it).
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from quick import goals_asserted, knob
 
 import _trim
 from rootproc.client.scoring_client import ScoringClient
@@ -49,11 +56,13 @@ from rootproc.featurestore import cli as store_cli
 from rootproc.featurestore import open_feature_store
 from rootproc.featurestore.cache import CachedStore
 from rootproc.preprocess.preprocessor import Preprocessor
+from signatures.repository.module_info import DEFAULT_OUTPUTS, TensorSpec, signature_hash
 from signatures.schema import FeatureSchema
-from tests.support.procs import ManagedProcess, ProcessRunner
+from tests.support.procs import STARTED_PIDS, ManagedProcess, ProcessRunner
 
 USERS, ITEMS, ROWS = 300, 4000, 256
-WARMUP, REQUESTS = 20, int(os.environ.get("TRIMMER_BENCH_ROOT_REQUESTS", 120))
+WARMUP = knob("TRIMMER_BENCH_ROOT_WARMUP", 20, 5)
+REQUESTS = knob("TRIMMER_BENCH_ROOT_REQUESTS", 120, 10)
 SCALE = float(os.environ.get("TRIMMER_BENCH_ROOT_SCALE", 1.0))
 CHECKOUT = os.environ.get("TRIMMER_BENCH_ROOT_CHECKOUT")
 ECHO_PEER = str(Path(__file__).with_name("echo_peer.py"))
@@ -65,6 +74,11 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def minor_faults(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
 
 
 def requests(n: int, seed: int):
@@ -84,7 +98,12 @@ def scene(tmp_path_factory):
     models = {f"{m}@1": dense + ragged for m, (dense, ragged) in model_feature_sets(schema).items()}
     keys = sorted(models)
     placement = {"leaf-0": keys[0::2], "leaf-1": keys[1::2]}
-    content = {"models": {k: {"features": v, "signature_hash": ""} for k, v in models.items()},
+    # Each version's signature hash as signatures/ derives it (module_info.json: inputs and
+    # outputs), in the bundle and in the peers' pongs: without it the root trims nothing.
+    hashes = {k: signature_hash([TensorSpec.from_feature(schema[n]) for n in v], DEFAULT_OUTPUTS)
+              for k, v in models.items()}
+    content = {"models": {k: {"features": v, "signature_hash": hashes[k]}
+                          for k, v in models.items()},
                "leaves": {leaf: {"current": ks} for leaf, ks in placement.items()}}
     bundle = {"format": 1, "id": "b-" + hashlib.sha256(json.dumps(content).encode()).hexdigest()[:12],
               "schema_fingerprint": schema.fingerprint, **content}
@@ -94,7 +113,8 @@ def scene(tmp_path_factory):
         leaves = {}
         for leaf, ks in placement.items():
             ep = runner.endpoint(leaf)
-            runner.spawn(leaf, [sys.executable, ECHO_PEER, ep, ",".join(ks)], endpoint=ep,
+            peer_models = ",".join(f"{k}={hashes[k]}" for k in ks)
+            runner.spawn(leaf, [sys.executable, ECHO_PEER, ep, peer_models], endpoint=ep,
                          ipc_paths=[ep[len("ipc://"):]]).wait_ready(30)
             leaves[leaf] = ep
         yield {"base": base, "schema": schema, "models": models, "leaves": leaves,
@@ -123,6 +143,7 @@ def spawn_root(scene, transport: str, threads: int = 1):
         proc = ManagedProcess(name, argv, str(base / f"{name}.log"), bind,
                               [bind[len("ipc://"):]], {"PYTHONPATH": CHECKOUT}, cwd=CHECKOUT)
         runner.procs.append(proc)
+        STARTED_PIDS.add(proc.pid)
     else:
         proc = runner.spawn(name, argv, endpoint=bind, ipc_paths=[bind[len("ipc://"):]])
 
@@ -185,13 +206,14 @@ def test_root_cpu_per_request_vs_memory_floor(benchmark, scene, transport):
     local = in_process_stages(scene, reqs)
     root = spawn_root(scene, transport)
     timing: dict[str, list[int]] = {}
-    sent = []
+    sent: list[int] = []
+    faults: list[int] = []
 
     def run() -> float:
         with ScoringClient(root.endpoint, timeout_ms=30_000) as client:
             for user, cands in reqs[:WARMUP]:
                 assert client.score(user, cands).ok
-            cpu0 = cpu_seconds(root.pid)
+            cpu0, faults0 = cpu_seconds(root.pid), minor_faults(root.pid)
             for user, cands in reqs[WARMUP:]:
                 res = client.score(user, cands)
                 assert res.ok and not res.errors, (res.error, res.errors)
@@ -199,6 +221,7 @@ def test_root_cpu_per_request_vs_memory_floor(benchmark, scene, transport):
                 sent.append(sum(r["bytes_sent"] for r in res.results))
                 for stage, us in res.timing_us.items():
                     timing.setdefault(stage, []).append(us)
+            faults.append(minor_faults(root.pid) - faults0)
             return cpu_seconds(root.pid) - cpu0
 
     benchmark.group = "root CPU per request (demo scenario, 256 candidates)"
@@ -218,11 +241,12 @@ def test_root_cpu_per_request_vs_memory_floor(benchmark, scene, transport):
                              if k in ("fetch", "preprocess", "trim")},
             "in_process_cpu_ms": stages,
             "send_and_rest_cpu_ms": round(cpu_ms - sum(stages.values()), 3),
+            "root_minor_faults_per_request": round(faults[0] / REQUESTS),
             "checkout": CHECKOUT or "this one", "load": os.getloadavg()[0]}
     benchmark.extra_info.update(info)
     results[transport] = info
     print(f"\n{transport}: {json.dumps(info)}")
-    if transport == "shm" and not CHECKOUT:
+    if transport == "shm" and not CHECKOUT and goals_asserted():
         assert ratio <= GOAL, f"root CPU {cpu_ms:.2f} ms/request is {ratio:.2f}x the floor"
 
 

@@ -20,6 +20,12 @@ syncing it, no records made. Asserted: LMDB >= ``LOAD_SPEEDUP``x the load
 before (issue 17 asks 5x). Records/s for both backends in ``extra_info``.
 
     .venv/bin/python -m pytest bench/test_store_bench.py --benchmark-only
+
+Quick mode (``TRIMMER_BENCH_QUICK=1 ... --benchmark-disable``, `make test`;
+bench/quick.py): stores of 200 users and 2,000 candidates, 20 fetches a
+case (each must find its records), the loads at 200 users and 1,000
+candidates, once each. The latency and load ratios are reported where timed,
+not asserted: they need full-size stores and timed rounds.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ import numpy as np
 import pytest
 import redis
 import store_baseline
+from quick import best_s, goals_asserted, knob, samples_s
 
 from rootproc.demo.schema_gen import demo_schema
 from rootproc.featurestore import cli as store_cli
@@ -40,7 +47,13 @@ from rootproc.featurestore.cache import CachedStore
 from signatures.schema import FeatureSchema
 from tests.featurestore.redis_server import RedisServer
 
-USERS, CANDIDATES, ROWS, ROUNDS = 2000, 20_000, 256, 400
+USERS = knob("TRIMMER_BENCH_STORE_USERS", 2000, 200)
+CANDIDATES = knob("TRIMMER_BENCH_STORE_CANDIDATES", 20_000, 2000)
+ROWS = 256
+ROUNDS = knob("TRIMMER_BENCH_STORE_ROUNDS", 400, 20)
+# The load cases' store: the demo's full schema at these counts.
+LOAD_USERS = knob("TRIMMER_BENCH_STORE_LOAD_USERS", 5000, 200)
+LOAD_CANDIDATES = knob("TRIMMER_BENCH_STORE_LOAD_CANDIDATES", 20_000, 1000)
 FEAST_P99_MS = 1.5     # Feast, "Serving features in milliseconds" (2022): Redis, 250 features
 p50s: dict = {}
 
@@ -69,7 +82,9 @@ def requests(n: int):
 
 
 def record(benchmark, key: str) -> None:
-    data = np.array(benchmark.stats.stats.data) * 1000
+    if not samples_s(benchmark):
+        return   # --benchmark-disable: nothing timed
+    data = np.array(samples_s(benchmark)) * 1000
     p50, p99 = float(np.percentile(data, 50)), float(np.percentile(data, 99))
     p50s[key] = p50
     benchmark.extra_info.update(p50_ms=round(p50, 3), p99_ms=round(p99, 3),
@@ -97,10 +112,11 @@ def test_fetch(benchmark, stores, backend, cache):
         benchmark.group = "fetch: 1 user + 256 candidates"
         benchmark.pedantic(one, rounds=ROUNDS, iterations=1)
         record(benchmark, f"{backend} {cache}")
-    if cache == "on" and f"{backend} off" in p50s:   # Redis
+    if cache == "on" and f"{backend} off" in p50s and f"{backend} on" in p50s:   # Redis
         ratio = p50s[f"{backend} on"] / p50s[f"{backend} off"]
         benchmark.extra_info["p50_vs_uncached"] = round(ratio, 3)
-        assert ratio < 0.25, ratio
+        if goals_asserted():
+            assert ratio < 0.25, ratio
 
 
 def test_fetch_floor_plain_mget(benchmark, stores, server):
@@ -119,10 +135,11 @@ def test_fetch_floor_plain_mget(benchmark, stores, server):
     benchmark.pedantic(one, rounds=ROUNDS, iterations=1)
     record(benchmark, "floor")
     client.close()
-    if "redis off" in p50s:
+    if "redis off" in p50s and "floor" in p50s:
         ratio = p50s["redis off"] / p50s["floor"]
         benchmark.extra_info["redis_fetch_vs_floor"] = round(ratio, 3)
-        assert ratio < 1.3, ratio
+        if goals_asserted():
+            assert ratio < 1.3, ratio
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +163,7 @@ def write_file(path: str, nbytes: int) -> None:
 
 @pytest.mark.parametrize("how", ["before", "lmdb", "floor", "redis"])
 def test_load_demo_store(benchmark, demo_schema_path, server, tmp_path, how):
-    counts = {"user": 5000, "candidate": 20_000}
+    counts = {"user": LOAD_USERS, "candidate": LOAD_CANDIDATES}
     addresses: list[str] = []
     if how == "floor" and "lmdb_nbytes" not in loads:
         pytest.skip("the floor writes as many bytes as the LMDB case's store has")
@@ -172,19 +189,19 @@ def test_load_demo_store(benchmark, demo_schema_path, server, tmp_path, how):
             write_file(address, loads["lmdb_nbytes"])
         else:
             assert store_cli.main(["synth", "--feature-store", address, "--schema",
-                                   str(demo_schema_path), "--users", "5000", "--candidates",
-                                   "20000", "--no-progress"]) == 0
+                                   str(demo_schema_path), "--users", str(LOAD_USERS),
+                                   "--candidates", str(LOAD_CANDIDATES), "--no-progress"]) == 0
         seconds = time.perf_counter() - t0
         if how == "lmdb":
             loads["lmdb_nbytes"] = os.path.getsize(os.path.join(address, "data.mdb"))
         return seconds
 
-    benchmark.group = "load: the demo's store (5,000 users, 20,000 candidates)"
-    benchmark.pedantic(run, setup=setup, rounds=2, iterations=1)
-    seconds = benchmark.stats.stats.min
+    benchmark.group = f"load: the demo's store ({LOAD_USERS:,} users, {LOAD_CANDIDATES:,} candidates)"
+    once = benchmark.pedantic(run, setup=setup, rounds=2, iterations=1)
+    seconds = best_s(benchmark) or once
     loads[how] = seconds
     benchmark.extra_info.update(seconds=round(seconds, 2),
-                                rounds_s=[round(x, 2) for x in benchmark.stats.stats.data])
+                                rounds_s=[round(x, 2) for x in samples_s(benchmark) or [once]])
     if how != "floor":
         benchmark.extra_info["records_per_s"] = round(sum(counts.values()) / seconds)
     if how == "floor":
@@ -193,4 +210,6 @@ def test_load_demo_store(benchmark, demo_schema_path, server, tmp_path, how):
     if how == "lmdb" and "before" in loads:
         speedup = loads["before"] / seconds
         benchmark.extra_info.update(speedup_vs_before=round(speedup, 2), goal=5)
-        assert speedup >= LOAD_SPEEDUP, f"{speedup:.2f}x"
+        print(f"\nload: LMDB {speedup:.2f}x the load before")
+        if goals_asserted():
+            assert speedup >= LOAD_SPEEDUP, f"{speedup:.2f}x"
