@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from floor import memcpy_seconds
 from quick import goals_asserted, knob
 
 import _trim
@@ -155,17 +156,6 @@ def spawn_root(scene, transport: str, threads: int = 1):
     return proc
 
 
-def floor_seconds(nbytes: int) -> float:
-    src = np.ones(nbytes, np.uint8)
-    dst = np.zeros(nbytes, np.uint8)
-    best = float("inf")
-    for _ in range(30):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def in_process_stages(scene, reqs) -> dict:
     """fetch / preprocess / trim CPU (thread time, ms) with the root's own code."""
     schema, models = scene["schema"], scene["models"]
@@ -229,7 +219,7 @@ def test_root_cpu_per_request_vs_memory_floor(benchmark, scene, transport):
     root.stop()
     cpu_ms = 1000 * cpu / REQUESTS
     moved = local["raw_nbytes"] + local["batch_nbytes"] + float(np.mean(sent))
-    floor_ms = 1000 * floor_seconds(int(moved))
+    floor_ms = 1000 * memcpy_seconds(int(moved))
     ratio = cpu_ms / floor_ms
     stages = local["stages_cpu_ms"]
     info = {"root_cpu_ms_per_request": round(cpu_ms, 3), "floor_ms": round(floor_ms, 3),

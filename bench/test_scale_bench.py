@@ -37,11 +37,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from floor import memcpy_seconds
 from quick import QUICK, knob
 
 from rootproc.featurestore import open_feature_store
@@ -86,17 +85,6 @@ def memory_needed(scale: float, cands: int, models: int) -> int:
     return int(CONCURRENCY * batch * (1 + 2 * models))
 
 
-def floor_ms(nbytes: int) -> float:
-    src = np.ones(nbytes, np.uint8)
-    dst = np.zeros(nbytes, np.uint8)
-    best = float("inf")
-    for _ in range(10):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t0)
-    return 1000 * best
-
-
 def bytes_read_and_built(run_dir: Path, cands: int) -> dict[str, tuple[int, int]]:
     """Per mode kind ("all", "trimmed"): the raw record bytes one request
     reads and the batch bytes it builds, with the root's own code."""
@@ -138,7 +126,7 @@ def measure_point(run_dir: Path, scale: float, cands: int, models: int) -> list[
     for r in measured:
         raw, batch = moved["all" if r["mode"] == "all" else "trimmed"]
         messages = r["wire_bytes"] / max(1, r["ok"])
-        floor = floor_ms(int(raw + batch + messages))
+        floor = 1000 * memcpy_seconds(int(raw + batch + messages), repeats=10)
         rows.append({
             "features": n_features, "scale": scale, "candidates": cands,
             "models": models, "mode": r["mode"], "requests": r["requests"], "ok": r["ok"],
