@@ -46,6 +46,7 @@ from _trim.transport.protocol import (
     LEAF_ERROR,
     OVERLOADED,
     SHUTTING_DOWN,
+    TOO_LARGE,
     UNAVAILABLE,
     ProtocolError,
     check_header,
@@ -134,7 +135,8 @@ class Router:
             return
         fitting = self.sizes.fitting(links, model.nbytes)
         if not fitting:
-            result["error"] = self.sizes.too_large(model.key, model.nbytes, links)
+            error = self.sizes.too_large(model.key, model.nbytes, links)
+            self._failed(result, TOO_LARGE, "over_leaf_limit", error["message"], error)
             return
         links = fitting
         if len(links) > 1:

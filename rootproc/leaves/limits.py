@@ -6,18 +6,15 @@ takes, as a frame, decompressed (LZ4) or in a shared-memory slot (rule
 connection of a peer that sends a larger frame, so nothing would ever
 answer such a request: the root sends a replica no message larger than it
 advertised, and when no replica of a model takes the message, that model's
-result is ``too_large`` at once, naming the limit and the size, logged
-(once per leaf, model and limit) and counted
-(``trimmer_root_too_large_total{leaf,model}``). A leaf that advertises
-nothing (an older one) is sent any size, as before.
+result is ``too_large`` at once, naming the limit and the size, counted
+(``trimmer_root_too_large_total{leaf,model}``) and, as every failure the
+root makes itself, logged by the router (rootproc/router.py, reason
+``over_leaf_limit``). A leaf that advertises nothing (an older one) is sent
+any size, as before.
 """
 from __future__ import annotations
 
-import logging
-
 from _trim.transport.protocol import TOO_LARGE
-
-log = logging.getLogger("rootproc")
 
 MAX_LIMIT = (1 << 63) - 1
 
@@ -39,11 +36,10 @@ def fits(link, nbytes: int) -> bool:
 
 class SizeGate:
     """The replicas a model's message may go to, by size, and the
-    ``too_large`` result when it fits none (logged and counted)."""
+    ``too_large`` result when it fits none (counted)."""
 
     def __init__(self, counter=None):
         self.counter = counter      # trimmer_root_too_large_total{leaf,model}, or None
-        self._logged: set = set()   # (leaf, model, limit) said once
 
     def fitting(self, links, nbytes: int) -> list:
         return [link for link in links if fits(link, nbytes)]
@@ -54,13 +50,6 @@ class SizeGate:
         limit = link.max_message_bytes
         if self.counter is not None:
             self.counter.labels(link.name, key).inc()
-        said = (link.name, key, limit)
-        if said not in self._logged:
-            self._logged.add(said)
-            log.warning("leaf %s (%s): a %d-byte batch message of %s is over the %d bytes it "
-                        "accepts: answered too_large, not sent (said once per leaf, model and "
-                        "limit; counted in trimmer_root_too_large_total)", link.name,
-                        link.endpoint, nbytes, key, limit)
         return {"kind": TOO_LARGE,
                 "message": f"the batch message of {key} is {nbytes} bytes, above the {limit} "
                            f"bytes leaf {link.name} accepts (its max_message_bytes): "
