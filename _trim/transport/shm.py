@@ -21,7 +21,7 @@ import os
 import re
 import secrets
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from pathlib import Path
 from stat import S_IMODE, S_ISREG, S_IWGRP, S_IWOTH
 
@@ -103,22 +103,34 @@ def ipc_peer_uid(peer_address: str | None) -> int | None:
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 
-def _populate_for_writing(mapped: mmap.mmap) -> None:
-    """Map every page of ``mapped`` writable now. posix_fallocate reserved
-    the pages but this process has no page-table entries for them yet, so
-    the first write into each 4 KiB page of a slot would fault (write faults
-    get no fault-around): ~3 ms for a fresh 8 MiB slot on tmpfs, paid by
-    the first requests through it. An older kernel refuses the advice, and
+def _populate_for_writing(mapped: mmap.mmap, start: int, length: int) -> None:
+    """Map the pages of ``mapped[start:start+length]`` writable now.
+    posix_fallocate reserved them but this process has no page-table entries
+    for them yet, so the first write into each 4 KiB page would fault (write
+    faults get no fault-around): ~3 ms for a fresh 8 MiB slot on tmpfs, paid
+    by the first request through it. An older kernel refuses the advice, and
     the pages then fault on first use as before."""
     try:
-        mapped.madvise(MADV_POPULATE_WRITE)
+        mapped.madvise(MADV_POPULATE_WRITE, start, length)
     except OSError:
         pass
 
 
 class SlotRing:
     """Writer side: a segment of ``n_slots`` slots of ``slot_nbytes`` each.
-    Its pages are mapped when it is made (`_populate_for_writing`)."""
+    The file is sparse: a slot's pages are reserved and mapped the first time
+    a run uses it (`_reserve`), so the ring costs memory for the slots used
+    so far, at most its size.
+
+    A message larger than a slot takes a **run** of contiguous slots: it is
+    held, and released, by its first slot's index. A run never wraps past
+    the segment's end (the leaf reads one range). Each acquire is one scan of
+    the slots (C-speed `bytearray.find` over the busy map): the smallest free
+    extent that fits (the big ones stay whole for big messages), at the edge
+    nearest its most recently freed slot (the warmest pages and cache lines:
+    a gather into the slot freed last took 0.49 ms where cycling through 16
+    took 0.79), so a steady stream of same-sized messages keeps reusing the
+    same runs."""
 
     def __init__(self, label: str, slot_nbytes: int, n_slots: int, directory: Path | None = None):
         if slot_nbytes <= 0 or n_slots <= 0:
@@ -143,51 +155,130 @@ class SlotRing:
                 f"lower the slot size or count, or enlarge {self.directory}")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            # posix_fallocate reserves the pages now, so a full /dev/shm fails
-            # here with a clear error instead of SIGBUS on first write.
-            os.posix_fallocate(fd, 0, self.nbytes)
+            # Sparse: tmpfs pages cost memory once reserved, which `_reserve`
+            # does for a run when it is first used.
+            os.ftruncate(fd, self.nbytes)
             self._map = mmap.mmap(fd, self.nbytes)
         except OSError as exc:
             os.close(fd)
             self.path.unlink(missing_ok=True)
             raise ShmUnavailable(f"cannot allocate {self.nbytes} bytes in {self.directory}: {exc}") from None
-        os.close(fd)
-        _populate_for_writing(self._map)
+        self._fd = fd
         self._view = memoryview(self._map)
-        self._free = deque(range(n_slots))
+        self._ready = bytearray(n_slots)    # 1 where the slot's pages are reserved and mapped
+        self._busy = bytearray(n_slots)     # 1 where a held run covers the slot
+        self._runs: dict[int, int] = {}     # first slot of each held run -> its length
+        self._stamp = [0] * n_slots         # when each slot was last freed (higher: warmer)
+        self._clock = 0
+        self._held = 0
         self._cond = threading.Condition()
         self._closed = False
 
-    def acquire(self, timeout: float = 0.0) -> int | None:
-        """A free slot index, or None if none frees up within ``timeout`` seconds."""
+    def slots_for(self, nbytes: int) -> int:
+        """How many contiguous slots a message of ``nbytes`` takes."""
+        return max(1, -(-nbytes // self.slot_nbytes))
+
+    def acquire(self, timeout: float = 0.0, count: int = 1) -> int | None:
+        """The first slot of a run of ``count`` contiguous free slots, or None
+        if none frees up within ``timeout`` seconds (never for a run longer
+        than the ring)."""
+        if count < 1:
+            raise ValueError(f"a run is at least one slot, got {count}")
         with self._cond:
-            if not self._free and timeout > 0:
-                self._cond.wait_for(lambda: self._free or self._closed, timeout)
-            if self._closed or not self._free:
+            start = self._find(count)
+            if start is None and timeout > 0 and count <= self.n_slots:
+                self._cond.wait_for(lambda: self._closed or self._find(count) is not None, timeout)
+                start = self._find(count)
+            if self._closed or start is None:
                 return None
-            # The slot freed last: its pages and cache lines are the warmest (a
-            # gather into it took 0.49 ms where cycling through 16 took 0.79).
-            return self._free.pop()
+            if self._ready.find(0, start, start + count) >= 0:
+                self._reserve(start, count)
+            self._busy[start:start + count] = b"\x01" * count
+            self._runs[start] = count
+            self._held += count
+            return start
+
+    def _reserve(self, start: int, count: int) -> None:
+        """Reserve and map the pages of slots ``start..start+count`` (lock
+        held), the first time they are used: posix_fallocate, so that a full
+        /dev/shm is a clear ShmUnavailable here instead of SIGBUS on the first
+        write, and `_populate_for_writing`."""
+        lo, hi = start * self.slot_nbytes, (start + count) * self.slot_nbytes
+        try:
+            os.posix_fallocate(self._fd, lo, hi - lo)
+        except OSError as exc:
+            raise ShmUnavailable(f"cannot reserve {hi - lo} bytes of {self.path} for slots "
+                                 f"{start}..{start + count - 1}: {exc.strerror}") from None
+        page = lo - lo % mmap.PAGESIZE
+        _populate_for_writing(self._map, page, hi - page)
+        self._ready[start:start + count] = b"\x01" * count
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Bytes of the ring reserved so far (what it costs in memory)."""
+        return self._ready.count(1) * self.slot_nbytes
+
+    def _find(self, count: int) -> int | None:
+        """Where a run of ``count`` goes now (lock held), or None."""
+        if self._closed or count > self.n_slots - self._held:
+            return None
+        busy, n = self._busy, self.n_slots
+        best: tuple[int, int] | None = None   # (extent length, -warmth)
+        where = None
+        i = busy.find(0)
+        while 0 <= i < n:
+            j = busy.find(1, i)
+            if j < 0:
+                j = n
+            length = j - i
+            if length >= count and (best is None or length <= best[0]):
+                stamps = self._stamp[i:j]
+                warmth = max(stamps)
+                if best is None or (length, -warmth) < best:
+                    best = (length, -warmth)
+                    warm_at = i + stamps.index(warmth)
+                    # the edge of the extent nearer its warmest slot: an extent
+                    # is never split in two
+                    where = j - count if warm_at - i > j - 1 - warm_at else i
+                    if length == count and warmth == self._clock:
+                        break   # the run freed last, exactly: nothing beats it
+            i = busy.find(0, j)
+        return where
 
     def release(self, slot: int) -> None:
+        """Free the run that starts at ``slot`` (all of its slots)."""
         with self._cond:
-            if not 0 <= slot < self.n_slots:
-                raise ValueError(f"slot {slot} is not in this ring")
-            self._free.append(slot)
-            self._cond.notify()
+            count = self._runs.pop(slot, None)
+            if count is None:
+                raise ValueError(f"slot {slot} does not start a held run of this ring")
+            self._busy[slot:slot + count] = bytes(count)
+            self._clock += 1
+            self._stamp[slot:slot + count] = [self._clock] * count
+            self._held -= count
+            self._cond.notify_all()   # waiters want runs of different lengths
+
+    def run_length(self, slot: int) -> int:
+        """Slots in the held run that starts at ``slot`` (0: none starts there)."""
+        return self._runs.get(slot, 0)
 
     @property
     def free_slots(self) -> int:
-        return len(self._free)
+        return self.n_slots - self._held
+
+    @property
+    def held_slots(self) -> int:
+        return self._held
 
     def slot(self, slot: int) -> memoryview:
-        """Writable view of one slot."""
+        """Writable view of the held run that starts at ``slot`` (one slot
+        where none starts there)."""
         start = slot * self.slot_nbytes
-        return self._view[start:start + self.slot_nbytes]
+        return self._view[start:start + max(1, self._runs.get(slot, 1)) * self.slot_nbytes]
 
     def descriptor(self, slot: int, nbytes: int) -> dict:
-        if nbytes > self.slot_nbytes:
-            raise ValueError(f"{nbytes} bytes do not fit a {self.slot_nbytes}-byte slot")
+        room = max(1, self._runs.get(slot, 1)) * self.slot_nbytes
+        if nbytes > room:
+            raise ValueError(f"{nbytes} bytes do not fit the {room} bytes at slot {slot}")
         return {"segment": self.name, "size": self.nbytes,
                 "offset": slot * self.slot_nbytes, "nbytes": nbytes, "slot": slot}
 
@@ -203,6 +294,7 @@ class SlotRing:
             self._map.close()
         except BufferError:
             pass  # a view is still alive somewhere; the mapping goes with the process
+        os.close(self._fd)
         self.path.unlink(missing_ok=True)
 
     def __enter__(self):

@@ -15,9 +15,12 @@ frame. The zmq messages are the only synchronisation:
   pong) are tagged with the next pid learnt: a restarted leaf needs seconds
   to bind, far more than a tick, so they went to the successor.
 
-A batch larger than a slot, or no slot freeing up within ``wait_ms``
-(meanwhile the link's replies are read, since only they free slots), goes
-over the socket as usual and counts in ``trimmer_root_shm_fallback_total``.
+A batch larger than a slot takes a run of contiguous slots (`SlotRing`),
+held and freed as one. A batch larger than the whole ring (``too_large``), no
+run freeing up within ``wait_ms`` (``no_slot``; meanwhile the link's replies
+are read, since only they free slots), or a /dev/shm too full to reserve a
+run's pages on first use (``no_memory``) goes over the socket as usual and
+counts in ``trimmer_root_shm_fallback_total``, logged rate-limited.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import time
 from prometheus_client import Counter, Gauge
 
 import _trim
+from _trim.errors import ShmUnavailable
 from _trim.transport.process import pid_alive
 from _trim.transport.shm import SlotRing
 from rootproc.settings import ShmSettings
@@ -62,41 +66,58 @@ class ShmChannel:
         ``mid``; its descriptor, or None when the caller must send over the
         socket. ``read_replies(timeout_s)`` reads the link's replies while
         waiting for a slot: only they free one."""
-        if nbytes > self.ring.slot_nbytes:
-            self._fallback("too_large", f"a {nbytes}-byte batch of {what} is larger than a "
-                                        f"shared-memory slot ({self.ring.slot_nbytes} bytes)")
+        ring = self.ring
+        if nbytes > ring.nbytes:
+            self._fallback("too_large", f"a {nbytes}-byte batch of {what} is larger than the "
+                                        f"shared-memory ring ({ring.n_slots} slots of "
+                                        f"{ring.slot_nbytes} bytes)")
             return None
-        slot = self.ring.acquire()
-        if slot is None and self.wait_s > 0:
-            deadline = time.monotonic() + self.wait_s
-            while slot is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                if read_replies is not None:
-                    read_replies(left)
-                    slot = self.ring.acquire()
-                else:
-                    slot = self.ring.acquire(timeout=left)
+        count = ring.slots_for(nbytes)
+        try:
+            slot = ring.acquire(count=count)
+            if slot is None and self.wait_s > 0:
+                deadline = time.monotonic() + self.wait_s
+                while slot is None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    if read_replies is not None:
+                        read_replies(left)
+                        slot = ring.acquire(count=count)
+                    else:
+                        slot = ring.acquire(timeout=left, count=count)
+        except ShmUnavailable as exc:   # /dev/shm too full to reserve the run's pages
+            self._fallback("no_memory", f"{exc} (a batch of {what})")
+            return None
         if slot is None:
-            self._fallback("no_slot", f"no shared-memory slot of {self.ring.n_slots} came free "
-                                      f"within {self.wait_s * 1000:g} ms for a batch of {what}")
+            run = f"{count} contiguous slots" if count > 1 else "a slot"
+            self._fallback("no_slot", f"no shared-memory run of {run} (of {ring.n_slots}, "
+                                      f"{ring.free_slots} free) came free within "
+                                      f"{self.wait_s * 1000:g} ms for a {nbytes}-byte batch "
+                                      f"of {what}")
             return None
         try:
-            written = _trim.encode_into(plan, batch, self.ring.slot(slot))
+            written = _trim.encode_into(plan, batch, ring.slot(slot))
         except BaseException:
-            self.ring.release(slot)
+            ring.release(slot)
             raise
         self.held[mid] = (slot, self.leaf_pid)
-        return self.ring.descriptor(slot, written)
+        return ring.descriptor(slot, written)
 
-    def replied(self, mid) -> bool:
-        """The leaf answered ``mid``: its slot is free again."""
+    def replied(self, mid) -> int:
+        """The leaf answered ``mid``: its run of slots is free again. Returns
+        how many slots that freed (0: ``mid`` held none)."""
         entry = self.held.pop(mid, None)
         if entry is None:
-            return False
+            return 0
+        count = self.ring.run_length(entry[0])
         self.ring.release(entry[0])
-        return True
+        return count
+
+    @property
+    def held_slots(self) -> int:
+        """Slots the leaf may still be reading (every slot of each held run)."""
+        return self.ring.held_slots
 
     def unsent(self, mid: str) -> None:
         """The request naming the slot never left: nobody reads it."""
@@ -104,7 +125,8 @@ class ShmChannel:
 
     def check_leaf(self, pid) -> int:
         """Called each health tick with the pid the leaf last reported; reclaims
-        the slots held by leaf processes that are gone. Returns how many."""
+        the slots held by leaf processes that are gone. Returns how many
+        slots (a run counts each of its slots)."""
         if pid in self._dead or (pid is not None and not pid_alive(pid)):
             self._dead.add(pid)
             pid = None  # no live leaf known: what is sent now goes to its successor
@@ -114,10 +136,11 @@ class ShmChannel:
                          for mid, (slot, owner) in self.held.items()}
         dead = [mid for mid, (_, owner) in self.held.items()
                 if owner is not None and (owner in self._dead or not pid_alive(owner))]
+        freed = 0
         for mid in dead:
             self._dead.add(self.held[mid][1])
-            self.replied(mid)
-        return len(dead)
+            freed += self.replied(mid)
+        return freed
 
     def _fallback(self, reason: str, why: str) -> None:
         """Counted always; logged the first time, then at most once per
@@ -175,12 +198,12 @@ class ShmLinks:
         if ch is None:
             return {"transport": "socket"}
         return {"transport": "shm", "shm": {"slots": ch.ring.n_slots, "slot_bytes": ch.ring.slot_nbytes,
-                                            "held": len(ch.held)}}
+                                            "held": ch.held_slots}}
 
     def holds(self, link) -> int:
         """Slots the leaf of ``link`` may still be reading."""
         ch = self.channels.get(link)
-        return 0 if ch is None else len(ch.held)
+        return 0 if ch is None else ch.held_slots
 
     def remove(self, link) -> None:
         """Release ``link``'s ring (a retired link): its leaf reads no slot any more,
@@ -212,7 +235,7 @@ class ShmLinks:
             if n and self.reclaimed_total is not None:
                 self.reclaimed_total.labels(link.name).inc(n)
             if self.held_slots is not None:
-                self.held_slots.labels(link.name).set(len(ch.held))
+                self.held_slots.labels(link.name).set(ch.held_slots)
 
     def close(self) -> None:
         for ch in self.channels.values():

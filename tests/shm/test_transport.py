@@ -51,9 +51,32 @@ def test_scores_equal_the_socket_path_and_the_ring_goes_on_exit(world, leaves, p
     assert not os.path.exists(bind)
 
 
-def test_oversize_batches_fall_back_to_the_socket(world, leaves, process_runner):
+def test_batches_larger_than_a_slot_span_contiguous_slots(world, leaves, process_runner):
+    """The leaf takes any range within the segment: a batch over one slot
+    goes through shared memory in a run of slots, scored as over the socket."""
     port = free_tcp_port()
-    shm_root(process_runner, world, leaves, port=port, shm={"slot_bytes": 256})
+    shm = shm_root(process_runner, world, leaves, port=port, name="root-runs",
+                   shm={"slot_bytes": 256, "slots": 4096})
+    sock = spawn_root(process_runner, world, leaves, name="root-sock")
+    with ScoringClient(shm.endpoint) as a, ScoringClient(sock.endpoint) as b:
+        for seed in range(3):
+            user, cands = request_ids(seed)
+            ra, rb = a.score(user, cands), b.score(user, cands)
+            assert ra.ok and rb.ok and not ra.errors and not rb.errors, (ra.errors, rb.errors)
+            for r in ra.results:
+                assert r["transport"] == "shm" and r["bytes_sent"] > 256, r
+            for key in MODELS:
+                np.testing.assert_array_equal(ra.scores[key], rb.scores[key], err_msg=key)
+    assert metric(port, "trimmer_root_shm_fallback_total") == 0
+    assert metric(port, "trimmer_root_shm_sent_total") == 3 * len(MODELS)
+    links = {link["leaf"]: link for link in ping(shm.endpoint, timeout=5)["leaves"]}
+    assert all(link["shm"]["held"] == 0 for link in links.values()), links   # every run came back
+    assert "sent over the socket" not in shm.log()
+
+
+def test_batches_larger_than_the_ring_fall_back_to_the_socket(world, leaves, process_runner):
+    port = free_tcp_port()
+    shm_root(process_runner, world, leaves, port=port, shm={"slot_bytes": 256, "slots": 2})
     root = process_runner.procs[-1]
     with ScoringClient(root.endpoint) as client:
         user, cands = request_ids(1)
@@ -61,10 +84,10 @@ def test_oversize_batches_fall_back_to_the_socket(world, leaves, process_runner)
         assert res.ok and not res.errors and "transport" not in res.results[0]
     assert metric(port, "trimmer_root_shm_fallback_total", reason="too_large") == 1
     assert metric(port, "trimmer_root_shm_sent_total") == 0
-    # Never silent: the log says which link, how big the batch and the slot were.
-    assert re.search(r"leaf leaf-0 \(ipc://[^)]*\): a \d+-byte batch of ctr@3 is larger than a "
-                     r"shared-memory slot \(256 bytes\): sent over the socket", root.log()), \
-        root.log()
+    # Never silent: the log says which link, how big the batch and the ring were.
+    assert re.search(r"leaf leaf-0 \(ipc://[^)]*\): a \d+-byte batch of ctr@3 is larger than the "
+                     r"shared-memory ring \(2 slots of 256 bytes\): sent over the socket",
+                     root.log()), root.log()
 
 
 def test_no_free_slot_falls_back_and_slots_come_back(world, leaves, process_runner):

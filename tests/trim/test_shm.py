@@ -119,3 +119,73 @@ def test_a_fresh_ring_is_mapped_up_front_so_no_request_pays_first_touch_faults(s
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
         del slot
     assert faults < nbytes // 4096 // 10, f"{faults} page faults writing a fresh {nbytes}-byte slot"
+
+
+def test_a_message_larger_than_a_slot_takes_a_run_of_contiguous_slots(shm_dir):
+    """The run is held and freed by its first slot; the descriptor names its
+    start and the message's size; the reader sees one contiguous range."""
+    reader = SegmentReader(shm_dir)
+    with SlotRing("x", 64, 8, shm_dir) as ring:
+        assert ring.slots_for(1) == 1 and ring.slots_for(64) == 1 and ring.slots_for(65) == 2
+        one = ring.acquire()
+        run = ring.acquire(count=3)
+        assert ring.held_slots == 4 and ring.free_slots == 4 and ring.run_length(run) == 3
+        assert len(ring.slot(run)) == 3 * 64
+        data = np.arange(150, dtype=np.uint8)
+        np.frombuffer(ring.slot(run), np.uint8)[:150] = data
+        desc = ring.descriptor(run, 150)
+        assert desc["offset"] == run * 64 and desc["nbytes"] == 150 and desc["slot"] == run
+        assert bytes(reader.view(desc)) == data.tobytes()
+        with pytest.raises(ValueError, match="do not fit the 192 bytes"):
+            ring.descriptor(run, 193)
+        with pytest.raises(ValueError, match="does not start a held run"):
+            ring.release(run + 1)   # a slot inside a run is not the run
+        ring.release(run)
+        assert ring.held_slots == 1 and ring.run_length(run) == 0
+        with pytest.raises(ValueError, match="does not start a held run"):
+            ring.release(run)        # freed twice
+        ring.release(one)
+        assert ring.free_slots == 8
+        assert ring.acquire(count=9) is None                 # larger than the ring: never
+        assert ring.acquire(timeout=0.01, count=9) is None
+        assert ring.acquire(count=8) == 0                    # the whole ring is one run
+        reader.close()
+
+
+def test_runs_never_wrap_and_out_of_order_frees_merge_back(shm_dir):
+    with SlotRing("x", 64, 8, shm_dir) as ring:
+        runs = [ring.acquire(count=2) for _ in range(4)]
+        assert sorted(runs) == [0, 2, 4, 6] and ring.acquire() is None
+        ring.release(runs[runs.index(6)])      # free: slots 6-7 (the end of the segment)
+        ring.release(runs[runs.index(0)])      # free: 0-1
+        # 4 slots are free, but not contiguously: a run of 3 would have to wrap
+        assert ring.free_slots == 4 and ring.acquire(count=3) is None
+        ring.release(runs[runs.index(4)])      # 4-7 now contiguous
+        assert ring.acquire(count=3) in (4, 5)
+        ring.release(runs[runs.index(2)])
+
+
+def test_the_smallest_fitting_gap_is_used_and_the_run_freed_last_comes_back(shm_dir):
+    with SlotRing("x", 64, 10, shm_dir) as ring:
+        a, b, c = ring.acquire(count=2), ring.acquire(count=1), ring.acquire(count=4)
+        assert (a, b, c) == (0, 2, 3)   # an empty ring fills from its start
+        ring.release(b)                 # gaps: [2] (1 slot) and [7..9] (3 slots)
+        assert ring.acquire() == 2      # one slot goes into the 1-slot gap, not the big one
+        ring.release(a)
+        ring.release(c)
+        assert ring.acquire(count=4) == 3   # the run freed last, exactly: warm pages
+        assert ring.acquire(count=2) == 0
+
+
+def test_a_run_is_reserved_on_first_use_only(shm_dir):
+    """The segment is sparse: a slot costs memory once a run has used it."""
+    import os
+    slot = 1 << 20
+    with SlotRing("x", slot, 64, shm_dir) as ring:
+        assert ring.reserved_bytes == 0 and os.stat(ring.path).st_blocks == 0
+        run = ring.acquire(count=3)
+        assert ring.reserved_bytes == 3 * slot
+        assert os.stat(ring.path).st_blocks * 512 >= 3 * slot
+        ring.release(run)
+        assert ring.acquire(count=3) == run and ring.reserved_bytes == 3 * slot   # reused
+        assert os.stat(ring.path).st_size == 64 * slot
