@@ -25,8 +25,8 @@ METRICS_PORT = 9100
 METRICS_ADDR = "127.0.0.1"
 PING_INTERVAL_MS = 500
 HEALTH_TIMEOUT_MS = 2000
-SHM_SLOT_BYTES = 4 * MIB
-SHM_SLOTS = 16
+SHM_SLOT_BYTES = 1 * MIB
+SHM_SLOTS = 1024
 SHM_WAIT_MS = 1.0
 
 # -- fixed behaviour ------------------------------------------------------------------

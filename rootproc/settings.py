@@ -141,12 +141,12 @@ LOADER_REDIS = RedisSettings(timeout_ms=60_000, connect_timeout_ms=5_000, retrie
 @dataclass(frozen=True)
 class ShmSettings:
     enabled: bool = option(False, "same-node (ipc) leaf links carry batches in shared memory")
-    slot_bytes: int = option(SHM_SLOT_BYTES, "bytes per slot: the largest batch it carries",
-                             positive=True)
-    slots: int = option(SHM_SLOTS, "slots per link: batches in flight to one leaf",
-                        positive=True)
-    wait_ms: float = option(SHM_WAIT_MS, "longest wait for a free slot before the batch "
-                            "goes over the socket", minimum=0)
+    slot_bytes: int = option(SHM_SLOT_BYTES, "bytes per slot, the ring's unit: a larger batch "
+                             "takes a run of consecutive slots", positive=True)
+    slots: int = option(SHM_SLOTS, "slots per link: the ring (slots x slot_bytes) holds the "
+                        "batches in flight to one leaf", positive=True)
+    wait_ms: float = option(SHM_WAIT_MS, "longest wait for a free run of slots before the "
+                            "batch goes over the socket", minimum=0)
 
 
 @dataclass(frozen=True)

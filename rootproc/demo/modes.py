@@ -23,7 +23,7 @@ MODES = [
     Mode("trimmed-lz4", "trimmed + LZ4", "on", "lz4"),
     # The leaves are local (ipc): batches go through shared-memory slots.
     Mode("trimmed-shm", "trimmed + shared memory", "on", "none",
-         root_options={"shm": {"enabled": True, "slot_bytes": 8 << 20, "slots": 16}},
+         root_options={"shm": {"enabled": True}},   # the default ring (rootproc/defaults.py)
          local_only=True),
 ]
 BASELINE = "all"

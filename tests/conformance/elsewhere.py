@@ -39,8 +39,10 @@ ELSEWHERE = {
     "shm.retry-socket": [
         "tests/root/test_router.py::test_a_resend_goes_over_the_socket"],
     "shm.reclaim": ["tests/shm/test_kill_stress.py::test_slots_of_a_killed_leaf_are_reclaimed"],
+    "shm.slot-run": [   # the root's side: a real root's runs, scored as over the socket
+        "tests/shm/test_transport.py::test_batches_larger_than_a_slot_span_contiguous_slots"],
     "shm.fallback": [
-        "tests/shm/test_transport.py::test_oversize_batches_fall_back_to_the_socket",
+        "tests/shm/test_transport.py::test_batches_larger_than_the_ring_fall_back_to_the_socket",
         "tests/shm/test_transport.py::test_no_free_slot_falls_back_and_slots_come_back"],
     "score.reply-limit": [   # the cut itself: results a real root cannot be made to fail so big
         "tests/root/test_reply.py::test_a_reply_whose_errors_would_not_fit_is_cut_to_fit"],

@@ -355,6 +355,20 @@ def test_shm_descriptors_over_tcp(node, ring, case):
     run(case, node.leaf0_tcp, node)
 
 
+@covers("shm.slot-run")
+def test_a_batch_in_a_run_of_consecutive_slots_is_scored_like_a_frame(node):
+    """A message larger than a slot starts at its run's first slot and goes
+    on across the slot boundaries: the leaf reads ``nbytes`` from ``offset``."""
+    buf = message(node.world)
+    with SlotRing("conformance_run", 64, 2 * (len(buf) // 64 + 2)) as ring:
+        ring.acquire()   # slot 0 held: the run starts further on
+        start = ring.acquire(count=ring.slots_for(len(buf)))
+        assert start and ring.run_length(start) > 1
+        case = Case("shm.slot-run", "a batch spanning slots",
+                    lambda ctx: [score("r1", shm=in_slot(ring, buf, start))], *scored("r1"))
+        run(case, node.leaf0.endpoint, node)
+
+
 @covers("shm.segment-name")
 def test_ring_segments_are_named_by_pid_and_sanitised_label(node):
     """The root's ring for leaf-0 is /dev/shm/trimmer-<root pid>-leaf_0-<8 hex>."""
