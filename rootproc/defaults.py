@@ -26,6 +26,9 @@ METRICS_ADDR = "127.0.0.1"
 PING_INTERVAL_MS = 500
 HEALTH_TIMEOUT_MS = 2000
 SHM_SLOT_BYTES = 4 * MIB
+# Buffers of 32 MiB and more kept for reuse (_trim/memory.py): a few requests' worth at the
+# grid's largest points, held only once requests that large come.
+BUFFER_POOL_BYTES = 1024 * MIB
 SHM_SLOTS = 16
 SHM_WAIT_MS = 1.0
 
