@@ -174,7 +174,29 @@ def collected():
         out = Path(OUT)
         out.mkdir(parents=True, exist_ok=True)
         (out / "scale.json").write_text(json.dumps(points, indent=1))
+        (out / "scale.md").write_text(table(points))
         plot(points, out / "scale.png")
+
+
+def table(rows: list[dict]) -> str:
+    """The figures as bench/RESULTS.md shows them (markdown)."""
+    lines = ["| features × candidates × models | mode | MB records + messages | root CPU ms | "
+             "floor ms | × floor | req/s | leaf CPU ms/batch | failed |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    last = None
+    for r in rows:
+        point = f"{r['features']:,} × {r['candidates']:,} × {r['models']}"
+        shown = point if point != last else ""
+        last = point
+        if "needs_gib" in r:
+            lines.append(f"| {shown} | {r['mode']} | not run: needs ~{r['needs_gib']:g} GiB "
+                         f"at concurrency {CONCURRENCY} | | | | | | |")
+            continue
+        failed = sum(r["errors"].values()) + sum(r["model_errors"].values())
+        lines.append(f"| {shown} | {r['mode']} | {r['mb_moved']:,} | {r['root_cpu_ms_per_request']:,} "
+                     f"| {r['floor_ms']:,} | {r['ratio_to_floor']} | {r['req_per_s']} "
+                     f"| {r['leaf_cpu_ms_per_batch']} | {failed} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> None:
