@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import memory
 from .format import (
     ALIGN,
     COLUMN_DTYPE,
@@ -56,7 +57,7 @@ class Batch:
         if zeroed:
             self.buffer = np.zeros(self.nbytes, dtype=np.uint8)
         else:
-            self.buffer = np.empty(self.nbytes, dtype=np.uint8)
+            self.buffer = memory.empty(self.nbytes)
             self.buffer[:start] = 0
         header = self.buffer[:HEADER_NBYTES].view(HEADER_DTYPE)[0]
         header["magic"] = MAGIC

@@ -29,11 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from _trim.errors import TrimmerError
-    from _trim.memory import keep_large_buffers
+    from _trim.memory import install_pool, keep_large_buffers
     from rootproc.app import Root
     keep_large_buffers()
     try:
         cfg = load(RootSettings, args)
+        install_pool(cfg.buffer_pool_bytes)
         root = Root.build(cfg)
     except (TrimmerError, ValueError) as exc:
         print(f"trimmer root: {exc}", file=sys.stderr)

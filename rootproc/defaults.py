@@ -27,6 +27,9 @@ PING_INTERVAL_MS = 500
 HEALTH_TIMEOUT_MS = 2000
 SHM_SLOT_BYTES = 1 * MIB
 SHM_SLOTS = 1024
+# Buffers of 32 MiB and more kept for reuse (_trim/memory.py): a few requests' worth at the
+# grid's largest points, held only once requests that large come.
+BUFFER_POOL_BYTES = 1024 * MIB
 SHM_WAIT_MS = 1.0
 
 # -- fixed behaviour ------------------------------------------------------------------

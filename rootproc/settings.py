@@ -29,6 +29,7 @@ from _trim.transport.model_key import ModelKey
 from _trim.transport.protocol import COMPRESSION_LZ4, COMPRESSION_NONE
 from _trim.transport.sockets import exposed, exposure_problem, exposures
 from rootproc.defaults import (
+    BUFFER_POOL_BYTES,
     CACHE_SIZE,
     CACHE_STALE_IF_ERROR_S,
     CACHE_TTL_S,
@@ -200,6 +201,9 @@ class RootSettings:
                                     "this long leaves rotation; what the root has not read yet "
                                     "does not count", positive=True)
     shm: ShmSettings = option(ShmSettings())
+    buffer_pool_bytes: int = option(BUFFER_POOL_BYTES, "batches and messages of 32 MiB and "
+                                    "more reuse buffers kept up to this many bytes; 0: "
+                                    "every one mapped fresh", minimum=0)
     threads: int = option(1, "threads scoring requests: 1 scores on the serving loop; N adds "
                           "N - 1 threads that fetch and build batches", positive=True)
     curve: RootCurve | None = option(None, "CURVE: this root's keys, and who may connect")

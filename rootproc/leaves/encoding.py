@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import _trim
+from _trim import memory
 from _trim.transport.protocol import COMPRESSION_LZ4, compress, pack_header
 
 if TYPE_CHECKING:
@@ -84,9 +85,9 @@ class Encoder:
                 head.update(compression="none", shm=desc)
                 return LeafMessage(mid, [pack_header(head)], 0, channel)
         if self._payload is None:
-            # A fresh buffer per send, never reused once sent: zmq owns it until
-            # it has left (copy=False).
-            self._payload = np.empty(model.nbytes, dtype=np.uint8)
+            # Never written again once sent: zmq owns it until it has left
+            # (copy=False), and the pool hands it out only after that.
+            self._payload = memory.empty(model.nbytes)
             _trim.encode_into(model.plan, model.batch, self._payload)
         payload: np.ndarray | bytes = self._payload
         if link.compression == COMPRESSION_LZ4:
