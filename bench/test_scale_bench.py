@@ -48,6 +48,7 @@ import pytest
 from floor import memcpy_seconds
 from quick import QUICK, knob
 
+from rootproc.demo.schema_gen import ROW_NBYTES_AT_SCALE_1
 from rootproc.featurestore import open_feature_store
 from rootproc.preprocess.preprocessor import Preprocessor
 from signatures.schema import FeatureSchema
@@ -59,9 +60,6 @@ QUICK_GRID = [(0.25, 64, 4)]
 MODES = ("all", "trimmed", "trimmed-shm")
 CONCURRENCY = 4
 REQUESTS = knob("TRIMMER_BENCH_SCALE_REQUESTS", 24, 6)
-# Bytes a candidate's row takes in the every-feature batch at schema scale 1
-# (the demo: 9.4 MB for 256 candidates); the memory estimate scales it.
-ROW_NBYTES_AT_SCALE_1 = 37_000
 # The demo's models read 15 %, 30 %, 45 % and 60 % of the schema in turn.
 MEAN_SHARE_READ = 0.375
 OUT = os.environ.get("TRIMMER_BENCH_SCALE_OUT")

@@ -100,6 +100,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def leaf_message_limit(args) -> int:
+    """The demo's leaves accept its largest message, every feature of every
+    candidate (twice the estimate, for ragged lists), and never less than
+    the leaf's default (256 MiB): at the largest scales a model's message
+    passes that default, which a deployment would raise the same way."""
+    from rootproc.demo.schema_gen import ROW_NBYTES_AT_SCALE_1
+    return max(256 << 20, int(2 * ROW_NBYTES_AT_SCALE_1 * args.scale * args.candidates))
+
+
 REMOTE_LEAF_PORT = 5555  # + the leaf's index, inside the leaves' own namespace
 
 
@@ -118,7 +127,8 @@ def programs_for(scenario: Scenario, modes: list[Mode], args,
         # says which of the stage's model versions each one serves.
         argv = [sys.executable, "-m", "leafproc", "--name", leaf, "--repo", str(scenario.repo.resolve()),
                 "--bind", endpoint, "--metrics-port", str(free_port() if args.metrics else 0),
-                "--config-store", str(scenario.config_store.resolve()), "--stage", STAGE]
+                "--config-store", str(scenario.config_store.resolve()), "--stage", STAGE,
+                "--max-message-bytes", str(leaf_message_limit(args))]
         if remote:
             # Plain tcp in a namespace of its own, which only this host reaches.
             argv = remote.exec_argv(argv + ["--insecure"])
