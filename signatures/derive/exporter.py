@@ -34,6 +34,7 @@ from signatures.derive.export_graph import (
 from signatures.derive.script_graph import Derivation, DerivationError, check_explicit, derive, read_places
 from signatures.derive.sources import ExportError, Source, describe, load_source, module_bytes, scripted
 from signatures.derive.synthetic import synthetic_inputs
+from signatures.derive.torchrec_model import TorchRecModel, export_torchrec, uses_torchrec
 from signatures.repository import artifacts
 from signatures.repository.module_info import (
     AOTI_DEVICES,
@@ -195,6 +196,20 @@ def _program(src: Source, schema: FeatureSchema, explicit: list[str] | None, fmt
     return names, data, artifact, timing
 
 
+def _torchrec(src: Source, schema: FeatureSchema, explicit: list[str] | None,
+              fmt: str) -> tuple[list[str], bytes, Artifact, dict]:
+    names, module, artifact, timing = export_torchrec(src.model, schema, fmt, explicit)
+    try:   # the scripted adapter's graph, checked against the signature like --features
+        problems = check_explicit(derive(module), names)
+    except DerivationError as exc:
+        problems = [str(exc)]
+    if problems:
+        raise ExportError("the scripted TorchRec model reads other features than its tables "
+                          "and input spec say:\n  - " + "\n  - ".join(problems))
+    dry_run(module, schema, names)
+    return names, module_bytes(module), artifact, timing
+
+
 def export(source: str | torch.nn.Module, repo_root, model: str, schema: FeatureSchema,
            version: str | None = None, features: list[str] | None = None, fork: str | None = None,
            fmt: str | None = None, device: str | None = None) -> ModuleInfo:
@@ -213,7 +228,15 @@ def export(source: str | torch.nn.Module, repo_root, model: str, schema: Feature
         check_name("model version", version)
     src = load_source(source)
     fmt = resolve_format(src, fmt, device)
-    if fmt == "torchscript":
+    torchrec = src.kind == "module" and isinstance(src.model, TorchRecModel)
+    if src.kind == "module" and not torchrec and uses_torchrec(src.model):
+        raise ExportError("the model is built of TorchRec modules: export it as "
+                          "signatures.derive.torchrec_model.TorchRecModel(model, TorchRecInputs("
+                          "dense=[...], ...)), which says which schema features its dense "
+                          "tensor and KeyedJaggedTensor keys come from (docs/signatures.md)")
+    if torchrec:
+        names, data, artifact, timing = _torchrec(src, schema, features, fmt)
+    elif fmt == "torchscript":
         names, data, artifact, timing = _torchscript(describe(source), src, schema, features)
     else:
         names, data, artifact, timing = _program(src, schema, features, fmt, device or "cpu")
@@ -227,7 +250,8 @@ def export(source: str | torch.nn.Module, repo_root, model: str, schema: Feature
             "python": sys.version.split()[0],
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "source": describe(source),
-            "derived": "explicit list" if features is not None else "graph",
+            "derived": ("torchrec tables" if torchrec else
+                        "explicit list" if features is not None else "graph"),
             "schema_fingerprint": schema.fingerprint,
             **timing,
             **({"forked_from": model} if fork is not None else {}),
