@@ -241,6 +241,7 @@ def export_torchrec(wrapped: TorchRecModel, schema: FeatureSchema, fmt: str,
     timing = {"export_s": round(time.monotonic() - t0, 1),
               "torchrec": {"keys": {k: p.features[k] for k in p.keys}, "dense": p.dense,
                            "weights": p.weights, "call": wrapped.inputs.call,
+                           "weights_of": {p.features[k]: w for k, w in p.weights.items()},
                            "unused_tables": [t.name for t in p.unused]}}
     return p.names, module, Artifact(runtime="torchrec"), timing
 
