@@ -23,3 +23,6 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.xfail(reason=reason, strict=True, run=False))
             else:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+from tests.root.conftest import world  # noqa: E402,F401  the root tests' serving world

@@ -1,0 +1,80 @@
+"""TorchRec models (DLRM, DCN) through a real root and leaf: the root sends
+each model its keys and dense columns only (trimmed), or every feature for a
+version the bundle lacks (untrimmed), and the scores equal, bit for bit, the
+TorchRec model called eagerly on a KeyedJaggedTensor and a dense tensor
+built here from the request's features (no dynamic batching: --max-wait-ms 0)."""
+import numpy as np
+import pytest
+import torch
+
+from rootproc.client.scoring_client import ScoringClient
+from signatures.bundle import build
+from signatures.derive.exporter import export
+from signatures.repository.module_info import ModelRepository
+from signatures.schema import FeatureSchema
+from tests.root.conftest import spawn_root
+from tests.root.world import CANDIDATE_IDS, USER_IDS, expected_features
+from tests.support.procs import ProcessRunner
+
+pytestmark = pytest.mark.slow
+
+
+def eager_scores(wrapped, keys: list[str], feats: dict, rows: int) -> np.ndarray:
+    """The model's own call on features laid out as TorchRec expects: per row, each key's ids
+    (a per-request list repeated on every row), and the dense columns side by side."""
+    from torchrec import KeyedJaggedTensor
+    spec = wrapped.inputs
+    values, lengths = [], []
+    for key in keys:
+        v, off = feats[spec.sparse.get(key, key)]
+        n = np.diff(off)
+        if len(off) == 2 and rows != 1:   # per-request: one list for every row
+            v, n = np.tile(v, rows), np.repeat(n, rows)
+        values.append(torch.from_numpy(v.astype(np.int64)))
+        lengths.append(torch.from_numpy(n.astype(np.int64)))
+    cols = []
+    for name in spec.dense:
+        col = torch.from_numpy(np.ascontiguousarray(feats[name], dtype=np.float32))
+        col = col.reshape(col.shape[0], -1)
+        cols.append(col.expand(rows, col.shape[1]))
+    kjt = KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths))
+    with torch.inference_mode():
+        return wrapped.model(torch.cat(cols, 1), kjt).reshape(-1).numpy()
+
+
+def test_dlrm_and_dcn_score_through_root_and_leaf_as_called_directly(world, tmp_path):
+    from tests.torchrec import models
+    schema = FeatureSchema.load(world["schema"])
+    repo = str(tmp_path / "repo")
+    wrapped = {"dlrm": models.dlrm(), "dcn": models.dcn()}
+    keys = {"dlrm": ["user_recent_pins", "pin_topics"], "dcn": ["topics", "pins"]}
+    infos = {m: export(w, repo, m, schema, version="1") for m, w in wrapped.items()}
+    export(models.dcn(), repo, "dcn", schema, version="2")   # hosted, not in the bundle
+    bundle = build(ModelRepository(repo), schema,
+                   {"leaves": {"leaf-0": {"current": ["dlrm@1", "dcn@1"]}}})
+    bundle_path = str(tmp_path / "bundle.json")
+    bundle.save(bundle_path)
+    runner = ProcessRunner(tmp_path)
+    try:
+        leaf = runner.leaf(repo, models=["dlrm@1", "dcn@1", "dcn@2"], name="leaf-0",
+                           args=["--max-wait-ms", "0"])
+        root = spawn_root(runner, world, {"leaf-0": leaf.endpoint}, bundle=bundle_path)
+        rng = np.random.default_rng(11)
+        with ScoringClient(root.endpoint) as client:
+            for n in (1, 37, 256):
+                user = int(rng.choice(USER_IDS))
+                cands = rng.choice(CANDIDATE_IDS, size=n, replace=False)
+                res = client.score(user, cands, models=["dlrm@1", "dcn@1", "dcn@2"])
+                assert set(res.scores) == {"dlrm@1", "dcn@1", "dcn@2"}, res.errors
+                trimmed = {r["model"]: r["trimmed"] for r in res.results}
+                assert trimmed == {"dlrm@1": True, "dcn@1": True, "dcn@2": False}
+                sent = {r["model"]: r["bytes_sent"] for r in res.results}
+                assert sent["dcn@1"] < sent["dcn@2"]
+                feats = expected_features(world["users"], world["cands"], user, cands)
+                for key in ("dlrm@1", "dcn@1", "dcn@2"):
+                    m = key.split("@")[0]
+                    want = eager_scores(wrapped[m], keys[m], feats, n)
+                    np.testing.assert_array_equal(res.scores[key], want, err_msg=key)
+        assert {s.name for s in infos["dcn"].inputs} == set(bundle.models["dcn@1"].features)
+    finally:
+        runner.close()
