@@ -14,7 +14,7 @@ spec's dense columns side by side, as float32.
 """
 # No `from __future__ import annotations`: TorchScript reads the class annotations as types.
 
-from typing import Dict, List, Optional  # noqa: UP035 (TorchScript reads these)
+from typing import Dict, List  # noqa: UP035 (TorchScript reads these)
 
 import torch
 from torch import Tensor
@@ -72,7 +72,7 @@ class KJTInputs(torch.nn.Module):
             values.append(v)
             lengths.append(n)
             weights.append(w)
-        kjt_weights: Optional[Tensor] = None
+        kjt_weights: Tensor | None = None
         if self.weighted:
             kjt_weights = torch.cat(weights)
         return KeyedJaggedTensor(keys=self.keys, values=torch.cat(values),

@@ -124,7 +124,8 @@ def trace(model: torch.nn.Module) -> torch.fx.GraphModule:
 def tables_read(model: torch.nn.Module, traced: torch.fx.GraphModule) -> tuple[list[Table], list[Table]]:
     """(tables the traced graph looks up, tables it never does)."""
     called = {str(n.target) for n in traced.graph.nodes if n.op == "call_module"}
-    used, unused = [], []
+    used: list[Table] = []
+    unused: list[Table] = []
     for path, (_, tables) in _collections(model).items():
         prefix = f"{path}." if path else ""
         for t in tables:
