@@ -12,6 +12,7 @@ has one signature hash.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import os
@@ -199,6 +200,13 @@ def _program(src: Source, schema: FeatureSchema, explicit: list[str] | None, fmt
 def _torchrec(src: Source, schema: FeatureSchema, explicit: list[str] | None,
               fmt: str) -> tuple[list[str], bytes, Artifact, dict]:
     names, module, artifact, timing = export_torchrec(src.model, schema, fmt, explicit)
+    if fmt == "export":   # the exported graph is derived and dry-run like any module's
+        read, data, artifact, more = _program(Source("module", module), schema, None, fmt, "cpu")
+        if read != names:
+            raise ExportError(f"the exported TorchRec model reads {read}, not {names} as its "
+                              "tables and input spec say")
+        return names, data, dataclasses.replace(artifact, runtime="torchrec"), {**timing, **more}
+    assert isinstance(module, torch.jit.ScriptModule)
     try:   # the scripted adapter's graph, checked against the signature like --features
         problems = check_explicit(derive(module), names)
     except DerivationError as exc:

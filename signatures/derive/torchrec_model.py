@@ -216,12 +216,14 @@ def adapter(p: Plan, traced: torch.nn.Module, schema: FeatureSchema, call: str) 
 
 
 def export_torchrec(wrapped: TorchRecModel, schema: FeatureSchema, fmt: str,
-                    explicit: list[str] | None) -> tuple[list[str], torch.jit.ScriptModule, Artifact, dict]:
-    """(signature, scripted artifact, its Artifact, timing) for a TorchRec model."""
-    if fmt != "torchscript":
+                    explicit: list[str] | None) -> tuple[list[str], torch.nn.Module, Artifact, dict]:
+    """(signature, the module to save, its Artifact, timing) for a TorchRec model: the
+    scripted adapter for TorchScript, the eager one for torch.export to trace."""
+    if fmt not in ("torchscript", "export"):
         raise ExportError(f"a TorchRec model cannot be exported as {fmt}: its artifact is "
                           "TorchScript (traced with torchrec.fx and scripted, TorchRec's own "
-                          "inference path); export it with --format torchscript")
+                          "inference path) or a torch.export program; use --format torchscript "
+                          "or export")
     if explicit is not None:
         raise ExportError("--features is not for a TorchRec model: its signature comes from the "
                           "tables its graph looks up and its TorchRecInputs")
@@ -233,12 +235,20 @@ def export_torchrec(wrapped: TorchRecModel, schema: FeatureSchema, fmt: str,
     model = wrapped.model.eval()
     traced = trace(model)
     p = plan(model, wrapped.inputs, schema, traced)
-    try:
-        module = torch.jit.script(adapter(p, traced, schema, wrapped.inputs.call).eval())
-    except ExportError:
-        raise
-    except Exception as exc:
-        raise ExportError(f"torch.jit.script failed on the traced TorchRec model: {exc}") from exc
+    if fmt == "export":
+        if p.weighted:
+            raise ExportError("a weighted collection cannot be exported as a torch.export "
+                              "program here (the weights' length check is data-dependent): "
+                              "use --format torchscript")
+        # The eager model: torch.export traces it itself (non-strict), as TorchRec's IR does.
+        module = adapter(p, model, schema, wrapped.inputs.call).eval()
+    else:
+        try:
+            module = torch.jit.script(adapter(p, traced, schema, wrapped.inputs.call).eval())
+        except ExportError:
+            raise
+        except Exception as exc:
+            raise ExportError(f"torch.jit.script failed on the traced TorchRec model: {exc}") from exc
     timing = {"export_s": round(time.monotonic() - t0, 1),
               "torchrec": {"keys": {k: p.features[k] for k in p.keys}, "dense": p.dense,
                            "weights": p.weights, "call": wrapped.inputs.call,

@@ -107,8 +107,11 @@ def test_ids_must_fit_the_table(models, schema):
 def test_what_is_refused(models, schema, tmp_path):
     with pytest.raises(ExportError, match="TorchRecModel"):   # no input spec
         export(models.dcn().model, tmp_path / "repo", "m", schema)
-    with pytest.raises(ExportError, match="cannot be exported as export"):
-        export(models.dcn(), tmp_path / "repo", "m", schema, fmt="export")
+    with pytest.raises(ExportError, match="cannot be exported as aoti"):
+        export(models.dcn(), tmp_path / "repo", "m", schema, fmt="aoti")
+    weighted = TorchRecModel(models.TwoCollections(weighted=True), TorchRecInputs(dense=("pin_quality",)))
+    with pytest.raises(ExportError, match="weighted collection cannot be exported as a torch.export"):
+        export(weighted, tmp_path / "repo", "m", schema, fmt="export")
     with pytest.raises(ExportError, match="--features is not for a TorchRec model"):
         export(models.dcn(), tmp_path / "repo", "m", schema, features=["pin_topics"])
     with pytest.raises(ExportError, match="must be a dense float feature"):
