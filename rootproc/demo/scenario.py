@@ -132,7 +132,7 @@ def _realistic(schema: FeatureSchema, repo: Path, fmt: str, seed: int, log) -> d
         log(f"exported {info.key} (TorchRec) as {info.artifact.describe()} in "
             f"{time.monotonic() - t0:.1f} s: reads {len(info.input_names)} of {len(schema)} "
             f"features ({len(tables)} KJT keys derived from its tables, "
-            f"{len(info.provenance['torchrec']['dense'])} dense columns)")
+            f"{len(info.provenance['torchrec']['dense'])} dense features)")
     return keys
 
 
