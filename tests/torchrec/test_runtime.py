@@ -53,3 +53,13 @@ def test_the_base_modules_import_no_torchrec():
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=120, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_demo_takes_a_count_or_realistic():
+    from rootproc.demo import parse_args
+    assert parse_args(["--models", "realistic"]).models == "realistic"
+    assert parse_args(["--models", "3"]).models == 3
+    with pytest.raises(SystemExit):
+        parse_args(["--models", "lots"])
+    with pytest.raises(SystemExit):
+        parse_args(["--models", "0"])
