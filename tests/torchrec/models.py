@@ -6,6 +6,7 @@ hash buckets) and ``pin_topics`` (512 buckets), dense float columns.
 Imported only when torchrec is installed (tests/torchrec/conftest.py)."""
 # No `from __future__ import annotations`: fx copies forward annotations into code TorchScript compiles.
 
+import numpy as np
 import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollection, EmbeddingConfig
 from torchrec.models.dlrm import DLRM, DLRM_DCN
@@ -75,3 +76,25 @@ class Sequence(torch.nn.Module):
         summed = torch.zeros([rows, DIM]).index_add_(0, row_of, jt.values())
         mean = summed / jt.lengths().clamp(min=1).unsqueeze(1).float()
         return self.head(mean)
+
+
+def eager_scores(wrapped, keys: list[str], feats: dict, rows: int) -> np.ndarray:
+    """The model's own call on features laid out as TorchRec expects: per row, each key's ids
+    (a per-request list repeated on every row), and the dense columns side by side."""
+    spec = wrapped.inputs
+    values, lengths = [], []
+    for key in keys:
+        v, off = feats[spec.sparse.get(key, key)]
+        n = np.diff(off)
+        if len(off) == 2 and rows != 1:   # per-request: one list for every row
+            v, n = np.tile(v, rows), np.repeat(n, rows)
+        values.append(torch.from_numpy(v.astype(np.int64)))
+        lengths.append(torch.from_numpy(n.astype(np.int64)))
+    cols = []
+    for name in spec.dense:
+        col = torch.from_numpy(np.ascontiguousarray(feats[name], dtype=np.float32))
+        col = col.reshape(col.shape[0], -1)
+        cols.append(col.expand(rows, col.shape[1]))
+    kjt = KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths))
+    with torch.inference_mode():
+        return wrapped.model(torch.cat(cols, 1), kjt).reshape(-1).numpy()

@@ -6,7 +6,6 @@ TorchRec model called eagerly on a KeyedJaggedTensor and a dense tensor
 built here from the request's features (no dynamic batching: --max-wait-ms 0)."""
 import numpy as np
 import pytest
-import torch
 
 from rootproc.client.scoring_client import ScoringClient
 from signatures.bundle import build
@@ -16,32 +15,10 @@ from signatures.schema import FeatureSchema
 from tests.root.conftest import spawn_root
 from tests.root.world import CANDIDATE_IDS, USER_IDS, expected_features
 from tests.support.procs import ProcessRunner
+from tests.torchrec.models import eager_scores
 
 pytestmark = pytest.mark.slow
 KEYS = ["dlrm@1", "dcn@1", "dlrm@2", "dcn@2"]   # @1 TorchScript, @2 torch.export
-
-
-def eager_scores(wrapped, keys: list[str], feats: dict, rows: int) -> np.ndarray:
-    """The model's own call on features laid out as TorchRec expects: per row, each key's ids
-    (a per-request list repeated on every row), and the dense columns side by side."""
-    from torchrec import KeyedJaggedTensor
-    spec = wrapped.inputs
-    values, lengths = [], []
-    for key in keys:
-        v, off = feats[spec.sparse.get(key, key)]
-        n = np.diff(off)
-        if len(off) == 2 and rows != 1:   # per-request: one list for every row
-            v, n = np.tile(v, rows), np.repeat(n, rows)
-        values.append(torch.from_numpy(v.astype(np.int64)))
-        lengths.append(torch.from_numpy(n.astype(np.int64)))
-    cols = []
-    for name in spec.dense:
-        col = torch.from_numpy(np.ascontiguousarray(feats[name], dtype=np.float32))
-        col = col.reshape(col.shape[0], -1)
-        cols.append(col.expand(rows, col.shape[1]))
-    kjt = KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths))
-    with torch.inference_mode():
-        return wrapped.model(torch.cat(cols, 1), kjt).reshape(-1).numpy()
 
 
 def test_dlrm_and_dcn_score_through_root_and_leaf_as_called_directly(world, tmp_path):
