@@ -10,7 +10,8 @@ The KeyedJaggedTensor is built inside the artifact, on the leaf's device: a
 key's values and per-row lengths (offset differences) come straight from its
 ragged column, a per-request (user) list is repeated for every row there,
 and the keys' values are concatenated in key order. The dense tensor is the
-spec's dense columns side by side, as float32.
+spec's dense columns side by side, as float32. One key's values, or one
+dense float32 matrix, is used as it is: no copy.
 """
 # No `from __future__ import annotations`: TorchScript reads the class annotations as types.
 
@@ -19,6 +20,13 @@ from typing import Dict, List  # noqa: UP035 (TorchScript reads these)
 import torch
 from torch import Tensor
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+
+def joined(tensors: List[Tensor], dim: int) -> Tensor:  # noqa: UP006
+    """``torch.cat``, but one tensor is used as it is (a cat of one copies it)."""
+    if len(tensors) == 1:
+        return tensors[0]
+    return torch.cat(tensors, dim)
 
 
 class KJTInputs(torch.nn.Module):
@@ -74,9 +82,9 @@ class KJTInputs(torch.nn.Module):
             weights.append(w)
         kjt_weights: Tensor | None = None
         if self.weighted:
-            kjt_weights = torch.cat(weights)
-        return KeyedJaggedTensor(keys=self.keys, values=torch.cat(values),
-                                 lengths=torch.cat(lengths), weights=kjt_weights)
+            kjt_weights = joined(weights, 0)
+        return KeyedJaggedTensor(keys=self.keys, values=joined(values, 0),
+                                 lengths=joined(lengths, 0), weights=kjt_weights)
 
     def dense_tensor(self, f: Dict[str, Tensor]) -> Tensor:  # noqa: UP006
         cols: List[Tensor] = []  # noqa: UP006
@@ -85,7 +93,7 @@ class KJTInputs(torch.nn.Module):
             if t.dim() == 1:
                 t = t.unsqueeze(1)
             cols.append(t.to(torch.float32))
-        return torch.cat(cols, 1)
+        return joined(cols, 1)
 
 
 class DenseKJTCall(KJTInputs):
