@@ -22,7 +22,19 @@ $(VENV)/.stamp-deps: pyproject.toml | $(VENV)/bin/python
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q "setuptools>=77" wheel "Cython>=3.0" "numpy>=1.24"
 	$(PIP) install -q --no-build-isolation -e ".[test]"
+	$(if $(filter 0,$(TORCHREC)),,$(MAKE) --no-print-directory torchrec-extra)
 	touch $@
+
+# The [torchrec] extra (pyproject.toml): the torchrec/fbgemm pair without its
+# dependencies (torchrec asks for an unpinned CUDA fbgemm-gpu), the rest with
+# them; never a torch. On a CUDA torch the pair's fbgemm is fbgemm-gpu.
+# TORCHREC=0 leaves it out.
+EXTRA = $(PY) -c "import tomllib,sys; x=tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['torchrec']; cuda=__import__('torch').version.cuda; print(' '.join(r.replace('fbgemm-gpu-cpu','fbgemm-gpu') if cuda else r for r in x if r.startswith(('torchrec','fbgemm'))==(sys.argv[1]=='pair')))"
+.PHONY: torchrec-extra
+torchrec-extra: | $(VENV)/bin/python
+	$(PIP) install -q --no-deps $$($(EXTRA) pair)
+	$(PIP) install -q $$($(EXTRA) rest)
+	$(PY) -c "from signatures.repository.torchrec_runtime import require; require()"
 
 $(KERNEL_SO): $(KERNEL_SRC) $(VENV)/.stamp-deps
 	TRIMMER_DEBUG=$(TRIMMER_DEBUG) $(PY) setup.py -q build_ext --inplace

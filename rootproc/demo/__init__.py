@@ -38,6 +38,15 @@ if TYPE_CHECKING:  # the scenario needs torch: imported when a run builds one
     from rootproc.demo.scenario import Scenario
 
 
+def models_arg(value: str) -> int | str:
+    if value == "realistic":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or 'realistic', not {value!r}") from None
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="trimmer demo", description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", type=Path, help="default: runs/demo-<timestamp>")
@@ -49,8 +58,10 @@ def parse_args(argv):
     p.add_argument("--users", type=int, default=5000, help="users in the feature store")
     p.add_argument("--items", type=int, default=20000, help="candidates in the feature store")
     p.add_argument("--scale", type=float, default=1.0, help="schema size (1.0: about 1,500 features)")
-    p.add_argument("--models", type=int, default=4,
-                   help="model versions, spread over the leaves, each reading 15-60%% of the schema")
+    p.add_argument("--models", type=models_arg, default=4,
+                   help="model versions, spread over the leaves, each reading 15-60%% of the schema; "
+                        "or 'realistic': a production-sized TorchRec DLRM and DCN (needs the "
+                        "[torchrec] extra; rootproc/demo/realistic.py)")
     p.add_argument("--modes", nargs="+", choices=[m.name for m in MODES], help="default: all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--metrics", action="store_true", help="expose Prometheus metrics on free ports")
@@ -64,7 +75,8 @@ def parse_args(argv):
                         "the network cost trimming saves (needs root and iproute2). At the default "
                         "scale every feature is ~41 MB a request: try --scale 0.5 --candidates 64")
     args = p.parse_args(argv)
-    if min(args.requests, args.candidates, args.concurrency, args.leaves, args.roots, args.models) < 1:
+    count = 2 if args.models == "realistic" else args.models
+    if min(args.requests, args.candidates, args.concurrency, args.leaves, args.roots, count) < 1:
         p.error("--requests, --candidates, --concurrency, --leaves, --roots and --models must be >= 1")
     if args.remote_leaf_bandwidth:
         try:

@@ -71,7 +71,9 @@ class Scenario:
 
 def build_scenario(run_dir: Path, *, leaves: int, users: int, candidates: int, seed: int,
                    scale: float = 1.0, log=print, fmt: str | None = None,
-                   models: int = 4) -> Scenario:
+                   models: int | str = 4) -> Scenario:
+    """``models``: how many demo scorers, or ``"realistic"`` for the TorchRec
+    DLRM and DCN of rootproc/demo/realistic.py (TorchScript or torch.export)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     schema_path = run_dir / "schema.json"
     schema_path.write_text(json.dumps(demo_schema(seed, scale), indent=1))
@@ -82,7 +84,13 @@ def build_scenario(run_dir: Path, *, leaves: int, users: int, candidates: int, s
     repo = run_dir / "models"
     fmt = model_format(fmt, log)
     keys = {}
-    for i, (model, (dense, ragged)) in enumerate(model_feature_sets(schema, seed, models).items()):
+    if models == "realistic":
+        if fmt == "aoti":
+            log("TorchRec models are not served as AOTInductor packages: serving TorchScript")
+            fmt = "torchscript"
+        keys = _realistic(schema, repo, fmt, seed, log)
+    for i, (model, (dense, ragged)) in enumerate(
+            model_feature_sets(schema, seed, models).items() if isinstance(models, int) else ()):
         t0 = time.monotonic()
         info = export(SubsetScorer(dense, ragged, seed + i), repo, model, schema, version="1",
                       fmt=fmt)
@@ -110,6 +118,22 @@ def build_scenario(run_dir: Path, *, leaves: int, users: int, candidates: int, s
     log(f"feature store: {users} users, {candidates} candidates "
         f"({_du(run_dir / 'features') / 2**20:.0f} MiB on disk)")
     return Scenario(run_dir, schema, keys, placement, bundle.id, fmt)
+
+
+def _realistic(schema: FeatureSchema, repo: Path, fmt: str, seed: int, log) -> dict[str, float]:
+    from rootproc.demo.realistic import realistic_models
+    keys = {}
+    models = realistic_models(schema, seed=seed)
+    for name in list(models):
+        t0 = time.monotonic()
+        info = export(models.pop(name), repo, name, schema, version="1", fmt=fmt)
+        keys[info.key] = len(info.input_names) / len(schema)
+        tables = info.provenance["torchrec"]["keys"]
+        log(f"exported {info.key} (TorchRec) as {info.artifact.describe()} in "
+            f"{time.monotonic() - t0:.1f} s: reads {len(info.input_names)} of {len(schema)} "
+            f"features ({len(tables)} KJT keys derived from its tables, "
+            f"{len(info.provenance['torchrec']['dense'])} dense features)")
+    return keys
 
 
 def _du(path: Path) -> int:

@@ -12,6 +12,7 @@ has one signature hash.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import os
@@ -34,6 +35,7 @@ from signatures.derive.export_graph import (
 from signatures.derive.script_graph import Derivation, DerivationError, check_explicit, derive, read_places
 from signatures.derive.sources import ExportError, Source, describe, load_source, module_bytes, scripted
 from signatures.derive.synthetic import synthetic_inputs
+from signatures.derive.torchrec_model import TorchRecModel, export_torchrec, uses_torchrec
 from signatures.repository import artifacts
 from signatures.repository.module_info import (
     AOTI_DEVICES,
@@ -195,6 +197,34 @@ def _program(src: Source, schema: FeatureSchema, explicit: list[str] | None, fmt
     return names, data, artifact, timing
 
 
+def _torchrec(src: Source, schema: FeatureSchema, explicit: list[str] | None,
+              fmt: str) -> tuple[list[str], bytes, Artifact, dict]:
+    names, module, artifact, timing = export_torchrec(src.model, schema, fmt, explicit)
+    if fmt == "export":   # the exported graph is derived and dry-run like any module's
+        read, data, artifact, more = _program(Source("module", module), schema, None, fmt, "cpu")
+        if read != names:
+            raise ExportError(f"the exported TorchRec model reads {read}, not {names} as its "
+                              "tables and input spec say")
+        return names, data, dataclasses.replace(artifact, runtime="torchrec"), {**timing, **more}
+    assert isinstance(module, torch.jit.ScriptModule)
+    try:   # the scripted adapter's graph, checked against the signature like --features
+        problems = check_explicit(derive(module), names)
+    except DerivationError as exc:
+        problems = [str(exc)]
+    if problems:
+        raise ExportError("the scripted TorchRec model reads other features than its tables "
+                          "and input spec say:\n  - " + "\n  - ".join(problems))
+    pairs = list(timing["torchrec"]["weights_of"].items())
+
+    def aligned(f: dict) -> torch.Tensor:   # synthetic weights: one per id, as real ones are
+        for ids, weights in pairs:
+            f[weights + ".values"] = torch.rand(len(f[ids + ".values"]))
+            f[weights + ".offsets"] = f[ids + ".offsets"]
+        return module(f)
+    dry_run(aligned, schema, names)
+    return names, module_bytes(module), artifact, timing
+
+
 def export(source: str | torch.nn.Module, repo_root, model: str, schema: FeatureSchema,
            version: str | None = None, features: list[str] | None = None, fork: str | None = None,
            fmt: str | None = None, device: str | None = None) -> ModuleInfo:
@@ -213,7 +243,15 @@ def export(source: str | torch.nn.Module, repo_root, model: str, schema: Feature
         check_name("model version", version)
     src = load_source(source)
     fmt = resolve_format(src, fmt, device)
-    if fmt == "torchscript":
+    torchrec = src.kind == "module" and isinstance(src.model, TorchRecModel)
+    if src.kind == "module" and not torchrec and uses_torchrec(src.model):
+        raise ExportError("the model is built of TorchRec modules: export it as "
+                          "signatures.derive.torchrec_model.TorchRecModel(model, TorchRecInputs("
+                          "dense=[...], ...)), which says which schema features its dense "
+                          "tensor and KeyedJaggedTensor keys come from (docs/signatures.md)")
+    if torchrec:
+        names, data, artifact, timing = _torchrec(src, schema, features, fmt)
+    elif fmt == "torchscript":
         names, data, artifact, timing = _torchscript(describe(source), src, schema, features)
     else:
         names, data, artifact, timing = _program(src, schema, features, fmt, device or "cpu")
@@ -227,7 +265,8 @@ def export(source: str | torch.nn.Module, repo_root, model: str, schema: Feature
             "python": sys.version.split()[0],
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "source": describe(source),
-            "derived": "explicit list" if features is not None else "graph",
+            "derived": ("torchrec tables" if torchrec else
+                        "explicit list" if features is not None else "graph"),
             "schema_fingerprint": schema.fingerprint,
             **timing,
             **({"forked_from": model} if fork is not None else {}),

@@ -66,6 +66,12 @@ def check_loadable(artifact: Artifact, device: torch.device) -> None:
     reason = unsupported(artifact.kind)
     if reason:
         raise Refused(f"this leaf cannot load an {artifact.describe()}: {reason}")
+    if artifact.runtime == "torchrec":
+        from signatures.repository.torchrec_runtime import TorchRecUnavailable, require
+        try:
+            require()   # registers the FBGEMM operators the file calls
+        except TorchRecUnavailable as exc:
+            raise Refused(f"this leaf cannot load a TorchRec {artifact.describe()}: {exc}") from exc
     if artifact.kind != "aoti":
         return
     device = torch.device(device)

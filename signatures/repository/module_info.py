@@ -100,6 +100,9 @@ class TensorSpec:
 DEFAULT_OUTPUTS = (TensorSpec("score", "float32", ()),)
 
 
+RUNTIMES = (None, "torchrec")
+
+
 @dataclass(frozen=True)
 class Artifact:
     """What ``model.pt``/``model.pt2`` holds, and what a leaf needs to load it.
@@ -116,6 +119,9 @@ class Artifact:
     device: str | None = None
     torch: str | None = None
     program_sha256: str = ""
+    # A library the artifact's code runs on, imported (and its version pair
+    # checked) before the file is opened: "torchrec" (signatures/repository/torchrec_runtime.py).
+    runtime: str | None = None
 
     @property
     def file(self) -> str:
@@ -132,6 +138,8 @@ class Artifact:
             d.update(device=self.device, torch=self.torch)
         if self.program_sha256:
             d["program_sha256"] = self.program_sha256
+        if self.runtime:
+            d["runtime"] = self.runtime
         return d
 
     @classmethod
@@ -156,7 +164,11 @@ class Artifact:
         sha = d.get("program_sha256", "")
         if not isinstance(sha, str):
             raise InvalidInput(f"{where}: program_sha256 must be a string")
-        return cls(kind, device, version, sha)
+        runtime = d.get("runtime")
+        if runtime not in RUNTIMES:
+            raise InvalidInput(f"{where}: artifact runtime {runtime!r} is not one of "
+                               f"{', '.join(str(r) for r in RUNTIMES if r)} (or absent)")
+        return cls(kind, device, version, sha, runtime)
 
 
 @dataclass
