@@ -43,6 +43,7 @@ from rootproc.defaults import (
     REDIS_BACKOFF_MAX_MS,
     REDIS_BACKOFF_MS,
     REDIS_CONNECT_TIMEOUT_MS,
+    REDIS_MAX_VALUE_BYTES,
     REDIS_PASSWORD_ENV,
     REDIS_POOL_SIZE,
     REDIS_RETRIES,
@@ -119,6 +120,9 @@ class RedisSettings:
     backoff_ms: float = option(REDIS_BACKOFF_MS, "after a failed fetch, fetches fail at once "
                                "for this long, doubling while it keeps failing", minimum=0)
     backoff_max_ms: float = option(REDIS_BACKOFF_MAX_MS, "longest backoff", minimum=0)
+    max_value_bytes: int = option(REDIS_MAX_VALUE_BYTES, "largest record value read; a larger "
+                                  "one is refused unread (its entity counts as missing)",
+                                  positive=True)
     pool_size: int = option(REDIS_POOL_SIZE, "idle connections kept open (the serving loop "
                             "uses one at a time)", positive=True)
     password_env: str = option(REDIS_PASSWORD_ENV, "environment variable holding the password "

@@ -10,10 +10,23 @@ server safely::
     NAME:meta              format, layouts, schema fingerprint, counts, id ranges:
                            written last by a load; a store without it is never served
     NAME:loading           who is loading, while a load runs
+    NAME:generation        the dataset's generation: a token the first load writes,
+                           kept by later loads into it; a load into an emptied
+                           server writes a new one
 
-A root reads a request's user and candidates with one ``MGET``. Every read
-has a time budget (at most ``redis.timeout_ms``, and at most half of what is
-left of the request's deadline), connects and reads never wait past it, and
+A root reads a request's user and candidates with one ``EVAL_RO`` of
+`READ_SCRIPT` (rootproc/featurestore/resp.py), which also says whether the
+metadata key is still there and the generation: a root whose store lost its
+data (FLUSHALL, a restart without its data) answers ``store_unavailable``
+(reason ``dataset_lost``), logged once, until it is loaded again; a store
+loaded again with the same layouts is served from then on, one with other
+layouts stays ``store_unavailable`` (``dataset_replaced``). A value over
+``redis.max_value_bytes`` is never sent, and one that is no record of its
+source is refused (rootproc/featurestore/checks.py): that entity counts as
+missing.
+
+Every read has a time budget (at most ``redis.timeout_ms``, and at most half of what is
+left of the request's deadline), connects and reads never wait past it however the bytes arrive, and
 after a failure the store is left alone for a backoff (doubling, capped)
 during which reads fail at once: a root whose Redis is down answers
 ``store_unavailable`` promptly instead of stalling its loop on sockets. The
@@ -25,10 +38,12 @@ it never appears in `address`, messages or logs.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -47,8 +62,11 @@ from rootproc.featurestore.base import (
     loading_marker,
     unfinished_message,
 )
+from rootproc.featurestore.checks import BadRecords, corrupt_records
+from rootproc.featurestore.resp import OVERHEAD_NBYTES, READ_SCRIPT, read_replies
 from rootproc.settings import LOADER_REDIS, RedisSettings
 
+log = logging.getLogger("rootproc")
 NAMESPACE = "features"
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 SOURCE_TAGS = {"user": "u", "candidate": "c"}
@@ -106,6 +124,9 @@ class RedisStore(FeatureStore):
         self._prefix = {s: f"{self.namespace}:{t}:".encode() for s, t in SOURCE_TAGS.items()}
         self._meta_key = f"{self.namespace}:meta"
         self._loading_key = f"{self.namespace}:loading"
+        self._gen_key = f"{self.namespace}:generation"
+        self.bad = BadRecords(self.address)
+        self.lost: str | None = None     # why the store's data is gone, while it is
         password = where["password"] or os.environ.get(self.settings.password_env) or None
         kwargs = {"host": where["host"], "port": where["port"], "db": where["db"],
                   "username": where["username"], "password": password,
@@ -123,8 +144,9 @@ class RedisStore(FeatureStore):
         self._retry_at = 0.0
         self.last_error: str | None = None
         try:
-            meta, marker = self._call([("GET", self._meta_key), ("GET", self._loading_key)],
-                                      time.monotonic() + self.settings.timeout_ms / 1000)
+            meta, marker, self.generation = self._call(
+                [("GET", self._meta_key), ("GET", self._loading_key), ("GET", self._gen_key)],
+                time.monotonic() + self.settings.timeout_ms / 1000)
         except StoreDown as exc:
             self.close()
             hint = " (is the server up, and the address right?)" if exc.reason != "error" else ""
@@ -162,7 +184,8 @@ class RedisStore(FeatureStore):
 
     # -- the connection ---------------------------------------------------------
 
-    def _call(self, commands: list[tuple], deadline: float | None = None) -> list:
+    def _call(self, commands: list[tuple], deadline: float | None = None,
+              max_bytes: int | None = None) -> list:
         """The replies to ``commands``, sent in one round trip (a pipeline),
         within ``deadline`` (time.monotonic); StoreDown when that fails."""
         now = time.monotonic()
@@ -178,7 +201,7 @@ class RedisStore(FeatureStore):
                 failure = failure or ("no time left to ask it", "timeout")
                 break
             try:
-                replies = self._send(commands, left)
+                replies = self._send(commands, left, max_bytes)
             except (redis.TimeoutError, TimeoutError) as exc:
                 failure = (f"no answer within {left * 1000:.0f} ms ({exc})", "timeout")
                 break   # a stalled server: asking again would only wait again
@@ -198,17 +221,17 @@ class RedisStore(FeatureStore):
         self.last_error = failure[0]
         raise StoreDown(f"feature store {self.address}: {failure[0]}", failure[1])
 
-    def _send(self, commands: list[tuple], left: float) -> list:
+    def _send(self, commands: list[tuple], left: float, max_bytes: int | None) -> list:
         with self._lock:
             conn = self._idle.pop() if self._idle else self._connect()
         ok = False
         try:
             conn.socket_connect_timeout = min(self.settings.connect_timeout_ms / 1000, left)
             end = time.monotonic() + left
+            if conn._sock is None:
+                conn.connect()
             conn.send_packed_command(conn.pack_commands(commands))
-            replies = []
-            for _ in commands:
-                replies.append(conn.read_response(timeout=max(1e-3, end - time.monotonic())))
+            replies = read_replies(conn, len(commands), end, max_bytes)
             ok = True
             return replies
         finally:
@@ -242,8 +265,63 @@ class RedisStore(FeatureStore):
         budget = self.settings.timeout_ms / 1000
         if timeout_s is not None:
             budget = min(budget, timeout_s)
-        (values,) = self._call([("MGET", *keys)], time.monotonic() + budget)
-        return {source: values[a:b] for source, a, b in spans}
+        deadline = time.monotonic() + budget
+        limit = self.settings.max_value_bytes
+        (values,) = self._call(
+            [("EVAL_RO", READ_SCRIPT, 2 + len(keys), self._meta_key, self._gen_key, *keys, limit)],
+            deadline, (limit + OVERHEAD_NBYTES) * (len(keys) + 1) + 1024)
+        if not isinstance(values, list):
+            self._gone(f"its metadata key {self._meta_key} is gone")
+        if values[0] != self.generation:
+            self._replaced(values[0], deadline)
+        elif self.lost is not None:
+            log.warning("feature store %s: its data is back (same generation); serving it",
+                        self.address)
+            self.lost = None
+        out = {}
+        for source, a, b in spans:
+            out[source] = records = values[1 + a:1 + b]
+            for k, value in enumerate(records):
+                if isinstance(value, int):
+                    reason, why = (("wrong_type", "not a string value") if value < 0 else
+                                   ("too_large", f"{value} bytes, over redis.max_value_bytes "
+                                                 f"({limit})"))
+                    self.bad.refuse(source, keys[a + k], reason, why)
+                    records[k] = None
+            for k, why in corrupt_records(self.layouts[source], records):
+                self.bad.refuse(source, keys[a + k], "corrupt", why)
+                records[k] = None
+        return out
+
+    def _gone(self, why: str) -> None:
+        """Raise ``dataset_lost``: the store's data is gone (logged when first seen)."""
+        if self.lost is None:
+            log.error("feature store %s: its data is gone (%s: FLUSHALL, a restart without its "
+                      "data, or a delete); answering store_unavailable until it is loaded again",
+                      self.address, why)
+        self.lost = why
+        raise StoreDown(f"feature store {self.address}: its data is gone ({why}); "
+                        "store_unavailable until it is loaded again", "dataset_lost")
+
+    def _replaced(self, generation, deadline: float) -> None:
+        """The store was loaded anew (another generation): served from now on
+        when its layouts are this root's, else ``dataset_replaced``."""
+        (meta,) = self._call([("GET", self._meta_key)], deadline)
+        if meta is None:
+            self._gone(f"its metadata key {self._meta_key} is gone")
+        meta = orjson.loads(meta)
+        mine = {s: layout.to_dict() for s, layout in self.layouts.items()}
+        if meta.get("format") != FORMAT or meta.get("layouts") != mine:
+            if self.lost != "replaced":
+                log.error("feature store %s: replaced by a load with other record layouts "
+                          "(generation %s); answering store_unavailable: restart the root with "
+                          "the schema it was loaded for", self.address, generation)
+            self.lost = "replaced"
+            raise StoreDown(f"feature store {self.address}: replaced by a load with other "
+                            "record layouts; restart the root with its schema", "dataset_replaced")
+        log.warning("feature store %s: loaded anew (generation %s, was %s) with the same "
+                    "layouts; serving it", self.address, generation, self.generation)
+        self.meta, self.generation, self.lost = meta, generation, None
 
     def count(self, source: str) -> int:
         return int((self.meta or {}).get("counts", {}).get(source, 0))
@@ -300,7 +378,11 @@ class RedisStore(FeatureStore):
                      "layouts": {s: wanted[s].to_dict() for s in SOURCES}, "counts": counts,
                      "id_ranges": {s: self._range.get(s) or None for s in SOURCES},
                      "committed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self._call([("SET", self._meta_key, orjson.dumps(self.meta)), ("DEL", self._loading_key)])
+        # A first load (into an empty or emptied server) starts a new generation.
+        generation = self.generation if old and self.generation else uuid.uuid4().hex.encode()
+        self._call([("SET", self._meta_key, orjson.dumps(self.meta)),
+                    ("SET", self._gen_key, generation), ("DEL", self._loading_key)])
+        self.generation = generation
         self.loading = None
 
     def _scan(self, source: str) -> tuple[int, list[int]]:

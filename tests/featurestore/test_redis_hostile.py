@@ -4,8 +4,6 @@ SLACK_S, none is `internal`, every fault is logged and counted, and the
 root's memory after the fault is within a bound of before."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import redis
@@ -14,11 +12,11 @@ from rootproc.client.scoring_client import ScoringClient
 from tests.featurestore.test_root_redis import (
     DEADLINE_MS,
     drive,
+    leaves,  # noqa: F401  (the module's leaves)
     load_redis,
     metrics,
     summary,
 )
-from tests.featurestore.test_root_redis import leaves  # noqa: F401  (the module's leaves)
 from tests.featurestore.trickle_proxy import TrickleProxy
 from tests.root.conftest import spawn_root
 from tests.root.world import CANDIDATE_IDS, USER_IDS
