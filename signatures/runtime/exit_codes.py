@@ -32,7 +32,8 @@ def exit_for_disk(command: str, where: str, exc: OSError) -> int:
     written and why (ENOSPC, EROFS, EACCES, ...): no traceback; exit 1."""
     path = exc.filename if exc.filename is not None else "a file in it"
     cause = exc.strerror or str(exc)
-    code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
+    name = errno.errorcode.get(exc.errno) if exc.errno is not None else None
+    code = f" ({name})" if name else ""
     print(f"trimmer {command}: {where}: cannot read or write {path}: {cause}{code}",
           file=sys.stderr)
     return EXIT_FAILED
