@@ -219,3 +219,32 @@ def test_a_flushed_store_is_loud_until_loaded_again(world, leaves, redis_server,
         seen = metrics(port)
         assert seen.get('trimmer_root_store_errors_total{reason="dataset_lost"}', 0) >= 1, seen
         assert proc.returncode is None
+
+
+def test_each_reply_says_how_many_entities_were_missing_and_a_mostly_empty_answer_fails(
+        world, leaves, redis_server, process_runner, capsys):  # noqa: F811
+    url = redis_server.url("partial")
+    load_redis(world, url)
+    r = redis.Redis(port=redis_server.port)
+    lenient = spawn_root(process_runner, world, leaves, name="root-lenient", feature_store=url,
+                         cache={"size": 0}, redis=REDIS, deadline_ms=DEADLINE_MS)
+    strict = spawn_root(process_runner, world, leaves, name="root-strict", feature_store=url,
+                        cache={"size": 0}, redis=REDIS, deadline_ms=DEADLINE_MS,
+                        missing_max_share=0.5)
+    gone = CANDIDATE_IDS[:240]                 # 80 % of the candidates lost, the metadata kept
+    r.delete(*[b"partial:c:%d" % c for c in gone])
+    r.close()
+    few = np.concatenate([CANDIDATE_IDS[:3], CANDIDATE_IDS[-7:]])    # 3 of 11 entities missing
+    most = np.concatenate([CANDIDATE_IDS[:30], CANDIDATE_IDS[-2:]])  # 30 of 33
+    with ScoringClient(lenient.endpoint) as a, ScoringClient(strict.endpoint) as b:
+        whole = a.score(int(USER_IDS[0]), CANDIDATE_IDS[-10:])
+        assert whole.ok and whole.missing == 0
+        for client in (a, b):
+            res = client.score(int(USER_IDS[0]), few)
+            assert res.ok and not res.errors and res.missing == 3, (res.error, res.missing)
+        res = a.score(int(USER_IDS[0]), most)
+        assert res.ok and res.missing == 30
+        res = b.score(int(USER_IDS[0]), most)
+        assert not res.ok and res.error["kind"] == "store_unavailable", res.error
+        assert res.error["missing"] == 30 and "30 of the request's 33" in res.error["message"]
+    assert "Traceback" not in strict.log(100_000)
