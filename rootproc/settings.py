@@ -193,6 +193,10 @@ class RootSettings:
                                      positive=True)
     missing: str = option("default", "an id the feature store lacks: 'default' values, or "
                           "'fail' the request", choices=MODES_MISSING)
+    missing_max_share: float = option(1.0, "a request whose share of entities (user and "
+                                      "candidates) the store lacks is over this fails "
+                                      "store_unavailable instead of scoring defaults (1: never)",
+                                      minimum=0)
     trim: str = option("on", "'on': each leaf gets the features its model reads", choices=MODES_TRIM)
     compression: str = option(COMPRESSION_NONE, "none or lz4, for every leaf link",
                               choices=MODES_COMPRESSION)

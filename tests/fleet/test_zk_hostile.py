@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
+import threading
 import time
 import zlib
 
@@ -30,18 +30,20 @@ def bundle_node(store, bundle) -> str:
 
 
 def status(address: str, env: dict | None = None):
-    """`trimmer status` (its result, and its peak RSS in MiB)."""
+    """`trimmer status`: (exit status, stdout, stderr, its own peak RSS in MiB)."""
     proc = subprocess.Popen([sys.executable, "-m", "signatures.cli", "status", "--config-store",
                              address], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    killer = threading.Timer(60, proc.kill)
+    killer.start()
     try:
-        out, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise AssertionError("trimmer status did not return in 60 s") from None
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return proc.returncode, out, err, rss
+        out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
+        _, wstatus, usage = os.wait4(proc.pid, 0)
+    finally:
+        killer.cancel()
+    proc.returncode = code = os.waitstatus_to_exitcode(wstatus)
+    assert code >= 0, "trimmer status did not return in 60 s"
+    return code, out, err, usage.ru_maxrss / 1024
 
 
 def bomb() -> bytes:
@@ -57,6 +59,7 @@ def test_a_hostile_bundle_node_is_refused_within_its_limits(zk_server, hostile, 
     writer = open_config_store(address)
     try:
         Stages(writer).deploy(B1, "canary")
+        *_, rss_before = status(address)
         f = follower(address, generation=1).start()
         try:
             # B2's node, written by hand before B2 is deployed (blobs are content-addressed:
@@ -86,8 +89,10 @@ def test_a_hostile_bundle_node_is_refused_within_its_limits(zk_server, hostile, 
             f.stop()
         with capsys.disabled():
             print(f"\n{hostile}: refused in {took * 1000:.0f} ms; `trimmer status` exit {code}, "
-                  f"peak RSS of its children so far {rss:.0f} MiB; {err.strip()[:200]}")
-        assert rss < 400, rss   # the 512 MiB never inflated
+                  f"its peak RSS {rss:.0f} MiB (on the good store: {rss_before:.0f} MiB); "
+                  f"{err.strip().splitlines()[-1][:300]}")
+        # The 512 MiB never inflated: at most the limit (64 MiB) and a step more.
+        assert rss < rss_before + 64 + 16, (rss_before, rss)
     finally:
         writer.close()
 
@@ -120,3 +125,34 @@ def test_limits_are_settings(zk_server):
     s = ZooKeeperSettings(max_chunks=2, max_compressed_bytes=1000, max_inflated_bytes=10_000)
     assert (s.max_chunks, s.max_compressed_bytes, s.max_inflated_bytes) == (2, 1000, 10_000)
     _ = FAST
+
+
+def test_writes_need_a_credential_unless_insecure(zk_server, monkeypatch, tmp_path):
+    from leafproc.settings import LeafSettings
+    from signatures.runtime.settings import parse
+    monkeypatch.delenv("TRIMMER_ZK_INSECURE", raising=False)
+    monkeypatch.delenv("TRIMMER_ZK_AUTH", raising=False)
+    address = zk_server.address()
+    path = str(tmp_path / "b1.json")
+    B1.save(path)
+    env = {k: v for k, v in os.environ.items() if k not in ("TRIMMER_ZK_INSECURE",
+                                                             "TRIMMER_ZK_AUTH")}
+    run = [sys.executable, "-m", "signatures.cli"]
+    out = subprocess.run([*run, "deploy", path, "--stage", "canary", "--config-store", address],
+                         cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 1 and "TRIMMER_ZK_AUTH" in out.stderr, out
+    assert "insecure" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    out = subprocess.run([*run, "status", "--config-store", address], cwd=REPO_ROOT,
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out            # reading needs nothing
+    out = subprocess.run([*run, "deploy", path, "--stage", "canary", "--config-store", address],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                         env={**env, "TRIMMER_ZK_INSECURE": "1"})
+    assert out.returncode == 0 and "INSECURE" in out.stderr, out
+    # Roots and leaves following a zk:// store refuse to start without one, like open tcp binds.
+    leaf = {"bind": ["ipc:///tmp/x"], "config_store": address}
+    problems = parse(LeafSettings, leaf).check()
+    assert any("TRIMMER_ZK_AUTH" in p for p in problems), problems
+    assert not parse(LeafSettings, {**leaf, "zookeeper": {"insecure": True}}).check()
+    monkeypatch.setenv("TRIMMER_ZK_AUTH", "deployer:s3cret")
+    assert not parse(LeafSettings, leaf).check()
