@@ -236,6 +236,9 @@ class RootSettings:
             problems.append("curve.authorized needs curve.secret_key (the root's own key pair)")
         if self.open_binds() and not self.insecure:
             problems.append(exposure_problem(self.open_binds(), "clients", "score"))
+        zk_problem = self.zookeeper.writer_problem(self.config_store)
+        if zk_problem:
+            problems.append(zk_problem)
         names = [leaf.name for leaf in self.leaves]
         if len(set(names)) != len(names):
             problems.append(f"leaf names must be unique: {names}")

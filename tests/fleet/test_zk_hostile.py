@@ -150,7 +150,7 @@ def test_writes_need_a_credential_unless_insecure(zk_server, monkeypatch, tmp_pa
                          env={**env, "TRIMMER_ZK_INSECURE": "1"})
     assert out.returncode == 0 and "INSECURE" in out.stderr, out
     # Roots and leaves following a zk:// store refuse to start without one, like open tcp binds.
-    leaf = {"bind": ["ipc:///tmp/x"], "config_store": address}
+    leaf = {"bind": ["ipc:///tmp/x"], "config_store": address, "repo": str(tmp_path)}
     problems = parse(LeafSettings, leaf).check()
     assert any("TRIMMER_ZK_AUTH" in p for p in problems), problems
     assert not parse(LeafSettings, {**leaf, "zookeeper": {"insecure": True}}).check()

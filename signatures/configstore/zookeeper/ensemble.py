@@ -48,7 +48,7 @@ from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 from _trim.errors import ConfigError, InvalidInput, StoreError
 from signatures.configstore.errors import ConfigStoreUnavailable
 from signatures.configstore.names import ZK_SCHEME
-from signatures.configstore.zookeeper.settings import MAX_CHUNKS, ZooKeeperSettings
+from signatures.configstore.zookeeper.settings import INSECURE_ENV, MAX_CHUNKS, ZooKeeperSettings
 
 log = logging.getLogger("trimmer.store")
 # kazoo says every failed reconnect attempt; `Ensemble` says a loss and a recovery once.
@@ -144,11 +144,13 @@ class Ensemble:
                 f"{self.describe()}: no server answered within {self.timeout_s:g} s "
                 f"({type(exc).__name__}{': ' + str(exc) if str(exc) else ''}); nothing was "
                 "read or changed") from exc
-        if self._credential is None and self.address not in _insecure_said:
+        if self._credential is None and self.settings.open_writes() \
+                and self.address not in _insecure_said:
             _insecure_said.add(self.address)
-            log.warning("INSECURE: %s without a credential ($%s unset): the nodes written are "
-                        "open to anyone who reaches the ensemble, who could change the config "
-                        "or register leaves", self.describe(), self.settings.auth_env)
+            log.warning("INSECURE: %s without a credential ($%s unset), writes allowed "
+                        "(zookeeper.insecure or $%s): the nodes written are open to anyone who "
+                        "reaches the ensemble, who could change the config or register leaves",
+                        self.describe(), self.settings.auth_env, INSECURE_ENV)
         return zk
 
     def _state_changed(self, state) -> None:
@@ -224,8 +226,20 @@ class Ensemble:
         zk = self.client()
         return [_value(self, result, what) for result in [zk.get_async(p) for p in paths]]
 
+    def check_writer(self, what: str) -> None:
+        """StoreError unless this process may write: it has a credential, or
+        open writes were asked for (``insecure``)."""
+        if self._credential is None and not self.settings.open_writes():
+            raise StoreError(f"{self.describe()}: {what}: refused: no credential "
+                             f"(${self.settings.auth_env} unset), and the nodes written would "
+                             "be open to anyone who reaches the ensemble; set "
+                             f"${self.settings.auth_env}=USER:PASSWORD, or say insecure "
+                             f"(zookeeper.insecure: true; ${INSECURE_ENV}=1 for the trimmer "
+                             "commands) to accept that")
+
     def create(self, path: str, data: bytes, what: str, ephemeral: bool = False) -> bool:
         """Create ``path`` (and its parents); False when it exists."""
+        self.check_writer(what)
         try:
             self.call(what, lambda zk: zk.create_async(path, data, ephemeral=ephemeral,
                                                        makepath=True))
@@ -234,6 +248,7 @@ class Ensemble:
             return False
 
     def ensure(self, *paths: str) -> None:
+        self.check_writer(f"create {paths[0] if paths else ''}")
         for path in paths:
             def make(zk, p=path):
                 return zk.ensure_path_async(p)
