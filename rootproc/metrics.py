@@ -128,7 +128,7 @@ class _CacheCollector:
                                "(since its last failed round trip, until one succeeds)")
         up.add_metric([], 0 if cached.down_since is not None else 1)
         bad = CounterMetricFamily(p + "store_bad_records", "store values refused (their "
-                                  "entities count as missing): corrupt, too_large, wrong_type",
+                                  "entities count as missing): corrupt, too_large",
                                   labels=["source", "reason"])
         refused = getattr(cached.store, "bad", None)
         for (source, reason), n in list(refused.counts.items() if refused is not None else []):

@@ -14,16 +14,16 @@ server safely::
                            kept by later loads into it; a load into an emptied
                            server writes a new one
 
-A root reads a request's user and candidates with one ``EVAL_RO`` of
-`READ_SCRIPT` (rootproc/featurestore/resp.py), which also says whether the
-metadata key is still there and the generation: a root whose store lost its
+A root reads a request's user and candidates with one ``MGET``, pipelined
+with ``EXISTS NAME:meta`` and ``GET NAME:generation`` (one round trip): a root whose store lost its
 data (FLUSHALL, a restart without its data) answers ``store_unavailable``
 (reason ``dataset_lost``), logged once, until it is loaded again; a store
 loaded again with the same layouts is served from then on, one with other
 layouts stays ``store_unavailable`` (``dataset_replaced``). A value over
-``redis.max_value_bytes`` is never sent, and one that is no record of its
-source is refused (rootproc/featurestore/checks.py): that entity counts as
-missing.
+``redis.max_value_bytes`` is never read past the limit (the connection is
+dropped; ``STRLEN`` finds the key, which is then left out of reads for
+`LARGE_KEEP_S`), and one that is no record of its source is refused
+(rootproc/featurestore/checks.py): that entity counts as missing.
 
 Every read has a time budget (at most ``redis.timeout_ms``, and at most half of what is
 left of the request's deadline), connects and reads never wait past it however the bytes arrive, and
@@ -40,12 +40,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 import orjson
@@ -63,46 +61,17 @@ from rootproc.featurestore.base import (
     unfinished_message,
 )
 from rootproc.featurestore.checks import BadRecords, corrupt_records
-from rootproc.featurestore.resp import OVERHEAD_NBYTES, READ_SCRIPT, read_replies
+from rootproc.featurestore.redis_address import parse_address
+from rootproc.featurestore.resp import OVERHEAD_NBYTES, ValueTooLarge, read_replies
 from rootproc.settings import LOADER_REDIS, RedisSettings
 
 log = logging.getLogger("rootproc")
-NAMESPACE = "features"
-_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 SOURCE_TAGS = {"user": "u", "candidate": "c"}
 # A load's writes go in commands of about this size, so that roots reading
 # the same server wait behind one at most (Redis runs one command at a time).
 WRITE_COMMAND_NBYTES = 2 << 20
-
-
-def parse_address(address: str) -> dict:
-    """The parts of a redis:// or rediss:// address; ValueError naming what is wrong."""
-    parts = urlsplit(address)
-    shown = f"{parts.scheme}://{parts.hostname or '?'}"
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError(f"feature store {shown}: the port is not a number") from None
-    if not parts.hostname:
-        raise ValueError(f"feature store {address.split('@')[-1]}: no host")
-    path = parts.path.strip("/")
-    if path and not path.isdigit():
-        raise ValueError(f"feature store {shown}: the path must be a database number, got {path!r}")
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - {"namespace"})
-    if unknown:
-        raise ValueError(f"feature store {shown}: unknown parameters {unknown} (known: namespace)")
-    namespace = query.get("namespace", [NAMESPACE])[-1]
-    if not _NAMESPACE_RE.match(namespace):
-        raise ValueError(f"feature store {shown}: namespace {namespace!r} must be 1-64 letters, "
-                         "digits, '_', '.' or '-'")
-    db = int(path or 0)
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return {"tls": parts.scheme == "rediss", "host": parts.hostname, "port": port, "db": db,
-            "username": unquote(parts.username) if parts.username else None,
-            "password": unquote(parts.password) if parts.password else None,
-            "namespace": namespace,
-            "shown": f"{parts.scheme}://{host}:{port}/{db}?namespace={namespace}"}
+LARGE_KEEP_S = 10.0       # how long a key found over max_value_bytes is left out of reads
+LARGE_KEYS = 10_000       # at most this many such keys remembered
 
 
 class RedisStore(FeatureStore):
@@ -127,6 +96,7 @@ class RedisStore(FeatureStore):
         self._gen_key = f"{self.namespace}:generation"
         self.bad = BadRecords(self.address)
         self.lost: str | None = None     # why the store's data is gone, while it is
+        self._large: dict[bytes, tuple[float, int]] = {}   # key -> (until, its length)
         password = where["password"] or os.environ.get(self.settings.password_env) or None
         kwargs = {"host": where["host"], "port": where["port"], "db": where["db"],
                   "username": where["username"], "password": password,
@@ -185,7 +155,7 @@ class RedisStore(FeatureStore):
     # -- the connection ---------------------------------------------------------
 
     def _call(self, commands: list[tuple], deadline: float | None = None,
-              max_bytes: int | None = None) -> list:
+              max_bytes: int | None = None, max_pending: int | None = None) -> list:
         """The replies to ``commands``, sent in one round trip (a pipeline),
         within ``deadline`` (time.monotonic); StoreDown when that fails."""
         now = time.monotonic()
@@ -201,7 +171,7 @@ class RedisStore(FeatureStore):
                 failure = failure or ("no time left to ask it", "timeout")
                 break
             try:
-                replies = self._send(commands, left, max_bytes)
+                replies = self._send(commands, left, max_bytes, max_pending)
             except (redis.TimeoutError, TimeoutError) as exc:
                 failure = (f"no answer within {left * 1000:.0f} ms ({exc})", "timeout")
                 break   # a stalled server: asking again would only wait again
@@ -221,7 +191,8 @@ class RedisStore(FeatureStore):
         self.last_error = failure[0]
         raise StoreDown(f"feature store {self.address}: {failure[0]}", failure[1])
 
-    def _send(self, commands: list[tuple], left: float, max_bytes: int | None) -> list:
+    def _send(self, commands: list[tuple], left: float, max_bytes: int | None,
+              max_pending: int | None) -> list:
         with self._lock:
             conn = self._idle.pop() if self._idle else self._connect()
         ok = False
@@ -231,7 +202,7 @@ class RedisStore(FeatureStore):
             if conn._sock is None:
                 conn.connect()
             conn.send_packed_command(conn.pack_commands(commands))
-            replies = read_replies(conn, len(commands), end, max_bytes)
+            replies = read_replies(conn, len(commands), end, max_bytes, max_pending)
             ok = True
             return replies
         finally:
@@ -267,31 +238,61 @@ class RedisStore(FeatureStore):
             budget = min(budget, timeout_s)
         deadline = time.monotonic() + budget
         limit = self.settings.max_value_bytes
-        (values,) = self._call(
-            [("EVAL_RO", READ_SCRIPT, 2 + len(keys), self._meta_key, self._gen_key, *keys, limit)],
-            deadline, (limit + OVERHEAD_NBYTES) * (len(keys) + 1) + 1024)
-        if not isinstance(values, list):
+        exists, generation, values, large = self._read(keys, deadline)
+        if not exists:
             self._gone(f"its metadata key {self._meta_key} is gone")
-        if values[0] != self.generation:
-            self._replaced(values[0], deadline)
+        if generation != self.generation:
+            self._replaced(generation, deadline)
         elif self.lost is not None:
             log.warning("feature store %s: its data is back (same generation); serving it",
                         self.address)
             self.lost = None
         out = {}
         for source, a, b in spans:
-            out[source] = records = values[1 + a:1 + b]
-            for k, value in enumerate(records):
-                if isinstance(value, int):
-                    reason, why = (("wrong_type", "not a string value") if value < 0 else
-                                   ("too_large", f"{value} bytes, over redis.max_value_bytes "
-                                                 f"({limit})"))
-                    self.bad.refuse(source, keys[a + k], reason, why)
-                    records[k] = None
+            out[source] = records = values[a:b]
+            for k in range(a, b):
+                if k in large:
+                    self.bad.refuse(source, keys[k], "too_large", f"{large[k]} bytes, over "
+                                    f"redis.max_value_bytes ({limit}): not read")
             for k, why in corrupt_records(self.layouts[source], records):
                 self.bad.refuse(source, keys[a + k], "corrupt", why)
                 records[k] = None
         return out
+
+    def _read(self, keys: list[bytes], deadline: float) -> tuple[int, object, list, dict]:
+        """(whether the metadata key exists, the generation, each key's value
+        or None, {index: length} of those over ``redis.max_value_bytes``), in
+        one round trip unless a value over the limit turns up unannounced."""
+        limit = self.settings.max_value_bytes
+        now = time.monotonic()
+        with self._lock:
+            large = {k: self._large[key][1] for k, key in enumerate(keys)
+                     if key in self._large and self._large[key][0] > now}
+        for _ in range(3):
+            ask = [key for k, key in enumerate(keys) if k not in large]
+            commands: list[tuple] = [("EXISTS", self._meta_key), ("GET", self._gen_key)]
+            if ask:
+                commands.append(("MGET", *ask))
+            try:
+                exists, generation, *got = self._call(
+                    commands, deadline, (limit + OVERHEAD_NBYTES) * (len(ask) + 2) + 1024,
+                    limit + OVERHEAD_NBYTES)
+            except ValueTooLarge:
+                lengths = self._call([("STRLEN", key) for key in keys], deadline)
+                until = time.monotonic() + LARGE_KEEP_S
+                with self._lock:
+                    if len(self._large) >= LARGE_KEYS:
+                        self._large.clear()
+                    for k, n in enumerate(lengths):
+                        if n > limit:
+                            large[k] = n
+                            self._large[keys[k]] = (until, n)
+                continue
+            fetched = iter(got[0] if got else [])
+            values = [None if k in large else next(fetched) for k in range(len(keys))]
+            return exists, generation, values, large
+        raise StoreDown(f"feature store {self.address}: values over redis.max_value_bytes keep "
+                        "appearing under the request's keys", "error")
 
     def _gone(self, why: str) -> None:
         """Raise ``dataset_lost``: the store's data is gone (logged when first seen)."""
