@@ -187,23 +187,31 @@ def test_a_trickling_redis_costs_each_request_its_budget_only(world, leaves, red
         assert proc.returncode is None
 
 
+@pytest.mark.parametrize("loss", ["flushall", "restart-empty"])
 def test_a_flushed_store_is_loud_until_loaded_again(world, leaves, redis_server,  # noqa: F811
-                                                    process_runner, capsys):
+                                                    process_runner, loss, capsys):
     url = redis_server.url("flushed")
     load_redis(world, url)
     r = redis.Redis(port=redis_server.port)
     roots = two_roots(world, leaves, process_runner, url)
     warm(roots)
     clients = {name: ScoringClient(proc.endpoint) for name, (proc, _) in roots.items()}
+
+    def lose():
+        if loss == "flushall":
+            r.flushall()
+        else:               # nothing saved: the server comes back empty
+            redis_server.kill()
+            redis_server.start()
     try:
-        log = drive(clients, [(0.5, None), (2.0, r.flushall), (3.0, lambda: load_redis(world, url))])
+        log = drive(clients, [(0.5, None), (2.0, lose), (3.0, lambda: load_redis(world, url))])
     finally:
         for c in clients.values():
             c.close()
     r.close()
     figures = {name: summary(entries) for name, entries in log.items()}
     with capsys.disabled():
-        print(f"\nFLUSHALL under load, then a reload: {figures}")
+        print(f"\n{loss} under load, then a reload: {figures}")
     for name, (proc, port) in roots.items():
         check(name, log[name], {"ok", "store_unavailable"})
         during = [kind for t0, _, kind, phase in log[name] if phase == 1]
