@@ -101,6 +101,9 @@ class LeafSettings:
                             "(--curve-authorized) go together ('*' accepts any client key)")
         if self.open_binds() and not self.insecure:
             problems.append(exposure_problem(self.open_binds(), "roots", "run the models"))
+        zk_problem = self.zookeeper.writer_problem(self.config_store)
+        if zk_problem:
+            problems.append(zk_problem)
         return problems
 
     def open_binds(self) -> list[str]:

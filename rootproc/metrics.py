@@ -111,7 +111,8 @@ class _CacheCollector:
         for source, n in list(cached.stale_served.items()):
             stale.add_metric([source], n)
         errors = CounterMetricFamily(p + "store_errors", "feature store round trips that failed "
-                                     "(timeout, connection, error) or were not tried (backoff)",
+                                     "(timeout, connection, error, dataset_lost, dataset_replaced) or "
+                                     "were not tried (backoff)",
                                      labels=["reason"])
         for reason, n in list(cached.store_errors.items()):
             errors.add_metric([reason], n)
@@ -126,6 +127,13 @@ class _CacheCollector:
         up = GaugeMetricFamily(p + "store_up", "0 while the feature store is failing "
                                "(since its last failed round trip, until one succeeds)")
         up.add_metric([], 0 if cached.down_since is not None else 1)
+        bad = CounterMetricFamily(p + "store_bad_records", "store values refused (their "
+                                  "entities count as missing): corrupt, too_large",
+                                  labels=["source", "reason"])
+        refused = getattr(cached.store, "bad", None)
+        for (source, reason), n in list(refused.counts.items() if refused is not None else []):
+            bad.add_metric([source, reason], n)
+        yield bad
         yield stale
         yield errors
         yield latency

@@ -176,9 +176,11 @@ def scores_reply(request, root_name: str, metrics) -> list:
     timing["total"] = int((t_end - request.t_start) * 1e6)
     metrics.latency.labels("total").observe(t_end - request.t_start)
     metrics.requests.labels("ok").inc()
-    header = fit_header({"type": "scores", "id": request.rid, "ok": True, "n": request.n,
-                         "results": results, "timing_us": timing, "root": root_name}, errors)
-    return [header] + frames
+    fields = {"type": "scores", "id": request.rid, "ok": True, "n": request.n,
+              "results": results, "timing_us": timing, "root": root_name}
+    if request.missing:
+        fields["missing"] = request.missing
+    return [fit_header(fields, errors)] + frames
 
 
 __all__ = ["bounded_error", "error_reply", "fit_header", "forwardable_error", "leaf_error",

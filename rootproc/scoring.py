@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import _trim
-from _trim.transport.protocol import BAD_REQUEST, DEADLINE, ProtocolError
+from _trim.transport.protocol import BAD_REQUEST, DEADLINE, STORE_UNAVAILABLE, ProtocolError
 from rootproc.defaults import MISSING_IDS_SHOWN
 from rootproc.intake import ScoreRequest, parse_score, resolve_models, unknown_model_error
 from rootproc.leaves.agreement import Agreement
@@ -51,6 +51,7 @@ class Job:
     batch: object = None
     t_fetch: float = 0.0
     t_pre: float = 0.0
+    missing: int = 0        # entities the store lacked
     error: BaseException | None = None
 
 
@@ -141,7 +142,7 @@ class Scorer:
         if time.monotonic() >= job.deadline:
             raise ProtocolError(DEADLINE, "the root could not start on the request within its "
                                           "deadline (it is overloaded)")
-        with self.fetch(job.req, job.t0) as (users, candidates):
+        with self.fetch(job.req, job.t0) as (users, candidates, job.missing):
             job.t_fetch = time.perf_counter()
             job.batch = job.pre.build(users, candidates)
         job.t_pre = time.perf_counter()
@@ -151,6 +152,7 @@ class Scorer:
         now = time.monotonic()
         request = self.router.open(job.req.rid, job.envelope, len(job.req.candidates),
                                    job.deadline, job.t0)
+        request.missing = job.missing
         self.send_models(request, job.wanted, job.gaps, job.batch, now)
         t_sent = time.perf_counter()
         self.router.park(request, self.timing(job.t0, job.t_fetch, job.t_pre, t_sent), t_sent)
@@ -158,27 +160,33 @@ class Scorer:
     # -- the steps ----------------------------------------------------------------
 
     @contextlib.contextmanager
-    def fetch(self, req: ScoreRequest, t0: float) -> Iterator[tuple[list, list]]:
+    def fetch(self, req: ScoreRequest, t0: float) -> Iterator[tuple[list, list, int]]:
         """The user's and the candidates' raw records, missing ones filled, in
         one store round trip for what the cache lacks, valid inside the
         ``with`` block (LMDB's are buffers into its memory map). The store
         gets at most half of what is left of the deadline: a store that does
         not answer costs the request a prompt ``store_unavailable``, never
-        its deadline."""
+        its deadline. Also yields how many entities the store lacked; over
+        ``missing_max_share`` of them, ``store_unavailable``."""
         cand_ids = req.candidates.tolist()
         left_s = req.deadline_ms / 1000 - (time.perf_counter() - t0)
         with self.cached.reading({"user": [req.user], "candidate": cand_ids},
                                  max(0.0, left_s) / 2) as got:
             users, candidates = got["user"], got["candidate"]
-            self.fill_missing("user", [req.user], users)
-            self.fill_missing("candidate", cand_ids, candidates)
-            yield users, candidates
+            missing = (self.fill_missing("user", [req.user], users)
+                       + self.fill_missing("candidate", cand_ids, candidates))
+            if missing > self.cfg.missing_max_share * (1 + len(cand_ids)):
+                raise ProtocolError(STORE_UNAVAILABLE, f"{missing} of the request's "
+                                    f"{1 + len(cand_ids)} entities are not in the feature store "
+                                    f"(over missing_max_share {self.cfg.missing_max_share:g})",
+                                    missing=missing)
+            yield users, candidates, missing
 
-    def fill_missing(self, source: str, ids, records) -> None:
-        """Default records for ids the store lacks, or a ``bad_request`` naming
-        them when the config says ``missing: fail``."""
+    def fill_missing(self, source: str, ids, records) -> int:
+        """Default records for ids the store lacks (how many), or a ``bad_request``
+        naming them when the config says ``missing: fail``."""
         if all(records):   # one C-level scan, the usual case (None is falsy, a record is not)
-            return
+            return 0
         missing = [k for k, r in enumerate(records) if r is None]
         self.metrics.missing.labels(source).inc(len(missing))
         if self.cfg.missing == "fail":
@@ -192,6 +200,7 @@ class Scorer:
         default = self.store.layout(source).default_record
         for k in missing:
             records[k] = default
+        return len(missing)
 
     def choose_preprocessor(self, keys, now: float):
         """(preprocessor, trim gaps): the union of the features the config's

@@ -44,6 +44,7 @@ from rootproc.defaults import (
     REDIS_BACKOFF_MAX_MS,
     REDIS_BACKOFF_MS,
     REDIS_CONNECT_TIMEOUT_MS,
+    REDIS_MAX_VALUE_BYTES,
     REDIS_PASSWORD_ENV,
     REDIS_POOL_SIZE,
     REDIS_RETRIES,
@@ -120,6 +121,9 @@ class RedisSettings:
     backoff_ms: float = option(REDIS_BACKOFF_MS, "after a failed fetch, fetches fail at once "
                                "for this long, doubling while it keeps failing", minimum=0)
     backoff_max_ms: float = option(REDIS_BACKOFF_MAX_MS, "longest backoff", minimum=0)
+    max_value_bytes: int = option(REDIS_MAX_VALUE_BYTES, "largest record value read; a larger "
+                                  "one is refused unread (its entity counts as missing)",
+                                  positive=True)
     pool_size: int = option(REDIS_POOL_SIZE, "idle connections kept open (the serving loop "
                             "uses one at a time)", positive=True)
     password_env: str = option(REDIS_PASSWORD_ENV, "environment variable holding the password "
@@ -190,6 +194,10 @@ class RootSettings:
                                      positive=True)
     missing: str = option("default", "an id the feature store lacks: 'default' values, or "
                           "'fail' the request", choices=MODES_MISSING)
+    missing_max_share: float = option(1.0, "a request whose share of entities (user and "
+                                      "candidates) the store lacks is over this fails "
+                                      "store_unavailable instead of scoring defaults (1: never)",
+                                      minimum=0)
     trim: str = option("on", "'on': each leaf gets the features its model reads", choices=MODES_TRIM)
     compression: str = option(COMPRESSION_NONE, "none or lz4, for every leaf link",
                               choices=MODES_COMPRESSION)
@@ -232,6 +240,9 @@ class RootSettings:
             problems.append("curve.authorized needs curve.secret_key (the root's own key pair)")
         if self.open_binds() and not self.insecure:
             problems.append(exposure_problem(self.open_binds(), "clients", "score"))
+        zk_problem = self.zookeeper.writer_problem(self.config_store)
+        if zk_problem:
+            problems.append(zk_problem)
         names = [leaf.name for leaf in self.leaves]
         if len(set(names)) != len(names):
             problems.append(f"leaf names must be unique: {names}")

@@ -48,6 +48,7 @@ class ScoreResult:
     error: dict | None = None
     latency_s: float = 0.0                       # client-side round trip
     root: str | None = None                      # name of the root that answered
+    missing: int = 0                             # entities scored from default values
 
     @property
     def bytes_sent(self) -> dict:
@@ -91,7 +92,7 @@ def parse_reply(frames, latency_s: float = 0.0) -> ScoreResult:
                                               "message": f"unexpected reply {header['type']!r}"})
     res = ScoreResult(rid, True, n=header.get("n", 0), results=header.get("results", []),
                       timing_us=header.get("timing_us", {}), latency_s=latency_s,
-                      root=header.get("root"))
+                      root=header.get("root"), missing=header.get("missing", 0))
     for r in res.results:
         if r.get("ok"):
             res.scores[r["model"]] = np.frombuffer(frames[r["frame"]], dtype=SCORES_DTYPE)

@@ -10,10 +10,23 @@ server safely::
     NAME:meta              format, layouts, schema fingerprint, counts, id ranges:
                            written last by a load; a store without it is never served
     NAME:loading           who is loading, while a load runs
+    NAME:generation        the dataset's generation: a token the first load writes,
+                           kept by later loads into it; a load into an emptied
+                           server writes a new one
 
-A root reads a request's user and candidates with one ``MGET``. Every read
-has a time budget (at most ``redis.timeout_ms``, and at most half of what is
-left of the request's deadline), connects and reads never wait past it, and
+A root reads a request's user and candidates with one ``MGET``, pipelined
+with ``EXISTS NAME:meta`` and ``GET NAME:generation`` (one round trip): a root whose store lost its
+data (FLUSHALL, a restart without its data) answers ``store_unavailable``
+(reason ``dataset_lost``), logged once, until it is loaded again; a store
+loaded again with the same layouts is served from then on, one with other
+layouts stays ``store_unavailable`` (``dataset_replaced``). A value over
+``redis.max_value_bytes`` is never read past the limit (the connection is
+dropped; ``STRLEN`` finds the key, which is then left out of reads for
+`LARGE_KEEP_S`), and one that is no record of its source is refused
+(rootproc/featurestore/checks.py): that entity counts as missing.
+
+Every read has a time budget (at most ``redis.timeout_ms``, and at most half of what is
+left of the request's deadline), connects and reads never wait past it however the bytes arrive, and
 after a failure the store is left alone for a backoff (doubling, capped)
 during which reads fail at once: a root whose Redis is down answers
 ``store_unavailable`` promptly instead of stalling its loop on sockets. The
@@ -25,12 +38,12 @@ it never appears in `address`, messages or logs.
 """
 from __future__ import annotations
 
+import logging
 import os
-import re
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 import orjson
@@ -47,44 +60,18 @@ from rootproc.featurestore.base import (
     loading_marker,
     unfinished_message,
 )
+from rootproc.featurestore.checks import BadRecords, corrupt_records
+from rootproc.featurestore.redis_address import parse_address
+from rootproc.featurestore.resp import OVERHEAD_NBYTES, ValueTooLarge, read_replies
 from rootproc.settings import LOADER_REDIS, RedisSettings
 
-NAMESPACE = "features"
-_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+log = logging.getLogger("rootproc")
 SOURCE_TAGS = {"user": "u", "candidate": "c"}
 # A load's writes go in commands of about this size, so that roots reading
 # the same server wait behind one at most (Redis runs one command at a time).
 WRITE_COMMAND_NBYTES = 2 << 20
-
-
-def parse_address(address: str) -> dict:
-    """The parts of a redis:// or rediss:// address; ValueError naming what is wrong."""
-    parts = urlsplit(address)
-    shown = f"{parts.scheme}://{parts.hostname or '?'}"
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError(f"feature store {shown}: the port is not a number") from None
-    if not parts.hostname:
-        raise ValueError(f"feature store {address.split('@')[-1]}: no host")
-    path = parts.path.strip("/")
-    if path and not path.isdigit():
-        raise ValueError(f"feature store {shown}: the path must be a database number, got {path!r}")
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - {"namespace"})
-    if unknown:
-        raise ValueError(f"feature store {shown}: unknown parameters {unknown} (known: namespace)")
-    namespace = query.get("namespace", [NAMESPACE])[-1]
-    if not _NAMESPACE_RE.match(namespace):
-        raise ValueError(f"feature store {shown}: namespace {namespace!r} must be 1-64 letters, "
-                         "digits, '_', '.' or '-'")
-    db = int(path or 0)
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return {"tls": parts.scheme == "rediss", "host": parts.hostname, "port": port, "db": db,
-            "username": unquote(parts.username) if parts.username else None,
-            "password": unquote(parts.password) if parts.password else None,
-            "namespace": namespace,
-            "shown": f"{parts.scheme}://{host}:{port}/{db}?namespace={namespace}"}
+LARGE_KEEP_S = 10.0       # how long a key found over max_value_bytes is left out of reads
+LARGE_KEYS = 10_000       # at most this many such keys remembered
 
 
 class RedisStore(FeatureStore):
@@ -106,6 +93,10 @@ class RedisStore(FeatureStore):
         self._prefix = {s: f"{self.namespace}:{t}:".encode() for s, t in SOURCE_TAGS.items()}
         self._meta_key = f"{self.namespace}:meta"
         self._loading_key = f"{self.namespace}:loading"
+        self._gen_key = f"{self.namespace}:generation"
+        self.bad = BadRecords(self.address)
+        self.lost: str | None = None     # why the store's data is gone, while it is
+        self._large: dict[bytes, tuple[float, int]] = {}   # key -> (until, its length)
         password = where["password"] or os.environ.get(self.settings.password_env) or None
         kwargs = {"host": where["host"], "port": where["port"], "db": where["db"],
                   "username": where["username"], "password": password,
@@ -123,8 +114,9 @@ class RedisStore(FeatureStore):
         self._retry_at = 0.0
         self.last_error: str | None = None
         try:
-            meta, marker = self._call([("GET", self._meta_key), ("GET", self._loading_key)],
-                                      time.monotonic() + self.settings.timeout_ms / 1000)
+            meta, marker, self.generation = self._call(
+                [("GET", self._meta_key), ("GET", self._loading_key), ("GET", self._gen_key)],
+                time.monotonic() + self.settings.timeout_ms / 1000)
         except StoreDown as exc:
             self.close()
             hint = " (is the server up, and the address right?)" if exc.reason != "error" else ""
@@ -162,7 +154,8 @@ class RedisStore(FeatureStore):
 
     # -- the connection ---------------------------------------------------------
 
-    def _call(self, commands: list[tuple], deadline: float | None = None) -> list:
+    def _call(self, commands: list[tuple], deadline: float | None = None,
+              max_bytes: int | None = None, max_pending: int | None = None) -> list:
         """The replies to ``commands``, sent in one round trip (a pipeline),
         within ``deadline`` (time.monotonic); StoreDown when that fails."""
         now = time.monotonic()
@@ -178,7 +171,7 @@ class RedisStore(FeatureStore):
                 failure = failure or ("no time left to ask it", "timeout")
                 break
             try:
-                replies = self._send(commands, left)
+                replies = self._send(commands, left, max_bytes, max_pending)
             except (redis.TimeoutError, TimeoutError) as exc:
                 failure = (f"no answer within {left * 1000:.0f} ms ({exc})", "timeout")
                 break   # a stalled server: asking again would only wait again
@@ -198,17 +191,18 @@ class RedisStore(FeatureStore):
         self.last_error = failure[0]
         raise StoreDown(f"feature store {self.address}: {failure[0]}", failure[1])
 
-    def _send(self, commands: list[tuple], left: float) -> list:
+    def _send(self, commands: list[tuple], left: float, max_bytes: int | None,
+              max_pending: int | None) -> list:
         with self._lock:
             conn = self._idle.pop() if self._idle else self._connect()
         ok = False
         try:
             conn.socket_connect_timeout = min(self.settings.connect_timeout_ms / 1000, left)
             end = time.monotonic() + left
+            if conn._sock is None:
+                conn.connect()
             conn.send_packed_command(conn.pack_commands(commands))
-            replies = []
-            for _ in commands:
-                replies.append(conn.read_response(timeout=max(1e-3, end - time.monotonic())))
+            replies = read_replies(conn, len(commands), end, max_bytes, max_pending)
             ok = True
             return replies
         finally:
@@ -242,8 +236,93 @@ class RedisStore(FeatureStore):
         budget = self.settings.timeout_ms / 1000
         if timeout_s is not None:
             budget = min(budget, timeout_s)
-        (values,) = self._call([("MGET", *keys)], time.monotonic() + budget)
-        return {source: values[a:b] for source, a, b in spans}
+        deadline = time.monotonic() + budget
+        limit = self.settings.max_value_bytes
+        exists, generation, values, large = self._read(keys, deadline)
+        if not exists:
+            self._gone(f"its metadata key {self._meta_key} is gone")
+        if generation != self.generation:
+            self._replaced(generation, deadline)
+        elif self.lost is not None:
+            log.warning("feature store %s: its data is back (same generation); serving it",
+                        self.address)
+            self.lost = None
+        out = {}
+        for source, a, b in spans:
+            out[source] = records = values[a:b]
+            for k in range(a, b):
+                if k in large:
+                    self.bad.refuse(source, keys[k], "too_large", f"{large[k]} bytes, over "
+                                    f"redis.max_value_bytes ({limit}): not read")
+            for k, why in corrupt_records(self.layouts[source], records):
+                self.bad.refuse(source, keys[a + k], "corrupt", why)
+                records[k] = None
+        return out
+
+    def _read(self, keys: list[bytes], deadline: float) -> tuple[int, object, list, dict]:
+        """(whether the metadata key exists, the generation, each key's value
+        or None, {index: length} of those over ``redis.max_value_bytes``), in
+        one round trip unless a value over the limit turns up unannounced."""
+        limit = self.settings.max_value_bytes
+        now = time.monotonic()
+        with self._lock:
+            large = {k: self._large[key][1] for k, key in enumerate(keys)
+                     if key in self._large and self._large[key][0] > now}
+        for _ in range(3):
+            ask = [key for k, key in enumerate(keys) if k not in large]
+            commands: list[tuple] = [("EXISTS", self._meta_key), ("GET", self._gen_key)]
+            if ask:
+                commands.append(("MGET", *ask))
+            try:
+                exists, generation, *got = self._call(
+                    commands, deadline, (limit + OVERHEAD_NBYTES) * (len(ask) + 2) + 1024,
+                    limit + OVERHEAD_NBYTES)
+            except ValueTooLarge:
+                lengths = self._call([("STRLEN", key) for key in keys], deadline)
+                until = time.monotonic() + LARGE_KEEP_S
+                with self._lock:
+                    if len(self._large) >= LARGE_KEYS:
+                        self._large.clear()
+                    for k, n in enumerate(lengths):
+                        if n > limit:
+                            large[k] = n
+                            self._large[keys[k]] = (until, n)
+                continue
+            fetched = iter(got[0] if got else [])
+            values = [None if k in large else next(fetched) for k in range(len(keys))]
+            return exists, generation, values, large
+        raise StoreDown(f"feature store {self.address}: values over redis.max_value_bytes keep "
+                        "appearing under the request's keys", "error")
+
+    def _gone(self, why: str) -> None:
+        """Raise ``dataset_lost``: the store's data is gone (logged when first seen)."""
+        if self.lost is None:
+            log.error("feature store %s: its data is gone (%s: FLUSHALL, a restart without its "
+                      "data, or a delete); answering store_unavailable until it is loaded again",
+                      self.address, why)
+        self.lost = why
+        raise StoreDown(f"feature store {self.address}: its data is gone ({why}); "
+                        "store_unavailable until it is loaded again", "dataset_lost")
+
+    def _replaced(self, generation, deadline: float) -> None:
+        """The store was loaded anew (another generation): served from now on
+        when its layouts are this root's, else ``dataset_replaced``."""
+        (meta,) = self._call([("GET", self._meta_key)], deadline)
+        if meta is None:
+            self._gone(f"its metadata key {self._meta_key} is gone")
+        meta = orjson.loads(meta)
+        mine = {s: layout.to_dict() for s, layout in self.layouts.items()}
+        if meta.get("format") != FORMAT or meta.get("layouts") != mine:
+            if self.lost != "replaced":
+                log.error("feature store %s: replaced by a load with other record layouts "
+                          "(generation %s); answering store_unavailable: restart the root with "
+                          "the schema it was loaded for", self.address, generation)
+            self.lost = "replaced"
+            raise StoreDown(f"feature store {self.address}: replaced by a load with other "
+                            "record layouts; restart the root with its schema", "dataset_replaced")
+        log.warning("feature store %s: loaded anew (generation %s, was %s) with the same "
+                    "layouts; serving it", self.address, generation, self.generation)
+        self.meta, self.generation, self.lost = meta, generation, None
 
     def count(self, source: str) -> int:
         return int((self.meta or {}).get("counts", {}).get(source, 0))
@@ -300,7 +379,11 @@ class RedisStore(FeatureStore):
                      "layouts": {s: wanted[s].to_dict() for s in SOURCES}, "counts": counts,
                      "id_ranges": {s: self._range.get(s) or None for s in SOURCES},
                      "committed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self._call([("SET", self._meta_key, orjson.dumps(self.meta)), ("DEL", self._loading_key)])
+        # A first load (into an empty or emptied server) starts a new generation.
+        generation = self.generation if old and self.generation else uuid.uuid4().hex.encode()
+        self._call([("SET", self._meta_key, orjson.dumps(self.meta)),
+                    ("SET", self._gen_key, generation), ("DEL", self._loading_key)])
+        self.generation = generation
         self.loading = None
 
     def _scan(self, source: str) -> tuple[int, list[int]]:

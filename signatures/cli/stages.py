@@ -17,7 +17,7 @@ from signatures.bundle import Bundle
 from signatures.configstore import STAGES, ConfigStore, Stages, open_config_store
 from signatures.configstore.gating import WAIT_S
 from signatures.configstore.stage_state import HEADINGS
-from signatures.runtime.exit_codes import EXIT_FAILED, exit_for
+from signatures.runtime.exit_codes import EXIT_FAILED, exit_for, exit_for_disk
 
 MULTI_COMMAND = True
 DEFAULT_STORE = os.environ.get("TRIMMER_CONFIG_STORE", "config-store")
@@ -81,6 +81,8 @@ def main(argv: list[str]) -> int:
             return _run(command, args, store)
     except TrimmerError as exc:
         return exit_for(command, exc)
+    except OSError as exc:   # the directory store's disk: full, read-only, not ours
+        return exit_for_disk(command, f"config store {args.config_store}", exc)
 
 
 def _run(command: str, args, store: ConfigStore) -> int:

@@ -179,6 +179,10 @@ class StageFollower(Generic[T]):
             if generation == self.generation:
                 self.last_error = None
                 return
+            if self.generation and 0 < generation < self.generation:
+                raise StoreError(f"stage {self.stage}'s generation went backwards: {generation} "
+                                 f"after {self.generation} (a stale or forged record): refused; "
+                                 "a deploy or rollback writes a newer one")
             if generation == 0 and self.generation:   # the audit log gone too
                 raise StoreError(f"stage {self.stage} reads as never written, but {self.ran} "
                                  f"its generation {self.generation}: the stage record is missing")

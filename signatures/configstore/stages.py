@@ -52,10 +52,21 @@ class Stages:
         says it held, at the highest generation anyone has seen, so that
         followers take the new record as new."""
         record = self.store.read_stage(stage)
+        seen = [m.generation for m in self.store.members(stage) if m.generation is not None]
         if not isinstance(record, StageProblem):
+            # A record whose generation went backwards (restored or forged by
+            # hand): the change goes past the highest anyone has seen, so that
+            # followers, which refuse a generation going back, take it as new.
+            logged = (self.store.recovered(stage) or empty_record())["generation"]
+            highest = max([logged, *seen])
+            if highest > record["generation"]:
+                log.warning("%s: the stage record's generation went backwards (%d; the audit log "
+                            "or a member has %d): the change starts past it", stage,
+                            record["generation"], highest)
+                record["generation"] = highest
+                return record, {"generation_was_behind": True}
             return record, {}
         base = self.store.recovered(stage) or empty_record()
-        seen = [m.generation for m in self.store.members(stage) if m.generation is not None]
         base["generation"] = max([base["generation"], *seen])
         log.warning("%s: replaced the %s stage record (%s), starting from what the audit log "
                     "says: generation %d, config %s, models %s", stage, record.kind,

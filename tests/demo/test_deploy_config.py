@@ -94,7 +94,8 @@ def fleet_programs(tmp_path, conf: str) -> dict:
     return load_supervisord(tmp_path, FLEET / conf)
 
 
-def test_the_fleet_example_follows_one_zookeeper_stage_and_names_no_endpoint(tmp_path):
+def test_the_fleet_example_follows_one_zookeeper_stage_and_names_no_endpoint(tmp_path,
+                                                                            monkeypatch):
     """deploy/fleet/: root hosts and GPU hosts coordinated through ZooKeeper.
     Everything parses and validates as at start, every process follows the
     same ensemble, chroot and stage, leaves are found (no endpoint in a root
@@ -105,6 +106,10 @@ def test_the_fleet_example_follows_one_zookeeper_stage_and_names_no_endpoint(tmp
     from rootproc.settings import RootSettings
     from signatures.configstore.zookeeper.ensemble import parse_address
 
+    # What supervisord's environment gives every program (never the files):
+    # without it a zk:// follower refuses to start.
+    monkeypatch.setenv("TRIMMER_ZK_AUTH", "deployer:example")
+    monkeypatch.delenv("TRIMMER_ZK_INSECURE", raising=False)
     roots = fleet_programs(tmp_path, "supervisord-root-host.conf")
     leaves = fleet_programs(tmp_path, "supervisord-gpu-host.conf")
     assert sorted(roots) == [f"root-{i}" for i in range(4)]

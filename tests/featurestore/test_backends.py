@@ -166,7 +166,7 @@ def test_redis_password_from_the_url_or_the_environment(tmp_path, files, monkeyp
         assert "wrong-pw" not in str(wrong.value) and "s3cret" not in str(wrong.value)
         # What docs/operations.md suggests for roots: a read-only user for one namespace.
         assert server.command("ACL", "SETUSER", "reader", "on", ">rpw", "~pw:*", "+get",
-                              "+mget") == b"+OK"
+                              "+mget", "+exists", "+strlen") == b"+OK"
         monkeypatch.delenv("TRIMMER_REDIS_PASSWORD")
         reader = url.replace("redis://", "redis://reader:rpw@")
         with open_feature_store(reader) as store:

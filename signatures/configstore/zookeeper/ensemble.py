@@ -14,7 +14,10 @@ nobody created yet sees an empty store.
 Large values (bundles, schemas) are *blobs*: zlib-compressed, in one node
 when they fit `NODE_BYTES`, else in chunks under ``/CHROOT/chunks/<sha256>/``
 written first, with the node itself written last (it names the chunks and
-their digest), so a reader sees the whole blob or none of it.
+their digest), so a reader sees the whole blob or none of it. Reads are
+bounded by the settings (``max_chunks``, ``max_compressed_bytes``,
+``max_inflated_bytes``): a node over any of them, whoever wrote it, is
+refused (InvalidInput naming the limit) before more is read or inflated.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 from _trim.errors import ConfigError, InvalidInput, StoreError
 from signatures.configstore.errors import ConfigStoreUnavailable
 from signatures.configstore.names import ZK_SCHEME
-from signatures.configstore.zookeeper.settings import ZooKeeperSettings
+from signatures.configstore.zookeeper.settings import INSECURE_ENV, MAX_CHUNKS, ZooKeeperSettings
 
 log = logging.getLogger("trimmer.store")
 # kazoo says every failed reconnect attempt; `Ensemble` says a loss and a recovery once.
@@ -55,7 +58,7 @@ _kazoo_log.setLevel(logging.ERROR)
 # ZooKeeper refuses a request over jute.maxbuffer (1 MiB less one byte by
 # default): a node's data stays under it with room for the path and ACLs.
 NODE_BYTES = 1_000_000
-MAX_CHUNKS = 64
+INFLATE_STEP = 1 << 20
 UNAVAILABLE = (ConnectionLoss, SessionExpiredError, ConnectionClosedError, KazooTimeoutError)
 _insecure_said: set[str] = set()
 
@@ -141,11 +144,13 @@ class Ensemble:
                 f"{self.describe()}: no server answered within {self.timeout_s:g} s "
                 f"({type(exc).__name__}{': ' + str(exc) if str(exc) else ''}); nothing was "
                 "read or changed") from exc
-        if self._credential is None and self.address not in _insecure_said:
+        if self._credential is None and self.settings.open_writes() \
+                and self.address not in _insecure_said:
             _insecure_said.add(self.address)
-            log.warning("INSECURE: %s without a credential ($%s unset): the nodes written are "
-                        "open to anyone who reaches the ensemble, who could change the config "
-                        "or register leaves", self.describe(), self.settings.auth_env)
+            log.warning("INSECURE: %s without a credential ($%s unset), writes allowed "
+                        "(zookeeper.insecure or $%s): the nodes written are open to anyone who "
+                        "reaches the ensemble, who could change the config or register leaves",
+                        self.describe(), self.settings.auth_env, INSECURE_ENV)
         return zk
 
     def _state_changed(self, state) -> None:
@@ -221,8 +226,20 @@ class Ensemble:
         zk = self.client()
         return [_value(self, result, what) for result in [zk.get_async(p) for p in paths]]
 
+    def check_writer(self, what: str) -> None:
+        """StoreError unless this process may write: it has a credential, or
+        open writes were asked for (``insecure``)."""
+        if self._credential is None and not self.settings.open_writes():
+            raise StoreError(f"{self.describe()}: {what}: refused: no credential "
+                             f"(${self.settings.auth_env} unset), and the nodes written would "
+                             "be open to anyone who reaches the ensemble; set "
+                             f"${self.settings.auth_env}=USER:PASSWORD, or say insecure "
+                             f"(zookeeper.insecure: true; ${INSECURE_ENV}=1 for the trimmer "
+                             "commands) to accept that")
+
     def create(self, path: str, data: bytes, what: str, ephemeral: bool = False) -> bool:
         """Create ``path`` (and its parents); False when it exists."""
+        self.check_writer(what)
         try:
             self.call(what, lambda zk: zk.create_async(path, data, ephemeral=ephemeral,
                                                        makepath=True))
@@ -231,6 +248,7 @@ class Ensemble:
             return False
 
     def ensure(self, *paths: str) -> None:
+        self.check_writer(f"create {paths[0] if paths else ''}")
         for path in paths:
             def make(zk, p=path):
                 return zk.ensure_path_async(p)
@@ -249,11 +267,13 @@ class Ensemble:
         if len(packed) + 1 <= NODE_BYTES:
             self.create(path, b"Z" + packed, what)
             return
-        if len(packed) > MAX_CHUNKS * NODE_BYTES:
+        most = min(self.settings.max_chunks * NODE_BYTES, self.settings.max_compressed_bytes)
+        if len(packed) > most:
             raise StoreError(f"{what} is {len(packed)} bytes compressed"
                              f"{f' ({raw} bytes)' if raw else ''}: the ZooKeeper config store "
-                             f"holds at most {MAX_CHUNKS * NODE_BYTES} bytes compressed "
-                             f"({MAX_CHUNKS} nodes of {NODE_BYTES} bytes); split the placement "
+                             f"holds at most {most} bytes compressed "
+                             f"({self.settings.max_chunks} nodes of {NODE_BYTES} bytes, "
+                             "zookeeper.max_compressed_bytes); split the placement "
                              "into several bundles")
         digest = hashlib.sha256(packed).hexdigest()
         chunks = [packed[i:i + NODE_BYTES] for i in range(0, len(packed), NODE_BYTES)]
@@ -269,25 +289,56 @@ class Ensemble:
         if got is None:
             return None
         data = got[0]
+        s = self.settings
         try:
             if data[:1] == b"Z":
                 packed = data[1:]
             elif data[:1] == b"C":
                 header = json.loads(data[1:])
+                chunks, nbytes = int(header["chunks"]), int(header["bytes"])
+                if not 0 < chunks <= s.max_chunks:
+                    raise InvalidInput(f"{what}: its node claims {chunks} chunks, over the "
+                                       f"limit of {s.max_chunks} (zookeeper.max_chunks): "
+                                       "refused unread")
+                if not 0 < nbytes <= s.max_compressed_bytes:
+                    raise InvalidInput(f"{what}: its node claims {nbytes} bytes compressed, "
+                                       f"over the limit of {s.max_compressed_bytes} "
+                                       "(zookeeper.max_compressed_bytes): refused unread")
                 parts = self.get_many([self.path("chunks", header["sha256"], f"{i:04d}")
-                                       for i in range(int(header["chunks"]))], what)
+                                       for i in range(chunks)], what)
                 if any(p is None for p in parts):
                     raise InvalidInput(f"{what}: a chunk is missing")
                 packed = b"".join(p[0] for p in parts)
-                if hashlib.sha256(packed).hexdigest() != header["sha256"]:
+                if len(packed) != nbytes or hashlib.sha256(packed).hexdigest() != header["sha256"]:
                     raise InvalidInput(f"{what}: its chunks do not match their digest")
             else:
                 raise InvalidInput(f"{what}: not a value this store wrote")
-            return zlib.decompress(packed)
+            if len(packed) > s.max_compressed_bytes:
+                raise InvalidInput(f"{what}: {len(packed)} bytes compressed, over the limit of "
+                                   f"{s.max_compressed_bytes} (zookeeper.max_compressed_bytes)")
+            return _inflate(packed, s.max_inflated_bytes, what)
         except (ValueError, KeyError, TypeError, zlib.error) as exc:
             if isinstance(exc, InvalidInput):
                 raise
             raise InvalidInput(f"{what}: damaged ({exc})") from exc
+
+
+def _inflate(packed: bytes, limit: int, what: str) -> bytes:
+    """``packed`` inflated, in steps, so that a stream inflating past
+    ``limit`` is refused having held no more than ``limit`` (and a step)."""
+    inflate = zlib.decompressobj()
+    parts, total, tail = [], 0, packed
+    while tail and not inflate.eof:
+        part = inflate.decompress(tail, INFLATE_STEP)
+        tail = inflate.unconsumed_tail
+        total += len(part)
+        if total > limit:
+            raise InvalidInput(f"{what}: inflates past {limit} bytes "
+                               "(zookeeper.max_inflated_bytes): refused")
+        parts.append(part)
+    if not inflate.eof:
+        raise InvalidInput(f"{what}: damaged (its compressed stream is cut short)")
+    return b"".join(parts)
 
 
 def _value(ensemble: Ensemble, result, what: str):
