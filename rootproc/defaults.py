@@ -45,6 +45,10 @@ LEAF_HWM = 100_000
 # Longest the serving loop sleeps in one poll: it also runs the ping tick,
 # deadlines and config installs.
 MAX_POLL_MS = 100
+# The serving loop sends requests' models (rootproc/scoring.py `send_some`)
+# for at most this long, plus the one model it is encoding, between two polls
+# of its sockets.
+SEND_SLICE_S = 0.002
 # Messages read from one socket before the loop turns to the others.
 DRAIN_BATCH = 256
 # Leaf links reconnect this soon after a connection drops, backing off to the max.

@@ -200,8 +200,9 @@ class RootSettings:
                                     "this long leaves rotation; what the root has not read yet "
                                     "does not count", positive=True)
     shm: ShmSettings = option(ShmSettings())
-    threads: int = option(1, "threads scoring requests: 1 scores on the serving loop; N adds "
-                          "N - 1 threads that fetch and build batches", positive=True)
+    threads: int = option(1, "threads scoring requests: the serving loop, which sends each "
+                          "model's message, and max(1, N - 1) workers that fetch and build "
+                          "batches", positive=True)
     curve: RootCurve | None = option(None, "CURVE: this root's keys, and who may connect")
     insecure: bool = option(False, "accept tcp binds other hosts can reach without client "
                             "authentication (said loudly at start)")

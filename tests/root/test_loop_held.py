@@ -84,7 +84,7 @@ def spawn_root(scene, name: str, **overrides):
 
 def large_request_with_pings(root) -> tuple[object, list[float]]:
     """One large request, and the wait of every ping sent while it was in the
-    root (each sent once the previous one is answered)."""
+    root (each sent 5 ms after the previous one is answered)."""
     cands = np.arange(ROWS, dtype=np.int64)
     waits: list[float] = []
     with ScoringClient(root.endpoint, timeout_ms=60_000) as client, Client(root.endpoint) as pinger:
@@ -96,7 +96,7 @@ def large_request_with_pings(root) -> tuple[object, list[float]]:
             header, _ = pinger.request({"type": "ping"}, timeout=60)
             assert header["type"] == "pong"
             waits.append(time.monotonic() - t0)
-            res = client.receive(0)
+            res = client.receive(5)
             if res is not None:
                 assert res.id == rid
                 return res, waits
@@ -108,6 +108,7 @@ def test_a_large_request_does_not_hold_the_loop_from_pings(scene):
     assert res.ok and not res.errors, (res.error, res.errors)
     in_root_s = sum(res.timing_us[k] for k in ("fetch", "preprocess", "trim")) / 1e6
     assert in_root_s >= 0.15, f"the request took the root only {in_root_s:.3f} s: not large"
+    print(f"max ping wait {max(waits):.3f} s of {len(waits)} pings; request in root {in_root_s:.3f} s")
     # Held for one model's message at most, not for the whole request.
     assert max(waits) < in_root_s / 2, (
         f"a ping waited {max(waits):.3f} s while the request took the root {in_root_s:.3f} s "
