@@ -28,6 +28,12 @@ HEALTH_TIMEOUT_MS = 2000
 SHM_SLOT_BYTES = 4 * MIB
 SHM_SLOTS = 16
 SHM_WAIT_MS = 1.0
+# Root memory one request may hold (rootproc/memory.py): the scale grid's
+# points this machine can run estimate at most ~3 GB a request (12K features
+# x 2,048 candidates x 16 models trimmed: 4.5 GB; every feature: 10.2 GB).
+MAX_REQUEST_MEMORY_NBYTES = 8 << 30
+# ``max_memory_nbytes`` unset: this share of the node's physical memory.
+MEMORY_SHARE = 0.5
 
 # -- fixed behaviour ------------------------------------------------------------------
 # A client frame up to this many times the largest valid one is read and

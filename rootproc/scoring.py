@@ -31,6 +31,7 @@ from rootproc.defaults import MISSING_IDS_SHOWN, SEND_SLICE_S
 from rootproc.intake import ScoreRequest, parse_score, resolve_models, unknown_model_error
 from rootproc.leaves.agreement import Agreement
 from rootproc.leaves.encoding import ModelBatch
+from rootproc.memory import Linear, MemoryBudget
 from rootproc.open_request import OpenRequest
 from rootproc.reply import wire_error
 from rootproc.rollout.installed import PreparedConfig
@@ -51,6 +52,8 @@ class Job:
     gaps: list
     t0: float               # time.perf_counter() on arrival
     deadline: float         # time.monotonic()
+    reserved: int = 0       # bytes of the memory budget it holds until the router has it
+    records_nbytes: int = 0   # of them, the records' (estimated)
     batch: Any = None
     t_fetch: float = 0.0
     t_pre: float = 0.0
@@ -62,8 +65,10 @@ class Job:
 
 
 class Scorer:
-    def __init__(self, cfg, store, cached, metrics, pool, router, prepared: PreparedConfig):
+    def __init__(self, cfg, store, cached, metrics, pool, router, prepared: PreparedConfig,
+                 budget: MemoryBudget):
         self.cfg = cfg
+        self.budget = budget
         self.store = store
         self.cached = cached
         self.metrics = metrics
@@ -89,6 +94,7 @@ class Scorer:
         self.prepared = prepared
         self.active = prepared.active
         self.plans: dict = dict(prepared.plans)   # grows: plans compiled on first use
+        self.linears: dict = {}                   # (layout, key) -> Linear: message sizes
 
     def score(self, envelope, header: dict, body) -> None:
         """Send a score request's models to their leaves (now, or once a worker
@@ -111,8 +117,9 @@ class Scorer:
                     job.error = exc
             self._failed(job, fail)
 
-    @staticmethod
-    def _failed(job: Job, fail) -> None:
+    def _failed(self, job: Job, fail) -> None:
+        self.budget.release(job.reserved)
+        job.reserved = 0
         rid = job.req.rid
         assert job.error is not None
         fail(job.envelope, rid, wire_error(job.error, f"request {rid!r}"))
@@ -150,7 +157,23 @@ class Scorer:
             self.answer_without_leaves(request, wanted)
             return None
         pre, gaps = self.choose_preprocessor(keys, arrived)
-        return Job(envelope, req, wanted, pre, gaps, t0, deadline)
+        job = Job(envelope, req, wanted, pre, gaps, t0, deadline)
+        self.admit(job, keys)
+        return job
+
+    def admit(self, job: Job, keys) -> None:
+        """Reserve the request's estimated memory: its records, its batch and
+        each model's message (rootproc/memory.py); too_large or overloaded,
+        before anything is fetched, when it cannot have it."""
+        n, layout = len(job.req.candidates), job.pre.layout
+        records = (self.store.layout("user").fixed_nbytes
+                   + n * self.store.layout("candidate").fixed_nbytes)
+        batch = self.linear(layout, None).at(n)
+        messages = sum(self.linear(layout, self.plan_key(k, job.gaps)).at(n) for k in keys)
+        job.records_nbytes = records
+        job.reserved = self.budget.admit(
+            job.req.rid, records + batch + messages,
+            f"records {records} + batch {batch} + {len(keys)} model message(s) {messages}")
 
     def answer_without_leaves(self, request: OpenRequest, wanted) -> None:
         """A request no leaf needs to see: no candidates (each known model's
@@ -176,9 +199,19 @@ class Scorer:
 
     def begin_send(self, job: Job) -> None:
         """The router opens the request whose batch is built (the loop thread)."""
+        batch = job.batch
+        job.untrimmed = _trim.encoded_nbytes(self.plan_for(batch.layout, None), batch)
+        # Ragged values are known now: the request's own bytes, checked again.
+        built = job.records_nbytes + batch.nbytes + sum(
+            _trim.encoded_nbytes(self.plan_for(batch.layout, self.plan_key(k, job.gaps)), batch)
+            for k, known in job.wanted if known)
+        self.budget.check_built(job.req.rid, built)
+        if built > job.reserved:
+            self.budget.take(built - job.reserved)
+            job.reserved = built
         job.request = self.router.open(job.req.rid, job.envelope, len(job.req.candidates),
                                        job.deadline, job.t0)
-        job.untrimmed = _trim.encoded_nbytes(self.plan_for(job.batch.layout, None), job.batch)
+        job.request.reserved, job.reserved = job.reserved, 0   # the router's from now on
 
     def send_next(self, job: Job) -> bool:
         """The job's next model to the router (the loop thread); once every
@@ -279,6 +312,19 @@ class Scorer:
         for stage, seconds in timing.items():
             self.metrics.latency.labels(stage).observe(seconds)
         return timing
+
+    def plan_key(self, key: str, gaps) -> str | None:
+        """Whose columns ``key``'s message carries: its own, or None (every one)."""
+        return key if self.cfg.trim == "on" and key not in gaps else None
+
+    def linear(self, layout, key: str | None) -> Linear:
+        """The size of `plan_for`'s messages, as a function of the candidates."""
+        cache_key = (layout.fingerprint, key)
+        lin = self.linears.get(cache_key)
+        if lin is None:
+            plan = self.plan_for(layout, key)
+            lin = self.linears[cache_key] = Linear.of(layout, plan.columns, plan.table_nbytes)
+        return lin
 
     def plan_for(self, layout, key: str | None):
         """The trim plan of ``key`` (None: every column) on ``layout``, compiled once."""

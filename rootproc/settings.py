@@ -36,6 +36,7 @@ from rootproc.defaults import (
     HEALTH_TIMEOUT_MS,
     MAX_CANDIDATES,
     MAX_DEADLINE_MS,
+    MAX_REQUEST_MEMORY_NBYTES,
     MAX_REQUEST_NBYTES,
     METRICS_ADDR,
     METRICS_PORT,
@@ -187,6 +188,12 @@ class RootSettings:
     max_candidates: int = option(MAX_CANDIDATES, "candidates per request", positive=True)
     max_request_nbytes: int = option(MAX_REQUEST_NBYTES, "bytes per request (too_large past it)",
                                      positive=True)
+    max_request_memory_nbytes: int = option(MAX_REQUEST_MEMORY_NBYTES, "root memory one "
+                                            "request may hold: records, batch, messages "
+                                            "(too_large past it)", positive=True)
+    max_memory_nbytes: int | None = option(None, "root memory the requests in flight may "
+                                           "hold together (overloaded past it); null: half "
+                                           "the node's physical memory", positive=True)
     missing: str = option("default", "an id the feature store lacks: 'default' values, or "
                           "'fail' the request", choices=MODES_MISSING)
     trim: str = option("on", "'on': each leaf gets the features its model reads", choices=MODES_TRIM)
