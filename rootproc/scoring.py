@@ -94,7 +94,7 @@ class Scorer:
         self.prepared = prepared
         self.active = prepared.active
         self.plans: dict = dict(prepared.plans)   # grows: plans compiled on first use
-        self.linears: dict = {}                   # (layout, key) -> Linear: message sizes
+        self.linears: dict = {}   # (layout, key) -> Linear: its plan's message sizes
 
     def score(self, envelope, header: dict, body) -> None:
         """Send a score request's models to their leaves (now, or once a worker
