@@ -91,3 +91,24 @@ def test_requests_over_the_roots_memory_get_overloaded_then_it_serves_again(
         "overloaded")
     assert metric(port, "trimmer_root_memory_in_flight_bytes") == 0
     assert "request refused overloaded (root_limit)" in root.log(200_000)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 300, 2048])
+def test_the_estimate_bounds_the_messages_it_stands_for(world, n):
+    """`Linear` (the admission estimate, ragged values left out) is never
+    below the batch's or a message's real size, and over it by at most the
+    padding (7 bytes a column)."""
+    import _trim
+    from _trim.batch import Batch
+    from rootproc.memory import Linear
+    from signatures.schema import FeatureSchema
+
+    layout = FeatureSchema.load(world["schema"]).layout()
+    batch = Batch(layout, n)
+    for names in [layout.names, *MODELS.values()]:
+        plan = _trim.compile_plan(layout, names)
+        real = _trim.encoded_nbytes(plan, batch)
+        bound = Linear.of(layout, plan.columns, plan.table_nbytes).at(n)
+        assert real <= bound <= real + 7 * len(plan.columns), (names, n)
+    full = Linear.of(layout, range(len(layout)), layout.table_nbytes()).at(n)
+    assert batch.nbytes <= full <= batch.nbytes + 7 * len(layout)
