@@ -2,11 +2,13 @@
 
 `Scorer.score` starts the request's CPU work, none of it waiting, in three
 steps: `start` (on the serving loop: check the header, resolve the models,
-choose the preprocessor), `compute` (on a worker thread, rootproc/workers.py:
-fetch the records, fill the missing ones, build the batch) and the sending
-(back on the loop: each model's trimmed share handed to the router,
-rootproc/router.py, one model at a time, `send_some`). The loop never builds
-a batch, and it sends models for at most SEND_SLICE_S (plus the one model
+choose the preprocessor), `compute` (on a worker thread,
+rootproc/workers.py: fetch the records, fill the missing ones, build the
+batch) and the sending (back on the loop: each model's trimmed share handed
+to the router, rootproc/router.py, one model at a time, `send_some`). The
+loop builds no large batch (with ``threads`` 1 a small one, up to
+INLINE_BUILD_NBYTES, when it has nothing else to send: cheaper than the
+handover), and it sends models for at most SEND_SLICE_S (plus the one model
 it is encoding) before it reads its sockets again, so that one large request
 holds it for one model's message at most (docs/operations.md, ``threads``).
 The router answers the client: the scorer tells it each model's fate and
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import _trim
 from _trim.transport.protocol import BAD_REQUEST, DEADLINE, ProtocolError
-from rootproc.defaults import MISSING_IDS_SHOWN, SEND_SLICE_S
+from rootproc.defaults import INLINE_BUILD_NBYTES, MISSING_IDS_SHOWN, SEND_SLICE_S
 from rootproc.intake import ScoreRequest, parse_score, resolve_models, unknown_model_error
 from rootproc.leaves.agreement import Agreement
 from rootproc.leaves.encoding import ModelBatch
@@ -54,6 +56,7 @@ class Job:
     deadline: float         # time.monotonic()
     reserved: int = 0       # bytes of the memory budget it holds until the router has it
     records_nbytes: int = 0   # of them, the records' (estimated)
+    build_nbytes: int = 0     # the records' and the batch's (estimated)
     batch: Any = None
     t_fetch: float = 0.0
     t_pre: float = 0.0
@@ -77,8 +80,11 @@ class Scorer:
         self.agreement = Agreement(cfg.name)
         self.gap_counts: dict[str, int] = {}   # version -> requests sent untrimmed for it
         self.install(prepared)
-        # At least one worker whatever ``threads`` says: the loop never builds a batch.
+        # At least one worker whatever ``threads`` says: the loop builds no large batch.
         self.workers = BatchWorkers(max(1, cfg.threads - 1), self.compute, cfg.name)
+        # With one thread, a small request is built on the loop: handing it to
+        # the worker would cost more than it holds the loop (docs/operations.md).
+        self.inline_nbytes = INLINE_BUILD_NBYTES if cfg.threads == 1 else -1
         self.sending: deque[Job] = deque()   # built, their models being sent by the loop
 
     @property
@@ -100,8 +106,19 @@ class Scorer:
         """Send a score request's models to their leaves (now, or once a worker
         has built its batch); ProtocolError when it cannot be served at all."""
         job = self.start(envelope, header, body)
-        if job is not None:
+        if job is None:
+            return
+        if job.build_nbytes > self.inline_nbytes or self.sending:
             self.workers.submit(job)
+            return
+        try:   # small, and the loop has nothing else to send: built here
+            self.compute(job)
+            self.begin_send(job)
+        except BaseException:
+            self.budget.release(job.reserved)
+            job.reserved = 0
+            raise
+        self.sending.append(job)
 
     def collect(self, fail) -> None:
         """Take the jobs the workers handed back: queued for sending
@@ -171,6 +188,7 @@ class Scorer:
         batch = self.linear(layout, None).at(n)
         messages = sum(self.linear(layout, self.plan_key(k, job.gaps)).at(n) for k in keys)
         job.records_nbytes = records
+        job.build_nbytes = records + batch
         job.reserved = self.budget.admit(
             job.req.rid, records + batch + messages,
             f"records {records} + batch {batch} + {len(keys)} model message(s) {messages}")

@@ -2,10 +2,11 @@
 
 The serving loop hands each score request, once its header is checked, to
 one of ``max(1, threads - 1)`` workers and goes back to its sockets: the
-loop never builds a batch. A worker does the request's fetch and preprocessing (LMDB reads,
-Redis round trips and the compiled record program all let go of the GIL) and
-posts the result back; the loop thread then sends the request's models and
-owns it from there, as it owns every socket, the router and its one reply
+loop builds no large batch (rootproc/scoring.py `Scorer.score`). A worker
+does the request's fetch and preprocessing (LMDB reads, Redis round trips
+and the compiled record program all let go of the GIL) and posts the result
+back; the loop thread then sends the request's models and owns it from
+there, as it owns every socket, the router and its one reply
 (rootproc/router.py). Nothing a worker touches belongs to the loop: it gets
 the request, the preprocessor chosen for it (a compiled, immutable object)
 and the store's thread-safe reads.
