@@ -22,8 +22,9 @@ measured in this process with the root's code (thread time), so that
 
 Threads (goal 2): one root process's throughput at ``threads`` 1 and 3
 (rootproc/workers.py: one batch worker and two; 2 also means one), closed
-loop at concurrency 4 over shared memory, reported side by side (``extra_info``); nothing is asserted, as on this
-2-core machine the echo peers and the client share the second core.
+loop at concurrency 4 over shared memory, reported side by side
+(``extra_info``); nothing is asserted, as on this 2-core machine the echo
+peers and the client share the second core.
 
 ``TRIMMER_BENCH_ROOT_CHECKOUT=DIR`` runs the root from another checkout (its
 kernel built in place), e.g. the code before this work, for its ratio.
