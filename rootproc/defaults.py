@@ -55,9 +55,9 @@ MAX_POLL_MS = 100
 # for at most this long, plus the one model it is encoding, between two polls
 # of its sockets.
 SEND_SLICE_S = 0.002
-# With ``threads`` 1 the loop builds a request's batch itself when its records
-# and batch are estimated at most this large (~5 ms of CPU here) and it has
-# nothing else to send; larger ones go to the worker.
+# With ``threads`` 1 the loop builds small requests' batches itself, up to
+# this many estimated bytes of records and batch (~5 ms of CPU here) between
+# two rounds of sending; the rest go to the worker.
 INLINE_BUILD_NBYTES = 32 * MIB
 # Messages read from one socket before the loop turns to the others.
 DRAIN_BATCH = 256

@@ -6,8 +6,8 @@ choose the preprocessor), `compute` (on a worker thread,
 rootproc/workers.py: fetch the records, fill the missing ones, build the
 batch) and the sending (back on the loop: each model's trimmed share handed
 to the router, rootproc/router.py, one model at a time, `send_some`). The
-loop builds no large batch (with ``threads`` 1 a small one, up to
-INLINE_BUILD_NBYTES, when it has nothing else to send: cheaper than the
+loop builds no large batch (with ``threads`` 1 small ones, up to
+INLINE_BUILD_NBYTES between two rounds of sending: cheaper than the
 handover), and it sends models for at most SEND_SLICE_S (plus the one model
 it is encoding) before it reads its sockets again, so that one large request
 holds it for one model's message at most (docs/operations.md, ``threads``).
@@ -85,6 +85,7 @@ class Scorer:
         # With one thread, a small request is built on the loop: handing it to
         # the worker would cost more than it holds the loop (docs/operations.md).
         self.inline_nbytes = INLINE_BUILD_NBYTES if cfg.threads == 1 else -1
+        self.inline_left = self.inline_nbytes   # of it, until the loop's next `send_some`
         self.sending: deque[Job] = deque()   # built, their models being sent by the loop
 
     @property
@@ -108,10 +109,11 @@ class Scorer:
         job = self.start(envelope, header, body)
         if job is None:
             return
-        if job.build_nbytes > self.inline_nbytes or self.sending:
+        if job.build_nbytes > self.inline_left:
             self.workers.submit(job)
             return
-        try:   # small, and the loop has nothing else to send: built here
+        self.inline_left -= job.build_nbytes
+        try:   # small, and the loop has not built its share since it last sent: built here
             self.compute(job)
             self.begin_send(job)
         except BaseException:
@@ -145,6 +147,7 @@ class Scorer:
         """Send the queued requests' models, oldest request first, one model
         at a time, until none is left or ``slice_s`` has passed: the loop
         then reads its sockets and comes back (poll timeout 0 while any is left)."""
+        self.inline_left = self.inline_nbytes
         t_end = time.perf_counter() + slice_s
         while self.sending:
             job = self.sending[0]
