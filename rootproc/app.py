@@ -26,6 +26,7 @@ from rootproc.featurestore.base import FeatureStore
 from rootproc.featurestore.cache import CachedStore
 from rootproc.frontend import ClientReplies, ClientSocket
 from rootproc.leaves.links import LeafLinks
+from rootproc.memory import MemoryBudget, root_memory_limit
 from rootproc.metrics import RootMetrics
 from rootproc.rollout.follower import ConfigFollower
 from rootproc.rollout.installed import load_active_config, prepare_config
@@ -81,8 +82,11 @@ class Root:
         links = self.links = LeafLinks(self.ctx, cfg, prepared.active, metrics, poller)
         client = self.client = ClientSocket(self.ctx, cfg)
         replies = ClientReplies(client.socket, self.name, metrics)
-        router = Router(links.pool, links.shm, metrics, replies)
-        scorer = self.scorer = Scorer(cfg, store, cached, metrics, links.pool, router, prepared)
+        budget = MemoryBudget(cfg.max_request_memory_nbytes, root_memory_limit(cfg),
+                              metrics.memory_refused, metrics.memory_in_flight)
+        router = Router(links.pool, links.shm, metrics, replies, budget)
+        scorer = self.scorer = Scorer(cfg, store, cached, metrics, links.pool, router, prepared,
+                                      budget)
         metrics.info.labels(self.name, prepared.active.id, cfg.trim, cfg.compression).set(1)
         if cfg.config_store:   # follow its stage (rootproc/rollout/follower.py)
             metrics.follow_config(prepared.active.generation)

@@ -32,6 +32,12 @@ SHM_SLOTS = 1024
 # grid's largest points, held only once requests that large come.
 BUFFER_POOL_BYTES = 1024 * MIB
 SHM_WAIT_MS = 1.0
+# Root memory one request may hold (rootproc/memory.py): the scale grid's
+# points this machine can run estimate at most ~3 GB a request (12K features
+# x 2,048 candidates x 16 models trimmed: 4.5 GB; every feature: 10.2 GB).
+MAX_REQUEST_MEMORY_NBYTES = 8 << 30
+# ``max_memory_nbytes`` unset: this share of the node's physical memory.
+MEMORY_SHARE = 0.5
 
 # -- fixed behaviour ------------------------------------------------------------------
 # A client frame up to this many times the largest valid one is read and
@@ -49,6 +55,14 @@ LEAF_HWM = 100_000
 # Longest the serving loop sleeps in one poll: it also runs the ping tick,
 # deadlines and config installs.
 MAX_POLL_MS = 100
+# The serving loop sends requests' models (rootproc/scoring.py `send_some`)
+# for at most this long, plus the one model it is encoding, between two polls
+# of its sockets.
+SEND_SLICE_S = 0.002
+# With ``threads`` 1 the loop builds small requests' batches itself, up to
+# this many estimated bytes of records and batch (~5 ms of CPU here) between
+# two rounds of sending; the rest go to the worker.
+INLINE_BUILD_NBYTES = 32 * MIB
 # Messages read from one socket before the loop turns to the others.
 DRAIN_BATCH = 256
 # Leaf links reconnect this soon after a connection drops, backing off to the max.

@@ -60,6 +60,12 @@ class RootMetrics:
         self.leaf_outstanding = Gauge(p + "leaf_outstanding", "requests in flight per leaf replica",
                                       ["leaf", "endpoint"], registry=r)
         self.in_flight = Gauge(p + "in_flight", "client requests being served", registry=r)
+        self.memory_in_flight = Gauge(p + "memory_in_flight_bytes", "root memory the requests "
+                                      "taken in hold, as estimated (rootproc/memory.py)",
+                                      registry=r)
+        self.memory_refused = Counter(p + "memory_refused", "score requests refused for memory: "
+                                      "request_limit (too_large), root_limit (overloaded)",
+                                      ["reason"], registry=r)
         self.info = Gauge(p + "config_info", "the active config", ["root", "config", "trim",
                                                                     "compression"], registry=r)
         self.root_name = root_name

@@ -31,6 +31,7 @@ class OpenRequest:
     timing: dict = field(default_factory=dict)        # stage -> seconds, before the leaves
     t_sent: float = 0.0
     missing: int = 0        # entities the store lacked (scored from default values)
+    reserved: int = 0       # bytes of the root's memory budget, released with its reply
     parked: bool = False    # every model sent (or failed): answered once all results are in
     done: bool = False      # answered
 

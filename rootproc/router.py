@@ -70,8 +70,9 @@ FAILURE_LOG_S = 10.0
 
 
 class Router:
-    def __init__(self, pool, shm, metrics, replies):
+    def __init__(self, pool, shm, metrics, replies, budget=None):
         self.pool = pool
+        self.budget = budget     # rootproc/memory.py: what an answered request gives back
         self.shm = shm
         self.metrics = metrics
         self.replies = replies   # the client socket's send side (rootproc/frontend.py)
@@ -303,6 +304,9 @@ class Router:
             self.count -= 1
             self.metrics.in_flight.set(self.count)
         self.replies.scores(request)
+        if self.budget is not None and request.reserved:
+            self.budget.release(request.reserved)
+            request.reserved = 0
         # The heap may hold the request until its deadline: keep no batch or scores alive.
         request.frames.clear()
         request.resendable.clear()

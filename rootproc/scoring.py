@@ -1,14 +1,18 @@
 """A score request from its checked header to its models' messages on their way.
 
-`Scorer.score` is the request's CPU work, none of it waiting, in three
-steps: `start` (check the header, resolve the models, choose the
-preprocessor), `compute` (fetch the records, fill the missing ones, build
-the batch) and `finish` (hand each model's trimmed share to the router,
-rootproc/router.py, record the timing). With one thread (``threads``) all
-three run inline on the serving loop; with more, `compute` runs on a worker
-(rootproc/workers.py) while the loop serves other requests, and `collect`
-finishes what the workers hand back. The router answers the client: the
-scorer tells it each model's fate and never writes the request itself.
+`Scorer.score` starts the request's CPU work, none of it waiting, in three
+steps: `start` (on the serving loop: check the header, resolve the models,
+choose the preprocessor), `compute` (on a worker thread,
+rootproc/workers.py: fetch the records, fill the missing ones, build the
+batch) and the sending (back on the loop: each model's trimmed share handed
+to the router, rootproc/router.py, one model at a time, `send_some`). The
+loop builds no large batch (with ``threads`` 1 small ones, up to
+INLINE_BUILD_NBYTES between two rounds of sending: cheaper than the
+handover), and it sends models for at most SEND_SLICE_S (plus the one model
+it is encoding) before it reads its sockets again, so that one large request
+holds it for one model's message at most (docs/operations.md, ``threads``).
+The router answers the client: the scorer tells it each model's fate and
+never writes the request itself.
 
 The scorer also holds what the loop last installed: the compiled config
 (preprocessors, trim plans) and, for the heartbeat, how many requests each
@@ -18,16 +22,18 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import _trim
 from _trim.transport.protocol import BAD_REQUEST, DEADLINE, STORE_UNAVAILABLE, ProtocolError
-from rootproc.defaults import MISSING_IDS_SHOWN
+from rootproc.defaults import INLINE_BUILD_NBYTES, MISSING_IDS_SHOWN, SEND_SLICE_S
 from rootproc.intake import ScoreRequest, parse_score, resolve_models, unknown_model_error
 from rootproc.leaves.agreement import Agreement
 from rootproc.leaves.encoding import ModelBatch
+from rootproc.memory import Linear, MemoryBudget
 from rootproc.open_request import OpenRequest
 from rootproc.reply import wire_error
 from rootproc.rollout.installed import PreparedConfig
@@ -39,7 +45,7 @@ if TYPE_CHECKING:
 
 @dataclass(eq=False)
 class Job:
-    """One score request between `Scorer.start` and `Scorer.finish`."""
+    """One score request from `Scorer.start` until the router parks it."""
 
     envelope: list
     req: ScoreRequest
@@ -48,16 +54,25 @@ class Job:
     gaps: list
     t0: float               # time.perf_counter() on arrival
     deadline: float         # time.monotonic()
-    batch: object = None
+    reserved: int = 0       # bytes of the memory budget it holds until the router has it
+    records_nbytes: int = 0   # of them, the records' (estimated)
+    build_nbytes: int = 0     # the records' and the batch's (estimated)
+    batch: Any = None
     t_fetch: float = 0.0
     t_pre: float = 0.0
     missing: int = 0        # entities the store lacked
     error: BaseException | None = None
+    # Sending, on the loop: the router's request, the next model to send.
+    request: OpenRequest | None = None
+    next_model: int = 0
+    untrimmed: int = 0
 
 
 class Scorer:
-    def __init__(self, cfg, store, cached, metrics, pool, router, prepared: PreparedConfig):
+    def __init__(self, cfg, store, cached, metrics, pool, router, prepared: PreparedConfig,
+                 budget: MemoryBudget):
         self.cfg = cfg
+        self.budget = budget
         self.store = store
         self.cached = cached
         self.metrics = metrics
@@ -66,23 +81,28 @@ class Scorer:
         self.agreement = Agreement(cfg.name)
         self.gap_counts: dict[str, int] = {}   # version -> requests sent untrimmed for it
         self.install(prepared)
-        self.workers = (BatchWorkers(cfg.threads - 1, self.compute, cfg.name)
-                        if cfg.threads > 1 else None)
+        # At least one worker whatever ``threads`` says: the loop builds no large batch.
+        self.workers = BatchWorkers(max(1, cfg.threads - 1), self.compute, cfg.name)
+        # With one thread, a small request is built on the loop: handing it to
+        # the worker would cost more than it holds the loop (docs/operations.md).
+        self.inline_nbytes = INLINE_BUILD_NBYTES if cfg.threads == 1 else -1
+        self.inline_left = self.inline_nbytes   # of it, until the loop's next `send_some`
+        self.sending: deque[Job] = deque()   # built, their models being sent by the loop
 
     @property
     def pending(self) -> int:
-        """Requests a worker has not handed back yet."""
-        return 0 if self.workers is None else self.workers.pending
+        """Requests taken in and not yet parked with the router."""
+        return self.workers.pending + len(self.sending)
 
     def close(self) -> None:
-        if self.workers is not None:
-            self.workers.close()
+        self.workers.close()
 
     def install(self, prepared: PreparedConfig) -> None:
         """Serve ``prepared`` from the next request on."""
         self.prepared = prepared
         self.active = prepared.active
         self.plans: dict = dict(prepared.plans)   # grows: plans compiled on first use
+        self.linears: dict = {}   # (layout, key) -> Linear: its plan's message sizes
 
     def score(self, envelope, header: dict, body) -> None:
         """Send a score request's models to their leaves (now, or once a worker
@@ -90,25 +110,60 @@ class Scorer:
         job = self.start(envelope, header, body)
         if job is None:
             return
-        if self.workers is not None:
+        if job.build_nbytes > self.inline_left:
             self.workers.submit(job)
             return
-        self.compute(job)
-        self.finish(job)
+        self.inline_left -= job.build_nbytes
+        try:   # small, and the loop has not built its share since it last sent: built here
+            self.compute(job)
+            self.begin_send(job)
+        except BaseException:
+            self.budget.release(job.reserved)
+            job.reserved = 0
+            raise
+        self.sending.append(job)
 
     def collect(self, fail) -> None:
-        """Finish the jobs the workers handed back; ``fail(envelope, rid,
-        ProtocolError)`` answers one that failed."""
-        assert self.workers is not None
+        """Take the jobs the workers handed back: queued for sending
+        (`send_some`); ``fail(envelope, rid, ProtocolError)`` answers one that
+        failed."""
         for job in self.workers.finished():
             if job.error is None:
                 try:
-                    self.finish(job)
+                    self.begin_send(job)
+                    self.sending.append(job)
                     continue
                 except Exception as exc:
                     job.error = exc
-            rid = job.req.rid
-            fail(job.envelope, rid, wire_error(job.error, f"request {rid!r}"))
+            self._failed(job, fail)
+
+    def _failed(self, job: Job, fail) -> None:
+        self.budget.release(job.reserved)
+        job.reserved = 0
+        rid = job.req.rid
+        assert job.error is not None
+        fail(job.envelope, rid, wire_error(job.error, f"request {rid!r}"))
+
+    def send_some(self, fail, slice_s: float = SEND_SLICE_S) -> None:
+        """Send the queued requests' models, oldest request first, one model
+        at a time, until none is left or ``slice_s`` has passed: the loop
+        then reads its sockets and comes back (poll timeout 0 while any is left)."""
+        self.inline_left = self.inline_nbytes
+        t_end = time.perf_counter() + slice_s
+        while self.sending:
+            job = self.sending[0]
+            try:
+                if self.send_next(job):
+                    self.sending.popleft()
+            except Exception as exc:   # a bug: the request still gets its one reply
+                self.sending.popleft()
+                job.error = exc
+                if job.request is not None and not job.request.done:
+                    self.router.park(job.request)   # answered with what it has by its deadline
+                else:
+                    self._failed(job, fail)
+            if time.perf_counter() >= t_end:
+                return
 
     def start(self, envelope, header: dict, body) -> Job | None:
         """The request's job, or None when it was answered without leaves."""
@@ -123,7 +178,24 @@ class Scorer:
             self.answer_without_leaves(request, wanted)
             return None
         pre, gaps = self.choose_preprocessor(keys, arrived)
-        return Job(envelope, req, wanted, pre, gaps, t0, deadline)
+        job = Job(envelope, req, wanted, pre, gaps, t0, deadline)
+        self.admit(job, keys)
+        return job
+
+    def admit(self, job: Job, keys) -> None:
+        """Reserve the request's estimated memory: its records, its batch and
+        each model's message (rootproc/memory.py); too_large or overloaded,
+        before anything is fetched, when it cannot have it."""
+        n, layout = len(job.req.candidates), job.pre.layout
+        records = (self.store.layout("user").fixed_nbytes
+                   + n * self.store.layout("candidate").fixed_nbytes)
+        batch = self.linear(layout, None).at(n)
+        messages = sum(self.linear(layout, self.plan_key(k, job.gaps)).at(n) for k in keys)
+        job.records_nbytes = records
+        job.build_nbytes = records + batch
+        job.reserved = self.budget.admit(
+            job.req.rid, records + batch + messages,
+            f"records {records} + batch {batch} + {len(keys)} model message(s) {messages}")
 
     def answer_without_leaves(self, request: OpenRequest, wanted) -> None:
         """A request no leaf needs to see: no candidates (each known model's
@@ -147,15 +219,39 @@ class Scorer:
             job.batch = job.pre.build(users, candidates)
         job.t_pre = time.perf_counter()
 
-    def finish(self, job: Job) -> None:
-        """The request's models to the router (the loop thread)."""
-        now = time.monotonic()
-        request = self.router.open(job.req.rid, job.envelope, len(job.req.candidates),
-                                   job.deadline, job.t0)
-        request.missing = job.missing
-        self.send_models(request, job.wanted, job.gaps, job.batch, now)
+    def begin_send(self, job: Job) -> None:
+        """The router opens the request whose batch is built (the loop thread)."""
+        batch = job.batch
+        job.untrimmed = _trim.encoded_nbytes(self.plan_for(batch.layout, None), batch)
+        # Ragged values are known now: the request's own bytes, checked again.
+        built = job.records_nbytes + batch.nbytes + sum(
+            _trim.encoded_nbytes(self.plan_for(batch.layout, self.plan_key(k, job.gaps)), batch)
+            for k, known in job.wanted if known)
+        self.budget.check_built(job.req.rid, built)
+        if built > job.reserved:
+            self.budget.take(built - job.reserved)
+            job.reserved = built
+        job.request = self.router.open(job.req.rid, job.envelope, len(job.req.candidates),
+                                       job.deadline, job.t0)
+        job.request.reserved, job.reserved = job.reserved, 0   # the router's from now on
+        job.request.missing = job.missing
+
+    def send_next(self, job: Job) -> bool:
+        """The job's next model to the router (the loop thread); once every
+        model is on its way, the request is parked: True."""
+        request = job.request
+        assert request is not None
+        if job.next_model < len(job.wanted):
+            key, known = job.wanted[job.next_model]
+            job.next_model += 1
+            self.send_model(request, key, known, key in job.gaps, job.batch, job.untrimmed,
+                            time.monotonic(), job.deadline)
+            if job.next_model < len(job.wanted):
+                return False
         t_sent = time.perf_counter()
+        job.batch = None   # what a resend needs, the router keeps
         self.router.park(request, self.timing(job.t0, job.t_fetch, job.t_pre, t_sent), t_sent)
+        return True
 
     # -- the steps ----------------------------------------------------------------
 
@@ -212,30 +308,33 @@ class Scorer:
         full = gaps or self.cfg.trim == "off"
         return (self.prepared.pre_full if full else self.prepared.pre_used), gaps
 
-    def send_models(self, request: OpenRequest, wanted, gaps, batch, now: float) -> None:
-        """Each model's trimmed share of ``batch`` to the router, in the order
-        the request named them; a model that fails here, or that nobody knows,
-        gets its error as its result."""
-        untrimmed = _trim.encoded_nbytes(self.plan_for(batch.layout, None), batch)
-        for key, known in wanted:
-            if not known:
-                self.router.fail(request, self.router.add_model(request, key, False),
-                                 unknown_model_error(key))
-                continue
-            gap = key in gaps
-            if gap:
-                self.metrics.trim_gaps.labels(key).inc()
-                self.gap_counts[key] = self.gap_counts.get(key, 0) + 1
-            trimmed = self.cfg.trim == "on" and not gap
-            idx = self.router.add_model(request, key, trimmed)
-            try:
-                plan = self.plan_for(batch.layout, key if trimmed else None)
-                self.router.send(request, idx, ModelBatch(key, plan, batch, untrimmed), now)
-            except Exception as exc:
-                # Other models may already be in flight, and the router gives
-                # the request its one reply: the failure stays this model's result.
-                self.router.fail(request, idx, wire_error(
-                    exc, f"request {request.rid!r}, {key}").to_error())
+    def send_model(self, request: OpenRequest, key: str, known: bool, gap: bool, batch,
+                   untrimmed: int, now: float, deadline: float) -> None:
+        """One model's trimmed share of ``batch`` to the router (the request's
+        models go in the order it named them); a model that fails here, that
+        nobody knows, or whose request's deadline passed before its turn, gets
+        its error as its result."""
+        if not known:
+            self.router.fail(request, self.router.add_model(request, key, False),
+                             unknown_model_error(key))
+            return
+        if gap:
+            self.metrics.trim_gaps.labels(key).inc()
+            self.gap_counts[key] = self.gap_counts.get(key, 0) + 1
+        trimmed = self.cfg.trim == "on" and not gap
+        idx = self.router.add_model(request, key, trimmed)
+        if now >= deadline:
+            self.router.fail(request, idx, {"kind": DEADLINE, "message": "the request's "
+                             "deadline passed before the root sent this model (it is overloaded)"})
+            return
+        try:
+            plan = self.plan_for(batch.layout, key if trimmed else None)
+            self.router.send(request, idx, ModelBatch(key, plan, batch, untrimmed), now)
+        except Exception as exc:
+            # Other models may already be in flight, and the router gives
+            # the request its one reply: the failure stays this model's result.
+            self.router.fail(request, idx, wire_error(
+                exc, f"request {request.rid!r}, {key}").to_error())
 
     def timing(self, t0: float, t_fetch: float, t_pre: float, t_sent: float) -> dict[str, float]:
         """Seconds per step before the leaves (stage -> seconds), observed."""
@@ -243,6 +342,19 @@ class Scorer:
         for stage, seconds in timing.items():
             self.metrics.latency.labels(stage).observe(seconds)
         return timing
+
+    def plan_key(self, key: str, gaps) -> str | None:
+        """Whose columns ``key``'s message carries: its own, or None (every one)."""
+        return key if self.cfg.trim == "on" and key not in gaps else None
+
+    def linear(self, layout, key: str | None) -> Linear:
+        """The size of `plan_for`'s messages, as a function of the candidates."""
+        cache_key = (layout.fingerprint, key)
+        lin = self.linears.get(cache_key)
+        if lin is None:
+            plan = self.plan_for(layout, key)
+            lin = self.linears[cache_key] = Linear.of(layout, plan.columns, plan.table_nbytes)
+        return lin
 
     def plan_for(self, layout, key: str | None):
         """The trim plan of ``key`` (None: every column) on ``layout``, compiled once."""

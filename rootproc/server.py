@@ -1,11 +1,13 @@
 """The root process's serving loop and what the loop alone touches.
 
 One thread runs a zmq poll loop over the client ROUTER socket and one DEALER
-per leaf replica. A client message is checked (`intake`) and a score request
-scored inline (`scoring`: fetch, preprocess, trim, send), all CPU work and
-no waiting; the `router` then holds it until its leaves answer or its
-deadline passes, and sends its one reply. The loop never blocks on a leaf,
-so a slow or dead leaf costs only its own models' results.
+per leaf replica. A client message is checked (`intake`) and a score
+request handed to the scorer (`scoring`): a worker thread fetches and builds
+its batch, and the loop sends its models a slice at a time between polls, so
+that no request keeps it from its sockets for longer than one model's
+message; the `router` then holds it until its leaves answer or its deadline
+passes, and sends its one reply. The loop never blocks on a leaf, so a slow
+or dead leaf costs only its own models' results.
 
 `RootServer` runs over the parts rootproc/app.py builds and closes (`Root`):
 it reads the client socket and the links through the poller, runs the ping
@@ -75,10 +77,8 @@ class RootServer:
         self.metrics = metrics
         self.schema_fingerprint = schema_fingerprint
         self.poller.register(self.frontend, zmq.POLLIN)
-        self.workers_fd = None   # with threads > 1: the batch workers' results (rootproc/workers.py)
-        if self.scorer.workers is not None:
-            self.workers_fd = self.scorer.workers.fd
-            self.poller.register(self.workers_fd, zmq.POLLIN)
+        self.workers_fd = self.scorer.workers.fd   # the batch workers' results (rootproc/workers.py)
+        self.poller.register(self.workers_fd, zmq.POLLIN)
         self.draining = False
         self.drain_started = 0.0
 
@@ -113,6 +113,8 @@ class RootServer:
             if self.draining:
                 wake = min(wake, self.drain_started + DRAIN_QUIET_S)
             timeout_ms = max(0, min(MAX_POLL_MS, int((wake - now) * 1000) + 1))
+            if self.scorer.sending:
+                timeout_ms = 0   # models still to send: read what is waiting, then go on
             for sock, _ in self.poller.poll(timeout_ms):
                 if sock is self.frontend:
                     self.drain(sock, self.on_client)
@@ -123,6 +125,7 @@ class RootServer:
                 else:
                     link = self.links.by_socket(sock)
                     self.drain(sock, lambda frames, link=link: self.router.on_leaf(link, frames))
+            self.scorer.send_some(self.replies.error)
             self.router.expire(time.monotonic())
             if self.follower is not None:
                 prepared = self.follower.take_config()

@@ -37,6 +37,7 @@ from rootproc.defaults import (
     HEALTH_TIMEOUT_MS,
     MAX_CANDIDATES,
     MAX_DEADLINE_MS,
+    MAX_REQUEST_MEMORY_NBYTES,
     MAX_REQUEST_NBYTES,
     METRICS_ADDR,
     METRICS_PORT,
@@ -192,6 +193,12 @@ class RootSettings:
     max_candidates: int = option(MAX_CANDIDATES, "candidates per request", positive=True)
     max_request_nbytes: int = option(MAX_REQUEST_NBYTES, "bytes per request (too_large past it)",
                                      positive=True)
+    max_request_memory_nbytes: int = option(MAX_REQUEST_MEMORY_NBYTES, "root memory one "
+                                            "request may hold: records, batch, messages "
+                                            "(too_large past it)", positive=True)
+    max_memory_nbytes: int | None = option(None, "root memory the requests in flight may "
+                                           "hold together (overloaded past it); null: half "
+                                           "the node's physical memory", positive=True)
     missing: str = option("default", "an id the feature store lacks: 'default' values, or "
                           "'fail' the request", choices=MODES_MISSING)
     missing_max_share: float = option(1.0, "a request whose share of entities (user and "
@@ -212,8 +219,9 @@ class RootSettings:
     buffer_pool_bytes: int = option(BUFFER_POOL_BYTES, "batches and messages of 32 MiB and "
                                     "more reuse buffers kept up to this many bytes; 0: "
                                     "every one mapped fresh", minimum=0)
-    threads: int = option(1, "threads scoring requests: 1 scores on the serving loop; N adds "
-                          "N - 1 threads that fetch and build batches", positive=True)
+    threads: int = option(1, "threads scoring requests: the serving loop, which sends each "
+                          "model's message, and max(1, N - 1) workers that fetch and build "
+                          "batches", positive=True)
     curve: RootCurve | None = option(None, "CURVE: this root's keys, and who may connect")
     insecure: bool = option(False, "accept tcp binds other hosts can reach without client "
                             "authentication (said loudly at start)")

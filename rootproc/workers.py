@@ -1,11 +1,12 @@
 """Worker threads that fetch records and build batches, so that one root uses more than one core.
 
-With ``threads`` > 1 the serving loop hands each score request, once its
-header is checked, to one of ``threads - 1`` workers and goes back to its
-sockets. A worker does the request's fetch and preprocessing (LMDB reads,
-Redis round trips and the compiled record program all let go of the GIL) and
-posts the result back; the loop thread then sends the request's models and
-owns it from there, as it owns every socket, the router and its one reply
+The serving loop hands each score request, once its header is checked, to
+one of ``max(1, threads - 1)`` workers and goes back to its sockets: the
+loop builds no large batch (rootproc/scoring.py `Scorer.score`). A worker
+does the request's fetch and preprocessing (LMDB reads, Redis round trips
+and the compiled record program all let go of the GIL) and posts the result
+back; the loop thread then sends the request's models and owns it from
+there, as it owns every socket, the router and its one reply
 (rootproc/router.py). Nothing a worker touches belongs to the loop: it gets
 the request, the preprocessor chosen for it (a compiled, immutable object)
 and the store's thread-safe reads.

@@ -43,6 +43,9 @@ ELSEWHERE = {
         "tests/leaf/test_shm_descriptor_faults.py::test_a_segment_truncated_after_it_was_mapped_does_not_kill_the_leaf"],
     "shm.slot-ownership": [
         "tests/shm/test_transport.py::test_slot_held_past_the_deadline_until_the_reply"],
+    "score.memory": [
+        "tests/root/test_memory_limits.py::test_a_request_over_its_memory_limit_is_refused_naming_it",
+        "tests/root/test_memory_limits.py::test_requests_over_the_roots_memory_get_overloaded_then_it_serves_again"],
     "shm.retry-socket": [
         "tests/root/test_router.py::test_a_resend_goes_over_the_socket"],
     "shm.reclaim": ["tests/shm/test_kill_stress.py::test_slots_of_a_killed_leaf_are_reclaimed"],
