@@ -23,7 +23,8 @@ needs (``needs_gib``). The every-feature mode at 12K features x 2,048
 candidates x 16 models, for one, sends 9.7 GB a request.
 ``TRIMMER_BENCH_SCALE_GRID="1x256x4,4x1024x4"`` picks points
 (scale x candidates x models); ``TRIMMER_BENCH_SCALE_REQUESTS`` the
-requests per mode; ``TRIMMER_BENCH_SCALE_OUT=DIR`` writes every point's
+requests per mode (default: 8 to 96, fewer the larger the point);
+``TRIMMER_BENCH_SCALE_OUT=DIR`` writes every point's
 figures (``scale.json``) and the plot of cost against bytes
 (``scale.png``) there. In ``make test`` (quick mode) one small point runs,
 so that the bench cannot rot.
@@ -59,7 +60,12 @@ FULL_GRID = [(scale, cands, models) for scale in (1, 2, 4, 8) for cands in (256,
 QUICK_GRID = [(0.25, 64, 4)]
 MODES = ("all", "trimmed", "trimmed-shm")
 CONCURRENCY = 4
-REQUESTS = knob("TRIMMER_BENCH_SCALE_REQUESTS", 24, 6)
+REQUESTS = knob("TRIMMER_BENCH_SCALE_REQUESTS", 0, 6)   # 0: by the point's size
+# Without a fixed count, each mode gets about this many bytes of every-feature
+# requests, between these counts: enough clock ticks of root CPU at the small
+# points (the CPU clock counts in 10 ms), minutes rather than hours at the large.
+BYTES_PER_MODE = 8e9
+MIN_REQUESTS, MAX_REQUESTS = 8, 96
 # The demo's models read 15 %, 30 %, 45 % and 60 % of the schema in turn.
 MEAN_SHARE_READ = 0.375
 OUT = os.environ.get("TRIMMER_BENCH_SCALE_OUT")
@@ -90,6 +96,14 @@ def memory_needed(scale: float, cands: int, models: int, mode: str) -> int:
     batch = ROW_NBYTES_AT_SCALE_1 * scale * cands
     share = 1.0 if mode == "all" else MEAN_SHARE_READ
     return int(CONCURRENCY * batch * (1 + 2 * share * models))
+
+
+def requests_for(scale: float, cands: int, models: int) -> int:
+    """Requests per mode at a point (`REQUESTS` when set)."""
+    if REQUESTS:
+        return REQUESTS
+    per_request = ROW_NBYTES_AT_SCALE_1 * scale * cands * (1 + models)
+    return int(min(MAX_REQUESTS, max(MIN_REQUESTS, BYTES_PER_MODE // per_request)))
 
 
 def runnable(scale: float, cands: int, models: int) -> tuple[list[str], dict[str, float]]:
@@ -134,7 +148,8 @@ def measure_point(run_dir: Path, scale: float, cands: int, models: int,
                   modes: list[str]) -> list[dict]:
     argv = [sys.executable, "-m", "signatures.cli", "demo", "--run-dir", str(run_dir),
             "--scale", str(scale), "--candidates", str(cands), "--models", str(models),
-            "--modes", *modes, "--requests", str(REQUESTS), "--concurrency", str(CONCURRENCY),
+            "--modes", *modes, "--requests", str(requests_for(scale, cands, models)),
+            "--concurrency", str(CONCURRENCY),
             "--users", "200", "--items", str(max(2 * cands, 1000)), "--no-progress"]
     done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=3600)
     results = run_dir / "results.json"
