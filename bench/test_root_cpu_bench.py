@@ -12,7 +12,11 @@ requests.
 The floor, measured in the same run: one ``memcpy`` (np.copyto between two
 warm buffers, best of 30) of the bytes a request must move: the raw records
 it reads (one user, 256 candidates), the batch it writes, and the messages
-it writes (every model's trimmed share). Asserted: root CPU per request <=
+it writes (every model's trimmed share); also reported against a lower
+floor without the batch (records + messages: what a root that wrote each
+model's columns from the records straight into its messages would move),
+the goal issue 24 sets (<= 2x) and this root does not meet yet
+(bench/RESULTS.md). Asserted: root CPU per request <=
 2x the floor with shared-memory links ("shm"); over sockets ("ipc") the
 kernel copies each message once more into the socket, which the ratio
 reports. Also reported: the root's own per-stage wall times (fetch,
@@ -222,9 +226,14 @@ def test_root_cpu_per_request_vs_memory_floor(benchmark, scene, transport):
     moved = local["raw_nbytes"] + local["batch_nbytes"] + float(np.mean(sent))
     floor_ms = 1000 * memcpy_seconds(int(moved))
     ratio = cpu_ms / floor_ms
+    # The lower floor (issue 24): what a root that wrote each model's columns
+    # from the records straight into its messages would move, no batch between.
+    lower_floor_ms = 1000 * memcpy_seconds(int(local["raw_nbytes"] + float(np.mean(sent))))
     stages = local["stages_cpu_ms"]
     info = {"root_cpu_ms_per_request": round(cpu_ms, 3), "floor_ms": round(floor_ms, 3),
             "ratio_to_floor": round(ratio, 2), "goal": GOAL,
+            "lower_floor_ms": round(lower_floor_ms, 3),
+            "ratio_to_lower_floor": round(cpu_ms / lower_floor_ms, 2),
             "mb_moved": {"raw_records": round(local["raw_nbytes"] / 1e6, 2),
                          "batch": round(local["batch_nbytes"] / 1e6, 2),
                          "messages": round(float(np.mean(sent)) / 1e6, 2)},
