@@ -63,6 +63,9 @@ def parse_args(argv):
                         "or 'realistic': a production-sized TorchRec DLRM and DCN (needs the "
                         "[torchrec] extra; rootproc/demo/realistic.py)")
     p.add_argument("--modes", nargs="+", choices=[m.name for m in MODES], help="default: all")
+    p.add_argument("--deadline-ms", type=int, default=10_000,
+                   help="each request's deadline at the roots (a closed loop of requests that "
+                        "take the node seconds each needs more: the scale bench gives 60000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--metrics", action="store_true", help="expose Prometheus metrics on free ports")
     p.add_argument("--keep-running", action="store_true",
@@ -76,8 +79,10 @@ def parse_args(argv):
                         "scale every feature is ~41 MB a request: try --scale 0.5 --candidates 64")
     args = p.parse_args(argv)
     count = 2 if args.models == "realistic" else args.models
-    if min(args.requests, args.candidates, args.concurrency, args.leaves, args.roots, count) < 1:
-        p.error("--requests, --candidates, --concurrency, --leaves, --roots and --models must be >= 1")
+    if min(args.requests, args.candidates, args.concurrency, args.leaves, args.roots, count,
+           args.deadline_ms) < 1:
+        p.error("--requests, --candidates, --concurrency, --leaves, --roots, --models and "
+                "--deadline-ms must be >= 1")
     if args.remote_leaf_bandwidth:
         try:
             parse_rate(args.remote_leaf_bandwidth)
@@ -160,7 +165,9 @@ def programs_for(scenario: Scenario, modes: list[Mode], args,
                 "leaves": [{"name": leaf, "endpoints": [leaf_endpoints[leaf]], "models": models}
                            for leaf, models in scenario.placement.items()],
                 "trim": mode.trim, "compression": mode.compression,
-                "deadline_ms": 10_000, "max_candidates": max(2048, args.candidates),
+                "deadline_ms": args.deadline_ms,
+                "max_deadline_ms": max(10_000, args.deadline_ms),
+                "max_candidates": max(2048, args.candidates),
                 "metrics_port": free_port() if args.metrics else None,
                 **mode.root_options,
             }
@@ -180,7 +187,8 @@ def drive(mode: Mode, endpoints: list[str], leaf_endpoints: list[str], scenario:
     leaf_pids = [ping(e)["pid"] for e in leaf_endpoints]
     load = Namespace(endpoint=endpoints, requests=args.requests, concurrency=args.concurrency,
                      rate=0.0, candidates=args.candidates, feature_store=str(scenario.feature_store),
-                     users=0, candidate_ids=0, models=None, deadline_ms=None, timeout_ms=30_000,
+                     users=0, candidate_ids=0, models=None, deadline_ms=None,
+                     timeout_ms=args.deadline_ms + 20_000,
                      seed=args.seed)
     warm = Namespace(**{**vars(load), "requests": min(10, args.requests)})
     run_load(warm)  # caches and allocators warm before anything is measured
