@@ -23,6 +23,7 @@ import logging
 # Siblings by their module path, never through the package: its __init__
 # imports this module (and the backends), which would close a circle.
 import signatures.configstore.gating as gating
+import signatures.configstore.rollback as rollbacks
 import signatures.configstore.root_schemas as root_schemas
 from _trim.errors import StoreError
 from _trim.transport.model_key import ModelKey
@@ -30,7 +31,7 @@ from signatures.bundle import Bundle
 from signatures.configstore.base import ConfigStore
 from signatures.configstore.changes import Change
 from signatures.configstore.names import STAGES, check_stage
-from signatures.configstore.stage_state import HISTORY_LIMIT, StageProblem, empty_record
+from signatures.configstore.stage_state import StageProblem, empty_record, pushed
 
 log = logging.getLogger("trimmer.store")
 
@@ -101,10 +102,8 @@ class Stages:
                     f"{'is' if len(uncovered) == 1 else 'are'} on {stage}: take "
                     f"{'it' if len(uncovered) == 1 else 'them'} off first with "
                     f"`trimmer deploy-models --stage {stage} --replace ...` (or --force)")
-            history = list(old["history"])
-            if old["bundle"] and old["bundle"] != bundle.id:
-                history.append(old["bundle"])
-            new = {**old, "bundle": bundle.id, "history": history[-HISTORY_LIMIT:]}
+            new = {**old, **(pushed(old) if old["bundle"] != bundle.id else {}),
+                   "bundle": bundle.id}
             event = {"action": "deploy", "bundle": bundle.id, "previous": old["bundle"],
                      **replaced, **checked}
             if uncovered:
@@ -182,40 +181,19 @@ class Stages:
             if not s["bundle"]:
                 raise StoreError(f"{src} has no active config to promote")
             old, replaced = self._state_to_replace(dst)
-            history = list(old["history"])
-            if old["bundle"] and old["bundle"] != s["bundle"]:
-                history.append(old["bundle"])
-            new = {**old, "bundle": s["bundle"], "models": list(s["models"]),
-                   "history": history[-HISTORY_LIMIT:]}
+            new = {**old, **(pushed(old) if old["bundle"] != s["bundle"] else {}),
+                   "bundle": s["bundle"], "models": list(s["models"])}
             return Change(dst, old, new, {"action": "promote", "from": src,
                                           "bundle": s["bundle"], "previous": old["bundle"],
                                           "models": list(s["models"]), **replaced})
         return self.store._atomically(change)[0]
 
-    def rollback(self, stage: str) -> tuple[int, str, list[str]]:
-        """Return the stage to its previous config: (generation, bundle id,
-        model versions on the stage that the restored config does not carry)."""
-        check_stage(stage)
-
-        def change() -> Change:
-            old, replaced = self._state_to_replace(stage)
-            if not old["history"]:
-                raise StoreError(f"{stage} has no previous config to roll back to")
-            history = list(old["history"])
-            previous = history.pop()
-            bundle = self.store.bundle(previous)
-            uncovered = [k for k in old["models"] if k not in bundle.models]
-            new = {**old, "bundle": previous, "history": history}
-            return Change(stage, old, new, {"action": "rollback", "bundle": previous,
-                                            "from": old["bundle"], "uncovered": uncovered,
-                                            **replaced}, (previous, uncovered))
-        gen, result = self.store._atomically(change)
-        restored: str = result[0]  # type: ignore[index]
-        left_out: list[str] = result[1]  # type: ignore[index]
-        if left_out:
-            log.warning("rollback of %s to %s: models %s are not in that config; roots "
-                        "send them every feature", stage, restored, left_out)
-        return gen, restored, left_out
+    def rollback(self, stage: str, wait_s: float = gating.WAIT_S,
+                 force: bool = False) -> rollbacks.Rollback:
+        """Return the stage to what it served before its active config: that
+        config and the model versions the stage ran with it, as one unit, in
+        the safe order (signatures/configstore/rollback.py); what was done."""
+        return rollbacks.rollback(self, stage, wait_s, force)
 
     # -- status ------------------------------------------------------------------------
 

@@ -8,10 +8,19 @@ import sys
 import pytest
 
 from _trim.errors import StoreError
-from signatures.configstore import Stages
+from signatures.configstore import Stages, open_config_store
 from signatures.configstore.members import MemberStatus
 from tests.signatures.test_store import B1, B2, B3, ROOT, make_bundle
-from tests.signatures.test_store import address, store  # noqa: F401  (fixtures)
+
+
+@pytest.fixture(params=["dir", "zk"])
+def store(request, tmp_path):
+    """An empty directory store, or a ZooKeeper one (a chroot of the test server)."""
+    address = str(tmp_path / "store") if request.param == "dir" else \
+        request.getfixturevalue("zk_server").address()
+    with open_config_store(address) as s:
+        yield s
+
 
 BX = make_bundle({"ctr@1": ["a", "b"], "ctr@2": ["a", "b"], "emb@1": ["c"]})
 
@@ -108,7 +117,6 @@ def test_rollback_waits_for_leaves_before_moving_the_config(store):
 
 def test_cli_says_what_the_rollback_did(tmp_path):
     path = str(tmp_path / "store")
-    from signatures.configstore import open_config_store
     stages = Stages(open_config_store(path))
     stages.deploy(B1, "canary")
     stages.deploy_models("canary", ["ctr@1"])
