@@ -89,7 +89,9 @@ class Root:
             self.follower = ConfigFollower(cfg.config_store, cfg.stage, name=self.name,
                                            prepared=prepared, prepare=prepare,
                                            errors=metrics.config_errors,
-                                           schema=schema, settings=cfg.zookeeper).start()
+                                           schema=schema, settings=cfg.zookeeper,
+                                           schema_mismatches=metrics.config_schema_mismatches
+                                           ).start()
         self.server = RootServer(cfg=cfg, client=client, replies=replies, poller=poller,
                                  links=links, router=router, scorer=scorer,
                                  follower=self.follower, metrics=metrics,

@@ -69,6 +69,9 @@ class RootMetrics:
         r = self.registry
         self.config_errors = Counter("trimmer_root_config_errors", "new configs ignored because "
                                      "they could not be read, parsed or compiled", registry=r)
+        self.config_schema_mismatches = Counter(
+            "trimmer_root_config_schema_mismatches", "new configs refused because their bundle "
+            "was built against a feature schema that disagrees with the root's", registry=r)
         self.config_reloads = Counter("trimmer_root_config_reloads", "configs installed while "
                                       "running", registry=r)
         self.config_generation = Gauge("trimmer_root_config_generation",
