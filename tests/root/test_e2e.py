@@ -194,3 +194,28 @@ def test_active_config_from_a_staged_config_store(world, leaves, process_runner,
         assert client.ping()["config"] == world["bundle_obj"].id
         user, cands = request_ids(8)
         check_scores(world, client.score(user, cands), user, cands)
+
+
+def test_trimmer_score_exits_1_and_says_so_in_words_when_model_results_fail(
+        world, leaves, process_runner):
+    """Exit 0 only when every request was answered with every model scored;
+    the report is text, not Python reprs."""
+    root = spawn_root(process_runner, world, leaves["ipc"], name="root-score")
+    base = [sys.executable, "-m", "signatures.cli", "score", "--endpoint", root.endpoint,
+            "--requests", "6", "--concurrency", "3", "--candidates", "8", "--users", "110",
+            "--candidate-ids", "1300", "--no-progress"]
+    out = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out
+    assert "6/6 requests answered" in out.stdout and "failed" not in out.stdout, out.stdout
+    for models in (["nosuch@9"], ["ctr@3", "nosuch@9"]):   # every model failed; one of two
+        out = subprocess.run(base + ["--models", *models], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 1, out
+        assert "{" not in out.stdout and "'" not in out.stdout, out.stdout
+        assert "model results: " in out.stdout and "6 failed" in out.stdout, out.stdout
+    out = subprocess.run(base + ["--models", "nosuch@9", "--json"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1, out
+    report = json.loads(out.stdout)
+    assert report["model_results"] == {"ok": 0, "failed": 6}, report
+    assert sum(report["model_errors"].values()) == 6
