@@ -20,7 +20,8 @@ import logging
 
 import zmq
 
-from _trim.transport.sockets import remove_ipc_files
+from _trim.errors import ConfigError
+from _trim.transport.sockets import check_free, remove_ipc_files
 from rootproc.featurestore import open_feature_store
 from rootproc.featurestore.base import FeatureStore
 from rootproc.featurestore.cache import CachedStore
@@ -67,6 +68,8 @@ class Root:
 
     def _build(self) -> None:
         cfg = self.settings
+        # Before anything is bound or linked: a live process's endpoint or port is refused.
+        check_free(cfg.bind, cfg.metrics_addr, cfg.metrics_port)
         schema = FeatureSchema.load(cfg.schema)
         store = self.store = open_feature_store(cfg.feature_store, cfg.redis)
         cached = CachedStore(store, cfg.cache.size, cfg.cache.ttl_s, cfg.cache.stale_if_error_s)
@@ -99,7 +102,11 @@ class Root:
         for exposure in cfg.exposures():
             log.warning("%s: %s", cfg.name, exposure)
         if cfg.metrics_port:
-            metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+            try:
+                metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+            except OSError as exc:   # taken since check_free looked
+                raise ConfigError(f"cannot serve metrics on {cfg.metrics_addr}:"
+                                  f"{cfg.metrics_port}: {exc}") from exc
         log.info("%s: serving on %s (config %s, trim %s, compression %s, %d leaf replica(s))",
                  cfg.name, ", ".join(client.endpoints), scorer.active.id, cfg.trim,
                  cfg.compression, len(links.pool.links))
