@@ -183,13 +183,26 @@ def test_two_roots_share_the_store_and_spread_requests(world, leaves, process_ru
 
 def test_active_config_from_a_staged_config_store(world, leaves, process_runner, tmp_path):
     from signatures.configstore import Stages, open_config_store
+    import time
+
+    from tests.support.procs import ping
     configs = str(tmp_path / "configs")
-    empty = spawn_root(process_runner, world, leaves["ipc"], name="root-empty", bundle=None,
-                       config_store=configs, stage="canary", ready=None)
-    assert empty.wait(30) == 2 and "no active config" in empty.log()
-    Stages(open_config_store(configs)).deploy(world["bundle_obj"], "canary")
+    # A fleet started before its first deploy: the root waits, not ready, and says so.
+    stopped = spawn_root(process_runner, world, leaves["ipc"], name="root-stopped", bundle=None,
+                         config_store=configs, stage="canary", ready=None)
     root = spawn_root(process_runner, world, leaves["ipc"], bundle=None, config_store=configs,
-                      stage="canary")
+                      stage="canary", ready=None)
+    deadline = time.monotonic() + 30
+    while "waiting for one" not in root.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "no active config" in root.log() and "waiting for one" in root.log(), root.log()
+    time.sleep(1.0)
+    assert root.returncode is None and ping(root.endpoint, timeout=0.5) is None  # not ready
+    stopped.signal()                      # a stop while it waits ends it cleanly
+    assert stopped.wait(30) == 0, stopped.log()
+    Stages(open_config_store(configs)).deploy(world["bundle_obj"], "canary")
+    root.wait_ready(30, ready=lambda p: bool(p.get("leaves")) and
+                    all(link["healthy"] for link in p["leaves"]))
     with ScoringClient(root.endpoint) as client:
         assert client.ping()["config"] == world["bundle_obj"].id
         user, cands = request_ids(8)
