@@ -132,9 +132,14 @@ def load_active_config(cfg) -> ActiveConfig:
     with open_config_store(cfg.config_store, settings=cfg.zookeeper) as store:
         generation, bundle = store.active(cfg.stage)
     if bundle is None:
-        raise ValueError(f"config store {cfg.config_store}: stage {cfg.stage!r} has no active config")
+        raise NoActiveConfig(f"config store {cfg.config_store}: stage {cfg.stage!r} has no "
+                             "active config")
     return ActiveConfig.from_bundle(bundle, generation)
 
 
-__all__ = ["ActiveConfig", "PreparedConfig", "SchemaMismatch", "check_schema", "load_active_config",
-           "prepare_config"]
+class NoActiveConfig(ValueError):
+    """The stage the root follows has no active config (yet)."""
+
+
+__all__ = ["ActiveConfig", "NoActiveConfig", "PreparedConfig", "SchemaMismatch", "check_schema",
+           "load_active_config", "prepare_config"]

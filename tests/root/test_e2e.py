@@ -182,9 +182,9 @@ def test_two_roots_share_the_store_and_spread_requests(world, leaves, process_ru
 
 
 def test_active_config_from_a_staged_config_store(world, leaves, process_runner, tmp_path):
-    from signatures.configstore import Stages, open_config_store
     import time
 
+    from signatures.configstore import Stages, open_config_store
     from tests.support.procs import ping
     configs = str(tmp_path / "configs")
     # A fleet started before its first deploy: the root waits, not ready, and says so.
