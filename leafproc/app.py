@@ -167,8 +167,11 @@ class Leaf:
     def run(self) -> int:
         """Serve until a SIGTERM (or SIGINT) drain completes; 0."""
         assert self.server is not None and self.table is not None, "run() after a build"
+        keys = ", ".join(self.table.keys())
+        what = keys or (f"nothing yet: following stage {self.settings.stage}, its models load "
+                        "in the background" if self.follower is not None else "no model")
         log.info("leaf %s on %s serving %s (device %s%s)", self.name,
-                 ", ".join(self.server.bound), ", ".join(self.table.keys()), self.device,
+                 ", ".join(self.server.bound), what, self.device,
                  ", CURVE on tcp" if self.server.security is not None else "")
         self._served = True
         return self.server.run()

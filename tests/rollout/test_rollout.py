@@ -264,3 +264,6 @@ def test_rollback_after_a_replace_restores_config_and_models_under_load(world, p
     assert untrimmed == []
     from signatures.cli.stages import format_status
     assert "NOT IN CONFIG" not in format_status(stages.status())
+    # The leaf's start line says what it serves: nothing yet, following its stage.
+    assert "serving nothing yet: following stage production" in leaf.log(200_000)
+    assert "serving  (device" not in leaf.log(200_000)

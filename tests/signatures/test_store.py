@@ -351,3 +351,15 @@ def test_a_broken_stage_record_is_reported_and_replaced_from_the_audit_log(store
     entry = s.log_entries()[-2]
     assert entry["action"] == "rollback-models" and entry["replaced"] == kind
     assert entry["generation"] == 8
+
+
+def test_status_says_how_it_knows_a_member_is_alive(store, address):
+    """A ZooKeeper member's record is written only when it changes; its
+    session says it is alive, not the record's age."""
+    from signatures.cli.stages import format_status
+    store.heartbeat("canary", MemberStatus("leaf", "leaf-0", generation=1))
+    out = format_status(Stages(store).status())
+    if address.zk:
+        assert "session open, record from" in out and "last seen" not in out, out
+    else:
+        assert "last seen 0s ago" in out, out
