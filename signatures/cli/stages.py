@@ -163,8 +163,12 @@ def format_status(status: dict) -> str:
                 marks.append("STALE")
             on = "on it" if m.get("bundle") == st["bundle"] else f"on {m.get('bundle') or '(none)'}"
             gen = m.get("generation")
+            # An ephemeral record (ZooKeeper) is rewritten only when it changes:
+            # its session, not its age, says the member is alive.
+            seen = (f"session open, record from {m['age_s']:.0f}s ago" if m.get("ephemeral")
+                    else f"last seen {m['age_s']:.0f}s ago")
             lines.append(f"  {m['role']} {m['name']}: {on}, generation {'?' if gen is None else gen}, "
-                         f"{m.get('host')} pid {m.get('pid')}, last seen {m['age_s']:.0f}s ago"
+                         f"{m.get('host')} pid {m.get('pid')}, {seen}"
                          f"{'  (' + ', '.join(marks) + ')' if marks else ''}")
             if m.get("endpoints"):
                 lines.append(f"    endpoints: {', '.join(m['endpoints'])}")

@@ -220,7 +220,8 @@ class Stages:
                 "uncovered": [k for k in record["models"]
                               if bundle is None or k not in bundle.models],
                 "history": record["history"],
-                "members": [{**m.to_dict(), "age_s": m.age_s(), "live": self.store.is_live(m)}
+                "members": [{**m.to_dict(), "age_s": m.age_s(), "live": self.store.is_live(m),
+                             "ephemeral": self.store.ephemeral_members}
                             for m in self.store.members(stage)],
                 **entry}
         return out
