@@ -12,10 +12,11 @@ EXIT_POLICY = """exit status (every command):
   0  done; a server stopped cleanly after SIGTERM or SIGINT
   1  failed or refused: an input file that cannot be read or fails its checks,
      a change the config store refuses, a signature that cannot be derived,
-     a key file that exists already, an endpoint that is not healthy
+     a key file that exists already, an endpoint that is not healthy,
+     `trimmer score` with a failed request or a failed model result
   2  usage: an unknown option, a missing argument, a value of the wrong form;
      a root or leaf that cannot start with the settings given (the message
-     lists every problem)"""
+     lists every problem; an endpoint or metrics port a live process holds)"""
 
 
 def exit_for(command: str, exc: TrimmerError) -> int:
