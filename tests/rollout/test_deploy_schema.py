@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from _trim.errors import StoreError
 from signatures.configstore import open_config_store
 from tests.root.world import SCHEMA
 from tests.support.models import write_model
@@ -120,7 +121,14 @@ def test_a_bundle_whose_schema_disagrees_with_the_roots_is_refused_and_shown(
     load = Load(root.endpoint)
     load.start()
     try:
-        Stages(store).deploy(bad, "production")
+        # deploy refuses it (the root published its schema); forced, it lands.
+        wait_for("the root's heartbeat naming its schema",
+                 lambda: any(m.role == "root" and m.schema for m in store.members("production")))
+        with pytest.raises(StoreError, match=r"disagrees.*ctr@3.*root-production"):
+            Stages(store).deploy(bad, "production")
+        assert store.state("production")["bundle"] == world["b1"].id
+        Stages(store).deploy(bad, "production", force=True)
+        assert store.log_entries()[-1]["schema_mismatch"] == ["ctr@3"]
         mismatch = ("trimmer_root_config_schema_mismatches_total", frozenset())
         wait_for("the refusal counted",
                  lambda: scrape(root.metrics_port).get(mismatch, 0) >= 1, timeout=20)
