@@ -79,6 +79,26 @@ class Stages:
         log.warning("forced %s on %s: %s", what, stage, root_schemas.describe(problems))
         return {"forced": True, "schema_missing": root_schemas.union(problems)}
 
+    def _check_disagreements(self, stage: str, bundle: Bundle, force: bool) -> dict:
+        """Refuse (unless forced) a bundle built against a schema that
+        disagrees with a live root's on what its versions read; what the
+        audit entry adds."""
+        bad = root_schemas.disagreements(self.store, stage, bundle)
+        if not bad:
+            return {}
+        said = "; ".join(f"root {root}: {', '.join(keys)}" for root, keys in sorted(bad.items()))
+        if not force:
+            raise StoreError(f"bundle {bundle.id} was built against a feature schema "
+                             f"({bundle.schema_fingerprint[:12]}) that disagrees with the roots' "
+                             f"on {stage} about a feature (a dtype, shape or kind) these versions "
+                             f"read: {said}. The roots would refuse it (SCHEMA MISMATCH): "
+                             "rebuild it against their schema (`trimmer bundle build --schema`) "
+                             "(--force: the roots refuse the config)")
+        log.warning("forced deploy of %s on %s: its schema disagrees with %s", bundle.id, stage,
+                    said)
+        return {"forced": True,
+                "schema_mismatch": sorted({k for keys in bad.values() for k in keys})}
+
     # -- the changes ---------------------------------------------------------------------
 
     def deploy(self, bundle: Bundle, stage: str, force: bool = False) -> int:
@@ -90,6 +110,7 @@ class Stages:
         check_stage(stage)
         checked = self._check_roots(stage, {k: m.features for k, m in bundle.models.items()},
                                     force, f"bundle {bundle.id}")
+        checked.update(self._check_disagreements(stage, bundle, force))
         # Content-addressed and never changed: written before the stage names it.
         self.store._write_bundle(bundle)
 
