@@ -23,7 +23,7 @@ import zmq
 from _trim.errors import ConfigError, NotFound
 from _trim.transport.curve import ServerKeys
 from _trim.transport.model_key import SEPARATOR, ModelKey
-from _trim.transport.sockets import secured
+from _trim.transport.sockets import check_free, secured
 from leafproc.follower import ModelFollower
 from leafproc.metrics import LeafMetrics, RolloutMetrics
 from leafproc.server import LeafServer
@@ -93,6 +93,8 @@ class Leaf:
 
     def _build(self) -> None:
         s = self.settings
+        # Before anything is bound or loaded: a live process's endpoint or port is refused.
+        check_free(s.bind, s.metrics_addr, s.metrics_port)
         following = bool(s.config_store)
         curve_keys = None
         if s.curve is not None and s.curve.secret_key:
@@ -146,7 +148,11 @@ class Leaf:
         server.install_signal_handlers()
         for exposure in s.exposures():
             log.warning("leaf %s: %s", self.name, exposure)
-        self.metrics.serve(s.metrics_port, s.metrics_addr)
+        try:
+            self.metrics.serve(s.metrics_port, s.metrics_addr)
+        except OSError as exc:   # taken since check_free looked
+            raise ConfigError(f"cannot serve metrics on {s.metrics_addr}:{s.metrics_port}: "
+                              f"{exc}") from exc
         if follower is not None:
             try:
                 follower.start()
@@ -161,8 +167,11 @@ class Leaf:
     def run(self) -> int:
         """Serve until a SIGTERM (or SIGINT) drain completes; 0."""
         assert self.server is not None and self.table is not None, "run() after a build"
+        keys = ", ".join(self.table.keys())
+        what = keys or (f"nothing yet: following stage {self.settings.stage}, its models load "
+                        "in the background" if self.follower is not None else "no model")
         log.info("leaf %s on %s serving %s (device %s%s)", self.name,
-                 ", ".join(self.server.bound), ", ".join(self.table.keys()), self.device,
+                 ", ".join(self.server.bound), what, self.device,
                  ", CURVE on tcp" if self.server.security is not None else "")
         self._served = True
         return self.server.run()

@@ -3,7 +3,9 @@ embedding processes never collide on the global one): the serving series
 (`LeafMetrics`, `ModelMetrics`) and those of following a stage (`RolloutMetrics`)."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from signatures.runtime.metrics_http import serve_metrics
 
 LATENCY_BUCKETS = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
                    100e-3, 250e-3, 500e-3, 1.0, 2.5)
@@ -45,7 +47,7 @@ class LeafMetrics:
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         if port:
-            self._server = start_http_server(port, addr=addr, registry=self.registry)
+            self._server = serve_metrics(self.registry, port, addr)
 
     def close(self) -> None:
         if isinstance(self._server, tuple):  # prometheus_client >= 0.17 returns (server, thread)

@@ -190,6 +190,11 @@ class ModelWorker(threading.Thread):
                         break
                     window.append(nxt)
                     rows += nxt.rows
+                # Checked again where the leaf starts on them: a deadline may
+                # have passed while the window waited to fill.
+                window = [req for req in window if not self._expired(req)]
+                if not window:
+                    continue
             try:
                 self._serve(window)
             except Exception as exc:  # a bug here must not kill the thread or drop replies

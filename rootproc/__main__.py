@@ -1,10 +1,11 @@
 """``python -m rootproc`` / ``trimmer root``: run a root process.
 
 Exit status (`trimmer --help`): 0 after a clean drain on SIGTERM or SIGINT
-(also one that arrives while the root is starting, and whatever dispositions
-it inherited); 2 when it cannot start with the settings given (the message
-lists every problem: a bad setting, a key file it cannot read, an endpoint in
-use, shared memory this host cannot give). The root itself is rootproc/app.py:
+(also one that arrives while the root is starting, or waiting for its
+stage's first config, and whatever dispositions it inherited); 2 when it
+cannot start with the settings given (the message lists every problem: a
+bad setting, a key file it cannot read, an endpoint in use, shared memory
+this host cannot give). The root itself is rootproc/app.py:
 settings, then build, run, close.
 """
 from __future__ import annotations
@@ -30,12 +31,15 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from _trim.errors import TrimmerError
     from _trim.memory import install_pool, keep_large_buffers
-    from rootproc.app import Root
+    from rootproc.app import Root, StoppedWaiting
     keep_large_buffers()
     try:
         cfg = load(RootSettings, args)
         install_pool(cfg.buffer_pool_bytes)
-        root = Root.build(cfg)
+        root = Root.build(cfg, stopping=lambda: starting.pending is not None)
+    except StoppedWaiting:
+        logging.getLogger("rootproc").info("stopped while waiting for a config; exiting")
+        return 0
     except (TrimmerError, ValueError) as exc:
         print(f"trimmer root: {exc}", file=sys.stderr)
         return 2

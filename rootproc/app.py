@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
+from collections.abc import Callable
 
 import zmq
 
-from _trim.transport.sockets import remove_ipc_files
+from _trim.errors import ConfigError
+from _trim.transport.sockets import check_free, remove_ipc_files
 from rootproc.featurestore import open_feature_store
 from rootproc.featurestore.base import FeatureStore
 from rootproc.featurestore.cache import CachedStore
@@ -29,7 +32,7 @@ from rootproc.leaves.links import LeafLinks
 from rootproc.memory import MemoryBudget, root_memory_limit
 from rootproc.metrics import RootMetrics
 from rootproc.rollout.follower import ConfigFollower
-from rootproc.rollout.installed import load_active_config, prepare_config
+from rootproc.rollout.installed import NoActiveConfig, load_active_config, prepare_config
 from rootproc.router import Router
 from rootproc.scoring import Scorer
 from rootproc.server import RootServer
@@ -37,6 +40,15 @@ from rootproc.settings import RootSettings
 from signatures.schema import FeatureSchema
 
 log = logging.getLogger("rootproc")
+
+# A root whose stage has no active config yet looks again this often, and
+# says it is still waiting this often.
+CONFIG_WAIT_POLL_S = 0.5
+CONFIG_WAIT_LOG_S = 60.0
+
+
+class StoppedWaiting(Exception):
+    """A stop signal came while the root waited for its stage's first config."""
 
 
 class Root:
@@ -55,26 +67,52 @@ class Root:
         self._closed = False
 
     @classmethod
-    def build(cls, settings: RootSettings, ctx: zmq.Context | None = None) -> Root:
+    def build(cls, settings: RootSettings, ctx: zmq.Context | None = None,
+              stopping: Callable[[], bool] = lambda: False) -> Root:
         """A root ready to `run`. TrimmerError or ValueError, saying why, when
-        it cannot start with these settings; nothing it made is left open then."""
+        it cannot start with these settings; nothing it made is left open then.
+        A stage without an active config yet is waited for (`first_config`);
+        StoppedWaiting when ``stopping()`` says so meanwhile."""
         root = cls(settings, ctx)
         try:
-            root._build()
+            root._build(stopping)
         except BaseException:
             root.close()
             raise
         return root
 
-    def _build(self) -> None:
+    def first_config(self, stopping: Callable[[], bool]):
+        """The config the root starts on. A stage with no active config yet
+        (a fleet started before its first deploy) is waited for, not ready:
+        nothing bound, no leaf linked, said in the log at once and every
+        CONFIG_WAIT_LOG_S, until a deploy gives the stage one."""
         cfg = self.settings
+        said = None
+        while True:
+            try:
+                return load_active_config(cfg)
+            except NoActiveConfig as exc:
+                now = time.monotonic()
+                if said is None or now - said >= CONFIG_WAIT_LOG_S:
+                    log.warning("%s: %s: waiting for one (not ready: nothing bound, no leaf "
+                                "linked); `trimmer deploy BUNDLE --stage %s` gives it one",
+                                cfg.name, exc, cfg.stage)
+                    said = now
+            if stopping():
+                raise StoppedWaiting()
+            time.sleep(CONFIG_WAIT_POLL_S)
+
+    def _build(self, stopping: Callable[[], bool]) -> None:
+        cfg = self.settings
+        # Before anything is bound or linked: a live process's endpoint or port is refused.
+        check_free(cfg.bind, cfg.metrics_addr, cfg.metrics_port)
         schema = FeatureSchema.load(cfg.schema)
         store = self.store = open_feature_store(cfg.feature_store, cfg.redis)
         cached = CachedStore(store, cfg.cache.size, cfg.cache.ttl_s, cfg.cache.stale_if_error_s)
         metrics = self.metrics = RootMetrics(cfg.name)
         metrics.watch_cache(cached)
         prepare = functools.partial(prepare_config, schema, store.layouts, cfg.trim)
-        prepared = prepare(load_active_config(cfg))
+        prepared = prepare(self.first_config(stopping))
         if prepared.pre_full.absent_features:
             log.warning("feature store has no raw field for %s: they take their defaults",
                         ", ".join(prepared.pre_full.absent_features))
@@ -93,7 +131,9 @@ class Root:
             self.follower = ConfigFollower(cfg.config_store, cfg.stage, name=self.name,
                                            prepared=prepared, prepare=prepare,
                                            errors=metrics.config_errors,
-                                           schema=schema, settings=cfg.zookeeper).start()
+                                           schema=schema, settings=cfg.zookeeper,
+                                           schema_mismatches=metrics.config_schema_mismatches
+                                           ).start()
         self.server = RootServer(cfg=cfg, client=client, replies=replies, poller=poller,
                                  links=links, router=router, scorer=scorer,
                                  follower=self.follower, metrics=metrics,
@@ -101,7 +141,11 @@ class Root:
         for exposure in cfg.exposures():
             log.warning("%s: %s", cfg.name, exposure)
         if cfg.metrics_port:
-            metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+            try:
+                metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+            except OSError as exc:   # taken since check_free looked
+                raise ConfigError(f"cannot serve metrics on {cfg.metrics_addr}:"
+                                  f"{cfg.metrics_port}: {exc}") from exc
         log.info("%s: serving on %s (config %s, trim %s, compression %s, %d leaf replica(s))",
                  cfg.name, ", ".join(client.endpoints), scorer.active.id, cfg.trim,
                  cfg.compression, len(links.pool.links))

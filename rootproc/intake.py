@@ -56,8 +56,8 @@ def parse_score(header: dict, body: list, cfg) -> ScoreRequest:
     if not _INT64.min <= user <= _INT64.max:
         raise ProtocolError(BAD_REQUEST, f"header field 'user' is {user}, outside the signed "
                                          "64-bit range of entity ids")
-    deadline_ms = field(header, "deadline_ms", (int, float), default=cfg.deadline_ms,
-                        check=lambda d: d > 0)
+    deadline_ms = cfg.deadline_ms if header.get("deadline_ms") is None else \
+        field(header, "deadline_ms", (int, float), check=lambda d: d > 0)
     return ScoreRequest(rid, user, requested_models(header), min(deadline_ms, cfg.max_deadline_ms),
                         candidates)
 

@@ -5,10 +5,11 @@ several in one process; `serve` exposes it over HTTP.
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from rootproc.defaults import LATENCY_BUCKETS
+from signatures.runtime.metrics_http import serve_metrics
 
 STAGES = ("fetch", "preprocess", "trim", "leaf", "total")
 
@@ -75,6 +76,9 @@ class RootMetrics:
         r = self.registry
         self.config_errors = Counter("trimmer_root_config_errors", "new configs ignored because "
                                      "they could not be read, parsed or compiled", registry=r)
+        self.config_schema_mismatches = Counter(
+            "trimmer_root_config_schema_mismatches", "new configs refused because their bundle "
+            "was built against a feature schema that disagrees with the root's", registry=r)
         self.config_reloads = Counter("trimmer_root_config_reloads", "configs installed while "
                                       "running", registry=r)
         self.config_generation = Gauge("trimmer_root_config_generation",
@@ -87,7 +91,7 @@ class RootMetrics:
         self.registry.register(_CacheCollector(cached_store))
 
     def serve(self, port: int, addr: str = "127.0.0.1"):
-        return start_http_server(port, addr=addr, registry=self.registry)
+        return serve_metrics(self.registry, port, addr)
 
 
 class _CacheCollector:

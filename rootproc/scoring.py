@@ -201,13 +201,15 @@ class Scorer:
         """A request no leaf needs to see: no candidates (each known model's
         scores are empty) or no model anyone knows. Nothing is fetched."""
         for name, known in wanted:
-            idx = self.router.add_model(request, name, False)
+            # Nothing is sent: no feature the version does not read goes anywhere.
+            idx = self.router.add_model(request, name, bool(known) and self.cfg.trim == "on")
             if known:
                 self.router.scored(request, idx, b"")
             else:
                 self.router.fail(request, idx, unknown_model_error(name))
         t = time.perf_counter()
-        self.router.park(request, self.timing(request.t_start, t, t, t), t)
+        # Nothing fetched: the time it took is preprocessing's, not the fetch's.
+        self.router.park(request, self.timing(request.t_start, request.t_start, t, t), t)
 
     def compute(self, job: Job) -> None:
         """The request's batch (any thread)."""

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 
 from _trim.errors import InvalidInput, NotFound
 from _trim.transport.model_key import ModelKey
-from signatures.repository.module_info import ModelRepository, canonical_json
+from signatures.repository.module_info import (
+    DEFAULT_OUTPUTS,
+    ModelRepository,
+    TensorSpec,
+    canonical_json,
+    signature_hash,
+)
 from signatures.runtime.files import atomic_write, read_json
 from signatures.schema import FeatureSchema
 
@@ -234,4 +240,14 @@ def _describe(t) -> str:
             f"{'per request' if per_request else 'per candidate'}")
 
 
-__all__ = ["Bundle", "BundleLeaf", "BundleModel", "build", "load_placement"]
+def schema_hash(schema: FeatureSchema, features) -> str:
+    """The signature hash a model version reading ``features`` (and scoring one
+    float32 per row) has under ``schema``. A bundle's version with another
+    hash was built against a schema that disagrees with ``schema`` on one of
+    them (a dtype, a shape, a kind): a root running ``schema`` would send
+    tensors its leaves refuse (``signature_mismatch``)."""
+    return signature_hash([TensorSpec.from_feature(schema[n]) for n in features],
+                          DEFAULT_OUTPUTS)
+
+
+__all__ = ["Bundle", "BundleLeaf", "BundleModel", "build", "load_placement", "schema_hash"]

@@ -86,10 +86,26 @@ def load_header(frame) -> dict:
     try:
         header = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ProtocolError(BAD_REQUEST, f"header frame is not JSON: {exc}") from None
+        header = _strict_json(raw, exc)
     if not isinstance(header, dict):
         raise ProtocolError(BAD_REQUEST, "header frame must be a JSON object")
     return header
+
+
+def _not_json(token: str):
+    raise ValueError(f"{token} is not a JSON value")
+
+
+def _strict_json(raw: memoryview, exc: Exception):
+    """What orjson refused that is still JSON: a number beyond float64
+    (``1e400``, read as infinity) or an integer beyond 64 bits, which the
+    field checks then refuse by name, with the id echoed. ``NaN`` and
+    ``Infinity`` are not JSON."""
+    import json
+    try:
+        return json.loads(bytes(raw), parse_constant=_not_json)
+    except (ValueError, RecursionError):
+        raise ProtocolError(BAD_REQUEST, f"header frame is not JSON: {exc}") from None
 
 
 def check_header(header: dict) -> dict:

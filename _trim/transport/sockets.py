@@ -9,13 +9,23 @@ An ipc socket file is made mode IPC_MODE (owner and group may connect,
 nobody else) as soon as it is bound, whatever the process's umask. Which tcp
 binds other hosts can reach (`is_loopback`) decides whether settings must
 say ``insecure`` (`exposed`).
+
+libzmq binding an ipc endpoint replaces whatever socket file is there, a
+live process's too, and nothing would say so: `check_free` refuses an
+endpoint (or a metrics port) a live process holds, before a process binds
+anything. A process removes only the socket files it bound itself, and only
+while they are still the ones it bound (`remove_ipc_files`).
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import socket
 
 import zmq
+
+from _trim.errors import ConfigError
 
 from .curve import ClientKeys, ServerKeys
 from .monitor import secured
@@ -113,23 +123,105 @@ def bind_all(ctx: zmq.Context, sock: zmq.Socket, endpoints, keys: ServerKeys | N
         raise
 
 
+# The socket files this process bound: path -> (st_dev, st_ino).
+_OWNED: dict[str, tuple[int, int]] = {}
+
+
+def ipc_file(endpoint: str) -> str | None:
+    """The socket file of an ``ipc://`` endpoint; None for another transport
+    or an abstract one (``ipc://@name``)."""
+    if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
+        return endpoint[len("ipc://"):]
+    return None
+
+
 def _restrict_ipc_files(endpoints) -> None:
     for ep in endpoints:
-        if ep.startswith("ipc://") and not ep.startswith("ipc://@"):
-            os.chmod(ep[len("ipc://"):], IPC_MODE)
+        path = ipc_file(ep)
+        if path is not None:
+            os.chmod(path, IPC_MODE)
+            st = os.stat(path)
+            _OWNED[path] = (st.st_dev, st.st_ino)
 
 
 def remove_ipc_files(endpoints) -> None:
-    """Unlink the socket files of bound ``ipc://`` endpoints: libzmq leaves
-    them behind, and a stale one only confuses operators. Abstract ones
+    """Unlink the socket files of ``ipc://`` endpoints this process bound:
+    libzmq leaves them behind, and a stale one only confuses operators. A
+    file this process did not bind, or that is another one now (a process
+    that bound the path since), is left alone. Abstract ones
     (``ipc://@name``) have no file."""
     for ep in endpoints:
-        if ep.startswith("ipc://") and not ep.startswith("ipc://@"):
-            try:
-                os.unlink(ep[len("ipc://"):])
-            except OSError:
-                pass
+        path = ipc_file(ep)
+        if path is None or path not in _OWNED:
+            continue
+        owned = _OWNED.pop(path)
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) == owned:
+                os.unlink(path)
+        except OSError:
+            pass
 
 
-__all__ = ["ANY_KEY", "IPC_MODE", "bind_all", "connect_all", "exposed", "exposure_problem",
-           "exposures", "is_loopback", "remove_ipc_files", "secured"]
+def _ipc_answers(path: str) -> bool:
+    """Whether a live process accepts connections on the socket file ``path``."""
+    if not os.path.exists(path):
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:   # refused (a stale file), not a socket, gone meanwhile
+        return False
+    finally:
+        probe.close()
+
+
+def _tcp_busy(host: str, port: int) -> bool:
+    """Whether binding ``host:port`` fails because the address is in use (as
+    a listening socket would: SO_REUSEADDR, so TIME_WAIT is no obstacle)."""
+    host = {"*": "0.0.0.0", "": "0.0.0.0"}.get(host, host.strip("[]"))
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False   # an interface name or an unknown host: libzmq says what is wrong
+    for family, kind, proto, _, addr in infos[:1]:
+        probe = socket.socket(family, kind, proto)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(addr)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+        finally:
+            probe.close()
+    return False
+
+
+def check_free(endpoints, metrics_addr: str = "127.0.0.1", metrics_port=None) -> None:
+    """ConfigError naming each of ``endpoints`` (and the metrics port) that a
+    live process holds: an ipc socket file a process answers on (binding
+    would silently take it over), a tcp port already bound. Called before a
+    process binds or connects anything, so that it exits 2 having touched
+    nothing; a stale socket file (nobody answers) is replaced as usual."""
+    problems = []
+    for ep in endpoints:
+        path = ipc_file(ep)
+        if path is not None and _ipc_answers(path):
+            problems.append(f"{ep} is in use by a live process (its socket file answers): "
+                            "stop that process or bind another path")
+        elif ep.startswith("tcp://"):
+            host, _, port = ep[len("tcp://"):].rpartition(":")
+            if port.isdigit() and int(port) and _tcp_busy(host, int(port)):
+                problems.append(f"{ep} is in use (address already in use)")
+    if metrics_port and _tcp_busy(metrics_addr, int(metrics_port)):
+        problems.append(f"metrics port {metrics_port} on {metrics_addr} is in use (address "
+                        "already in use): choose another metrics_port (--metrics-port), or 0 "
+                        "for none")
+    if problems:
+        raise ConfigError("cannot start: " + "; ".join(problems))
+
+
+__all__ = ["ANY_KEY", "IPC_MODE", "bind_all", "check_free", "connect_all", "exposed",
+           "exposure_problem", "exposures", "ipc_file", "is_loopback", "remove_ipc_files",
+           "secured"]

@@ -3,7 +3,10 @@
 Closed loop (``--concurrency C``: C requests always in flight) or open loop
 (``--rate R`` requests per second, at most ``--concurrency`` in flight).
 Prints throughput, p50/p90/p99 latency, bytes sent to leaves (as the roots
-report them) and errors by kind; ``--json`` prints one JSON object instead.
+report them) and failed requests and failed model results by kind;
+``--json`` prints one JSON object instead (``model_results``: ``{"ok",
+"failed"}``). Exit status 0 when every request was answered with every
+model scored, 1 when a request or a model result failed.
 ``--output FILE`` writes what was scored: one JSON line per request sent, in
 the order the replies came, ``{"id", "user", "candidates", "scores": {model:
 [float, ...]}, "errors": {model: error}}``, or ``{"id", "user",
@@ -102,7 +105,7 @@ def run_load(args, progress=None, stop: StopSignals | None = None) -> dict:
     errors: collections.Counter[str] = collections.Counter()
     model_errors: collections.Counter[str] = collections.Counter()
     bytes_sent = wire_bytes = 0
-    n_ok = 0
+    n_ok = models_ok = 0
     sent = 0
     interval = 1.0 / args.rate if args.rate else 0.0
     timeout_s = args.timeout_ms / 1000
@@ -115,10 +118,11 @@ def run_load(args, progress=None, stop: StopSignals | None = None) -> dict:
         poller.register(stop.wakeup, zmq.POLLIN)
 
     def account(res):
-        nonlocal bytes_sent, wire_bytes, n_ok
+        nonlocal bytes_sent, wire_bytes, n_ok, models_ok
         if res.ok:
             latencies.append(res.latency_s)
             n_ok += 1
+            models_ok += len(res.results) - len(res.errors)
             for r in res.results:
                 bytes_sent += r.get("bytes_sent", 0)
                 wire_bytes += r.get("wire_bytes", r.get("bytes_sent", 0))
@@ -181,11 +185,47 @@ def run_load(args, progress=None, stop: StopSignals | None = None) -> dict:
                            "max": round(float(lat_ms.max()), 3) if len(lat_ms) else float("nan")},
             "bytes_sent": bytes_sent, "wire_bytes": wire_bytes,
             "bytes_per_request": round(bytes_sent / n_ok) if n_ok else 0,
-            "errors": dict(errors), "model_errors": dict(model_errors)}
+            "errors": dict(errors), "model_errors": dict(model_errors),
+            "model_results": {"ok": models_ok, "failed": sum(model_errors.values())}}
+
+
+def by_kind(counts: dict) -> str:
+    """``{"timeout": 2, "unavailable": 1}`` as ``timeout 2, unavailable 1``."""
+    return ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def report_text(report: dict, asked: int) -> list[str]:
+    """The report as lines of text."""
+    lat, models = report["latency_ms"], report["model_results"]
+    lines = [f"{report['ok']}/{report['requests']} requests answered in {report['elapsed_s']} s "
+             f"({report['throughput_rps']} req/s)"
+             + (f"; {report['requests'] - report['ok']} failed: {by_kind(report['errors'])}"
+                if report["errors"] else ""),
+             f"model results: {models['ok']} ok"
+             + (f", {models['failed']} failed: {by_kind(report['model_errors'])}"
+                if models["failed"] else ""),
+             f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}",
+             f"bytes sent to leaves: {report['bytes_sent']} ({report['bytes_per_request']} per "
+             f"request), on the wire {report['wire_bytes']}"]
+    if "stopped_by" in report:
+        lines.append(f"stopped by {report['stopped_by']} after {report['requests']} of {asked} "
+                     "requests")
+    return lines
+
+
+def exit_status(report: dict) -> int:
+    """0: every request answered with every model scored; 1 (EXIT_FAILED):
+    a request failed, or a model result in a reply did."""
+    return EXIT_FAILED if report["errors"] or report["model_results"]["failed"] else 0
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="trimmer score", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="trimmer score", description=__doc__.splitlines()[0],
+        epilog="exit status: 0 when every request was answered with every model scored; 1 when "
+               "a request failed (timeout, unavailable, ...) or a model result in a reply did "
+               "(the report counts each by kind); 2 for a wrong command line",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--endpoint", action="append", required=True,
                    help="root endpoint (repeatable: requests spread across roots)")
     p.add_argument("--requests", "-n", type=int, default=1000)
@@ -228,18 +268,8 @@ def main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(report))
     else:
-        lat = report["latency_ms"]
-        print(f"{report['ok']}/{report['requests']} ok in {report['elapsed_s']} s: "
-              f"{report['throughput_rps']} req/s")
-        print(f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}")
-        print(f"bytes sent to leaves: {report['bytes_sent']} ({report['bytes_per_request']} per "
-              f"request), on the wire {report['wire_bytes']}")
-        if report["errors"] or report["model_errors"]:
-            print(f"errors: {report['errors']}  model errors: {report['model_errors']}")
-        if "stopped_by" in report:
-            print(f"stopped by {report['stopped_by']} after {report['requests']} of "
-                  f"{args.requests} requests")
-    return 0 if not report["errors"] else EXIT_FAILED
+        print("\n".join(report_text(report, args.requests)))
+    return exit_status(report)
 
 
 def stopping_notice(signum: int, count: int) -> None:

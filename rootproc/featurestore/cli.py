@@ -63,11 +63,39 @@ def read_npz(path: str, layout: RecordLayout):
                 chunk[name] = Ragged(col.values[offs[0]:offs[-1]], offs - offs[0])
             else:
                 chunk[name] = col[start:stop]
-        yield ids[start:stop], layout.pack_many(stop - start, chunk)
+        try:
+            packed = layout.pack_many(stop - start, chunk)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: records {start}-{stop - 1} (arrays "
+                             f"{', '.join(sorted(chunk))}): {exc}") from None
+        yield ids[start:stop], packed
+
+
+def bad_value(path: str, rows, linenos, layout: RecordLayout, exc: Exception) -> ValueError:
+    """The error for a chunk that would not pack: the first line and field
+    whose value is not of the field's type, else ``exc`` with the lines."""
+    for row, lineno in zip(rows, linenos):
+        for name, f in layout.fields.items():
+            if name not in row:
+                continue
+            value = row[name]
+            try:
+                arr = np.asarray(value, dtype=np.dtype(f.dtype))
+                ok = arr.ndim == 1 if f.ragged else \
+                    (arr.shape == (f.width,) if f.vector else arr.ndim == 0)
+            except (TypeError, ValueError) as why:
+                return ValueError(f"{path}:{lineno}: field {name!r}: {value!r} is not "
+                                  f"{f.dtype} ({why})")
+            if not ok:
+                shape = "a list" if f.ragged else \
+                    (f"a list of {f.width}" if f.vector else "a single value")
+                return ValueError(f"{path}:{lineno}: field {name!r}: {value!r} is not {shape} "
+                                  f"of {f.dtype}")
+    return ValueError(f"{path}:{linenos[0]}-{linenos[-1]}: {exc}")
 
 
 def read_jsonl(path: str, layout: RecordLayout):
-    def flush(rows):
+    def flush(rows, linenos):
         ids = np.array([r["id"] for r in rows], dtype=np.int64)
         unknown = sorted({k for r in rows for k in r} - set(layout.fields) - {"id"})
         if unknown:
@@ -77,9 +105,13 @@ def read_jsonl(path: str, layout: RecordLayout):
             if any(name in r for r in rows):
                 default = f.default_value().tolist()
                 columns[name] = [r.get(name, default) for r in rows]
-        return ids, layout.pack_many(len(rows), columns)
+        try:
+            return ids, layout.pack_many(len(rows), columns)
+        except (TypeError, ValueError) as exc:
+            raise bad_value(path, rows, linenos, layout, exc) from None
 
-    rows = []
+    rows: list = []
+    linenos: list[int] = []
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -91,11 +123,12 @@ def read_jsonl(path: str, layout: RecordLayout):
             if not isinstance(row, dict) or not isinstance(row.get("id"), int):
                 raise ValueError(f"{path}:{lineno}: expected an object with an integer 'id'")
             rows.append(row)
+            linenos.append(lineno)
             if len(rows) == LOAD_CHUNK:
-                yield flush(rows)
-                rows = []
+                yield flush(rows, linenos)
+                rows, linenos = [], []
     if rows:
-        yield flush(rows)
+        yield flush(rows, linenos)
 
 
 def chunks_for(args, store: FeatureStore, schema, source: str) -> tuple[int | None, Iterator]:

@@ -39,7 +39,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from rootproc.rollout.installed import ActiveConfig, PreparedConfig
+from rootproc.rollout.installed import ActiveConfig, PreparedConfig, SchemaMismatch
 from signatures.bundle import Bundle
 from signatures.configstore.follower import StageFollower
 from signatures.configstore.members import FOLLOW_POLL_S, FOLLOW_RECHECK_S, HEARTBEAT_S
@@ -77,12 +77,13 @@ class ConfigFollower(StageFollower[PreparedConfig]):
     def __init__(self, store_address: str, stage: str, *, name: str, prepared: PreparedConfig,
                  prepare: Callable[[ActiveConfig, PreparedConfig], PreparedConfig],
                  errors, schema=None, poll_s: float = FOLLOW_POLL_S, settings=None,
-                 recheck_s: float = FOLLOW_RECHECK_S):
+                 recheck_s: float = FOLLOW_RECHECK_S, schema_mismatches=None):
         # No heartbeat_s: the loop's own records are the beat (rootproc/server.py).
         super().__init__(store_address, stage, who=name, errors=errors,
                          generation=prepared.active.generation, schema=schema, poll_s=poll_s,
                          recheck_s=recheck_s, settings=settings)
         self.name = name
+        self.schema_mismatches = schema_mismatches   # counter of bundles refused for the schema
         self.prepare = prepare   # prepare(active, previous): compiled off the loop
         self.prepared = prepared   # the last one prepared: reused when only the generation moves
         self.host = socket.gethostname()
@@ -107,7 +108,13 @@ class ConfigFollower(StageFollower[PreparedConfig]):
     def on_stage(self, generation: int, state: dict, bundle: Bundle | None) -> PreparedConfig:
         if bundle is None:
             raise ValueError(f"generation {generation} has no active config")
-        self.prepared = self.prepare(ActiveConfig.from_bundle(bundle, generation), self.prepared)
+        try:
+            self.prepared = self.prepare(ActiveConfig.from_bundle(bundle, generation),
+                                         self.prepared)
+        except SchemaMismatch:
+            if self.schema_mismatches is not None:
+                self.schema_mismatches.inc()
+            raise
         return self.prepared
 
     def describe_problem(self, error: str) -> str:

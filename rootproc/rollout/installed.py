@@ -22,6 +22,7 @@ class ActiveConfig:
     generation: int = 0
     endpoints: dict = field(default_factory=dict)  # leaf name -> endpoint, when the bundle has one
     hashes: dict = field(default_factory=dict)     # "name@version" -> signature hash
+    schema_fingerprint: str = ""   # of the feature schema the bundle was built against
 
     def features_for(self, key: str):
         """Required features of a model version; None if this config does not know it."""
@@ -50,7 +51,38 @@ class ActiveConfig:
         endpoints = {name: leaf["endpoint"] for name, leaf in d.get("leaves", {}).items()
                      if leaf.get("endpoint")}
         hashes = {k: m.get("signature_hash") for k, m in d["models"].items()}
-        return cls(str(d.get("id", "")), models, pending, placement, generation, endpoints, hashes)
+        return cls(str(d.get("id", "")), models, pending, placement, generation, endpoints, hashes,
+                   str(d.get("schema_fingerprint") or ""))
+
+
+class SchemaMismatch(ValueError):
+    """The bundle was built against a feature schema that disagrees with the
+    root's on what some of its versions read."""
+
+
+def check_schema(schema, active: ActiveConfig) -> None:
+    """SchemaMismatch when ``active``'s bundle was built against another
+    feature schema (its ``schema_fingerprint``) that disagrees with this
+    root's on a feature some version reads: each version's signature hash
+    must be what the root's schema gives its features. A bundle naming no
+    fingerprint, or the root's, passes; so does one built against a schema
+    that only adds features or agrees on every one its versions read."""
+    from signatures.bundle import schema_hash
+
+    if not active.schema_fingerprint or active.schema_fingerprint == schema.fingerprint:
+        return
+    bad = sorted(k for k, names in active.models.items()
+                 if active.hashes.get(k) and all(n in schema.features for n in names)
+                 and schema_hash(schema, names) != active.hashes[k])
+    if bad:
+        raise SchemaMismatch(
+            f"SCHEMA MISMATCH: bundle {active.id} was built against feature schema "
+            f"{active.schema_fingerprint[:12]}, not this root's ({schema.fingerprint[:12]}), and "
+            f"they disagree on a feature (a dtype, shape or kind) that {', '.join(bad)} "
+            f"read{'s' if len(bad) == 1 else ''}: every request for "
+            f"{'it' if len(bad) == 1 else 'them'} would fail signature_mismatch. Refused; "
+            "rebuild the bundle against the roots' schema (`trimmer bundle build --schema`), "
+            "or give the roots the schema it was built against")
 
 
 @dataclass(frozen=True)
@@ -75,6 +107,7 @@ def prepare_config(schema, record_layouts, trim: str, active: ActiveConfig,
 
     if previous is not None and previous.active.id == active.id and active.id:
         return PreparedConfig(active, previous.pre_full, previous.pre_used, previous.plans)
+    check_schema(schema, active)
     full = previous.pre_full if previous is not None else Preprocessor(schema, None, record_layouts)
     if trim == "on":
         schema.check_names(active.union)
@@ -99,8 +132,14 @@ def load_active_config(cfg) -> ActiveConfig:
     with open_config_store(cfg.config_store, settings=cfg.zookeeper) as store:
         generation, bundle = store.active(cfg.stage)
     if bundle is None:
-        raise ValueError(f"config store {cfg.config_store}: stage {cfg.stage!r} has no active config")
+        raise NoActiveConfig(f"config store {cfg.config_store}: stage {cfg.stage!r} has no "
+                             "active config")
     return ActiveConfig.from_bundle(bundle, generation)
 
 
-__all__ = ["ActiveConfig", "PreparedConfig", "load_active_config", "prepare_config"]
+class NoActiveConfig(ValueError):
+    """The stage the root follows has no active config (yet)."""
+
+
+__all__ = ["ActiveConfig", "NoActiveConfig", "PreparedConfig", "SchemaMismatch", "check_schema",
+           "load_active_config", "prepare_config"]

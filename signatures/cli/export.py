@@ -5,7 +5,7 @@ import argparse
 
 from _trim.errors import TrimmerError
 from signatures.derive.exporter import FORMATS, export
-from signatures.repository.module_info import AOTI_DEVICES
+from signatures.repository.module_info import AOTI_DEVICES, ModelRepository
 from signatures.runtime.exit_codes import exit_for
 from signatures.schema import FeatureSchema
 
@@ -44,10 +44,15 @@ def main(argv: list[str]) -> int:
         features = [f.strip() for f in args.features.split(",") if f.strip()]
     try:
         schema = FeatureSchema.load(args.schema)
+        before = set(ModelRepository(args.repo).versions(args.fork or args.model))
         info = export(args.source, args.repo, args.model, schema, version=args.version,
                       features=features, fork=args.fork, fmt=args.fmt, device=args.device)
     except TrimmerError as exc:
         return exit_for("export", exc)
+    if info.version in before:
+        print(f"{info.key} already exported ({info.artifact.describe()}, the same signature "
+              f"{info.signature_hash[:12]} and program): nothing written")
+        return 0
     took = []
     if "export_s" in info.provenance:
         took.append(f"traced in {info.provenance['export_s']} s")

@@ -56,8 +56,17 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("src", choices=STAGES)
         p.add_argument("dst", choices=STAGES)
     elif command == "rollback":
-        p.description = "Return a stage to its previous config."
+        p.description = ("Return a stage to what it served before its active config: that "
+                         "config and the model versions the stage ran with it, in the safe "
+                         "order (models the old config lacks leave while the current one is "
+                         "live, waiting for the leaves; then the config; then the models only "
+                         "the old config carries, once the roots run it). Prints each step.")
         p.add_argument("stage", choices=STAGES)
+        p.add_argument("--wait", type=float, default=WAIT_S, metavar="SECONDS",
+                       help="how long to wait for the stage's live leaves, then roots, to "
+                            f"catch up between the steps (default {WAIT_S:g})")
+        p.add_argument("--force", action="store_true",
+                       help="emergencies only: make every step without waiting (logged)")
     elif command == "status":
         p.description = ("What each stage runs, and who is on it. Exit status 1 when a stage's "
                          "record is lost or corrupt (what the audit log says it ran is shown).")
@@ -105,11 +114,17 @@ def _run(command: str, args, store: ConfigStore) -> int:
               f"{', '.join(store.active_models(args.dst)) or '(none)'} from {args.src} "
               f"(generation {gen})")
     elif command == "rollback":
-        gen, bundle_id, uncovered = stages.rollback(args.stage)
-        print(f"{args.stage}: rolled back to config {bundle_id} (generation {gen})")
-        if uncovered:
-            print(f"warning: {', '.join(uncovered)} on {args.stage} are not in that config; "
-                  "roots send them every feature until it is fixed", file=sys.stderr)
+        done = stages.rollback(args.stage, wait_s=args.wait, force=args.force)
+        print(f"{args.stage}: rolled back to config {done.bundle} (from {done.previous}), "
+              f"generation {done.generation}")
+        print(f"  models: {', '.join(done.models_before) or '(none)'} -> "
+              f"{', '.join(done.models) or '(none)'}"
+              f"{'' if done.models_known else ' (the record did not say which ran before)'}")
+        for i, step in enumerate(done.steps, 1):
+            print(f"  {i}. {step}")
+        if done.uncovered:
+            print(f"warning: {', '.join(done.uncovered)} on {args.stage} are not in that "
+                  "config; roots send them every feature until it is fixed", file=sys.stderr)
     elif command == "status":
         status = stages.status()
         if args.json:
@@ -150,8 +165,12 @@ def format_status(status: dict) -> str:
                 marks.append("STALE")
             on = "on it" if m.get("bundle") == st["bundle"] else f"on {m.get('bundle') or '(none)'}"
             gen = m.get("generation")
+            # An ephemeral record (ZooKeeper) is rewritten only when it changes:
+            # its session, not its age, says the member is alive.
+            seen = (f"session open, record from {m['age_s']:.0f}s ago" if m.get("ephemeral")
+                    else f"last seen {m['age_s']:.0f}s ago")
             lines.append(f"  {m['role']} {m['name']}: {on}, generation {'?' if gen is None else gen}, "
-                         f"{m.get('host')} pid {m.get('pid')}, last seen {m['age_s']:.0f}s ago"
+                         f"{m.get('host')} pid {m.get('pid')}, {seen}"
                          f"{'  (' + ', '.join(marks) + ')' if marks else ''}")
             if m.get("endpoints"):
                 lines.append(f"    endpoints: {', '.join(m['endpoints'])}")

@@ -85,6 +85,30 @@ def check_roots(store, stage: str, models: dict) -> dict[str, dict[str, list[str
     return out
 
 
+def disagreements(store, stage: str, bundle) -> dict[str, list[str]]:
+    """root -> the versions of ``bundle`` whose signature hash is not what
+    that live root's schema gives their features (a dtype, shape or kind
+    differs: the root would refuse the bundle, SCHEMA MISMATCH), for every
+    live root on ``stage`` with some. A bundle without a fingerprint, or
+    built against the root's schema, has none."""
+    from signatures.bundle import schema_hash
+
+    out = {}
+    for member in store.live_members(stage, "root"):
+        if not member.schema or not bundle.schema_fingerprint or \
+                member.schema == bundle.schema_fingerprint:
+            continue
+        schema = store.schema(member.schema)
+        if schema is None:
+            continue
+        bad = sorted(k for k, m in bundle.models.items()
+                     if all(f in schema for f in m.features)
+                     and schema_hash(schema, m.features) != m.signature_hash)
+        if bad:
+            out[f"{member.name} (schema {member.schema[:12]})"] = bad
+    return out
+
+
 def describe(problems: dict[str, dict[str, list[str]]]) -> str:
     """``check_roots``'s findings, for a refusal."""
     return "; ".join(f"root {root} lacks " + ", ".join(
@@ -101,5 +125,5 @@ def union(problems: dict[str, dict[str, list[str]]]) -> dict[str, list[str]]:
     return out
 
 
-__all__ = ["check_roots", "describe", "from_bytes", "load", "missing_features", "publish",
+__all__ = ["check_roots", "describe", "disagreements", "from_bytes", "load", "missing_features", "publish",
            "to_bytes", "union"]

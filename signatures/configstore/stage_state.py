@@ -1,7 +1,11 @@
 """A stage's record in the config store: reading it, saying why it cannot be
 used, and what the audit log says it held.
 
-A record is ``{"generation", "bundle", "history", "models", ...}``. A stage
+A record is ``{"generation", "bundle", "history", "history_models", "models",
+...}``: ``history`` the bundles the stage ran before its active one, oldest
+first, and ``history_models`` (aligned with it from the end; records written
+before it existed lack it) the model versions the stage ran when each was
+replaced, which `trimmer rollback` restores with it. A stage
 never written has none and reads as the empty record. A record that is
 missing although the audit log shows the stage was written (lost: deleted,
 a restore that left it out), that cannot be read, or that is not a stage
@@ -26,6 +30,32 @@ HEADINGS = {"missing": "LOST", "corrupt": "CORRUPT", "unreadable": "UNREADABLE"}
 
 def empty_record() -> dict:
     return {"generation": 0, "bundle": None, "history": [], "models": []}
+
+
+def pushed(record: dict) -> dict:
+    """The history fields once ``record``'s active bundle, with its models,
+    becomes an earlier one (nothing to add without a bundle)."""
+    history, models = list(record["history"]), earlier_models(record)
+    if record["bundle"]:
+        history.append(record["bundle"])
+        models.append(list(record["models"]))
+    return {"history": history[-HISTORY_LIMIT:], "history_models": models[-HISTORY_LIMIT:]}
+
+
+def earlier_models(record: dict) -> list:
+    """``history_models`` aligned with ``history``: None where the record
+    does not say (written before it kept them)."""
+    history, models = record["history"], list(record.get("history_models") or [])
+    models = models[-len(history):] if history else []
+    return [None] * (len(history) - len(models)) + models
+
+
+def popped(record: dict) -> tuple[str, list[str] | None, dict]:
+    """(the latest earlier bundle, the models the stage ran with it or None,
+    the history fields without it)."""
+    models = earlier_models(record)
+    return record["history"][-1], models[-1], {"history": list(record["history"][:-1]),
+                                               "history_models": models[:-1]}
 
 
 @dataclass(frozen=True)
@@ -65,6 +95,11 @@ def parse_record(data: bytes, path: str) -> dict | StageProblem:
         value = record.get(key)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             problems.append(f"{key!r} must be a list of strings")
+    value = record.get("history_models", [])
+    if not isinstance(value, list) or not all(
+            v is None or (isinstance(v, list) and all(isinstance(k, str) for k in v))
+            for v in value):
+        problems.append("'history_models' must be a list of lists of strings")
     if problems:
         return StageProblem("corrupt", f"{path}: corrupt stage record: {'; '.join(problems)}")
     return record
@@ -95,13 +130,14 @@ def replay(entries: list[dict]) -> dict | None:
         action, bundle = e.get("action"), e.get("bundle")
         if action in ("deploy", "promote") and isinstance(bundle, str):
             if record["bundle"] and record["bundle"] != bundle:
-                record["history"] = (record["history"] + [record["bundle"]])[-HISTORY_LIMIT:]
+                record.update(pushed(record))
             record["bundle"] = bundle
         elif action == "rollback" and isinstance(bundle, str):
             if record["history"] and record["history"][-1] == bundle:
-                record["history"] = record["history"][:-1]
+                record.update(popped(record)[2])
             record["bundle"] = bundle
-        if action in ("deploy-models", "promote") and isinstance(e.get("models"), list):
+        if action in ("deploy-models", "promote", "rollback", "rollback-models") and \
+                isinstance(e.get("models"), list):
             record["models"] = [m for m in e["models"] if isinstance(m, str)]
         record["generation"] = e["generation"]
         if isinstance(e.get("time"), str):
@@ -109,5 +145,5 @@ def replay(entries: list[dict]) -> dict | None:
     return record
 
 
-__all__ = ["HEADINGS", "HISTORY_LIMIT", "StageProblem", "empty_record", "lost", "parse_record",
-           "replay", "stage_entries"]
+__all__ = ["HEADINGS", "HISTORY_LIMIT", "StageProblem", "earlier_models", "empty_record", "lost",
+           "parse_record", "popped", "pushed", "replay", "stage_entries"]

@@ -23,6 +23,7 @@ import logging
 # Siblings by their module path, never through the package: its __init__
 # imports this module (and the backends), which would close a circle.
 import signatures.configstore.gating as gating
+import signatures.configstore.rollback as rollbacks
 import signatures.configstore.root_schemas as root_schemas
 from _trim.errors import StoreError
 from _trim.transport.model_key import ModelKey
@@ -30,7 +31,7 @@ from signatures.bundle import Bundle
 from signatures.configstore.base import ConfigStore
 from signatures.configstore.changes import Change
 from signatures.configstore.names import STAGES, check_stage
-from signatures.configstore.stage_state import HISTORY_LIMIT, StageProblem, empty_record
+from signatures.configstore.stage_state import StageProblem, empty_record, pushed
 
 log = logging.getLogger("trimmer.store")
 
@@ -89,6 +90,26 @@ class Stages:
         log.warning("forced %s on %s: %s", what, stage, root_schemas.describe(problems))
         return {"forced": True, "schema_missing": root_schemas.union(problems)}
 
+    def _check_disagreements(self, stage: str, bundle: Bundle, force: bool) -> dict:
+        """Refuse (unless forced) a bundle built against a schema that
+        disagrees with a live root's on what its versions read; what the
+        audit entry adds."""
+        bad = root_schemas.disagreements(self.store, stage, bundle)
+        if not bad:
+            return {}
+        said = "; ".join(f"root {root}: {', '.join(keys)}" for root, keys in sorted(bad.items()))
+        if not force:
+            raise StoreError(f"bundle {bundle.id} was built against a feature schema "
+                             f"({bundle.schema_fingerprint[:12]}) that disagrees with the roots' "
+                             f"on {stage} about a feature (a dtype, shape or kind) these versions "
+                             f"read: {said}. The roots would refuse it (SCHEMA MISMATCH): "
+                             "rebuild it against their schema (`trimmer bundle build --schema`) "
+                             "(--force: the roots refuse the config)")
+        log.warning("forced deploy of %s on %s: its schema disagrees with %s", bundle.id, stage,
+                    said)
+        return {"forced": True,
+                "schema_mismatch": sorted({k for keys in bad.values() for k in keys})}
+
     # -- the changes ---------------------------------------------------------------------
 
     def deploy(self, bundle: Bundle, stage: str, force: bool = False) -> int:
@@ -100,6 +121,7 @@ class Stages:
         check_stage(stage)
         checked = self._check_roots(stage, {k: m.features for k, m in bundle.models.items()},
                                     force, f"bundle {bundle.id}")
+        checked.update(self._check_disagreements(stage, bundle, force))
         # Content-addressed and never changed: written before the stage names it.
         self.store._write_bundle(bundle)
 
@@ -112,10 +134,8 @@ class Stages:
                     f"{'is' if len(uncovered) == 1 else 'are'} on {stage}: take "
                     f"{'it' if len(uncovered) == 1 else 'them'} off first with "
                     f"`trimmer deploy-models --stage {stage} --replace ...` (or --force)")
-            history = list(old["history"])
-            if old["bundle"] and old["bundle"] != bundle.id:
-                history.append(old["bundle"])
-            new = {**old, "bundle": bundle.id, "history": history[-HISTORY_LIMIT:]}
+            new = {**old, **(pushed(old) if old["bundle"] != bundle.id else {}),
+                   "bundle": bundle.id}
             event = {"action": "deploy", "bundle": bundle.id, "previous": old["bundle"],
                      **replaced, **checked}
             if uncovered:
@@ -193,40 +213,19 @@ class Stages:
             if not s["bundle"]:
                 raise StoreError(f"{src} has no active config to promote")
             old, replaced = self._state_to_replace(dst)
-            history = list(old["history"])
-            if old["bundle"] and old["bundle"] != s["bundle"]:
-                history.append(old["bundle"])
-            new = {**old, "bundle": s["bundle"], "models": list(s["models"]),
-                   "history": history[-HISTORY_LIMIT:]}
+            new = {**old, **(pushed(old) if old["bundle"] != s["bundle"] else {}),
+                   "bundle": s["bundle"], "models": list(s["models"])}
             return Change(dst, old, new, {"action": "promote", "from": src,
                                           "bundle": s["bundle"], "previous": old["bundle"],
                                           "models": list(s["models"]), **replaced})
         return self.store._atomically(change)[0]
 
-    def rollback(self, stage: str) -> tuple[int, str, list[str]]:
-        """Return the stage to its previous config: (generation, bundle id,
-        model versions on the stage that the restored config does not carry)."""
-        check_stage(stage)
-
-        def change() -> Change:
-            old, replaced = self._state_to_replace(stage)
-            if not old["history"]:
-                raise StoreError(f"{stage} has no previous config to roll back to")
-            history = list(old["history"])
-            previous = history.pop()
-            bundle = self.store.bundle(previous)
-            uncovered = [k for k in old["models"] if k not in bundle.models]
-            new = {**old, "bundle": previous, "history": history}
-            return Change(stage, old, new, {"action": "rollback", "bundle": previous,
-                                            "from": old["bundle"], "uncovered": uncovered,
-                                            **replaced}, (previous, uncovered))
-        gen, result = self.store._atomically(change)
-        restored: str = result[0]  # type: ignore[index]
-        left_out: list[str] = result[1]  # type: ignore[index]
-        if left_out:
-            log.warning("rollback of %s to %s: models %s are not in that config; roots "
-                        "send them every feature", stage, restored, left_out)
-        return gen, restored, left_out
+    def rollback(self, stage: str, wait_s: float = gating.WAIT_S,
+                 force: bool = False) -> rollbacks.Rollback:
+        """Return the stage to what it served before its active config: that
+        config and the model versions the stage ran with it, as one unit, in
+        the safe order (signatures/configstore/rollback.py); what was done."""
+        return rollbacks.rollback(self, stage, wait_s, force)
 
     # -- status ------------------------------------------------------------------------
 
@@ -253,7 +252,8 @@ class Stages:
                 "uncovered": [k for k in record["models"]
                               if bundle is None or k not in bundle.models],
                 "history": record["history"],
-                "members": [{**m.to_dict(), "age_s": m.age_s(), "live": self.store.is_live(m)}
+                "members": [{**m.to_dict(), "age_s": m.age_s(), "live": self.store.is_live(m),
+                             "ephemeral": self.store.ephemeral_members}
                             for m in self.store.members(stage)],
                 **entry}
         return out

@@ -33,7 +33,15 @@ from signatures.derive.export_graph import (
     program_source,
 )
 from signatures.derive.script_graph import Derivation, DerivationError, check_explicit, derive, read_places
-from signatures.derive.sources import ExportError, Source, describe, load_source, module_bytes, scripted
+from signatures.derive.sources import (
+    ExportError,
+    Source,
+    describe,
+    load_source,
+    module_bytes,
+    scripted,
+    torchscript_identity,
+)
 from signatures.derive.synthetic import synthetic_inputs
 from signatures.derive.torchrec_model import TorchRecModel, export_torchrec, uses_torchrec
 from signatures.repository import artifacts
@@ -168,7 +176,7 @@ def _torchscript(source: str, src: Source, schema: FeatureSchema,
     names = required_features(derivation, schema, explicit)
     dry_run(module, schema, names)
     data = src.file_bytes if src.file_bytes is not None else module_bytes(module)
-    return names, data, Artifact(), {}
+    return names, data, Artifact(program_sha256=torchscript_identity(data)), {}
 
 
 def _program(src: Source, schema: FeatureSchema, explicit: list[str] | None, fmt: str,
@@ -255,9 +263,8 @@ def export(source: str | torch.nn.Module, repo_root, model: str, schema: Feature
         names, data, artifact, timing = _torchscript(describe(source), src, schema, features)
     else:
         names, data, artifact, timing = _program(src, schema, features, fmt, device or "cpu")
-    version = version or next_version(repo, name)
     info = ModuleInfo(
-        model=name, version=version,
+        model=name, version=version or next_version(repo, name),
         inputs=[TensorSpec.from_feature(schema[n]) for n in names],
         artifact_sha256=hashlib.sha256(data).hexdigest(), artifact=artifact,
         provenance={
@@ -271,10 +278,43 @@ def export(source: str | torch.nn.Module, repo_root, model: str, schema: Feature
             **timing,
             **({"forked_from": model} if fork is not None else {}),
         })
+    existing = already_exported(repo, info, version is None)
+    if existing is not None:
+        return existing
     publish(repo, data, info)
-    return repo.info(name, version)
+    return repo.info(name, info.version)
+
+
+def already_exported(repo: ModelRepository, info: ModuleInfo, any_version: bool):
+    """The version already holding what ``info`` describes (same signature,
+    same file bytes or same program identity in the same kind of artifact):
+    ``info``'s own version, or with ``any_version`` any of the model's; None
+    if there is none. A retried export, in any process, answers it."""
+    versions = repo.versions(info.model) if any_version else \
+        [v for v in repo.versions(info.model) if v == info.version]
+    for version in versions:
+        try:
+            old = repo.info(info.model, version)
+        except Exception:   # a broken version is no match; publish says what is wrong
+            continue
+        if old.signature_hash != info.signature_hash:
+            continue
+        if old.artifact_sha256 == info.artifact_sha256:
+            return old
+        identity = old.artifact.program_sha256
+        if not identity and old.artifact.kind == "torchscript":   # written before it was kept
+            try:
+                with open(os.path.join(repo.version_dir(info.model, version),
+                                       old.artifact.file), "rb") as f:
+                    identity = torchscript_identity(f.read())
+            except Exception:
+                continue
+        if identity and dataclasses.replace(old.artifact, program_sha256=identity) == \
+                info.artifact:
+            return old
+    return None
 
 
 __all__ = ["DRY_RUN_ROWS", "FORMATS", "SCORE_ATOL", "SCORE_RTOL", "ExportError", "dry_run",
-           "export", "feature_diff", "next_version", "publish", "required_features",
+           "already_exported", "export", "feature_diff", "next_version", "publish", "required_features",
            "resolve_format", "synthetic_inputs", "version_sort_key"]

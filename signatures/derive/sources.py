@@ -7,9 +7,11 @@ source: it carries compiled code, not the graph a signature is read from.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
 import os
+import re
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -109,4 +111,28 @@ def module_bytes(module: torch.jit.ScriptModule) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["ExportError", "Source", "describe", "load_source", "module_bytes", "scripted"]
+# What a saved TorchScript module's identity reads (`torchscript_identity`).
+_PICKLED = re.compile(r"^(data\.pkl|constants\.pkl|data/.+)$")
+_SOURCE_COMMENT = re.compile(r"[ \t]*#.*$", re.M)
+_MANGLE = re.compile(r"___torch_mangle_\d+\.")
+
+
+def torchscript_identity(data: bytes) -> str:
+    """The identity of a saved TorchScript module, the same for the same
+    module saved by any process: its weights and attribute values (the
+    archive's pickled entries) and ``forward``'s inlined graph without source
+    locations or name mangling. The archive's bytes are not: `torch.jit.save`
+    writes a random serialization id, and class constants in hash order."""
+    h = hashlib.sha256()
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        for name in sorted(z.namelist()):
+            entry = name.split("/", 1)[-1]
+            if _PICKLED.match(entry):
+                h.update(entry.encode() + b"\0" + z.read(name) + b"\0")
+    module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    h.update(_MANGLE.sub("", _SOURCE_COMMENT.sub("", str(module.inlined_graph))).encode())
+    return h.hexdigest()
+
+
+__all__ = ["ExportError", "Source", "describe", "load_source", "module_bytes", "scripted",
+           "torchscript_identity"]

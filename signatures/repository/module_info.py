@@ -110,9 +110,10 @@ class Artifact:
     ``torchscript``: a TorchScript file; ``export``: a ``torch.export``
     ExportedProgram (``torch.export.save``); ``aoti``: an AOTInductor package
     compiled for ``device`` by torch ``torch``, which only that device type
-    and that torch release load. ``program_sha256`` identifies the traced
-    program of the last two (their files are not byte-reproducible), so a
-    retried export of the same program is recognised.
+    and that torch release load. ``program_sha256`` identifies the program
+    (the traced one of the last two; a TorchScript module's weights, attribute
+    values and graph), since no file is byte-reproducible across processes,
+    so a retried export of the same program is recognised.
     """
 
     kind: str = "torchscript"

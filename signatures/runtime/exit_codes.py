@@ -14,11 +14,12 @@ EXIT_POLICY = """exit status (every command):
   1  failed or refused: an input file that cannot be read or fails its checks,
      a change the config store refuses, a config store that cannot be read
      or written (a full disk, a read-only filesystem, no permission), a
-     signature that cannot be derived,
-     a key file that exists already, an endpoint that is not healthy
+     signature that cannot be derived, a key file that exists already, an
+     endpoint that is not healthy, `trimmer score` with a failed request or
+     a failed model result
   2  usage: an unknown option, a missing argument, a value of the wrong form;
      a root or leaf that cannot start with the settings given (the message
-     lists every problem)"""
+     lists every problem; an endpoint or metrics port a live process holds)"""
 
 
 def exit_for(command: str, exc: TrimmerError) -> int:

@@ -93,6 +93,11 @@ def bytes_sent(key, names=None):
     return check
 
 
+def nothing_fetched_or_sent(ctx, header, frames):
+    nothing_sent(ctx, header, frames)
+    assert header["timing_us"]["fetch"] == 0, header["timing_us"]
+
+
 def all_empty(ctx, header, frames):
     assert frames and all(f == b"" for f in frames), frames
 
@@ -243,11 +248,11 @@ CASES = [
          setup=silent, frames=scores_are("ctr@3")),
     # -- candidates: none --------------------------------------------------------------------
     Case("score.empty", "no candidates: every model ok with an empty frame, nothing sent",
-         score("z1", cands=[]), every_default("z1", n=0, leaf=ABSENT), frames=all_empty,
-         check=nothing_sent),
+         score("z1", cands=[]), every_default("z1", n=0, leaf=ABSENT, trimmed=True),
+         frames=all_empty, check=nothing_fetched_or_sent),
     Case("score.empty", "no candidates: an unknown name is still unknown",
          score("z2", cands=[], models=["ctr@3", "nosuch"]),
-         scores("z2", [ok("ctr@3", 1), failed("nosuch", "unknown_model")], n=0)),
+         scores("z2", [ok("ctr@3", 1, trimmed=True), failed("nosuch", "unknown_model")], n=0)),
     # -- the scores reply --------------------------------------------------------------------
     Case("score.reply", "each result: model, ok, frame, trimmed, leaf, bytes_sent",
          score("y1", models=["ctr@3", "div@2"]),

@@ -31,7 +31,7 @@ def test_each_request_its_ids_and_scores(node, fake, tmp_path):
     out = tmp_path / "scores.jsonl"
     done = trimmer_score(node, out, "--requests", "24", "--concurrency", "4", "--candidates", "12",
                          "--models", "ctr@3", "div@2", "nosuch")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr   # every request has a failed model result
     report = json.loads(done.stdout)
     rows = lines(out)
     assert len(rows) == report["requests"] == 24

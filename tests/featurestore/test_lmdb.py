@@ -221,3 +221,18 @@ def test_cached_store_counts_hits_and_remembers_misses(tmp_path, schema, backend
         off = CachedStore(store, size=0, ttl_s=None)
         off.get("candidate", [1, 1])
         assert off.store_reads["candidate"] == 2
+
+
+def test_load_names_the_file_line_and_field_of_a_bad_value(tmp_path, capsys):
+    schema_path = tmp_path / "schema.json"
+    schema_path.write_text(json.dumps(SCHEMA))
+    users, _ = raw_data()
+    with open(tmp_path / "u.jsonl", "w") as f:
+        for i, uid in enumerate(users["id"][:3]):
+            age = "old" if i == 2 else float(users["user_age"][i])
+            f.write(json.dumps({"id": int(uid), "user_age": age}) + "\n")
+    rc = store_cli.main(["load", "--feature-store", str(tmp_path / "store"), "--schema",
+                         str(schema_path), "--users", str(tmp_path / "u.jsonl")])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert f"{tmp_path / 'u.jsonl'}:3: field 'user_age'" in err and "'old'" in err, err

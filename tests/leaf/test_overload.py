@@ -138,3 +138,19 @@ def test_bad_deadline_and_max_queue_are_refused(process_runner, repo, rng, tmp_p
             assert header["error"]["kind"] == "bad_request" and "deadline_ms" in \
                 header["error"]["message"], header
         assert c.score("slow@1", msg, 8, deadline_ms=2.5e4)[0]["ok"]
+
+
+def test_a_deadline_that_passes_while_the_batch_window_waits_is_not_run(process_runner, repo,
+                                                                          rng):
+    """Rule leaf.deadline-queue: a request whose deadline passed while it
+    waited for a batch to fill is answered `deadline`, not run."""
+    leaf, port = slow_leaf(process_runner, repo, "window-deadline", "--max-wait-ms", "50")
+    msg = encode_columns(SLOW_INPUTS, random_columns(SLOW_INPUTS, 4, rng), 4)
+    with Client(leaf.endpoint) as c:
+        ids = []
+        for i in range(12):
+            ids.append(c.send({"type": "score", "model": "slow@1", "rows": 4,
+                               "deadline_ms": 0.1 + 0.06 * i}, msg))
+        got = kinds(recv_all(c, ids))
+    assert got == ["deadline"] * 12, got
+    assert metric(port, 'trimmer_leaf_infer_seconds_count{model="slow@1"}') == 0

@@ -80,11 +80,11 @@ def test_seed_pipeline_config_models_promote_rollback(world, process_runner, tmp
         wait_for("production root on b2", on_generation(root_p, gen))
         wait_for("production leaf serving ctr@5", leaf_serves(leaf_p, "ctr@5"), timeout=30)
         settles_on(load_p, {"ctr@5", "eng@1"})
-        # 4. Roll production back: b1 again; ctr@5 stays on the stage, outside the
-        # config, so names resolve to ctr@3 again.
-        gen, bundle_id, uncovered = stages.rollback("production")
-        assert bundle_id == world["b1"].id and uncovered == ["ctr@5"]
-        wait_for("production root back on b1", on_generation(root_p, gen))
+        # 4. Roll production back: b1 and the models production had with it.
+        report = stages.rollback("production", wait_s=60)
+        assert report.bundle == world["b1"].id and report.uncovered == []
+        assert report.models == ["ctr@3", "eng@1"]
+        wait_for("production root back on b1", on_generation(root_p, report.generation))
         settles_on(load_p, {"ctr@3", "eng@1"})
     finally:
         load_c.stop()
@@ -223,3 +223,47 @@ def test_model_that_fails_to_load_leaves_the_old_version_serving(world, process_
     finally:
         load.stop()
     check_replies(world, load, live=("ctr@3", "eng@1"))
+
+
+def test_rollback_after_a_replace_restores_config_and_models_under_load(world, process_runner,
+                                                                         tmp_path):
+    """The issue-26 sequence: a new version replaces the old one, then a
+    rollback: config and models go back as one unit, in the safe order,
+    with no failed and no untrimmed request."""
+    store_path = str(tmp_path / "configs")
+    store = seed_store(world, store_path, stages=("production",))
+    stages = Stages(store)
+    leaf = spawn_leaf(process_runner, world, store_path, "production")
+    root = spawn_root(process_runner, world, store_path, "production", leaf.endpoint)
+    load = Load(root.endpoint)
+    load.start()
+    try:
+        traffic_after(load)
+        gen = stages.deploy(world["b2"], "production")
+        wait_for("root on b2", on_generation(root, gen))
+        stages.deploy_models("production", ["ctr@5", "eng@1"], replace=True, wait_s=30)
+        wait_for("leaf serving only ctr@5", lambda: leaf_models(leaf) == {"ctr@5", "eng@1"},
+                 timeout=30)
+        settles_on(load, {"ctr@5", "eng@1"})
+        report = stages.rollback("production", wait_s=60)
+        assert (report.bundle, report.previous) == (world["b1"].id, world["b2"].id)
+        assert report.models_before == ["ctr@5", "eng@1"]
+        assert report.models == ["ctr@3", "eng@1"] and report.uncovered == []
+        state = store.state("production")
+        assert (state["bundle"], state["models"]) == (world["b1"].id, ["ctr@3", "eng@1"])
+        wait_for("root back on b1", on_generation(root, report.generation))
+        settles_on(load, {"ctr@3", "eng@1"})
+        wait_for("leaf serving only ctr@3", lambda: leaf_models(leaf) == {"ctr@3", "eng@1"},
+                 timeout=30)
+        traffic_after(load)
+    finally:
+        load.stop()
+    check_replies(world, load)
+    untrimmed = [(r["model"], t) for t, _, res in load.replies for r in res.results
+                 if not r["trimmed"]]
+    assert untrimmed == []
+    from signatures.cli.stages import format_status
+    assert "NOT IN CONFIG" not in format_status(stages.status())
+    # The leaf's start line says what it serves: nothing yet, following its stage.
+    assert "serving nothing yet: following stage production" in leaf.log(200_000)
+    assert "serving  (device" not in leaf.log(200_000)

@@ -126,12 +126,13 @@ def test_a_corrupt_stage_record_can_be_rolled_back_or_redeployed(world, tmp_path
     assert out.returncode == 0, out
     assert "replaced the corrupt" in out.stderr, out.stderr
     state = store.state("production")
+    # What production ran with b1: ctr@5 leaves first, then b1 returns.
     assert state["bundle"] == world["b1"].id and state["history"] == []
-    assert state["models"] == ["ctr@3", "eng@1", "ctr@5"]
-    assert state["generation"] == good["generation"] + 1
-    last = store.log_entries()[-1]
-    assert last["action"] == "rollback" and last["replaced"] == "corrupt", last
-    assert "corrupt stage record" in last["replaced_error"]
+    assert state["models"] == ["ctr@3", "eng@1"]
+    assert state["generation"] == good["generation"] + 2
+    first = store.log_entries()[-2]
+    assert first["action"] == "rollback-models" and first["replaced"] == "corrupt", first
+    assert "corrupt stage record" in first["replaced_error"]
 
     corrupt(store_path, "production")
     path = str(tmp_path / "b2.json")
@@ -140,7 +141,7 @@ def test_a_corrupt_stage_record_can_be_rolled_back_or_redeployed(world, tmp_path
     assert out.returncode == 0, out
     state = store.state("production")
     assert state["bundle"] == world["b2"].id and state["history"] == [world["b1"].id]
-    assert state["generation"] == good["generation"] + 2
+    assert state["generation"] == good["generation"] + 3
     assert store.log_entries()[-1]["replaced"] == "corrupt"
     out = trimmer("status", "--config-store", store_path)
     assert out.returncode == 0 and "CORRUPT" not in out.stdout, out

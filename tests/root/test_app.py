@@ -59,18 +59,23 @@ def test_a_stopped_root_answers_what_it_took_in_then_closes_everything(world, tm
 def test_a_build_that_fails_closes_what_it_made(world, tmp_path, monkeypatch):
     built: list[Root] = []   # held, so that no collector closes what it made instead
     build = Root._build
-    monkeypatch.setattr(Root, "_build", lambda root: (built.append(root), build(root)))
+    monkeypatch.setattr(Root, "_build", lambda root, *a: (built.append(root), build(root, *a)))
     ctx = zmq.Context()
     other = ctx.socket(zmq.ROUTER)   # another process's endpoint, say
     other.bind("tcp://127.0.0.1:0")
     taken = other.getsockopt(zmq.LAST_ENDPOINT).decode()
-    # (zmq's own error for now: `trimmer root` exits with a traceback, not 2)
+    # A live process's endpoint is refused before anything is made.
+    with pytest.raises(TrimmerError, match="in use"):
+        Root.build(settings(world, tmp_path, taken), ctx)
+    assert built[-1].links is None and built[-1].store is None
+    other.close(0)
+    # A socket file in a directory that does not exist fails at the bind: the
+    # links are made by then.
     with pytest.raises((TrimmerError, zmq.ZMQError)):
-        Root.build(settings(world, tmp_path, taken), ctx)   # the links are made by then
-    [failed] = built
+        Root.build(settings(world, tmp_path, f"ipc://{tmp_path}/no-such-dir/root.ipc"), ctx)
+    failed = built[-1]
     assert failed.links is not None and failed.client is None
     assert all(link.socket.closed for link in failed.links.pool.links)
-    other.close(0)
     # The store was closed too: LMDB opens it only once per process.
     Root.build(settings(world, tmp_path, "tcp://127.0.0.1:0"), ctx).close()
     ctx.term()   # waits forever if the failed build left a socket open

@@ -182,15 +182,53 @@ def test_two_roots_share_the_store_and_spread_requests(world, leaves, process_ru
 
 
 def test_active_config_from_a_staged_config_store(world, leaves, process_runner, tmp_path):
+    import time
+
     from signatures.configstore import Stages, open_config_store
+    from tests.support.procs import ping
     configs = str(tmp_path / "configs")
-    empty = spawn_root(process_runner, world, leaves["ipc"], name="root-empty", bundle=None,
-                       config_store=configs, stage="canary", ready=None)
-    assert empty.wait(30) == 2 and "no active config" in empty.log()
-    Stages(open_config_store(configs)).deploy(world["bundle_obj"], "canary")
+    # A fleet started before its first deploy: the root waits, not ready, and says so.
+    stopped = spawn_root(process_runner, world, leaves["ipc"], name="root-stopped", bundle=None,
+                         config_store=configs, stage="canary", ready=None)
     root = spawn_root(process_runner, world, leaves["ipc"], bundle=None, config_store=configs,
-                      stage="canary")
+                      stage="canary", ready=None)
+    deadline = time.monotonic() + 30
+    while "waiting for one" not in root.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "no active config" in root.log() and "waiting for one" in root.log(), root.log()
+    time.sleep(1.0)
+    assert root.returncode is None and ping(root.endpoint, timeout=0.5) is None  # not ready
+    stopped.signal()                      # a stop while it waits ends it cleanly
+    assert stopped.wait(30) == 0, stopped.log()
+    Stages(open_config_store(configs)).deploy(world["bundle_obj"], "canary")
+    root.wait_ready(30, ready=lambda p: bool(p.get("leaves")) and
+                    all(link["healthy"] for link in p["leaves"]))
     with ScoringClient(root.endpoint) as client:
         assert client.ping()["config"] == world["bundle_obj"].id
         user, cands = request_ids(8)
         check_scores(world, client.score(user, cands), user, cands)
+
+
+def test_trimmer_score_exits_1_and_says_so_in_words_when_model_results_fail(
+        world, leaves, process_runner):
+    """Exit 0 only when every request was answered with every model scored;
+    the report is text, not Python reprs."""
+    root = spawn_root(process_runner, world, leaves["ipc"], name="root-score")
+    base = [sys.executable, "-m", "signatures.cli", "score", "--endpoint", root.endpoint,
+            "--requests", "6", "--concurrency", "3", "--candidates", "8", "--users", "110",
+            "--candidate-ids", "1300", "--no-progress"]
+    out = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out
+    assert "6/6 requests answered" in out.stdout and "failed" not in out.stdout, out.stdout
+    for models in (["nosuch@9"], ["ctr@3", "nosuch@9"]):   # every model failed; one of two
+        out = subprocess.run(base + ["--models", *models], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 1, out
+        assert "{" not in out.stdout and "'" not in out.stdout, out.stdout
+        assert "model results: " in out.stdout and "6 failed" in out.stdout, out.stdout
+    out = subprocess.run(base + ["--models", "nosuch@9", "--json"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1, out
+    report = json.loads(out.stdout)
+    assert report["model_results"] == {"ok": 0, "failed": 6}, report
+    assert sum(report["model_errors"].values()) == 6

@@ -151,3 +151,28 @@ def test_stopped_leaf_times_out_and_sigterm_drains(world, process_runner):
         for r in got.values():
             assert r.ok and not r.errors, r.errors
     assert root.wait(15) == 0
+
+
+def test_a_header_with_a_number_beyond_float64_still_echoes_its_id(world, process_runner):
+    """Rule envelope.id-echo: 1e400 and 2**70 are valid JSON numbers (orjson
+    alone refuses them): the header is read and the id echoed (a deadline
+    that large is the root's max_deadline_ms, rule score.deadline; so is
+    null: the root's default)."""
+    leaves = spawn_leaves(process_runner, world)["ipc"]
+    root = spawn_root(process_runner, world, leaves)
+    with Client(root.endpoint) as raw:
+        for i, value in enumerate((b"1e400", b"1180591620717411303424", b"null")):
+            raw.send_raw(b'{"v": 1, "type": "score", "id": "big-%d", "user": %d, '
+                         b'"deadline_ms": %s}' % (i, USER, value), ids_frame(CANDS))
+            reply, _ = raw.recv(timeout=10)
+            assert reply["id"] == f"big-{i}", reply
+            assert reply["type"] == "scores" and reply["ok"] is True, reply
+        raw.send_raw(b'{"v": 1, "type": "score", "id": "user", "user": 1e400}',
+                     ids_frame(CANDS))
+        reply, _ = raw.recv(timeout=10)
+        assert reply["id"] == "user" and reply["error"]["kind"] == "bad_request", reply
+        assert "'user'" in reply["error"]["message"], reply
+        raw.send_raw(b'{"v": 1, "type": "score", "id": "nan", "deadline_ms": NaN}',
+                     ids_frame(CANDS))                         # not JSON: no id to echo
+        reply, _ = raw.recv(timeout=10)
+        assert reply["id"] is None and "not JSON" in reply["error"]["message"], reply

@@ -257,3 +257,28 @@ class WritesInput(torch.nn.Module):
         ctr = features["pin_ctr_7d"]
         ctr[:].mul_(2.0)
         return ctr + features["pin_age_days"]
+
+
+class SeededTower(torch.nn.Module):
+    """Tower with weights that are the same in every process (a trained model
+    loaded from a checkpoint, as far as export can tell)."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(7)
+        self.lin = torch.nn.Linear(8, 1)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(1, 8, generator=gen))
+            self.lin.bias.fill_(0.5)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        return self.lin(features["pin_emb"]).squeeze(1)
+
+
+class SeededTowerB(SeededTower):
+    """SeededTower with other weights: another model version."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.no_grad():
+            self.lin.bias.fill_(-0.5)

@@ -149,3 +149,33 @@ def test_cli(tmp_path, schema_path):
     assert r.returncode == 1 and "immutable" in r.stderr
     data = json.loads((tmp_path / "repo/ctr/1/module_info.json").read_text())
     assert data["model"] == "ctr" and len(data["signature_hash"]) == 64
+
+
+def test_a_retry_in_another_process_is_recognised_and_answers_the_existing_version(
+        tmp_path, schema_path):
+    """torch.jit.save output differs between processes (a random serialization
+    id, class constants in hash order): a retry is recognised by the signature
+    and the module's content, not the file's bytes."""
+    repo = tmp_path / "repo"
+
+    def run(source, *extra, seed):
+        cmd = [sys.executable, "-m", "signatures.cli", "export", SRC + source, "--repo",
+               str(repo), "--model", "tower", "--schema", str(schema_path), *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=os.getcwd(),
+                              env={**os.environ, "PYTHONHASHSEED": str(seed)}, timeout=300)
+
+    r = run("SeededTower", "--version", "1", seed=1)
+    assert r.returncode == 0 and "exported tower@1" in r.stdout, r
+    first = (repo / "tower/1/model.pt").read_bytes()
+    r = run("SeededTower", "--version", "1", seed=2)       # the retry, as asked
+    assert r.returncode == 0, r.stderr
+    assert "tower@1 already exported" in r.stdout and "nothing written" in r.stdout, r.stdout
+    r = run("SeededTower", seed=3)                         # the retry without --version
+    assert r.returncode == 0 and "tower@1 already exported" in r.stdout, r
+    assert ModelRepository(repo).versions("tower") == ["1"]
+    assert (repo / "tower/1/model.pt").read_bytes() == first
+    # Other weights are another version; under an existing one, refused.
+    r = run("SeededTowerB", seed=4)
+    assert r.returncode == 0 and "exported tower@2" in r.stdout, r
+    r = run("SeededTowerB", "--version", "1", seed=5)
+    assert r.returncode == 1 and "already exists with different bytes" in r.stderr, r

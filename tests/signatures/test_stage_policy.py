@@ -81,10 +81,11 @@ def test_deploy_promote_rollback_on_any_store(store):
     assert stages.promote("canary", "production") == 1
     assert store.active("production")[1].id == B2.id
     assert store.active_models("production") == ["ctr@2"]
-    assert stages.rollback("canary") == (4, B1.id, ["ctr@2"])
-    assert store.history("canary") == [] and store.generation("canary") == 4
+    r = stages.rollback("canary", wait_s=0)
+    assert (r.generation, r.bundle, r.models, r.uncovered) == (5, B1.id, [], [])
+    assert store.history("canary") == [] and store.generation("canary") == 5
     assert [e["action"] for e in store.log_entries()] == [
-        "deploy", "deploy", "deploy-models", "promote", "rollback"]
+        "deploy", "deploy", "deploy-models", "promote", "rollback-models", "rollback"]
 
 
 def test_status_and_the_roots_gate_on_any_store(store):

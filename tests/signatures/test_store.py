@@ -77,17 +77,19 @@ def test_deploy_promote_rollback(store, address):
     assert stages.promote("canary", "production") == 1
     assert s.active("production")[1].id == B2.id
     assert s.active_models("production") == ["ctr@2"]
-    gen, bid, uncovered = stages.rollback("canary")
-    assert (gen, bid, uncovered) == (4, B1.id, ["ctr@2"])  # ctr@2 left uncovered: reported
-    assert stages.status()["canary"]["uncovered"] == ["ctr@2"]
+    # B1 ran with no model versions: ctr@2 leaves (while B2 is live), then B1 returns.
+    r = stages.rollback("canary", wait_s=0)
+    assert (r.generation, r.bundle, r.models, r.uncovered) == (5, B1.id, [], [])
+    assert stages.status()["canary"]["uncovered"] == []
     with pytest.raises(StoreError, match="canary has no previous config to roll back to"):
-        stages.rollback("canary")
+        stages.rollback("canary", wait_s=0)
     with pytest.raises(StoreError, match="production has no previous config"):
-        stages.rollback("production")
+        stages.rollback("production", wait_s=0)
     with pytest.raises(StoreError, match="canary has no active config"):
         Stages(open_config_store(address.other())).promote("canary", "production")
     actions = [e["action"] for e in s.log_entries()]
-    assert actions == ["deploy", "deploy", "deploy-models", "promote", "rollback"]
+    assert actions == ["deploy", "deploy", "deploy-models", "promote", "rollback-models",
+                       "rollback"]
 
 
 def test_config_before_models(store):
@@ -342,8 +344,22 @@ def test_a_broken_stage_record_is_reported_and_replaced_from_the_audit_log(store
     with pytest.raises(StoreError, match="stage record"):   # it adds to a record it cannot read
         stages.deploy_models("canary", ["ctr@1"], wait_s=0)
     # rollback writes a new record from the audit log, past every generation seen.
-    gen, bundle_id, _ = stages.rollback("canary")
-    assert (gen, bundle_id) == (8, B1.id)
-    assert s.state("canary")["models"] == ["ctr@2"] and s.history("canary") == []
-    entry = s.log_entries()[-1]
-    assert entry["action"] == "rollback" and entry["replaced"] == kind
+    # Its first change (ctr@2 off: B1 ran without it) is past every generation seen.
+    r = stages.rollback("canary", wait_s=0)
+    assert (r.generation, r.bundle) == (9, B1.id)
+    assert s.state("canary")["models"] == [] and s.history("canary") == []
+    entry = s.log_entries()[-2]
+    assert entry["action"] == "rollback-models" and entry["replaced"] == kind
+    assert entry["generation"] == 8
+
+
+def test_status_says_how_it_knows_a_member_is_alive(store, address):
+    """A ZooKeeper member's record is written only when it changes; its
+    session says it is alive, not the record's age."""
+    from signatures.cli.stages import format_status
+    store.heartbeat("canary", MemberStatus("leaf", "leaf-0", generation=1))
+    out = format_status(Stages(store).status())
+    if address.zk:
+        assert "session open, record from" in out and "last seen" not in out, out
+    else:
+        assert "last seen 0s ago" in out, out
