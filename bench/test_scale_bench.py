@@ -202,7 +202,8 @@ def table(rows: list[dict]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     last = None
     for r in rows:
-        point = f"{r['features']:,} × {r['candidates']:,} × {r['models']}"
+        features = f"{r['features']:,}" if r["features"] else f"scale {r['scale']:g}"
+        point = f"{features} × {r['candidates']:,} × {r['models']}"
         shown = point if point != last else ""
         last = point
         if "needs_gib" in r:
@@ -244,6 +245,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def test_scale_point(benchmark, collected, scale, cands, models):
     modes, needs = runnable(scale, cands, models)
     if not modes:
+        collected.extend({"features": None, "scale": scale, "candidates": cands, "models": models,
+                          "mode": mode, "needs_gib": gib} for mode, gib in needs.items())
         pytest.skip(f"every mode needs more memory than this machine has at concurrency "
                     f"{CONCURRENCY} (GiB: {needs})")
     rows = benchmark.pedantic(run_point, args=(scale, cands, models, modes), rounds=1,
