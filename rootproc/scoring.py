@@ -88,11 +88,17 @@ class Scorer:
         self.inline_nbytes = INLINE_BUILD_NBYTES if cfg.threads == 1 else -1
         self.inline_left = self.inline_nbytes   # of it, until the loop's next `send_some`
         self.sending: deque[Job] = deque()   # built, their models being sent by the loop
+        self.deferred: deque[Job] = deque()  # small, to build on the loop's next turn
 
     @property
     def pending(self) -> int:
         """Requests taken in and not yet parked with the router."""
-        return self.workers.pending + len(self.sending)
+        return self.workers.pending + len(self.sending) + len(self.deferred)
+
+    @property
+    def loop_has_work(self) -> bool:
+        """Requests the loop itself has yet to build or send: it polls without waiting."""
+        return bool(self.sending or self.deferred)
 
     def close(self) -> None:
         self.workers.close()
@@ -110,8 +116,15 @@ class Scorer:
         job = self.start(envelope, header, body)
         if job is None:
             return
+        if job.build_nbytes > self.inline_nbytes:
+            self.workers.submit(job)   # too large to build on the loop at all
+            return
         if job.build_nbytes > self.inline_left:
-            self.workers.submit(job)
+            # The loop built its share since it last read its sockets: on its next
+            # turn. Handing it to the worker instead costs more than it saves here
+            # (the loop and the worker take turns at the GIL: +3 ms a request at
+            # the demo's scale, docs/operations.md).
+            self.deferred.append(job)
             return
         self.inline_left -= job.build_nbytes
         try:   # small, and the loop has not built its share since it last sent: built here
@@ -122,6 +135,21 @@ class Scorer:
             job.reserved = 0
             raise
         self.sending.append(job)
+
+    def build_deferred(self, fail) -> None:
+        """Build the deferred requests the loop's share allows, oldest first (the
+        loop thread, after reading its sockets); at least one, so each turn moves."""
+        while self.deferred and self.deferred[0].build_nbytes <= self.inline_left:
+            job = self.deferred.popleft()
+            self.inline_left -= job.build_nbytes
+            try:
+                self.compute(job)
+                self.begin_send(job)
+            except Exception as exc:
+                job.error = exc
+                self._failed(job, fail)
+                continue
+            self.sending.append(job)
 
     def collect(self, fail) -> None:
         """Take the jobs the workers handed back: queued for sending
@@ -149,6 +177,7 @@ class Scorer:
         at a time, until none is left or ``slice_s`` has passed: the loop
         then reads its sockets and comes back (poll timeout 0 while any is left)."""
         self.inline_left = self.inline_nbytes
+        self.build_deferred(fail)
         t_end = time.perf_counter() + slice_s
         while self.sending:
             job = self.sending[0]

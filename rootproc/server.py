@@ -113,7 +113,7 @@ class RootServer:
             if self.draining:
                 wake = min(wake, self.drain_started + DRAIN_QUIET_S)
             timeout_ms = max(0, min(MAX_POLL_MS, int((wake - now) * 1000) + 1))
-            if self.scorer.sending:
+            if self.scorer.loop_has_work:
                 timeout_ms = 0   # models still to send: read what is waiting, then go on
             for sock, _ in self.poller.poll(timeout_ms):
                 if sock is self.frontend:
