@@ -77,10 +77,12 @@ def test_a_full_disk_is_one_line_and_exit_1(tmp_path, bundles):
 def test_a_read_only_filesystem_is_one_line_and_exit_1(tmp_path, bundles):
     with tmpfs(tmp_path / "mnt", "1m") as mnt:
         store = os.path.join(mnt, "store")
-        assert trimmer("deploy", bundles[0], "--stage", "canary", "--config-store",
-                       store).returncode == 0
+        # Two configs, so that a rollback has one to go back to.
+        for bundle in bundles:
+            assert trimmer("deploy", bundle, "--stage", "canary", "--config-store",
+                           store).returncode == 0
         subprocess.run(["mount", "-o", "remount,ro", mnt], check=True)
-        out = trimmer("deploy", bundles[1], "--stage", "canary", "--config-store", store)
+        out = trimmer("deploy", bundles[0], "--stage", "canary", "--config-store", store)
         one_clear_line(out, store, "Read-only file system")
         out = trimmer("rollback", "canary", "--config-store", store)
         one_clear_line(out, store, "Read-only file system")
