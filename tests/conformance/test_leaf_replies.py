@@ -168,8 +168,14 @@ def out_of_rotation(**fields):
     """setup: as `ponging`, then wait until the root routes nothing to leaf-1."""
     def setup(ctx):
         ponging(**fields)(ctx)
-        until("leaf-1 out of rotation", lambda: "div@2" not in ctx.routes("leaf-1"),
-              timeout=3 * HEALTH_MS / 1000)
+        # Out after HEALTH_MS of silence; generous on a loaded machine, whose root
+        # may be late to notice (its own lateness never counts against a leaf).
+        # Then out for good: a reply to an earlier case's request, read late, is
+        # a sign of life that brings the replica back for one more HEALTH_MS.
+        for _ in range(2):
+            until("leaf-1 out of rotation", lambda: "div@2" not in ctx.routes("leaf-1"),
+                  timeout=10 * HEALTH_MS / 1000)
+            time.sleep(HEALTH_MS / 1000)
     return setup
 
 

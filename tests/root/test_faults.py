@@ -115,7 +115,13 @@ def test_leaf_killed_mid_load_then_restarted(world, process_runner):
         process_runner.leaf(world["repo"], models=["div@2"], name="leaf-1", bind=leaves["leaf-1"],
                             args=["--max-wait-ms", "0"])
         root.wait_ready(30, ready=leaves_healthy)
-        res = client.score(USER, CANDS)
+        # Healthy links first, then its models ready in its pongs: scored within a while.
+        t_end = time.monotonic() + 30
+        while True:
+            res = client.score(USER, CANDS)
+            if (res.ok and not res.errors) or time.monotonic() > t_end:
+                break
+            time.sleep(0.2)
         assert res.ok and not res.errors, res.errors
 
 
