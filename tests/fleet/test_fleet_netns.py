@@ -142,10 +142,13 @@ def test_fleet_across_three_hosts(world, fleet_bundles, process_runner, tmp_path
         before = {s: load.count() for s, load in loads.items()}
         wait_for("traffic after", lambda: all(
             load.count() >= before[s] + 20 for s, load in loads.items()))
-        out = trimmer("status", "--config-store", address)
-        assert out.returncode == 0, out
-        for g in hosts:
-            assert out.stdout.count(f"leaf {g}:") == 2, out.stdout   # one per stage
+        # After ZooKeeper's restart each member registers again once its session
+        # is back: every leaf on both stages, within a while.
+        def every_member_back():
+            out = trimmer("status", "--config-store", address)
+            assert out.returncode == 0, out
+            return all(out.stdout.count(f"leaf {g}:") == 2 for g in hosts)   # one per stage
+        wait_for("every leaf registered on both stages", every_member_back, timeout=30)
     finally:
         for load in loads.values():
             load.stop()
