@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from _trim import DTYPE_CODES, ColumnSpec, Layout
 from _trim.errors import InvalidInput, NotFound
+from _trim.reads import FeatureRead
 from _trim.transport.model_key import NAME_PATTERN
 from signatures.runtime.files import atomic_write, read_json
 
@@ -59,6 +60,8 @@ class TensorSpec:
     shape: tuple = ()
     kind: str = "dense"
     per_request: bool = False
+    # Less than the whole feature, when the model's graph reads less (_trim/reads.py).
+    read: FeatureRead | None = None
 
     @property
     def ragged(self) -> bool:
@@ -68,8 +71,12 @@ class TensorSpec:
         return ColumnSpec(self.name, self.dtype, self.shape, self.ragged, self.per_request)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
-                "kind": self.kind, "per_request": self.per_request}
+        d = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+             "kind": self.kind, "per_request": self.per_request}
+        # Absent when whole, so the hashes of signatures without reads never change.
+        if self.read is not None:
+            d["read"] = self.read.to_dict()
+        return d
 
     def output_dict(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
@@ -89,7 +96,11 @@ class TensorSpec:
         kind = d.get("kind", "dense")
         if kind not in ("dense", "ragged") or (kind == "ragged" and shape):
             raise InvalidInput(f"{where}: {name!r} has bad kind {kind!r} for shape {shape!r}")
-        return cls(name, dtype, tuple(shape), kind, bool(d.get("per_request", False)))
+        read = None
+        if "read" in d:
+            read = FeatureRead.from_dict(d["read"], f"{where}: {name!r}")
+            read.check(name, dtype, tuple(shape), kind == "ragged", where)
+        return cls(name, dtype, tuple(shape), kind, bool(d.get("per_request", False)), read)
 
     @classmethod
     def from_feature(cls, feature) -> TensorSpec:
