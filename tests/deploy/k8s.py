@@ -42,7 +42,7 @@ def require_kubectl() -> str:
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def render(overlay: str) -> tuple[dict, ...]:
     done = subprocess.run([require_kubectl(), "kustomize", str(K8S / overlay)],
                           capture_output=True, text=True, timeout=120)

@@ -28,7 +28,6 @@ from tests.deploy.k8s import (
     render,
     role,
     volume_for,
-    workloads,
 )
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -217,7 +216,7 @@ def test_keys_and_credentials_come_from_secrets_only(overlay, tmp_path, monkeypa
         for key, text in cm.get("data", {}).items():
             assert not secret_text.search(text), f"ConfigMap {cm['metadata']['name']} {key}"
     assert not objects(overlay, "Secret"), "Secrets are made beside the manifests, never committed"
-    for w, spec, c in containers(overlay):
+    for _w, spec, c in containers(overlay):
         for var in c.get("env", []):
             if re.search(r"AUTH|PASSWORD|SECRET|TOKEN", var["name"]):
                 assert "secretKeyRef" in var.get("valueFrom", {}), (c["name"], var["name"])
