@@ -259,3 +259,19 @@ def test_the_image_runs_trimmer_as_the_manifests_uid():
     from signatures.cli import COMMANDS
 
     assert {role(c) for overlay in OVERLAYS for _, _, c in containers(overlay)} <= set(COMMANDS)
+
+
+def test_the_docs_name_every_secret_and_configmap_the_manifests_use():
+    """docs/operations.md, "Deploying on Kubernetes", tells operators which
+    Secrets to make: every one a pod reads is in its table."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    section = text[text.index("## Deploying on Kubernetes"):]
+    section = section[:section.index("\n## ", 1)]
+    used = set()
+    for overlay in OVERLAYS:
+        for _, spec, c in containers(overlay):
+            used |= {v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+            used |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
+                     if "secretKeyRef" in e.get("valueFrom", {})}
+    for name in used:
+        assert f"| `{name}`" in section, f"Secret {name} is not in the docs' Secrets table"
