@@ -275,3 +275,12 @@ def test_the_docs_name_every_secret_and_configmap_the_manifests_use():
                      if "secretKeyRef" in e.get("valueFrom", {})}
     for name in used:
         assert f"| `{name}`" in section, f"Secret {name} is not in the docs' Secrets table"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_image_is_mapped_to_a_registry_and_tag(overlay):
+    """The manifests' image names are placeholders that `images:` maps; one left
+    unmapped would be pulled from Docker Hub as `feature-trimmer:latest`."""
+    for w, _, c in containers(overlay):
+        image = c["image"]
+        assert re.fullmatch(r"[\w.-]+(:\d+)?/[\w./-]+:[\w.-]+", image), (w["metadata"]["name"], c["name"], image)
