@@ -283,4 +283,5 @@ def test_every_image_is_mapped_to_a_registry_and_tag(overlay):
     unmapped would be pulled from Docker Hub as `feature-trimmer:latest`."""
     for w, _, c in containers(overlay):
         image = c["image"]
-        assert re.fullmatch(r"[\w.-]+(:\d+)?/[\w./-]+:[\w.-]+", image), (w["metadata"]["name"], c["name"], image)
+        assert re.fullmatch(r"[\w.-]+(:\d+)?/[\w./-]+:[\w.-]+", image), \
+            (w["metadata"]["name"], c["name"], image)
