@@ -199,32 +199,42 @@ class ScoringClient:
         timeout = self.timeout_ms if timeout_ms is None else timeout_ms
         if not self.socket.poll(timeout):
             return None
+        return self._read()[0]
+
+    def _read(self) -> tuple[ScoreResult, bool]:
+        """The reply waiting in the socket, and whether a request of ours still
+        awaits it (False: a reply to one given up on, or to no request of ours)."""
         frames = self.socket.recv_multipart(copy=False)
         t = time.perf_counter()
         res = parse_reply([f.buffer for f in frames])
         sent = self._sent.pop(res.id, None)
         if sent is not None:
             res.latency_s = t - sent
-        return res
+        return res, sent is not None
 
     def score(self, user: int, candidates, models=None, deadline_ms=None,
               timeout_ms: int | None = None) -> ScoreResult:
         """Score and wait. TimeoutError if no reply within ``timeout_ms``
-        (default: the deadline plus a second, or the client's timeout)."""
+        (default: the deadline plus a second, or the client's timeout); its
+        reply, should it come later, is dropped. Replies to requests
+        `submit`ted meanwhile are kept for `receive`."""
         rid = self.submit(user, candidates, models, deadline_ms)
         if timeout_ms is None:
             timeout_ms = deadline_ms + 1000 if deadline_ms else self.timeout_ms
         end = time.monotonic() + timeout_ms / 1000
         while True:
+            if rid in self._early:
+                return self._early.pop(rid)
             left = int((end - time.monotonic()) * 1000)
-            res = self.receive(max(0, left)) if left > 0 else None
-            if res is None:
+            if left <= 0 or not self.socket.poll(left):
                 self._sent.pop(rid, None)
                 raise TimeoutError(f"no reply to request {rid} within {timeout_ms} ms "
                                    f"from {', '.join(self.endpoints)}{self.handshakes.hint()}")
+            res, awaited = self._read()
             if res.id == rid:
                 return res
-            self._early[res.id] = res
+            if awaited:
+                self._early[res.id] = res
 
     def ping(self, timeout_ms: int = 1000) -> dict:
         """A root's pong (its name, config, leaves' health)."""
@@ -238,8 +248,9 @@ class ScoringClient:
             header = unpack_header(frames[0])
             if header.get("id") == rid:
                 return header
-            if header["type"] != "pong":
-                self._early[str(header.get("id"))] = parse_reply(frames)
+            rid_of = str(header.get("id"))
+            if header["type"] != "pong" and self._sent.pop(rid_of, None) is not None:
+                self._early[rid_of] = parse_reply(frames)
         raise TimeoutError(f"no pong within {timeout_ms} ms from {', '.join(self.endpoints)}"
                            f"{self.handshakes.hint()}")
 
