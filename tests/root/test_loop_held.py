@@ -108,8 +108,12 @@ def test_a_large_request_does_not_hold_the_loop_from_pings(scene):
     assert res.ok and not res.errors, (res.error, res.errors)
     in_root_s = sum(res.timing_us[k] for k in ("fetch", "preprocess", "trim")) / 1e6
     assert in_root_s >= 0.15, f"the request took the root only {in_root_s:.3f} s: not large"
-    print(f"max ping wait {max(waits):.3f} s of {len(waits)} pings; request in root {in_root_s:.3f} s")
-    # Held for one model's message at most, not for the whole request.
-    assert max(waits) < in_root_s / 2, (
-        f"a ping waited {max(waits):.3f} s while the request took the root {in_root_s:.3f} s "
-        f"({len(waits)} pings)")
+    waits.sort()
+    median = waits[len(waits) // 2]
+    print(f"ping waits: median {median:.3f} s, max {waits[-1]:.3f} s of {len(waits)} pings; "
+          f"request in root {in_root_s:.3f} s")
+    # Held for one model's message at a time, not for the whole request: a
+    # held loop answers one ping, after the request. The median, not the
+    # maximum, so that one scheduling stall on a loaded machine is not a verdict.
+    assert len(waits) >= 3 and median < in_root_s / 4, (
+        f"pings waited {waits} s while the request took the root {in_root_s:.3f} s")
