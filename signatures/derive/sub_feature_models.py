@@ -9,8 +9,10 @@ Both take their feature names as list attributes forward never mutates, so
 the TorchScript derivation resolves them like any constant key, and their
 reads are derived from either graph (signatures/derive/feature_reads.py):
 ``{"ranges": [[0, 64]]}`` and ``{"dtype": "bfloat16"}`` in module_info.json.
+
+No ``from __future__ import annotations``: TorchScript reads the class-level
+annotations as types.
 """
-from __future__ import annotations
 
 import torch
 
@@ -18,12 +20,14 @@ import torch
 class MatryoshkaScorer(torch.nn.Module):
     """Scores rows by the ``prefix``-dim head of each embedding (all at least that wide)."""
 
+    names: list[str]
+    weights: torch.Tensor
+
     def __init__(self, embeddings: list[str], prefix: int = 64, seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.names: list[str] = list(embeddings)
+        self.names = list(embeddings)
         self.prefix = prefix
-        self.weights: torch.Tensor
         self.register_buffer("weights", torch.randn(len(embeddings), prefix, generator=g)
                              / prefix ** 0.5)
 
@@ -41,11 +45,13 @@ class MatryoshkaScorer(torch.nn.Module):
 class Bf16Scorer(torch.nn.Module):
     """Scores rows in bfloat16 from float32 features (scalars and vectors)."""
 
+    names: list[str]
+    weights: torch.Tensor
+
     def __init__(self, dense: list[str], seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.names: list[str] = list(dense)
-        self.weights: torch.Tensor
+        self.names = list(dense)
         self.register_buffer("weights", (torch.randn(len(dense), generator=g)
                                          / max(1, len(dense)) ** 0.5).to(torch.bfloat16))
 

@@ -4,6 +4,8 @@
 ``pos`` int64 [3]; every model returns one float score per row.
 """
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -173,10 +175,13 @@ class ShapeBound(torch.nn.Module):
         return x[:, : x.shape[1] // 4].sum(1)
 
 
-@torch.jit.interface
-class HeadInterface(torch.nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        pass
+with warnings.catch_warnings():   # torch 2.x deprecates TorchScript
+    warnings.simplefilter("ignore", DeprecationWarning)
+
+    @torch.jit.interface
+    class HeadInterface(torch.nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            pass
 
 
 class OpaqueSubmodule(torch.nn.Module):
