@@ -33,8 +33,10 @@ from signatures.derive.export_graph import (
     program_sha256,
     program_source,
 )
-from signatures.derive.feature_reads import garbled, program_reads, script_reads
+from signatures.derive.export_reads import program_reads
+from signatures.derive.feature_reads import garbled
 from signatures.derive.script_graph import Derivation, DerivationError, check_explicit, derive, read_places
+from signatures.derive.script_reads import script_reads
 from signatures.derive.sources import (
     ExportError,
     Source,

@@ -23,6 +23,9 @@ whose read positions hold the read values (rounded through the cast, which
 widening back to the declared dtype keeps exact) and whose other positions
 hold anything: `garbled` builds such an input, and the model's output on it
 is bit-identical to its output on the original.
+
+This module holds what both graphs share; `script_reads` and `export_reads`
+turn each kind of graph's ops into `Op`s.
 """
 from __future__ import annotations
 
@@ -31,14 +34,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from _trim.reads import NARROWER_FLOATS, FeatureRead
-from signatures.derive.script_graph import ALIAS_OPS, READ_OPS, _Resolver
-from signatures.schema import FeatureSchema
 
-NARROW = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
-# TorchScript ScalarType codes of the narrower floats.
-SCALAR_TYPES = {15: "bfloat16", 5: "float16", 6: "float32", 7: "float64"}
 MAX_DEPTH = 64
-_NOT = object()   # not a constant
+NOT_CONSTANT = object()
 
 
 @dataclass(frozen=True)
@@ -164,7 +162,10 @@ def _start(feature) -> _State:
     return _State(None, 1 if vector else None, 1 + len(feature.shape), None)
 
 
-def _derive(feature, values, uses) -> FeatureRead | None:
+def derive_read(feature, values, uses) -> FeatureRead | None:
+    """What is read of ``feature`` through ``values`` (its input's value at
+    each place the graph takes it), where ``uses(value)`` is an `Op` (None:
+    any other use) for each use of a value in the graph."""
     if feature.ragged or not values:
         return None
     reads = _Reads()
@@ -172,266 +173,6 @@ def _derive(feature, values, uses) -> FeatureRead | None:
     for value in values:
         _walk(uses, value, _start(feature), width, reads)
     return reads.result(feature)
-
-
-# -- TorchScript --------------------------------------------------------------
-
-SCRIPT_NEUTRAL = {"aten::size", "aten::dim", "aten::len", "aten::numel", "prim::device",
-                  "prim::dtype", "prim::layout"}
-
-
-def script_reads(module: torch.jit.ScriptModule, schema: FeatureSchema,
-                 names) -> dict[str, FeatureRead]:
-    """Feature -> what ``module``'s inlined ``forward`` reads of it, for those read in part."""
-    graph = module.forward.inlined_graph if hasattr(module.forward, "inlined_graph") \
-        else module.inlined_graph
-    inputs = list(graph.inputs())
-    resolver = _Resolver(module, graph, inputs[0])
-    sites: dict[str, list] = {}
-    pending, seen = [inputs[1]], set()
-    while pending:
-        dict_value = pending.pop()
-        if dict_value.unique() in seen:
-            continue
-        seen.add(dict_value.unique())
-        for use in dict_value.uses():
-            node, kind = use.user, use.user.kind()
-            if kind in ALIAS_OPS:
-                pending.append(node.output())
-                continue
-            if kind in ("aten::_set_item", "aten::__setitem__") and use.offset == 0:
-                continue
-            if kind not in READ_OPS or use.offset != 0:
-                return {}   # the dict goes where any key may be read: all whole
-            keys = resolver.strings(list(node.inputs())[READ_OPS[kind]])
-            if keys is None:
-                return {}
-            if kind == "aten::__contains__":   # reads no values
-                continue
-            for key in keys:   # a site of several keys (a loop) reads each as it reads one
-                sites.setdefault(key, []).append(
-                    node.output() if kind == "aten::__getitem__" else None)
-    consts = _ScriptConstants(resolver)
-    out = {}
-    for name in names:
-        values = sites.get(name, [])
-        if None in values:
-            continue
-        read = _derive(schema[name], values, lambda v: [consts.op(u) for u in v.uses()])
-        if read is not None:
-            out[name] = read
-    return out
-
-
-class _ScriptConstants:
-    def __init__(self, resolver: _Resolver):
-        self.resolver = resolver
-
-    def value(self, v):
-        node = v.node()
-        if node.kind() == "prim::Constant":
-            return v.toIValue()
-        if node.kind() == "prim::GetAttr" and str(v.type()) == "int" and \
-                self.resolver._attribute_never_assigned(v):
-            got = self.resolver._attribute(v)
-            return got if isinstance(got, int) else _NOT
-        return _NOT
-
-    def indices(self, v) -> tuple | None:
-        """The constant 1-D integer tensor ``v`` holds, or None."""
-        node = v.node()
-        t = None
-        if node.kind() == "prim::Constant":
-            t = v.toIValue()
-        elif node.kind() == "aten::tensor" and self._only_indexes(v):
-            data, dtype = list(node.inputs())[:2]
-            items = self.value(data)
-            if items is _NOT and data.node().kind() == "prim::ListConstruct":
-                items = [self.value(i) for i in data.node().inputs()]
-            if isinstance(items, list) and all(isinstance(i, int) and not isinstance(i, bool)
-                                               for i in items) and \
-                    self.value(dtype) in (None, 3, 4):
-                return tuple(items)
-        elif node.kind() == "prim::GetAttr" and str(v.type()) == "Tensor":
-            chain = self.resolver._chain(v)[0]
-            same = [n.output() for n in self.resolver.graph.findAllNodes("prim::GetAttr", True)
-                    if self.resolver._chain(n.output())[0] == chain]
-            if self.resolver._attribute_never_assigned(v) and all(map(self._only_indexes, same)):
-                t = self.resolver._attribute(v)
-        if isinstance(t, torch.Tensor) and t.dim() == 1 and t.dtype in (torch.int64, torch.int32):
-            return tuple(int(i) for i in t.tolist())
-        return None
-
-    def _only_indexes(self, v) -> bool:
-        """``v`` is only ever an index of index_select or x[..., idx] (so never changed)."""
-        for use in v.uses():
-            kind = use.user.kind()
-            if kind == "aten::index_select" and use.offset == 2:
-                continue
-            if kind == "prim::ListConstruct" and all(
-                    u.user.kind() == "aten::index" and u.offset == 1
-                    for u in use.user.output().uses()):
-                continue
-            return False
-        return True
-
-    def op(self, use) -> Op | None:
-        node, kind = use.user, use.user.kind()
-        if kind in SCRIPT_NEUTRAL:
-            return Op("neutral")
-        if use.offset != 0:
-            return None
-        args = [self.value(v) for v in node.inputs()]
-        out = node.output() if node.outputsSize() == 1 else None
-        if kind == "aten::slice" and len(args) == 5:
-            return Op("slice", out, args[1], start=args[2], end=args[3], step=args[4])
-        if kind == "aten::narrow":
-            return Op("narrow", out, args[1], start=args[2], length=args[3])
-        if kind == "aten::select" and len(args) == 3:
-            return Op("select", out, args[1], index=args[2])
-        if kind == "aten::index_select":
-            return Op("take", out, args[1], indices=self.indices(list(node.inputs())[2]),
-                      wrap=False)
-        if kind == "aten::index":
-            return self._index(node, out)
-        if kind == "aten::to":
-            return self._cast(node, out)
-        return None
-
-    def _index(self, node, out) -> Op | None:
-        lst = list(node.inputs())[1].node()
-        if lst.kind() != "prim::ListConstruct":
-            return None
-        items = list(lst.inputs())
-        given = [i for i, v in enumerate(items) if self.value(v) is not None]
-        if len(given) != 1:
-            return None
-        return Op("take", out, given[0], indices=self.indices(items[given[0]]))
-
-    def _cast(self, node, out) -> Op | None:
-        try:
-            schema = torch._C.parse_schema(node.schema())
-        except RuntimeError:
-            return None
-        names = [a.name for a in schema.arguments]
-        if "dtype" not in names or "other" in names:
-            return None
-        code = self.value(list(node.inputs())[names.index("dtype")])
-        return Op("cast", out, dtype=SCALAR_TYPES.get(code)) if isinstance(code, int) else None
-
-
-# -- torch.export -------------------------------------------------------------
-
-def _aten(name: str):
-    packet, _, overload = name.partition(".")
-    return getattr(getattr(torch.ops.aten, packet), overload)
-
-
-EXPORT_NEUTRAL = {_aten(n) for n in ("sym_size.int", "sym_numel.default", "dim.default",
-                                     "_assert_tensor_metadata.default")}
-EXPORT_ALIAS = {_aten(n) for n in ("alias.default", "detach.default")}
-EXPORT_CASTS = {_aten(n) for n in ("to.dtype", "to.dtype_layout", "to.device",
-                                   "_to_copy.default")}
-# Ops an index constant may pass through on its way to the index (none changes a value).
-INDEX_PASS = {_aten(n) for n in ("lift_fresh_copy.default", "detach.default", "detach_.default",
-                                 "clone.default", "alias.default")}
-INDEX_USERS = {_aten("index_select.default"), _aten("index.Tensor")}
-
-
-def program_reads(program: torch.export.ExportedProgram, schema: FeatureSchema,
-                  keys: list[str]) -> dict[str, FeatureRead]:
-    """Feature -> what the program's graph reads of it (``keys``: its inputs, in order)."""
-    from torch.export.graph_signature import InputKind
-    specs = program.graph_signature.input_specs
-    user = [s for s in specs if s.kind == InputKind.USER_INPUT]
-    nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
-    consts = _ExportConstants(program)
-    out = {}
-    for key, spec in zip(keys, user):
-        if key not in schema:   # a ragged part: read whole
-            continue
-        read = _derive(schema[key], [nodes[spec.arg.name]],
-                       lambda n: [consts.op(n, u) for u in n.users])
-        if read is not None:
-            out[key] = read
-    return out
-
-
-class _ExportConstants:
-    def __init__(self, program):
-        from torch.export.graph_signature import InputKind
-        sig = program.graph_signature
-        mutated = set(sig.buffers_to_mutate.values())
-        self.tensors = {}
-        for s in sig.input_specs:
-            if s.kind == InputKind.CONSTANT_TENSOR or (s.kind == InputKind.BUFFER
-                                                       and s.target not in mutated):
-                t = program.constants.get(s.target, program.state_dict.get(s.target))
-                self.tensors[s.arg.name] = t
-
-    def indices(self, node) -> tuple | None:
-        while isinstance(node, torch.fx.Node) and node.op == "call_function" and \
-                node.target in INDEX_PASS and self._only_indexes(node):
-            node = node.args[0]
-        if not isinstance(node, torch.fx.Node) or node.op != "placeholder" or \
-                not self._only_indexes(node):
-            return None
-        t = self.tensors.get(node.name)
-        if isinstance(t, torch.Tensor) and t.dim() == 1 and t.dtype in (torch.int64, torch.int32):
-            return tuple(int(i) for i in t.tolist())
-        return None
-
-    @staticmethod
-    def _only_indexes(node) -> bool:
-        """``node`` is only ever an index (or passed on to be one), so never changed."""
-        return all(u.op == "call_function" and (
-            u.target in INDEX_PASS or u.target is _aten("_assert_tensor_metadata.default") or
-            (u.target in INDEX_USERS and u.args[0] is not node)) for u in node.users)
-
-    def op(self, node, user) -> Op | None:
-        if user.op != "call_function":
-            return None
-        target = user.target
-        if target in EXPORT_NEUTRAL:
-            return Op("neutral")
-        schema = getattr(target, "_schema", None)
-        if schema is None or not user.args or user.args[0] is not node or \
-                any(a is node for a in list(user.args[1:]) + list(user.kwargs.values())):
-            return None
-        a = _arguments(schema, user.args, user.kwargs)
-        if target in EXPORT_ALIAS:
-            return Op("alias", user)
-        if target in EXPORT_CASTS:
-            dtype = a.get("dtype")
-            if dtype is None and target is _aten("_to_copy.default"):
-                return Op("alias", user)
-            return Op("cast", user, dtype=NARROW.get(dtype)) if dtype is not None else None
-        if target is _aten("slice.Tensor"):
-            return Op("slice", user, a["dim"], start=a["start"], end=a["end"], step=a["step"])
-        if target is _aten("narrow.default"):
-            return Op("narrow", user, a["dim"], start=a["start"], length=a["length"])
-        if target is _aten("select.int"):
-            return Op("select", user, a["dim"], index=a["index"])
-        if target is _aten("index_select.default"):
-            return Op("take", user, a["dim"], indices=self.indices(a["index"]), wrap=False)
-        if target is _aten("index.Tensor"):
-            given = [i for i, t in enumerate(a["indices"]) if t is not None]
-            if len(given) != 1:
-                return None
-            return Op("take", user, given[0], indices=self.indices(a["indices"][given[0]]))
-        return None
-
-
-def _arguments(schema, args, kwargs) -> dict:
-    out = {}
-    for i, formal in enumerate(schema.arguments):
-        if i < len(args):
-            out[formal.name] = args[i]
-        elif formal.name in kwargs:
-            out[formal.name] = kwargs[formal.name]
-        elif formal.has_default_value():
-            out[formal.name] = formal.default_value
-    return out
 
 
 # -- the property a read must have ----------------------------------------------
@@ -454,4 +195,4 @@ def garbled(inputs: dict, reads: dict[str, FeatureRead], fill: float = float("na
     return out
 
 
-__all__ = ["garbled", "program_reads", "script_reads"]
+__all__ = ["NOT_CONSTANT", "Op", "derive_read", "garbled"]

@@ -17,8 +17,10 @@ import torch
 
 from _trim.reads import FeatureRead
 from signatures.derive.export_graph import trace
+from signatures.derive.export_reads import program_reads
 from signatures.derive.exporter import ExportError, check_reads, export
-from signatures.derive.feature_reads import garbled, program_reads, script_reads
+from signatures.derive.feature_reads import garbled
+from signatures.derive.script_reads import script_reads
 from signatures.derive.sub_feature_models import Bf16Scorer, MatryoshkaScorer
 from signatures.derive.synthetic import input_keys, synthetic_inputs
 from signatures.repository.module_info import ModelRepository
