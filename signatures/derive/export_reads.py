@@ -7,8 +7,6 @@ from _trim.reads import FeatureRead
 from signatures.derive.feature_reads import Op, derive_read
 from signatures.schema import FeatureSchema
 
-NARROW = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
 
 def _aten(name: str):
     packet, _, overload = name.partition(".")
@@ -17,7 +15,9 @@ def _aten(name: str):
 
 EXPORT_NEUTRAL = {_aten(n) for n in ("sym_size.int", "sym_numel.default", "dim.default",
                                      "_assert_tensor_metadata.default")}
-EXPORT_ALIAS = {_aten(n) for n in ("alias.default", "detach.default")}
+# Ops whose result holds the same values (a copy, or the same tensor).
+EXPORT_ALIAS = {_aten(n) for n in ("alias.default", "detach.default", "clone.default",
+                                   "contiguous.default")}
 EXPORT_CASTS = {_aten(n) for n in ("to.dtype", "to.dtype_layout", "to.device",
                                    "_to_copy.default")}
 # Ops an index constant may pass through on its way to the index (none changes a value).
@@ -91,9 +91,9 @@ class _ExportConstants:
             return Op("alias", user)
         if target in EXPORT_CASTS:
             dtype = a.get("dtype")
-            if dtype is None and target is _aten("_to_copy.default"):
+            if dtype is None:   # x.to(device): the same values
                 return Op("alias", user)
-            return Op("cast", user, dtype=NARROW.get(dtype)) if dtype is not None else None
+            return Op("cast", user, dtype=str(dtype).removeprefix("torch."))
         if target is _aten("slice.Tensor"):
             return Op("slice", user, a["dim"], start=a["start"], end=a["end"], step=a["step"])
         if target is _aten("narrow.default"):

@@ -43,12 +43,14 @@ NOT_CONSTANT = object()
 class _State:
     """A value derived from a feature: the feature positions its position
     dimension holds (None: all, in order), that dimension (None: selected
-    away, or the feature has none), its rank, and the cast it went through."""
+    away, or the feature has none), its rank, the narrowing cast it went
+    through (None: none), and the feature's own dtype."""
 
     pos: tuple | None
     pdim: int | None
     rank: int
     dtype: str | None
+    source: str
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,10 @@ def _step(op: Op, st: _State, width: int):
     if op.kind == "alias":
         return st
     if op.kind == "cast":
-        return replace(st, dtype=op.dtype) if st.dtype is None and op.dtype in NARROWER_FLOATS \
-            else None
+        if op.dtype == (st.dtype or st.source):   # to its own dtype: the same values
+            return st
+        narrows = st.dtype is None and st.source in NARROWER_FLOATS.get(op.dtype or "", ())
+        return replace(st, dtype=op.dtype) if narrows else None
     dim = op.dim
     if not isinstance(dim, int) or not -st.rank <= dim < st.rank:
         return None
@@ -140,7 +144,7 @@ def _step(op: Op, st: _State, width: int):
         picked = [i % n for i in op.indices]
     else:
         return None
-    return _State(tuple(current[i] for i in picked), pdim, rank, st.dtype)
+    return _State(tuple(current[i] for i in picked), pdim, rank, st.dtype, st.source)
 
 
 def _walk(uses, value, st: _State, width: int, reads: _Reads, depth: int = 0) -> None:
@@ -159,7 +163,7 @@ def _walk(uses, value, st: _State, width: int, reads: _Reads, depth: int = 0) ->
 
 def _start(feature) -> _State:
     vector = len(feature.shape) == 1
-    return _State(None, 1 if vector else None, 1 + len(feature.shape), None)
+    return _State(None, 1 if vector else None, 1 + len(feature.shape), None, feature.dtype)
 
 
 def derive_read(feature, values, uses) -> FeatureRead | None:

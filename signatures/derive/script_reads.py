@@ -8,12 +8,13 @@ from signatures.derive.feature_reads import NOT_CONSTANT, Op, derive_read
 from signatures.derive.script_graph import ALIAS_OPS, READ_OPS, _Resolver
 from signatures.schema import FeatureSchema
 
-# TorchScript ScalarType codes of the float types.
-SCALAR_TYPES = {15: "bfloat16", 5: "float16", 6: "float32", 7: "float64"}
-
-
+# TorchScript ScalarType codes.
+SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16",
+                6: "float32", 7: "float64", 11: "bool", 15: "bfloat16"}
 SCRIPT_NEUTRAL = {"aten::size", "aten::dim", "aten::len", "aten::numel", "prim::device",
                   "prim::dtype", "prim::layout"}
+# Ops whose result holds the same values (a copy, or the same tensor).
+SCRIPT_ALIAS = {"aten::contiguous", "aten::clone", "aten::detach"}
 
 
 def script_reads(module: torch.jit.ScriptModule, schema: FeatureSchema,
@@ -77,7 +78,7 @@ class _ScriptConstants:
         """The constant 1-D integer tensor ``v`` holds, or None."""
         node = v.node()
         t = None
-        if node.kind() == "prim::Constant":
+        if node.kind() == "prim::Constant" and self._only_indexes(v):
             t = v.toIValue()
         elif node.kind() == "aten::tensor" and self._only_indexes(v):
             data, dtype = list(node.inputs())[:2]
@@ -132,6 +133,8 @@ class _ScriptConstants:
             return self._index(node, out)
         if kind == "aten::to":
             return self._cast(node, out)
+        if kind in SCRIPT_ALIAS:
+            return Op("alias", out)
         return None
 
     def _index(self, node, out) -> Op | None:
@@ -153,6 +156,8 @@ class _ScriptConstants:
         if "dtype" not in names or "other" in names:
             return None
         code = self.value(list(node.inputs())[names.index("dtype")])
+        if code is None:   # x.to(device): the same values
+            return Op("alias", out)
         return Op("cast", out, dtype=SCALAR_TYPES.get(code)) if isinstance(code, int) else None
 
 

@@ -195,3 +195,12 @@ class OpaqueSubmodule(torch.nn.Module):
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         return self.head.forward(features["emb"])
+
+
+class CopiesThenCast(torch.nn.Module):
+    """Copies and moves keep the values: the cast after them still narrows."""
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        x = features["emb"]
+        head = x[:, :16].clone().to(x.device).to(torch.float16)
+        return head.float().sum(1) + x.detach()[:, 16:32].to(torch.float16).float().amax(1)

@@ -65,6 +65,7 @@ CASES = {
     "CastThenSlice": {"emb": R((64, 128), dtype="float16")},
     "AttributeBound": {"emb": R((0, 32))},
     "ViaHelper": {"emb": R((0, 64)), "vec": R((0, 4), dtype="bfloat16")},
+    "CopiesThenCast": {"emb": R((0, 32), dtype="float16")},
     # read whole where they must be
     "SliceAndWhole": {},
     "CastAndWide": {"vec": R((0, 8))},   # the cast is of a slice also read wide
@@ -234,6 +235,13 @@ def test_a_changed_slice_is_a_new_signature(tmp_path):
     assert "--fork" in str(err.value)
     info = export(m.AttributeBound(48), tmp_path, "m", SCHEMA, fork="m48")
     assert info.input("emb").read == R((0, 48))
+
+
+def test_a_saved_program_reads_what_its_graph_reads(tmp_path):
+    torch.export.save(trace(m.SliceThenCast(), SCHEMA, ["emb"]), str(tmp_path / "m.pt2"))
+    info = export(str(tmp_path / "m.pt2"), tmp_path / "repo", "saved", SCHEMA)
+    assert info.artifact.kind == "export"
+    assert info.input("emb").read == R((0, 64), dtype="bfloat16")
 
 
 def test_cli_prints_the_reads_and_opts_out(tmp_path):
