@@ -204,3 +204,47 @@ class CopiesThenCast(torch.nn.Module):
         x = features["emb"]
         head = x[:, :16].clone().to(x.device).to(torch.float16)
         return head.float().sum(1) + x.detach()[:, 16:32].to(torch.float16).float().amax(1)
+
+
+class RandomParts(torch.nn.Module):
+    """A slice ``x[:, start:end:step]`` and an index list, all attributes
+    (constants to the derivation), of a feature of any width."""
+
+    def __init__(self, start: int, end: int, step: int, idx: list[int]):
+        super().__init__()
+        self.start, self.end, self.step = start, end, step
+        self.idx: Tensor
+        self.register_buffer("idx", torch.tensor(idx, dtype=torch.int64))
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        x = features["emb"]
+        return x[:, self.start:self.end:self.step].sum(1) + 2 * x[:, self.idx].sum(1)
+
+
+class RandomPartsBf16(RandomParts):
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        x = features["emb"].to(torch.bfloat16)
+        return (x[:, self.start:self.end:self.step].sum(1) + 2 * x[:, self.idx].sum(1)).float()
+
+
+class RandomPartsHalf(RandomParts):
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        x = features["emb"]
+        return x[:, self.start:self.end:self.step].half().float().sum(1) + \
+            x[:, self.idx].half().float().prod(1)
+
+
+class LoopOfWidths(torch.nn.Module):
+    """One read site for two features of different widths: each read at its own."""
+
+    names: list[str]
+
+    def __init__(self):
+        super().__init__()
+        self.names = ["emb", "vec"]
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        score = features["score"]
+        for name in self.names:
+            score = score + features[name][:, -8:].sum(1)
+        return score

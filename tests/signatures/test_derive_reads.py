@@ -14,6 +14,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from _trim.reads import FeatureRead
 from signatures.derive.export_graph import trace
@@ -66,6 +68,7 @@ CASES = {
     "AttributeBound": {"emb": R((0, 32))},
     "ViaHelper": {"emb": R((0, 64)), "vec": R((0, 4), dtype="bfloat16")},
     "CopiesThenCast": {"emb": R((0, 32), dtype="float16")},
+    "LoopOfWidths": {"emb": R((248, 256)), "vec": R((8, 16))},
     # read whole where they must be
     "SliceAndWhole": {},
     "CastAndWide": {"vec": R((0, 8))},   # the cast is of a slice also read wide
@@ -259,3 +262,39 @@ def test_cli_prints_the_reads_and_opts_out(tmp_path):
     assert _inputs_json(tmp_path / "repo", "on") == {"emb": {"ranges": [[0, 64]],
                                                              "dtype": "bfloat16"}}
     assert _inputs_json(tmp_path / "repo", "off") == {"emb": None}
+
+
+@st.composite
+def random_parts(draw):
+    width = draw(st.integers(2, 300))
+    bound = st.one_of(st.none(), st.integers(-width - 3, width + 3))
+    idx = draw(st.lists(st.integers(-width, width - 1), min_size=1, max_size=6))
+    return width, draw(bound), draw(bound), draw(st.integers(1, 5)), idx, draw(
+        st.sampled_from([None, "bfloat16", "float16"]))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_parts())
+def test_random_slices_of_random_widths_read_exactly_their_positions(case):
+    width, start, end, step, idx, cast = case
+    schema = FeatureSchema.from_dict({"format": 1, "features": [
+        _feature("emb", "float32", [width])]})
+    cls = {None: m.RandomParts, "bfloat16": m.RandomPartsBf16, "float16": m.RandomPartsHalf}
+    model = cls[cast](start if start is not None else 0, end if end is not None else width,
+                      step, idx)
+    positions = set(range(width)[start:end:step]) | {i % width for i in idx}
+    ranges = FeatureRead.from_positions(positions).ranges
+    want = FeatureRead(None if ranges == ((0, width),) else ranges, cast)
+    want_reads = {} if want.whole else {"emb": want}
+    scripted = torch.jit.script(model)
+    program = trace(model, schema, ["emb"])
+    assert script_reads(scripted, schema, ["emb"]) == want_reads
+    assert program_reads(program, schema, ["emb"]) == want_reads
+    rng = np.random.default_rng(width)
+    for rows in (1, 4):
+        x = rng.standard_normal((rows, width)).astype(np.float32)
+        x[rng.random(x.shape) < 0.2] = rng.choice(EDGES, size=1)
+        inputs = {"emb": torch.from_numpy(x)}
+        for run in (scripted, program.module()):
+            with torch.inference_mode():
+                assert torch.equal(bits(run(garbled(inputs, want_reads))), bits(run(inputs)))
