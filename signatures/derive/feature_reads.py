@@ -6,8 +6,10 @@ part of it: a slice of the one per-row dimension with constant bounds
 (``x[:, a:b:s]``, ``x[..., a:b]``, ``narrow``), a constant position
 (``x[:, 5]``), a constant index tensor (``x[:, [0, 3, 7]]``,
 ``index_select``: a literal, a lifted constant, or a buffer the graph only
-ever uses as an index), a cast to bfloat16 or float16, and the whole-row
-slice ``x[:, ...]`` that indexing inserts. Where a value leaves those ops
+ever uses as an index), a cast to bfloat16 or float16, the whole-row
+slice ``x[:, ...]`` that indexing inserts, and what keeps the values
+(``clone``, ``contiguous``, ``detach``, a move, a cast to the dtype the
+value already has). Where a value leaves those ops
 (passed to anything else, returned from a branch, viewed, reshaped, sliced
 on the row dimension), that value's positions are read at its dtype. The
 read is the union of those positions, narrowed only if every read is of the
