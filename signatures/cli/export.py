@@ -32,9 +32,21 @@ def parser() -> argparse.ArgumentParser:
                         "default cpu; cuda needs a GPU on this machine)")
     p.add_argument("--features", help="explicit comma-separated feature list, for models that "
                                       "read computed keys; still checked against the graph")
+    p.add_argument("--no-sub-feature", dest="sub_feature", action="store_false",
+                   help="declare every feature read whole, even where the graph provably reads "
+                        "only a constant slice of it or casts it to bfloat16/float16 on entry "
+                        "(docs/signatures.md, what a model reads of a feature)")
     p.add_argument("--fork", metavar="NEW_NAME",
                    help="export as a new model NEW_NAME (a different input set is a fork)")
     return p
+
+
+def _described(spec) -> str:
+    """``pin_emb``, or what of it the model reads: ``pin_emb[0:64] as bfloat16``."""
+    if spec.read is None:
+        return spec.name
+    parts = "".join(f"[{a}:{b}]" for a, b in spec.read.ranges or ())
+    return f"{spec.name}{parts}{' as ' + spec.read.dtype if spec.read.dtype else ''}"
 
 
 def main(argv: list[str]) -> int:
@@ -46,7 +58,8 @@ def main(argv: list[str]) -> int:
         schema = FeatureSchema.load(args.schema)
         before = set(ModelRepository(args.repo).versions(args.fork or args.model))
         info = export(args.source, args.repo, args.model, schema, version=args.version,
-                      features=features, fork=args.fork, fmt=args.fmt, device=args.device)
+                      features=features, fork=args.fork, fmt=args.fmt, device=args.device,
+                      sub_feature=args.sub_feature)
     except TrimmerError as exc:
         return exit_for("export", exc)
     if info.version in before:
@@ -60,5 +73,6 @@ def main(argv: list[str]) -> int:
         took.append(f"compiled in {info.provenance['compile_s']} s")
     print(f"exported {info.key} as {info.artifact.describe()}"
           f"{' (' + ', '.join(took) + ')' if took else ''}: {len(info.inputs)} features "
-          f"({', '.join(info.input_names)}), signature {info.signature_hash[:12]}")
+          f"({', '.join(_described(s) for s in info.inputs)}), "
+          f"signature {info.signature_hash[:12]}")
     return 0

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from _trim.reads import FeatureRead
 from signatures.derive.export_graph import (
     compile_aoti,
     derive_program,
@@ -32,7 +33,10 @@ from signatures.derive.export_graph import (
     program_sha256,
     program_source,
 )
+from signatures.derive.export_reads import program_reads
+from signatures.derive.feature_reads import garbled
 from signatures.derive.script_graph import Derivation, DerivationError, check_explicit, derive, read_places
+from signatures.derive.script_reads import script_reads
 from signatures.derive.sources import (
     ExportError,
     Source,
@@ -42,7 +46,7 @@ from signatures.derive.sources import (
     scripted,
     torchscript_identity,
 )
-from signatures.derive.synthetic import synthetic_inputs
+from signatures.derive.synthetic import input_keys, synthetic_inputs
 from signatures.derive.torchrec_model import TorchRecModel, export_torchrec, uses_torchrec
 from signatures.repository import artifacts
 from signatures.repository.module_info import (
@@ -65,6 +69,7 @@ DRY_RUN_ROWS = (1, 5)  # one row catches models that squeeze the row axis away
 # Compiled kernels may reorder float sums; they must not change a score more.
 SCORE_RTOL = 1e-4
 SCORE_ATOL = 1e-5
+Reads = dict[str, FeatureRead]
 
 
 # -- signature ----------------------------------------------------------------
@@ -136,6 +141,37 @@ def dry_run(model: Callable, schema: FeatureSchema, names, rows_list=DRY_RUN_ROW
                                   f"{SCORE_RTOL} x |score|)")
 
 
+def check_reads(model, schema: FeatureSchema, names, reads: Reads, notes: dict) -> Reads:
+    """``reads``, after checking that ``model`` scores synthetic rows
+    bit-identically when only the derived reads of its features are real
+    (`garbled`): the property that makes sending only them sound. A model
+    whose scores vary from run to run cannot show it: every feature whole,
+    and ``notes["sub_feature"]`` (kept in provenance) says why. ExportError
+    when a read changes the scores (a derivation bug)."""
+    for rows in DRY_RUN_ROWS if reads else ():
+        inputs = synthetic_inputs(schema, names, rows, seed=rows)
+        with torch.inference_mode():
+            want = model(inputs)
+            if not torch.equal(_bits(model(inputs)), _bits(want)):
+                notes["sub_feature"] = ("every feature read whole: the model's scores vary "
+                                        "between two runs on the same inputs")
+                return {}
+            for name in sorted(reads):
+                got = model(garbled(inputs, {name: reads[name]}))
+                if got.shape != want.shape or not torch.equal(_bits(got), _bits(want)):
+                    raise ExportError(
+                        f"the derived read of {name!r} ({reads[name].to_dict()}) changes the "
+                        f"model's scores on {rows} synthetic row(s): the derivation is wrong "
+                        "for this model (please report it); export it with --no-sub-feature to "
+                        "declare every feature read whole")
+    return reads
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().to("cpu").contiguous()
+    return t.view(torch.uint8) if t.dtype != torch.bool else t
+
+
 # -- building each format -------------------------------------------------------
 
 def resolve_format(src: Source, fmt: str | None, device: str | None) -> str:
@@ -166,8 +202,8 @@ def resolve_format(src: Source, fmt: str | None, device: str | None) -> str:
     return fmt
 
 
-def _torchscript(source: str, src: Source, schema: FeatureSchema,
-                 explicit: list[str] | None) -> tuple[list[str], bytes, Artifact, dict]:
+def _torchscript(source: str, src: Source, schema: FeatureSchema, explicit: list[str] | None,
+                 sub_feature: bool) -> tuple[list[str], bytes, Artifact, dict, Reads]:
     module = scripted(source, src)
     try:
         derivation = derive(module)
@@ -176,21 +212,28 @@ def _torchscript(source: str, src: Source, schema: FeatureSchema,
     names = required_features(derivation, schema, explicit)
     dry_run(module, schema, names)
     data = src.file_bytes if src.file_bytes is not None else module_bytes(module)
-    return names, data, Artifact(program_sha256=torchscript_identity(data)), {}
+    notes: dict = {}
+    reads = check_reads(module, schema, names, script_reads(module, schema, names), notes) \
+        if sub_feature else {}
+    return names, data, Artifact(program_sha256=torchscript_identity(data)), notes, reads
 
 
 def _program(src: Source, schema: FeatureSchema, explicit: list[str] | None, fmt: str,
-             device: str) -> tuple[list[str], bytes, Artifact, dict]:
-    t0 = time.monotonic()
+             device: str, sub_feature: bool = False
+             ) -> tuple[list[str], bytes, Artifact, dict, Reads]:
+    t0, notes = time.monotonic(), dict[str, str]()
     if src.kind == "program":
         module, derivation = program_source(src.model)
     else:
         module, derivation = src.model, derive_program(src.model, schema)
     names = required_features(derivation, schema, explicit)
     program = export_program(module, schema, names, saved=src.kind == "program")
+    reads = check_reads(program.module(), schema, names,
+                        program_reads(program, schema, input_keys(schema, names)), notes) \
+        if sub_feature else {}
     data = program_bytes(program)
     artifact = Artifact("export", program_sha256=program_sha256(data))
-    timing = {"export_s": round(time.monotonic() - t0, 1)}
+    timing = {"export_s": round(time.monotonic() - t0, 1), **notes}
     if fmt == "aoti":
         t1 = time.monotonic()
         data = compile_aoti(program, device)
@@ -202,18 +245,20 @@ def _program(src: Source, schema: FeatureSchema, explicit: list[str] | None, fmt
             f.write(data)
         model = artifacts.load(path, artifact, torch.device(device))
         dry_run(model, schema, names, reference=module, device=device)
-    return names, data, artifact, timing
+    return names, data, artifact, timing, reads
 
 
 def _torchrec(src: Source, schema: FeatureSchema, explicit: list[str] | None,
-              fmt: str) -> tuple[list[str], bytes, Artifact, dict]:
+              fmt: str) -> tuple[list[str], bytes, Artifact, dict, Reads]:
     names, module, artifact, timing = export_torchrec(src.model, schema, fmt, explicit)
     if fmt == "export":   # the exported graph is derived and dry-run like any module's
-        read, data, artifact, more = _program(Source("module", module), schema, None, fmt, "cpu")
+        read, data, artifact, more, _ = _program(Source("module", module), schema, None, fmt,
+                                                 "cpu")
         if read != names:
             raise ExportError(f"the exported TorchRec model reads {read}, not {names} as its "
                               "tables and input spec say")
-        return names, data, dataclasses.replace(artifact, runtime="torchrec"), {**timing, **more}
+        return names, data, dataclasses.replace(artifact, runtime="torchrec"), \
+            {**timing, **more}, {}
     assert isinstance(module, torch.jit.ScriptModule)
     try:   # the scripted adapter's graph, checked against the signature like --features
         problems = check_explicit(derive(module), names)
@@ -230,15 +275,18 @@ def _torchrec(src: Source, schema: FeatureSchema, explicit: list[str] | None,
             f[weights + ".offsets"] = f[ids + ".offsets"]
         return module(f)
     dry_run(aligned, schema, names)
-    return names, module_bytes(module), artifact, timing
+    return names, module_bytes(module), artifact, timing, {}
 
 
 def export(source: str | torch.nn.Module, repo_root, model: str, schema: FeatureSchema,
            version: str | None = None, features: list[str] | None = None, fork: str | None = None,
-           fmt: str | None = None, device: str | None = None) -> ModuleInfo:
+           fmt: str | None = None, device: str | None = None,
+           sub_feature: bool = True) -> ModuleInfo:
     """Export ``source`` (see `load_source`) as ``model`` (or as the fork
     ``fork``) in format ``fmt`` (``device``: where an AOTInductor package
-    runs); returns its ModuleInfo."""
+    runs); returns its ModuleInfo. ``sub_feature``: declare the part of a
+    feature the graph reads (signatures/derive/feature_reads.py); False
+    declares every feature read whole."""
     repo = ModelRepository(repo_root)
     check_name("model name", model)
     name = model
@@ -258,14 +306,17 @@ def export(source: str | torch.nn.Module, repo_root, model: str, schema: Feature
                           "dense=[...], ...)), which says which schema features its dense "
                           "tensor and KeyedJaggedTensor keys come from (docs/signatures.md)")
     if torchrec:
-        names, data, artifact, timing = _torchrec(src, schema, features, fmt)
+        names, data, artifact, timing, reads = _torchrec(src, schema, features, fmt)
     elif fmt == "torchscript":
-        names, data, artifact, timing = _torchscript(describe(source), src, schema, features)
+        names, data, artifact, timing, reads = _torchscript(describe(source), src, schema,
+                                                            features, sub_feature)
     else:
-        names, data, artifact, timing = _program(src, schema, features, fmt, device or "cpu")
+        names, data, artifact, timing, reads = _program(src, schema, features, fmt,
+                                                        device or "cpu", sub_feature)
     info = ModuleInfo(
         model=name, version=version or next_version(repo, name),
-        inputs=[TensorSpec.from_feature(schema[n]) for n in names],
+        inputs=[dataclasses.replace(TensorSpec.from_feature(schema[n]), read=reads.get(n))
+                for n in names],
         artifact_sha256=hashlib.sha256(data).hexdigest(), artifact=artifact,
         provenance={
             "torch": torch.__version__,
@@ -274,6 +325,7 @@ def export(source: str | torch.nn.Module, repo_root, model: str, schema: Feature
             "source": describe(source),
             "derived": ("torchrec tables" if torchrec else
                         "explicit list" if features is not None else "graph"),
+            **({} if sub_feature else {"sub_feature": False}),
             "schema_fingerprint": schema.fingerprint,
             **timing,
             **({"forked_from": model} if fork is not None else {}),
