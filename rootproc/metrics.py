@@ -90,8 +90,8 @@ class RootMetrics:
         only bumps plain ints, never a Prometheus lock."""
         self.registry.register(_CacheCollector(cached_store))
 
-    def serve(self, port: int, addr: str = "127.0.0.1"):
-        return serve_metrics(self.registry, port, addr)
+    def serve(self, port: int, addr: str = "127.0.0.1", probes=None):
+        return serve_metrics(self.registry, port, addr, probes)
 
 
 class _CacheCollector:
