@@ -38,8 +38,8 @@ class LeafMetrics:
                                         buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.ready = Gauge("trimmer_leaf_model_ready", "1 when a model version serves traffic",
                            ["model"], registry=r)
-        self.inflight = Gauge("trimmer_leaf_inflight", "Requests received and not yet answered",
-                              registry=r)
+        self.in_flight = Gauge("trimmer_leaf_in_flight", "Requests received and not yet answered",
+                               registry=r)
         self._server = None
 
     def for_model(self, key: str) -> ModelMetrics:

@@ -168,7 +168,7 @@ class LeafServer:
     def close(self) -> None:
         """Close the sockets (after the table's workers stopped: they may still
         be answering) and the shared-memory inbox; remove the ipc files."""
-        self.metrics.inflight.set(0)
+        self.metrics.in_flight.set(0)
         for sock in (self.router, self.pull):
             sock.close()
         if self.security is not None:  # after the router: it stops the ZAP handler
@@ -189,7 +189,7 @@ class LeafServer:
             if entry is None:  # already answered by a forced drain
                 continue
             send_frames(self.router, entry[0] + frames[1:])
-            self.metrics.inflight.set(len(self.inflight))
+            self.metrics.in_flight.set(len(self.inflight))
 
     def _send(self, envelope: list, frames: list, error_kind: str | None = None) -> None:
         if error_kind:
@@ -274,7 +274,7 @@ class LeafServer:
         self.inflight[token] = (envelope, rid)
         if in_shm:
             self.inbox.hold(token, header)
-        self.metrics.inflight.set(len(self.inflight))
+        self.metrics.in_flight.set(len(self.inflight))
         deadline = None if deadline_ms is None else t_recv + deadline_ms / 1000.0
         worker.submit(Request(token, rid, rows, compression, raw_nbytes, payload, t_recv,
                               pinned=pinned, deadline=deadline, in_shm=in_shm))
