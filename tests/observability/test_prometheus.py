@@ -38,6 +38,7 @@ def until(what: str, cond, timeout: float, step=None):
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
+@pytest.mark.timeout(600)   # the waits below are generous: a loaded machine scrapes late
 def test_prometheus_scrapes_root_and_leaves_and_the_alerts_fire(world, process_runner, tmp_path):
     ports = {"leaf-0": free_tcp_port(), "leaf-1": free_tcp_port(), "root": free_tcp_port()}
     leaf0 = process_runner.leaf(world["repo"], models=["ctr@3", "eng@1", GAP_MODEL[0]],
