@@ -150,6 +150,7 @@ class Leaf:
         server.install_signal_handlers()
         for exposure in s.exposures():
             log.warning("leaf %s: %s", self.name, exposure)
+        self.probes.beat()   # its model files read: the loop beats from here on
         try:
             self.metrics.serve(s.metrics_port, s.metrics_addr, self.probes)
         except OSError as exc:   # taken since check_free looked

@@ -119,6 +119,7 @@ class Root:
         metrics = self.metrics = RootMetrics(cfg.name)
         metrics.watch_cache(cached)
         if cfg.metrics_port:   # before the config wait: /livez answers meanwhile
+            self.probes.beat()
             try:
                 self.http = metrics.serve(cfg.metrics_port, cfg.metrics_addr, self.probes)
             except OSError as exc:   # taken since check_free looked
@@ -153,6 +154,7 @@ class Root:
                                  schema_fingerprint=schema.fingerprint, probes=self.probes)
         for exposure in cfg.exposures():
             log.warning("%s: %s", cfg.name, exposure)
+        self.probes.beat()   # built: the loop beats from here on
         log.info("%s: serving on %s (config %s, trim %s, compression %s, %d leaf replica(s))",
                  cfg.name, ", ".join(client.endpoints), scorer.active.id, cfg.trim,
                  cfg.compression, len(links.pool.links))
