@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import urllib.parse
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from tests.root.world import CANDIDATE_IDS, GAP_MODEL, USER_IDS, root_config, wr
 from tests.support.procs import free_tcp_port, processes_mentioning
 
 from .prometheus_server import PrometheusServer
-from .test_rules import RULES
+from .test_rules import RULES, dashboard_exprs, grafana
 
 pytestmark = pytest.mark.slow
 
@@ -79,6 +80,12 @@ def test_prometheus_scrapes_root_and_leaves_and_the_alerts_fire(world, process_r
         assert gap[0]["labels"]["model"] == GAP_MODEL[0] and gap[0]["state"] in ("pending",
                                                                                   "firing")
         assert gap[0]["labels"]["severity"] == "warning"
+        # The dashboard's queries run against what was scraped; the bytes panels have data.
+        for expr in dashboard_exprs():
+            prom.api("query?query=" + urllib.parse.quote(grafana(expr)))
+        sent = prom.api("query?query=" + urllib.parse.quote(
+            'sum(trimmer_root_sent_bytes_total{job="trimmer-root"})'))["result"]
+        assert sent and float(sent[0]["value"][1]) > 0, sent
 
         leaf1.stop()   # a replica out of rotation: the root's leaf_up goes 0
         down = until("TrimmerLeafReplicaOutOfRotation pending or firing",
