@@ -31,6 +31,7 @@ from leafproc.settings import LeafSettings
 from leafproc.table import ModelTable, Target
 from leafproc.worker import ModelWorker
 from signatures.repository.module_info import ModelRepository
+from signatures.runtime.probes import Probes
 
 log = logging.getLogger("leafproc")
 
@@ -76,6 +77,7 @@ class Leaf:
         self.table: ModelTable | None = None
         self.server: LeafServer | None = None
         self.follower: ModelFollower | None = None
+        self.probes = Probes(starting="starting: no model loaded yet")   # /livez, /readyz
         self._served = False
         self._closed = False
 
@@ -142,14 +144,15 @@ class Leaf:
                 max_message_bytes=s.max_message_bytes, drain_timeout_s=s.drain_timeout_s,
                 device=str(self.device), curve_keys=curve_keys, max_queue=s.max_queue,
                 targets=follower.updates if follower else None,
-                records=follower.records if follower else None)
+                records=follower.records if follower else None, probes=self.probes)
         except zmq.ZMQError as exc:
             raise ConfigError(f"cannot bind {', '.join(s.bind)}: {exc}") from exc
         server.install_signal_handlers()
         for exposure in s.exposures():
             log.warning("leaf %s: %s", self.name, exposure)
+        self.probes.beat()   # its model files read: the loop beats from here on
         try:
-            self.metrics.serve(s.metrics_port, s.metrics_addr)
+            self.metrics.serve(s.metrics_port, s.metrics_addr, self.probes)
         except OSError as exc:   # taken since check_free looked
             raise ConfigError(f"cannot serve metrics on {s.metrics_addr}:{s.metrics_port}: "
                               f"{exc}") from exc

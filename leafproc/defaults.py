@@ -35,3 +35,6 @@ STOP_JOIN_S = 5.0
 REPLY_LINGER_MS = 1000
 # How long replies already forwarded to the ROUTER may take to leave at close.
 ROUTER_LINGER_MS = 2000
+# How often the I/O loop looks again at whether the leaf is ready (/readyz):
+# a model thread finishing its warm-up is seen within this.
+READINESS_S = 0.2

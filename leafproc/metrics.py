@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from signatures.runtime.metrics_http import serve_metrics
+from signatures.runtime.metrics_http import serve_metrics, stop_serving
 
 LATENCY_BUCKETS = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
                    100e-3, 250e-3, 500e-3, 1.0, 2.5)
@@ -38,23 +38,19 @@ class LeafMetrics:
                                         buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.ready = Gauge("trimmer_leaf_model_ready", "1 when a model version serves traffic",
                            ["model"], registry=r)
-        self.inflight = Gauge("trimmer_leaf_inflight", "Requests received and not yet answered",
-                              registry=r)
+        self.in_flight = Gauge("trimmer_leaf_in_flight", "Requests received and not yet answered",
+                               registry=r)
         self._server = None
 
     def for_model(self, key: str) -> ModelMetrics:
         return ModelMetrics(self, key)
 
-    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+    def serve(self, port: int, addr: str = "127.0.0.1", probes=None) -> None:
         if port:
-            self._server = serve_metrics(self.registry, port, addr)
+            self._server = serve_metrics(self.registry, port, addr, probes)
 
     def close(self) -> None:
-        if isinstance(self._server, tuple):  # prometheus_client >= 0.17 returns (server, thread)
-            server, thread = self._server
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=2)
+        stop_serving(self._server)
         self._server = None
 
 

@@ -38,13 +38,14 @@ from _trim.transport import sockets
 from _trim.transport.curve import ServerKeys
 from _trim.transport.envelope import id_problem, split_envelope, usable_id
 from _trim.transport.frames import recv_waiting, send_frames
-from leafproc.defaults import DRAIN_BATCH, MAX_QUEUE, POLL_MS, QUIET_S, ROUTER_LINGER_MS
+from leafproc.defaults import DRAIN_BATCH, MAX_QUEUE, POLL_MS, QUIET_S, READINESS_S, ROUTER_LINGER_MS
 from leafproc.inbox import ShmInbox, peer_uid
 from leafproc.metrics import LeafMetrics
 from leafproc.table import ModelTable, Target
 from leafproc.worker import Request
 from signatures.configstore.members import MemberStatus
 from signatures.runtime.handoff import Handoff
+from signatures.runtime.probes import Probes
 
 log = logging.getLogger("leafproc")
 
@@ -54,8 +55,10 @@ class LeafServer:
                  reply_endpoint: str, metrics: LeafMetrics, max_message_bytes: int,
                  drain_timeout_s: float, device: str, curve_keys: ServerKeys | None = None,
                  max_queue: int = MAX_QUEUE, targets: Handoff[Target] | None = None,
-                 records: Handoff[MemberStatus] | None = None):
+                 records: Handoff[MemberStatus] | None = None, probes: Probes | None = None):
         self.name = name
+        self.probes = probes if probes is not None else Probes()
+        self._next_readiness = 0.0
         self.binds = binds
         self.table = table
         self.targets = targets
@@ -110,6 +113,7 @@ class LeafServer:
         while True:
             events = dict(poller.poll(POLL_MS))
             self._check_stop()
+            self._probe()
             if self.pull in events:
                 self._forward_replies()
             if self.router in events:
@@ -123,9 +127,21 @@ class LeafServer:
         if self.table.update(time.monotonic(), target) and self.records is not None:
             self.records.put(self.table.record(self.bound))
 
+    def _probe(self) -> None:
+        """Say the loop turned; every READINESS_S, whether the leaf is ready."""
+        now = time.monotonic()
+        self.probes.beat(now)
+        if now >= self._next_readiness:
+            self._next_readiness = now + READINESS_S
+            if self._draining_since is not None:
+                self.probes.set_ready(False, f"leaf {self.name} is draining")
+            else:
+                self.probes.set_ready(*self.table.readiness())
+
     def _check_stop(self) -> None:
         if self._stop.is_set() and self._draining_since is None:
             self._draining_since = time.monotonic()
+            self._next_readiness = 0.0
             log.info("leaf %s draining: %d requests in flight", self.name, len(self.inflight))
 
     def _drained(self) -> bool:
@@ -152,7 +168,7 @@ class LeafServer:
     def close(self) -> None:
         """Close the sockets (after the table's workers stopped: they may still
         be answering) and the shared-memory inbox; remove the ipc files."""
-        self.metrics.inflight.set(0)
+        self.metrics.in_flight.set(0)
         for sock in (self.router, self.pull):
             sock.close()
         if self.security is not None:  # after the router: it stops the ZAP handler
@@ -173,7 +189,7 @@ class LeafServer:
             if entry is None:  # already answered by a forced drain
                 continue
             send_frames(self.router, entry[0] + frames[1:])
-            self.metrics.inflight.set(len(self.inflight))
+            self.metrics.in_flight.set(len(self.inflight))
 
     def _send(self, envelope: list, frames: list, error_kind: str | None = None) -> None:
         if error_kind:
@@ -258,7 +274,7 @@ class LeafServer:
         self.inflight[token] = (envelope, rid)
         if in_shm:
             self.inbox.hold(token, header)
-        self.metrics.inflight.set(len(self.inflight))
+        self.metrics.in_flight.set(len(self.inflight))
         deadline = None if deadline_ms is None else t_recv + deadline_ms / 1000.0
         worker.submit(Request(token, rid, rows, compression, raw_nbytes, payload, t_recv,
                               pinned=pinned, deadline=deadline, in_shm=in_shm))

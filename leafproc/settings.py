@@ -52,7 +52,7 @@ class LeafSettings:
                                      "versions; default: every version in the repository",
                                      flag="--model", metavar="NAME[@VERSION]")
     name: str | None = option(None, "leaf name in pongs and logs; default: leaf-<pid>")
-    metrics_port: int = option(0, "Prometheus port (0: none)", minimum=0)
+    metrics_port: int = option(0, "port of /metrics and the /livez, /readyz probes (0: none)", minimum=0)
     metrics_addr: str = option("127.0.0.1", "address the metrics server binds (loopback: "
                                "scrape through a local agent, or name an address)")
     max_batch_rows: int = option(MAX_BATCH_ROWS, "rows above which dynamic batching stops "

@@ -110,6 +110,26 @@ class ModelTable:
             out.append({"model": key, "ready": False, "state": "failed", "error": error})
         return out
 
+    def readiness(self) -> tuple[bool, str]:
+        """Ready (/readyz): every version of the target loaded and warmed up,
+        none failed; else which are not and why."""
+        t = self.target
+        if t is None:
+            return False, (f"no models from stage {self.stage} yet" if self.stage is not None
+                           else "no models installed yet")
+        problems = [f"{key} failed: {error}" for key, error in sorted(self._failed.items())]
+        for key in t.keys:
+            w = self._serving.get(key)
+            if key in self._loading or (w is not None and not w.ready):
+                problems.append(f"{key} loading")
+            elif w is None and key not in self._failed:
+                problems.append(f"{key} not loaded")
+        if problems:
+            return False, "; ".join(problems)
+        what = ", ".join(t.keys) or "no model"
+        return True, f"serving {what}" + (f" (stage {self.stage}, generation {t.generation})"
+                                          if self.stage is not None else "")
+
     def pong_fields(self) -> dict:
         """What a following leaf's pong says about the stage; nothing for a fixed list."""
         if self.stage is None:

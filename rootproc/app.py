@@ -37,6 +37,8 @@ from rootproc.router import Router
 from rootproc.scoring import Scorer
 from rootproc.server import RootServer
 from rootproc.settings import RootSettings
+from signatures.runtime.metrics_http import stop_serving
+from signatures.runtime.probes import Probes
 from signatures.schema import FeatureSchema
 
 log = logging.getLogger("rootproc")
@@ -63,6 +65,9 @@ class Root:
         self.scorer: Scorer | None = None
         self.follower: ConfigFollower | None = None
         self.server: RootServer | None = None
+        # /livez and /readyz: the config wait, then the serving loop, say how it goes.
+        self.probes = Probes(starting="starting: no config installed yet")
+        self.http = None   # the metrics port's server, from before the config wait
         self._drained = False
         self._closed = False
 
@@ -98,8 +103,10 @@ class Root:
                                 "linked); `trimmer deploy BUNDLE --stage %s` gives it one",
                                 cfg.name, exc, cfg.stage)
                     said = now
+                self.probes.set_ready(False, f"{exc}: waiting for a deploy to stage {cfg.stage}")
             if stopping():
                 raise StoppedWaiting()
+            self.probes.beat()
             time.sleep(CONFIG_WAIT_POLL_S)
 
     def _build(self, stopping: Callable[[], bool]) -> None:
@@ -111,6 +118,13 @@ class Root:
         cached = CachedStore(store, cfg.cache.size, cfg.cache.ttl_s, cfg.cache.stale_if_error_s)
         metrics = self.metrics = RootMetrics(cfg.name)
         metrics.watch_cache(cached)
+        if cfg.metrics_port:   # before the config wait: /livez answers meanwhile
+            self.probes.beat()
+            try:
+                self.http = metrics.serve(cfg.metrics_port, cfg.metrics_addr, self.probes)
+            except OSError as exc:   # taken since check_free looked
+                raise ConfigError(f"cannot serve metrics on {cfg.metrics_addr}:"
+                                  f"{cfg.metrics_port}: {exc}") from exc
         prepare = functools.partial(prepare_config, schema, store.layouts, cfg.trim)
         prepared = prepare(self.first_config(stopping))
         if prepared.pre_full.absent_features:
@@ -137,15 +151,10 @@ class Root:
         self.server = RootServer(cfg=cfg, client=client, replies=replies, poller=poller,
                                  links=links, router=router, scorer=scorer,
                                  follower=self.follower, metrics=metrics,
-                                 schema_fingerprint=schema.fingerprint)
+                                 schema_fingerprint=schema.fingerprint, probes=self.probes)
         for exposure in cfg.exposures():
             log.warning("%s: %s", cfg.name, exposure)
-        if cfg.metrics_port:
-            try:
-                metrics.serve(cfg.metrics_port, cfg.metrics_addr)
-            except OSError as exc:   # taken since check_free looked
-                raise ConfigError(f"cannot serve metrics on {cfg.metrics_addr}:"
-                                  f"{cfg.metrics_port}: {exc}") from exc
+        self.probes.beat()   # built: the loop beats from here on
         log.info("%s: serving on %s (config %s, trim %s, compression %s, %d leaf replica(s))",
                  cfg.name, ", ".join(client.endpoints), scorer.active.id, cfg.trim,
                  cfg.compression, len(links.pool.links))
@@ -172,6 +181,7 @@ class Root:
             self.links.close()
         if self.store is not None:
             self.store.close()
+        stop_serving(self.http)
         if self.client is not None:
             remove_ipc_files(self.client.endpoints)
         if self._drained:

@@ -24,9 +24,9 @@ class RootMetrics:
                                      registry=r)
         self.latency = Histogram(p + "latency_seconds", "time per stage of a request", ["stage"],
                                  buckets=LATENCY_BUCKETS, registry=r)
-        self.bytes_sent = Counter(p + "bytes_sent", "batch message bytes sent to leaves "
+        self.bytes_sent = Counter(p + "sent_bytes", "batch message bytes sent to leaves "
                                   "(before compression)", ["leaf", "model"], registry=r)
-        self.bytes_untrimmed = Counter(p + "bytes_untrimmed", "bytes the same messages would "
+        self.bytes_untrimmed = Counter(p + "untrimmed_bytes", "bytes the same messages would "
                                        "have taken with every batch column (the counterfactual)",
                                        ["leaf", "model"], registry=r)
         self.wire_bytes = Counter(p + "wire_bytes", "payload bytes on the wire to leaves "
@@ -90,8 +90,8 @@ class RootMetrics:
         only bumps plain ints, never a Prometheus lock."""
         self.registry.register(_CacheCollector(cached_store))
 
-    def serve(self, port: int, addr: str = "127.0.0.1"):
-        return serve_metrics(self.registry, port, addr)
+    def serve(self, port: int, addr: str = "127.0.0.1", probes=None):
+        return serve_metrics(self.registry, port, addr, probes)
 
 
 class _CacheCollector:
@@ -104,16 +104,12 @@ class _CacheCollector:
                                       labels=["source", "result"])
         reads = CounterMetricFamily(p + "store_reads", "records read from the feature store",
                                     labels=["source"])
-        ratio = GaugeMetricFamily(p + "cache_hit_ratio", "feature cache hit ratio since start",
-                                  labels=["source"])
         for source, cache in list(self.cached.caches.items()):
             lookups.add_metric([source, "hit"], cache.hits)
             lookups.add_metric([source, "miss"], cache.misses)
             reads.add_metric([source], self.cached.store_reads[source])
-            ratio.add_metric([source], cache.hit_ratio)
         yield lookups
         yield reads
-        yield ratio
         cached = self.cached
         stale = CounterMetricFamily(p + "store_stale_served", "entities served from expired cache "
                                     "entries while the feature store did not answer",

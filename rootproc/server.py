@@ -36,6 +36,7 @@ import zmq
 
 from _trim.transport.envelope import id_problem, split_envelope, usable_id
 from _trim.transport.frames import recv_waiting
+from _trim.transport.model_key import ModelKey
 from _trim.transport.protocol import (
     BAD_REQUEST,
     SHUTTING_DOWN,
@@ -47,6 +48,7 @@ from _trim.transport.protocol import (
 )
 from rootproc.defaults import DRAIN_BATCH, DRAIN_QUIET_S, MAX_POLL_MS
 from rootproc.frontend import ClientReplies, ClientSocket
+from rootproc.leaves.agreement import served_versions
 from rootproc.leaves.links import LeafLinks
 from rootproc.metrics import RootMetrics
 from rootproc.reply import wire_error
@@ -56,6 +58,7 @@ from rootproc.router import Router
 from rootproc.scoring import Scorer
 from rootproc.settings import RootSettings
 from signatures.configstore.members import HEARTBEAT_S, MemberStatus
+from signatures.runtime.probes import Probes
 
 log = logging.getLogger("rootproc")
 
@@ -63,8 +66,10 @@ log = logging.getLogger("rootproc")
 class RootServer:
     def __init__(self, *, cfg: RootSettings, client: ClientSocket, replies: ClientReplies,
                  poller: zmq.Poller, links: LeafLinks, router: Router, scorer: Scorer,
-                 follower: ConfigFollower | None, metrics: RootMetrics, schema_fingerprint: str):
+                 follower: ConfigFollower | None, metrics: RootMetrics, schema_fingerprint: str,
+                 probes: Probes | None = None):
         self.cfg = cfg
+        self.probes = probes if probes is not None else Probes()
         self.name = cfg.name
         self.frontend = client.socket
         self.endpoints = client.endpoints
@@ -89,6 +94,7 @@ class RootServer:
             log.info("%s: draining %d request(s) in flight", self.name, self.router.count)
             self.drain_started = time.monotonic()
         self.draining = True
+        self.probes.set_ready(False, f"root {self.name} is draining")
 
     def run(self, install_signals: bool = True) -> None:
         """Serve until a stop request's drain completes, the client socket
@@ -100,8 +106,10 @@ class RootServer:
         next_ping = next_beat = 0.0
         while not self.drained():
             now = time.monotonic()
+            self.probes.beat(now)
             if now >= next_ping:
                 self.links.tick(now)
+                self.probes.set_ready(*self.readiness(now))
                 next_ping = now + interval
             if self.follower is not None and now >= next_beat:
                 self.follower.post_heartbeat(self.heartbeat(now))
@@ -131,6 +139,7 @@ class RootServer:
                 prepared = self.follower.take_config()
                 if prepared is not None:
                     self.install(prepared)
+                    self.probes.set_ready(*self.readiness(time.monotonic()))
                     next_beat = 0.0   # say so now: `deploy-models` waits for it
                 fleet = self.follower.take_fleet()
                 if fleet is not None:
@@ -169,6 +178,25 @@ class RootServer:
                           self.cfg.compression).set(1)
             log.info("%s: %s config %s -> %s (generation %d)", self.name, self.cfg.stage,
                      old.id, prepared.active.id, prepared.active.generation)
+
+    def readiness(self, now: float) -> tuple[bool, str]:
+        """Ready (/readyz): a config installed, not draining, and each model of
+        the config served by a healthy replica (a version of it: mid-rollout
+        the leaves may serve another, which requests get); else why not."""
+        active = self.scorer.active
+        if self.draining:
+            return False, f"root {self.name} is draining"
+        served = {ModelKey(k).name for k in served_versions(self.links.pool, now)}
+        unserved = [k for k in active.default_models if ModelKey(k).name not in served]
+        if not unserved:
+            return True, (f"config {active.id} (generation {active.generation}), "
+                          f"{len(active.default_models)} model(s) served")
+        timeout_s = self.links.pool.health_timeout_s
+        out = [f"{link.name} ({link.endpoint}) {link.out_reason(now, timeout_s)}"
+               for link in self.links.pool.links if not link.healthy(now, timeout_s)]
+        return False, (f"config {active.id}: no healthy leaf replica serves "
+                       f"{', '.join(unserved)}" + (f"; out of rotation: {'; '.join(out)}"
+                                                   if out else ""))
 
     def heartbeat(self, now: float) -> MemberStatus:
         """The root's record in the store, less the follower's own fields."""

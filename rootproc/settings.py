@@ -208,7 +208,8 @@ class RootSettings:
     trim: str = option("on", "'on': each leaf gets the features its model reads", choices=MODES_TRIM)
     compression: str = option(COMPRESSION_NONE, "none or lz4, for every leaf link",
                               choices=MODES_COMPRESSION)
-    metrics_port: int | None = option(METRICS_PORT, "Prometheus port; 0 or null: none")
+    metrics_port: int | None = option(METRICS_PORT, "port of /metrics and the /livez, /readyz "
+                                      "probes; 0 or null: none")
     metrics_addr: str = option(METRICS_ADDR, "address the metrics server binds (loopback: "
                                "scrape through a local agent, or name an address)")
     ping_interval_ms: int = option(PING_INTERVAL_MS, "how often leaves are pinged", positive=True)

@@ -68,3 +68,35 @@ def test_settings_tables_are_the_settings():
         klass = getattr(importlib.import_module(module), cls)
         expected = markdown(klass, with_flags=cls != "LeafSpec")
         assert table == expected, f"docs/operations.md, {name}: replace the table with\n{expected}"
+
+
+def documented_metrics(heading: str) -> set[str]:
+    """The metric names (first column, each in backticks) of the table after ``heading``."""
+    text = (DOCS / "operations.md").read_text()
+    lines = text[text.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    names: set[str] = set()
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        names |= set(re.findall(r"`(\w+)`", line.split("|")[1]))
+    return names
+
+
+def test_metric_tables_are_what_the_processes_export():
+    """Every family a root or a leaf exports is in its table of docs/operations.md,
+    and every name there is exported, as a scrape shows it."""
+    from tests.support.metric_names import leaf_families, root_families
+    for heading, prefix, exported in (("### Root (`trimmer_root_*`)", "trimmer_root_", root_families()),
+                                      ("### Leaf (`trimmer_leaf_*`)", "trimmer_leaf_", leaf_families())):
+        assert documented_metrics(heading) == {n[len(prefix):] for n in exported}, heading
+
+
+def test_metric_renames_name_no_metric_that_exists_and_only_ones_that_do():
+    from tests.support.metric_names import leaf_families, root_families
+    exported = {**root_families(), **leaf_families()}
+    rows = table_after((DOCS / "operations.md").read_text(), "### Metric renames")
+    assert rows
+    for old, new in rows:
+        assert old not in exported, old
+        assert new.startswith("removed") or new.split("`")[0] in exported, new

@@ -144,3 +144,29 @@ def test_handoff_newest_once():
     h.put(1)
     h.put(2)
     assert h.take() == 2 and h.take() is None
+
+
+def test_readiness_is_every_target_version_warm_and_none_failed():
+    t, made = table()
+    assert t.readiness() == (False, "no models from stage canary yet")
+    t.update(0.0, tgt(1, "ctr@3", "eng@1"))
+    ready, why = t.readiness()
+    assert not ready and why == "ctr@3 loading; eng@1 loading"
+    made["ctr@3"].ready = True
+    t.update(0.1)
+    assert t.readiness() == (False, "eng@1 loading")
+    made["eng@1"].ready = True
+    t.update(0.2)
+    assert t.readiness() == (True, "serving ctr@3, eng@1 (stage canary, generation 1)")
+    t.update(0.3, tgt(2, "ctr@4", "eng@1", bad=("ctr@4",)))   # its successor fails
+    ready, why = t.readiness()
+    assert not ready and why == "ctr@4 failed: nope", why
+    assert t.worker("ctr@3") is made["ctr@3"]   # still serving meanwhile
+
+
+def test_a_fixed_list_is_ready_once_its_workers_warmed_up():
+    t, made = table(stage=None)
+    t.update(0.0, Target.fixed([("/a", Info("ctr@3"))]))
+    assert t.readiness() == (False, "ctr@3 loading")   # serving, not warm yet
+    made["ctr@3"].ready = True
+    assert t.readiness() == (True, "serving ctr@3")

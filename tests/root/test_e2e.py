@@ -91,8 +91,8 @@ def test_metrics_count_bytes_and_the_untrimmed_counterfactual(world, leaves, pro
     leaf_of = {"ctr@3": "leaf-0", "eng@1": "leaf-0", "div@2": "leaf-1"}
     for key, total in sent.items():
         labels = frozenset({"leaf": leaf_of[key], "model": key}.items())
-        assert m[("trimmer_root_bytes_sent_total", labels)] == total
-        assert m[("trimmer_root_bytes_untrimmed_total", labels)] == untrimmed
+        assert m[("trimmer_root_sent_bytes_total", labels)] == total
+        assert m[("trimmer_root_untrimmed_bytes_total", labels)] == untrimmed
     assert m[("trimmer_root_trim_gaps_total", frozenset({"model": GAP_MODEL[0]}.items()))] == 1
     assert m[("trimmer_root_missing_entities_total", frozenset({"source": "user"}.items()))] == 1
     assert m[("trimmer_root_requests_total", frozenset({"outcome": "ok"}.items()))] == 5
