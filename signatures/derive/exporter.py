@@ -44,7 +44,7 @@ from signatures.derive.sources import (
 )
 from signatures.derive.synthetic import synthetic_inputs
 from signatures.derive.torchrec_model import TorchRecModel, export_torchrec, uses_torchrec
-from signatures.repository import artifacts
+from signatures.repository import artifacts, open_repository
 from signatures.repository.module_info import (
     AOTI_DEVICES,
     ARTIFACT_FILES,
@@ -239,7 +239,7 @@ def export(source: str | torch.nn.Module, repo_root, model: str, schema: Feature
     """Export ``source`` (see `load_source`) as ``model`` (or as the fork
     ``fork``) in format ``fmt`` (``device``: where an AOTInductor package
     runs); returns its ModuleInfo."""
-    repo = ModelRepository(repo_root)
+    repo = open_repository(repo_root)
     check_name("model name", model)
     name = model
     if fork is not None:
@@ -304,9 +304,7 @@ def already_exported(repo: ModelRepository, info: ModuleInfo, any_version: bool)
         identity = old.artifact.program_sha256
         if not identity and old.artifact.kind == "torchscript":   # written before it was kept
             try:
-                with open(os.path.join(repo.version_dir(info.model, version),
-                                       old.artifact.file), "rb") as f:
-                    identity = torchscript_identity(f.read())
+                identity = torchscript_identity(repo.read_artifact(info.model, version))
             except Exception:
                 continue
         if identity and dataclasses.replace(old.artifact, program_sha256=identity) == \
