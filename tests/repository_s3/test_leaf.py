@@ -5,6 +5,8 @@ keep scoring throughout; the new one is refused (named in the log and the
 metrics), tried again, and served once the store delivers it whole."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from signatures.configstore import Stages
@@ -123,3 +125,20 @@ def test_the_store_down_and_downloads_cut_halfway_delay_a_version_never_serving(
         again.wait_ready(60, ready=serving("ctr@5", "eng@1"))
     finally:
         proxy.close()
+
+
+def test_a_fixed_list_leaf_downloads_at_start_or_exits_2_saying_why(
+        world, s3, bucket, process_runner, tmp_path):
+    url = f"s3://{bucket}/repo"
+    upload(world["repo"], url, keys={"ctr@3"})
+    leaf = process_runner.leaf(url, models=["ctr@3"],
+                               args=["--repo-cache", str(tmp_path / "cache")])
+    assert serving("ctr@3")(ping(leaf.endpoint, timeout=2.0))
+    dead = s3.env(f"http://127.0.0.1:{free_tcp_port()}")
+    endpoint = process_runner.endpoint("leaf-dead")
+    down = process_runner.spawn("leaf-dead", [
+        sys.executable, "-m", "leafproc", "--repo", url, "--model", "eng@1", "--bind", endpoint,
+        "--repo-cache", str(tmp_path / "cache")], endpoint=endpoint, env=dead)
+    assert down.wait(60) == 2
+    assert f"{url}/eng/1/module_info.json" in down.log() and "did not answer" in down.log()
+    assert "Traceback" not in down.log()
