@@ -87,7 +87,7 @@ class RolloutMetrics:
         self.repository_errors = Counter(
             "trimmer_leaf_repository_errors", "tries to read a model version from the repository "
             "that failed, by kind (unreachable, not_found, too_large, interrupted, "
-            "hash_mismatch, invalid); retried with backoff", ["model", "kind"], registry=registry)
+            "hash_mismatch, invalid, cache); retried with backoff", ["model", "kind"], registry=registry)
         self.downloaded_bytes = Counter("trimmer_leaf_repository_downloaded_bytes",
                                         "artifact bytes downloaded from an object store "
                                         "repository, verified, into the cache",

@@ -59,7 +59,8 @@ MIB = 1 << 20
 MAX_INFO_BYTES = 1 * MIB           # a module_info.json larger than this is refused unread
 MAX_ARTIFACT_BYTES = 16 * 1024 * MIB
 CHUNK = 4 * MIB                    # bytes per read while downloading
-FETCH_KINDS = ("unreachable", "not_found", "too_large", "interrupted", "hash_mismatch", "invalid")
+FETCH_KINDS = ("unreachable", "not_found", "too_large", "interrupted", "hash_mismatch", "invalid",
+               "cache")
 # s3fs retries a failed call itself (5 times by default); a leaf retries the
 # whole version with its own backoff, so one call gives up sooner.
 S3_CALL_RETRIES = 2
@@ -94,6 +95,18 @@ def is_url(address: str) -> bool:
 def default_cache() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "trimmer", "models")
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process that named a temporary directory still runs (and may
+    be downloading into it: leaves on one host can share a cache)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class ObjectRepository(ModelRepository):
@@ -233,7 +246,12 @@ class ObjectRepository(ModelRepository):
         if not info.artifact_sha256:
             raise FetchError("invalid", f"{self._url(model, version, INFO_NAME)} records no "
                              "artifact_sha256: a download could not be verified (re-export it)")
-        self._download(info)
+        try:
+            self._download(info)
+        except OSError as exc:   # the local disk: full, read-only, not ours
+            raise FetchError("cache", f"{info.key}: cannot write into the cache "
+                             f"{self.cache.root}: {exc.filename or ''} "
+                             f"{exc.strerror or exc}") from exc
         return self.cache.load(model, version, verify=False)   # hashed while downloading
 
     def _download(self, info: ModuleInfo) -> None:
@@ -246,14 +264,15 @@ class ObjectRepository(ModelRepository):
         parent = os.path.dirname(self.cache.version_dir(model, version))
         os.makedirs(parent, exist_ok=True)
         for stale in os.listdir(parent):   # what a killed download left
-            if stale.startswith(f".tmp-{version}-"):
+            if stale.startswith(f".tmp-{version}-") and not _alive(stale.split("-")[2]):
                 shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
         tmp = os.path.join(parent, f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.makedirs(tmp)
         try:
             got, sha = self._stream(url, src, os.path.join(tmp, file), size)
             if got != size:
-                raise FetchError("interrupted", f"{url}: {got} of {size} bytes arrived: refused")
+                raise FetchError("interrupted", f"{url}: {got} bytes arrived where its metadata "
+                                 f"says {size} (cut short, or replaced meanwhile): refused")
             if sha != info.artifact_sha256:
                 raise FetchError("hash_mismatch", f"{url}: its sha256 {sha[:12]}... is not the "
                                  f"{info.artifact_sha256[:12]}... its module_info.json records "

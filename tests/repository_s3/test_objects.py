@@ -175,3 +175,22 @@ def test_a_store_that_is_down_is_unreachable_not_empty(bucket, tmp_path):
         with pytest.raises(FetchError) as exc:
             call()
         assert exc.value.kind == "unreachable" and "did not answer" in str(exc.value)
+
+
+def test_what_a_killed_download_left_goes_and_a_running_ones_stays(bucket, tmp_path, local):
+    upload(local, f"s3://{bucket}/models")
+    parent = tmp_path / "cache/m"
+    dead, running = parent / ".tmp-1-999999999-deadbeef", parent / f".tmp-1-{os.getppid()}-cafe"
+    for d in (dead, running):
+        d.mkdir(parents=True)
+        (d / "model.pt").write_bytes(b"part")
+    remote(bucket, tmp_path).load("m", "1")
+    assert not dead.exists() and running.exists()
+
+
+def test_a_cache_that_cannot_be_written_is_said_so(bucket, tmp_path, local):
+    upload(local, f"s3://{bucket}/models")
+    (tmp_path / "cache").write_text("a file where the cache directory should be")
+    with pytest.raises(FetchError, match="cannot write into the cache") as exc:
+        remote(bucket, tmp_path).load("m", "1")
+    assert exc.value.kind == "cache"
