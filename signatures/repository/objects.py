@@ -126,8 +126,8 @@ class ObjectRepository(ModelRepository):
         try:
             self.fs, self.base = url_to_fs(self.root, **options)
         except (ImportError, ValueError) as exc:
-            raise FetchError("invalid", f"model repository {self.root}: {exc} (an s3:// "
-                             "repository needs the [s3] extra: pip install s3fs)") from exc
+            raise FetchError("invalid", f"model repository {self.root}: {exc} (its protocol "
+                             "needs its fsspec package: s3fs for s3://, the [s3] extra)") from exc
         if "s3" in getattr(self.fs, "protocol", ()):
             self.fs.retries = S3_CALL_RETRIES
         self.base = self.base.rstrip("/")
@@ -154,6 +154,10 @@ class ObjectRepository(ModelRepository):
             return fn(*args, **kwargs)
         except FileNotFoundError as exc:
             raise FetchError("not_found", f"{what}: not in model repository {self.root}") from exc
+        except PermissionError as exc:
+            raise FetchError("unreachable", f"{what}: model repository {self.root} denied "
+                             f"access ({exc}): check the credentials (for s3://, the AWS_* "
+                             "variables or the role)") from exc
         except Exception as exc:   # botocore/aiohttp errors share no base but Exception
             raise FetchError("unreachable", f"{what}: model repository {self.root} did not "
                              f"answer: {type(exc).__name__}: {exc}") from exc

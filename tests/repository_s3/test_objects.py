@@ -194,3 +194,11 @@ def test_a_cache_that_cannot_be_written_is_said_so(bucket, tmp_path, local):
     with pytest.raises(FetchError, match="cannot write into the cache") as exc:
         remote(bucket, tmp_path).load("m", "1")
     assert exc.value.kind == "cache"
+
+
+def test_a_url_no_fsspec_package_serves_is_refused_saying_what_would(tmp_path):
+    with pytest.raises(FetchError, match="needs its fsspec package") as exc:
+        open_repository("nosuchproto://bucket/models", cache=str(tmp_path / "cache"))
+    assert exc.value.kind == "invalid"
+    assert isinstance(open_repository(f"file://{tmp_path}"), ModelRepository)
+    assert not isinstance(open_repository(f"file://{tmp_path}"), ObjectRepository)
