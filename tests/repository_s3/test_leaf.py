@@ -5,6 +5,8 @@ keep scoring throughout; the new one is refused (named in the log and the
 metrics), tried again, and served once the store delivers it whole."""
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 
 import pytest
@@ -142,3 +144,25 @@ def test_a_fixed_list_leaf_downloads_at_start_or_exits_2_saying_why(
     assert down.wait(60) == 2
     assert f"{url}/eng/1/module_info.json" in down.log() and "did not answer" in down.log()
     assert "Traceback" not in down.log()
+
+
+def test_a_version_missing_from_a_directory_repository_loads_once_it_is_there(
+        world, process_runner, tmp_path):
+    """The retries are the follower's, whatever the repository: a version
+    deployed before its files were copied in is served once they are."""
+    repo = tmp_path / "repo"
+    shutil.copytree(world["repo"], repo)
+    shutil.rmtree(repo / "ctr/5")
+    store_path = str(tmp_path / "configs")
+    stages = Stages(seed_store(world, store_path, stages=("canary",)))
+    port = free_tcp_port()
+    leaf = process_runner.leaf(repo, ready=False, args=[
+        "--config-store", store_path, "--stage", "canary", "--repo-retry-max-s", "1",
+        "--metrics-port", str(port)])
+    leaf.wait_ready(60, ready=serving("ctr@3", "eng@1"))
+    stages.deploy(world["b2"], "canary")
+    stages.deploy_models("canary", ["ctr@5"], wait_s=30)
+    wait_for("ctr@5 not found", lambda: repo_errors(port, "ctr@5", "not_found") >= 2, timeout=60)
+    assert leaf_state(leaf, "ctr@5").get("state") == "failed"
+    shutil.copytree(os.path.join(world["repo"], "ctr/5"), repo / "ctr/5")
+    leaf.wait_ready(60, ready=serving("ctr@3", "ctr@5", "eng@1"))
