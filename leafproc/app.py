@@ -30,7 +30,9 @@ from leafproc.server import LeafServer
 from leafproc.settings import LeafSettings
 from leafproc.table import ModelTable, Target
 from leafproc.worker import ModelWorker
+from signatures.repository import open_repository
 from signatures.repository.module_info import ModelRepository
+from signatures.repository.objects import ObjectRepository
 from signatures.runtime.probes import Probes
 
 log = logging.getLogger("leafproc")
@@ -106,12 +108,17 @@ class Leaf:
                 raise ConfigError(str(exc)) from exc
             if not any(secured(ep) for ep in s.bind):
                 log.warning("--curve-secret-key: no tcp:// endpoint to secure (ipc stays plain)")
-        repo = ModelRepository(s.repo)
         try:
+            repo = open_repository(s.repo, cache=s.repo_cache,
+                                   max_artifact_bytes=s.repo_max_artifact_bytes)
+            # A fixed list is read (downloaded) once, here: a leaf that cannot starts no more.
             loaded = [] if following else \
                 [repo.load(m, v) for m, v in select_models(repo, list(s.models))]
         except (ValueError, KeyError) as exc:
             raise ConfigError(str(exc)) from exc
+        except OSError as exc:   # the cache directory
+            raise ConfigError(f"model repository {s.repo}: cache {exc.filename}: "
+                              f"{exc.strerror or exc}") from exc
         self.device = choose_device(s.device)
         # Leave a core for the I/O thread and decoding; several leaves may share a node.
         threads = s.threads or max(1, (os.cpu_count() or 2) // 2)
@@ -120,6 +127,8 @@ class Leaf:
         self.metrics = LeafMetrics()
         # A fixed list never rolls out: its rollout series stay off the registry.
         rollout = RolloutMetrics(self.metrics.registry if following else None)
+        if isinstance(repo, ObjectRepository):
+            repo.on_download = rollout.downloaded_bytes.inc
         self.ctx = zmq.Context()
         reply_endpoint = f"inproc://leaf-replies-{uuid.uuid4().hex}"
         make_worker = functools.partial(
@@ -135,6 +144,7 @@ class Leaf:
             follower = self.follower = ModelFollower(store_path=str(s.config_store), stage=s.stage,
                                                      name=self.name, repo=repo, rollout=rollout,
                                                      settings=s.zookeeper, advertise=s.advertise,
+                                                     retry_max_s=s.repo_retry_max_s,
                                                      curve_key=curve_keys.public.decode()
                                                      if curve_keys is not None else None)
         try:

@@ -12,8 +12,13 @@ MAX_MESSAGE_BYTES = 256 * MIB
 MAX_QUEUE = 1024
 DRAIN_TIMEOUT_S = 30.0
 RETIRE_GRACE_S = 2.0
+REPO_MAX_ARTIFACT_BYTES = 16 * 1024 * MIB
+REPO_RETRY_MAX_S = 60.0
 
 # -- fixed behaviour ------------------------------------------------------------------
+# A version the repository could not deliver is tried again after this, the
+# wait doubling on each failure up to the repo_retry_max_s setting.
+REPO_RETRY_FIRST_S = 1.0
 # Longest the I/O loop sleeps in one poll (it also checks for a stop and for
 # rollout work).
 POLL_MS = 50

@@ -80,5 +80,13 @@ class RolloutMetrics:
                                      "failed to load or warm up", ["model"], registry=registry)
         self.config_errors = Counter("trimmer_leaf_config_errors", "store states that could not "
                                      "be read (the leaf kept what it served)", registry=registry)
+        self.repository_errors = Counter(
+            "trimmer_leaf_repository_errors", "tries to read a model version from the repository "
+            "that failed, by kind (unreachable, not_found, too_large, interrupted, "
+            "hash_mismatch, invalid, cache); retried with backoff", ["model", "kind"], registry=registry)
+        self.downloaded_bytes = Counter("trimmer_leaf_repository_downloaded_bytes",
+                                        "artifact bytes downloaded from an object store "
+                                        "repository, verified, into the cache",
+                                        registry=registry)
         self.generation = Gauge("trimmer_leaf_config_generation",
                                 "store generation the leaf follows", registry=registry)

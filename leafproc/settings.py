@@ -20,6 +20,8 @@ from leafproc.defaults import (
     MAX_MESSAGE_BYTES,
     MAX_QUEUE,
     MAX_WAIT_MS,
+    REPO_MAX_ARTIFACT_BYTES,
+    REPO_RETRY_MAX_S,
     RETIRE_GRACE_S,
 )
 from signatures.configstore import STAGES
@@ -45,9 +47,21 @@ class LeafSettings:
     WHAT = "leaf config"
 
     repo: str = option(help="model repository: <repo>/<model>/<version>/{model.pt or "
-                       "model.pt2, module_info.json}", path=True)
+                       "model.pt2, module_info.json}; a directory, or an object store URL "
+                       "(s3://BUCKET/PREFIX, any fsspec URL) whose versions are downloaded "
+                       "into repo_cache", path=True)
     bind: tuple[str, ...] = option(help="endpoints to bind, ipc:// or tcp://",
                                    metavar="ENDPOINT")
+    repo_cache: str | None = option(None, "with a repo URL: directory versions are downloaded "
+                                    "into, each verified and renamed into place whole "
+                                    "(default: $XDG_CACHE_HOME/trimmer/models, else "
+                                    "~/.cache/trimmer/models)", path=True)
+    repo_max_artifact_bytes: int = option(REPO_MAX_ARTIFACT_BYTES, "with a repo URL: largest "
+                                          "artifact downloaded (its size is read from the "
+                                          "store before any byte)", positive=True)
+    repo_retry_max_s: float = option(REPO_RETRY_MAX_S, "longest wait between tries of a "
+                                     "version the repository could not deliver (1 s, "
+                                     "doubling up to this)", minimum=0.1)
     models: tuple[str, ...] = option((), "model versions to serve; NAME alone serves all its "
                                      "versions; default: every version in the repository",
                                      flag="--model", metavar="NAME[@VERSION]")

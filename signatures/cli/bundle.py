@@ -5,7 +5,7 @@ import argparse
 
 from _trim.errors import TrimmerError
 from signatures.bundle import build, load_placement
-from signatures.repository.module_info import ModelRepository
+from signatures.repository import open_repository
 from signatures.runtime.exit_codes import exit_for
 from signatures.schema import FeatureSchema
 
@@ -14,7 +14,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trimmer bundle", description=__doc__)
     sub = p.add_subparsers(dest="action", required=True)
     b = sub.add_parser("build", help="build a bundle file")
-    b.add_argument("--repo", required=True, help="model repository")
+    b.add_argument("--repo", required=True, help="model repository: a directory or an object "
+                   "store URL (s3://BUCKET/PREFIX)")
     b.add_argument("--schema", required=True, help="feature schema (JSON or TOML)")
     b.add_argument("--placement", required=True,
                    help='JSON: {"leaves": {LEAF: {"endpoint", "current": [...], "pending": [...]}}}')
@@ -26,7 +27,7 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     try:
         schema = FeatureSchema.load(args.schema)
-        bundle = build(ModelRepository(args.repo), schema, load_placement(args.placement))
+        bundle = build(open_repository(args.repo), schema, load_placement(args.placement))
         bundle.save(args.out)
     except TrimmerError as exc:
         return exit_for("bundle build", exc)

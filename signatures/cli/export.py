@@ -5,7 +5,8 @@ import argparse
 
 from _trim.errors import TrimmerError
 from signatures.derive.exporter import FORMATS, export
-from signatures.repository.module_info import AOTI_DEVICES, ModelRepository
+from signatures.repository import open_repository
+from signatures.repository.module_info import AOTI_DEVICES
 from signatures.runtime.exit_codes import exit_for
 from signatures.schema import FeatureSchema
 
@@ -19,7 +20,8 @@ def parser() -> argparse.ArgumentParser:
                     "repository.")
     p.add_argument("source", help="TorchScript file, .pt2 file of an ExportedProgram, or "
                                   "module:callable returning an nn.Module")
-    p.add_argument("--repo", required=True, help="model repository directory")
+    p.add_argument("--repo", required=True, help="model repository: a directory, or an object "
+                                                 "store URL (s3://BUCKET/PREFIX, any fsspec URL)")
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--version", help="version (default: one past the highest numeric version)")
     p.add_argument("--schema", required=True, help="feature schema (JSON or TOML)")
@@ -56,7 +58,7 @@ def main(argv: list[str]) -> int:
         features = [f.strip() for f in args.features.split(",") if f.strip()]
     try:
         schema = FeatureSchema.load(args.schema)
-        before = set(ModelRepository(args.repo).versions(args.fork or args.model))
+        before = set(open_repository(args.repo).versions(args.fork or args.model))
         info = export(args.source, args.repo, args.model, schema, version=args.version,
                       features=features, fork=args.fork, fmt=args.fmt, device=args.device,
                       sub_feature=args.sub_feature)

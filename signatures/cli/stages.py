@@ -43,8 +43,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--stage", required=True, choices=STAGES)
         p.add_argument("--replace", action="store_true",
                        help="the stage runs exactly these versions (default: add them)")
-        p.add_argument("--repo", help="model repository: also check each version's signature "
-                                      "hash against the config's")
+        p.add_argument("--repo", help="model repository (a directory or an object store URL, "
+                                      "s3://BUCKET/PREFIX): also check each version's "
+                                      "signature hash against the config's")
         p.add_argument("--wait", type=float, default=WAIT_S, metavar="SECONDS",
                        help="how long to wait for every live root of the stage to install a "
                             f"config carrying the versions (default {WAIT_S:g})")
@@ -76,8 +77,8 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 def _signatures(repo_root, keys) -> dict[str, str]:
     from _trim.transport.model_key import ModelKey
-    from signatures.repository.module_info import ModelRepository
-    repo = ModelRepository(repo_root)
+    from signatures.repository import open_repository
+    repo = open_repository(repo_root)
     return {k: repo.info((mk := ModelKey(k)).name, mk.version).signature_hash for k in keys}
 
 

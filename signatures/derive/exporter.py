@@ -48,7 +48,7 @@ from signatures.derive.sources import (
 )
 from signatures.derive.synthetic import input_keys, synthetic_inputs
 from signatures.derive.torchrec_model import TorchRecModel, export_torchrec, uses_torchrec
-from signatures.repository import artifacts
+from signatures.repository import artifacts, open_repository
 from signatures.repository.module_info import (
     AOTI_DEVICES,
     ARTIFACT_FILES,
@@ -287,7 +287,7 @@ def export(source: str | torch.nn.Module, repo_root, model: str, schema: Feature
     runs); returns its ModuleInfo. ``sub_feature``: declare the part of a
     feature the graph reads (signatures/derive/feature_reads.py); False
     declares every feature read whole."""
-    repo = ModelRepository(repo_root)
+    repo = open_repository(repo_root)
     check_name("model name", model)
     name = model
     if fork is not None:
@@ -356,9 +356,7 @@ def already_exported(repo: ModelRepository, info: ModuleInfo, any_version: bool)
         identity = old.artifact.program_sha256
         if not identity and old.artifact.kind == "torchscript":   # written before it was kept
             try:
-                with open(os.path.join(repo.version_dir(info.model, version),
-                                       old.artifact.file), "rb") as f:
-                    identity = torchscript_identity(f.read())
+                identity = torchscript_identity(repo.read_artifact(info.model, version))
             except Exception:
                 continue
         if identity and dataclasses.replace(old.artifact, program_sha256=identity) == \

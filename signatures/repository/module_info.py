@@ -285,7 +285,10 @@ def version_sort_key(version: str):
 
 class ModelRepository:
     """A directory of model versions; read side. Writing (with immutability
-    checks) is `signatures.derive.exporter.publish`."""
+    checks) is `signatures.repository.publish`. An object-store repository
+    (`signatures.repository.objects.ObjectRepository`) reads the same way."""
+
+    remote = False   # True: on object storage, read through a local cache
 
     def __init__(self, root):
         self.root = os.fspath(root)
@@ -329,6 +332,17 @@ class ModelRepository:
             raise InvalidInput(f"{info.key}: {path} does not match the artifact_sha256 in its "
                              "module_info.json (modified after export)")
         return path, info
+
+    def read_artifact(self, model: str, version: str) -> bytes:
+        """The artifact's bytes, unverified (a retried export compares programs)."""
+        info = self.info(model, version)
+        with open(os.path.join(self.version_dir(model, version), info.artifact.file), "rb") as f:
+            return f.read()
+
+    def artifact_sha256(self, model: str, version: str) -> str:
+        """The sha256 of the artifact as stored (hashed here: a file can be edited)."""
+        info = self.info(model, version)
+        return sha256_file(os.path.join(self.version_dir(model, version), info.artifact.file))
 
     def iter_versions(self) -> Iterator[tuple[str, str]]:
         """Every (model, version) in the repository, models by name, versions in order."""
