@@ -28,19 +28,20 @@ cdef extern from *:
     #include <stdint.h>
     #include <string.h>
     /* Narrowing casts as torch's CPU cast gives them: round to nearest, ties to
-       even, subnormals kept, overflow to infinity; a NaN becomes the quiet NaN
-       of its sign. float64 goes through float32 first, as torch's does.
+       even, subnormals kept, overflow to infinity; a NaN stays that NaN, quieted,
+       its payload cut to the narrow mantissa (as x86's own conversions do).
+       float64 goes through float32 first, as torch's does.
        _trim/narrow.py is the numpy reference. */
     static inline uint16_t trim_bf16_from_f32(float f) {
         uint32_t x; memcpy(&x, &f, 4);
-        if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)(((x >> 16) & 0x8000u) | 0x7FC0u);
+        if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((x >> 16) | 0x0040u);
         return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
     }
     static inline uint16_t trim_f16_from_f32(float f) {
         uint32_t x, sign, ax, h, rem, e, m, shift, half;
         memcpy(&x, &f, 4);
         sign = (x >> 16) & 0x8000u; ax = x & 0x7FFFFFFFu;
-        if (ax > 0x7F800000u) return (uint16_t)(sign | 0x7E00u);
+        if (ax > 0x7F800000u) return (uint16_t)(sign | 0x7E00u | ((ax >> 13) & 0x3FFu));
         if (ax >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u);   /* >= 65520: infinity */
         if (ax >= 0x38800000u) {                                      /* normal in float16 */
             h = (ax - 0x38000000u) >> 13; rem = ax & 0x1FFFu;

@@ -5,11 +5,14 @@ tests: float32 to bfloat16 and float16 rounded to nearest, ties to even,
 subnormals kept, overflow to infinity; float64 first to float32 (rounded
 the same way) and from there, because that is what torch's CPU cast does
 (``torch.tensor(x, dtype=torch.float64).to(torch.bfloat16)`` goes through
-float32: the double rounding is torch's, and so ours). A NaN becomes the
-quiet NaN of its sign with no payload (``0x7FC0``/``0xFFC0`` in bfloat16,
-``0x7E00``/``0xFE00`` in float16): torch's own NaN bits vary by code path
-(scalar, vectorised, CUDA), which is why the leaf widens a narrowed column
-back before the model's own cast (docs/signatures.md, "Sub-feature reads").
+float32: the double rounding is torch's, and so ours). A NaN stays a NaN of
+its sign, quieted, its payload cut to the narrow mantissa (the top bits),
+as x86's conversions (F16C, AVX512-BF16) do. Torch's own NaN bits vary by
+code path (scalar: a fixed NaN; vectorised: a fixed one for bfloat16, the
+cut payload for float16; CUDA: its own), which is why the leaf widens a
+narrowed column back before the model's own cast: from the widened NaN,
+each path gives the bits it gives the original (docs/signatures.md,
+"Sub-feature reads").
 """
 from __future__ import annotations
 
@@ -18,22 +21,24 @@ import numpy as np
 
 def bfloat16_bits(values: np.ndarray) -> np.ndarray:
     """The bfloat16 bit patterns (uint16) of float32 or float64 ``values``."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
     out = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
            >> np.uint32(16)).astype(np.uint16)
     nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    out[nan] = ((bits[nan] >> np.uint32(16)) & np.uint32(0x8000)).astype(np.uint16) | np.uint16(0x7FC0)
+    out[nan] = ((bits[nan] >> np.uint32(16)) | np.uint32(0x0040)).astype(np.uint16)
     return out
 
 
 def float16_bits(values: np.ndarray) -> np.ndarray:
     """The float16 bit patterns (uint16) of float32 or float64 ``values``."""
-    f32 = np.ascontiguousarray(values, dtype=np.float32)
     with np.errstate(all="ignore"):
+        f32 = np.ascontiguousarray(values, dtype=np.float32)
         out = f32.astype(np.float16).view(np.uint16).copy()
     bits = f32.view(np.uint32)
     nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    out[nan] = ((bits[nan] >> np.uint32(16)) & np.uint32(0x8000)).astype(np.uint16) | np.uint16(0x7E00)
+    out[nan] = (((bits[nan] >> np.uint32(16)) & np.uint32(0x8000)) | np.uint32(0x7E00)
+                | ((bits[nan] >> np.uint32(13)) & np.uint32(0x3FF))).astype(np.uint16)
     return out
 
 

@@ -21,6 +21,7 @@ version was sent untrimmed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -38,6 +39,8 @@ from rootproc.open_request import OpenRequest
 from rootproc.reply import wire_error
 from rootproc.rollout.installed import PreparedConfig
 from rootproc.workers import BatchWorkers
+
+log = logging.getLogger("trimmer.root")
 
 if TYPE_CHECKING:
     from rootproc.preprocess.preprocessor import Preprocessor
@@ -360,7 +363,8 @@ class Scorer:
             return
         try:
             plan = self.plan_for(batch.layout, key if trimmed else None)
-            self.router.send(request, idx, ModelBatch(key, plan, batch, untrimmed), now)
+            fine = self.fine_plan_for(batch.layout, key) if trimmed else None
+            self.router.send(request, idx, ModelBatch(key, plan, batch, untrimmed, fine), now)
         except Exception as exc:
             # Other models may already be in flight, and the router gives
             # the request its one reply: the failure stays this model's result.
@@ -395,6 +399,24 @@ class Scorer:
             names = layout.names if key is None else self.active.features_for(key)
             plan = _trim.compile_plan(layout, names)
             self.plans[cache_key] = plan
+        return plan
+
+    def fine_plan_for(self, layout, key: str):
+        """``key``'s plan with its reads (sub-feature columns), compiled once;
+        None when it reads every feature whole, or when a read does not fit
+        the layout (its features then go whole: fail open, logged once)."""
+        cache_key = (layout.fingerprint, key, "reads")
+        if cache_key in self.plans:
+            return self.plans[cache_key]
+        reads = self.active.reads_for(key)
+        plan = None
+        if reads:
+            try:
+                plan = _trim.compile_plan(layout, self.active.features_for(key), reads)
+            except ValueError as exc:
+                log.warning("model %s: its reads are not used, its features go whole "
+                            "(sub_feature_fail_open): %s", key, exc)
+        self.plans[cache_key] = plan
         return plan
 
 
