@@ -99,7 +99,7 @@ def encode_into(plan, batch, out) -> int:
     table = batch.table[plan.columns].copy()
     table["name_offset"] = plan.name_offsets
     j = 0
-    regions = []
+    regions: list[np.ndarray | None] = []
     for r, ((src_start, nbytes, dst_start), length) in enumerate(zip(ranges, plan.run_lengths)):
         k = int(plan.run_read[r])
         if k >= 0:

@@ -53,7 +53,14 @@ class TrimPlan:
         bounds.append(len(columns))
         self.run_lengths = (np.diff(np.array(bounds, dtype=np.int64)) if len(columns)
                             else np.zeros(0, dtype=np.int64))
-        run_read, code, width, full, first, count, sliced, flat = [], [], [], [], [], [], [], []
+        run_read: list[int] = []
+        code: list[int] = []
+        width: list[int] = []
+        full: list[int] = []
+        first: list[int] = []
+        count: list[int] = []
+        sliced: list[int] = []
+        flat: list[int] = []
         for j in bounds[:-1]:
             read = read_at[j] if j < len(columns) else None
             if read is None:

@@ -48,7 +48,9 @@ def check(decoded: Decoded, inputs: list[TensorSpec], header_rows: int) -> None:
         want = describe(spec.dtype, tuple(spec.shape), spec.ragged, spec.per_request)
         if spec.read is not None:
             narrowed = spec.read.dtype or spec.dtype
-            want += f" (or as its read: {narrowed}{describe_slice((spec.shape[0], spec.read.ranges)) if spec.read.ranges else ''})"
+            sliced_as = (describe_slice((spec.shape[0], spec.read.ranges))
+                         if spec.read.ranges else "")
+            want += f" (or as its read: {narrowed}{sliced_as})"
         problems.append(f"{spec.name}: expected {want}, got {got}"
                         + ("; the read it carries is not the signature's (sub-feature read "
                            "mismatch)" if sliced is not None or dtype != spec.dtype else ""))

@@ -21,7 +21,6 @@ version was sent untrimmed.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -37,10 +36,8 @@ from rootproc.leaves.encoding import ModelBatch
 from rootproc.memory import Linear, MemoryBudget
 from rootproc.open_request import OpenRequest
 from rootproc.reply import wire_error
-from rootproc.rollout.installed import PreparedConfig
+from rootproc.rollout.installed import PreparedConfig, fine_plan
 from rootproc.workers import BatchWorkers
-
-log = logging.getLogger("trimmer.root")
 
 if TYPE_CHECKING:
     from rootproc.preprocess.preprocessor import Preprocessor
@@ -402,22 +399,11 @@ class Scorer:
         return plan
 
     def fine_plan_for(self, layout, key: str):
-        """``key``'s plan with its reads (sub-feature columns), compiled once;
-        None when it reads every feature whole, or when a read does not fit
-        the layout (its features then go whole: fail open, logged once)."""
+        """``key``'s plan with its reads (sub-feature columns), compiled once (fine_plan)."""
         cache_key = (layout.fingerprint, key, "reads")
-        if cache_key in self.plans:
-            return self.plans[cache_key]
-        reads = self.active.reads_for(key)
-        plan = None
-        if reads:
-            try:
-                plan = _trim.compile_plan(layout, self.active.features_for(key), reads)
-            except ValueError as exc:
-                log.warning("model %s: its reads are not used, its features go whole "
-                            "(sub_feature_fail_open): %s", key, exc)
-        self.plans[cache_key] = plan
-        return plan
+        if cache_key not in self.plans:
+            self.plans[cache_key] = fine_plan(layout, self.active, key)
+        return self.plans[cache_key]
 
 
 __all__ = ["Scorer"]

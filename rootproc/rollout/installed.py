@@ -6,10 +6,13 @@ function.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from _trim.reads import FeatureRead
+
+log = logging.getLogger("rootproc")
 
 if TYPE_CHECKING:
     from rootproc.preprocess.preprocessor import Preprocessor
@@ -130,6 +133,24 @@ def prepare_config(schema, record_layouts, trim: str, active: ActiveConfig,
         for key, names in active.models.items():
             plans[(used.layout.fingerprint, key)] = _trim.compile_plan(used.layout, names)
     return PreparedConfig(active, full, used, plans)
+
+
+def fine_plan(layout, active: ActiveConfig, key: str):
+    """``key``'s trim plan with its reads (sub-feature columns); None when it
+    reads every feature whole, or when a read does not fit ``layout`` (the
+    schema disagrees with the signature): its features then go whole (fail
+    open), logged once per config and layout."""
+    import _trim
+
+    reads = active.reads_for(key)
+    if not reads:
+        return None
+    try:
+        return _trim.compile_plan(layout, active.features_for(key), reads)
+    except ValueError as exc:
+        log.warning("model %s: its reads are not used, its features go whole "
+                    "(sub-feature fail open): %s", key, exc)
+        return None
 
 
 def load_active_config(cfg) -> ActiveConfig:

@@ -66,12 +66,12 @@ def features(users: dict, cands: dict, user: int, candidates) -> dict:
 
 
 def build(base) -> dict:
+    from _trim.reads import FeatureRead
     from rootproc.featurestore import cli as store_cli
     from signatures.bundle import build as build_bundle
     from signatures.derive.exporter import export
     from signatures.repository.module_info import ModelRepository
     from signatures.schema import FeatureSchema
-    from _trim.reads import FeatureRead
     from tests.support.sub_feature_models import SUB_FEATURE_READS
 
     base = os.fspath(base)

@@ -7,7 +7,6 @@ bytes; a leaf that does not say it takes sub-feature columns gets whole
 features, counted."""
 from __future__ import annotations
 
-import json
 import urllib.request
 
 import numpy as np

@@ -200,14 +200,22 @@ def ranges_of(buf):
     return np.frombuffer(buf, np.uint8)[start:start + 16].view("<u4")
 
 
+def set_entry(field, value):
+    return lambda b: table(b)[0:1].__setitem__(field, value)
+
+
+def set_ranges(*values):
+    return lambda b: ranges_of(b).__setitem__(slice(0, 4), list(values))
+
+
 SLICE_CASES = {
-    "sliced scalar": (lambda b: table(b)[0:1].__setitem__("flags", 8), "only a vector column can be sliced"),
-    "full width too small": (lambda b: table(b)[0:1].__setitem__("reserved", 4), "sliced from 4 positions but carries 4"),
-    "ranges out of order": (lambda b: ranges_of(b).__setitem__(slice(0, 4), [3, 5, 0, 2]), "not sorted"),
-    "ranges adjacent": (lambda b: ranges_of(b).__setitem__(slice(0, 4), [0, 2, 2, 4]), "non-adjacent"),
-    "range past the width": (lambda b: ranges_of(b).__setitem__(slice(0, 4), [0, 2, 5, 7]), r"within \[0, 6\]"),
-    "ranges hold other count": (lambda b: ranges_of(b).__setitem__(slice(0, 4), [0, 1, 3, 5]), "hold 3 positions, width says 4"),
-    "no room for ranges": (lambda b: table(b)[0:1].__setitem__("data_nbytes", 16), "data is 16 bytes|ranges take"),
+    "sliced scalar": (set_entry("flags", 8), "only a vector column can be sliced"),
+    "full width too small": (set_entry("reserved", 4), "sliced from 4 positions but carries 4"),
+    "ranges out of order": (set_ranges(3, 5, 0, 2), "not sorted"),
+    "ranges adjacent": (set_ranges(0, 2, 2, 4), "non-adjacent"),
+    "range past the width": (set_ranges(0, 2, 5, 7), r"within \[0, 6\]"),
+    "ranges hold other count": (set_ranges(0, 1, 3, 5), "hold 3 positions, width says 4"),
+    "no room for ranges": (set_entry("data_nbytes", 16), "data is 16 bytes|ranges take"),
 }
 
 
