@@ -29,7 +29,7 @@ def table_after(text: str, heading: str) -> list[list[str]]:
 def test_dtype_codes_in_the_protocol_are_the_formats():
     rows = table_after((DOCS / "protocol.md").read_text(), "dtype codes (never renumbered)")
     documented = {name: (int(code), int(nbytes.split()[0])) for code, name, nbytes in rows}
-    defined = {name: (code, np.dtype(name).itemsize) for name, code in fmt.DTYPE_CODES.items()}
+    defined = {name: (code, fmt.WIRE_ITEMSIZES[name]) for name, code in fmt.WIRE_CODES.items()}
     assert documented == defined
 
 
