@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
-
 from _trim import format as fmt
 from _trim.transport import protocol
 
