@@ -360,7 +360,8 @@ class Scorer:
             return
         try:
             plan = self.plan_for(batch.layout, key if trimmed else None)
-            fine = self.fine_plan_for(batch.layout, key) if trimmed else None
+            fine = self.fine_plan_for(batch.layout, key) if trimmed and self.cfg.sub_feature \
+                else None
             self.router.send(request, idx, ModelBatch(key, plan, batch, untrimmed, fine), now)
         except Exception as exc:
             # Other models may already be in flight, and the router gives
