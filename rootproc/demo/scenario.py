@@ -140,7 +140,7 @@ def _realistic(schema: FeatureSchema, repo: Path, fmt: str, seed: int, log) -> d
 
 def _sub_feature(schema: FeatureSchema, repo: Path, fmt: str, seed: int, log) -> dict[str, float]:
     """The sub-feature models (issue 29): ``mat`` reads the first 64 dims of a
-    256-dim candidate embedding and two scalars; ``bf16`` casts a per-request
+    256-dim candidate embedding (a quarter of the widest one) and two scalars; ``bf16`` casts a per-request
     user embedding and candidate vectors to bfloat16 on entry. Their reads
     are written into module_info.json here, by hand: deriving reads from the
     graph is signatures/derive's (another branch's work at the time)."""
@@ -150,11 +150,15 @@ def _sub_feature(schema: FeatureSchema, repo: Path, fmt: str, seed: int, log) ->
     from rootproc.demo.models import Bf16Scorer, MatryoshkaScorer
     from signatures.repository.module_info import ModuleInfo
 
-    wide = next(n for n in schema.names if n.startswith("pin_emb_") and schema[n].shape == (256,))
+    # The widest candidate embedding (256 dims at the default scale; smaller
+    # schemas may top out at 128), of which the model reads the first quarter.
+    wide = max((n for n in schema.names if n.startswith("pin_emb_")), key=lambda n: schema[n].shape)
+    prefix = schema[wide].shape[0] // 4
     cnt = [n for n in schema.names if n.startswith("pin_cnt_")][:2]
     vectors = ["user_emb"] + [n for n in schema.names if n.startswith("pin_emb_")
                               and schema[n].shape in ((64,), (128,))][:3]
-    specs = {"mat": (MatryoshkaScorer(wide, cnt, 64, seed), {wide: FeatureRead(((0, 64),))}),
+    specs = {"mat": (MatryoshkaScorer(wide, cnt, prefix, seed),
+                     {wide: FeatureRead(((0, prefix),))}),
              "bf16": (Bf16Scorer(vectors, seed),
                       {n: FeatureRead(None, "bfloat16") for n in vectors})}
     keys = {}
