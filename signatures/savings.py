@@ -167,7 +167,8 @@ def diff(old: Bundle, new: Bundle, schema: FeatureSchema | None = None,
                 before = sizes.message_nbytes(fa) if key in a else 0
                 after = sizes.message_nbytes(fb) if key in b else 0
                 delta = after - before
-            reads_changed, sub_delta = (), None
+            reads_changed: tuple[str, ...] = ()
+            sub_delta: int | None = None
             if scope == "model":
                 ra = old.models[key].read_map() if key in a else {}
                 rb = new.models[key].read_map() if key in b else {}
