@@ -400,6 +400,8 @@ class LeafPool:
                 entry.update(describe(link))
             if link.max_message_bytes is not None:
                 entry["max_message_bytes"] = link.max_message_bytes
+            if link.sub_feature_columns:
+                entry["sub_feature_columns"] = True
             if link.draining:
                 entry["draining"] = True
             if link.retiring:

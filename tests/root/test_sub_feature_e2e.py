@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from rootproc.client.scoring_client import ScoringClient
 from signatures.repository import artifacts
 from signatures.repository.module_info import ModelRepository
-from tests.support.procs import ProcessRunner, free_tcp_port
+from tests.support.procs import ProcessRunner, free_tcp_port, ping
 
 from .conftest import spawn_root
 from .sub_feature_world import CANDIDATE_IDS, USER_IDS, build, features
@@ -146,3 +146,6 @@ def test_a_leaf_that_does_not_take_sub_feature_columns_gets_whole_features_count
     assert sum(fail_open.values()) >= len(sf_world["keys"]), fail_open
     saved = metric(serving["old"].metrics_port, "trimmer_root_sub_feature_saved_bytes_total")
     assert sum(saved.values()) == 0, saved
+    # The roots' pongs say which of their leaves take sub-feature columns.
+    assert "sub_feature_columns" not in ping(serving["old"].endpoint)["leaves"][0]
+    assert ping(serving["ipc"].endpoint)["leaves"][0]["sub_feature_columns"] is True
