@@ -94,9 +94,10 @@ def __getattr__(name: str):
     return globals()[name]
 
 
-def compile_plan(layout: Layout, names) -> TrimPlan:
-    """Compile the features ``names`` against ``layout``; ValueError lists unknown names."""
-    return TrimPlan(layout, names)
+def compile_plan(layout: Layout, names, reads=None) -> TrimPlan:
+    """Compile the features ``names`` against ``layout``; ValueError lists unknown names.
+    ``reads`` (feature -> `FeatureRead`) narrows those features to what the model reads."""
+    return TrimPlan(layout, names, reads)
 
 
 __all__ = [

@@ -19,8 +19,63 @@ import numpy as np
 
 from .batch import Ragged
 from .decoded import Decoded
-from .format import (ALIGN, CODE_DTYPES, COLUMN_DTYPE, FLAG_PER_REQUEST, FLAG_RAGGED,
-                     FLAG_VECTOR, HEADER_NBYTES, KNOWN_FLAGS, MAGIC, VERSION)
+from .format import (ALIGN, CODE_DTYPES, CODE_NAMES, COLUMN_DTYPE, DTYPE_CODES, FLAG_PER_REQUEST,
+                     FLAG_RAGGED, FLAG_SLICED, FLAG_VECTOR, HEADER_NBYTES, KNOWN_FLAGS, MAGIC,
+                     NARROW_CODES, RANGE_NBYTES, VERSION)
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* Narrowing casts as torch's CPU cast gives them: round to nearest, ties to
+       even, subnormals kept, overflow to infinity; a NaN stays that NaN, quieted,
+       its payload cut to the narrow mantissa (as x86's own conversions do).
+       float64 goes through float32 first, as torch's does.
+       _trim/narrow.py is the numpy reference. */
+    static inline uint16_t trim_bf16_from_f32(float f) {
+        uint32_t x; memcpy(&x, &f, 4);
+        if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((x >> 16) | 0x0040u);
+        return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+    }
+    static inline uint16_t trim_f16_from_f32(float f) {
+        uint32_t x, sign, ax, h, rem, e, m, shift, half;
+        memcpy(&x, &f, 4);
+        sign = (x >> 16) & 0x8000u; ax = x & 0x7FFFFFFFu;
+        if (ax > 0x7F800000u) return (uint16_t)(sign | 0x7E00u | ((ax >> 13) & 0x3FFu));
+        if (ax >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u);   /* >= 65520: infinity */
+        if (ax >= 0x38800000u) {                                      /* normal in float16 */
+            h = (ax - 0x38000000u) >> 13; rem = ax & 0x1FFFu;
+            h += (rem > 0x1000u) || (rem == 0x1000u && (h & 1u));
+            return (uint16_t)(sign | h);
+        }
+        if (ax <= 0x33000000u) return (uint16_t)sign;                 /* <= 2**-25: zero */
+        e = ax >> 23; m = (ax & 0x7FFFFFu) | 0x800000u; shift = 126u - e;
+        h = m >> shift; rem = m & ((1u << shift) - 1u); half = 1u << (shift - 1u);
+        h += (rem > half) || (rem == half && (h & 1u));
+        return (uint16_t)(sign | h);
+    }
+    /* n elements of code src_code (1 float32, 3 float64) to dst_code (9 bfloat16, 2 float16);
+       one loop per pair, branch-free in its body where it can be, so it vectorises. */
+    static void trim_narrow(int src_code, int dst_code, const char* src, char* dst, uint64_t n) {
+        uint64_t i; float f; double d; uint32_t x; uint16_t v;
+        if (src_code == 1 && dst_code == 9) {
+            for (i = 0; i < n; i++) {
+                memcpy(&x, src + 4 * i, 4);
+                v = ((x & 0x7FFFFFFFu) > 0x7F800000u) ? (uint16_t)((x >> 16) | 0x0040u)
+                    : (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+                memcpy(dst + 2 * i, &v, 2);
+            }
+            return;
+        }
+        for (i = 0; i < n; i++) {
+            if (src_code == 1) { memcpy(&f, src + 4 * i, 4); }
+            else { memcpy(&d, src + 8 * i, 8); f = (float)d; }
+            v = dst_code == 9 ? trim_bf16_from_f32(f) : trim_f16_from_f32(f);
+            memcpy(dst + 2 * i, &v, 2);
+        }
+    }
+    """
+    void trim_narrow(int src_code, int dst_code, const char* src, char* dst, uint64_t n) nogil
 
 cnp.import_array()
 
@@ -32,11 +87,32 @@ cdef uint8_t C_FLAG_RAGGED = FLAG_RAGGED
 cdef uint8_t C_FLAG_PER_REQUEST = FLAG_PER_REQUEST
 cdef uint8_t C_FLAG_VECTOR = FLAG_VECTOR
 cdef uint8_t C_KNOWN_FLAGS = KNOWN_FLAGS
+cdef uint8_t C_FLAG_SLICED = FLAG_SLICED
+cdef uint64_t C_RANGE = RANGE_NBYTES
+# The wire's one code beyond the batch's (format.NARROW_CODES): bfloat16, 2 bytes.
+cdef uint8_t C_BF16 = NARROW_CODES["bfloat16"]
+cdef uint8_t C_F16 = DTYPE_CODES["float16"]
+cdef uint8_t C_F32 = DTYPE_CODES["float32"]
+cdef uint8_t C_F64 = DTYPE_CODES["float64"]
 # The dtype table lives in format.py alone; _common.pxd's must agree with it.
 assert ALIGN == WIRE_ALIGN, "_common.pxd's WIRE_ALIGN differs from format.ALIGN"
-assert sorted(CODE_DTYPES) == list(range(1, WIRE_CODES_END)) and all(
-    ITEMSIZE[_code] == _dtype.itemsize for _code, _dtype in CODE_DTYPES.items()), \
+assert sorted(DTYPE_CODES.values()) == list(range(1, WIRE_CODES_END)) and all(
+    ITEMSIZE[_code] == CODE_DTYPES[_code].itemsize for _code in DTYPE_CODES.values()), \
     "_common.pxd's dtype codes differ from format.DTYPE_CODES"
+assert sorted(CODE_DTYPES) == list(range(1, WIRE_CODES_END)) + [C_BF16] and C_BF16 == WIRE_CODES_END
+
+
+cdef inline bint wire_code(uint64_t code) noexcept nogil:
+    return is_wire_code(code) or code == C_BF16
+
+
+cdef inline uint64_t wire_itemsize(uint64_t code) noexcept nogil:
+    return 2 if code == C_BF16 else ITEMSIZE[code]
+
+
+cdef struct ReadRun:
+    uint64_t rows       # rows of the source column (1 when per-request)
+    uint8_t src_code    # its dtype code
 
 assert sizeof(MessageHeader) == HEADER_NBYTES
 assert sizeof(ColumnEntry) == COLUMN_DTYPE.itemsize
@@ -62,19 +138,28 @@ cdef const uint8_t[::1] readable_bytes(object buf) except *:
     return mv
 
 
-cdef Py_ssize_t plan_ranges(plan, batch, CopyRange* ranges, Py_ssize_t n_runs) except -1:
+cdef Py_ssize_t plan_ranges(plan, batch, CopyRange* ranges, ReadRun* reads,
+                            Py_ssize_t n_runs) except -1:
     """Fill one CopyRange per run from the batch's own column table; returns
-    the encoded size. Every range is checked against the source here."""
+    the encoded size. Every range is checked against the source here. A run
+    of a column with a read (``plan.run_read``) gets the size of its
+    gathered region and, in ``reads``, what the gather needs of the source."""
     cdef const uint8_t[::1] src = batch.buffer
     cdef const int64_t[::1] cols = plan.columns
     cdef const int64_t[::1] run_lengths = plan.run_lengths
+    cdef const int64_t[::1] run_read = plan.run_read
+    cdef const int64_t[::1] read_code = plan.read_code
+    cdef const int64_t[::1] read_full = plan.read_full
+    cdef const int64_t[::1] read_width = plan.read_width
+    cdef const int64_t[::1] read_n = plan.read_n
+    cdef const int64_t[::1] read_sliced = plan.read_sliced
     cdef Py_ssize_t n_src_cols = len(batch.layout)
     cdef uint64_t src_len = src.shape[0]
     cdef const ColumnEntry* table
     cdef ColumnEntry first, last
     cdef uint64_t pos = plan.table_nbytes
-    cdef uint64_t start, end
-    cdef Py_ssize_t r, j = 0
+    cdef uint64_t start, end, rows, nbytes
+    cdef Py_ssize_t r, k, j = 0
     if batch.layout is not plan.layout and batch.layout.fingerprint != plan.layout.fingerprint:
         raise ValueError("batch layout does not match the plan's layout; compile a plan for it")
     if src_len < C_HEADER + C_COLUMN * <uint64_t>n_src_cols:
@@ -91,9 +176,28 @@ cdef Py_ssize_t plan_ranges(plan, batch, CopyRange* ranges, Py_ssize_t n_runs) e
         if start > end:
             raise ValueError("batch column table is out of order")
         ranges[r].src_start = start
-        ranges[r].nbytes = end - start
         ranges[r].dst_start = pos
-        pos += align_up(end - start)
+        k = run_read[r]
+        if k < 0:
+            ranges[r].nbytes = end - start
+            pos += align_up(end - start)
+            continue
+        # A read: the source column must be the dense one the plan was compiled for.
+        if (not is_wire_code(first.dtype) or first.flags & C_FLAG_RAGGED or first.width == 0
+                or <int64_t>first.width != read_full[k]):
+            raise ValueError(f"batch column {plan.names[j - 1]!r} does not fit the plan's read of it")
+        rows = first.n_values // first.width
+        if (first.n_values != rows * first.width
+                or first.data_nbytes != first.n_values * ITEMSIZE[first.dtype]
+                or (<int64_t>first.dtype != read_code[k]
+                    and first.dtype != C_F32 and first.dtype != C_F64)):
+            raise ValueError(f"batch column {plan.names[j - 1]!r} does not fit the plan's read of it")
+        nbytes = (C_RANGE * read_n[k] * read_sliced[k]
+                  + rows * <uint64_t>read_width[k] * wire_itemsize(read_code[k]))
+        reads[r].rows = rows
+        reads[r].src_code = first.dtype
+        ranges[r].nbytes = nbytes
+        pos += align_up(nbytes)
     return pos
 
 
@@ -101,12 +205,51 @@ def encoded_nbytes(plan, batch):
     """Bytes `encode_into` will write for this plan and batch."""
     cdef Py_ssize_t n_runs = len(plan.run_lengths)
     cdef CopyRange* ranges = <CopyRange*>malloc(sizeof(CopyRange) * (n_runs + 1))
-    if ranges == NULL:
+    cdef ReadRun* reads = <ReadRun*>malloc(sizeof(ReadRun) * (n_runs + 1))
+    if ranges == NULL or reads == NULL:
+        free(ranges)
+        free(reads)
         raise MemoryError()
     try:
-        return plan_ranges(plan, batch, ranges, n_runs)
+        return plan_ranges(plan, batch, ranges, reads, n_runs)
     finally:
         free(ranges)
+        free(reads)
+
+
+cdef void gather(uint8_t* out, const uint8_t* src, uint64_t rows, uint64_t full,
+                 uint8_t src_code, uint8_t out_code, const int64_t* bounds, int64_t n,
+                 bint sliced) noexcept nogil:
+    """One read's region: its ranges (u32 pairs) when sliced, then per row the
+    positions of each range, narrowed when ``out_code`` differs."""
+    cdef int64_t i
+    cdef uint64_t row, count, src_isz = ITEMSIZE[src_code], out_isz = wire_itemsize(out_code)
+    cdef uint32_t pair[2]
+    cdef const uint8_t* srow
+    cdef bint narrow = src_code != out_code
+    if sliced:
+        for i in range(n):
+            pair[0] = <uint32_t>bounds[2 * i]
+            pair[1] = <uint32_t>bounds[2 * i + 1]
+            memcpy(out, pair, C_RANGE)
+            out += C_RANGE
+    if n == 1 and bounds[0] == 0 and <uint64_t>bounds[1] == full:
+        # Every position: the rows are one span.
+        if narrow:
+            trim_narrow(src_code, out_code, <const char*>src, <char*>out, rows * full)
+        else:
+            memcpy(out, src, rows * full * src_isz)
+        return
+    for row in range(rows):
+        srow = src + row * full * src_isz
+        for i in range(n):
+            count = <uint64_t>(bounds[2 * i + 1] - bounds[2 * i])
+            if narrow:
+                trim_narrow(src_code, out_code, <const char*>(srow + bounds[2 * i] * src_isz),
+                            <char*>out, count)
+            else:
+                memcpy(out, srow + bounds[2 * i] * src_isz, count * src_isz)
+            out += count * out_isz
 
 
 def encode_into(plan, batch, out):
@@ -118,6 +261,14 @@ def encode_into(plan, batch, out):
     cdef const uint8_t[::1] src = batch.buffer
     cdef const int64_t[::1] cols = plan.columns
     cdef const int64_t[::1] run_lengths = plan.run_lengths
+    cdef const int64_t[::1] run_read = plan.run_read
+    cdef const int64_t[::1] read_code = plan.read_code
+    cdef const int64_t[::1] read_full = plan.read_full
+    cdef const int64_t[::1] read_width = plan.read_width
+    cdef const int64_t[::1] read_first = plan.read_first
+    cdef const int64_t[::1] read_n = plan.read_n
+    cdef const int64_t[::1] read_sliced = plan.read_sliced
+    cdef const int64_t[::1] read_bounds = plan.read_bounds
     cdef const uint32_t[::1] name_offsets = plan.name_offsets
     cdef const uint8_t[::1] names = plan.names_blob_array
     cdef Py_ssize_t n_runs = run_lengths.shape[0]
@@ -128,17 +279,23 @@ def encode_into(plan, batch, out):
     cdef uint64_t total
     cdef uint32_t n_rows = batch.n_rows
     cdef CopyRange* ranges = <CopyRange*>malloc(sizeof(CopyRange) * (n_runs + 1))
+    cdef ReadRun* reads = <ReadRun*>malloc(sizeof(ReadRun) * (n_runs + 1))
+    cdef const int64_t* bounds = NULL
     cdef uint8_t* d
     cdef const uint8_t* s
     cdef const ColumnEntry* src_table
     cdef ColumnEntry* dst_table
     cdef MessageHeader* header
-    cdef Py_ssize_t r, k, j
+    cdef Py_ssize_t r, k, j, rd
     cdef int64_t delta
-    if ranges == NULL:
+    if ranges == NULL or reads == NULL:
+        free(ranges)
+        free(reads)
         raise MemoryError()
+    if read_bounds.shape[0]:
+        bounds = &read_bounds[0]
     try:
-        total = plan_ranges(plan, batch, ranges, n_runs)
+        total = plan_ranges(plan, batch, ranges, reads, n_runs)
         if total > <uint64_t>dst.shape[0]:
             raise ValueError(f"output buffer too small: message needs {total} bytes, "
                              f"buffer has {dst.shape[0]}")
@@ -161,21 +318,39 @@ def encode_into(plan, batch, out):
             j = 0
             for r in range(n_runs):
                 delta = <int64_t>ranges[r].dst_start - <int64_t>ranges[r].src_start
+                rd = run_read[r]
                 for k in range(run_lengths[r]):
                     memcpy(&dst_table[j], &src_table[cols[j]], sizeof(ColumnEntry))
                     dst_table[j].name_offset = name_offsets[j]
-                    dst_table[j].data_offset = <uint64_t>(<int64_t>dst_table[j].data_offset + delta)
+                    if rd < 0:
+                        dst_table[j].data_offset = <uint64_t>(<int64_t>dst_table[j].data_offset + delta)
+                    else:
+                        dst_table[j].dtype = <uint8_t>read_code[rd]
+                        dst_table[j].width = <uint32_t>read_width[rd]
+                        dst_table[j].n_values = reads[r].rows * <uint64_t>read_width[rd]
+                        dst_table[j].data_offset = ranges[r].dst_start
+                        dst_table[j].data_nbytes = ranges[r].nbytes
+                        if read_sliced[rd]:
+                            dst_table[j].flags = dst_table[j].flags | C_FLAG_SLICED
+                            dst_table[j].reserved = <uint32_t>read_full[rd]
                     j += 1
             if names_len:
                 memcpy(d + table_end, &names[0], names_len)
             memset(d + table_end + names_len, 0, table_nbytes - table_end - names_len)
             for r in range(n_runs):
-                memcpy(d + ranges[r].dst_start, s + ranges[r].src_start, ranges[r].nbytes)
+                rd = run_read[r]
+                if rd < 0:
+                    memcpy(d + ranges[r].dst_start, s + ranges[r].src_start, ranges[r].nbytes)
+                else:
+                    gather(d + ranges[r].dst_start, s + ranges[r].src_start, reads[r].rows,
+                           <uint64_t>read_full[rd], reads[r].src_code, <uint8_t>read_code[rd],
+                           bounds + 2 * read_first[rd], read_n[rd], read_sliced[rd] != 0)
                 memset(d + ranges[r].dst_start + ranges[r].nbytes, 0,
                        align_up(ranges[r].nbytes) - ranges[r].nbytes)
         return total
     finally:
         free(ranges)
+        free(reads)
 
 
 cdef struct Region:
@@ -206,6 +381,32 @@ cdef Py_ssize_t first_overlap(Region* regions, Py_ssize_t n) noexcept nogil:
         if regions[i + 1].start < regions[i].start + regions[i].nbytes:
             return i
     return -1
+
+
+cdef int check_slice(const uint8_t* base, str name, uint64_t offset, uint64_t prefix,
+                     uint64_t width, uint64_t full) except -1:
+    """A sliced column's ranges (rule batch.sliced)."""
+    cdef uint32_t pair[2]
+    cdef int64_t prev = -1
+    cdef uint64_t i, total = 0
+    if full <= width:
+        raise ValueError(f"column {name!r}: sliced from {full} positions but carries {width}")
+    if prefix < C_RANGE or prefix % C_RANGE or prefix // C_RANGE > width:
+        raise ValueError(f"column {name!r}: a sliced column's ranges take {prefix} bytes, "
+                         f"not a multiple of {C_RANGE} from {C_RANGE} to {C_RANGE * width}")
+    for i in range(prefix // C_RANGE):
+        memcpy(pair, base + offset + C_RANGE * i, C_RANGE)
+        if not (prev < <int64_t>pair[0] and pair[0] < pair[1] and pair[1] <= full):
+            pairs = np.frombuffer(bytes(base[offset:offset + prefix]), "<u4").reshape(-1, 2)
+            raise ValueError(f"column {name!r}: ranges {pairs.tolist()} are not sorted, "
+                             f"disjoint, non-adjacent and within [0, {full}]")
+        prev = pair[1]
+        total += pair[1] - pair[0]
+    if total != width:
+        pairs = np.frombuffer(bytes(base[offset:offset + prefix]), "<u4").reshape(-1, 2)
+        raise ValueError(f"column {name!r}: ranges {pairs.tolist()} hold {total} positions, "
+                         f"width says {width}")
+    return 0
 
 
 cdef list validate(const uint8_t* base, uint64_t length, MessageHeader* header):
@@ -260,22 +461,24 @@ cdef list validate(const uint8_t* base, uint64_t length, MessageHeader* header):
             raise ValueError(f"duplicate column {name!r}")
         seen.add(name)
         names.append(name)
-        if not is_wire_code(col.dtype):
+        if not wire_code(col.dtype):
             raise ValueError(f"column {name!r}: unknown dtype code {col.dtype}")
         if col.flags & ~C_KNOWN_FLAGS:
             raise ValueError(f"column {name!r}: unknown flags {col.flags:#x}")
         if (col.flags & C_FLAG_RAGGED) and (col.flags & C_FLAG_VECTOR):
             raise ValueError(f"column {name!r}: a ragged column cannot be a vector")
+        if (col.flags & C_FLAG_SLICED) and not (col.flags & C_FLAG_VECTOR):
+            raise ValueError(f"column {name!r}: only a vector column can be sliced")
         if col.width == 0 or (col.width != 1 and not (col.flags & C_FLAG_VECTOR)):
             raise ValueError(f"column {name!r}: bad width {col.width}")
-        if col.reserved != 0:
+        if col.reserved != 0 and not (col.flags & C_FLAG_SLICED):
             raise ValueError(f"column {name!r}: reserved field is {col.reserved}, must be 0")
         if col.data_offset < data_start or col.data_offset % C_ALIGN:
             raise ValueError(f"column {name!r}: data offset {col.data_offset} is misplaced")
         if col.data_offset > total or col.data_nbytes > total - col.data_offset:
             raise ValueError(f"column {name!r}: data ({col.data_nbytes} bytes at {col.data_offset}) "
                              f"runs past the end of the {total}-byte message")
-        itemsize = ITEMSIZE[col.dtype]
+        itemsize = wire_itemsize(col.dtype)
         rows = 1 if col.flags & C_FLAG_PER_REQUEST else header.n_rows
         if col.flags & C_FLAG_RAGGED:
             offsets_nbytes = (rows + 1) * 8
@@ -291,6 +494,10 @@ cdef list validate(const uint8_t* base, uint64_t length, MessageHeader* header):
                 raise ValueError(f"column {name!r}: {col.data_nbytes} bytes cannot hold "
                                  f"{col.n_values} values")
             expect = col.n_values * itemsize
+            if col.flags & C_FLAG_SLICED:
+                expect = col.data_nbytes
+                check_slice(base, name, col.data_offset, col.data_nbytes - col.n_values * itemsize,
+                            col.width, col.reserved)
         if col.data_nbytes != expect:
             raise ValueError(f"column {name!r}: data is {col.data_nbytes} bytes, expected {expect}")
         if col.flags & C_FLAG_RAGGED:
@@ -347,7 +554,7 @@ cdef extern from "numpy/arrayobject.h":
         cnp.npy_intp* strides, void* data, int flags, PyObject* obj)
 
 DTYPES = [CODE_DTYPES.get(code) for code in range(256)]   # every value of the u8 dtype field
-DTYPE_NAMES = [None if d is None else d.name for d in DTYPES]
+DTYPE_NAMES = [CODE_NAMES.get(code) for code in range(256)]
 OFFSETS = np.dtype("<i8")
 NO_SHAPE = ()
 
@@ -360,6 +567,11 @@ cdef packed struct LayoutKeyEntry:
     uint16_t name_nbytes
 
 
+cdef inline uint64_t slice_prefix(const ColumnEntry* col) noexcept nogil:
+    """Bytes of a (validated) sliced column's ranges."""
+    return col.data_nbytes - col.n_values * wire_itemsize(col.dtype)
+
+
 cdef bytes layout_key(const uint8_t* base, uint64_t n_cols, uint64_t names_start):
     cdef ColumnEntry col
     cdef LayoutKeyEntry entry
@@ -368,6 +580,8 @@ cdef bytes layout_key(const uint8_t* base, uint64_t n_cols, uint64_t names_start
     for i in range(n_cols):
         memcpy(&col, base + C_HEADER + C_COLUMN * i, sizeof(ColumnEntry))
         size += sizeof(LayoutKeyEntry) + col.name_nbytes
+        if col.flags & C_FLAG_SLICED:
+            size += 4 + slice_prefix(&col)
     key = PyBytes_FromStringAndSize(NULL, size)
     out = PyBytes_AS_STRING(key)
     for i in range(n_cols):
@@ -378,6 +592,11 @@ cdef bytes layout_key(const uint8_t* base, uint64_t n_cols, uint64_t names_start
         out += sizeof(LayoutKeyEntry)
         memcpy(out, base + names_start + col.name_offset, col.name_nbytes)
         out += col.name_nbytes
+        if col.flags & C_FLAG_SLICED:
+            # The full width and the ranges: equal keys, equal slices.
+            memcpy(out, &col.reserved, 4)
+            memcpy(out + 4, base + col.data_offset, slice_prefix(&col))
+            out += 4 + slice_prefix(&col)
     return key
 
 
@@ -409,7 +628,8 @@ def decode(buf):
         raise ValueError(f"truncated message: 0 bytes, the header alone is {C_HEADER}")
     cdef const uint8_t* base = <const uint8_t*>cnp.PyArray_DATA(raw)
     names = validate(base, raw.shape[0], &header)
-    columns, specs, per_request_names = {}, {}, []
+    columns, specs, per_request_names, slices = {}, {}, [], None
+    cdef uint64_t prefix
     for i in range(header.n_columns):
         memcpy(&col, base + C_HEADER + C_COLUMN * i, sizeof(ColumnEntry))
         name = names[i]
@@ -424,6 +644,15 @@ def decode(buf):
                                 col.n_values, 0)
             columns[name] = Ragged(values, offsets)
             specs[name] = (DTYPE_NAMES[col.dtype], NO_SHAPE, True, per_request)
+        elif col.flags & C_FLAG_SLICED:
+            prefix = slice_prefix(&col)
+            pairs = np.frombuffer(raw, "<u4", prefix // 4, col.data_offset).tolist()
+            if slices is None:
+                slices = {}
+            slices[name] = (col.reserved, tuple(zip(pairs[0::2], pairs[1::2])))
+            columns[name] = array_view(raw, flags, dtype, col.data_offset + prefix, 2, rows,
+                                       col.width)
+            specs[name] = (DTYPE_NAMES[col.dtype], (col.width,), False, per_request)
         elif col.flags & C_FLAG_VECTOR:
             columns[name] = array_view(raw, flags, dtype, col.data_offset, 2, rows, col.width)
             specs[name] = (DTYPE_NAMES[col.dtype], (col.width,), False, per_request)
@@ -432,4 +661,4 @@ def decode(buf):
             specs[name] = (DTYPE_NAMES[col.dtype], NO_SHAPE, False, per_request)
     key = layout_key(base, header.n_columns, C_HEADER + C_COLUMN * header.n_columns)
     return Decoded(header.n_rows, header.total_nbytes, columns, frozenset(per_request_names), specs,
-                   key)
+                   key, slices)

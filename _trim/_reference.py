@@ -16,14 +16,19 @@ from .format import (
     COLUMN_NBYTES,
     FLAG_PER_REQUEST,
     FLAG_RAGGED,
+    FLAG_SLICED,
     FLAG_VECTOR,
     HEADER_DTYPE,
     HEADER_NBYTES,
     KNOWN_FLAGS,
     MAGIC,
+    RANGE_NBYTES,
     VERSION,
     align_up,
 )
+from .narrow import narrow_bits
+
+NARROWABLE = (1, 3)   # float32, float64: the codes a read may narrow
 
 
 def _ranges(plan, batch):
@@ -32,16 +37,47 @@ def _ranges(plan, batch):
     table = batch.table
     src_len = len(batch.buffer)
     pos, j, out = plan.table_nbytes, 0, []
-    for length in plan.run_lengths:
+    for r, length in enumerate(plan.run_lengths):
         first, last = int(plan.columns[j]), int(plan.columns[j + length - 1])
         j += int(length)
         start = int(table["data_offset"][first])
         end = int(table["data_offset"][last]) + int(table["data_nbytes"][last])
         if end > src_len:
             raise ValueError("batch column table points past the end of its buffer")
-        out.append((start, end - start, pos))
-        pos += align_up(end - start)
+        k = int(plan.run_read[r])
+        if k < 0:
+            out.append((start, end - start, pos))
+            pos += align_up(end - start)
+            continue
+        col = table[first]
+        code, width = int(col["dtype"]), int(col["width"])
+        rows = int(col["n_values"]) // width
+        if (col["flags"] & FLAG_RAGGED or width != int(plan.read_full[k])
+                or int(col["n_values"]) != rows * width
+                or int(col["data_nbytes"]) != rows * width * CODE_DTYPES[code].itemsize
+                or (int(plan.read_code[k]) != code and code not in NARROWABLE)):
+            raise ValueError(f"batch column {plan.layout.columns[first].name!r} does not fit "
+                             "the plan's read of it")
+        nbytes = (RANGE_NBYTES * int(plan.read_n[k]) * int(plan.read_sliced[k])
+                  + rows * int(plan.read_width[k]) * CODE_DTYPES[int(plan.read_code[k])].itemsize)
+        out.append((start, nbytes, pos))
+        pos += align_up(nbytes)
     return pos, out
+
+
+def _gather(plan, k: int, src: np.ndarray, code: int, rows: int) -> np.ndarray:
+    """The bytes of read ``k``'s region: ranges (when sliced), then the values."""
+    full = int(plan.read_full[k])
+    values = src.view(CODE_DTYPES[code]).reshape(rows, full)
+    first, n = int(plan.read_first[k]), int(plan.read_n[k])
+    pairs = plan.read_bounds[2 * first:2 * (first + n)].reshape(n, 2)
+    picked = np.concatenate([values[:, a:b] for a, b in pairs.tolist()], axis=1)
+    out_code = int(plan.read_code[k])
+    if out_code != code:
+        name = "bfloat16" if out_code == 9 else "float16"
+        picked = narrow_bits(picked, name)
+    prefix = pairs.astype("<u4").tobytes() if plan.read_sliced[k] else b""
+    return np.frombuffer(prefix + np.ascontiguousarray(picked).tobytes(), dtype=np.uint8)
 
 
 def encoded_nbytes(plan, batch) -> int:
@@ -63,17 +99,38 @@ def encode_into(plan, batch, out) -> int:
     table = batch.table[plan.columns].copy()
     table["name_offset"] = plan.name_offsets
     j = 0
-    for (src_start, _, dst_start), length in zip(ranges, plan.run_lengths):
-        table["data_offset"][j:j + length] = (
-            table["data_offset"][j:j + length].astype(np.int64) + (dst_start - src_start))
+    regions: list[np.ndarray | None] = []
+    for r, ((src_start, nbytes, dst_start), length) in enumerate(zip(ranges, plan.run_lengths)):
+        k = int(plan.run_read[r])
+        if k >= 0:
+            col = batch.table[plan.columns[j]]
+            code, rows = int(col["dtype"]), int(col["n_values"]) // int(col["width"])
+            src = batch.buffer[src_start:src_start + int(col["data_nbytes"])]
+            regions.append(_gather(plan, k, np.asarray(src), code, rows))
+            width = int(plan.read_width[k])
+            sliced = bool(plan.read_sliced[k])
+            table["dtype"][j] = int(plan.read_code[k])
+            table["flags"][j] = int(col["flags"]) | (FLAG_SLICED if sliced else 0)
+            table["width"][j] = width
+            table["reserved"][j] = int(plan.read_full[k]) if sliced else 0
+            table["n_values"][j] = rows * width
+            table["data_offset"][j] = dst_start
+            table["data_nbytes"][j] = nbytes
+        else:
+            regions.append(None)
+            table["data_offset"][j:j + length] = (
+                table["data_offset"][j:j + length].astype(np.int64) + (dst_start - src_start))
         j += int(length)
     dst[:plan.table_nbytes] = 0
     dst[:HEADER_NBYTES] = header.view(np.uint8)
     table_end = HEADER_NBYTES + COLUMN_NBYTES * n
     dst[HEADER_NBYTES:table_end] = table.view(np.uint8)
     dst[table_end:table_end + len(plan.names_blob_array)] = plan.names_blob_array
-    for src_start, nbytes, dst_start in ranges:
-        dst[dst_start:dst_start + nbytes] = batch.buffer[src_start:src_start + nbytes]
+    for (src_start, nbytes, dst_start), region in zip(ranges, regions):
+        if region is None:
+            dst[dst_start:dst_start + nbytes] = batch.buffer[src_start:src_start + nbytes]
+        else:
+            dst[dst_start:dst_start + nbytes] = region
         dst[dst_start + nbytes:dst_start + align_up(nbytes)] = 0
     return total
 
@@ -131,9 +188,11 @@ def parse(buf):
             raise ValueError(f"column {name!r}: unknown flags {flags:#x}")
         if flags & FLAG_RAGGED and flags & FLAG_VECTOR:
             raise ValueError(f"column {name!r}: a ragged column cannot be a vector")
+        if flags & FLAG_SLICED and not flags & FLAG_VECTOR:
+            raise ValueError(f"column {name!r}: only a vector column can be sliced")
         if width == 0 or (width != 1 and not flags & FLAG_VECTOR):
             raise ValueError(f"column {name!r}: bad width {width}")
-        if col["reserved"] != 0:
+        if col["reserved"] != 0 and not flags & FLAG_SLICED:
             raise ValueError(f"column {name!r}: reserved field is {int(col['reserved'])}, must be 0")
         if offset < data_start or offset % ALIGN:
             raise ValueError(f"column {name!r}: data offset {offset} is misplaced")
@@ -154,6 +213,10 @@ def parse(buf):
             if n_values * itemsize > nbytes:
                 raise ValueError(f"column {name!r}: {nbytes} bytes cannot hold {n_values} values")
             expect = n_values * itemsize
+            if flags & FLAG_SLICED:
+                expect = nbytes
+                _check_slice(raw, name, offset, nbytes - n_values * itemsize, width,
+                             int(col["reserved"]))
         if nbytes != expect:
             raise ValueError(f"column {name!r}: data is {nbytes} bytes, expected {expect}")
         if flags & FLAG_RAGGED:
@@ -174,6 +237,26 @@ def parse(buf):
             a, b = names[order[bad[0]]], names[order[bad[0] + 1]]
             raise ValueError(f"columns {a!r} and {b!r} overlap")
     return n_rows, table, names
+
+
+def _check_slice(raw, name: str, offset: int, prefix: int, width: int, full: int) -> None:
+    """A sliced column's ranges (rule batch.sliced)."""
+    if full <= width:
+        raise ValueError(f"column {name!r}: sliced from {full} positions but carries {width}")
+    if prefix < RANGE_NBYTES or prefix % RANGE_NBYTES or prefix // RANGE_NBYTES > width:
+        raise ValueError(f"column {name!r}: a sliced column's ranges take {prefix} bytes, "
+                         f"not a multiple of {RANGE_NBYTES} from {RANGE_NBYTES} to "
+                         f"{RANGE_NBYTES * width}")
+    pairs = raw[offset:offset + prefix].view("<u4").reshape(-1, 2).astype(np.int64)
+    prev, total = -1, 0
+    for start, stop in pairs.tolist():
+        if not (prev < start < stop <= full):
+            raise ValueError(f"column {name!r}: ranges {pairs.tolist()} are not sorted, "
+                             f"disjoint, non-adjacent and within [0, {full}]")
+        prev, total = stop, total + stop - start
+    if total != width:
+        raise ValueError(f"column {name!r}: ranges {pairs.tolist()} hold {total} positions, "
+                         f"width says {width}")
 
 
 def decode(buf):

@@ -8,8 +8,10 @@ import numpy as np
 from .batch import Ragged
 from .format import (
     CODE_DTYPES,
+    CODE_NAMES,
     FLAG_PER_REQUEST,
     FLAG_RAGGED,
+    FLAG_SLICED,
     FLAG_VECTOR,
     HEADER_DTYPE,
     HEADER_NBYTES,
@@ -26,10 +28,11 @@ class Decoded(Mapping):
     the buffer alive and are read-only.
     """
 
-    __slots__ = ("n_rows", "nbytes", "layout_key", "_columns", "_per_request", "_specs")
+    __slots__ = ("n_rows", "nbytes", "layout_key", "_columns", "_per_request", "_specs",
+                 "_slices")
 
     def __init__(self, n_rows: int, nbytes: int, columns: dict, per_request: frozenset, specs: dict,
-                 layout_key: bytes):
+                 layout_key: bytes, slices: dict | None = None):
         self.n_rows = n_rows
         self.nbytes = nbytes
         # Equal keys <=> equal column names, order, dtypes, flags and widths:
@@ -39,6 +42,7 @@ class Decoded(Mapping):
         self._columns = columns
         self._per_request = per_request
         self._specs = specs
+        self._slices = slices or {}
 
     def __getitem__(self, name: str):
         return self._columns[name]
@@ -58,6 +62,11 @@ class Decoded(Mapping):
     def spec(self, name: str) -> tuple[str, tuple, bool, bool]:
         """``(dtype, per-row shape, ragged, per_request)`` as the message declares it."""
         return self._specs[name]
+
+    def slice_of(self, name: str) -> tuple[int, tuple[tuple[int, int], ...]] | None:
+        """``(full width, ranges)`` of a sliced column (its view holds only
+        those positions, in order); None for a column sent whole."""
+        return self._slices.get(name)
 
     def broadcast(self, name: str) -> np.ndarray:
         """A dense column with one row per batch row; per-request columns are
@@ -79,9 +88,11 @@ def build_views(buf, n_rows: int, table: np.ndarray, names: list[str]) -> Decode
     per_request: set[str] = set()
     specs: dict[str, tuple] = {}
     # Python ints: numpy scalar arithmetic per column costs more than the views.
-    for name, code, flags, width, n_values, offset in zip(
+    slices: dict[str, tuple] = {}
+    for name, code, flags, width, n_values, offset, nbytes, full in zip(
             names, table["dtype"].tolist(), table["flags"].tolist(), table["width"].tolist(),
-            table["n_values"].tolist(), table["data_offset"].tolist()):
+            table["n_values"].tolist(), table["data_offset"].tolist(),
+            table["data_nbytes"].tolist(), table["reserved"].tolist()):
         dtype = CODE_DTYPES[code]
         rows = 1 if flags & FLAG_PER_REQUEST else n_rows
         if flags & FLAG_PER_REQUEST:
@@ -90,25 +101,41 @@ def build_views(buf, n_rows: int, table: np.ndarray, names: list[str]) -> Decode
             offsets = np.frombuffer(raw, dtype=OFFSETS_DTYPE, count=rows + 1, offset=offset)
             values = np.frombuffer(raw, dtype=dtype, count=n_values, offset=offset + 8 * (rows + 1))
             columns[name] = Ragged(values, offsets)
-            specs[name] = (dtype.name, (), True, bool(flags & FLAG_PER_REQUEST))
+            specs[name] = (CODE_NAMES[code], (), True, bool(flags & FLAG_PER_REQUEST))
         else:
+            if flags & FLAG_SLICED:
+                prefix = nbytes - n_values * dtype.itemsize
+                pairs = np.frombuffer(raw, dtype="<u4", count=prefix // 4, offset=offset)
+                slices[name] = (full, tuple(zip(pairs[0::2].tolist(), pairs[1::2].tolist())))
+                offset += prefix
             arr = np.frombuffer(raw, dtype=dtype, count=n_values, offset=offset)
             shape = (width,) if flags & FLAG_VECTOR else ()
             columns[name] = arr.reshape((rows,) + shape)
-            specs[name] = (dtype.name, shape, False, bool(flags & FLAG_PER_REQUEST))
+            specs[name] = (CODE_NAMES[code], shape, False, bool(flags & FLAG_PER_REQUEST))
     total = int(raw[:HEADER_NBYTES].view(HEADER_DTYPE)[0]["total_nbytes"])
-    return Decoded(n_rows, total, columns, frozenset(per_request), specs, layout_key(table, names))
+    return Decoded(n_rows, total, columns, frozenset(per_request), specs,
+                   layout_key(table, names, slices), slices)
 
 
 LAYOUT_KEY_DTYPE = np.dtype([("dtype", "u1"), ("flags", "u1"), ("width", "<u4"),
                              ("name_nbytes", "<u2")])
 
 
-def layout_key(table: np.ndarray, names: list[str]) -> bytes:
-    """Per column, in table order: dtype code, flags, width, name length, name."""
+def layout_key(table: np.ndarray, names: list[str], slices: dict | None = None) -> bytes:
+    """Per column, in table order: dtype code, flags, width, name length, name;
+    for a sliced column then its full width (u32) and ranges (u32 pairs)."""
     fixed = np.empty(len(names), LAYOUT_KEY_DTYPE)
     for field in ("dtype", "flags", "width", "name_nbytes"):
         fixed[field] = table[field]
     rows = fixed.tobytes()
     step = LAYOUT_KEY_DTYPE.itemsize
-    return b"".join(rows[i * step:(i + 1) * step] + name.encode() for i, name in enumerate(names))
+    slices = slices or {}
+    return b"".join(rows[i * step:(i + 1) * step] + name.encode() + _slice_key(slices.get(name))
+                    for i, name in enumerate(names))
+
+
+def _slice_key(sliced) -> bytes:
+    if sliced is None:
+        return b""
+    full, ranges = sliced
+    return np.array([full] + [x for r in ranges for x in r], dtype="<u4").tobytes()

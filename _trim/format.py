@@ -55,7 +55,10 @@ assert COLUMN_DTYPE.itemsize == COLUMN_NBYTES
 FLAG_RAGGED = 1
 FLAG_PER_REQUEST = 2
 FLAG_VECTOR = 4
-KNOWN_FLAGS = FLAG_RAGGED | FLAG_PER_REQUEST | FLAG_VECTOR
+# The column carries some positions of a VECTOR column (a model's read, _trim/reads.py):
+# its ``reserved`` field holds the full width, its region starts with the ranges.
+FLAG_SLICED = 8
+KNOWN_FLAGS = FLAG_RAGGED | FLAG_PER_REQUEST | FLAG_VECTOR | FLAG_SLICED
 
 # Wire dtype codes. Codes are part of the protocol: never renumber.
 DTYPE_CODES = {
@@ -68,7 +71,17 @@ DTYPE_CODES = {
     "uint8": 7,
     "bool": 8,
 }
+# Wire-only codes: a message may carry them (a column narrowed for a model's
+# read), a batch never holds them. numpy has no bfloat16: its columns are
+# viewed as the raw 16-bit patterns (uint16), named "bfloat16" in specs.
+NARROW_CODES = {"bfloat16": 9}
+WIRE_CODES = {**DTYPE_CODES, **NARROW_CODES}
 CODE_DTYPES = {code: np.dtype(name) for name, code in DTYPE_CODES.items()}
+CODE_DTYPES[NARROW_CODES["bfloat16"]] = np.dtype("<u2")
+CODE_NAMES = {code: name for name, code in WIRE_CODES.items()}
+WIRE_ITEMSIZES = {name: CODE_DTYPES[code].itemsize for name, code in WIRE_CODES.items()}
+# One (start, stop) pair of a sliced column's ranges: two u32.
+RANGE_NBYTES = 8
 OFFSETS_DTYPE = np.dtype("<i8")
 
 

@@ -36,13 +36,24 @@ def check(decoded: Decoded, inputs: list[TensorSpec], header_rows: int) -> None:
             missing.append(spec.name)
             continue
         dtype, shape, ragged, per_request = decoded.spec(spec.name)
-        ok = dtype == spec.dtype and ragged == spec.ragged and (
+        sliced = decoded.slice_of(spec.name)
+        whole = sliced is None and dtype == spec.dtype and ragged == spec.ragged and (
             spec.per_request == per_request if ragged else shape == tuple(spec.shape))
-        if not ok:
-            mismatched.append(spec.name)
-            problems.append(f"{spec.name}: expected "
-                            f"{describe(spec.dtype, tuple(spec.shape), spec.ragged, spec.per_request)}"
-                            f", got {describe(dtype, shape, ragged, per_request)}")
+        if whole:
+            continue   # the whole feature: what a root that does not trim finer sends
+        if spec.read is not None and not ragged and as_read(spec, dtype, shape, sliced):
+            continue
+        mismatched.append(spec.name)
+        got = describe(dtype, shape, ragged, per_request) + describe_slice(sliced)
+        want = describe(spec.dtype, tuple(spec.shape), spec.ragged, spec.per_request)
+        if spec.read is not None:
+            narrowed = spec.read.dtype or spec.dtype
+            sliced_as = (describe_slice((spec.shape[0], spec.read.ranges))
+                         if spec.read.ranges else "")
+            want += f" (or as its read: {narrowed}{sliced_as})"
+        problems.append(f"{spec.name}: expected {want}, got {got}"
+                        + ("; the read it carries is not the signature's (sub-feature read "
+                           "mismatch)" if sliced is not None or dtype != spec.dtype else ""))
     if missing or mismatched:
         parts = []
         if missing:
@@ -52,6 +63,26 @@ def check(decoded: Decoded, inputs: list[TensorSpec], header_rows: int) -> None:
         raise ProtocolError(SIGNATURE_MISMATCH,
                             "batch does not match the model's signature: " + "; ".join(parts),
                             missing=missing, mismatched=mismatched)
+
+
+def as_read(spec: TensorSpec, dtype: str, shape: tuple, sliced) -> bool:
+    """Whether a dense column is exactly ``spec``'s read of its feature: the
+    read's positions (sliced from the declared width) at the read's dtype."""
+    read = spec.read
+    assert read is not None
+    if dtype != (read.dtype or spec.dtype):
+        return False
+    if read.ranges is None:
+        return sliced is None and shape == tuple(spec.shape)
+    return (sliced is not None and tuple(spec.shape) == (sliced[0],)
+            and tuple(sliced[1]) == read.ranges and shape == (read.width(sliced[0]),))
+
+
+def describe_slice(sliced) -> str:
+    if sliced is None:
+        return ""
+    full, ranges = sliced
+    return f" sliced {[list(r) for r in ranges]} of {full}"
 
 
 class SignatureCheck:

@@ -55,10 +55,12 @@ class LeafServer:
                  reply_endpoint: str, metrics: LeafMetrics, max_message_bytes: int,
                  drain_timeout_s: float, device: str, curve_keys: ServerKeys | None = None,
                  max_queue: int = MAX_QUEUE, targets: Handoff[Target] | None = None,
-                 records: Handoff[MemberStatus] | None = None, probes: Probes | None = None):
+                 records: Handoff[MemberStatus] | None = None, probes: Probes | None = None,
+                 sub_feature_columns: bool = True):
         self.name = name
         self.probes = probes if probes is not None else Probes()
         self._next_readiness = 0.0
+        self.sub_feature_columns = sub_feature_columns
         self.binds = binds
         self.table = table
         self.targets = targets
@@ -287,4 +289,6 @@ class LeafServer:
             # The largest batch message it takes (frame, decompressed or shm): roots
             # send nothing larger, answering `too_large` themselves.
             "max_message_bytes": self.max_message_bytes,
+            # It decodes sliced and narrowed columns (rule pong.sub-feature-columns).
+            **({"sub_feature_columns": True} if self.sub_feature_columns else {}),
             "models": self.table.describe(), **self.table.pong_fields()})

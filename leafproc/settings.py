@@ -78,6 +78,10 @@ class LeafSettings:
                                     "frame drops its connection. Said in pongs: roots send "
                                     "nothing larger (answering too_large)",
                                     minimum=64 * 1024)
+    sub_feature_columns: bool = option(True, "say in pongs that this leaf takes sub-feature "
+                                       "columns (a model's read: sliced positions, narrowed "
+                                       "floats); off: roots send it whole features, as to a "
+                                       "leaf that predates them")
     max_queue: int = option(MAX_QUEUE, "requests waiting per model version; past it new ones "
                             "are answered 'overloaded' at once", positive=True)
     device: str = option("auto", "where models run", choices=DEVICES)

@@ -34,7 +34,11 @@ TORCH_DTYPES = {
     np.dtype("float64"): torch.float64, np.dtype("int64"): torch.int64,
     np.dtype("int32"): torch.int32, np.dtype("int8"): torch.int8,
     np.dtype("uint8"): torch.uint8, np.dtype("bool"): torch.bool,
+    # A bfloat16 column's raw bits (numpy has no bfloat16); `widened` views them.
+    np.dtype("uint16"): torch.uint16,
 }
+# Beyond this many ranges, a sliced column is placed by one index_copy_, not a copy per range.
+MAX_RANGE_COPIES = 8
 # Messages are laid out in the staging buffer at this alignment, so that every
 # column view keeps the 8-byte alignment it had in its message.
 STAGE_ALIGN = 64
@@ -86,11 +90,40 @@ def assemble(parts: list[Part], mappers: list[Mapper], inputs: list[TensorSpec])
             tensors = []
             for p, m in zip(parts, mappers):
                 t = m(p.decoded[name])
+                wire_dtype = p.decoded.spec(name)[0]
+                sliced = p.decoded.slice_of(name)
+                if sliced is not None or wire_dtype != spec.dtype:
+                    t = widened(t, spec, wire_dtype, sliced)
                 if p.decoded.is_per_request(name):
                     t = t.expand((p.rows,) + tuple(t.shape[1:]))
                 tensors.append(t)
             features[name] = tensors[0] if single else torch.cat(tensors)
     return features
+
+
+def widened(t: torch.Tensor, spec: TensorSpec, wire_dtype: str, sliced) -> torch.Tensor:
+    """A column sent as ``spec``'s read, as the feature the model declares:
+    narrowed values widened back (exact), read positions placed at their
+    place in a ``[rows, width]`` tensor of zeros (positions the model never
+    reads). Runs where ``t`` is: on the device, after its one copy there.
+    The model's own cast then gives the bits it would have given the whole
+    feature (docs/signatures.md, "Sub-feature reads")."""
+    if wire_dtype == "bfloat16":
+        t = t.view(torch.bfloat16)
+    declared = TORCH_DTYPES[np.dtype(spec.dtype)]
+    if sliced is None:
+        return t.to(declared)
+    full, ranges = sliced
+    out = torch.zeros((t.shape[0], full), dtype=declared, device=t.device)
+    if len(ranges) > MAX_RANGE_COPIES:
+        positions = [p for a, b in ranges for p in range(a, b)]
+        index = torch.tensor(positions, dtype=torch.int64).to(t.device, non_blocking=True)
+        return out.index_copy_(1, index, t.to(declared))
+    at = 0
+    for a, b in ranges:
+        out[:, a:b].copy_(t[:, at:at + b - a])
+        at += b - a
+    return out
 
 
 def _private_copy(arr: np.ndarray) -> torch.Tensor:

@@ -31,6 +31,15 @@ class RootMetrics:
                                        ["leaf", "model"], registry=r)
         self.wire_bytes = Counter(p + "wire_bytes", "payload bytes on the wire to leaves "
                                   "(after compression)", ["leaf", "model"], registry=r)
+        self.sub_feature_saved = Counter(p + "sub_feature_saved_bytes", "batch message bytes "
+                                         "not sent because models read less of a feature than "
+                                         "all of it (slices, narrowed floats), beyond what "
+                                         "feature-level trimming saves", ["leaf", "model"],
+                                         registry=r)
+        self.sub_feature_fail_open = Counter(p + "sub_feature_fail_open", "model batches sent "
+                                             "with whole features although the model's reads "
+                                             "would trim them: the leaf does not say it takes "
+                                             "sub-feature columns", ["leaf", "model"], registry=r)
         self.trim_gaps = Counter(p + "trim_gaps", "model versions sent every feature because "
                                  "the active config has no signature for them or a leaf does not "
                                  "agree with it", ["model"], registry=r)

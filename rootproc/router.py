@@ -342,11 +342,16 @@ class Router:
             result["transport"] = "shm"
         else:
             result.pop("transport", None)   # a resend may follow a shm send
-        result.update(leaf=link.name, bytes_sent=model.nbytes)
-        self.metrics.bytes_sent.labels(link.name, model.key).inc(model.nbytes)
+        result.update(leaf=link.name, bytes_sent=msg.nbytes)
+        self.metrics.bytes_sent.labels(link.name, model.key).inc(msg.nbytes)
         self.metrics.bytes_untrimmed.labels(link.name, model.key).inc(model.untrimmed)
         self.metrics.wire_bytes.labels(link.name, model.key).inc(msg.wire_nbytes)
-        if msg.wire_nbytes != model.nbytes and not msg.in_shm:
+        if msg.fine:
+            self.metrics.sub_feature_saved.labels(link.name, model.key).inc(
+                model.nbytes - msg.nbytes)
+        elif model.fine is not None:
+            self.metrics.sub_feature_fail_open.labels(link.name, model.key).inc()
+        if msg.wire_nbytes != msg.nbytes and not msg.in_shm:
             result["wire_bytes"] = msg.wire_nbytes
         else:
             result.pop("wire_bytes", None)

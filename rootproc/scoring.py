@@ -36,7 +36,7 @@ from rootproc.leaves.encoding import ModelBatch
 from rootproc.memory import Linear, MemoryBudget
 from rootproc.open_request import OpenRequest
 from rootproc.reply import wire_error
-from rootproc.rollout.installed import PreparedConfig
+from rootproc.rollout.installed import PreparedConfig, fine_plan
 from rootproc.workers import BatchWorkers
 
 if TYPE_CHECKING:
@@ -360,7 +360,9 @@ class Scorer:
             return
         try:
             plan = self.plan_for(batch.layout, key if trimmed else None)
-            self.router.send(request, idx, ModelBatch(key, plan, batch, untrimmed), now)
+            fine = self.fine_plan_for(batch.layout, key) if trimmed and self.cfg.sub_feature \
+                else None
+            self.router.send(request, idx, ModelBatch(key, plan, batch, untrimmed, fine), now)
         except Exception as exc:
             # Other models may already be in flight, and the router gives
             # the request its one reply: the failure stays this model's result.
@@ -396,6 +398,13 @@ class Scorer:
             plan = _trim.compile_plan(layout, names)
             self.plans[cache_key] = plan
         return plan
+
+    def fine_plan_for(self, layout, key: str):
+        """``key``'s plan with its reads (sub-feature columns), compiled once (fine_plan)."""
+        cache_key = (layout.fingerprint, key, "reads")
+        if cache_key not in self.plans:
+            self.plans[cache_key] = fine_plan(layout, self.active, key)
+        return self.plans[cache_key]
 
 
 __all__ = ["Scorer"]

@@ -206,6 +206,9 @@ class RootSettings:
                                       "store_unavailable instead of scoring defaults (1: never)",
                                       minimum=0)
     trim: str = option("on", "'on': each leaf gets the features its model reads", choices=MODES_TRIM)
+    sub_feature: bool = option(True, "with trim on: send each model's reads (slices, narrowed "
+                               "floats) to leaves that say they take them; off: the read "
+                               "features whole")
     compression: str = option(COMPRESSION_NONE, "none or lz4, for every leaf link",
                               choices=MODES_COMPRESSION)
     metrics_port: int | None = option(METRICS_PORT, "port of /metrics and the /livez, /readyz "

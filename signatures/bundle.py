@@ -4,6 +4,13 @@ A bundle is the root's trim config. Its ``models`` map is the allowlist
 model version -> required features, for current AND pending versions, so a
 config can reach the roots before the model versions it anticipates reach the
 leaves ("config before models").
+
+A version whose signature declares reads (`_trim/reads.py`: positions of a
+vector feature, a narrowing cast) has them under ``reads`` (feature -> read),
+only then, so that bundles without reads keep their ids. A root that
+predates reads ignores the key and sends those features whole (fail open);
+one that knows them sends each read to the leaves that say they take it
+(docs/signatures.md, "Sub-feature reads").
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 
 from _trim.errors import InvalidInput, NotFound
+from _trim.reads import FeatureRead
 from _trim.transport.model_key import ModelKey
 from signatures.repository.module_info import (
     DEFAULT_OUTPUTS,
@@ -35,15 +43,23 @@ class BundleModel:
     signature_hash: str
     features: tuple[str, ...]
     pending: bool = False
+    # Feature -> what the version reads of it, for features it reads less of than whole.
+    reads: tuple[tuple[str, FeatureRead], ...] = ()
 
     @property
     def key(self) -> str:
         return f"{self.model}@{self.version}"
 
+    def read_map(self) -> dict[str, FeatureRead]:
+        return dict(self.reads)
+
     def to_dict(self) -> dict:
-        return {"model": self.model, "version": self.version,
-                "signature_hash": self.signature_hash, "features": list(self.features),
-                "pending": self.pending}
+        d = {"model": self.model, "version": self.version,
+             "signature_hash": self.signature_hash, "features": list(self.features),
+             "pending": self.pending}
+        if self.reads:
+            d["reads"] = {name: read.to_dict() for name, read in self.reads}
+        return d
 
 
 @dataclass(frozen=True)
@@ -139,8 +155,13 @@ class Bundle:
             if len(set(feats)) != len(feats):
                 problems.append(f"models[{key!r}].features lists a feature twice")
                 continue
+            try:
+                reads = _parse_reads(m.get("reads", {}), feats, f"models[{key!r}].reads")
+            except InvalidInput as exc:
+                problems.append(str(exc))
+                continue
             models[key] = BundleModel(mk.name, mk.version, str(m.get("signature_hash", "")),
-                                      tuple(feats), bool(m.get("pending", False)))
+                                      tuple(feats), bool(m.get("pending", False)), reads)
         leaves: dict[str, BundleLeaf] = {}
         raw_leaves = d.get("leaves", {})
         if not isinstance(raw_leaves, dict):
@@ -213,9 +234,11 @@ def build(repo: ModelRepository, schema: FeatureSchema, placement: dict) -> Bund
                 problems.append(f"{key} reads {spec.name!r} as {_describe(need)} but the schema "
                                 f"produces {_describe(have)}")
         names = set(info.input_names)
-        models[key] = BundleModel(mk.name, mk.version, info.signature_hash,
-                                  tuple(n for n in schema.names if n in names),
-                                  pending=key not in current_keys)
+        ordered = tuple(n for n in schema.names if n in names)
+        read_of = {spec.name: spec.read for spec in info.inputs if spec.read is not None}
+        models[key] = BundleModel(mk.name, mk.version, info.signature_hash, ordered,
+                                  pending=key not in current_keys,
+                                  reads=tuple((n, read_of[n]) for n in ordered if n in read_of))
     if problems:
         raise InvalidInput(f"cannot build the bundle: {len(problems)} problem(s):\n  - "
                          + "\n  - ".join(problems))
@@ -232,6 +255,25 @@ def build(repo: ModelRepository, schema: FeatureSchema, placement: dict) -> Bund
                     .strftime("%Y-%m-%dT%H:%M:%SZ"))
     bundle.id = Bundle.content_id(bundle.content())
     return bundle
+
+
+def _parse_reads(raw, features, where: str) -> tuple[tuple[str, FeatureRead], ...]:
+    """A model's ``reads`` (feature -> read) in the order of its features;
+    InvalidInput naming what is wrong."""
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{where} must be an object of feature -> read")
+    unknown = sorted(set(raw) - set(features))
+    if unknown:
+        raise InvalidInput(f"{where} names features the version does not read: "
+                           f"{', '.join(map(str, unknown))}")
+    out = []
+    for name in features:
+        if name in raw:
+            read = FeatureRead.from_dict(raw[name], f"{where}[{name!r}]")
+            if read.whole:
+                raise InvalidInput(f"{where}[{name!r}] is empty; omit it")
+            out.append((name, read))
+    return tuple(out)
 
 
 def _describe(t) -> str:

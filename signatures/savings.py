@@ -4,6 +4,11 @@ Sizes are exact: they come from `_trim.encoded_nbytes` on a batch laid out
 as the root lays it out (every schema feature, schema order), which is the
 formula in docs/protocol.md "Sizes". Ragged columns need a value count; the
 report assumes ``avg_list_len`` values per row.
+
+Savings below the feature (a model's reads: slices, narrowed floats) are
+counted apart from feature-level trimming: ``trimmed`` is the message with
+the model's features whole, ``reads`` the one a leaf that takes
+sub-feature columns gets (docs/signatures.md, "Sub-feature reads").
 """
 from __future__ import annotations
 
@@ -35,17 +40,18 @@ class SizeModel:
                   for c in self.layout if c.ragged}
         return Batch(self.layout, rows, ragged)
 
-    def message_nbytes(self, names, rows: int | None = None) -> int:
-        """Size of the message holding ``names`` for ``rows`` (0 or the report's rows)."""
-        plan = compile_plan(self.layout, list(names))
+    def message_nbytes(self, names, rows: int | None = None, reads=None) -> int:
+        """Size of the message holding ``names`` (``reads``: what of them is
+        read, feature -> FeatureRead) for ``rows`` (0 or the report's rows)."""
+        plan = compile_plan(self.layout, list(names), reads)
         return encoded_nbytes(plan, self._batches[self.rows if rows is None else rows])
 
-    def cost(self, names) -> Cost:
+    def cost(self, names, reads=None) -> Cost:
         """Bytes for one request: the fixed part (header, table, per-request
         columns) and the part that grows with each candidate."""
         names = list(names)
-        total = self.message_nbytes(names)
-        fixed = self.message_nbytes(names, 0)
+        total = self.message_nbytes(names, reads=reads)
+        fixed = self.message_nbytes(names, 0, reads)
         return Cost(total=total, per_request=fixed, per_candidate=(total - fixed) / self.rows)
 
 
@@ -62,11 +68,18 @@ class Row:
     name: str
     n_features: int
     all: Cost
-    trimmed: Cost
+    trimmed: Cost               # features whole
+    reads: Cost | None = None   # with the model's reads: the leaf's message (None: no reads)
 
     @property
     def saving(self) -> float:
+        """Feature-level trimming's saving."""
         return 1.0 - self.trimmed.total / self.all.total if self.all.total else 0.0
+
+    @property
+    def sub_feature_saved(self) -> int:
+        """Bytes per message the reads save beyond feature-level trimming."""
+        return 0 if self.reads is None else self.trimmed.total - self.reads.total
 
 
 def report(bundle: Bundle, schema: FeatureSchema, rows: int = DEFAULT_ROWS,
@@ -76,7 +89,8 @@ def report(bundle: Bundle, schema: FeatureSchema, rows: int = DEFAULT_ROWS,
     if unknown:
         raise InvalidInput(f"the bundle needs features the schema lacks: {', '.join(unknown)}")
     everything = sizes.cost(schema.names)
-    out = [Row("model", key, len(m.features), everything, sizes.cost(m.features))
+    out = [Row("model", key, len(m.features), everything, sizes.cost(m.features),
+               sizes.cost(m.features, m.read_map()) if m.reads else None)
            for key, m in sorted(bundle.models.items())]
     out += [Row("leaf", name, len(leaf.features), everything, sizes.cost(leaf.features))
             for name, leaf in sorted(bundle.leaves.items())]
@@ -86,13 +100,18 @@ def report(bundle: Bundle, schema: FeatureSchema, rows: int = DEFAULT_ROWS,
 def format_table(rows: list[Row], n_rows: int) -> str:
     head = (f"{'':5} {'name':24} {'feats':>5} {'B/cand all':>11} {'B/cand trim':>11} "
             f"{'B/req all':>10} {'B/req trim':>10} {f'msg@{n_rows} all':>13} "
-            f"{f'msg@{n_rows} trim':>13} {'saving':>7}")
+            f"{f'msg@{n_rows} trim':>13} {'saving':>7} {f'msg@{n_rows} reads':>14} "
+            f"{'sub-feat':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
+        fine = (f" {r.reads.total:14d} {r.sub_feature_saved / r.trimmed.total:8.1%}"
+                if r.reads is not None and r.trimmed.total else f" {'-':>14} {'-':>8}")
         lines.append(f"{r.kind:5} {r.name:24} {r.n_features:5d} {r.all.per_candidate:11.1f} "
                      f"{r.trimmed.per_candidate:11.1f} {r.all.per_request:10d} "
                      f"{r.trimmed.per_request:10d} {r.all.total:13d} {r.trimmed.total:13d} "
-                     f"{r.saving:7.1%}")
+                     f"{r.saving:7.1%}" + fine)
+    lines.append("sub-feat: what the model's reads (slices, narrowed floats) save of the trimmed "
+                 "message, beyond feature-level trimming (sent to leaves that take them)")
     return "\n".join(lines)
 
 
@@ -125,7 +144,9 @@ class ModelDiff:
     status: str  # "added", "removed", "changed", "same"
     added: tuple[str, ...]
     removed: tuple[str, ...]
-    bytes_delta: int | None  # message bytes at the report's rows, new minus old
+    bytes_delta: int | None  # message bytes at the report's rows, new minus old (features whole)
+    reads_changed: tuple[str, ...] = ()   # features whose read changed (models)
+    sub_feature_delta: int | None = None  # change in bytes the reads save, new minus old
 
 
 def diff(old: Bundle, new: Bundle, schema: FeatureSchema | None = None,
@@ -146,10 +167,26 @@ def diff(old: Bundle, new: Bundle, schema: FeatureSchema | None = None,
                 before = sizes.message_nbytes(fa) if key in a else 0
                 after = sizes.message_nbytes(fb) if key in b else 0
                 delta = after - before
+            reads_changed: tuple[str, ...] = ()
+            sub_delta: int | None = None
+            if scope == "model":
+                ra = old.models[key].read_map() if key in a else {}
+                rb = new.models[key].read_map() if key in b else {}
+                reads_changed = tuple(sorted(f for f in set(ra) | set(rb) if ra.get(f) != rb.get(f)))
+                if reads_changed and status == "same":
+                    status = "changed"
+                if sizes is not None and (ra or rb):
+                    sub_delta = (_sub_saved(sizes, fb, rb) if key in b else 0) - \
+                        (_sub_saved(sizes, fa, ra) if key in a else 0)
             out.append(ModelDiff(f"{scope}:{key}", status,
                                  tuple(f for f in fb if f not in set(fa)),
-                                 tuple(f for f in fa if f not in set(fb)), delta))
+                                 tuple(f for f in fa if f not in set(fb)), delta,
+                                 reads_changed, sub_delta))
     return out
+
+
+def _sub_saved(sizes: SizeModel, names, reads) -> int:
+    return sizes.message_nbytes(names) - sizes.message_nbytes(names, reads=reads) if reads else 0
 
 
 def format_diff(diffs: list[ModelDiff], old: Bundle, new: Bundle, rows: int) -> str:
@@ -161,6 +198,10 @@ def format_diff(diffs: list[ModelDiff], old: Bundle, new: Bundle, rows: int) -> 
         lines.append(f"{d.status:8} {d.key}{impact}")
         lines += [f"           + {f}" for f in d.added]
         lines += [f"           - {f}" for f in d.removed]
+        lines += [f"           ~ {f} (read)" for f in d.reads_changed]
+        if d.sub_feature_delta:
+            lines.append(f"           sub-feature reads save {d.sub_feature_delta:+d} B per "
+                         f"request @{rows} rows")
     if len(lines) == 1:
         lines.append("no differences in models, leaves or features")
     return "\n".join(lines)

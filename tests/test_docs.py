@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
-
 from _trim import format as fmt
 from _trim.transport import protocol
 
@@ -29,7 +27,7 @@ def table_after(text: str, heading: str) -> list[list[str]]:
 def test_dtype_codes_in_the_protocol_are_the_formats():
     rows = table_after((DOCS / "protocol.md").read_text(), "dtype codes (never renumbered)")
     documented = {name: (int(code), int(nbytes.split()[0])) for code, name, nbytes in rows}
-    defined = {name: (code, np.dtype(name).itemsize) for name, code in fmt.DTYPE_CODES.items()}
+    defined = {name: (code, fmt.WIRE_ITEMSIZES[name]) for name, code in fmt.WIRE_CODES.items()}
     assert documented == defined
 
 

@@ -39,12 +39,13 @@ if TYPE_CHECKING:  # the scenario needs torch: imported when a run builds one
 
 
 def models_arg(value: str) -> int | str:
-    if value == "realistic":
+    if value in ("realistic", "reads"):
         return value
     try:
         return int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a count or 'realistic', not {value!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a count, 'realistic' or 'reads', "
+                                         f"not {value!r}") from None
 
 
 def parse_args(argv):
@@ -61,7 +62,9 @@ def parse_args(argv):
     p.add_argument("--models", type=models_arg, default=4,
                    help="model versions, spread over the leaves, each reading 15-60%% of the schema; "
                         "or 'realistic': a production-sized TorchRec DLRM and DCN (needs the "
-                        "[torchrec] extra; rootproc/demo/realistic.py)")
+                        "[torchrec] extra; rootproc/demo/realistic.py); or 'reads': a "
+                        "Matryoshka model (a 64-dim prefix of a 256-dim embedding) and a bf16 "
+                        "one, whose reads trim below the feature (mode trimmed-whole compares)")
     p.add_argument("--modes", nargs="+", choices=[m.name for m in MODES], help="default: all")
     p.add_argument("--deadline-ms", type=int, default=10_000,
                    help="each request's deadline at the roots (a closed loop of requests that "
@@ -78,7 +81,7 @@ def parse_args(argv):
                         "the network cost trimming saves (needs root and iproute2). At the default "
                         "scale every feature is ~41 MB a request: try --scale 0.5 --candidates 64")
     args = p.parse_args(argv)
-    count = 2 if args.models == "realistic" else args.models
+    count = 2 if args.models in ("realistic", "reads") else args.models
     if min(args.requests, args.candidates, args.concurrency, args.leaves, args.roots, count,
            args.deadline_ms) < 1:
         p.error("--requests, --candidates, --concurrency, --leaves, --roots, --models and "
@@ -234,7 +237,8 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     run_dir = args.run_dir or Path("runs") / datetime.datetime.now().strftime("demo-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
-    modes = [m for m in MODES if (not args.modes or m.name in args.modes)
+    modes = [m for m in MODES if (m.name in args.modes if args.modes else
+                                  not m.reads_only or args.models == "reads")
              and not (args.remote_leaf_bandwidth and m.local_only)]
 
     def log(msg):

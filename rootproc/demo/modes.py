@@ -14,6 +14,7 @@ class Mode:
     compression: str
     root_options: dict = field(default_factory=dict)
     local_only: bool = False   # meaningless with remote leaves (--remote-leaf-bandwidth)
+    reads_only: bool = False   # run by default only with --models reads
 
 
 MODES = [
@@ -25,5 +26,8 @@ MODES = [
     Mode("trimmed-shm", "trimmed + shared memory", "on", "none",
          root_options={"shm": {"enabled": True}},   # the default ring (rootproc/defaults.py)
          local_only=True),
+    # Feature-level trimming alone: the models' reads are not used (--models reads).
+    Mode("trimmed-whole", "trimmed, read features whole", "on", "none",
+         root_options={"sub_feature": False}, reads_only=True),
 ]
 BASELINE = "all"

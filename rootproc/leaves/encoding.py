@@ -34,10 +34,23 @@ class ModelBatch:
     plan: object       # trim plan: which columns of ``batch`` the model reads
     batch: object
     untrimmed: int     # bytes the message would take with every column (for metrics)
-    nbytes: int = field(init=False)
+    # The plan with the model's reads (sub-feature columns), for a leaf that
+    # says it takes them (its pong's sub_feature_columns); None: none to send.
+    fine: object = None
+    nbytes: int = field(init=False)        # ``plan``'s message: the most any send takes
+    fine_nbytes: int = field(init=False)   # ``fine``'s, or ``nbytes``
 
     def __post_init__(self):
         object.__setattr__(self, "nbytes", _trim.encoded_nbytes(self.plan, self.batch))
+        object.__setattr__(self, "fine_nbytes", self.nbytes if self.fine is None
+                           else _trim.encoded_nbytes(self.fine, self.batch))
+
+    def for_link(self, link) -> tuple[object, int, bool]:
+        """(plan, message bytes, sub-feature) of the message ``link``'s leaf gets:
+        the reads only to a leaf that says it takes them (fail open)."""
+        if self.fine is not None and getattr(link, "sub_feature_columns", False):
+            return self.fine, self.fine_nbytes, True
+        return self.plan, self.nbytes, False
 
 
 @dataclass
@@ -48,6 +61,8 @@ class LeafMessage:
     frames: list
     wire_nbytes: int             # payload bytes on the socket: 0 through shared memory
     channel: ShmChannel | None = None   # the ring's channel holding its slot, if it went through one
+    nbytes: int = 0              # the batch message's bytes (before compression)
+    fine: bool = False           # it carries the model's reads (sub-feature columns)
 
     @property
     def in_shm(self) -> bool:
@@ -67,7 +82,7 @@ class Encoder:
 
     def __init__(self, model: ModelBatch):
         self.model = model
-        self._payload: np.ndarray | None = None
+        self._payloads: dict[bool, np.ndarray] = {}   # by sub-feature or not
 
     def message(self, link, mid: str, rows: int, deadline_ms: int, channel=None,
                 read_replies=None) -> LeafMessage:
@@ -76,20 +91,20 @@ class Encoder:
         ``read_replies(timeout_s)`` reads the link's replies (only they
         free slots)."""
         model = self.model
+        plan, nbytes, fine = model.for_link(link)
         head = {"type": "score", "id": mid, "model": model.key, "rows": rows,
                 "compression": link.compression, "deadline_ms": deadline_ms}
         if channel is not None:
-            desc = channel.place(mid, model.plan, model.batch, model.nbytes, read_replies,
-                                 what=model.key)
+            desc = channel.place(mid, plan, model.batch, nbytes, read_replies, what=model.key)
             if desc is not None:
                 head.update(compression="none", shm=desc)
-                return LeafMessage(mid, [pack_header(head)], 0, channel)
-        if self._payload is None:
+                return LeafMessage(mid, [pack_header(head)], 0, channel, nbytes, fine)
+        if fine not in self._payloads:
             # Never written again once sent: zmq owns it until it has left
             # (copy=False), and the pool hands it out only after that.
-            self._payload = memory.empty(model.nbytes)
-            _trim.encode_into(model.plan, model.batch, self._payload)
-        payload: np.ndarray | bytes = self._payload
+            self._payloads[fine] = memory.empty(nbytes)
+            _trim.encode_into(plan, model.batch, self._payloads[fine])
+        payload: np.ndarray | bytes = self._payloads[fine]
         if link.compression == COMPRESSION_LZ4:
             block = compress(payload)
             limit = link.max_message_bytes
@@ -97,10 +112,10 @@ class Encoder:
             # would drop the frame, and the raw message fits (the router saw to it).
             if limit is None or len(block) <= limit:
                 payload = block
-                head["raw_nbytes"] = model.nbytes
+                head["raw_nbytes"] = nbytes
             else:
                 head["compression"] = "none"
-        return LeafMessage(mid, [pack_header(head), payload], len(payload))
+        return LeafMessage(mid, [pack_header(head), payload], len(payload), None, nbytes, fine)
 
 
 __all__ = ["Encoder", "LeafMessage", "ModelBatch"]

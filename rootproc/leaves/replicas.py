@@ -83,6 +83,7 @@ class LeafLink:
         self.out: str | None = R.NOT_YET   # why it is out of rotation (None: in rotation)
         self.pid = None
         self.max_message_bytes: int | None = None   # what its pongs say it accepts (limits.py)
+        self.sub_feature_columns = False   # its pongs say it takes sub-feature columns
         self._next_ping = 0
         self._pong_floor = 0     # pings numbered below were sent on a connection that dropped
         self.socket = ctx.socket(zmq.DEALER)
@@ -195,6 +196,7 @@ class LeafLink:
         self.pid = pid if usable else None
         self.draining = header.get("draining") is True
         self.max_message_bytes = message_limit(header)
+        self.sub_feature_columns = header.get("sub_feature_columns") is True   # takes reads
         models = header.get("models")
         if isinstance(models, list):
             # Ready only when it says so: an entry without `"ready": true` is
@@ -398,6 +400,8 @@ class LeafPool:
                 entry.update(describe(link))
             if link.max_message_bytes is not None:
                 entry["max_message_bytes"] = link.max_message_bytes
+            if link.sub_feature_columns:
+                entry["sub_feature_columns"] = True
             if link.draining:
                 entry["draining"] = True
             if link.retiring:

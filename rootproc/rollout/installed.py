@@ -6,8 +6,13 @@ function.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from _trim.reads import FeatureRead
+
+log = logging.getLogger("rootproc")
 
 if TYPE_CHECKING:
     from rootproc.preprocess.preprocessor import Preprocessor
@@ -23,10 +28,15 @@ class ActiveConfig:
     endpoints: dict = field(default_factory=dict)  # leaf name -> endpoint, when the bundle has one
     hashes: dict = field(default_factory=dict)     # "name@version" -> signature hash
     schema_fingerprint: str = ""   # of the feature schema the bundle was built against
+    reads: dict = field(default_factory=dict)  # "name@version" -> {feature: FeatureRead}
 
     def features_for(self, key: str):
         """Required features of a model version; None if this config does not know it."""
         return self.models.get(key)
+
+    def reads_for(self, key: str) -> dict:
+        """What the version reads of features it reads less of than whole (feature -> read)."""
+        return self.reads.get(key, {})
 
     @property
     def union(self) -> list[str]:
@@ -51,8 +61,11 @@ class ActiveConfig:
         endpoints = {name: leaf["endpoint"] for name, leaf in d.get("leaves", {}).items()
                      if leaf.get("endpoint")}
         hashes = {k: m.get("signature_hash") for k, m in d["models"].items()}
+        reads = {k: {name: FeatureRead.from_dict(r, f"bundle models[{k!r}].reads")
+                     for name, r in m["reads"].items()}
+                 for k, m in d["models"].items() if m.get("reads")}
         return cls(str(d.get("id", "")), models, pending, placement, generation, endpoints, hashes,
-                   str(d.get("schema_fingerprint") or ""))
+                   str(d.get("schema_fingerprint") or ""), reads)
 
 
 class SchemaMismatch(ValueError):
@@ -120,6 +133,24 @@ def prepare_config(schema, record_layouts, trim: str, active: ActiveConfig,
         for key, names in active.models.items():
             plans[(used.layout.fingerprint, key)] = _trim.compile_plan(used.layout, names)
     return PreparedConfig(active, full, used, plans)
+
+
+def fine_plan(layout, active: ActiveConfig, key: str):
+    """``key``'s trim plan with its reads (sub-feature columns); None when it
+    reads every feature whole, or when a read does not fit ``layout`` (the
+    schema disagrees with the signature): its features then go whole (fail
+    open), logged once per config and layout."""
+    import _trim
+
+    reads = active.reads_for(key)
+    if not reads:
+        return None
+    try:
+        return _trim.compile_plan(layout, active.features_for(key), reads)
+    except ValueError as exc:
+        log.warning("model %s: its reads are not used, its features go whole "
+                    "(sub-feature fail open): %s", key, exc)
+        return None
 
 
 def load_active_config(cfg) -> ActiveConfig:

@@ -5,6 +5,16 @@ checks that each of these tests exists."""
 from __future__ import annotations
 
 ELSEWHERE = {
+    # A leaf serving models whose signatures declare reads, and torch's own casts.
+    "batch.sliced": [
+        "tests/root/test_sub_feature_e2e.py::test_messages_carry_the_read_bytes_only",
+        "tests/trim/test_sub_feature.py::test_a_sliced_message_round_trips"],
+    "batch.narrow": [
+        "tests/trim/test_sub_feature.py::test_float32_narrowing_is_torchs_on_every_rounding_edge",
+        "tests/trim/test_sub_feature.py::test_float64_narrowing_goes_through_float32_as_torchs_does",
+        "tests/root/test_sub_feature_e2e.py::test_scores_with_sub_feature_trimming_are_the_untrimmed_scores_bit_for_bit"],
+    "pong.sub-feature-columns": [
+        "tests/root/test_sub_feature_e2e.py::test_a_leaf_that_does_not_take_sub_feature_columns_gets_whole_features_counted"],
     "security.curve": [
         "tests/curve/test_curve.py::test_clients_without_an_authorized_key_get_no_service"],
     "error.store-unavailable": [

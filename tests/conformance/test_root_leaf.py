@@ -120,6 +120,30 @@ def name_byte(value: int):
     return mutate
 
 
+def sliced_user_emb(world, pair=(2, 5), width=3, dtype=None) -> bytes:
+    """ctr@3's batch with user_emb sent sliced, made by hand: a per-request
+    5-wide float32 column (20 bytes) rewritten as positions ``pair`` of 8:
+    its ranges (8 bytes), then 3 values (12 bytes); with ``dtype`` 9, its
+    values as bfloat16 (2 bytes each, 6 zero bytes unused at the end are
+    then cut from data_nbytes)."""
+    specs = [s.column_spec() for s in world["inputs"][KEY]]
+    specs = [dataclasses.replace(s, shape=(5,)) if s.name == "user_emb" else s for s in specs]
+    arrays = columns()
+    arrays["user_emb"] = np.zeros((1, 5), "f4")
+    buf = bytearray(Batch.from_arrays(Layout(specs), arrays, ROWS).buffer)
+    entry = col(buf, "user_emb")
+    start = int(entry["data_offset"][0])
+    region = np.frombuffer(buf, np.uint8)[start:start + 20]
+    region[:8] = np.array(pair, "<u4").view(np.uint8)
+    entry["flags"], entry["reserved"], entry["width"], entry["n_values"] = 2 | 4 | 8, 8, width, width
+    if dtype is None:
+        region[8:] = np.array([0.5, 1.5, 2.5], "<f4").view(np.uint8)
+    else:
+        region[8:14] = np.array([0x3F00, 0x3FC0, 0x4020], "<u2").view(np.uint8)
+        entry["dtype"], entry["data_nbytes"] = dtype, 8 + 2 * width
+    return bytes(buf)
+
+
 def decode_error(message):
     return error("decode_error", message, rid="b1")
 
@@ -162,10 +186,18 @@ BATCH = [
         column("pin_quality", "name_offset", 0)(b), column("pin_quality", "name_nbytes",
                                                             len("pin_ctr_7d"))(b))),
          decode_error("duplicate column 'pin_ctr_7d'")),
-    Case("batch.dtype", "an unknown dtype code", with_batch(column("pin_quality", "dtype", 9)),
-         decode_error("'pin_quality': unknown dtype code 9")),
-    Case("batch.flags", "an unknown flag bit", with_batch(column("pin_quality", "flags", 8)),
-         decode_error("'pin_quality': unknown flags 0x8")),
+    Case("batch.dtype", "an unknown dtype code", with_batch(column("pin_quality", "dtype", 10)),
+         decode_error("'pin_quality': unknown dtype code 10")),
+    Case("batch.flags", "an unknown flag bit", with_batch(column("pin_quality", "flags", 16)),
+         decode_error("'pin_quality': unknown flags 0x10")),
+    Case("batch.sliced-valid", "SLICED without VECTOR", with_batch(column("pin_quality", "flags", 8)),
+         decode_error("'pin_quality': only a vector column can be sliced")),
+    Case("batch.sliced-valid", "SLICED with a full width not above its width",
+         with_batch(column("user_emb", "flags", 2 | 4 | 8)),
+         decode_error("'user_emb': sliced from 0 positions but carries 8")),
+    Case("batch.sliced-valid", "SLICED ranges that do not hold width positions",
+         lambda ctx: [score("b1"), sliced_user_emb(ctx.world, (0, 2), width=3)],
+         decode_error(r"'user_emb': ranges \[\[0, 2\]\] hold 2 positions, width says 3")),
     Case("batch.flags", "RAGGED with VECTOR", with_batch(column("user_recent_pins", "flags", 7)),
          decode_error("'user_recent_pins': a ragged column cannot be a vector")),
     Case("batch.width", "width 0", with_batch(column("user_emb", "width", 0)),
@@ -230,6 +262,15 @@ LEAF = [
          lambda ctx: [score("g2"), bytes(message(ctx.world, float64=("pin_quality",)))],
          error("signature_mismatch", "pin_quality: expected float32 dense, got float64 dense",
                rid="g2", missing=[], mismatched=["pin_quality"])),
+    Case("leaf.sub-feature-read", "a sliced column for a feature read whole",
+         lambda ctx: [score("g4"), sliced_user_emb(ctx.world)],
+         error("signature_mismatch", "user_emb: expected float32\\[8\\] dense per-request, got "
+               "float32\\[3\\] dense per-request sliced .*sub-feature read mismatch",
+               rid="g4", missing=[], mismatched=["user_emb"])),
+    Case("leaf.sub-feature-read", "a narrowed column for a feature read whole",
+         lambda ctx: [score("g5"), sliced_user_emb(ctx.world, dtype=9)],
+         error("signature_mismatch", "user_emb: .* got bfloat16\\[3\\] .*sub-feature read "
+               "mismatch", rid="g5", missing=[], mismatched=["user_emb"])),
     Case("leaf.extra-columns", "columns the model does not read are ignored",
          lambda ctx: [score("g3"), bytes(message(ctx.world, extra=True))], *scored("g3")),
     Case("leaf.lz4", "an LZ4 block with raw_nbytes",
@@ -272,7 +313,7 @@ LEAF = [
     Case("leaf.ping", "the pong", [hdr(type="ping", id="p1")],
          {"v": 1, "type": "pong", "id": "p1", "ok": True, "role": "leaf", "name": "leaf-0",
           "pid": Pred(lambda p: type(p) is int and p > 0, "a pid"), "draining": False,
-          "max_message_bytes": MAX_MESSAGE_BYTES,
+          "max_message_bytes": MAX_MESSAGE_BYTES, "sub_feature_columns": True,
           "models": [{"model": k, "signature_hash": Pred(lambda h: isinstance(h, str) and len(h) == 64,
                                                           "a sha256"), "ready": True,
                       "error": ABSENT} for k in ("ctr@3", "eng@1", "ctr@4")]}),

@@ -164,3 +164,24 @@ def test_sigkill_of_the_demo_takes_its_node_down(run_dir):
     while alive(node) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert_nothing_left(run_dir, node)
+
+
+@pytest.mark.slow
+def test_demo_with_reads_sends_the_read_bytes_and_compares_whole_features(run_dir):
+    """--models reads: the Matryoshka and bf16 models' messages are what the
+    report says their reads take; mode trimmed-whole sends the features whole."""
+    done = subprocess.run([sys.executable, "-m", "signatures.cli", "demo", "--run-dir", str(run_dir),
+                           *SMALL, "--models", "reads", "--leaves", "1",
+                           "--modes", "trimmed", "trimmed-whole"],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = {r["mode"]: r for r in json.loads((run_dir / "results.json").read_text())}
+    for r in results.values():
+        assert r["ok"] == r["requests"] == 24 and not r["errors"] and not r["model_errors"], r
+    rows = [r for r in report(Bundle.load(run_dir / "bundle.json"),
+                              FeatureSchema.load(run_dir / "schema.json"), rows=64)
+            if r.kind == "model"]
+    assert {r.name for r in rows} == {"mat@1", "bf16@1"} and all(r.reads for r in rows)
+    fine, whole = (results[m]["bytes_sent"] / results[m]["ok"] for m in ("trimmed", "trimmed-whole"))
+    assert fine == pytest.approx(sum(r.reads.total for r in rows), rel=0.02), fine
+    assert whole == pytest.approx(sum(r.trimmed.total for r in rows), rel=0.02), whole

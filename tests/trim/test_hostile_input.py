@@ -41,8 +41,8 @@ CASES = {
     "duplicate name": (lambda b: col(b, "user").__setitem__("name_offset", 0) or
                        col(b, "user").__setitem__("name_nbytes", 5), "duplicate column 'dense'"),
     "unknown dtype": (lambda b: col(b, "dense").__setitem__("dtype", 42), "'dense': unknown dtype code 42"),
-    # int16..uint64 have codes (9..12) in the record program, never on the wire.
-    "raw-only dtype": (lambda b: col(b, "dense").__setitem__("dtype", 9), "'dense': unknown dtype code 9"),
+    # 9 is bfloat16 on the wire (narrowed reads); 10..12 only a store's raw fields have.
+    "raw-only dtype": (lambda b: col(b, "dense").__setitem__("dtype", 10), "'dense': unknown dtype code 10"),
     "dtype code 0": (lambda b: col(b, "dense").__setitem__("dtype", 0), "'dense': unknown dtype code 0"),
     "unknown flag": (lambda b: col(b, "dense").__setitem__("flags", 0x84), "'dense': unknown flags"),
     "ragged vector": (lambda b: col(b, "ids").__setitem__("flags", 5), "'ids': a ragged column cannot be a vector"),
