@@ -40,39 +40,3 @@ class SubsetScorer(torch.nn.Module):
             score = score + self.ragged_weights[j] * torch.log1p(counts)
             j += 1
         return torch.sigmoid(score)
-
-
-class MatryoshkaScorer(torch.nn.Module):
-    """Reads the first ``prefix`` dims of a wide embedding (Matryoshka-style)
-    and a few scalars; its read of the embedding is ``[[0, prefix]]``."""
-
-    def __init__(self, emb: str, scalars: list[str], prefix: int, seed: int):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.w: torch.Tensor
-        self.emb, self.scalar_names, self.prefix = emb, list(scalars), prefix
-        self.register_buffer("w", torch.randn(prefix, generator=g) / prefix ** 0.5)
-
-    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        score = (features[self.emb][:, :self.prefix] * self.w).sum(1)
-        for name in self.scalar_names:
-            score = score + features[name]
-        return torch.sigmoid(score)
-
-
-class Bf16Scorer(torch.nn.Module):
-    """A GPU-style ranker: casts every input to bfloat16 on entry; each
-    input's read is ``{"dtype": "bfloat16"}``."""
-
-    def __init__(self, names: list[str], seed: int):
-        super().__init__()
-        self.names = list(names)
-        self.seed = seed
-
-    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        first = features[self.names[0]]
-        score = torch.zeros(first.shape[0], dtype=torch.bfloat16, device=first.device)
-        for name in self.names:
-            x = features[name].to(torch.bfloat16)
-            score = score + (x.mean(1) if x.dim() > 1 else x)
-        return torch.sigmoid(score.float())

@@ -139,39 +139,30 @@ def _realistic(schema: FeatureSchema, repo: Path, fmt: str, seed: int, log) -> d
 
 
 def _sub_feature(schema: FeatureSchema, repo: Path, fmt: str, seed: int, log) -> dict[str, float]:
-    """The sub-feature models (issue 29): ``mat`` reads the first 64 dims of a
-    256-dim candidate embedding (a quarter of the widest one) and two scalars; ``bf16`` casts a per-request
-    user embedding and candidate vectors to bfloat16 on entry. Their reads
-    are written into module_info.json here, by hand: deriving reads from the
-    graph is signatures/derive's (another branch's work at the time)."""
-    import dataclasses
-
+    """The sub-feature models (signatures/derive/sub_feature_models.py):
+    ``mat`` reads the first quarter of the widest candidate embedding (64 of
+    256 dims at the default scale); ``bf16`` casts a per-request user
+    embedding and candidate vectors to bfloat16 on entry. Their reads are
+    derived from the graph by the export, as for any model; a derivation
+    that no longer finds them fails the demo rather than measuring nothing."""
     from _trim.reads import FeatureRead
-    from rootproc.demo.models import Bf16Scorer, MatryoshkaScorer
-    from signatures.repository.module_info import ModuleInfo
+    from signatures.derive.sub_feature_models import Bf16Scorer, MatryoshkaScorer
 
-    # The widest candidate embedding (256 dims at the default scale; smaller
-    # schemas may top out at 128), of which the model reads the first quarter.
     wide = max((n for n in schema.names if n.startswith("pin_emb_")), key=lambda n: schema[n].shape)
     prefix = schema[wide].shape[0] // 4
-    cnt = [n for n in schema.names if n.startswith("pin_cnt_")][:2]
     vectors = ["user_emb"] + [n for n in schema.names if n.startswith("pin_emb_")
                               and schema[n].shape in ((64,), (128,))][:3]
-    specs = {"mat": (MatryoshkaScorer(wide, cnt, prefix, seed),
-                     {wide: FeatureRead(((0, prefix),))}),
-             "bf16": (Bf16Scorer(vectors, seed),
-                      {n: FeatureRead(None, "bfloat16") for n in vectors})}
+    specs = {"mat": (MatryoshkaScorer([wide], prefix, seed), {wide: FeatureRead(((0, prefix),))}),
+             "bf16": (Bf16Scorer(vectors, seed), {n: FeatureRead(None, "bfloat16") for n in vectors})}
     keys = {}
-    for name, (module, reads) in specs.items():
+    for name, (module, expected) in specs.items():
         info = export(module, repo, name, schema, version="1", fmt=fmt)
-        inputs = [dataclasses.replace(s, read=reads[s.name]) if s.name in reads else s
-                  for s in info.inputs]
-        info = dataclasses.replace(info, inputs=inputs, signature_hash="")
-        info.write(repo / name / "1")
-        ModuleInfo.load(repo / name / "1")   # the hash it was written with checks out
+        derived = {s.name: s.read for s in info.inputs if s.read is not None}
+        if derived != expected:
+            raise RuntimeError(f"{info.key}: derived reads {derived} are not the model's {expected}")
         keys[info.key] = len(info.input_names) / len(schema)
         log(f"exported {info.key} as {info.artifact.describe()}: reads "
-            + ", ".join(f"{n} {r.to_dict()}" for n, r in reads.items()))
+            + ", ".join(f"{n} {r.to_dict()}" for n, r in derived.items()))
     return keys
 
 
