@@ -44,9 +44,12 @@ def expected(cols, rows, narrowed: bool):
     return {"emb": out, "ctr": torch.from_numpy(cols["ctr"]), "user": user.half().float()}
 
 
-@pytest.mark.parametrize("builder", [HostTensors(), StagedTensors(torch.device("cpu"))],
-                         ids=["host", "staged"])
-def test_reads_become_the_declared_tensors_merged_with_whole_ones(builder):
+@pytest.mark.parametrize("device", [
+    None, "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                reason="needs a CUDA device"))],
+    ids=["host", "staged", "cuda"])
+def test_reads_become_the_declared_tensors_merged_with_whole_ones(device):
+    builder = HostTensors() if device is None else StagedTensors(torch.device(device))
     rng = np.random.default_rng(3)
     reads = {s.name: s.read for s in INPUTS if s.read is not None}
     fine, fine_cols = part(5, rng, reads)
