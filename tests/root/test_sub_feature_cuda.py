@@ -62,7 +62,7 @@ def test_cuda_leaf_scores_sub_feature_columns_bit_for_bit(cuda_serving, transpor
         assert res.ok and not res.errors, (res.error, res.errors)
         for key in world["keys"]:
             sent = next(r for r in res.results if r["model"] == key)
-            assert (sent["transport"] == "shm") == (transport == "shm"), sent
+            assert (sent.get("transport") == "shm") == (transport == "shm"), sent
             expect = on_device(world, key, feats, len(cands))
             assert np.array_equal(res.scores[key].view(np.uint32), expect.view(np.uint32)), (
                 key, res.scores[key], expect)
