@@ -163,10 +163,10 @@ def test_redis_down_under_load_every_request_answered_in_time(world, leaves, red
         late = [(round(lat * 1000), kind) for _, lat, kind, _ in entries
                 if lat > DEADLINE_MS / 1000 + SLACK_S]
         assert not late, (name, late)
-        # Answered before the fault (the first phase lasts 1 s from the first
+        # Answered before the fault (the first phase lasts 1 s from about the first
         # request): one sent just before it may be served after it on a loaded machine.
         start = min(t0 for t0, *_ in entries)
-        before = [kind for t0, lat, kind, phase in entries if phase == 0 and t0 + lat < start + 1.0]
+        before = [kind for t0, lat, kind, phase in entries if phase == 0 and t0 + lat < start + 0.9]
         assert before and set(before) == {"ok"}, (name, before)
         # Service comes back with no root restart: the last second is all scores.
         last = [kind for t0, _, kind, _ in entries if t0 > entries[-1][0] - 1.0]
