@@ -24,7 +24,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import _trim
@@ -65,7 +65,13 @@ class Job:
     # Sending, on the loop: the router's request, the next model to send.
     request: OpenRequest | None = None
     next_model: int = 0
+    # The savings metric: what every schema feature would take (`Untrimmed`;
+    # None when the batch has them all), the ragged counts it reads from the
+    # records, the size that gives, and each model's message size.
+    counterfactual: Any = None
+    ragged_counts: dict = field(default_factory=dict)
     untrimmed: int = 0
+    nbytes: dict = field(default_factory=dict)
 
 
 class Scorer:
@@ -208,6 +214,8 @@ class Scorer:
             return None
         pre, gaps = self.choose_preprocessor(keys, arrived)
         job = Job(envelope, req, wanted, pre, gaps, t0, deadline)
+        if pre is self.prepared.pre_used and not self.prepared.untrimmed.same:
+            job.counterfactual = self.prepared.untrimmed
         self.admit(job, keys)
         return job
 
@@ -248,16 +256,23 @@ class Scorer:
         with self.fetch(job.req, job.t0) as (users, candidates, job.missing):
             job.t_fetch = time.perf_counter()
             job.batch = job.pre.build(users, candidates)
+            if job.counterfactual is not None:
+                job.ragged_counts = job.counterfactual.counts(users, candidates)
         job.t_pre = time.perf_counter()
 
     def begin_send(self, job: Job) -> None:
         """The router opens the request whose batch is built (the loop thread)."""
         batch = job.batch
-        job.untrimmed = _trim.encoded_nbytes(self.plan_for(batch.layout, None), batch)
+        # What `--trim off` would send: every schema feature (a batch of them
+        # all is its own every-column message).
+        job.untrimmed = (batch.nbytes if job.counterfactual is None
+                         else job.counterfactual.nbytes(batch, job.ragged_counts))
         # Ragged values are known now: the request's own bytes, checked again.
-        built = job.records_nbytes + batch.nbytes + sum(
-            _trim.encoded_nbytes(self.plan_for(batch.layout, self.plan_key(k, job.gaps)), batch)
-            for k, known in job.wanted if known)
+        # Each model's size is computed once: its ModelBatch carries it.
+        job.nbytes = {k: _trim.encoded_nbytes(self.plan_for(batch.layout, self.plan_key(k, job.gaps)),
+                                              batch)
+                      for k, known in job.wanted if known}
+        built = job.records_nbytes + batch.nbytes + sum(job.nbytes.values())
         self.budget.check_built(job.req.rid, built)
         if built > job.reserved:
             self.budget.take(built - job.reserved)
@@ -276,7 +291,7 @@ class Scorer:
             key, known = job.wanted[job.next_model]
             job.next_model += 1
             self.send_model(request, key, known, key in job.gaps, job.batch, job.untrimmed,
-                            time.monotonic(), job.deadline)
+                            time.monotonic(), job.deadline, job.nbytes.get(key, -1))
             if job.next_model < len(job.wanted):
                 return False
         t_sent = time.perf_counter()
@@ -340,7 +355,7 @@ class Scorer:
         return (self.prepared.pre_full if full else self.prepared.pre_used), gaps
 
     def send_model(self, request: OpenRequest, key: str, known: bool, gap: bool, batch,
-                   untrimmed: int, now: float, deadline: float) -> None:
+                   untrimmed: int, now: float, deadline: float, nbytes: int = -1) -> None:
         """One model's trimmed share of ``batch`` to the router (the request's
         models go in the order it named them); a model that fails here, that
         nobody knows, or whose request's deadline passed before its turn, gets
@@ -360,7 +375,7 @@ class Scorer:
             return
         try:
             plan = self.plan_for(batch.layout, key if trimmed else None)
-            self.router.send(request, idx, ModelBatch(key, plan, batch, untrimmed), now)
+            self.router.send(request, idx, ModelBatch(key, plan, batch, untrimmed, nbytes), now)
         except Exception as exc:
             # Other models may already be in flight, and the router gives
             # the request its one reply: the failure stays this model's result.

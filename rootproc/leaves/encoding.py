@@ -12,7 +12,7 @@ Each message carries the time left before the client's deadline
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,11 +33,12 @@ class ModelBatch:
     key: str           # model version
     plan: object       # trim plan: which columns of ``batch`` the model reads
     batch: object
-    untrimmed: int     # bytes the message would take with every column (for metrics)
-    nbytes: int = field(init=False)
+    untrimmed: int     # bytes the message would take with every schema feature (for metrics)
+    nbytes: int = -1   # the message's bytes: given when the sender has computed them
 
     def __post_init__(self):
-        object.__setattr__(self, "nbytes", _trim.encoded_nbytes(self.plan, self.batch))
+        if self.nbytes < 0:
+            object.__setattr__(self, "nbytes", _trim.encoded_nbytes(self.plan, self.batch))
 
 
 @dataclass
