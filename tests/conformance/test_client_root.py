@@ -164,6 +164,13 @@ CASES = [
          [hdr(type="score", id="cap", user=USER), b"\0" * (17 << 20)], None, timeout=1.5),
     Case("envelope.hard-cap", "the root serves the next connection", score("cap2"),
          every_default("cap2")),
+    Case("envelope.frames-limit", "100,000 extra frames: the rest read and dropped, answered",
+         score("m1") + [b""] * 100_000, bad_request("m1", "100002 frames.*past the 16th")),
+    Case("envelope.frames-limit", "frames each under the hard cap, together over it",
+         score("m2") + [b"\0" * (6 << 20)] * 3, error("too_large", "over 16777216 bytes",
+                                                      rid="m2")),
+    Case("envelope.frames-limit", "the root serves the same connection after them",
+         score("m3"), every_default("m3")),
     # -- score request frames --------------------------------------------------------------
     Case("score.frames", "no candidate frame", score("f1")[:1],
          bad_request("f1", "1 frames, expected 2")),
