@@ -37,7 +37,7 @@ from _trim.transport import protocol as P
 from _trim.transport import sockets
 from _trim.transport.curve import ServerKeys
 from _trim.transport.envelope import id_problem, split_envelope, usable_id
-from _trim.transport.frames import recv_waiting, send_frames
+from _trim.transport.frames import MAX_MESSAGE_FRAMES, Cut, recv_waiting, send_frames
 from leafproc.defaults import DRAIN_BATCH, MAX_QUEUE, POLL_MS, QUIET_S, ROUTER_LINGER_MS
 from leafproc.inbox import ShmInbox, peer_uid
 from leafproc.metrics import LeafMetrics
@@ -184,7 +184,10 @@ class LeafServer:
 
     def _receive(self) -> None:
         for _ in range(DRAIN_BATCH):
-            frames = recv_waiting(self.router)
+            # Frames past the limits are read and dropped (rule `envelope.frames-limit`):
+            # a batch and a header, with room for an envelope, in all.
+            frames = recv_waiting(self.router, MAX_MESSAGE_FRAMES,
+                                  self.max_message_bytes + 2 * P.MAX_HEADER_NBYTES)
             if frames is None:
                 return
             t_recv = time.perf_counter()
@@ -200,6 +203,12 @@ class LeafServer:
                 problem = id_problem(header, required=header.get("type") == "score")
                 if problem is not None:
                     raise P.ProtocolError(P.BAD_REQUEST, problem)
+                if isinstance(frames, Cut):
+                    raise P.ProtocolError(
+                        P.BAD_REQUEST if frames.reason == "frames" else P.TOO_LARGE,
+                        f"{frames.describe(len(envelope))}; a request has at most 2 frames "
+                        "(header, batch)", frames=frames.n_frames - len(envelope),
+                        nbytes=frames.nbytes, limit=frames.limit)
                 kind = P.check_header(header)["type"]
                 if kind == "ping":
                     self._send(envelope, [self._pong(rid)])

@@ -40,7 +40,7 @@ import logging
 import time
 from collections import deque
 
-from _trim.transport.frames import recv_waiting
+from _trim.transport.frames import MAX_MESSAGE_FRAMES, Cut, recv_waiting
 from _trim.transport.protocol import (
     DEADLINE,
     LEAF_ERROR,
@@ -79,6 +79,7 @@ class Router:
         self.sizes = SizeGate(metrics.too_large)   # never a message larger than a leaf takes
         self.inflight: dict[str, Flight] = {}
         self.count = 0       # parked requests: the ones a drain waits for
+        self.reply_cap = 0   # bytes one leaf message may hold in all (0: none; set by the server)
         self._deadlines: list = []
         self._heap_seq = itertools.count()
         self._mid_seq = itertools.count(1)
@@ -202,6 +203,9 @@ class Router:
     def _read(self, link, frames) -> None:
         """Record one message from ``link``. Sends nothing: it may run inside a
         send's wait for a slot."""
+        if isinstance(frames, Cut):   # what it kept is handled: the wrong frames fail its model
+            log.warning("leaf %s (%s) sent a %s (rule envelope.frames-limit)", link.name,
+                        link.endpoint, frames.describe())
         try:
             header = load_header(frames[0].buffer)
         except ProtocolError as exc:
@@ -356,7 +360,7 @@ class Router:
         for one of its slots."""
         if link.socket.poll(max(1, int(timeout_s * 1000))):
             for _ in range(DRAIN_BATCH):
-                frames = recv_waiting(link.socket)
+                frames = recv_waiting(link.socket, MAX_MESSAGE_FRAMES, self.reply_cap)
                 if frames is None:
                     return
                 self._read(link, frames)

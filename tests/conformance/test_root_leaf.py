@@ -224,7 +224,7 @@ LEAF = [
          error("bad_request", "2 frames .*got 3", rid="f9")),
     Case("envelope.frames-limit", "100,000 extra frames: the rest read and dropped, answered",
          lambda ctx: [score("f10"), bytes(message(ctx.world))] + [b""] * 100_000,
-         error("bad_request", "100002 frames.*past the 16th", rid="f10")),
+         error("bad_request", "100002 frames.*past the 15th", rid="f10")),
     Case("leaf.signature", "a batch without a feature the model reads",
          lambda ctx: [score("g1"), bytes(message(ctx.world, drop=("pin_quality",)))],
          error("signature_mismatch", "missing pin_quality", rid="g1", missing=["pin_quality"],
