@@ -31,6 +31,7 @@ from leafproc.settings import LeafSettings
 from leafproc.table import ModelTable, Target
 from leafproc.worker import ModelWorker
 from signatures.repository.module_info import ModelRepository
+from signatures.runtime.tracing import Tracing, start_tracing
 
 log = logging.getLogger("leafproc")
 
@@ -68,6 +69,7 @@ def choose_device(setting: str) -> torch.device:
 
 class Leaf:
     def __init__(self, settings: LeafSettings):
+        self.tracing: Tracing | None = None
         self.settings = settings
         self.name = settings.name or f"leaf-{os.getpid()}"
         self.device: torch.device | None = None
@@ -146,6 +148,7 @@ class Leaf:
         except zmq.ZMQError as exc:
             raise ConfigError(f"cannot bind {', '.join(s.bind)}: {exc}") from exc
         server.install_signal_handlers()
+        server.tracing = self.tracing = start_tracing("trimmer-leaf", s.tracing, self.name)
         for exposure in s.exposures():
             log.warning("leaf %s: %s", self.name, exposure)
         try:
@@ -187,6 +190,8 @@ class Leaf:
             self.table.close()
         if self.server is not None:
             self.server.close()
+        if self.tracing is not None:
+            self.tracing.close()   # the spans that ended, sent
         if self.metrics is not None:
             self.metrics.close()
         if self.ctx is not None:

@@ -37,6 +37,7 @@ from rootproc.router import Router
 from rootproc.scoring import Scorer
 from rootproc.server import RootServer
 from rootproc.settings import RootSettings
+from signatures.runtime.tracing import Tracing, start_tracing
 from signatures.schema import FeatureSchema
 
 log = logging.getLogger("rootproc")
@@ -64,6 +65,7 @@ class Root:
         self.follower: ConfigFollower | None = None
         self.server: RootServer | None = None
         self._drained = False
+        self.tracing: Tracing | None = None
         self._closed = False
 
     @classmethod
@@ -125,6 +127,7 @@ class Root:
         router = Router(links.pool, links.shm, metrics, replies, budget)
         scorer = self.scorer = Scorer(cfg, store, cached, metrics, links.pool, router, prepared,
                                       budget)
+        scorer.tracing = self.tracing = start_tracing("trimmer-root", cfg.tracing, cfg.name)
         metrics.info.labels(self.name, prepared.active.id, cfg.trim, cfg.compression).set(1)
         if cfg.config_store:   # follow its stage (rootproc/rollout/follower.py)
             metrics.follow_config(prepared.active.generation)
@@ -172,6 +175,8 @@ class Root:
             self.links.close()
         if self.store is not None:
             self.store.close()
+        if self.tracing is not None:
+            self.tracing.close()   # the spans that ended, sent
         if self.client is not None:
             remove_ipc_files(self.client.endpoints)
         if self._drained:

@@ -307,7 +307,13 @@ class Router:
         if request.parked:
             self.count -= 1
             self.metrics.in_flight.set(self.count)
-        self.replies.scores(request)
+        if request.trace is None:
+            self.replies.scores(request)
+        else:
+            t_merge = time.perf_counter()
+            self.replies.scores(request)
+            ok = sum(1 for r in request.results if r.get("ok"))
+            request.trace.answered(request.t_sent, t_merge, ok, len(request.results) - ok)
         if self.budget is not None and request.reserved:
             self.budget.release(request.reserved)
             request.reserved = 0

@@ -77,12 +77,17 @@ class ScoringError(RuntimeError):
         self.error = error
 
 
-def build_request(rid: str, user: int, candidates, models=None, deadline_ms=None) -> list:
+def build_request(rid: str, user: int, candidates, models=None, deadline_ms=None,
+                  traceparent: str | None = None) -> list:
+    """A score request's frames; ``traceparent``: the caller's W3C trace
+    context, which a root with tracing on makes its spans children of."""
     header = {"type": "score", "id": rid, "user": int(user)}
     if models is not None:
         header["models"] = list(models)
     if deadline_ms is not None:
         header["deadline_ms"] = deadline_ms
+    if traceparent is not None:
+        header["traceparent"] = traceparent
     ids = np.ascontiguousarray(candidates, dtype=CANDIDATES_DTYPE)
     return [pack_header(header), ids]
 
@@ -213,7 +218,8 @@ class ScoringClient:
         # is dropped, never a second reply.
         self._answered_here: dict[str, None] = {}
 
-    def submit(self, user: int, candidates, models=None, deadline_ms=None) -> str:
+    def submit(self, user: int, candidates, models=None, deadline_ms=None,
+               traceparent: str | None = None) -> str:
         """Send a request without waiting; returns its id (see `receive`).
         With one endpoint whose connection dropped and is not back, nothing
         is sent: its reply is `unavailable` at once (rule
@@ -225,8 +231,8 @@ class ScoringClient:
             self._unavailable(rid, "is not connected (its connection dropped and no new one "
                                    "is up): the request was not sent")
             return rid
-        self.socket.send_multipart(build_request(rid, user, candidates, models, deadline_ms),
-                                   copy=False)
+        self.socket.send_multipart(build_request(rid, user, candidates, models, deadline_ms,
+                                                 traceparent), copy=False)
         return rid
 
     def _unavailable(self, rid: str, why: str) -> None:
@@ -310,10 +316,10 @@ class ScoringClient:
             poller.poll(left)
 
     def score(self, user: int, candidates, models=None, deadline_ms=None,
-              timeout_ms: int | None = None) -> ScoreResult:
+              timeout_ms: int | None = None, traceparent: str | None = None) -> ScoreResult:
         """Score and wait. TimeoutError if no reply within ``timeout_ms``
         (default: the deadline plus a second, or the client's timeout)."""
-        rid = self.submit(user, candidates, models, deadline_ms)
+        rid = self.submit(user, candidates, models, deadline_ms, traceparent)
         if timeout_ms is None:
             timeout_ms = deadline_ms + 1000 if deadline_ms else self.timeout_ms
         end = time.monotonic() + timeout_ms / 1000
@@ -379,14 +385,16 @@ class AsyncScoringClient:
                 fut.set_result(res)
 
     async def score(self, user: int, candidates, models=None, deadline_ms=None,
-                    timeout_ms: int | None = None) -> ScoreResult:
+                    timeout_ms: int | None = None,
+                    traceparent: str | None = None) -> ScoreResult:
         if self._reader is None or self._reader.done():
             self._reader = asyncio.get_running_loop().create_task(self._read())
         rid = self._ids.next()
         fut = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut
         t0 = time.perf_counter()
-        await self.socket.send_multipart(build_request(rid, user, candidates, models, deadline_ms))
+        await self.socket.send_multipart(build_request(rid, user, candidates, models, deadline_ms,
+                                                       traceparent))
         if timeout_ms is None:
             timeout_ms = deadline_ms + 1000 if deadline_ms else self.timeout_ms
         try:

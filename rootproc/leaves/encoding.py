@@ -35,6 +35,7 @@ class ModelBatch:
     batch: object
     untrimmed: int     # bytes the message would take with every schema feature (for metrics)
     nbytes: int = -1   # the message's bytes: given when the sender has computed them
+    traceparent: str | None = None   # the root's send span, when tracing is on
 
     def __post_init__(self):
         if self.nbytes < 0:
@@ -79,6 +80,8 @@ class Encoder:
         model = self.model
         head = {"type": "score", "id": mid, "model": model.key, "rows": rows,
                 "compression": link.compression, "deadline_ms": deadline_ms}
+        if model.traceparent is not None:
+            head["traceparent"] = model.traceparent
         if channel is not None:
             desc = channel.place(mid, model.plan, model.batch, model.nbytes, read_replies,
                                  what=model.key)

@@ -171,6 +171,13 @@ CASES = [
                                                       rid="m2")),
     Case("envelope.frames-limit", "the root serves the same connection after them",
          score("m3"), every_default("m3")),
+    Case("envelope.traceparent", "a W3C traceparent is served as any request",
+         score("t1", traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+         every_default("t1")),
+    Case("envelope.traceparent", "one that does not parse is ignored, never an error",
+         score("t2", traceparent="01-XYZ"), every_default("t2")),
+    Case("envelope.traceparent", "nor one that is no string", score("t3", traceparent=7),
+         every_default("t3")),
     # -- score request frames --------------------------------------------------------------
     Case("score.frames", "no candidate frame", score("f1")[:1],
          bad_request("f1", "1 frames, expected 2")),
