@@ -12,6 +12,9 @@ each, not measured here: their CPU is theirs).
 
     .venv/bin/python -m pytest bench/test_tracing_bench.py --benchmark-only -s
 
+``TRIMMER_BENCH_TRACING_BEFORE=DIR`` adds a case "before": the root run from
+another checkout (its kernel built in place), e.g. the code before tracing.
+
 Quick mode (`make test`): 30 requests; nothing asserted but that each is ok.
 Full: reported, not asserted (a 2-core machine's neighbours move the CPU
 figures by more than tracing does when off).
@@ -27,12 +30,13 @@ from quick import knob
 from rootproc.client.scoring_client import ScoringClient
 from tests.root.conftest import leaves_healthy
 from tests.root.world import CANDIDATE_IDS, build_world, root_config, write_root_config
-from tests.support.procs import ProcessRunner
+from tests.support.procs import STARTED_PIDS, ManagedProcess, ProcessRunner
 
 pytest.importorskip("opentelemetry.sdk")
 
 REQUESTS = knob("TRIMMER_BENCH_TRACING_REQUESTS", 400, 30)
 CANDIDATES = 100
+BEFORE = os.environ.get("TRIMMER_BENCH_TRACING_BEFORE")
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
@@ -56,17 +60,25 @@ def fleet(tmp_path_factory):
         runner.close()
 
 
-@pytest.mark.parametrize("tracing", ["off", "on"])
+@pytest.mark.parametrize("tracing", ["before", "off", "on"])
 def test_root_cost_of_tracing(benchmark, fleet, tmp_path, tracing):
     world, runner, endpoints = fleet
+    if tracing == "before" and not BEFORE:
+        pytest.skip("TRIMMER_BENCH_TRACING_BEFORE names no checkout")
     name = f"root-tracing-{tracing}"
     bind = runner.endpoint(name)
     overrides = ({"tracing": {"exporter": "file", "file": str(tmp_path / "spans.jsonl")}}
                  if tracing == "on" else {})
     cfg = root_config(world, endpoints, bind, name=name, **overrides)
     path = write_root_config(tmp_path / f"{name}.json", cfg)
-    root = runner.spawn(name, [sys.executable, "-m", "rootproc", "--config", path],
-                        endpoint=bind, ipc_paths=[bind[len("ipc://"):]])
+    argv = [sys.executable, "-m", "rootproc", "--config", path]
+    if tracing == "before":   # `-m` imports from the working directory first
+        root = ManagedProcess(name, argv, str(tmp_path / f"{name}.log"), bind,
+                              [bind[len("ipc://"):]], {"PYTHONPATH": BEFORE}, cwd=BEFORE)
+        runner.procs.append(root)
+        STARTED_PIDS.add(root.pid)
+    else:
+        root = runner.spawn(name, argv, endpoint=bind, ipc_paths=[bind[len("ipc://"):]])
     root.wait_ready(30, ready=leaves_healthy)
     cands = CANDIDATE_IDS[:CANDIDATES]
     try:
