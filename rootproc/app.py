@@ -125,6 +125,7 @@ class Root:
         budget = MemoryBudget(cfg.max_request_memory_nbytes, root_memory_limit(cfg),
                               metrics.memory_refused, metrics.memory_in_flight)
         router = Router(links.pool, links.shm, metrics, replies, budget)
+        links.pool.on_drop = router.link_dropped   # what a dropped connection carried is lost
         scorer = self.scorer = Scorer(cfg, store, cached, metrics, links.pool, router, prepared,
                                       budget)
         scorer.tracing = self.tracing = start_tracing("trimmer-root", cfg.tracing, cfg.name)

@@ -263,6 +263,31 @@ class Router:
         if request.complete and request.parked:
             self._answerable.append(request)
 
+    def link_dropped(self, link) -> None:
+        """``link``'s connection dropped. Once the replies it carried are read
+        (libzmq queues them before it reports the drop), the messages still
+        awaited on it will never be answered, by that process or the next one
+        behind the endpoint: each is resent to another replica, or its model
+        fails ``unavailable`` now, not at the deadline (rule
+        `leaf-reply.connection-lost`). Its shared-memory slots come back as a
+        dead leaf's do (the process may still be reading them)."""
+        while (frames := recv_waiting(link.socket, MAX_MESSAGE_FRAMES, self.reply_cap)) is not None:
+            self._read(link, frames)
+        for mid in [mid for mid, f in self.inflight.items() if f.link is link]:
+            request, idx = self.inflight.pop(mid)[:2]
+            link.outstanding -= 1
+            request.waiting.pop(mid, None)
+            error = {"kind": UNAVAILABLE, "message": f"leaf {link.name} ({link.endpoint}): "
+                     "its connection dropped before it answered"}
+            if idx in request.resendable and not request.done:
+                request.resend_queued[idx] = error
+                self._resends.append((request, idx, link))
+                continue
+            self._failed(request.results[idx], UNAVAILABLE, "connection_lost", error["message"])
+            if request.complete and request.parked:
+                self._answerable.append(request)
+        self._settle()
+
     # -- the queues ---------------------------------------------------------------
 
     def _settle(self) -> None:
