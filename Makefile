@@ -21,7 +21,7 @@ $(VENV)/bin/python:
 $(VENV)/.stamp-deps: pyproject.toml | $(VENV)/bin/python
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q "setuptools>=77" wheel "Cython>=3.0" "numpy>=1.24"
-	$(PIP) install -q --no-build-isolation -e ".[test,s3]"
+	$(PIP) install -q --no-build-isolation -e ".[test,s3,tracing]"
 	$(if $(filter 0,$(TORCHREC)),,$(MAKE) --no-print-directory torchrec-extra)
 	touch $@
 

@@ -34,6 +34,7 @@ from signatures.repository import open_repository
 from signatures.repository.module_info import ModelRepository
 from signatures.repository.objects import ObjectRepository
 from signatures.runtime.probes import Probes
+from signatures.runtime.tracing import Tracing, start_tracing
 
 log = logging.getLogger("leafproc")
 
@@ -71,6 +72,7 @@ def choose_device(setting: str) -> torch.device:
 
 class Leaf:
     def __init__(self, settings: LeafSettings):
+        self.tracing: Tracing | None = None
         self.settings = settings
         self.name = settings.name or f"leaf-{os.getpid()}"
         self.device: torch.device | None = None
@@ -159,6 +161,7 @@ class Leaf:
         except zmq.ZMQError as exc:
             raise ConfigError(f"cannot bind {', '.join(s.bind)}: {exc}") from exc
         server.install_signal_handlers()
+        server.tracing = self.tracing = start_tracing("trimmer-leaf", s.tracing, self.name)
         for exposure in s.exposures():
             log.warning("leaf %s: %s", self.name, exposure)
         self.probes.beat()   # its model files read: the loop beats from here on
@@ -201,6 +204,8 @@ class Leaf:
             self.table.close()
         if self.server is not None:
             self.server.close()
+        if self.tracing is not None:
+            self.tracing.close()   # the spans that ended, sent
         if self.metrics is not None:
             self.metrics.close()
         if self.ctx is not None:

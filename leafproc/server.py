@@ -29,6 +29,7 @@ import os
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -37,7 +38,7 @@ from _trim.transport import protocol as P
 from _trim.transport import sockets
 from _trim.transport.curve import ServerKeys
 from _trim.transport.envelope import id_problem, split_envelope, usable_id
-from _trim.transport.frames import recv_waiting, send_frames
+from _trim.transport.frames import MAX_MESSAGE_FRAMES, Cut, recv_waiting, send_frames
 from leafproc.defaults import DRAIN_BATCH, MAX_QUEUE, POLL_MS, QUIET_S, READINESS_S, ROUTER_LINGER_MS
 from leafproc.inbox import ShmInbox, peer_uid
 from leafproc.metrics import LeafMetrics
@@ -46,6 +47,9 @@ from leafproc.worker import Request
 from signatures.configstore.members import MemberStatus
 from signatures.runtime.handoff import Handoff
 from signatures.runtime.probes import Probes
+
+if TYPE_CHECKING:
+    from signatures.runtime.tracing import Tracing
 
 log = logging.getLogger("leafproc")
 
@@ -73,6 +77,9 @@ class LeafServer:
         self.drain_timeout_s = drain_timeout_s
         self.device = device
         self.inflight: dict[bytes, tuple[list, object]] = {}
+        # Tracing (signatures/runtime/tracing.py), when on: token -> (parent, received, model).
+        self.tracing: Tracing | None = None
+        self.traces: dict[bytes, tuple] = {}
         self._tokens = itertools.count()
         self._stop = threading.Event()
         self._draining_since: float | None = None
@@ -160,6 +167,7 @@ class LeafServer:
                       "them shutting_down", self.name, len(self.inflight), self.drain_timeout_s)
             for token in list(self.inflight):
                 envelope, rid = self.inflight.pop(token)
+                self.traces.pop(token, None)
                 self.inbox.release(token)
                 self._send(envelope, [P.error_header(rid, P.SHUTTING_DOWN,
                                                      "leaf stopped before the model answered")],
@@ -191,7 +199,33 @@ class LeafServer:
             if entry is None:  # already answered by a forced drain
                 continue
             send_frames(self.router, entry[0] + frames[1:])
+            if self.tracing is not None and frames[0].bytes in self.traces:
+                self._trace(self.traces.pop(frames[0].bytes), frames[1])
             self.metrics.in_flight.set(len(self.inflight))
+
+    def _trace(self, trace: tuple, reply_header) -> None:
+        """A request's spans, once its reply went: ``trimmer.leaf.score`` (a child
+        of the root's send span), and in it ``queue``, ``decode`` and
+        ``forward`` (the model's), from the times the reply reports."""
+        parent, t_recv, key = trace
+        end = time.perf_counter()
+        try:
+            header = P.load_header(reply_header.buffer)
+        except P.ProtocolError:
+            header = {}
+        timing = header.get("timing_us") or {}
+        tr = self.tracing
+        assert tr is not None
+        span = tr.span("trimmer.leaf.score", t_recv, None, parent, kind="server", **{
+            "trimmer.model": key, "trimmer.leaf": self.name, "trimmer.rows": header.get("rows"),
+            "trimmer.batch_rows": header.get("batch_rows"),
+            "trimmer.error": (header.get("error") or {}).get("kind")})
+        ctx, t = tr.child_of(span), t_recv
+        for stage, name in (("queue", "queue"), ("decode", "decode"), ("infer", "forward")):
+            if stage in timing:
+                tr.span(name, t, t + timing[stage] / 1e6, ctx)
+                t += timing[stage] / 1e6
+        tr.end(span, end)
 
     def _send(self, envelope: list, frames: list, error_kind: str | None = None) -> None:
         if error_kind:
@@ -202,7 +236,10 @@ class LeafServer:
 
     def _receive(self) -> None:
         for _ in range(DRAIN_BATCH):
-            frames = recv_waiting(self.router)
+            # Frames past the limits are read and dropped (rule `envelope.frames-limit`):
+            # a batch and a header, with room for an envelope, in all.
+            frames = recv_waiting(self.router, MAX_MESSAGE_FRAMES,
+                                  self.max_message_bytes + 2 * P.MAX_HEADER_NBYTES)
             if frames is None:
                 return
             t_recv = time.perf_counter()
@@ -218,6 +255,12 @@ class LeafServer:
                 problem = id_problem(header, required=header.get("type") == "score")
                 if problem is not None:
                     raise P.ProtocolError(P.BAD_REQUEST, problem)
+                if isinstance(frames, Cut):
+                    raise P.ProtocolError(
+                        P.BAD_REQUEST if frames.reason == "frames" else P.TOO_LARGE,
+                        f"{frames.describe(len(envelope))}; a request has at most 2 frames "
+                        "(header, batch)", frames=frames.n_frames - len(envelope),
+                        nbytes=frames.nbytes, limit=frames.limit)
                 kind = P.check_header(header)["type"]
                 if kind == "ping":
                     self._send(envelope, [self._pong(rid)])
@@ -274,6 +317,8 @@ class LeafServer:
             payload = body[1]   # no larger than max_message_bytes: the socket saw to it
         token = next(self._tokens).to_bytes(8, "little")
         self.inflight[token] = (envelope, rid)
+        if self.tracing is not None:
+            self.traces[token] = (self.tracing.parent(header.get("traceparent")), t_recv, key)
         if in_shm:
             self.inbox.hold(token, header)
         self.metrics.in_flight.set(len(self.inflight))

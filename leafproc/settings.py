@@ -27,6 +27,7 @@ from leafproc.defaults import (
 from signatures.configstore import STAGES
 from signatures.configstore.zookeeper.settings import ZooKeeperSettings
 from signatures.runtime.settings import option
+from signatures.runtime.tracing import TracingSettings
 
 DEVICES = ("auto", "cpu", "cuda")
 ANY_CLIENT = "*"
@@ -106,6 +107,7 @@ class LeafSettings:
     curve: LeafCurveSettings | None = option(None, "CURVE on the tcp endpoints")
     insecure: bool = option(False, "accept tcp binds other hosts can reach without client "
                             "authentication (said loudly at start)")
+    tracing: TracingSettings = option(TracingSettings())
     log_level: str = option("INFO", "logging level")
 
     def check(self) -> list[str]:
@@ -122,6 +124,7 @@ class LeafSettings:
         zk_problem = self.zookeeper.writer_problem(self.config_store)
         if zk_problem:
             problems.append(zk_problem)
+        problems += self.tracing.problems()
         return problems
 
     def open_binds(self) -> list[str]:

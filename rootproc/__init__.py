@@ -2,11 +2,13 @@
 
 The top level is the request path, in the order a score request takes it:
 `server` (the loop; `frontend`, the client socket and its replies) ->
-`intake` (checks) -> `scoring` (fetch, preprocess, trim, hand over) ->
+`intake` (checks) -> `scoring` (fetch, preprocess, trim, hand over; `job`
+what its steps hand each other) ->
 `router` (a request from open to its one reply: sends, resends, deadlines;
 `open_request` its state, `reply` the merge) -> back to the client. `app`
 builds the parts (`Root`: build / run / close); `workers`, `security`,
-`metrics`, `settings` and `defaults` serve them.
+`metrics`, `request_trace` (a request's spans, when tracing is on),
+`settings` and `defaults` serve them.
 
 The parts, each a subpackage: `leaves` (links to leaves, encoding, shared
 memory, agreement), `featurestore` (where features come from), `preprocess`

@@ -39,6 +39,7 @@ from rootproc.server import RootServer
 from rootproc.settings import RootSettings
 from signatures.runtime.metrics_http import stop_serving
 from signatures.runtime.probes import Probes
+from signatures.runtime.tracing import Tracing, start_tracing
 from signatures.schema import FeatureSchema
 
 log = logging.getLogger("rootproc")
@@ -69,6 +70,7 @@ class Root:
         self.probes = Probes(starting="starting: no config installed yet")
         self.http = None   # the metrics port's server, from before the config wait
         self._drained = False
+        self.tracing: Tracing | None = None
         self._closed = False
 
     @classmethod
@@ -137,8 +139,10 @@ class Root:
         budget = MemoryBudget(cfg.max_request_memory_nbytes, root_memory_limit(cfg),
                               metrics.memory_refused, metrics.memory_in_flight)
         router = Router(links.pool, links.shm, metrics, replies, budget)
+        links.pool.on_drop = router.link_dropped   # what a dropped connection carried is lost
         scorer = self.scorer = Scorer(cfg, store, cached, metrics, links.pool, router, prepared,
                                       budget)
+        scorer.tracing = self.tracing = start_tracing("trimmer-root", cfg.tracing, cfg.name)
         metrics.info.labels(self.name, prepared.active.id, cfg.trim, cfg.compression).set(1)
         if cfg.config_store:   # follow its stage (rootproc/rollout/follower.py)
             metrics.follow_config(prepared.active.generation)
@@ -182,6 +186,8 @@ class Root:
         if self.store is not None:
             self.store.close()
         stop_serving(self.http)
+        if self.tracing is not None:
+            self.tracing.close()   # the spans that ended, sent
         if self.client is not None:
             remove_ipc_files(self.client.endpoints)
         if self._drained:

@@ -30,6 +30,9 @@ class ClientSocket:
     def __init__(self, ctx: zmq.Context, cfg: RootSettings):
         self.socket = ctx.socket(zmq.ROUTER)
         self.security = None
+        # The most one frame, and one message in all, may hold: rules
+        # `envelope.hard-cap` and `envelope.frames-limit`.
+        self.hard_cap = FRAME_HARD_CAP_FACTOR * max(cfg.max_request_nbytes, MAX_HEADER_NBYTES)
         try:
             self.socket.setsockopt(zmq.LINGER, DRAIN_LINGER_MS)
             self.socket.setsockopt(zmq.RCVHWM, CLIENT_HWM)
@@ -37,8 +40,7 @@ class ClientSocket:
             # Frames up to the hard cap are read and answered `too_large`; a
             # frame past it (an attack, not a mistake) drops the connection
             # before the root buffers gigabytes of it.
-            self.socket.setsockopt(zmq.MAXMSGSIZE, FRAME_HARD_CAP_FACTOR * max(
-                cfg.max_request_nbytes, MAX_HEADER_NBYTES))
+            self.socket.setsockopt(zmq.MAXMSGSIZE, self.hard_cap)
             self.security = bind_frontend(ctx, self.socket, cfg)  # CURVE on tcp binds, if set
         except BaseException:
             self.socket.close(linger=0)

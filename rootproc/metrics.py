@@ -27,7 +27,8 @@ class RootMetrics:
         self.bytes_sent = Counter(p + "sent_bytes", "batch message bytes sent to leaves "
                                   "(before compression)", ["leaf", "model"], registry=r)
         self.bytes_untrimmed = Counter(p + "untrimmed_bytes", "bytes the same messages would "
-                                       "have taken with every batch column (the counterfactual)",
+                                       "have taken with every schema feature, as trim off sends "
+                                       "them (the counterfactual)",
                                        ["leaf", "model"], registry=r)
         self.wire_bytes = Counter(p + "wire_bytes", "payload bytes on the wire to leaves "
                                   "(after compression)", ["leaf", "model"], registry=r)

@@ -7,7 +7,7 @@ router what happened to each model and reads no more than the request's id.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from rootproc.leaves.replicas import LeafLink
 
@@ -34,6 +34,7 @@ class OpenRequest:
     reserved: int = 0       # bytes of the root's memory budget, released with its reply
     parked: bool = False    # every model sent (or failed): answered once all results are in
     done: bool = False      # answered
+    trace: Any = None       # its RequestTrace (rootproc/request_trace.py) when tracing is on
 
     def add_result(self, key: str, trimmed: bool) -> int:
         self.results.append({"model": key, "ok": False, "trimmed": trimmed})

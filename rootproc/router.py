@@ -40,7 +40,7 @@ import logging
 import time
 from collections import deque
 
-from _trim.transport.frames import recv_waiting
+from _trim.transport.frames import MAX_MESSAGE_FRAMES, Cut, recv_waiting
 from _trim.transport.protocol import (
     DEADLINE,
     LEAF_ERROR,
@@ -79,6 +79,7 @@ class Router:
         self.sizes = SizeGate(metrics.too_large)   # never a message larger than a leaf takes
         self.inflight: dict[str, Flight] = {}
         self.count = 0       # parked requests: the ones a drain waits for
+        self.reply_cap = 0   # bytes one leaf message may hold in all (0: none; set by the server)
         self._deadlines: list = []
         self._heap_seq = itertools.count()
         self._mid_seq = itertools.count(1)
@@ -202,6 +203,9 @@ class Router:
     def _read(self, link, frames) -> None:
         """Record one message from ``link``. Sends nothing: it may run inside a
         send's wait for a slot."""
+        if isinstance(frames, Cut):   # what it kept is handled: the wrong frames fail its model
+            log.warning("leaf %s (%s) sent a %s (rule envelope.frames-limit)", link.name,
+                        link.endpoint, frames.describe())
         try:
             header = load_header(frames[0].buffer)
         except ProtocolError as exc:
@@ -259,6 +263,31 @@ class Router:
         if request.complete and request.parked:
             self._answerable.append(request)
 
+    def link_dropped(self, link) -> None:
+        """``link``'s connection dropped. Once the replies it carried are read
+        (libzmq queues them before it reports the drop), the messages still
+        awaited on it will never be answered, by that process or the next one
+        behind the endpoint: each is resent to another replica, or its model
+        fails ``unavailable`` now, not at the deadline (rule
+        `leaf-reply.connection-lost`). Its shared-memory slots come back as a
+        dead leaf's do (the process may still be reading them)."""
+        while (frames := recv_waiting(link.socket, MAX_MESSAGE_FRAMES, self.reply_cap)) is not None:
+            self._read(link, frames)
+        for mid in [mid for mid, f in self.inflight.items() if f.link is link]:
+            request, idx = self.inflight.pop(mid)[:2]
+            link.outstanding -= 1
+            request.waiting.pop(mid, None)
+            error = {"kind": UNAVAILABLE, "message": f"leaf {link.name} ({link.endpoint}): "
+                     "its connection dropped before it answered"}
+            if idx in request.resendable and not request.done:
+                request.resend_queued[idx] = error
+                self._resends.append((request, idx, link))
+                continue
+            self._failed(request.results[idx], UNAVAILABLE, "connection_lost", error["message"])
+            if request.complete and request.parked:
+                self._answerable.append(request)
+        self._settle()
+
     # -- the queues ---------------------------------------------------------------
 
     def _settle(self) -> None:
@@ -303,7 +332,13 @@ class Router:
         if request.parked:
             self.count -= 1
             self.metrics.in_flight.set(self.count)
-        self.replies.scores(request)
+        if request.trace is None:
+            self.replies.scores(request)
+        else:
+            t_merge = time.perf_counter()
+            self.replies.scores(request)
+            ok = sum(1 for r in request.results if r.get("ok"))
+            request.trace.answered(request.t_sent, t_merge, ok, len(request.results) - ok)
         if self.budget is not None and request.reserved:
             self.budget.release(request.reserved)
             request.reserved = 0
@@ -361,7 +396,7 @@ class Router:
         for one of its slots."""
         if link.socket.poll(max(1, int(timeout_s * 1000))):
             for _ in range(DRAIN_BATCH):
-                frames = recv_waiting(link.socket)
+                frames = recv_waiting(link.socket, MAX_MESSAGE_FRAMES, self.reply_cap)
                 if frames is None:
                     return
                 self._read(link, frames)

@@ -24,48 +24,24 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import _trim
 from _trim.transport.protocol import BAD_REQUEST, DEADLINE, STORE_UNAVAILABLE, ProtocolError
 from rootproc.defaults import INLINE_BUILD_NBYTES, MISSING_IDS_SHOWN, SEND_SLICE_S
 from rootproc.intake import ScoreRequest, parse_score, resolve_models, unknown_model_error
+from rootproc.job import Job
 from rootproc.leaves.agreement import Agreement
 from rootproc.leaves.encoding import ModelBatch
 from rootproc.memory import Linear, MemoryBudget
 from rootproc.open_request import OpenRequest
 from rootproc.reply import wire_error
+from rootproc.request_trace import RequestTrace
 from rootproc.rollout.installed import PreparedConfig, fine_plan
 from rootproc.workers import BatchWorkers
 
 if TYPE_CHECKING:
-    from rootproc.preprocess.preprocessor import Preprocessor
-
-
-@dataclass(eq=False)
-class Job:
-    """One score request from `Scorer.start` until the router parks it."""
-
-    envelope: list
-    req: ScoreRequest
-    wanted: list            # (model, known) in the order the request named them
-    pre: Preprocessor       # the one chosen for it
-    gaps: list
-    t0: float               # time.perf_counter() on arrival
-    deadline: float         # time.monotonic()
-    reserved: int = 0       # bytes of the memory budget it holds until the router has it
-    records_nbytes: int = 0   # of them, the records' (estimated)
-    build_nbytes: int = 0     # the records' and the batch's (estimated)
-    batch: Any = None
-    t_fetch: float = 0.0
-    t_pre: float = 0.0
-    missing: int = 0        # entities the store lacked
-    error: BaseException | None = None
-    # Sending, on the loop: the router's request, the next model to send.
-    request: OpenRequest | None = None
-    next_model: int = 0
-    untrimmed: int = 0
+    from signatures.runtime.tracing import Tracing
 
 
 class Scorer:
@@ -80,6 +56,7 @@ class Scorer:
         self.router = router
         self.agreement = Agreement(cfg.name)
         self.gap_counts: dict[str, int] = {}   # version -> requests sent untrimmed for it
+        self.tracing: Tracing | None = None   # when tracing is on (set by the app)
         self.install(prepared)
         # At least one worker whatever ``threads`` says: the loop builds no large batch.
         self.workers = BatchWorkers(max(1, cfg.threads - 1), self.compute, cfg.name)
@@ -170,6 +147,8 @@ class Scorer:
         job.reserved = 0
         rid = job.req.rid
         assert job.error is not None
+        if job.trace is not None:
+            job.trace.failed(getattr(job.error, "kind", "internal"))
         fail(job.envelope, rid, wire_error(job.error, f"request {rid!r}"))
 
     def send_some(self, fail, slice_s: float = SEND_SLICE_S) -> None:
@@ -208,6 +187,10 @@ class Scorer:
             return None
         pre, gaps = self.choose_preprocessor(keys, arrived)
         job = Job(envelope, req, wanted, pre, gaps, t0, deadline)
+        if self.tracing is not None:
+            job.trace = RequestTrace(self.tracing, header, t0, req.rid, len(req.candidates))
+        if pre is self.prepared.pre_used and not self.prepared.untrimmed.same:
+            job.counterfactual = self.prepared.untrimmed
         self.admit(job, keys)
         return job
 
@@ -242,22 +225,31 @@ class Scorer:
 
     def compute(self, job: Job) -> None:
         """The request's batch (any thread)."""
+        if job.trace is not None:
+            job.trace.t_compute = time.perf_counter()
         if time.monotonic() >= job.deadline:
             raise ProtocolError(DEADLINE, "the root could not start on the request within its "
                                           "deadline (it is overloaded)")
         with self.fetch(job.req, job.t0) as (users, candidates, job.missing):
             job.t_fetch = time.perf_counter()
             job.batch = job.pre.build(users, candidates)
+            if job.counterfactual is not None:
+                job.ragged_counts = job.counterfactual.counts(users, candidates)
         job.t_pre = time.perf_counter()
 
     def begin_send(self, job: Job) -> None:
         """The router opens the request whose batch is built (the loop thread)."""
         batch = job.batch
-        job.untrimmed = _trim.encoded_nbytes(self.plan_for(batch.layout, None), batch)
+        # What `--trim off` would send: every schema feature (a batch of them
+        # all is its own every-column message).
+        job.untrimmed = (batch.nbytes if job.counterfactual is None
+                         else job.counterfactual.nbytes(batch, job.ragged_counts))
         # Ragged values are known now: the request's own bytes, checked again.
-        built = job.records_nbytes + batch.nbytes + sum(
-            _trim.encoded_nbytes(self.plan_for(batch.layout, self.plan_key(k, job.gaps)), batch)
-            for k, known in job.wanted if known)
+        # Each model's size is computed once: its ModelBatch carries it.
+        job.nbytes = {k: _trim.encoded_nbytes(self.plan_for(batch.layout, self.plan_key(k, job.gaps)),
+                                              batch)
+                      for k, known in job.wanted if known}
+        built = job.records_nbytes + batch.nbytes + sum(job.nbytes.values())
         self.budget.check_built(job.req.rid, built)
         if built > job.reserved:
             self.budget.take(built - job.reserved)
@@ -266,6 +258,9 @@ class Scorer:
                                        job.deadline, job.t0)
         job.request.reserved, job.reserved = job.reserved, 0   # the router's from now on
         job.request.missing = job.missing
+        if job.trace is not None:
+            job.trace.built(job.t0, job.t_fetch, job.t_pre, job.untrimmed)
+            job.request.trace = job.trace
 
     def send_next(self, job: Job) -> bool:
         """The job's next model to the router (the loop thread); once every
@@ -276,11 +271,13 @@ class Scorer:
             key, known = job.wanted[job.next_model]
             job.next_model += 1
             self.send_model(request, key, known, key in job.gaps, job.batch, job.untrimmed,
-                            time.monotonic(), job.deadline)
+                            time.monotonic(), job.deadline, job.nbytes.get(key, -1))
             if job.next_model < len(job.wanted):
                 return False
         t_sent = time.perf_counter()
         job.batch = None   # what a resend needs, the router keeps
+        if job.trace is not None:
+            job.trace.parked(t_sent)
         self.router.park(request, self.timing(job.t0, job.t_fetch, job.t_pre, t_sent), t_sent)
         return True
 
@@ -340,7 +337,7 @@ class Scorer:
         return (self.prepared.pre_full if full else self.prepared.pre_used), gaps
 
     def send_model(self, request: OpenRequest, key: str, known: bool, gap: bool, batch,
-                   untrimmed: int, now: float, deadline: float) -> None:
+                   untrimmed: int, now: float, deadline: float, nbytes: int = -1) -> None:
         """One model's trimmed share of ``batch`` to the router (the request's
         models go in the order it named them); a model that fails here, that
         nobody knows, or whose request's deadline passed before its turn, gets
@@ -358,16 +355,22 @@ class Scorer:
             self.router.fail(request, idx, {"kind": DEADLINE, "message": "the request's "
                              "deadline passed before the root sent this model (it is overloaded)"})
             return
+        span = traceparent = None
+        if request.trace is not None:
+            span, traceparent = request.trace.send(key)
         try:
             plan = self.plan_for(batch.layout, key if trimmed else None)
             fine = self.fine_plan_for(batch.layout, key) if trimmed and self.cfg.sub_feature \
                 else None
-            self.router.send(request, idx, ModelBatch(key, plan, batch, untrimmed, fine), now)
+            self.router.send(request, idx, ModelBatch(key, plan, batch, untrimmed, fine, nbytes,
+                                                      traceparent), now)
         except Exception as exc:
             # Other models may already be in flight, and the router gives
             # the request its one reply: the failure stays this model's result.
             self.router.fail(request, idx, wire_error(
                 exc, f"request {request.rid!r}, {key}").to_error())
+        if span is not None:
+            request.trace.sent(span, request.results[idx])
 
     def timing(self, t0: float, t_fetch: float, t_pre: float, t_sent: float) -> dict[str, float]:
         """Seconds per step before the leaves (stage -> seconds), observed."""

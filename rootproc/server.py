@@ -35,11 +35,12 @@ import time
 import zmq
 
 from _trim.transport.envelope import id_problem, split_envelope, usable_id
-from _trim.transport.frames import recv_waiting
+from _trim.transport.frames import MAX_MESSAGE_FRAMES, Cut, recv_waiting
 from _trim.transport.model_key import ModelKey
 from _trim.transport.protocol import (
     BAD_REQUEST,
     SHUTTING_DOWN,
+    TOO_LARGE,
     ProtocolError,
     check_header,
     load_header,
@@ -72,6 +73,8 @@ class RootServer:
         self.probes = probes if probes is not None else Probes()
         self.name = cfg.name
         self.frontend = client.socket
+        self.hard_cap = client.hard_cap
+        router.reply_cap = client.hard_cap
         self.endpoints = client.endpoints
         self.replies = replies
         self.poller = poller
@@ -125,14 +128,15 @@ class RootServer:
                 timeout_ms = 0   # models still to send: read what is waiting, then go on
             for sock, _ in self.poller.poll(timeout_ms):
                 if sock is self.frontend:
-                    self.drain(sock, self.on_client)
+                    self.drain(sock, self.on_client, self.hard_cap)
                 elif sock == self.workers_fd:
                     self.scorer.collect(self.replies.error)
                 elif self.links.on_monitor(sock, time.monotonic()):
                     pass
                 else:
                     link = self.links.by_socket(sock)
-                    self.drain(sock, lambda frames, link=link: self.router.on_leaf(link, frames))
+                    self.drain(sock, lambda frames, link=link: self.router.on_leaf(link, frames),
+                               self.hard_cap)
             self.scorer.send_some(self.replies.error)
             self.router.expire(time.monotonic())
             if self.follower is not None:
@@ -144,7 +148,7 @@ class RootServer:
                 fleet = self.follower.take_fleet()
                 if fleet is not None:
                     self.links.discover(fleet, time.monotonic())
-        while self.drain(self.frontend, self.on_client) == DRAIN_BATCH:
+        while self.drain(self.frontend, self.on_client, self.hard_cap) == DRAIN_BATCH:
             pass   # what arrived since the last poll, answered before the socket closes
 
     def drained(self) -> bool:
@@ -152,10 +156,12 @@ class RootServer:
                 and time.monotonic() - self.drain_started >= DRAIN_QUIET_S)
 
     @staticmethod
-    def drain(sock, handler) -> int:
-        """Hand up to DRAIN_BATCH waiting messages to ``handler``; how many."""
+    def drain(sock, handler, max_nbytes: int) -> int:
+        """Hand up to DRAIN_BATCH waiting messages to ``handler``; how many.
+        A message past MAX_MESSAGE_FRAMES or ``max_nbytes`` comes as its
+        first frames (a `Cut`: rule `envelope.frames-limit`)."""
         for n in range(DRAIN_BATCH):
-            frames = recv_waiting(sock)
+            frames = recv_waiting(sock, MAX_MESSAGE_FRAMES, max_nbytes)
             if frames is None:
                 return n
             handler(frames)
@@ -223,6 +229,12 @@ class RootServer:
             problem = id_problem(header, required=header.get("type") != "ping")
             if problem is not None:
                 raise ProtocolError(BAD_REQUEST, problem)
+            if isinstance(frames, Cut):   # answered, whatever it asks: the rest is gone
+                raise ProtocolError(BAD_REQUEST if frames.reason == "frames" else TOO_LARGE,
+                                    f"{frames.describe(len(envelope))}; a request has at "
+                                    "most 2 frames (header, candidates)",
+                                    frames=frames.n_frames - len(envelope),
+                                    nbytes=frames.nbytes, limit=frames.limit)
             kind = check_header(header)["type"]
             if kind == "ping":
                 self.replies.send(envelope, [self.pong(rid)])

@@ -58,6 +58,7 @@ from rootproc.defaults import (
 from signatures.configstore import STAGES
 from signatures.configstore.zookeeper.settings import ZooKeeperSettings
 from signatures.runtime.settings import load, option, parse, validate
+from signatures.runtime.tracing import TracingSettings
 
 MODES_TRIM = ("on", "off")
 MODES_COMPRESSION = (COMPRESSION_NONE, COMPRESSION_LZ4)
@@ -186,6 +187,7 @@ class RootSettings:
     bind: tuple[str, ...] = option(ROOT_BIND, "endpoints clients connect to")
     cache: CacheSettings = option(CacheSettings())
     redis: RedisSettings = option(RedisSettings())
+    tracing: TracingSettings = option(TracingSettings())
     deadline_ms: int = option(DEADLINE_MS, "a request's deadline when it names none",
                               positive=True)
     max_deadline_ms: int = option(MAX_DEADLINE_MS, "longest deadline a request may ask for",
@@ -255,6 +257,7 @@ class RootSettings:
         zk_problem = self.zookeeper.writer_problem(self.config_store)
         if zk_problem:
             problems.append(zk_problem)
+        problems += self.tracing.problems()
         names = [leaf.name for leaf in self.leaves]
         if len(set(names)) != len(names):
             problems.append(f"leaf names must be unique: {names}")

@@ -114,6 +114,8 @@ def run_load(args, progress=None, stop: StopSignals | None = None) -> dict:
     last_heard = t0   # the last send or reply: the timeout counts silence from there
     poller = zmq.Poller()
     poller.register(client.socket, zmq.POLLIN)
+    for sock in client.watched:   # its connection's events: a drop answers what it lost
+        poller.register(sock, zmq.POLLIN)
     if stop is not None and stop.wakeup is not None:
         poller.register(stop.wakeup, zmq.POLLIN)
 
@@ -155,7 +157,10 @@ def run_load(args, progress=None, stop: StopSignals | None = None) -> dict:
                 continue
             until = next_send if can_send else last_heard + timeout_s
             # Woken early by a reply, or by a stop signal (the loop looks again).
-            if not dict(poller.poll(max(0, int((until - now) * 1000) + 1))).get(client.socket):
+            wait_ms = 0 if client.answered_here else max(0, int((until - now) * 1000) + 1)
+            ready = dict(poller.poll(wait_ms))
+            if not client.answered_here and not any(ready.get(s) for s in
+                                                    (client.socket, *client.watched)):
                 if stop is not None:
                     stop.drain_wakeup()
                 if not can_send and time.perf_counter() - last_heard >= timeout_s:

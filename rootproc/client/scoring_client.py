@@ -16,6 +16,11 @@ root's ``NAME.key`` file, or its Z85 string) and ``curve_client_secret_key``
 (this client's ``NAME.key_secret``; without it, a throwaway pair that only a
 root allowing any key accepts). ipc endpoints stay plain. A handshake that
 fails looks like silence; the client's timeout error then says why.
+
+With one endpoint, a request the connection dropped before its reply (the
+root stopped in the middle of it), or one submitted while the connection is
+down, is answered `unavailable` by the client itself: every request gets
+one reply (docs/protocol.md, rule ``client.connection-lost``).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from _trim.transport import curve, monitor, sockets
 from _trim.transport.protocol import CANDIDATES_DTYPE, SCORES_DTYPE, pack_header, unpack_header
 
 DEFAULT_TIMEOUT_MS = 5000
+LATE_IDS_KEPT = 100_000   # ids answered by the client itself, whose late replies are dropped
 
 
 @dataclass
@@ -71,12 +77,17 @@ class ScoringError(RuntimeError):
         self.error = error
 
 
-def build_request(rid: str, user: int, candidates, models=None, deadline_ms=None) -> list:
+def build_request(rid: str, user: int, candidates, models=None, deadline_ms=None,
+                  traceparent: str | None = None) -> list:
+    """A score request's frames; ``traceparent``: the caller's W3C trace
+    context, which a root with tracing on makes its spans children of."""
     header = {"type": "score", "id": rid, "user": int(user)}
     if models is not None:
         header["models"] = list(models)
     if deadline_ms is not None:
         header["deadline_ms"] = deadline_ms
+    if traceparent is not None:
+        header["traceparent"] = traceparent
     ids = np.ascontiguousarray(candidates, dtype=CANDIDATES_DTYPE)
     return [pack_header(header), ids]
 
@@ -132,18 +143,41 @@ def connect_dealer(ctx, endpoints, keys: curve.ClientKeys | None = None, watch: 
 
 
 class HandshakeLog:
-    """The last failed handshake on a socket's tcp connections, for error messages."""
+    """The last failed handshake on a socket's tcp connections, for error
+    messages; with one endpoint, also when its connection drops and comes
+    back (rule `client.connection-lost`)."""
 
     def __init__(self, sock, endpoints, curve_used: bool = False):
         self.curve_used = curve_used
-        self.monitor = (sock.get_monitor_socket(monitor.FAILURE_EVENTS)
-                        if any(sockets.secured(ep) for ep in endpoints) else None)
+        self.single = len(endpoints) == 1
+        events = monitor.FAILURE_EVENTS if any(sockets.secured(ep) for ep in endpoints) else 0
+        if self.single:
+            events |= zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        self.monitor = sock.get_monitor_socket(events) if events else None
         self.last: str | None = None
+        self.up = False      # a connection is up, its handshake done
+        self.down = False    # the connection dropped and no new one is up yet
+        self.dropped = 0     # drops not yet acted on
+
+    def read(self) -> None:
+        """The events waiting."""
+        if self.monitor is None:
+            return
+        for event, value in monitor.drain_events(self.monitor):
+            if event == zmq.EVENT_DISCONNECTED:
+                # Only a connection that was up carried requests: one whose
+                # handshake failed sent none (they wait in zmq's queue, and
+                # the timeout says why: `hint`).
+                if self.up:
+                    self.down, self.up = True, False
+                    self.dropped += 1
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.down, self.up = False, True
+            elif event & monitor.FAILURE_EVENTS:
+                self.last = monitor.describe(event, value, server=False, curve=self.curve_used)
 
     def hint(self) -> str:
-        if self.monitor is not None:
-            for event, value in monitor.drain_events(self.monitor):
-                self.last = monitor.describe(event, value, server=False, curve=self.curve_used)
+        self.read()
         return f" (handshake failed: {self.last})" if self.last else ""
 
     def close(self, sock) -> None:
@@ -179,46 +213,125 @@ class ScoringClient:
         self._ids = _Ids()
         self._sent: dict[str, float] = {}
         self._early: dict[str, ScoreResult] = {}
+        # Requests this client answered itself (`unavailable`): a late reply
+        # to one (sent again by zmq to the next process behind the endpoint)
+        # is dropped, never a second reply.
+        self._answered_here: dict[str, None] = {}
 
-    def submit(self, user: int, candidates, models=None, deadline_ms=None) -> str:
-        """Send a request without waiting; returns its id (see `receive`)."""
+    def submit(self, user: int, candidates, models=None, deadline_ms=None,
+               traceparent: str | None = None) -> str:
+        """Send a request without waiting; returns its id (see `receive`).
+        With one endpoint whose connection dropped and is not back, nothing
+        is sent: its reply is `unavailable` at once (rule
+        `client.connection-lost`)."""
         rid = self._ids.next()
         self._sent[rid] = time.perf_counter()
-        self.socket.send_multipart(build_request(rid, user, candidates, models, deadline_ms),
-                                   copy=False)
+        self.handshakes.read()
+        if self.handshakes.down:
+            self._unavailable(rid, "is not connected (its connection dropped and no new one "
+                                   "is up): the request was not sent")
+            return rid
+        self.socket.send_multipart(build_request(rid, user, candidates, models, deadline_ms,
+                                                 traceparent), copy=False)
         return rid
 
+    def _unavailable(self, rid: str, why: str) -> None:
+        """Request ``rid``'s one reply, from the client itself."""
+        sent = self._sent.pop(rid, None)
+        self._early[rid] = ScoreResult(rid, False, error={
+            "kind": "unavailable", "message": f"{self.endpoints[0]} {why}",
+            "from": "client"}, latency_s=0.0 if sent is None else time.perf_counter() - sent)
+        self._answered_here[rid] = None
+        while len(self._answered_here) > LATE_IDS_KEPT:
+            del self._answered_here[next(iter(self._answered_here))]
+
+    def _connection_lost(self) -> None:
+        """The connection dropped after every reply it carried was read: the
+        requests still waiting were lost with it (the root that read them
+        can no longer answer), each answered `unavailable`."""
+        self.handshakes.dropped = 0
+        for rid in list(self._sent):
+            self._unavailable(rid, "closed the connection before answering (the root "
+                                   "stopped or restarted): retry, here or on another root")
+
+    def _recv_waiting(self) -> tuple[ScoreResult, bool] | None:
+        """A reply waiting on the socket, without waiting, and whether a
+        request of ours awaited it (False: one given up on, or no request of
+        ours); late replies to requests answered here are dropped."""
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return None
+            t = time.perf_counter()
+            res = parse_reply([f.buffer for f in frames])
+            sent = self._sent.pop(res.id, None)
+            if sent is None and res.id in self._answered_here:
+                del self._answered_here[res.id]
+                continue
+            if sent is not None:
+                res.latency_s = t - sent
+            return res, sent is not None
+
+    def _wait_reply(self, timeout: int) -> tuple[ScoreResult, bool] | None:
+        """The next reply from the socket within ``timeout`` ms (see
+        `_recv_waiting`); None when none came, or once the connection's loss
+        left the client's own replies in ``_early``."""
+        end = time.monotonic() + timeout / 1000
+        poller = None
+        while True:
+            got = self._recv_waiting()
+            if got is not None:
+                return got
+            # A drop is acted on once the socket is read to its end: libzmq
+            # queues a connection's last replies before it reports the drop.
+            if self.handshakes.dropped:
+                self._connection_lost()
+                return None
+            self.handshakes.read()
+            if self.handshakes.dropped:
+                continue
+            left = int((end - time.monotonic()) * 1000)
+            if left <= 0:
+                return None
+            if poller is None:
+                poller = zmq.Poller()
+                poller.register(self.socket, zmq.POLLIN)
+                if self.handshakes.monitor is not None:
+                    poller.register(self.handshakes.monitor, zmq.POLLIN)
+            poller.poll(left)
+
     @property
-    def in_flight(self) -> int:
-        return len(self._sent)
+    def watched(self) -> tuple:
+        """Sockets besides `socket` whose readiness means `receive` has work
+        (the connection's events), for a caller's own poller."""
+        return () if self.handshakes.monitor is None else (self.handshakes.monitor,)
+
+    @property
+    def answered_here(self) -> bool:
+        """Replies the client made itself wait for `receive` (no socket wakes for them)."""
+        return bool(self._early)
 
     def receive(self, timeout_ms: int | None = None) -> ScoreResult | None:
         """The next reply to arrive (any request), or None after ``timeout_ms``."""
-        if self._early:
-            return self._early.pop(next(iter(self._early)))
         timeout = self.timeout_ms if timeout_ms is None else timeout_ms
-        if not self.socket.poll(timeout):
-            return None
-        return self._read()[0]
-
-    def _read(self) -> tuple[ScoreResult, bool]:
-        """The reply waiting in the socket, and whether a request of ours still
-        awaits it (False: a reply to one given up on, or to no request of ours)."""
-        frames = self.socket.recv_multipart(copy=False)
-        t = time.perf_counter()
-        res = parse_reply([f.buffer for f in frames])
-        sent = self._sent.pop(res.id, None)
-        if sent is not None:
-            res.latency_s = t - sent
-        return res, sent is not None
+        end = time.monotonic() + timeout / 1000
+        while True:
+            if self._early:
+                return self._early.pop(next(iter(self._early)))
+            got = self._wait_reply(max(0, int((end - time.monotonic()) * 1000)))
+            if got is not None:
+                return got[0]
+            if not self._early and time.monotonic() >= end:
+                return None
 
     def score(self, user: int, candidates, models=None, deadline_ms=None,
-              timeout_ms: int | None = None) -> ScoreResult:
+              timeout_ms: int | None = None, traceparent: str | None = None) -> ScoreResult:
         """Score and wait. TimeoutError if no reply within ``timeout_ms``
         (default: the deadline plus a second, or the client's timeout); its
         reply, should it come later, is dropped. Replies to requests
         `submit`ted meanwhile are kept for `receive`."""
-        rid = self.submit(user, candidates, models, deadline_ms)
+        rid = self.submit(user, candidates, models, deadline_ms, traceparent)
         if timeout_ms is None:
             timeout_ms = deadline_ms + 1000 if deadline_ms else self.timeout_ms
         end = time.monotonic() + timeout_ms / 1000
@@ -226,11 +339,14 @@ class ScoringClient:
             if rid in self._early:
                 return self._early.pop(rid)
             left = int((end - time.monotonic()) * 1000)
-            if left <= 0 or not self.socket.poll(left):
+            got = self._wait_reply(left) if left > 0 else None
+            if got is None:
+                if rid in self._early or time.monotonic() < end:
+                    continue
                 self._sent.pop(rid, None)
                 raise TimeoutError(f"no reply to request {rid} within {timeout_ms} ms "
                                    f"from {', '.join(self.endpoints)}{self.handshakes.hint()}")
-            res, awaited = self._read()
+            res, awaited = got
             if res.id == rid:
                 return res
             if awaited:
@@ -288,14 +404,16 @@ class AsyncScoringClient:
                 fut.set_result(res)
 
     async def score(self, user: int, candidates, models=None, deadline_ms=None,
-                    timeout_ms: int | None = None) -> ScoreResult:
+                    timeout_ms: int | None = None,
+                    traceparent: str | None = None) -> ScoreResult:
         if self._reader is None or self._reader.done():
             self._reader = asyncio.get_running_loop().create_task(self._read())
         rid = self._ids.next()
         fut = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut
         t0 = time.perf_counter()
-        await self.socket.send_multipart(build_request(rid, user, candidates, models, deadline_ms))
+        await self.socket.send_multipart(build_request(rid, user, candidates, models, deadline_ms,
+                                                       traceparent))
         if timeout_ms is None:
             timeout_ms = deadline_ms + 1000 if deadline_ms else self.timeout_ms
         try:

@@ -33,15 +33,17 @@ class ModelBatch:
     key: str           # model version
     plan: object       # trim plan: which columns of ``batch`` the model reads
     batch: object
-    untrimmed: int     # bytes the message would take with every column (for metrics)
+    untrimmed: int     # bytes the message would take with every schema feature (for metrics)
     # The plan with the model's reads (sub-feature columns), for a leaf that
     # says it takes them (its pong's sub_feature_columns); None: none to send.
     fine: object = None
-    nbytes: int = field(init=False)        # ``plan``'s message: the most any send takes
-    fine_nbytes: int = field(init=False)   # ``fine``'s, or ``nbytes``
+    nbytes: int = -1   # ``plan``'s message, the most any send takes: given when the sender computed it
+    traceparent: str | None = None   # the root's send span, when tracing is on
+    fine_nbytes: int = field(init=False)   # ``fine``'s message, or ``nbytes``
 
     def __post_init__(self):
-        object.__setattr__(self, "nbytes", _trim.encoded_nbytes(self.plan, self.batch))
+        if self.nbytes < 0:
+            object.__setattr__(self, "nbytes", _trim.encoded_nbytes(self.plan, self.batch))
         object.__setattr__(self, "fine_nbytes", self.nbytes if self.fine is None
                            else _trim.encoded_nbytes(self.fine, self.batch))
 
@@ -94,6 +96,8 @@ class Encoder:
         plan, nbytes, fine = model.for_link(link)
         head = {"type": "score", "id": mid, "model": model.key, "rows": rows,
                 "compression": link.compression, "deadline_ms": deadline_ms}
+        if model.traceparent is not None:
+            head["traceparent"] = model.traceparent
         if channel is not None:
             desc = channel.place(mid, plan, model.batch, nbytes, read_replies, what=model.key)
             if desc is not None:

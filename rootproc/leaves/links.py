@@ -68,7 +68,8 @@ class LeafLinks:
         link = self.monitors.get(sock)
         if link is None:
             return False
-        link.watch_connection(now)
+        if link.watch_connection(now) and self.pool.on_drop is not None:
+            self.pool.on_drop(link)
         return True
 
     def discover(self, fleet: dict, now: float) -> None:

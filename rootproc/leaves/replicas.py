@@ -161,10 +161,11 @@ class LeafLink:
                 and self.unanswered_since is None:
             self.unanswered_since = time.monotonic()
 
-    def watch_connection(self, now: float) -> None:
+    def watch_connection(self, now: float) -> bool:
         """Act on the connection's events: a drop forgets what the process
         behind it said, a new connection is pinged at once (it routes from its
-        pong on); reconnect by hand when libzmq will not by itself."""
+        pong on); reconnect by hand when libzmq will not by itself. Whether
+        the connection dropped."""
         dropped, up = self.watch.poll(now)
         if dropped:
             self.reported, self.hashes, self.draining = frozenset(), {}, False
@@ -181,6 +182,7 @@ class LeafLink:
             except zmq.ZMQError:
                 pass  # already gone
             self.socket.connect(self.endpoint)
+        return dropped
 
     def on_pong(self, header: dict, now: float) -> None:
         ping_id = header.get("id")
@@ -270,6 +272,8 @@ class LeafPool:
         self.ctx = ctx
         self.default_compression = default_compression
         self.links: list[LeafLink] = []      # routed to
+        # Told of a link whose connection dropped (the router: what it carried is lost).
+        self.on_drop: Callable[[LeafLink], None] | None = None
         self.retiring: list[LeafLink] = []   # no new requests; closed once drained
         self.by_socket: dict = {}
         self.leaves: dict[str, LeafSpec] = {}   # leaf name -> its config (transport, models)
@@ -384,7 +388,8 @@ class LeafPool:
     def ping_all(self) -> None:
         now = time.monotonic()
         for link in self.links + self.retiring:
-            link.watch_connection(now)
+            if link.watch_connection(now) and self.on_drop is not None:
+                self.on_drop(link)
             link.ping()
 
     def status(self, now: float, describe=None) -> list[dict]:

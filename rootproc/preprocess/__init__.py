@@ -6,4 +6,7 @@
   reference with ``TRIMMER_IMPL=reference``)
 - `steps`: the config's features as the record program's steps (where each
   raw field lies, which transform in which dtype, which column it fills)
+- `untrimmed`: `Untrimmed`, the savings metric's counterfactual: the size
+  of the message every schema feature would make for a request (what
+  ``trim: off`` sends), from a trimmed batch and the request's records
 """

@@ -16,6 +16,7 @@ log = logging.getLogger("rootproc")
 
 if TYPE_CHECKING:
     from rootproc.preprocess.preprocessor import Preprocessor
+    from rootproc.preprocess.untrimmed import Untrimmed
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class PreparedConfig:
     pre_full: Preprocessor    # every schema feature (fail open, trim off)
     pre_used: Preprocessor    # the features this config's models read
     plans: dict               # (layout fingerprint, model version | None) -> trim plan
+    untrimmed: Untrimmed      # pre_used's batches' every-feature size (the savings metric)
 
 
 def prepare_config(schema, record_layouts, trim: str, active: ActiveConfig,
@@ -117,9 +119,11 @@ def prepare_config(schema, record_layouts, trim: str, active: ActiveConfig,
     (a change of the stage's models alone only moves the generation)."""
     import _trim
     from rootproc.preprocess.preprocessor import Preprocessor
+    from rootproc.preprocess.untrimmed import Untrimmed
 
     if previous is not None and previous.active.id == active.id and active.id:
-        return PreparedConfig(active, previous.pre_full, previous.pre_used, previous.plans)
+        return PreparedConfig(active, previous.pre_full, previous.pre_used, previous.plans,
+                              previous.untrimmed)
     check_schema(schema, active)
     full = previous.pre_full if previous is not None else Preprocessor(schema, None, record_layouts)
     if trim == "on":
@@ -132,7 +136,7 @@ def prepare_config(schema, record_layouts, trim: str, active: ActiveConfig,
     if trim == "on":
         for key, names in active.models.items():
             plans[(used.layout.fingerprint, key)] = _trim.compile_plan(used.layout, names)
-    return PreparedConfig(active, full, used, plans)
+    return PreparedConfig(active, full, used, plans, Untrimmed(used, full))
 
 
 def fine_plan(layout, active: ActiveConfig, key: str):

@@ -128,11 +128,22 @@ def _run(command: str, args, store: ConfigStore) -> int:
                   "config; roots send them every feature until it is fixed", file=sys.stderr)
     elif command == "status":
         status = stages.status()
+        insecure = store.insecure_nodes()
+        warning = (f"INSECURE: {len(insecure)} node(s) of {store.address} are writable by "
+                   f"anyone who reaches it (written without a credential, insecure): "
+                   f"{', '.join(insecure)}; anyone could change the config or register "
+                   "leaves. Write the store with a credential ($TRIMMER_ZK_AUTH=USER:PASSWORD) "
+                   "and set its nodes' ACLs (docs/operations.md, \"Config store\")"
+                   if insecure else None)
         if args.json:
             print(json.dumps(status, indent=1))
         else:
             print(f"config store {store.address}")
+            if warning:
+                print(f"*** {warning} ***")
             print(format_status(status))
+        if warning:
+            print(f"trimmer status: {warning}", file=sys.stderr)
         broken = [f"{stage}: {st['error']}" for stage, st in status.items() if st.get("error")]
         if broken:
             print("trimmer status: " + "; ".join(broken), file=sys.stderr)

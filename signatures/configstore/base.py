@@ -102,6 +102,11 @@ class ConfigStore:
         """Monotonic time this process last reconnected to the store (0: never lost it)."""
         return 0.0
 
+    def insecure_nodes(self) -> list[str]:
+        """Where the store is open: what anyone who reaches it may change
+        (`trimmer status` says it loudly). None known by default."""
+        return []
+
     def is_live(self, member: MemberStatus) -> bool:
         """Whether ``member`` is still there (its records are recent)."""
         return member.age_s() <= STALE_S

@@ -6,4 +6,5 @@
 - `handoff`: the one-slot exchange between a follower thread and its loop
 - `files`: atomic writes, directory syncs, locks, bounded JSON reads
 - `exit_codes`: the exit-status policy of every command
+- `tracing`: optional OpenTelemetry spans (settings, exporters, traceparent)
 """

@@ -28,6 +28,10 @@ ELSEWHERE = {
         "tests/featurestore/test_redis_hostile.py::test_a_value_over_the_size_limit_is_refused_unread"],
     "root.draining": [
         "tests/faults/test_root_drain.py::test_sigterm_under_load_leaves_no_request_without_a_reply"],
+    "leaf-reply.connection-lost": [
+        "tests/root/test_faults.py::test_a_leaf_whose_connection_drops_fails_its_models_at_once_not_at_the_deadline"],
+    "client.connection-lost": [
+        "tests/faults/test_root_drain.py::test_requests_sent_until_the_root_is_gone_each_get_one_reply"],
     "leaf.model-error": [
         "tests/leaf/test_scoring.py::test_model_exception_is_a_model_error_and_leaf_keeps_serving"],
     "leaf.deadline-queue": [

@@ -79,3 +79,62 @@ def test_sigterm_under_load_leaves_no_request_without_a_reply(world, process_run
     print(f"\nroot drains: {figures}")
     assert all(f["rc"] == 0 for f in figures), figures
     assert sum(f["lost"] + f["unwarned"] for f in figures) == 0, figures
+
+
+def fire_through_the_end(root, clients: int = CLIENTS, every_s: float = 0.002) -> dict:
+    """Clients that ignore `shutting_down` (a loop with no other root to go
+    to) send a request every ``every_s`` from before SIGTERM until they see
+    the root's process gone, then wait for the replies. Each request must
+    get one: its scores, `shutting_down` from the root, or `unavailable`
+    from the client for a request its connection closed on (or one sent
+    while it had none) (rule `client.connection-lost`)."""
+    conns = [ScoringClient(root.endpoint) for _ in range(clients)]
+    sent: set = set()
+    replies: dict = {}
+    t_term = None
+    try:
+        i = 0
+        while root.returncode is None:
+            for client in conns:
+                user, cands = REQUESTS[i % len(REQUESTS)]
+                sent.add(client.submit(user, cands, models=["ctr@3"], deadline_ms=5000))
+                i += 1
+                while (res := client.receive(0)) is not None:
+                    assert res.id not in replies, f"two replies to {res.id}"
+                    replies[res.id] = res
+            if t_term is None and len(replies) >= 50:
+                root.signal(signal.SIGTERM)
+                t_term = time.monotonic()
+            assert t_term is None or time.monotonic() - t_term < 30, "the root did not exit"
+            time.sleep(every_s)
+        end = time.monotonic() + 15   # generous: the client owes each request one reply
+        while len(replies) < len(sent) and time.monotonic() < end:
+            for client in conns:
+                while (res := client.receive(10)) is not None:
+                    assert res.id not in replies, f"two replies to {res.id}"
+                    replies[res.id] = res
+        # And no second reply after that.
+        for client in conns:
+            assert client.receive(200) is None
+    finally:
+        for client in conns:
+            client.close()
+    kinds: dict[str, int] = {}
+    for r in replies.values():
+        kind = "ok" if r.ok else r.error["kind"]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return {"sent": len(sent), "kinds": kinds, "lost": len(sent - set(replies)),
+            "rc": root.returncode}
+
+
+def test_requests_sent_until_the_root_is_gone_each_get_one_reply(world, process_runner):
+    leaves = spawn_leaves(process_runner, world)["ipc"]
+    figures = []
+    for cycle in range(CYCLES):
+        root = spawn_root(process_runner, world, leaves, name=f"root-end-{cycle}")
+        figures.append(fire_through_the_end(root))
+    print(f"\nclients sending through the drain: {figures}")
+    assert all(f["rc"] == 0 for f in figures), figures
+    assert all(f["lost"] == 0 for f in figures), figures
+    assert all(set(f["kinds"]) <= {"ok", "shutting_down", "unavailable"} for f in figures), figures
+    assert all(f["kinds"].get("shutting_down", 0) > 0 for f in figures), figures

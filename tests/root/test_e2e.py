@@ -82,10 +82,14 @@ def test_metrics_count_bytes_and_the_untrimmed_counterfactual(world, leaves, pro
             user, cands = request_ids(seed)
             res = client.score(user, cands)
             feats = check_scores(world, res, user, cands)
-            union = message_nbytes(union_layout_names(), len(cands), feats)
+            # The counterfactual is what `--trim off` sends: every schema
+            # feature (test_trim_off_sends_every_feature), not the union the
+            # config reads (pin_unused is in no model, yet trim off sends it).
+            everything = message_nbytes(ALL_FEATURES, len(cands), feats)
+            assert everything > message_nbytes(union_layout_names(), len(cands), feats)
             for r in res.results:
                 sent[r["model"]] = sent.get(r["model"], 0) + r["bytes_sent"]
-            untrimmed += union
+            untrimmed += everything
         res = client.score(4242, cands, models=[GAP_MODEL[0]])
     m = scrape(port)
     leaf_of = {"ctr@3": "leaf-0", "eng@1": "leaf-0", "div@2": "leaf-1"}

@@ -182,3 +182,30 @@ def test_a_header_with_a_number_beyond_float64_still_echoes_its_id(world, proces
                      ids_frame(CANDS))                         # not JSON: no id to echo
         reply, _ = raw.recv(timeout=10)
         assert reply["id"] is None and "not JSON" in reply["error"]["message"], reply
+
+
+def test_a_leaf_whose_connection_drops_fails_its_models_at_once_not_at_the_deadline(
+        world, process_runner):
+    """A leaf that read a request and then went away (killed while frozen)
+    will never answer it, nor any other process behind its endpoint: the
+    root reads what the connection carried, then answers that model
+    `unavailable` (or resends it to another replica) at once, not at the
+    request's deadline (rule `leaf-reply.connection-lost`)."""
+    leaves = spawn_leaves(process_runner, world)["ipc"]
+    root = spawn_root(process_runner, world, leaves)
+    leaf1 = next(p for p in process_runner.procs if p.name == "leaf-1")
+    with ScoringClient(root.endpoint) as client:
+        os.kill(leaf1.pid, signal.SIGSTOP)
+        # div@2 waits in the frozen leaf; 10 s, the root's max_deadline_ms.
+        rid = client.submit(USER, CANDS, deadline_ms=10_000)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        os.kill(leaf1.pid, signal.SIGKILL)
+        res = client.receive(20_000)
+        took = time.monotonic() - t0
+        assert res is not None and res.id == rid, "no reply"
+        print(f"\nanswered {took:.2f} s after the leaf was killed")
+        assert res.ok and sorted(res.scores) == ["ctr@3", "eng@1"], res.errors
+        assert res.errors["div@2"]["kind"] == "unavailable", res.errors
+        assert "connection" in res.errors["div@2"]["message"], res.errors
+    leaf1.wait(10)

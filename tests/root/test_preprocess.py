@@ -150,3 +150,44 @@ def test_grouped_scalars_match_the_per_feature_path():
     hashed = _trim.decode(a.buffer)["h3"]
     raw = layouts["candidate"].decode_many(crecs)["h3"]
     assert hashed.tolist() == [bucket(x, 13) for x in raw.tolist()]
+
+
+@pytest.mark.parametrize("used", [
+    ["pin_ctr_7d"],                                   # every ragged feature left out
+    ["pin_ctr_raw", "user_recent_pins"],              # the user's list in, the candidates' out
+    [f["name"] for f in SCHEMA["features"]],          # nothing left out
+])
+def test_untrimmed_counts_every_schema_feature_as_trim_off_sends_it(schema, used):
+    """The savings metric's counterfactual: the message every feature would
+    make for the request a trimmed batch was built for, ragged lists of
+    features the batch left out counted from the records."""
+    from rootproc.preprocess.untrimmed import Untrimmed
+
+    users, cands = raw_data()
+    layouts = {s: RecordLayout.from_schema(schema, s) for s in ("user", "candidate")}
+    urecs = records_from_raw(layouts["user"], users)
+    crecs = records_from_raw(layouts["candidate"], cands)
+    full = Preprocessor(schema, None, layouts)
+    pre = Preprocessor(schema, used, layouts)
+    untrimmed = Untrimmed(pre, full)
+    for user, picks in ((int(users["id"][1]), [3, 1, 4, 1, 5, 9, 2, 6]), (int(users["id"][0]), [])):
+        u, c = [urecs[user]], [crecs[k] for k in cands["id"][picks].tolist()]
+        batch, every = pre.build(u, c), full.build(u, c)
+        want = _trim.encoded_nbytes(_trim.compile_plan(every.layout, every.layout.names), every)
+        assert untrimmed.nbytes(batch, untrimmed.counts(u, c)) == want
+
+
+def test_untrimmed_counts_a_store_without_a_ragged_field_by_its_default(schema):
+    from rootproc.preprocess.untrimmed import Untrimmed
+
+    layouts = {s: RecordLayout.from_schema(schema, s) for s in ("user", "candidate")}
+    fields = [f if f.name != "pin_words" else type(f)("other", "int32", 1, False, True)
+              for f in layouts["candidate"].fields.values()]
+    old = {"user": layouts["user"], "candidate": RecordLayout("candidate", fields)}
+    full = Preprocessor(schema, None, old)
+    pre = Preprocessor(schema, ["pin_ctr_7d"], old)
+    u, c = [old["user"].default_record], [old["candidate"].default_record] * 5
+    every = full.build(u, c)
+    want = _trim.encoded_nbytes(_trim.compile_plan(every.layout, every.layout.names), every)
+    untrimmed = Untrimmed(pre, full)
+    assert untrimmed.nbytes(pre.build(u, c), untrimmed.counts(u, c)) == want

@@ -58,3 +58,25 @@ def test_a_refused_noblock_send_queues_no_part():
         push.close()
         pull.close()
         ctx.term()
+
+
+def test_a_message_past_the_limits_is_read_to_its_end_keeping_only_its_first_frames(pair):
+    """Frames past ``max_frames``, or past ``max_nbytes`` in all, are read and
+    dropped as they come: the reader never holds the rest of the message."""
+    from _trim.transport.frames import Cut
+
+    a, b = pair
+    send_frames(a, [b"head", b"ids"] + [b"x"] * 50_000)
+    send_frames(a, [b"next"])
+    cut = recv_waiting(b, max_frames=16, max_nbytes=1 << 20)
+    assert isinstance(cut, Cut) and len(cut) == 16 and cut.reason == "frames"
+    assert (cut.n_frames, cut.nbytes, cut.limit) == (50_002, 7 + 50_000, 16)
+    assert [f.bytes for f in cut[:2]] == [b"head", b"ids"]
+    assert [f.bytes for f in recv_waiting(b, max_frames=16)] == [b"next"]   # the next one whole
+    send_frames(a, [b"head"] + [b"\0" * 1000] * 5)
+    cut = recv_waiting(b, max_frames=16, max_nbytes=2500)
+    assert isinstance(cut, Cut) and cut.reason == "bytes" and len(cut) == 3
+    assert (cut.n_frames, cut.nbytes, cut.limit) == (6, 5004, 2500)
+    send_frames(a, [b"a", b"b"])
+    whole = recv_waiting(b, max_frames=2, max_nbytes=2)
+    assert not isinstance(whole, Cut) and [f.bytes for f in whole] == [b"a", b"b"]

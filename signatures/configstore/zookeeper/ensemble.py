@@ -43,7 +43,7 @@ from kazoo.exceptions import (
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
-from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
+from kazoo.security import OPEN_ACL_UNSAFE, Permissions, make_acl, make_digest_acl
 
 from _trim.errors import ConfigError, InvalidInput, StoreError
 from signatures.configstore.errors import ConfigStoreUnavailable
@@ -61,6 +61,8 @@ NODE_BYTES = 1_000_000
 INFLATE_STEP = 1 << 20
 UNAVAILABLE = (ConnectionLoss, SessionExpiredError, ConnectionClosedError, KazooTimeoutError)
 _insecure_said: set[str] = set()
+# Permissions that let someone change what a node says or holds.
+OPEN_PERMS = Permissions.WRITE | Permissions.CREATE | Permissions.DELETE | Permissions.ADMIN
 
 
 def parse_address(address: str) -> tuple[str, str]:
@@ -144,13 +146,6 @@ class Ensemble:
                 f"{self.describe()}: no server answered within {self.timeout_s:g} s "
                 f"({type(exc).__name__}{': ' + str(exc) if str(exc) else ''}); nothing was "
                 "read or changed") from exc
-        if self._credential is None and self.settings.open_writes() \
-                and self.address not in _insecure_said:
-            _insecure_said.add(self.address)
-            log.warning("INSECURE: %s without a credential ($%s unset), writes allowed "
-                        "(zookeeper.insecure or $%s): the nodes written are open to anyone who "
-                        "reaches the ensemble, who could change the config or register leaves",
-                        self.describe(), self.settings.auth_env, INSECURE_ENV)
         return zk
 
     def _state_changed(self, state) -> None:
@@ -229,13 +224,38 @@ class Ensemble:
     def check_writer(self, what: str) -> None:
         """StoreError unless this process may write: it has a credential, or
         open writes were asked for (``insecure``)."""
-        if self._credential is None and not self.settings.open_writes():
+        if self._credential is None and self.settings.open_writes():
+            # Said once, when this process first writes: a reader writes nothing.
+            if self.address not in _insecure_said:
+                _insecure_said.add(self.address)
+                log.warning("INSECURE: %s without a credential ($%s unset), writes allowed "
+                            "(zookeeper.insecure or $%s): the nodes written are open to anyone "
+                            "who reaches the ensemble, who could change the config or register "
+                            "leaves", self.describe(), self.settings.auth_env, INSECURE_ENV)
+        elif self._credential is None:
             raise StoreError(f"{self.describe()}: {what}: refused: no credential "
                              f"(${self.settings.auth_env} unset), and the nodes written would "
                              "be open to anyone who reaches the ensemble; set "
                              f"${self.settings.auth_env}=USER:PASSWORD, or say insecure "
                              f"(zookeeper.insecure: true; ${INSECURE_ENV}=1 for the trimmer "
                              "commands) to accept that")
+
+    def open_nodes(self, paths: list[str]) -> list[str]:
+        """Those of ``paths`` (existing) whose ACL lets anyone who reaches the
+        ensemble change them: written without a credential (insecure)."""
+        zk = self.client()
+        out = []
+        for path, result in [(p, zk.get_acls_async(p)) for p in paths]:
+            try:
+                acls, _ = result.get(timeout=self.timeout_s)
+            except NoNodeError:
+                continue
+            except (NoAuthError, KazooException):
+                continue   # not readable here: not known to be open
+            if any(acl.id.scheme == "world" and acl.id.id == "anyone" and acl.perms & OPEN_PERMS
+                   for acl in acls):
+                out.append(path)
+        return out
 
     def create(self, path: str, data: bytes, what: str, ephemeral: bool = False) -> bool:
         """Create ``path`` (and its parents); False when it exists."""

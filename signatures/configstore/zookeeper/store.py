@@ -176,6 +176,15 @@ class ZooKeeperStore(ConfigStore):
                            *(self.zk.path("members", s) for s in STAGES))
             self._tree_made = True
 
+    def insecure_nodes(self) -> list[str]:
+        """The store's own nodes (its tree and stage records) anyone who
+        reaches the ensemble may change: written without a credential."""
+        return self.zk.open_nodes(
+            [self.zk.chroot or "/"]
+            + [self.zk.path(p) for p in ("stages", "bundles", "schemas", "log", "members")]
+            + [self.zk.path("stages", s) for s in STAGES]
+            + [self.zk.path("members", s) for s in STAGES])
+
     def _write_bundle(self, bundle: Bundle) -> None:
         self._make_tree()
         self.zk.put_blob(self.zk.path("bundles", bundle.id), bundle.to_json(),
