@@ -302,6 +302,10 @@ class ScoringClient:
             poller.poll(left)
 
     @property
+    def in_flight(self) -> int:
+        return len(self._sent)
+
+    @property
     def watched(self) -> tuple:
         """Sockets besides `socket` whose readiness means `receive` has work
         (the connection's events), for a caller's own poller."""
