@@ -14,14 +14,14 @@ above; the link's monitor says why in the log and in the root's pong, and a
 link whose key or mechanism the leaf rejected (which libzmq does not retry)
 is reconnected by hand every few seconds.
 
-A link routes only what the process behind it said, in a pong, that it
-serves ready: nothing before its first pong, and nothing again from the
-moment its connection drops (a socket monitor says so) until the process
-that answers next has ponged; whoever binds the endpoint after a crash is a
-new process with nothing loaded yet. Pongs to pings sent before the drop are
-stale and ignored. A pong saying ``"draining": true``, or a `shutting_down`
-reply (rootproc/router.py), takes the replica out of rotation until a
-process behind it says otherwise.
+A link routes only what the process behind it said, in a pong, that it serves
+ready: nothing before its first pong, and nothing again from the moment its
+connection drops (a socket monitor says so) until the process that answers next
+has ponged; whoever binds the endpoint after a crash is a new process with
+nothing loaded yet. Pongs to pings sent before the drop are stale and ignored.
+A pong saying ``"draining": true``, or a `shutting_down` reply
+(rootproc/router.py), takes the replica out of rotation until a process behind
+it says otherwise.
 
 A live leaf stays in rotation however late the root's loop reads it: it
 leaves only when silent (`LeafLink.silent`); each change is logged once
@@ -31,10 +31,10 @@ The set of links follows the config (`LeafPool.reconcile`, on the serving
 loop between requests): leaves in the root's config file always, plus the
 leaves the active bundle's placement gives an endpoint, plus, with a
 ZooKeeper config store, the endpoints the leaves registered on the stage
-publish (`wanted_leaves`). A link no config
-names any more is *retiring*: it takes no new request but stays open until
-the requests it carries are answered or past their deadline (closed then,
-see `LeafLinks.reap_retired` in rootproc/leaves/links.py).
+publish (`wanted_leaves`). A link no config names any more is *retiring*:
+it takes no new request but stays open until the requests it carries are
+answered or past their deadline (closed then, see `LeafLinks.reap_retired`
+in rootproc/leaves/links.py).
 """
 from __future__ import annotations
 
@@ -366,10 +366,7 @@ class LeafPool:
         return leaf.transport if leaf is not None else "auto"
 
     def hosted(self) -> set[str]:
-        out: set[str] = set()
-        for link in self.links:
-            out |= link.models
-        return out
+        return set().union(*(link.models for link in self.links))
 
     def refresh(self, now: float) -> None:
         """Note each link's entering or leaving rotation (rootproc/leaves/rotation.py)."""
@@ -405,12 +402,9 @@ class LeafPool:
                 entry.update(describe(link))
             if link.max_message_bytes is not None:
                 entry["max_message_bytes"] = link.max_message_bytes
-            if link.sub_feature_columns:
-                entry["sub_feature_columns"] = True
-            if link.draining:
-                entry["draining"] = True
-            if link.retiring:
-                entry["retiring"] = True
+            for flag in ("sub_feature_columns", "draining", "retiring"):   # said only when true
+                if getattr(link, flag):
+                    entry[flag] = True
             if link.curve is not None:
                 entry.update(curve=True, handshake_error=link.watch.problem)
             out.append(entry)
