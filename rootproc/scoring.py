@@ -31,7 +31,7 @@ import _trim
 from _trim.transport.protocol import BAD_REQUEST, DEADLINE, STORE_UNAVAILABLE, ProtocolError
 from rootproc.defaults import INLINE_BUILD_NBYTES, MISSING_IDS_SHOWN, SEND_SLICE_S
 from rootproc.intake import ScoreRequest, parse_score, resolve_models, unknown_model_error
-from rootproc.leaves.agreement import Agreement
+from rootproc.leaves.agreement import Agreement, replacement, served_versions
 from rootproc.leaves.encoding import ModelBatch
 from rootproc.memory import Linear, MemoryBudget
 from rootproc.open_request import OpenRequest
@@ -275,14 +275,33 @@ class Scorer:
         if job.next_model < len(job.wanted):
             key, known = job.wanted[job.next_model]
             job.next_model += 1
+            now = time.monotonic()
+            if known and not self.pool.candidates(key, now):
+                key = self.in_place_of(job, key, now)
             self.send_model(request, key, known, key in job.gaps, job.batch, job.untrimmed,
-                            time.monotonic(), job.deadline)
+                            now, job.deadline)
             if job.next_model < len(job.wanted):
                 return False
         t_sent = time.perf_counter()
         job.batch = None   # what a resend needs, the router keeps
         self.router.park(request, self.timing(job.t0, job.t_fetch, job.t_pre, t_sent), t_sent)
         return True
+
+    def in_place_of(self, job: Job, key: str, now: float) -> str:
+        """``key``'s `replacement` (no replica serves ``key``) if the batch carries its reads."""
+        other = replacement(self.active, key, job.req.models, served_versions(self.pool, now),
+                            [k for k, _ in job.wanted])
+        if other is None or self.cfg.trim == "off":
+            return other or key   # untrimmed: the batch carries every feature
+        if self.agreement.gap_reason(self.active, other, self.pool.candidates(other, now)):
+            return key   # it would need every feature, and the batch may be trimmed
+        layout, batch, request = job.batch.layout, job.batch, job.request
+        grow = (_trim.encoded_nbytes(self.plan_for(layout, other), batch)
+                - _trim.encoded_nbytes(self.plan_for(layout, self.plan_key(key, job.gaps)), batch))
+        if grow > 0 and request is not None:   # its message joins the request's reservation
+            self.budget.take(grow)
+            request.reserved += grow
+        return other
 
     # -- the steps ----------------------------------------------------------------
 
