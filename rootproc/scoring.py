@@ -28,16 +28,17 @@ from typing import TYPE_CHECKING
 
 import _trim
 from _trim.transport.protocol import BAD_REQUEST, DEADLINE, STORE_UNAVAILABLE, ProtocolError
+from rootproc.config_plans import ConfigPlans
 from rootproc.defaults import INLINE_BUILD_NBYTES, MISSING_IDS_SHOWN, SEND_SLICE_S
 from rootproc.intake import ScoreRequest, parse_score, resolve_models, unknown_model_error
 from rootproc.job import Job
-from rootproc.leaves.agreement import Agreement
+from rootproc.leaves.agreement import Agreement, replacement, served_versions
 from rootproc.leaves.encoding import ModelBatch
-from rootproc.memory import Linear, MemoryBudget
+from rootproc.memory import MemoryBudget
 from rootproc.open_request import OpenRequest
 from rootproc.reply import wire_error
 from rootproc.request_trace import RequestTrace
-from rootproc.rollout.installed import PreparedConfig, fine_plan
+from rootproc.rollout.installed import PreparedConfig
 from rootproc.workers import BatchWorkers
 
 if TYPE_CHECKING:
@@ -84,8 +85,7 @@ class Scorer:
         """Serve ``prepared`` from the next request on."""
         self.prepared = prepared
         self.active = prepared.active
-        self.plans: dict = dict(prepared.plans)   # grows: plans compiled on first use
-        self.linears: dict = {}   # (layout, key) -> Linear: its plan's message sizes
+        self.plans = ConfigPlans(prepared)
 
     def score(self, envelope, header: dict, body) -> None:
         """Send a score request's models to their leaves (now, or once a worker
@@ -201,8 +201,8 @@ class Scorer:
         n, layout = len(job.req.candidates), job.pre.layout
         records = (self.store.layout("user").fixed_nbytes
                    + n * self.store.layout("candidate").fixed_nbytes)
-        batch = self.linear(layout, None).at(n)
-        messages = sum(self.linear(layout, self.plan_key(k, job.gaps)).at(n) for k in keys)
+        batch = self.plans.linear(layout, None).at(n)
+        messages = sum(self.plans.linear(layout, self.plan_key(k, job.gaps)).at(n) for k in keys)
         job.records_nbytes = records
         job.build_nbytes = records + batch
         job.reserved = self.budget.admit(
@@ -246,7 +246,7 @@ class Scorer:
                          else job.counterfactual.nbytes(batch, job.ragged_counts))
         # Ragged values are known now: the request's own bytes, checked again.
         # Each model's size is computed once: its ModelBatch carries it.
-        job.nbytes = {k: _trim.encoded_nbytes(self.plan_for(batch.layout, self.plan_key(k, job.gaps)),
+        job.nbytes = {k: _trim.encoded_nbytes(self.plans.plan_for(batch.layout, self.plan_key(k, job.gaps)),
                                               batch)
                       for k, known in job.wanted if known}
         built = job.records_nbytes + batch.nbytes + sum(job.nbytes.values())
@@ -270,8 +270,11 @@ class Scorer:
         if job.next_model < len(job.wanted):
             key, known = job.wanted[job.next_model]
             job.next_model += 1
+            now = time.monotonic()
+            if known and not self.pool.candidates(key, now):
+                key = self.in_place_of(job, key, now)
             self.send_model(request, key, known, key in job.gaps, job.batch, job.untrimmed,
-                            time.monotonic(), job.deadline, job.nbytes.get(key, -1))
+                            now, job.deadline, job.nbytes.get(key, -1))
             if job.next_model < len(job.wanted):
                 return False
         t_sent = time.perf_counter()
@@ -280,6 +283,22 @@ class Scorer:
             job.trace.parked(t_sent)
         self.router.park(request, self.timing(job.t0, job.t_fetch, job.t_pre, t_sent), t_sent)
         return True
+
+    def in_place_of(self, job: Job, key: str, now: float) -> str:
+        """``key``'s `replacement` (no replica serves ``key``) if the batch carries its reads."""
+        other = replacement(self.active, key, job.req.models, served_versions(self.pool, now),
+                            [k for k, _ in job.wanted])
+        if other is None or self.cfg.trim == "off":
+            return other or key   # untrimmed: the batch carries every feature
+        if self.agreement.gap_reason(self.active, other, self.pool.candidates(other, now)):
+            return key   # it would need every feature, and the batch may be trimmed
+        layout, batch, request = job.batch.layout, job.batch, job.request
+        job.nbytes[other] = _trim.encoded_nbytes(self.plans.plan_for(layout, other), batch)
+        grow = job.nbytes[other] - job.nbytes.get(key, 0)
+        if grow > 0 and request is not None:   # its message joins the request's reservation
+            self.budget.take(grow)
+            request.reserved += grow
+        return other
 
     # -- the steps ----------------------------------------------------------------
 
@@ -359,8 +378,8 @@ class Scorer:
         if request.trace is not None:
             span, traceparent = request.trace.send(key)
         try:
-            plan = self.plan_for(batch.layout, key if trimmed else None)
-            fine = self.fine_plan_for(batch.layout, key) if trimmed and self.cfg.sub_feature \
+            plan = self.plans.plan_for(batch.layout, key if trimmed else None)
+            fine = self.plans.fine_plan_for(batch.layout, key) if trimmed and self.cfg.sub_feature \
                 else None
             self.router.send(request, idx, ModelBatch(key, plan, batch, untrimmed, fine, nbytes,
                                                       traceparent), now)
@@ -382,32 +401,6 @@ class Scorer:
     def plan_key(self, key: str, gaps) -> str | None:
         """Whose columns ``key``'s message carries: its own, or None (every one)."""
         return key if self.cfg.trim == "on" and key not in gaps else None
-
-    def linear(self, layout, key: str | None) -> Linear:
-        """The size of `plan_for`'s messages, as a function of the candidates."""
-        cache_key = (layout.fingerprint, key)
-        lin = self.linears.get(cache_key)
-        if lin is None:
-            plan = self.plan_for(layout, key)
-            lin = self.linears[cache_key] = Linear.of(layout, plan.columns, plan.table_nbytes)
-        return lin
-
-    def plan_for(self, layout, key: str | None):
-        """The trim plan of ``key`` (None: every column) on ``layout``, compiled once."""
-        cache_key = (layout.fingerprint, key)
-        plan = self.plans.get(cache_key)
-        if plan is None:
-            names = layout.names if key is None else self.active.features_for(key)
-            plan = _trim.compile_plan(layout, names)
-            self.plans[cache_key] = plan
-        return plan
-
-    def fine_plan_for(self, layout, key: str):
-        """``key``'s plan with its reads (sub-feature columns), compiled once (fine_plan)."""
-        cache_key = (layout.fingerprint, key, "reads")
-        if cache_key not in self.plans:
-            self.plans[cache_key] = fine_plan(layout, self.active, key)
-        return self.plans[cache_key]
 
 
 __all__ = ["Scorer"]

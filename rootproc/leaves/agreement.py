@@ -43,6 +43,20 @@ def resolve(active, name: str, served: frozenset) -> str | None:
                                           version_sort_key(ModelKey(k).version), k))
 
 
+def replacement(active, key: str, named, served: frozenset, taken) -> str | None:
+    """The version to send in place of ``key``, which a request was resolved
+    to and no replica serves any more (it left rotation while the request's
+    features were fetched: a rollout or rollback retired it), or None: the
+    version its model name resolves to now, when the request did not name
+    ``key`` itself (``named``: its ``models``, None for the default set), a
+    replica serves that one, and the request does not score it already
+    (``taken``). Rule score.model-name, applied again when the request is sent."""
+    if key in served or (named is not None and key in named):
+        return None
+    other = resolve(active, ModelKey(key).name, served)
+    return other if other is not None and other in served and other not in taken else None
+
+
 def default_models(active, served: frozenset) -> list[str]:
     """A request without ``models``: every current version of the config, each
     replaced by a served version of the same model when no leaf serves it
@@ -107,4 +121,5 @@ class Agreement:
         return out
 
 
-__all__ = ["Agreement", "NOT_IN_CONFIG", "NO_CONFIG_HASH", "default_models", "resolve", "served_versions"]
+__all__ = ["Agreement", "NOT_IN_CONFIG", "NO_CONFIG_HASH", "default_models", "replacement",
+           "resolve", "served_versions"]

@@ -75,5 +75,18 @@ class RedisServer(ServerProcess):
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
 
+    def unread_bytes(self) -> int:
+        """Bytes clients have sent that the server has not read yet (its
+        connections' receive queues, /proc/net/tcp): while it is paused, a
+        command waiting for it."""
+        total = 0
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                if port == self.port and fields[3] == "01":   # ESTABLISHED, server side
+                    total += int(fields[4].split(":")[1], 16)
+        return total
+
     def log(self) -> str:
         return tail(os.path.join(self.dir, "redis.log"))

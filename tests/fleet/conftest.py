@@ -66,9 +66,10 @@ def seed(address: str, bundle, stages=("production",)) -> None:
             Stages(store).deploy_models(stage, ["ctr@3", "eng@1"])
 
 
-def spawn_root(runner, world, address, stage, name="root-0"):  # noqa: F811
+def spawn_root(runner, world, address, stage, name="root-0", **overrides):  # noqa: F811
+    """A root following ``stage`` of ``address``; ``overrides``: root settings."""
     bind = runner.endpoint(name)
     path = root_file(world, os.path.join(runner.tmp_path, f"{name}.json"), name, address, stage,
-                     bind)
+                     bind, **overrides)
     return runner.spawn(name, [sys.executable, "-m", "rootproc", "--config", path],
                         endpoint=bind, ipc_paths=[bind[len("ipc://"):]])

@@ -38,6 +38,18 @@ class GenericScorer(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.eye(64) * 0.5, requires_grad=False)
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
+        out = self.score(features)
+        if self.fail_on != "":
+            if bool((features[self.fail_on] < 0).any()):
+                raise RuntimeError("negative values in " + self.fail_on)
+        if self.spin > 0:
+            h = torch.ones(out.shape[0], 64, device=out.device)
+            for _ in range(self.spin):
+                h = torch.tanh(h @ self.w)
+            out = out + h.sum(1) * 0.0
+        return out
+
+    def score(self, features: dict[str, Tensor]) -> Tensor:
         first = features[self.dense[0]]
         rows, device = first.shape[0], first.device
         out = torch.zeros(rows, dtype=torch.float32, device=device)
@@ -58,15 +70,26 @@ class GenericScorer(torch.nn.Module):
             sums = torch.zeros(n, dtype=torch.float32, device=device).index_add_(0, row_ids, values)
             out = out + sums * (0.5 * float(j + 1))  # a per-request list (n == 1) broadcasts
             j += 1
-        if self.fail_on != "":
-            if bool((features[self.fail_on] < 0).any()):
-                raise RuntimeError("negative values in " + self.fail_on)
-        if self.spin > 0:
-            h = torch.ones(rows, 64, device=device)
-            for _ in range(self.spin):
-                h = torch.tanh(h @ self.w)
-            out = out + h.sum(1) * 0.0
         return out
+
+
+class ExportableScorer(GenericScorer):
+    """`GenericScorer`'s score without its test switches, as a model an author
+    hands `trimmer export`: export counts a read in any branch, and
+    ``features[self.fail_on]`` reads the key ``""`` even while ``fail_on`` is
+    off. Scores equal a `GenericScorer`'s over the same inputs."""
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        return self.score(features)
+
+
+def script_for_export(path, inputs: list[TensorSpec]) -> str:
+    """An `ExportableScorer` over ``inputs`` (dense first, in their order)
+    saved as a TorchScript file at ``path``: a source for `trimmer export`."""
+    module = ExportableScorer([s.name for s in inputs if not s.ragged],
+                              [s.name for s in inputs if s.ragged])
+    torch.jit.script(module).save(os.fspath(path))
+    return os.fspath(path)
 
 
 def spec(name: str, dtype: str = "float32", shape=(), ragged: bool = False,

@@ -1,0 +1,43 @@
+"""The trim plans of one installed config, compiled on first use and kept
+while it serves (a new config starts from the plans it prepared ahead:
+rootproc/rollout/installed.py), with the message sizes each plan gives."""
+from __future__ import annotations
+
+import _trim
+from rootproc.memory import Linear
+from rootproc.rollout.installed import PreparedConfig, fine_plan
+
+
+class ConfigPlans:
+    def __init__(self, prepared: PreparedConfig):
+        self.active = prepared.active
+        self.plans: dict = dict(prepared.plans)   # (layout, key[, "reads"]) -> plan
+        self.linears: dict = {}   # (layout, key) -> Linear: its plan's message sizes
+
+    def plan_for(self, layout, key: str | None):
+        """The trim plan of ``key`` (None: every column) on ``layout``, compiled once."""
+        cache_key = (layout.fingerprint, key)
+        plan = self.plans.get(cache_key)
+        if plan is None:
+            names = layout.names if key is None else self.active.features_for(key)
+            plan = self.plans[cache_key] = _trim.compile_plan(layout, names)
+        return plan
+
+    def fine_plan_for(self, layout, key: str):
+        """``key``'s plan with its reads (sub-feature columns), compiled once (fine_plan)."""
+        cache_key = (layout.fingerprint, key, "reads")
+        if cache_key not in self.plans:
+            self.plans[cache_key] = fine_plan(layout, self.active, key)
+        return self.plans[cache_key]
+
+    def linear(self, layout, key: str | None) -> Linear:
+        """The size of `plan_for`'s messages, as a function of the candidates."""
+        cache_key = (layout.fingerprint, key)
+        lin = self.linears.get(cache_key)
+        if lin is None:
+            plan = self.plan_for(layout, key)
+            lin = self.linears[cache_key] = Linear.of(layout, plan.columns, plan.table_nbytes)
+        return lin
+
+
+__all__ = ["ConfigPlans"]
