@@ -90,11 +90,12 @@ def test_overloaded_leaf_fails_only_its_model_and_recovers(world, slow_repo, pro
         over = next(res.errors["ctr@3"] for _, res in replies
                     if res.errors.get("ctr@3", {}).get("kind") == "overloaded")
         assert "leaf-0" in over["message"] and "limit 4" in over["message"], over
-        # The queued ones that could no longer start in time are skipped by the
-        # leaf (after the root has answered them), which only knows from the
-        # deadline_ms the root sent it.
-        wait_for("the leaf skips expired requests", lambda: metric(
-            leaf_port, "trimmer_leaf_expired_total", model="ctr@3") >= 1)
+        # The leaf settles: each request it took is run, or skipped once its
+        # deadline_ms passed (the root answered it already). How many expire
+        # depends on how fast this machine let the root send the flood, so
+        # none is required here (tests/leaf/test_overload.py counts them).
+        wait_for("the leaf has answered or skipped every request", lambda: metric(
+            leaf_port, "trimmer_leaf_in_flight") == 0)
         assert metric(root_port, "trimmer_root_model_results_total", model="ctr@3",
                       outcome="overloaded") == kinds.count("overloaded")
         # Rejected and expired requests in shared memory gave their slots back.
