@@ -70,12 +70,15 @@ def drive_through_drain(root) -> dict:
             "drain_s": round(t_exit - t_term, 3)}
 
 
-def test_sigterm_under_load_leaves_no_request_without_a_reply(world, process_runner):
+def drain_cycles(process_runner, world, name: str, drive) -> list[dict]:
+    """``drive``'s figures for CYCLES roots, each started and drained in turn."""
     leaves = spawn_leaves(process_runner, world)["ipc"]
-    figures = []
-    for cycle in range(CYCLES):
-        root = spawn_root(process_runner, world, leaves, name=f"root-{cycle}")
-        figures.append(drive_through_drain(root))
+    return [drive(spawn_root(process_runner, world, leaves, name=f"{name}-{cycle}"))
+            for cycle in range(CYCLES)]
+
+
+def test_sigterm_under_load_leaves_no_request_without_a_reply(world, process_runner):
+    figures = drain_cycles(process_runner, world, "root", drive_through_drain)
     print(f"\nroot drains: {figures}")
     assert all(f["rc"] == 0 for f in figures), figures
     assert sum(f["lost"] + f["unwarned"] for f in figures) == 0, figures
@@ -128,11 +131,7 @@ def fire_through_the_end(root, clients: int = CLIENTS, every_s: float = 0.002) -
 
 
 def test_requests_sent_until_the_root_is_gone_each_get_one_reply(world, process_runner):
-    leaves = spawn_leaves(process_runner, world)["ipc"]
-    figures = []
-    for cycle in range(CYCLES):
-        root = spawn_root(process_runner, world, leaves, name=f"root-end-{cycle}")
-        figures.append(fire_through_the_end(root))
+    figures = drain_cycles(process_runner, world, "root-end", fire_through_the_end)
     print(f"\nclients sending through the drain: {figures}")
     assert all(f["rc"] == 0 for f in figures), figures
     assert all(f["lost"] == 0 for f in figures), figures
