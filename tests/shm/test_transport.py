@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -92,15 +93,28 @@ def test_batches_larger_than_the_ring_fall_back_to_the_socket(world, leaves, pro
 
 def test_no_free_slot_falls_back_and_slots_come_back(world, leaves, process_runner):
     """One slot, no wait: a request's second model for the same leaf finds the
-    slot still held by the first (its reply has not been read yet)."""
+    slot still held by the first. The leaf is frozen while the root sends
+    both, so its reply to the first cannot free the slot in between (the root
+    reads replies between one model's send and the next: on a loaded machine
+    the reply could otherwise win)."""
     port = free_tcp_port()
     shm_root(process_runner, world, leaves, port=port, shm={"slots": 1, "wait_ms": 0})
     root = process_runner.procs[-1]
+    pid = _leaf_pid(root.endpoint, "leaf-0")
     with ScoringClient(root.endpoint) as client:
         for seed in range(3):
             user, cands = request_ids(seed)
-            res = client.score(user, cands, models=["ctr@3", "eng@1"])
-            assert res.ok and not res.errors, res.errors
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                client.submit(user, cands, models=["ctr@3", "eng@1"], deadline_ms=60_000)
+                until = time.monotonic() + 60
+                while metric(port, "trimmer_root_shm_fallback_total", reason="no_slot") <= seed:
+                    assert time.monotonic() < until, "the second model never fell back"
+                    time.sleep(0.05)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            res = client.receive(timeout_ms=60_000)
+            assert res is not None and res.ok and not res.errors, res and res.errors
             transports = [r.get("transport", "socket") for r in res.results]
             assert transports == ["shm", "socket"], transports
             ref = client.score(user, cands, models=["eng@1"])  # the slot is free again
