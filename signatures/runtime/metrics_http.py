@@ -10,9 +10,11 @@ Any other path answers 404 naming these (prometheus_client's own server
 answers the metrics on every path: a scraper or a probe pointed at the
 wrong path then reads something that looks right). A query string is
 ignored. Only GET and HEAD are served (405 otherwise), a request line
-longer than MAX_REQUEST_LINE is refused (414), and a connection silent for
-SOCKET_TIMEOUT_S is dropped: the port may face the network, and nothing on
-it may hold the process.
+longer than MAX_REQUEST_LINE is refused (414), a connection silent for
+SOCKET_TIMEOUT_S is dropped, and at most MAX_CONNECTIONS are served at once
+(each holds a thread): one past that is answered 503 and closed at once.
+The port may face the network, and nothing on it may hold the process or
+grow it without bound.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ PATHS = (PATH, LIVE_PATH, READY_PATH)
 METHODS = ("GET", "HEAD")
 MAX_REQUEST_LINE = 4096
 SOCKET_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 32
 TEXT = ("Content-Type", "text/plain; charset=utf-8")
 
 
@@ -89,11 +92,54 @@ class _Handler(WSGIRequestHandler):
         """Log nothing: probes come every few seconds."""
 
 
+class _BoundedServer(ThreadingWSGIServer):
+    """A thread per connection, at most MAX_CONNECTIONS of them."""
+
+    request_queue_size = 64   # connections waiting to be accepted (the kernel's backlog)
+
+    def __init__(self, *args, **kwargs):
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:   # no thread started: nothing else releases the slot
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request) -> None:
+        """503 without reading the request: a fresh socket's send buffer takes
+        these bytes at once, so the accepting thread never waits on the peer."""
+        body = f"too many connections on this port ({MAX_CONNECTIONS} at once)\n".encode()
+        head = ("HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        try:
+            request.setblocking(False)
+            request.send(head + body)
+            # What the peer already sent is read first: closing a socket with
+            # unread bytes resets the connection, and a reset can discard the
+            # answer before the peer reads it.
+            request.recv(MAX_REQUEST_LINE)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+
 def serve_metrics(registry, port: int, addr: str = "127.0.0.1", probes: Probes | None = None):
     """Serve ``registry`` on ``addr:port`` at `PATH` and ``probes`` at theirs,
     from a daemon thread; (the server, its thread). OSError when the port
     cannot be bound."""
-    class Server(ThreadingWSGIServer):
+    class Server(_BoundedServer):
         pass
 
     Server.address_family, addr = _get_best_family(addr, port)
@@ -114,5 +160,5 @@ def stop_serving(server) -> None:
     thread.join(timeout=2)
 
 
-__all__ = ["LIVE_PATH", "PATH", "PATHS", "READY_PATH", "endpoints", "serve_metrics",
+__all__ = ["LIVE_PATH", "MAX_CONNECTIONS", "PATH", "PATHS", "READY_PATH", "endpoints", "serve_metrics",
            "stop_serving"]
