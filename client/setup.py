@@ -10,7 +10,7 @@ SHIPPED = {
     "_trim": {"__init__", "batch", "decoded", "errors", "format", "memory", "plan"},
     "_trim.transport": None,                 # all of it: sockets, frames, CURVE, protocol
     "rootproc": {"__init__"},
-    "rootproc.client": {"__init__", "scoring_client", "connection", "health"},
+    "rootproc.client": {"__init__", "scoring_client", "async_client", "connection", "health"},
 }
 
 

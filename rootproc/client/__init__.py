@@ -10,6 +10,7 @@ The library (`scoring_client`) and `health` import only the transport layer
 (tests/test_layering.py checks it). `loadgen` is the `trimmer score`
 command; it reads ids from a feature store only when asked to.
 """
-from rootproc.client.scoring_client import AsyncScoringClient, ScoreResult, ScoringClient, ScoringError
+from rootproc.client.async_client import AsyncScoringClient
+from rootproc.client.scoring_client import ScoreResult, ScoringClient, ScoringError
 
 __all__ = ["AsyncScoringClient", "ScoreResult", "ScoringClient", "ScoringError"]

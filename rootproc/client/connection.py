@@ -51,17 +51,21 @@ class HandshakeLog:
         if self.monitor is None:
             return
         for event, value in monitor.drain_events(self.monitor):
-            if event == zmq.EVENT_DISCONNECTED:
-                # Only a connection that was up carried requests: one whose
-                # handshake failed sent none (they wait in zmq's queue, and
-                # the timeout says why: `hint`).
-                if self.up:
-                    self.down, self.up = True, False
-                    self.dropped += 1
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.down, self.up = False, True
-            elif event & monitor.FAILURE_EVENTS:
-                self.last = monitor.describe(event, value, server=False, curve=self.curve_used)
+            self.note(event, value)
+
+    def note(self, event: int, value: int) -> None:
+        """One monitor event (an asyncio client reads them itself)."""
+        if event == zmq.EVENT_DISCONNECTED:
+            # Only a connection that was up carried requests: one whose
+            # handshake failed sent none (they wait in zmq's queue, and
+            # the timeout says why: `hint`).
+            if self.up:
+                self.down, self.up = True, False
+                self.dropped += 1
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.down, self.up = False, True
+        elif event & monitor.FAILURE_EVENTS:
+            self.last = monitor.describe(event, value, server=False, curve=self.curve_used)
 
     def hint(self) -> str:
         self.read()

@@ -20,11 +20,11 @@ fails looks like silence; the client's timeout error then says why.
 With one endpoint, a request the connection dropped before its reply (the
 root stopped in the middle of it), or one submitted while the connection is
 down, is answered `unavailable` by the client itself: every request gets
-one reply (docs/protocol.md, rule ``client.connection-lost``).
+one reply (docs/protocol.md, rule ``client.connection-lost``). The asyncio
+client (`async_client.AsyncScoringClient`) does the same.
 """
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import time
@@ -45,6 +45,11 @@ from rootproc.client.connection import (  # noqa: F401
 
 DEFAULT_TIMEOUT_MS = 5000
 LATE_IDS_KEPT = 100_000   # ids answered by the client itself, whose late replies are dropped
+# Why the client answered a request `unavailable` itself (after the endpoint).
+NOT_SENT = ("is not connected (its connection dropped and no new one is up): the request "
+            "was not sent")
+LOST = ("closed the connection before answering (the root stopped or restarted): retry, "
+        "here or on another root")
 
 
 @dataclass
@@ -119,7 +124,14 @@ def parse_reply(frames, latency_s: float = 0.0) -> ScoreResult:
     return res
 
 
-class _Ids:
+def answered_here(rid: str, endpoint: str, why: str, sent: float | None) -> ScoreResult:
+    """The client's own `unavailable` reply to ``rid`` (rule `client.connection-lost`)."""
+    return ScoreResult(rid, False, error={"kind": "unavailable", "message": f"{endpoint} {why}",
+                                          "from": "client"},
+                       latency_s=0.0 if sent is None else time.perf_counter() - sent)
+
+
+class RequestIds:
     def __init__(self):
         self._prefix = f"{os.getpid():x}-{id(self) & 0xFFFFFF:x}-"
         self._count = itertools.count()
@@ -139,7 +151,7 @@ class ScoringClient:
         self.endpoints, self.socket, self.handshakes = connect_dealer(self.ctx, endpoints, keys,
                                                                       watch=True)
         self.timeout_ms = timeout_ms
-        self._ids = _Ids()
+        self._ids = RequestIds()
         self._sent: dict[str, float] = {}
         self._early: dict[str, ScoreResult] = {}
         # Requests this client answered itself (`unavailable`): a late reply
@@ -157,8 +169,7 @@ class ScoringClient:
         self._sent[rid] = time.perf_counter()
         self.handshakes.read()
         if self.handshakes.down:
-            self._unavailable(rid, "is not connected (its connection dropped and no new one "
-                                   "is up): the request was not sent")
+            self._unavailable(rid, NOT_SENT)
             return rid
         self.socket.send_multipart(build_request(rid, user, candidates, models, deadline_ms,
                                                  traceparent), copy=False)
@@ -167,9 +178,7 @@ class ScoringClient:
     def _unavailable(self, rid: str, why: str) -> None:
         """Request ``rid``'s one reply, from the client itself."""
         sent = self._sent.pop(rid, None)
-        self._early[rid] = ScoreResult(rid, False, error={
-            "kind": "unavailable", "message": f"{self.endpoints[0]} {why}",
-            "from": "client"}, latency_s=0.0 if sent is None else time.perf_counter() - sent)
+        self._early[rid] = answered_here(rid, self.endpoints[0], why, sent)
         self._answered_here[rid] = None
         while len(self._answered_here) > LATE_IDS_KEPT:
             del self._answered_here[next(iter(self._answered_here))]
@@ -180,8 +189,7 @@ class ScoringClient:
         can no longer answer), each answered `unavailable`."""
         self.handshakes.dropped = 0
         for rid in list(self._sent):
-            self._unavailable(rid, "closed the connection before answering (the root "
-                                   "stopped or restarted): retry, here or on another root")
+            self._unavailable(rid, LOST)
 
     def _recv_waiting(self) -> tuple[ScoreResult, bool] | None:
         """A reply waiting on the socket, without waiting, and whether a
@@ -314,55 +322,5 @@ class ScoringClient:
         self.close()
 
 
-class AsyncScoringClient:
-    """asyncio variant: ``await client.score(...)``; many may run concurrently."""
-
-    def __init__(self, endpoints, *, timeout_ms: int = DEFAULT_TIMEOUT_MS,
-                 curve_server_public_key=None, curve_client_secret_key=None):
-        import zmq.asyncio
-        self.ctx = zmq.asyncio.Context.instance()
-        keys = curve_keys(curve_server_public_key, curve_client_secret_key)
-        self.endpoints, self.socket, _ = connect_dealer(self.ctx, endpoints, keys)
-        self.timeout_ms = timeout_ms
-        self._ids = _Ids()
-        self._waiters: dict[str, asyncio.Future] = {}
-        self._reader: asyncio.Task | None = None
-
-    async def _read(self) -> None:
-        while True:
-            frames = await self.socket.recv_multipart(copy=False)
-            res = parse_reply([f.buffer for f in frames])
-            fut = self._waiters.pop(res.id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(res)
-
-    async def score(self, user: int, candidates, models=None, deadline_ms=None,
-                    timeout_ms: int | None = None,
-                    traceparent: str | None = None) -> ScoreResult:
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(self._read())
-        rid = self._ids.next()
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters[rid] = fut
-        t0 = time.perf_counter()
-        await self.socket.send_multipart(build_request(rid, user, candidates, models, deadline_ms,
-                                                       traceparent))
-        if timeout_ms is None:
-            timeout_ms = deadline_ms + 1000 if deadline_ms else self.timeout_ms
-        try:
-            res = await asyncio.wait_for(fut, timeout_ms / 1000)
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"no reply to request {rid} within {timeout_ms} ms") from None
-        finally:
-            self._waiters.pop(rid, None)
-        res.latency_s = time.perf_counter() - t0
-        return res
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-        self.socket.close(linger=0)
-
-
-__all__ = ["ScoringClient", "AsyncScoringClient", "ScoreResult", "ScoringError",
-           "build_request", "parse_reply", "curve_keys", "add_curve_arguments"]
+__all__ = ["ScoringClient", "ScoreResult", "ScoringError",
+           "answered_here", "build_request", "parse_reply", "curve_keys", "add_curve_arguments"]

@@ -31,7 +31,8 @@ ELSEWHERE = {
     "leaf-reply.connection-lost": [
         "tests/root/test_faults.py::test_a_leaf_whose_connection_drops_fails_its_models_at_once_not_at_the_deadline"],
     "client.connection-lost": [
-        "tests/faults/test_root_drain.py::test_requests_sent_until_the_root_is_gone_each_get_one_reply"],
+        "tests/faults/test_root_drain.py::test_requests_sent_until_the_root_is_gone_each_get_one_reply",
+        "tests/root/test_async_client.py::test_requests_a_dropped_connection_carried_are_answered_unavailable_by_the_client"],
     "leaf.model-error": [
         "tests/leaf/test_scoring.py::test_model_exception_is_a_model_error_and_leaf_keeps_serving"],
     "leaf.deadline-queue": [
