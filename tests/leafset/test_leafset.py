@@ -7,6 +7,7 @@ import glob
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 
@@ -21,7 +22,7 @@ from signatures.repository.module_info import ModelRepository
 from signatures.schema import FeatureSchema
 from tests.rollout.conftest import REQUESTS, Load, check_replies, root_pong, serving, wait_for
 from tests.root.world import root_config, write_root_config
-from tests.support.models import spin_for, write_model
+from tests.support.models import write_model
 from tests.support.procs import ProcessRunner, processes_mentioning
 
 pytestmark = pytest.mark.slow
@@ -129,51 +130,59 @@ def test_leaf_added_then_retired_under_load(world, process_runner, tmp_path):
 
 
 def test_retired_leaf_answers_its_requests_in_flight(world, process_runner, tmp_path):
-    """A request a slow leaf holds when its link retires still gets its reply:
-    the scores, or ``deadline`` when the leaf is slower than the request's deadline."""
+    """A request a leaf holds when its link retires still gets its reply: the
+    scores, or ``deadline`` when the leaf is slower than the request's
+    deadline. The leaf is frozen (SIGSTOP) from before the requests until its
+    link is retiring, so both are certainly in flight then, whatever the
+    machine's load (a slow model instead could finish first on a loaded one)."""
     repo = str(tmp_path / "repo")
     shutil.copytree(world["repo"], repo)
-    write_model(repo, "slow", "1", world["inputs"]["ctr@3"], spin=spin_for(2.0))
+    write_model(repo, "held", "1", world["inputs"]["ctr@3"])
     store_path = str(tmp_path / "configs")
     stages = Stages(open_config_store(store_path))
     base = bundle(world, repo, BASE)
     stages.deploy(base, STAGE)
     stages.deploy_models(STAGE, ["ctr@3", "eng@1"])
     leaf0 = spawn_leaf(process_runner, repo, store_path, "leaf-0", ("ctr@3", "eng@1"))
-    root = spawn_root(process_runner, world, store_path, leaf0, max_deadline_ms=4000)
+    root = spawn_root(process_runner, world, store_path, leaf0, max_deadline_ms=60_000)
     leaf1 = process_runner.leaf(repo, name="leaf-1", ready=False,
                                 args=["--config-store", store_path, "--stage", STAGE,
                                       "--max-wait-ms", "0", "--retire-grace-s", "1"])
     leaf1.wait_ready(60, ready=lambda p: p.get("generation") is not None)
-    grown = {**BASE, "leaf-1": {"endpoint": leaf1.endpoint, "current": ["slow@1"]}}
+    grown = {**BASE, "leaf-1": {"endpoint": leaf1.endpoint, "current": ["held@1"]}}
     stages.deploy(bundle(world, repo, grown), STAGE)
-    stages.deploy_models(STAGE, ["slow@1"])
-    wait_for("root routing slow@1 to leaf-1", lambda: "slow@1" in links(root).get(
+    stages.deploy_models(STAGE, ["held@1"])
+    wait_for("root routing held@1 to leaf-1", lambda: "held@1" in links(root).get(
         "leaf-1", {}).get("models", ()) and links(root)["leaf-1"]["healthy"], timeout=30)
     load = Load(root.endpoint)
     load.start()
     try:
-        with ScoringClient(root.endpoint, timeout_ms=10_000) as client:
+        with ScoringClient(root.endpoint, timeout_ms=60_000) as client:
             user, cands = REQUESTS[1]
-            patient = client.submit(user, cands, models=["slow@1"], deadline_ms=4000)
-            hasty = client.submit(user, cands, models=["slow@1"], deadline_ms=300)
-            wait_for("requests in flight on leaf-1",
-                     lambda: links(root)["leaf-1"]["outstanding"] >= 1, timeout=5)
-            # Forced: slow@1 stays on the stage, outside the config, so only leaf-1 has it.
-            gen = stages.deploy(base, STAGE, force=True)
-            wait_for("root on the bundle without leaf-1", on_generation(root, gen), timeout=5)
+            leaf1.signal(signal.SIGSTOP)
+            try:
+                patient = client.submit(user, cands, models=["held@1"], deadline_ms=30_000)
+                hasty = client.submit(user, cands, models=["held@1"], deadline_ms=300)
+                wait_for("requests in flight on leaf-1",
+                         lambda: links(root)["leaf-1"]["outstanding"] >= 1, timeout=30)
+                # Forced: held@1 stays on the stage, outside the config, so only leaf-1 has it.
+                gen = stages.deploy(base, STAGE, force=True)
+                wait_for("root on the bundle without leaf-1", on_generation(root, gen),
+                         timeout=30)
+            finally:
+                leaf1.signal(signal.SIGCONT)
             replies = {}
             while len(replies) < 2:
-                res = client.receive(10_000)
+                res = client.receive(60_000)
                 assert res is not None, "a request in flight on a retired link was dropped"
                 replies[res.id] = res
         assert replies[patient].ok and not replies[patient].errors, replies[patient].errors
         assert replies[patient].results[0]["leaf"] == "leaf-1"
-        hasty_res = replies[hasty]
+        hasty_res = replies[hasty]   # its scores, or deadline if the leaf was frozen past it
         assert hasty_res.ok and (not hasty_res.errors or
                                  hasty_res.results[0]["error"]["kind"] == "deadline"), \
             hasty_res.results
-        wait_for("leaf-1's link closed", lambda: "leaf-1" not in links(root), timeout=10)
+        wait_for("leaf-1's link closed", lambda: "leaf-1" not in links(root), timeout=30)
         assert not rings(root, "leaf-1")
         retiring = re.search(r"leaf leaf-1 \(\S+\): no config names it; retiring \((\d+) "
                              r"request", root.log(100_000))
