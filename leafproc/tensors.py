@@ -55,8 +55,12 @@ class Part:
 
 
 def merge_key(decoded: Decoded, inputs: list[TensorSpec]) -> tuple:
-    """Requests with equal keys can share a forward pass."""
-    key = []
+    """Requests with equal keys can share a forward pass. A message with
+    grouped columns shares it with none (its jagged groups are key-major: a
+    merge would rebuild them, a copy the grouped layout is there to avoid)."""
+    if decoded.groups:
+        return ("grouped", id(decoded))
+    key: list = []
     for spec in inputs:
         if spec.ragged and spec.per_request:
             values, offsets = decoded[spec.name]
@@ -67,11 +71,29 @@ def merge_key(decoded: Decoded, inputs: list[TensorSpec]) -> tuple:
 Mapper = Callable[[np.ndarray], torch.Tensor]
 
 
-def assemble(parts: list[Part], mappers: list[Mapper], inputs: list[TensorSpec]) -> dict:
+def assemble(parts: list[Part], mappers: list[Mapper], inputs: list[TensorSpec],
+             groups=()) -> dict:
     features: dict[str, torch.Tensor] = {}
     single = len(parts) == 1
+    covered: set[str] = set()
+    if single and parts[0].decoded.groups:
+        # The model's groups, as views on the message: a jagged group's values and
+        # offsets (its KeyedJaggedTensor's), a dense group's [rows, D] tensor.
+        decoded = parts[0].decoded
+        for g in groups:
+            if decoded.group_of(g.name) is None:
+                continue
+            col = decoded[g.name]
+            if g.kind == "jagged":
+                features[g.name + ".values"] = mappers[0](col.values)
+                features[g.name + ".offsets"] = mappers[0](col.offsets)
+            else:
+                features[g.name] = mappers[0](col)
+            covered.update(g.members)
     for spec in inputs:
         name = spec.name
+        if name in covered:
+            continue
         if spec.ragged:
             cols = [p.decoded[name] for p in parts]
             if single or spec.per_request:
@@ -133,14 +155,15 @@ def _private_copy(arr: np.ndarray) -> torch.Tensor:
 class HostTensors:
     device = torch.device("cpu")
 
-    def build(self, parts: list[Part], inputs: list[TensorSpec], private: bool = False) -> dict:
+    def build(self, parts: list[Part], inputs: list[TensorSpec], private: bool = False,
+              groups=()) -> dict:
         """``private``: the model writes to its inputs, so columns on memory
         the leaf may only read (a root's shared-memory slot) are copied; a
         received frame is the leaf's own and is used in place."""
         mappers: list[Mapper] = [
             _private_copy if private and not p.raw.flags.writeable else torch.from_numpy
             for p in parts]
-        return assemble(parts, mappers, inputs)
+        return assemble(parts, mappers, inputs, groups)
 
 
 def written_inputs(model, features: dict[str, torch.Tensor], rows: int) -> list[str]:
@@ -175,7 +198,8 @@ class StagedTensors:
         self._staging = torch.empty(size, dtype=torch.uint8, pin_memory=self._pin)
         self._staging_np = self._staging.numpy()
 
-    def build(self, parts: list[Part], inputs: list[TensorSpec], private: bool = False) -> dict:
+    def build(self, parts: list[Part], inputs: list[TensorSpec], private: bool = False,
+              groups=()) -> dict:
         # Always private: the model sees the staging buffer or the device's copy.
         bases, total = [], 0
         for p in parts:
@@ -189,7 +213,7 @@ class StagedTensors:
             for p, base in zip(parts, bases):
                 on_device[base:base + p.raw.nbytes].copy_(torch.from_numpy(p.raw), non_blocking=True)
             mappers = [self._mapper(on_device, base, p.raw) for p, base in zip(parts, bases)]
-            return assemble(parts, mappers, inputs)
+            return assemble(parts, mappers, inputs, groups)
         # Reading scores back normally synchronises, but a forward that raised
         # may not have: never overwrite pinned memory a DMA is still reading.
         if self._copied is not None:
@@ -205,7 +229,7 @@ class StagedTensors:
         else:
             on_device = staged.clone()
         mappers = [self._mapper(on_device, base, p.raw) for p, base in zip(parts, bases)]
-        return assemble(parts, mappers, inputs)
+        return assemble(parts, mappers, inputs, groups)
 
     @staticmethod
     def _mapper(buf: torch.Tensor, base: int, raw: np.ndarray) -> Mapper:

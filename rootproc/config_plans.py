@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import _trim
 from rootproc.memory import Linear
-from rootproc.rollout.installed import PreparedConfig, fine_plan
+from rootproc.rollout.installed import PreparedConfig, fine_plan, grouped_plan
 
 
 class ConfigPlans:
@@ -28,6 +28,13 @@ class ConfigPlans:
         cache_key = (layout.fingerprint, key, "reads")
         if cache_key not in self.plans:
             self.plans[cache_key] = fine_plan(layout, self.active, key)
+        return self.plans[cache_key]
+
+    def grouped_plan_for(self, layout, key: str):
+        """``key``'s plan with its groups (grouped columns), compiled once (grouped_plan)."""
+        cache_key = (layout.fingerprint, key, "groups")
+        if cache_key not in self.plans:
+            self.plans[cache_key] = grouped_plan(layout, self.active, key)
         return self.plans[cache_key]
 
     def linear(self, layout, key: str | None) -> Linear:
