@@ -15,8 +15,10 @@ Two paths, the message decides (docs/signatures.md, "TorchRec models"):
   (TorchRec's variable batch size: ``stride_per_key_per_rank`` and inverse
   indices mapping every row to that list) when every table is pooled; the
   dense tensor is the dense group, ``[rows, D]`` as it is. No copy. A model
-  with an EmbeddingCollection (unpooled) cannot take a variable batch size:
-  its per-request lists are repeated for every row here (a copy).
+  with an EmbeddingCollection (unpooled) cannot take a variable batch size,
+  and on a CPU per-request lists shorter (together) than the KJT's key count
+  are cheaper repeated than gathered: those are repeated for every row here
+  (a copy of their ids only).
 - **Per feature** (an older leaf, root or artifact: each feature its own
   column): a key's values and per-row lengths (offset differences) come from
   its ragged column, a per-request list is repeated for every row, the keys'
@@ -103,7 +105,14 @@ class KJTInputs(torch.nn.Module):
             return KeyedJaggedTensor(keys=self.group_keys, values=values, offsets=offsets,
                                      weights=weights, stride=rows)
         n_rows = len(self.group_keys) - n_pr
-        if self.vbe:
+        # Looking a list up once costs a gather of every key's pooled rows
+        # (TorchRec's inverse indices): worth it when the per-request lists
+        # hold at least as many ids as the KJT has keys. On a CPU the count is
+        # free to read; elsewhere (a sync) the lists are always looked up once.
+        once = self.vbe
+        if once and values.device.type == "cpu":
+            once = values.shape[0] - int(offsets[n_rows * rows]) >= len(self.group_keys)
+        if once:
             strides: List[List[int]] = []  # noqa: UP006
             for i in range(len(self.group_keys)):
                 strides.append([rows] if i < n_rows else [1])

@@ -140,6 +140,9 @@ def test_the_model_gets_views_on_the_message_and_each_user_list_once(models, sch
                       groups=groups)
     rows = 50
     cols = columns(info, rows, 5)
+    # A list at least as long as the KJT has keys: looked up once (shorter ones
+    # are repeated on a CPU, where that is cheaper than gathering every key's rows).
+    cols["user_recent_pins"] = (np.array([3, 1, 4, 1, 5], np.int64), np.array([0, 5], np.int64))
     msg = message(info, cols, rows, grouped=True)
     feats = leaf_features(info, msg)
     with torch.inference_mode():
@@ -152,6 +155,13 @@ def test_the_model_gets_views_on_the_message_and_each_user_list_once(models, sch
     assert kjt.variable_stride_per_key() and kjt.stride() == rows
     np.testing.assert_array_equal(got, eager_scores(wrapped, ["user_recent_pins", "pin_topics"],
                                                     cols, rows))
+    cols["user_recent_pins"] = (np.array([7], np.int64), np.array([0, 1], np.int64))
+    seen.clear()
+    with torch.inference_mode():
+        got = module(leaf_features(info, message(info, cols, rows, grouped=True))).reshape(-1)
+    assert not seen["kjt"].variable_stride_per_key()   # one id: repeated, not gathered
+    np.testing.assert_array_equal(got.numpy(), eager_scores(
+        wrapped, ["user_recent_pins", "pin_topics"], cols, rows))
 
 
 def test_the_staged_builder_keeps_one_copy_and_the_group_offsets(models, schema, tmp_path):
@@ -180,3 +190,25 @@ def test_an_exported_program_or_mixed_ids_keep_the_per_feature_path(models, sche
         dense=("pin_quality",), sparse={"pin_topics": "pin_words"}))
     info = export(words, tmp_path / "repo", "words", schema)
     assert [g.kind for g in info.groups] == ["dense"]   # int32 ids: no jagged group
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_groups_are_views_on_the_one_device_copy(models, schema, tmp_path):
+    """The CUDA leaf's builder: one host-to-device copy of the message, the
+    KJT's arrays and the dense tensor views on it; scores as the per-feature
+    path's on the same device (within float tolerance: other kernels run)."""
+    from signatures.repository import artifacts
+    wrapped = models.dcn()
+    info = export(wrapped, tmp_path / "repo", "dcn", schema)
+    path, _ = ModelRepository(tmp_path / "repo").load(info.model, info.version)
+    model = artifacts.load(path, info.artifact, torch.device("cuda"))
+    cols = columns(info, 64, 3)
+    scores = {}
+    for grouped in (True, False):
+        feats = leaf_features(info, message(info, cols, 64, grouped),
+                              StagedTensors(torch.device("cuda")))
+        assert {t.device.type for t in feats.values()} == {"cuda"}
+        assert len({t.untyped_storage().data_ptr() for t in feats.values()}) == 1
+        with torch.inference_mode():
+            scores[grouped] = model(feats).reshape(-1).cpu().numpy()
+    np.testing.assert_allclose(scores[True], scores[False], rtol=1e-5, atol=1e-6)

@@ -209,3 +209,14 @@ def test_group_names_list_any_feature_name():
     assert Group("dense", odd).name == group_name(odd)
     from _trim.groups import parse_group_name
     assert parse_group_name(group_name(odd)) == odd
+
+
+@pytest.mark.parametrize("rows", [0, 1, 5, 33])
+def test_the_roots_size_bound_covers_a_grouped_message(rows):
+    """rootproc/config_plans.py's bound (reserved before a request is built):
+    the grouped message, its ragged values aside, fits it."""
+    from rootproc.config_plans import grouped_linear
+    layout, arrays, batch = world(rows, rows)
+    plan = compile_plan(layout, ["a", "b", "u", "x", "v", "uv", "other"], groups=[IDS, DENSE])
+    values = sum(len(arrays[m].values) * 8 for m in IDS.members)
+    assert _kernel.encoded_nbytes(plan, batch) <= grouped_linear(layout, plan).at(rows) + values
