@@ -287,7 +287,14 @@ cdef void write_group(uint8_t* out, const uint8_t* s, const ColumnEntry* table, 
             acc += col.n_values
         else:
             w = <uint64_t>mwidth[m] * isz
-            if mpr[m]:
+            if w == 4:   # a scalar float32 member, the common case: 4-byte moves, no calls
+                if mpr[m]:
+                    for i in range(n_rows):
+                        memcpy(out + i * width * 4 + at, so, 4)
+                else:
+                    for i in range(n_rows):
+                        memcpy(out + i * width * 4 + at, so + i * 4, 4)
+            elif mpr[m]:
                 for i in range(n_rows):
                     memcpy(out + i * width * isz + at, so, w)
             else:

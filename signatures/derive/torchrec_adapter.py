@@ -124,7 +124,14 @@ class KJTInputs(torch.nn.Module):
                                      inverse_indices=(self.group_keys, index))
         # An unpooled table cannot take one list for all rows: repeated here (a copy).
         lengths = offsets[1:] - offsets[:-1]
-        start = offsets[n_rows * rows]
+        start = int(offsets[n_rows * rows])
+        if start == values.shape[0]:
+            # Empty per-request lists: the values as they are, each row's list empty.
+            return KeyedJaggedTensor(
+                keys=self.group_keys, values=values, weights=weights,
+                lengths=torch.cat([lengths[:n_rows * rows],
+                                   torch.zeros([n_pr * rows], dtype=lengths.dtype,
+                                               device=lengths.device)]))
         parts_v: List[Tensor] = [values[:start]]  # noqa: UP006
         parts_n: List[Tensor] = [lengths[:n_rows * rows]]  # noqa: UP006
         parts_w: List[Tensor] = []  # noqa: UP006

@@ -162,6 +162,14 @@ def test_the_model_gets_views_on_the_message_and_each_user_list_once(models, sch
     assert not seen["kjt"].variable_stride_per_key()   # one id: repeated, not gathered
     np.testing.assert_array_equal(got.numpy(), eager_scores(
         wrapped, ["user_recent_pins", "pin_topics"], cols, rows))
+    cols["user_recent_pins"] = (np.zeros(0, np.int64), np.array([0, 0], np.int64))
+    seen.clear()
+    msg = message(info, cols, rows, grouped=True)
+    with torch.inference_mode():
+        got = module(leaf_features(info, msg)).reshape(-1)
+    assert inside(seen["kjt"].values(), msg)   # an empty list: nothing to repeat, no copy
+    np.testing.assert_array_equal(got.numpy(), eager_scores(
+        wrapped, ["user_recent_pins", "pin_topics"], cols, rows))
 
 
 def test_the_staged_builder_keeps_one_copy_and_the_group_offsets(models, schema, tmp_path):
