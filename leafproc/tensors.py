@@ -55,12 +55,19 @@ class Part:
 
 
 def merge_key(decoded: Decoded, inputs: list[TensorSpec]) -> tuple:
-    """Requests with equal keys can share a forward pass. A message with
-    grouped columns shares it with none (its jagged groups are key-major: a
-    merge would rebuild them, a copy the grouped layout is there to avoid)."""
+    """Requests with equal keys can share a forward pass: equal per-request
+    lists (a grouped message: the same groups, their per-request lists equal)."""
     if decoded.groups:
-        return ("grouped", id(decoded))
-    key: list = []
+        key: list = ["grouped"]
+        for name in sorted(decoded.groups):
+            g = decoded.groups[name]
+            key.append(name)
+            if g.kind == "jagged" and g.per_request:
+                values, offsets = decoded[name]
+                tail = offsets[len(offsets) - 1 - g.per_request:]
+                key += [np.diff(tail).tobytes(), values[int(tail[0]):].tobytes()]
+        return tuple(key)
+    key = []
     for spec in inputs:
         if spec.ragged and spec.per_request:
             values, offsets = decoded[spec.name]
@@ -76,7 +83,9 @@ def assemble(parts: list[Part], mappers: list[Mapper], inputs: list[TensorSpec],
     features: dict[str, torch.Tensor] = {}
     single = len(parts) == 1
     covered: set[str] = set()
-    if single and parts[0].decoded.groups:
+    if not single and parts[0].decoded.groups:
+        covered = merged_groups(parts, mappers, groups, features)
+    elif parts[0].decoded.groups:
         # The model's groups, as views on the message: a jagged group's values and
         # offsets (its KeyedJaggedTensor's), a dense group's [rows, D] tensor.
         decoded = parts[0].decoded
@@ -121,6 +130,40 @@ def assemble(parts: list[Part], mappers: list[Mapper], inputs: list[TensorSpec],
                 tensors.append(t)
             features[name] = tensors[0] if single else torch.cat(tensors)
     return features
+
+
+def merged_groups(parts: list[Part], mappers: list[Mapper], groups, features: dict) -> set[str]:
+    """Several requests' groups as one forward's (merge_key made them share
+    their per-request lists): a dense group's rows concatenated, a jagged
+    group rebuilt key-major, each per-row member's lists of every request in
+    turn, then the per-request lists once (a copy, as any merge). Returns the
+    members covered."""
+    covered: set[str] = set()
+    for g in groups:
+        if parts[0].decoded.group_of(g.name) is None:
+            continue
+        cols = [p.decoded[g.name] for p in parts]
+        if g.kind == "dense":
+            features[g.name] = torch.cat([m(c) for c, m in zip(cols, mappers)])
+            covered.update(g.members)
+            continue
+        n_rows = len(g.members) - g.per_request
+        values, lengths = [], []
+        mapped = [(m(c.values), m(c.offsets), c.offsets, p.rows)
+                  for c, m, p in zip(cols, mappers, parts)]
+        for k in range(n_rows):
+            for v, o, host, rows in mapped:
+                a, b = int(host[k * rows]), int(host[(k + 1) * rows])
+                values.append(v[a:b])
+                lengths.append(o[k * rows + 1:(k + 1) * rows + 1] - o[k * rows:(k + 1) * rows])
+        v, o, host, rows = mapped[0]
+        values.append(v[int(host[n_rows * rows]):])
+        lengths.append(o[n_rows * rows + 1:] - o[n_rows * rows:-1])
+        flat = torch.cat(lengths)
+        features[g.name + ".values"] = torch.cat(values)
+        features[g.name + ".offsets"] = torch.cat([flat.new_zeros(1), torch.cumsum(flat, 0)])
+        covered.update(g.members)
+    return covered
 
 
 def widened(t: torch.Tensor, spec: TensorSpec, wire_dtype: str, sliced) -> torch.Tensor:
