@@ -75,7 +75,9 @@ def _group_region(g, batch) -> np.ndarray:
     """A group's bytes (docs/protocol.md, "Grouped columns"), from its members in the batch."""
     layout, table, buf = batch.layout, batch.table, np.asarray(batch.buffer)
     code = int(table["dtype"][layout.index[g.members[0]]])
-    offsets, values, dense = [], [], []
+    offsets: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    dense: list[np.ndarray] = []
     for m in g.members:
         spec, col = layout[m], table[layout.index[m]]
         rows = 1 if col["flags"] & FLAG_PER_REQUEST else batch.n_rows
@@ -87,7 +89,7 @@ def _group_region(g, batch) -> np.ndarray:
             itemsize = CODE_DTYPES[code].itemsize
             fits = fits and bool(col["flags"] & FLAG_RAGGED) and nbytes == 8 * (rows + 1) + n * itemsize
             if fits:
-                base = sum(len(v) for v in values) // itemsize
+                base = sum(int(len(v)) for v in values) // itemsize
                 offsets.append(buf[start:start + 8 * rows].view("<i8") + base)
                 values.append(buf[start + 8 * (rows + 1):start + nbytes])
         else:
@@ -164,8 +166,7 @@ def encode_into(plan, batch, out) -> int:
         j += int(length)
     for i, g in enumerate(plan.groups):
         _, nbytes, dst_start = ranges[len(plan.run_lengths) + i]
-        region = _group_region(g, batch)
-        regions.append(region)
+        regions.append(_group_region(g, batch))
         row = table[len(plan.columns) + i]
         itemsize = CODE_DTYPES[int(plan.group_code[i])].itemsize
         lists = (len(g.members) - g.per_request) * batch.n_rows + g.per_request

@@ -106,7 +106,8 @@ class TrimPlan:
         self.table_nbytes = align_up(HEADER_NBYTES + COLUMN_NBYTES * len(encoded) + len(blob))
 
     def _compile_groups(self, layout: Layout) -> None:
-        kind, first, n, pr, code, width, cols, mwidth, mpr = ([] for _ in range(9))
+        lists: list[list[int]] = [[] for _ in range(9)]
+        kind, first, n, pr, code, width, cols, mwidth, mpr = lists
         for g in self.groups:
             specs = [layout[m] for m in g.members]
             kind.append(0 if g.kind == "jagged" else 1)

@@ -39,12 +39,12 @@ def check(decoded: Decoded, inputs: list[TensorSpec], header_rows: int,
     if decoded.groups:
         mine = {g.name: g for g in groups}
         specs = {s.name: s for s in inputs}
-        for name, got in decoded.groups.items():
+        for name, group in decoded.groups.items():
             if name not in mine:
                 continue
-            problem = group_problem(decoded, name, got, mine[name], specs)
+            problem = group_problem(decoded, name, group, mine[name], specs)
             if problem is None:
-                covered.update(got.members)
+                covered.update(group.members)
             else:
                 mismatched.append(name)
                 problems.append(problem)

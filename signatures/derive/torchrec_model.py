@@ -276,7 +276,7 @@ def export_torchrec(wrapped: TorchRecModel, schema: FeatureSchema, fmt: str,
         # The eager model: torch.export traces it itself (non-strict), as TorchRec's IR does.
         module = adapter(p, model, schema, wrapped.inputs.call).eval()
     else:
-        eager = adapter(p, traced, schema, wrapped.inputs.call)
+        eager: Any = adapter(p, traced, schema, wrapped.inputs.call)
         keys, groups = groups_of(p, schema)
         jagged = [g.name for g in groups if g.kind == "jagged"]
         eager.grouped(jagged[0] if jagged else "", jagged[1] if len(jagged) > 1 else "",
