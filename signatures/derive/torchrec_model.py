@@ -207,14 +207,23 @@ def plan(model: torch.nn.Module, spec: TorchRecInputs, schema: FeatureSchema,
                 [n for n in schema.names if n in wanted], weighted)
 
 
+# A dense group repeats its per-request members on every row (a [rows, D]
+# tensor cannot mix broadcast and per-row columns): worth it for a few user
+# scalars, not for a user embedding, which stays sent once and costs the leaf
+# one copy of the dense tensor instead (bytes are what trimming is for).
+MAX_BROADCAST_ROW_BYTES = 16
+
+
 def groups_of(p: Plan, schema: FeatureSchema) -> tuple[list[str], list[Group]]:
     """(the KJT keys in the jagged group's order, the model's groups). The ids
     group: every key's feature, per-row keys first, then the per-request ones
     (one list each), when they are distinct int64 features; with the weights
     group of the same shape when the model is weighted and every key has its
     own float32 weight feature (else neither). The dense group: the dense
-    columns, when they are distinct float32 features. A model whose features
-    do not fit keeps its members as columns of their own (the per-feature path)."""
+    columns, when they are distinct float32 features and the per-request ones
+    (which the root then repeats on every row) add at most
+    MAX_BROADCAST_ROW_BYTES a row. A model whose features do not fit keeps
+    its members as columns of their own (the per-feature path)."""
     per_row = [k for k in p.keys if not schema[p.features[k]].per_request]
     keys = per_row + [k for k in p.keys if k not in per_row]
     n_pr = len(keys) - len(per_row)
@@ -227,8 +236,10 @@ def groups_of(p: Plan, schema: FeatureSchema) -> tuple[list[str], list[Group]]:
         elif all(weights) and len(set(weights)) == len(weights) and all(
                 schema[w].dtype == "float32" for w in weights):
             groups += [Group("jagged", tuple(ids), n_pr), Group("jagged", tuple(weights), n_pr)]
+    broadcast = sum(4 * max(1, (schema[d].shape or (1,))[0])
+                    for d in p.dense if schema[d].per_request)
     if p.dense and len(set(p.dense)) == len(p.dense) and all(
-            schema[d].dtype == "float32" for d in p.dense):
+            schema[d].dtype == "float32" for d in p.dense) and broadcast <= MAX_BROADCAST_ROW_BYTES:
         groups.append(Group("dense", tuple(p.dense)))
     return keys, groups
 

@@ -258,3 +258,17 @@ def test_merged_grouped_requests_score_as_merged_per_feature_ones(models, schema
         other["user_recent_pins"] = (np.array([1], np.int64), np.array([0, 1], np.int64))
         a, b = (_trim.decode(message(info, c, r, True)) for c, r in ((other, 4), batches[0]))
         assert merge_key(a, []) != merge_key(b, [])
+
+
+def test_a_user_embedding_stays_sent_once_and_only_user_scalars_are_repeated(models, schema):
+    """The dense group repeats its per-request members on every row: DLRM's
+    one user scalar (4 bytes a row) is grouped; DCN's 8-wide user embedding (32 bytes a row)
+    is not (it stays a per-request column, sent once), while its KJT is still
+    grouped."""
+    kinds = {}
+    for name, make in (("dlrm", models.dlrm), ("dcn", models.dcn)):
+        wrapped = make()
+        model = wrapped.model.eval()
+        _, groups = groups_of(plan(model, wrapped.inputs, schema, trace(model)), schema)
+        kinds[name] = sorted(g.kind for g in groups)
+    assert kinds == {"dlrm": ["dense", "jagged"], "dcn": ["jagged"]}
