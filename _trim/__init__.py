@@ -94,10 +94,11 @@ def __getattr__(name: str):
     return globals()[name]
 
 
-def compile_plan(layout: Layout, names, reads=None) -> TrimPlan:
+def compile_plan(layout: Layout, names, reads=None, groups=()) -> TrimPlan:
     """Compile the features ``names`` against ``layout``; ValueError lists unknown names.
-    ``reads`` (feature -> `FeatureRead`) narrows those features to what the model reads."""
-    return TrimPlan(layout, names, reads)
+    ``reads`` (feature -> `FeatureRead`) narrows those features to what the model reads;
+    ``groups`` (`_trim.groups.Group`) sends some of them as grouped columns."""
+    return TrimPlan(layout, names, reads, groups)
 
 
 __all__ = [

@@ -19,9 +19,10 @@ import numpy as np
 
 from .batch import Ragged
 from .decoded import Decoded
-from .format import (ALIGN, CODE_DTYPES, CODE_NAMES, COLUMN_DTYPE, DTYPE_CODES, FLAG_PER_REQUEST,
-                     FLAG_RAGGED, FLAG_SLICED, FLAG_VECTOR, HEADER_NBYTES, KNOWN_FLAGS, MAGIC,
-                     NARROW_CODES, RANGE_NBYTES, VERSION)
+from .format import (ALIGN, CODE_DTYPES, CODE_NAMES, COLUMN_DTYPE, DTYPE_CODES, FLAG_GROUPED,
+                     FLAG_PER_REQUEST, FLAG_RAGGED, FLAG_SLICED, FLAG_VECTOR, HEADER_NBYTES,
+                     KNOWN_FLAGS, MAGIC, NARROW_CODES, RANGE_NBYTES, VERSION)
+from .groups import parse_group_name, received_group
 
 cdef extern from *:
     """
@@ -88,6 +89,7 @@ cdef uint8_t C_FLAG_PER_REQUEST = FLAG_PER_REQUEST
 cdef uint8_t C_FLAG_VECTOR = FLAG_VECTOR
 cdef uint8_t C_KNOWN_FLAGS = KNOWN_FLAGS
 cdef uint8_t C_FLAG_SLICED = FLAG_SLICED
+cdef uint8_t C_FLAG_GROUPED = FLAG_GROUPED
 cdef uint64_t C_RANGE = RANGE_NBYTES
 # The wire's one code beyond the batch's (format.NARROW_CODES): bfloat16, 2 bytes.
 cdef uint8_t C_BF16 = NARROW_CODES["bfloat16"]
@@ -114,6 +116,13 @@ cdef struct ReadRun:
     uint64_t rows       # rows of the source column (1 when per-request)
     uint8_t src_code    # its dtype code
 
+
+cdef struct GroupRun:
+    uint64_t dst_start
+    uint64_t nbytes
+    uint64_t lists      # a jagged group's lists (its offsets are one more)
+    uint64_t n_values
+
 assert sizeof(MessageHeader) == HEADER_NBYTES
 assert sizeof(ColumnEntry) == COLUMN_DTYPE.itemsize
 
@@ -139,7 +148,7 @@ cdef const uint8_t[::1] readable_bytes(object buf) except *:
 
 
 cdef Py_ssize_t plan_ranges(plan, batch, CopyRange* ranges, ReadRun* reads,
-                            Py_ssize_t n_runs) except -1:
+                            Py_ssize_t n_runs, GroupRun* groups) except -1:
     """Fill one CopyRange per run from the batch's own column table; returns
     the encoded size. Every range is checked against the source here. A run
     of a column with a read (``plan.run_read``) gets the size of its
@@ -198,7 +207,102 @@ cdef Py_ssize_t plan_ranges(plan, batch, CopyRange* ranges, ReadRun* reads,
         reads[r].src_code = first.dtype
         ranges[r].nbytes = nbytes
         pos += align_up(nbytes)
+    return group_ranges(plan, table, src_len, batch.n_rows, pos, groups)
+
+
+cdef Py_ssize_t group_ranges(plan, const ColumnEntry* table, uint64_t src_len, uint64_t n_rows,
+                             uint64_t pos, GroupRun* groups) except -1:
+    """Each group's region (GroupRun), its members checked against the plan."""
+    cdef const int64_t[::1] kind = plan.group_kind
+    cdef const int64_t[::1] first = plan.group_first
+    cdef const int64_t[::1] count = plan.group_n
+    cdef const int64_t[::1] code = plan.group_code
+    cdef const int64_t[::1] width = plan.group_width
+    cdef const int64_t[::1] cols = plan.group_cols
+    cdef const int64_t[::1] mwidth = plan.group_mwidth
+    cdef const int64_t[::1] mpr = plan.group_mpr
+    cdef ColumnEntry col
+    cdef uint64_t lists, values, rows, isz, nbytes
+    cdef Py_ssize_t g, m
+    cdef bint per_request, ok
+    for g in range(kind.shape[0]):
+        lists = 0
+        values = 0
+        isz = ITEMSIZE[code[g]]
+        for m in range(first[g], first[g] + count[g]):
+            memcpy(&col, &table[cols[m]], sizeof(ColumnEntry))
+            per_request = (col.flags & C_FLAG_PER_REQUEST) != 0
+            rows = 1 if per_request else n_rows
+            ok = (col.data_offset <= src_len and col.data_nbytes <= src_len - col.data_offset
+                  and per_request == (mpr[m] != 0) and <int64_t>col.dtype == code[g])
+            if ok and kind[g] == 0:
+                ok = ((col.flags & C_FLAG_RAGGED) != 0
+                      and col.data_nbytes == 8 * (rows + 1) + col.n_values * isz)
+                lists += rows
+                values += col.n_values
+            elif ok:
+                ok = (not (col.flags & C_FLAG_RAGGED) and <int64_t>col.width == mwidth[m]
+                      and col.n_values == rows * col.width and col.data_nbytes == col.n_values * isz)
+            if not ok:
+                raise ValueError(f"batch column {plan.groups[g].members[m - first[g]]!r} does "
+                                 f"not fit the plan's group {plan.groups[g].name}")
+        if kind[g] == 0:
+            nbytes = 8 * (lists + 1) + values * isz
+        else:
+            values = n_rows * <uint64_t>width[g]
+            nbytes = values * isz
+        groups[g].dst_start = pos
+        groups[g].nbytes = nbytes
+        groups[g].lists = lists
+        groups[g].n_values = values
+        pos += align_up(nbytes)
     return pos
+
+
+cdef void write_group(uint8_t* out, const uint8_t* s, const ColumnEntry* table, GroupRun* run,
+                      uint64_t n_rows, int64_t kind, uint64_t isz, uint64_t width,
+                      const int64_t* cols, const int64_t* mwidth, const int64_t* mpr,
+                      int64_t n) noexcept nogil:
+    """One group's region: a jagged group's offsets rebased member after member
+    and its values copied; a dense group's member columns placed side by side."""
+    cdef ColumnEntry col
+    cdef int64_t m, o
+    cdef uint64_t i, rows, li = 0, acc = 0, at = 0, w
+    cdef uint8_t* values = out + 8 * (run.lists + 1)
+    cdef const uint8_t* so
+    for m in range(n):
+        memcpy(&col, &table[cols[m]], sizeof(ColumnEntry))
+        rows = 1 if mpr[m] else n_rows
+        so = s + col.data_offset
+        if kind == 0:
+            if acc == 0:
+                memcpy(out + 8 * li, so, 8 * rows)
+            else:
+                for i in range(rows):
+                    memcpy(&o, so + 8 * i, 8)
+                    o += <int64_t>acc
+                    memcpy(out + 8 * (li + i), &o, 8)
+            li += rows
+            memcpy(values + acc * isz, so + 8 * (rows + 1), col.n_values * isz)
+            acc += col.n_values
+        else:
+            w = <uint64_t>mwidth[m] * isz
+            if w == 4:   # a scalar float32 member, the common case: 4-byte moves, no calls
+                if mpr[m]:
+                    for i in range(n_rows):
+                        memcpy(out + i * width * 4 + at, so, 4)
+                else:
+                    for i in range(n_rows):
+                        memcpy(out + i * width * 4 + at, so + i * 4, 4)
+            elif mpr[m]:
+                for i in range(n_rows):
+                    memcpy(out + i * width * isz + at, so, w)
+            else:
+                for i in range(n_rows):
+                    memcpy(out + i * width * isz + at, so + i * w, w)
+            at += w
+    if kind == 0:
+        memcpy(out + 8 * li, &acc, 8)
 
 
 def encoded_nbytes(plan, batch):
@@ -206,15 +310,18 @@ def encoded_nbytes(plan, batch):
     cdef Py_ssize_t n_runs = len(plan.run_lengths)
     cdef CopyRange* ranges = <CopyRange*>malloc(sizeof(CopyRange) * (n_runs + 1))
     cdef ReadRun* reads = <ReadRun*>malloc(sizeof(ReadRun) * (n_runs + 1))
-    if ranges == NULL or reads == NULL:
+    cdef GroupRun* groups = <GroupRun*>malloc(sizeof(GroupRun) * (len(plan.groups) + 1))
+    if ranges == NULL or reads == NULL or groups == NULL:
         free(ranges)
         free(reads)
+        free(groups)
         raise MemoryError()
     try:
-        return plan_ranges(plan, batch, ranges, reads, n_runs)
+        return plan_ranges(plan, batch, ranges, reads, n_runs, groups)
     finally:
         free(ranges)
         free(reads)
+        free(groups)
 
 
 cdef void gather(uint8_t* out, const uint8_t* src, uint64_t rows, uint64_t full,
@@ -271,16 +378,29 @@ def encode_into(plan, batch, out):
     cdef const int64_t[::1] read_bounds = plan.read_bounds
     cdef const uint32_t[::1] name_offsets = plan.name_offsets
     cdef const uint8_t[::1] names = plan.names_blob_array
+    cdef const int64_t[::1] g_kind = plan.group_kind
+    cdef const int64_t[::1] g_first = plan.group_first
+    cdef const int64_t[::1] g_n = plan.group_n
+    cdef const int64_t[::1] g_pr = plan.group_pr
+    cdef const int64_t[::1] g_code = plan.group_code
+    cdef const int64_t[::1] g_width = plan.group_width
+    cdef const int64_t[::1] g_cols = plan.group_cols
+    cdef const int64_t[::1] g_mwidth = plan.group_mwidth
+    cdef const int64_t[::1] g_mpr = plan.group_mpr
     cdef Py_ssize_t n_runs = run_lengths.shape[0]
     cdef Py_ssize_t n_cols = cols.shape[0]
+    cdef Py_ssize_t n_groups = g_kind.shape[0]
     cdef uint64_t names_len = names.shape[0]
-    cdef uint64_t table_end = C_HEADER + C_COLUMN * <uint64_t>n_cols
+    cdef uint64_t table_end = C_HEADER + C_COLUMN * <uint64_t>(n_cols + n_groups)
     cdef uint64_t table_nbytes = plan.table_nbytes
     cdef uint64_t total
     cdef uint32_t n_rows = batch.n_rows
     cdef CopyRange* ranges = <CopyRange*>malloc(sizeof(CopyRange) * (n_runs + 1))
     cdef ReadRun* reads = <ReadRun*>malloc(sizeof(ReadRun) * (n_runs + 1))
+    cdef GroupRun* groups = <GroupRun*>malloc(sizeof(GroupRun) * (n_groups + 1))
     cdef const int64_t* bounds = NULL
+    cdef ColumnEntry* entry
+    cdef Py_ssize_t g
     cdef uint8_t* d
     cdef const uint8_t* s
     cdef const ColumnEntry* src_table
@@ -288,14 +408,17 @@ def encode_into(plan, batch, out):
     cdef MessageHeader* header
     cdef Py_ssize_t r, k, j, rd
     cdef int64_t delta
-    if ranges == NULL or reads == NULL:
+    if ranges == NULL or reads == NULL or groups == NULL:
         free(ranges)
         free(reads)
+        free(groups)
         raise MemoryError()
     if read_bounds.shape[0]:
         bounds = &read_bounds[0]
     try:
-        total = plan_ranges(plan, batch, ranges, reads, n_runs)
+        if name_offsets.shape[0] != n_cols + n_groups:
+            raise ValueError("plan is inconsistent: a name offset per column")
+        total = plan_ranges(plan, batch, ranges, reads, n_runs, groups)
         if total > <uint64_t>dst.shape[0]:
             raise ValueError(f"output buffer too small: message needs {total} bytes, "
                              f"buffer has {dst.shape[0]}")
@@ -310,7 +433,7 @@ def encode_into(plan, batch, out):
             header.version = C_VERSION
             header.header_nbytes = C_HEADER
             header.n_rows = n_rows
-            header.n_columns = n_cols
+            header.n_columns = n_cols + n_groups
             header.names_nbytes = names_len
             header.flags = 0
             header.total_nbytes = total
@@ -334,6 +457,20 @@ def encode_into(plan, batch, out):
                             dst_table[j].flags = dst_table[j].flags | C_FLAG_SLICED
                             dst_table[j].reserved = <uint32_t>read_full[rd]
                     j += 1
+            for g in range(n_groups):
+                entry = &dst_table[n_cols + g]
+                memset(entry, 0, sizeof(ColumnEntry))
+                entry.name_offset = name_offsets[n_cols + g]
+                entry.name_nbytes = <uint16_t>((name_offsets[n_cols + g + 1]
+                                                if g + 1 < n_groups else names_len)
+                                               - name_offsets[n_cols + g])
+                entry.dtype = <uint8_t>g_code[g]
+                entry.flags = C_FLAG_GROUPED | (C_FLAG_RAGGED if g_kind[g] == 0 else C_FLAG_VECTOR)
+                entry.width = <uint32_t>g_width[g]
+                entry.reserved = <uint32_t>g_pr[g]
+                entry.n_values = groups[g].n_values
+                entry.data_offset = groups[g].dst_start
+                entry.data_nbytes = groups[g].nbytes
             if names_len:
                 memcpy(d + table_end, &names[0], names_len)
             memset(d + table_end + names_len, 0, table_nbytes - table_end - names_len)
@@ -347,10 +484,17 @@ def encode_into(plan, batch, out):
                            bounds + 2 * read_first[rd], read_n[rd], read_sliced[rd] != 0)
                 memset(d + ranges[r].dst_start + ranges[r].nbytes, 0,
                        align_up(ranges[r].nbytes) - ranges[r].nbytes)
+            for g in range(n_groups):
+                write_group(d + groups[g].dst_start, s, src_table, &groups[g], n_rows, g_kind[g],
+                            ITEMSIZE[g_code[g]], <uint64_t>g_width[g], &g_cols[g_first[g]],
+                            &g_mwidth[g_first[g]], &g_mpr[g_first[g]], g_n[g])
+                memset(d + groups[g].dst_start + groups[g].nbytes, 0,
+                       align_up(groups[g].nbytes) - groups[g].nbytes)
         return total
     finally:
         free(ranges)
         free(reads)
+        free(groups)
 
 
 cdef struct Region:
@@ -409,6 +553,23 @@ cdef int check_slice(const uint8_t* base, str name, uint64_t offset, uint64_t pr
     return 0
 
 
+cdef int check_group(str name, uint8_t flags, uint32_t width, uint32_t reserved) except -1:
+    """A grouped column's flags, width, reserved field and name (rule batch.grouped-valid)."""
+    if flags & (C_FLAG_PER_REQUEST | C_FLAG_SLICED):
+        raise ValueError(f"column {name!r}: a grouped column is neither per-request nor sliced")
+    if not flags & (C_FLAG_RAGGED | C_FLAG_VECTOR):
+        raise ValueError(f"column {name!r}: a grouped column is ragged (jagged) or a vector (dense)")
+    members = len(parse_group_name(name))
+    if flags & C_FLAG_RAGGED:
+        if width != members or reserved > width:
+            raise ValueError(f"column {name!r}: a jagged group of {members} members says "
+                             f"width {width}, per-request {reserved}")
+    elif members > width or reserved != 0:
+        raise ValueError(f"column {name!r}: a dense group of {members} members says width "
+                         f"{width}, reserved {reserved}")
+    return 0
+
+
 cdef list validate(const uint8_t* base, uint64_t length, MessageHeader* header):
     """Check a whole message; returns its column names, in table order.
 
@@ -422,6 +583,7 @@ cdef list validate(const uint8_t* base, uint64_t length, MessageHeader* header):
     cdef uint64_t r
     cdef Py_ssize_t bad
     cdef Region* regions
+    cdef uint8_t grouped
     if length < C_HEADER:
         raise ValueError(f"truncated message: {length} bytes, the header alone is {C_HEADER}")
     memcpy(header, base, sizeof(MessageHeader))
@@ -469,9 +631,12 @@ cdef list validate(const uint8_t* base, uint64_t length, MessageHeader* header):
             raise ValueError(f"column {name!r}: a ragged column cannot be a vector")
         if (col.flags & C_FLAG_SLICED) and not (col.flags & C_FLAG_VECTOR):
             raise ValueError(f"column {name!r}: only a vector column can be sliced")
-        if col.width == 0 or (col.width != 1 and not (col.flags & C_FLAG_VECTOR)):
+        grouped = col.flags & C_FLAG_GROUPED
+        if grouped:
+            check_group(name, col.flags, col.width, col.reserved)
+        elif col.width == 0 or (col.width != 1 and not (col.flags & C_FLAG_VECTOR)):
             raise ValueError(f"column {name!r}: bad width {col.width}")
-        if col.reserved != 0 and not (col.flags & C_FLAG_SLICED):
+        if col.reserved != 0 and not (col.flags & C_FLAG_SLICED) and not grouped:
             raise ValueError(f"column {name!r}: reserved field is {col.reserved}, must be 0")
         if col.data_offset < data_start or col.data_offset % C_ALIGN:
             raise ValueError(f"column {name!r}: data offset {col.data_offset} is misplaced")
@@ -480,6 +645,13 @@ cdef list validate(const uint8_t* base, uint64_t length, MessageHeader* header):
                              f"runs past the end of the {total}-byte message")
         itemsize = wire_itemsize(col.dtype)
         rows = 1 if col.flags & C_FLAG_PER_REQUEST else header.n_rows
+        if col.flags & C_FLAG_RAGGED and grouped:
+            # A jagged group's lists: (members - per-request) x rows + per-request,
+            # below 2**64 since both factors are below 2**32.
+            rows = (<uint64_t>col.width - col.reserved) * header.n_rows + col.reserved
+            if rows >= col.data_nbytes // 8:
+                raise ValueError(f"column {name!r}: {col.data_nbytes} bytes cannot hold "
+                                 f"{rows} lists' offsets")
         if col.flags & C_FLAG_RAGGED:
             offsets_nbytes = (rows + 1) * 8
             if offsets_nbytes > col.data_nbytes or col.n_values > (col.data_nbytes - offsets_nbytes) // itemsize:
@@ -582,6 +754,8 @@ cdef bytes layout_key(const uint8_t* base, uint64_t n_cols, uint64_t names_start
         size += sizeof(LayoutKeyEntry) + col.name_nbytes
         if col.flags & C_FLAG_SLICED:
             size += 4 + slice_prefix(&col)
+        elif col.flags & C_FLAG_GROUPED:
+            size += 4
     key = PyBytes_FromStringAndSize(NULL, size)
     out = PyBytes_AS_STRING(key)
     for i in range(n_cols):
@@ -597,6 +771,9 @@ cdef bytes layout_key(const uint8_t* base, uint64_t n_cols, uint64_t names_start
             memcpy(out, &col.reserved, 4)
             memcpy(out + 4, base + col.data_offset, slice_prefix(&col))
             out += 4 + slice_prefix(&col)
+        elif col.flags & C_FLAG_GROUPED:
+            memcpy(out, &col.reserved, 4)   # a jagged group's per-request members
+            out += 4
     return key
 
 
@@ -628,7 +805,7 @@ def decode(buf):
         raise ValueError(f"truncated message: 0 bytes, the header alone is {C_HEADER}")
     cdef const uint8_t* base = <const uint8_t*>cnp.PyArray_DATA(raw)
     names = validate(base, raw.shape[0], &header)
-    columns, specs, per_request_names, slices = {}, {}, [], None
+    columns, specs, per_request_names, slices, groups = {}, {}, [], None, None
     cdef uint64_t prefix
     for i in range(header.n_columns):
         memcpy(&col, base + C_HEADER + C_COLUMN * i, sizeof(ColumnEntry))
@@ -638,6 +815,12 @@ def decode(buf):
         rows = 1 if per_request else header.n_rows
         if per_request:
             per_request_names.append(name)
+        if col.flags & C_FLAG_GROUPED:
+            if groups is None:
+                groups = {}
+            groups[name] = received_group((col.flags & C_FLAG_RAGGED) != 0, name, col.reserved)
+            if col.flags & C_FLAG_RAGGED:
+                rows = (<uint64_t>col.width - col.reserved) * header.n_rows + col.reserved
         if col.flags & C_FLAG_RAGGED:
             offsets = array_view(raw, flags, OFFSETS, col.data_offset, 1, rows + 1, 0)
             values = array_view(raw, flags, dtype, col.data_offset + 8 * (rows + 1), 1,
@@ -661,4 +844,4 @@ def decode(buf):
             specs[name] = (DTYPE_NAMES[col.dtype], NO_SHAPE, False, per_request)
     key = layout_key(base, header.n_columns, C_HEADER + C_COLUMN * header.n_columns)
     return Decoded(header.n_rows, header.total_nbytes, columns, frozenset(per_request_names), specs,
-                   key, slices)
+                   key, slices, groups)

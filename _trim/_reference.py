@@ -14,6 +14,7 @@ from .format import (
     CODE_DTYPES,
     COLUMN_DTYPE,
     COLUMN_NBYTES,
+    FLAG_GROUPED,
     FLAG_PER_REQUEST,
     FLAG_RAGGED,
     FLAG_SLICED,
@@ -26,6 +27,7 @@ from .format import (
     VERSION,
     align_up,
 )
+from .groups import parse_group_name
 from .narrow import narrow_bits
 
 NARROWABLE = (1, 3)   # float32, float64: the codes a read may narrow
@@ -62,7 +64,47 @@ def _ranges(plan, batch):
                   + rows * int(plan.read_width[k]) * CODE_DTYPES[int(plan.read_code[k])].itemsize)
         out.append((start, nbytes, pos))
         pos += align_up(nbytes)
+    for g in plan.groups:
+        region = _group_region(g, batch)
+        out.append((-1, len(region), pos))
+        pos += align_up(len(region))
     return pos, out
+
+
+def _group_region(g, batch) -> np.ndarray:
+    """A group's bytes (docs/protocol.md, "Grouped columns"), from its members in the batch."""
+    layout, table, buf = batch.layout, batch.table, np.asarray(batch.buffer)
+    code = int(table["dtype"][layout.index[g.members[0]]])
+    offsets: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    dense: list[np.ndarray] = []
+    for m in g.members:
+        spec, col = layout[m], table[layout.index[m]]
+        rows = 1 if col["flags"] & FLAG_PER_REQUEST else batch.n_rows
+        start, nbytes = int(col["data_offset"]), int(col["data_nbytes"])
+        fits = (bool(col["flags"] & FLAG_PER_REQUEST) == spec.per_request
+                and int(col["dtype"]) == code and start + nbytes <= len(buf))
+        if g.kind == "jagged":
+            n = int(col["n_values"])
+            itemsize = CODE_DTYPES[code].itemsize
+            fits = fits and bool(col["flags"] & FLAG_RAGGED) and nbytes == 8 * (rows + 1) + n * itemsize
+            if fits:
+                base = sum(int(len(v)) for v in values) // itemsize
+                offsets.append(buf[start:start + 8 * rows].view("<i8") + base)
+                values.append(buf[start + 8 * (rows + 1):start + nbytes])
+        else:
+            fits = fits and not col["flags"] & FLAG_RAGGED and int(col["width"]) == spec.width \
+                and nbytes == rows * spec.width * 4
+            if fits:
+                arr = buf[start:start + nbytes].view("<f4").reshape(rows, spec.width)
+                dense.append(np.broadcast_to(arr, (batch.n_rows, spec.width)))
+        if not fits:
+            raise ValueError(f"batch column {m!r} does not fit the plan's group {g.name}")
+    if g.kind == "dense":
+        return np.ascontiguousarray(np.concatenate(dense, axis=1)).view(np.uint8).reshape(-1)
+    n_values = sum(len(v) for v in values) // CODE_DTYPES[code].itemsize
+    offs = np.concatenate(offsets + [np.array([n_values], "<i8")]).astype("<i8")
+    return np.concatenate([offs.view(np.uint8)] + values)
 
 
 def _gather(plan, k: int, src: np.ndarray, code: int, rows: int) -> np.ndarray:
@@ -93,10 +135,11 @@ def encode_into(plan, batch, out) -> int:
     total, ranges = _ranges(plan, batch)
     if total > len(dst):
         raise ValueError(f"output buffer too small: message needs {total} bytes, buffer has {len(dst)}")
-    n = len(plan.columns)
+    n = len(plan.columns) + len(plan.groups)
     header = np.zeros(1, HEADER_DTYPE)
     header[0] = (MAGIC, VERSION, HEADER_NBYTES, batch.n_rows, n, len(plan.names_blob_array), 0, total)
-    table = batch.table[plan.columns].copy()
+    table = np.zeros(n, COLUMN_DTYPE)
+    table[:len(plan.columns)] = batch.table[plan.columns]
     table["name_offset"] = plan.name_offsets
     j = 0
     regions: list[np.ndarray | None] = []
@@ -121,12 +164,28 @@ def encode_into(plan, batch, out) -> int:
             table["data_offset"][j:j + length] = (
                 table["data_offset"][j:j + length].astype(np.int64) + (dst_start - src_start))
         j += int(length)
+    for i, g in enumerate(plan.groups):
+        _, nbytes, dst_start = ranges[len(plan.run_lengths) + i]
+        regions.append(_group_region(g, batch))
+        row = table[len(plan.columns) + i]
+        itemsize = CODE_DTYPES[int(plan.group_code[i])].itemsize
+        lists = (len(g.members) - g.per_request) * batch.n_rows + g.per_request
+        row["name_nbytes"] = len(g.name.encode())
+        row["dtype"] = int(plan.group_code[i])
+        row["flags"] = FLAG_GROUPED | (FLAG_RAGGED if g.kind == "jagged" else FLAG_VECTOR)
+        row["width"] = int(plan.group_width[i])
+        row["reserved"] = g.per_request
+        row["n_values"] = ((nbytes - 8 * (lists + 1)) // itemsize if g.kind == "jagged"
+                           else nbytes // itemsize)
+        row["data_offset"] = dst_start
+        row["data_nbytes"] = nbytes
+        table[len(plan.columns) + i] = row
     dst[:plan.table_nbytes] = 0
     dst[:HEADER_NBYTES] = header.view(np.uint8)
     table_end = HEADER_NBYTES + COLUMN_NBYTES * n
     dst[HEADER_NBYTES:table_end] = table.view(np.uint8)
     dst[table_end:table_end + len(plan.names_blob_array)] = plan.names_blob_array
-    for (src_start, nbytes, dst_start), region in zip(ranges, regions):
+    for (src_start, nbytes, dst_start), region in zip(ranges, regions, strict=True):
         if region is None:
             dst[dst_start:dst_start + nbytes] = batch.buffer[src_start:src_start + nbytes]
         else:
@@ -190,9 +249,12 @@ def parse(buf):
             raise ValueError(f"column {name!r}: a ragged column cannot be a vector")
         if flags & FLAG_SLICED and not flags & FLAG_VECTOR:
             raise ValueError(f"column {name!r}: only a vector column can be sliced")
-        if width == 0 or (width != 1 and not flags & FLAG_VECTOR):
+        grouped = bool(flags & FLAG_GROUPED)
+        if grouped:
+            _check_group(name, flags, width, int(col["reserved"]))
+        elif width == 0 or (width != 1 and not flags & FLAG_VECTOR):
             raise ValueError(f"column {name!r}: bad width {width}")
-        if col["reserved"] != 0 and not flags & FLAG_SLICED:
+        if col["reserved"] != 0 and not flags & FLAG_SLICED and not grouped:
             raise ValueError(f"column {name!r}: reserved field is {int(col['reserved'])}, must be 0")
         if offset < data_start or offset % ALIGN:
             raise ValueError(f"column {name!r}: data offset {offset} is misplaced")
@@ -201,6 +263,10 @@ def parse(buf):
                              f"runs past the end of the {total}-byte message")
         itemsize = CODE_DTYPES[code].itemsize
         rows = 1 if flags & FLAG_PER_REQUEST else n_rows
+        if flags & FLAG_RAGGED and grouped:
+            rows = (width - int(col["reserved"])) * n_rows + int(col["reserved"])
+            if rows >= nbytes // 8:
+                raise ValueError(f"column {name!r}: {nbytes} bytes cannot hold {rows} lists' offsets")
         if flags & FLAG_RAGGED:
             offsets_nbytes = (rows + 1) * 8
             if offsets_nbytes + n_values * itemsize > nbytes:
@@ -237,6 +303,22 @@ def parse(buf):
             a, b = names[order[bad[0]]], names[order[bad[0] + 1]]
             raise ValueError(f"columns {a!r} and {b!r} overlap")
     return n_rows, table, names
+
+
+def _check_group(name: str, flags: int, width: int, reserved: int) -> None:
+    """A grouped column's flags, width, reserved field and name (rule batch.grouped-valid)."""
+    if flags & (FLAG_PER_REQUEST | FLAG_SLICED):
+        raise ValueError(f"column {name!r}: a grouped column is neither per-request nor sliced")
+    if not flags & (FLAG_RAGGED | FLAG_VECTOR):
+        raise ValueError(f"column {name!r}: a grouped column is ragged (jagged) or a vector (dense)")
+    members = len(parse_group_name(name))
+    if flags & FLAG_RAGGED:
+        if width != members or reserved > width:
+            raise ValueError(f"column {name!r}: a jagged group of {members} members says "
+                             f"width {width}, per-request {reserved}")
+    elif members > width or reserved != 0:
+        raise ValueError(f"column {name!r}: a dense group of {members} members says width "
+                         f"{width}, reserved {reserved}")
 
 
 def _check_slice(raw, name: str, offset: int, prefix: int, width: int, full: int) -> None:

@@ -58,7 +58,11 @@ FLAG_VECTOR = 4
 # The column carries some positions of a VECTOR column (a model's read, _trim/reads.py):
 # its ``reserved`` field holds the full width, its region starts with the ranges.
 FLAG_SLICED = 8
-KNOWN_FLAGS = FLAG_RAGGED | FLAG_PER_REQUEST | FLAG_VECTOR | FLAG_SLICED
+# The column carries several features of one model, laid out as it takes them
+# (_trim/groups.py): its name lists them; RAGGED: a jagged group (``reserved``:
+# its per-request members), VECTOR: a dense group.
+FLAG_GROUPED = 16
+KNOWN_FLAGS = FLAG_RAGGED | FLAG_PER_REQUEST | FLAG_VECTOR | FLAG_SLICED | FLAG_GROUPED
 
 # Wire dtype codes. Codes are part of the protocol: never renumber.
 DTYPE_CODES = {

@@ -7,7 +7,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 SHIPPED = {
-    "_trim": {"__init__", "batch", "decoded", "errors", "format", "memory", "plan"},
+    "_trim": {"__init__", "batch", "decoded", "errors", "format", "groups", "memory", "plan"},
     "_trim.transport": None,                 # all of it: sockets, frames, CURVE, protocol
     "rootproc": {"__init__"},
     "rootproc.client": {"__init__", "scoring_client", "async_client", "connection", "health"},

@@ -157,7 +157,7 @@ class Leaf:
                 device=str(self.device), curve_keys=curve_keys, max_queue=s.max_queue,
                 targets=follower.updates if follower else None,
                 records=follower.records if follower else None, probes=self.probes,
-                sub_feature_columns=s.sub_feature_columns)
+                sub_feature_columns=s.sub_feature_columns, grouped_columns=s.grouped_columns)
         except zmq.ZMQError as exc:
             raise ConfigError(f"cannot bind {', '.join(s.bind)}: {exc}") from exc
         server.install_signal_handlers()

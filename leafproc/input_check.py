@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from _trim import Batch, Decoded, Layout
+from _trim.groups import Group
 from _trim.transport.protocol import BAD_REQUEST, SIGNATURE_MISMATCH, ProtocolError
 from signatures.repository.module_info import TensorSpec
 
@@ -19,19 +20,37 @@ def describe(dtype: str, shape: tuple, ragged: bool, per_request: bool) -> str:
     return f"{dtype}{dims} {kind}{' per-request' if per_request else ''}"
 
 
-def check(decoded: Decoded, inputs: list[TensorSpec], header_rows: int) -> None:
+def check(decoded: Decoded, inputs: list[TensorSpec], header_rows: int,
+          groups: tuple[Group, ...] = ()) -> None:
     """ProtocolError unless ``decoded`` carries every input as the signature declares it.
 
     Extra columns are ignored. A dense column may arrive per-request or per
     row: the model sees ``[rows, ...]`` either way (per-request ones are
     expanded). A ragged column's per-request flag must match, since it
     changes the offsets the model receives (2 entries instead of rows + 1).
+    A grouped column that is one of the model's ``groups`` stands for its
+    members (rule batch.grouped); other grouped columns are extra columns.
     """
     if decoded.n_rows != header_rows:
         raise ProtocolError(BAD_REQUEST, f"header says rows={header_rows} but the batch has "
                                          f"{decoded.n_rows} rows")
     missing, mismatched, problems = [], [], []
+    covered: set[str] = set()
+    if decoded.groups:
+        mine = {g.name: g for g in groups}
+        specs = {s.name: s for s in inputs}
+        for name, group in decoded.groups.items():
+            if name not in mine:
+                continue
+            problem = group_problem(decoded, name, group, mine[name], specs)
+            if problem is None:
+                covered.update(group.members)
+            else:
+                mismatched.append(name)
+                problems.append(problem)
     for spec in inputs:
+        if spec.name in covered:
+            continue
         if spec.name not in decoded:
             missing.append(spec.name)
             continue
@@ -63,6 +82,22 @@ def check(decoded: Decoded, inputs: list[TensorSpec], header_rows: int) -> None:
         raise ProtocolError(SIGNATURE_MISMATCH,
                             "batch does not match the model's signature: " + "; ".join(parts),
                             missing=missing, mismatched=mismatched)
+
+
+def group_problem(decoded: Decoded, name: str, got: Group, want: Group,
+                  specs: dict[str, TensorSpec]) -> str | None:
+    """Why a grouped column is not the model's group ``want``; None when it is."""
+    dtype, shape, _, _ = decoded.spec(name)
+    members = [specs[m] for m in want.members]
+    if got.kind != want.kind or got.per_request != want.per_request:
+        return (f"group {name}: expected a {want.kind} group with {want.per_request} per-request "
+                f"members, got a {got.kind} one with {got.per_request}")
+    if want.kind == "jagged" and dtype != members[0].dtype:
+        return f"group {name}: expected {members[0].dtype} values, got {dtype}"
+    width = sum(s.shape[0] if s.shape else 1 for s in members)
+    if want.kind == "dense" and (dtype != "float32" or shape != (width,)):
+        return f"group {name}: expected float32[{width}], got {dtype}{list(shape)}"
+    return None
 
 
 def as_read(spec: TensorSpec, dtype: str, shape: tuple, sliced) -> bool:
@@ -97,16 +132,17 @@ class SignatureCheck:
 
     MAX_LAYOUTS = 64  # a few configs in flight during a rollout; more is a misbehaving root
 
-    def __init__(self, inputs: list[TensorSpec]):
+    def __init__(self, inputs: list[TensorSpec], groups=()):
         self.inputs = list(inputs)
+        self.groups = tuple(groups)
         self._accepted: set[bytes] = set()
 
     def __call__(self, decoded: Decoded, header_rows: int) -> None:
         if decoded.layout_key in self._accepted:
             if decoded.n_rows != header_rows:
-                check(decoded, self.inputs, header_rows)  # raises, naming the row counts
+                check(decoded, self.inputs, header_rows, self.groups)  # raises, naming the rows
             return
-        check(decoded, self.inputs, header_rows)
+        check(decoded, self.inputs, header_rows, self.groups)
         if len(self._accepted) >= self.MAX_LAYOUTS:
             self._accepted.clear()
         self._accepted.add(decoded.layout_key)

@@ -60,11 +60,12 @@ class LeafServer:
                  drain_timeout_s: float, device: str, curve_keys: ServerKeys | None = None,
                  max_queue: int = MAX_QUEUE, targets: Handoff[Target] | None = None,
                  records: Handoff[MemberStatus] | None = None, probes: Probes | None = None,
-                 sub_feature_columns: bool = True):
+                 sub_feature_columns: bool = True, grouped_columns: bool = True):
         self.name = name
         self.probes = probes if probes is not None else Probes()
         self._next_readiness = 0.0
         self.sub_feature_columns = sub_feature_columns
+        self.grouped_columns = grouped_columns
         self.binds = binds
         self.table = table
         self.targets = targets
@@ -336,4 +337,5 @@ class LeafServer:
             "max_message_bytes": self.max_message_bytes,
             # It decodes sliced and narrowed columns (rule pong.sub-feature-columns).
             **({"sub_feature_columns": True} if self.sub_feature_columns else {}),
+            **({"grouped_columns": True} if self.grouped_columns else {}),   # pong.grouped-columns
             "models": self.table.describe(), **self.table.pong_fields()})

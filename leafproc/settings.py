@@ -83,6 +83,10 @@ class LeafSettings:
                                        "columns (a model's read: sliced positions, narrowed "
                                        "floats); off: roots send it whole features, as to a "
                                        "leaf that predates them")
+    grouped_columns: bool = option(True, "say in pongs that this leaf takes grouped columns (a "
+                                   "TorchRec model's KeyedJaggedTensor and dense tensor as "
+                                   "it takes them); off: roots send the members as columns of "
+                                   "their own, as to a leaf that predates them")
     max_queue: int = option(MAX_QUEUE, "requests waiting per model version; past it new ones "
                             "are answered 'overloaded' at once", positive=True)
     device: str = option("auto", "where models run", choices=DEVICES)

@@ -55,7 +55,18 @@ class Part:
 
 
 def merge_key(decoded: Decoded, inputs: list[TensorSpec]) -> tuple:
-    """Requests with equal keys can share a forward pass."""
+    """Requests with equal keys can share a forward pass: equal per-request
+    lists (a grouped message: the same groups, their per-request lists equal)."""
+    if decoded.groups:
+        key: list = ["grouped"]
+        for name in sorted(decoded.groups):
+            g = decoded.groups[name]
+            key.append(name)
+            if g.kind == "jagged" and g.per_request:
+                values, offsets = decoded[name]
+                tail = offsets[len(offsets) - 1 - g.per_request:]
+                key += [np.diff(tail).tobytes(), values[int(tail[0]):].tobytes()]
+        return tuple(key)
     key = []
     for spec in inputs:
         if spec.ragged and spec.per_request:
@@ -67,11 +78,31 @@ def merge_key(decoded: Decoded, inputs: list[TensorSpec]) -> tuple:
 Mapper = Callable[[np.ndarray], torch.Tensor]
 
 
-def assemble(parts: list[Part], mappers: list[Mapper], inputs: list[TensorSpec]) -> dict:
+def assemble(parts: list[Part], mappers: list[Mapper], inputs: list[TensorSpec],
+             groups=()) -> dict:
     features: dict[str, torch.Tensor] = {}
     single = len(parts) == 1
+    covered: set[str] = set()
+    if not single and parts[0].decoded.groups:
+        covered = merged_groups(parts, mappers, groups, features)
+    elif parts[0].decoded.groups:
+        # The model's groups, as views on the message: a jagged group's values and
+        # offsets (its KeyedJaggedTensor's), a dense group's [rows, D] tensor.
+        decoded = parts[0].decoded
+        for g in groups:
+            if decoded.group_of(g.name) is None:
+                continue
+            col = decoded[g.name]
+            if g.kind == "jagged":
+                features[g.name + ".values"] = mappers[0](col.values)
+                features[g.name + ".offsets"] = mappers[0](col.offsets)
+            else:
+                features[g.name] = mappers[0](col)
+            covered.update(g.members)
     for spec in inputs:
         name = spec.name
+        if name in covered:
+            continue
         if spec.ragged:
             cols = [p.decoded[name] for p in parts]
             if single or spec.per_request:
@@ -99,6 +130,40 @@ def assemble(parts: list[Part], mappers: list[Mapper], inputs: list[TensorSpec])
                 tensors.append(t)
             features[name] = tensors[0] if single else torch.cat(tensors)
     return features
+
+
+def merged_groups(parts: list[Part], mappers: list[Mapper], groups, features: dict) -> set[str]:
+    """Several requests' groups as one forward's (merge_key made them share
+    their per-request lists): a dense group's rows concatenated, a jagged
+    group rebuilt key-major, each per-row member's lists of every request in
+    turn, then the per-request lists once (a copy, as any merge). Returns the
+    members covered."""
+    covered: set[str] = set()
+    for g in groups:
+        if parts[0].decoded.group_of(g.name) is None:
+            continue
+        cols = [p.decoded[g.name] for p in parts]
+        if g.kind == "dense":
+            features[g.name] = torch.cat([m(c) for c, m in zip(cols, mappers)])
+            covered.update(g.members)
+            continue
+        n_rows = len(g.members) - g.per_request
+        values, lengths = [], []
+        mapped = [(m(c.values), m(c.offsets), c.offsets, p.rows)
+                  for c, m, p in zip(cols, mappers, parts)]
+        for k in range(n_rows):
+            for v, o, host, rows in mapped:
+                a, b = int(host[k * rows]), int(host[(k + 1) * rows])
+                values.append(v[a:b])
+                lengths.append(o[k * rows + 1:(k + 1) * rows + 1] - o[k * rows:(k + 1) * rows])
+        v, o, host, rows = mapped[0]
+        values.append(v[int(host[n_rows * rows]):])
+        lengths.append(o[n_rows * rows + 1:] - o[n_rows * rows:-1])
+        flat = torch.cat(lengths)
+        features[g.name + ".values"] = torch.cat(values)
+        features[g.name + ".offsets"] = torch.cat([flat.new_zeros(1), torch.cumsum(flat, 0)])
+        covered.update(g.members)
+    return covered
 
 
 def widened(t: torch.Tensor, spec: TensorSpec, wire_dtype: str, sliced) -> torch.Tensor:
@@ -133,14 +198,15 @@ def _private_copy(arr: np.ndarray) -> torch.Tensor:
 class HostTensors:
     device = torch.device("cpu")
 
-    def build(self, parts: list[Part], inputs: list[TensorSpec], private: bool = False) -> dict:
+    def build(self, parts: list[Part], inputs: list[TensorSpec], private: bool = False,
+              groups=()) -> dict:
         """``private``: the model writes to its inputs, so columns on memory
         the leaf may only read (a root's shared-memory slot) are copied; a
         received frame is the leaf's own and is used in place."""
         mappers: list[Mapper] = [
             _private_copy if private and not p.raw.flags.writeable else torch.from_numpy
             for p in parts]
-        return assemble(parts, mappers, inputs)
+        return assemble(parts, mappers, inputs, groups)
 
 
 def written_inputs(model, features: dict[str, torch.Tensor], rows: int) -> list[str]:
@@ -175,7 +241,8 @@ class StagedTensors:
         self._staging = torch.empty(size, dtype=torch.uint8, pin_memory=self._pin)
         self._staging_np = self._staging.numpy()
 
-    def build(self, parts: list[Part], inputs: list[TensorSpec], private: bool = False) -> dict:
+    def build(self, parts: list[Part], inputs: list[TensorSpec], private: bool = False,
+              groups=()) -> dict:
         # Always private: the model sees the staging buffer or the device's copy.
         bases, total = [], 0
         for p in parts:
@@ -189,7 +256,7 @@ class StagedTensors:
             for p, base in zip(parts, bases):
                 on_device[base:base + p.raw.nbytes].copy_(torch.from_numpy(p.raw), non_blocking=True)
             mappers = [self._mapper(on_device, base, p.raw) for p, base in zip(parts, bases)]
-            return assemble(parts, mappers, inputs)
+            return assemble(parts, mappers, inputs, groups)
         # Reading scores back normally synchronises, but a forward that raised
         # may not have: never overwrite pinned memory a DMA is still reading.
         if self._copied is not None:
@@ -205,7 +272,7 @@ class StagedTensors:
         else:
             on_device = staged.clone()
         mappers = [self._mapper(on_device, base, p.raw) for p, base in zip(parts, bases)]
-        return assemble(parts, mappers, inputs)
+        return assemble(parts, mappers, inputs, groups)
 
     @staticmethod
     def _mapper(buf: torch.Tensor, base: int, raw: np.ndarray) -> Mapper:

@@ -76,7 +76,8 @@ class ModelWorker(threading.Thread):
         self.key = info.key
         self.info = info
         self.inputs = list(info.inputs)
-        self.check = SignatureCheck(self.inputs)
+        self.groups = tuple(info.groups)   # its grouped columns (a TorchRec model's), if any
+        self.check = SignatureCheck(self.inputs, self.groups)
         # Only these can keep two requests out of one forward pass (see merge_key).
         self.shared_lists = [s for s in self.inputs if s.ragged and s.per_request]
         self.path = path
@@ -249,7 +250,8 @@ class ModelWorker(threading.Thread):
         rows = sum(p.rows for p in parts)
         t0 = time.perf_counter()
         try:
-            features = self.builder.build(parts, self.inputs, private=bool(self.writes_inputs))
+            features = self.builder.build(parts, self.inputs, private=bool(self.writes_inputs),
+                                          groups=self.groups)
         except Exception as exc:
             log.exception("model %s: building tensors failed", self.key)
             for req, *_ in group:

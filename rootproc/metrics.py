@@ -41,6 +41,10 @@ class RootMetrics:
                                              "with whole features although the model's reads "
                                              "would trim them: the leaf does not say it takes "
                                              "sub-feature columns", ["leaf", "model"], registry=r)
+        self.grouped_fail_open = Counter(p + "grouped_fail_open", "model batches sent with "
+                                         "the members of the model's grouped columns as columns "
+                                         "of their own: the leaf does not say it takes grouped "
+                                         "columns", ["leaf", "model"], registry=r)
         self.trim_gaps = Counter(p + "trim_gaps", "model versions sent every feature because "
                                  "the active config has no signature for them or a leaf does not "
                                  "agree with it", ["model"], registry=r)

@@ -386,6 +386,8 @@ class Router:
                 model.nbytes - msg.nbytes)
         elif model.fine is not None:
             self.metrics.sub_feature_fail_open.labels(link.name, model.key).inc()
+        if model.grouped is not None and not msg.grouped:
+            self.metrics.grouped_fail_open.labels(link.name, model.key).inc()
         if msg.wire_nbytes != msg.nbytes and not msg.in_shm:
             result["wire_bytes"] = msg.wire_nbytes
         else:

@@ -381,8 +381,9 @@ class Scorer:
             plan = self.plans.plan_for(batch.layout, key if trimmed else None)
             fine = self.plans.fine_plan_for(batch.layout, key) if trimmed and self.cfg.sub_feature \
                 else None
+            grouped = self.plans.grouped_plan_for(batch.layout, key) if trimmed else None
             self.router.send(request, idx, ModelBatch(key, plan, batch, untrimmed, fine, nbytes,
-                                                      traceparent), now)
+                                                      traceparent, grouped), now)
         except Exception as exc:
             # Other models may already be in flight, and the router gives
             # the request its one reply: the failure stays this model's result.

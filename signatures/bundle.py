@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 
 from _trim.errors import InvalidInput, NotFound
+from _trim.groups import Group
 from _trim.reads import FeatureRead
 from _trim.transport.model_key import ModelKey
 from signatures.repository.module_info import (
@@ -45,6 +46,8 @@ class BundleModel:
     pending: bool = False
     # Feature -> what the version reads of it, for features it reads less of than whole.
     reads: tuple[tuple[str, FeatureRead], ...] = ()
+    # Its inputs sent as grouped columns (a TorchRec model's), absent when none.
+    groups: tuple[Group, ...] = ()
 
     @property
     def key(self) -> str:
@@ -59,6 +62,8 @@ class BundleModel:
              "pending": self.pending}
         if self.reads:
             d["reads"] = {name: read.to_dict() for name, read in self.reads}
+        if self.groups:
+            d["groups"] = [g.to_dict() for g in self.groups]
         return d
 
 
@@ -157,11 +162,12 @@ class Bundle:
                 continue
             try:
                 reads = _parse_reads(m.get("reads", {}), feats, f"models[{key!r}].reads")
+                groups = _parse_groups(m.get("groups", []), feats, f"models[{key!r}].groups")
             except InvalidInput as exc:
                 problems.append(str(exc))
                 continue
             models[key] = BundleModel(mk.name, mk.version, str(m.get("signature_hash", "")),
-                                      tuple(feats), bool(m.get("pending", False)), reads)
+                                      tuple(feats), bool(m.get("pending", False)), reads, groups)
         leaves: dict[str, BundleLeaf] = {}
         raw_leaves = d.get("leaves", {})
         if not isinstance(raw_leaves, dict):
@@ -238,7 +244,8 @@ def build(repo: ModelRepository, schema: FeatureSchema, placement: dict) -> Bund
         read_of = {spec.name: spec.read for spec in info.inputs if spec.read is not None}
         models[key] = BundleModel(mk.name, mk.version, info.signature_hash, ordered,
                                   pending=key not in current_keys,
-                                  reads=tuple((n, read_of[n]) for n in ordered if n in read_of))
+                                  reads=tuple((n, read_of[n]) for n in ordered if n in read_of),
+                                  groups=tuple(info.groups))
     if problems:
         raise InvalidInput(f"cannot build the bundle: {len(problems)} problem(s):\n  - "
                          + "\n  - ".join(problems))
@@ -274,6 +281,17 @@ def _parse_reads(raw, features, where: str) -> tuple[tuple[str, FeatureRead], ..
                 raise InvalidInput(f"{where}[{name!r}] is empty; omit it")
             out.append((name, read))
     return tuple(out)
+
+
+def _parse_groups(raw, features, where: str) -> tuple[Group, ...]:
+    """A model's ``groups`` (grouped columns); InvalidInput naming what is wrong."""
+    if not isinstance(raw, list):
+        raise InvalidInput(f"{where} must be a list of groups")
+    groups = tuple(Group.from_dict(g, f"{where}[{i}]") for i, g in enumerate(raw))
+    for g in groups:
+        if not set(g.members) <= set(features):
+            raise InvalidInput(f"{where}: group {g.name} lists features the version does not read")
+    return groups
 
 
 def _describe(t) -> str:

@@ -39,20 +39,31 @@ class ModelBatch:
     fine: object = None
     nbytes: int = -1   # ``plan``'s message, the most any send takes: given when the sender computed it
     traceparent: str | None = None   # the root's send span, when tracing is on
+    # The plan with the model's groups (grouped columns: a TorchRec model's KJT and
+    # dense tensor), for a leaf that says it takes them (its pong's grouped_columns).
+    grouped: object = None
     fine_nbytes: int = field(init=False)   # ``fine``'s message, or ``nbytes``
+    grouped_nbytes: int = field(init=False)   # ``grouped``'s message, or ``nbytes``
 
     def __post_init__(self):
         if self.nbytes < 0:
             object.__setattr__(self, "nbytes", _trim.encoded_nbytes(self.plan, self.batch))
         object.__setattr__(self, "fine_nbytes", self.nbytes if self.fine is None
                            else _trim.encoded_nbytes(self.fine, self.batch))
+        object.__setattr__(self, "grouped_nbytes", self.nbytes if self.grouped is None
+                           else _trim.encoded_nbytes(self.grouped, self.batch))
 
-    def for_link(self, link) -> tuple[object, int, bool]:
-        """(plan, message bytes, sub-feature) of the message ``link``'s leaf gets:
-        the reads only to a leaf that says it takes them (fail open)."""
+    def for_link(self, link) -> tuple[object, int, str]:
+        """(plan, message bytes, kind) of the message ``link``'s leaf gets: the
+        groups, else the reads, only to a leaf that says it takes them (fail
+        open); kind "grouped", "fine" or "" (the plain plan)."""
+        limit = getattr(link, "max_message_bytes", None)   # a broadcast dense member may grow it
+        if self.grouped is not None and getattr(link, "grouped_columns", False) and (
+                limit is None or self.grouped_nbytes <= limit):
+            return self.grouped, self.grouped_nbytes, "grouped"
         if self.fine is not None and getattr(link, "sub_feature_columns", False):
-            return self.fine, self.fine_nbytes, True
-        return self.plan, self.nbytes, False
+            return self.fine, self.fine_nbytes, "fine"
+        return self.plan, self.nbytes, ""
 
 
 @dataclass
@@ -65,6 +76,7 @@ class LeafMessage:
     channel: ShmChannel | None = None   # the ring's channel holding its slot, if it went through one
     nbytes: int = 0              # the batch message's bytes (before compression)
     fine: bool = False           # it carries the model's reads (sub-feature columns)
+    grouped: bool = False        # it carries the model's groups (grouped columns)
 
     @property
     def in_shm(self) -> bool:
@@ -84,7 +96,7 @@ class Encoder:
 
     def __init__(self, model: ModelBatch):
         self.model = model
-        self._payloads: dict[bool, np.ndarray] = {}   # by sub-feature or not
+        self._payloads: dict[str, np.ndarray] = {}   # by plan kind (for_link)
 
     def message(self, link, mid: str, rows: int, deadline_ms: int, channel=None,
                 read_replies=None) -> LeafMessage:
@@ -93,7 +105,8 @@ class Encoder:
         ``read_replies(timeout_s)`` reads the link's replies (only they
         free slots)."""
         model = self.model
-        plan, nbytes, fine = model.for_link(link)
+        plan, nbytes, kind = model.for_link(link)
+        fine, grouped = kind == "fine", kind == "grouped"
         head = {"type": "score", "id": mid, "model": model.key, "rows": rows,
                 "compression": link.compression, "deadline_ms": deadline_ms}
         if model.traceparent is not None:
@@ -102,13 +115,13 @@ class Encoder:
             desc = channel.place(mid, plan, model.batch, nbytes, read_replies, what=model.key)
             if desc is not None:
                 head.update(compression="none", shm=desc)
-                return LeafMessage(mid, [pack_header(head)], 0, channel, nbytes, fine)
-        if fine not in self._payloads:
+                return LeafMessage(mid, [pack_header(head)], 0, channel, nbytes, fine, grouped)
+        if kind not in self._payloads:
             # Never written again once sent: zmq owns it until it has left
             # (copy=False), and the pool hands it out only after that.
-            self._payloads[fine] = memory.empty(nbytes)
-            _trim.encode_into(plan, model.batch, self._payloads[fine])
-        payload: np.ndarray | bytes = self._payloads[fine]
+            self._payloads[kind] = memory.empty(nbytes)
+            _trim.encode_into(plan, model.batch, self._payloads[kind])
+        payload: np.ndarray | bytes = self._payloads[kind]
         if link.compression == COMPRESSION_LZ4:
             block = compress(payload)
             limit = link.max_message_bytes
@@ -119,7 +132,8 @@ class Encoder:
                 head["raw_nbytes"] = nbytes
             else:
                 head["compression"] = "none"
-        return LeafMessage(mid, [pack_header(head), payload], len(payload), None, nbytes, fine)
+        return LeafMessage(mid, [pack_header(head), payload], len(payload), None, nbytes, fine,
+                           grouped)
 
 
 __all__ = ["Encoder", "LeafMessage", "ModelBatch"]

@@ -83,7 +83,7 @@ class LeafLink:
         self.out: str | None = R.NOT_YET   # why it is out of rotation (None: in rotation)
         self.pid = None
         self.max_message_bytes: int | None = None   # what its pongs say it accepts (limits.py)
-        self.sub_feature_columns = False   # its pongs say it takes sub-feature columns
+        self.sub_feature_columns = self.grouped_columns = False   # its pongs say it takes them
         self._next_ping = 0
         self._pong_floor = 0     # pings numbered below were sent on a connection that dropped
         self.socket = ctx.socket(zmq.DEALER)
@@ -199,6 +199,7 @@ class LeafLink:
         self.draining = header.get("draining") is True
         self.max_message_bytes = message_limit(header)
         self.sub_feature_columns = header.get("sub_feature_columns") is True   # takes reads
+        self.grouped_columns = header.get("grouped_columns") is True   # takes groups
         models = header.get("models")
         if isinstance(models, list):
             # Ready only when it says so: an entry without `"ready": true` is
@@ -402,7 +403,7 @@ class LeafPool:
                 entry.update(describe(link))
             if link.max_message_bytes is not None:
                 entry["max_message_bytes"] = link.max_message_bytes
-            for flag in ("sub_feature_columns", "draining", "retiring"):   # said only when true
+            for flag in ("sub_feature_columns", "grouped_columns", "draining", "retiring"):
                 if getattr(link, flag):
                     entry[flag] = True
             if link.curve is not None:

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from _trim.groups import Group
 from _trim.reads import FeatureRead
 
 log = logging.getLogger("rootproc")
@@ -30,6 +31,7 @@ class ActiveConfig:
     hashes: dict = field(default_factory=dict)     # "name@version" -> signature hash
     schema_fingerprint: str = ""   # of the feature schema the bundle was built against
     reads: dict = field(default_factory=dict)  # "name@version" -> {feature: FeatureRead}
+    groups: dict = field(default_factory=dict)  # "name@version" -> tuple of Group (grouped columns)
 
     def features_for(self, key: str):
         """Required features of a model version; None if this config does not know it."""
@@ -38,6 +40,10 @@ class ActiveConfig:
     def reads_for(self, key: str) -> dict:
         """What the version reads of features it reads less of than whole (feature -> read)."""
         return self.reads.get(key, {})
+
+    def groups_for(self, key: str) -> tuple:
+        """The version's inputs sent as grouped columns (`_trim.groups.Group`), if any."""
+        return self.groups.get(key, ())
 
     @property
     def union(self) -> list[str]:
@@ -65,8 +71,10 @@ class ActiveConfig:
         reads = {k: {name: FeatureRead.from_dict(r, f"bundle models[{k!r}].reads")
                      for name, r in m["reads"].items()}
                  for k, m in d["models"].items() if m.get("reads")}
+        groups = {k: tuple(Group.from_dict(g, f"bundle models[{k!r}].groups") for g in m["groups"])
+                  for k, m in d["models"].items() if m.get("groups")}
         return cls(str(d.get("id", "")), models, pending, placement, generation, endpoints, hashes,
-                   str(d.get("schema_fingerprint") or ""), reads)
+                   str(d.get("schema_fingerprint") or ""), reads, groups)
 
 
 class SchemaMismatch(ValueError):
@@ -154,6 +162,24 @@ def fine_plan(layout, active: ActiveConfig, key: str):
     except ValueError as exc:
         log.warning("model %s: its reads are not used, its features go whole "
                     "(sub-feature fail open): %s", key, exc)
+        return None
+
+
+def grouped_plan(layout, active: ActiveConfig, key: str):
+    """``key``'s trim plan with its groups (grouped columns); None when it has
+    none, or when a group does not fit ``layout`` (the schema disagrees with
+    the signature): its members then go as columns of their own (fail open),
+    logged once per config and layout."""
+    import _trim
+
+    groups = active.groups_for(key)
+    if not groups:
+        return None
+    try:
+        return _trim.compile_plan(layout, active.features_for(key), None, groups)
+    except ValueError as exc:
+        log.warning("model %s: its groups are not used, its features go as columns of their "
+                    "own (grouped fail open): %s", key, exc)
         return None
 
 

@@ -261,7 +261,11 @@ def _torchrec(src: Source, schema: FeatureSchema, explicit: list[str] | None,
             {**timing, **more}, {}
     assert isinstance(module, torch.jit.ScriptModule)
     try:   # the scripted adapter's graph, checked against the signature like --features
-        problems = check_explicit(derive(module), names)
+        derived = derive(module)
+        # Its grouped path reads the groups' columns ("", ".values", ".offsets": of a group it has not).
+        grouped = {g.name for g in timing.get("groups", [])} | {"", ".values", ".offsets"}
+        problems = check_explicit(derived, list(names) + [n for n in derived.features()
+                                                          if n in grouped])
     except DerivationError as exc:
         problems = [str(exc)]
     if problems:
@@ -313,8 +317,9 @@ def export(source: str | torch.nn.Module, repo_root, model: str, schema: Feature
     else:
         names, data, artifact, timing, reads = _program(src, schema, features, fmt,
                                                         device or "cpu", sub_feature)
+    groups = timing.pop("groups", [])   # a TorchRec model's grouped columns
     info = ModuleInfo(
-        model=name, version=version or next_version(repo, name),
+        model=name, version=version or next_version(repo, name), groups=groups,
         inputs=[dataclasses.replace(TensorSpec.from_feature(schema[n]), read=reads.get(n))
                 for n in names],
         artifact_sha256=hashlib.sha256(data).hexdigest(), artifact=artifact,

@@ -17,7 +17,12 @@ comes from. The export then
    feature of the same name), refusing keys the schema lacks, and adds the
    spec's weight features (weighted collections) and dense columns;
 4. wraps the traced model in `torchrec_adapter` (the features dict in, the
-   KJT and the dense tensor built inside) and scripts it.
+   KJT and the dense tensor built inside) and scripts it;
+5. for a TorchScript artifact, lists the model's **groups** (`groups_of`):
+   its KJT's ids (and weights) as one jagged grouped column, its dense
+   columns as one dense grouped column, which a root sends a leaf that takes
+   them so that the leaf hands the model views on the message
+   (docs/protocol.md, "Grouped columns").
 
 The artifact is TorchScript; ``--format export``/``aoti`` are refused
 (docs/signatures.md, "TorchRec models"). torchrec is imported only here and
@@ -32,6 +37,7 @@ from typing import Any
 
 import torch
 
+from _trim.groups import Group
 from signatures.derive.sources import ExportError, module_bytes
 from signatures.repository.module_info import Artifact
 from signatures.repository.torchrec_runtime import TorchRecUnavailable, require
@@ -201,6 +207,43 @@ def plan(model: torch.nn.Module, spec: TorchRecInputs, schema: FeatureSchema,
                 [n for n in schema.names if n in wanted], weighted)
 
 
+# A dense group repeats its per-request members on every row (a [rows, D]
+# tensor cannot mix broadcast and per-row columns): worth it for a few user
+# scalars, not for a user embedding, which stays sent once and costs the leaf
+# one copy of the dense tensor instead (bytes are what trimming is for).
+MAX_BROADCAST_ROW_BYTES = 16
+
+
+def groups_of(p: Plan, schema: FeatureSchema) -> tuple[list[str], list[Group]]:
+    """(the KJT keys in the jagged group's order, the model's groups). The ids
+    group: every key's feature, per-row keys first, then the per-request ones
+    (one list each), when they are distinct int64 features; with the weights
+    group of the same shape when the model is weighted and every key has its
+    own float32 weight feature (else neither). The dense group: the dense
+    columns, when they are distinct float32 features and the per-request ones
+    (which the root then repeats on every row) add at most
+    MAX_BROADCAST_ROW_BYTES a row. A model whose features do not fit keeps
+    its members as columns of their own (the per-feature path)."""
+    per_row = [k for k in p.keys if not schema[p.features[k]].per_request]
+    keys = per_row + [k for k in p.keys if k not in per_row]
+    n_pr = len(keys) - len(per_row)
+    groups: list[Group] = []
+    ids = [p.features[k] for k in keys]
+    if len(set(ids)) == len(ids) and all(schema[m].dtype == "int64" for m in ids):
+        weights = [p.weights.get(k, "") for k in keys]
+        if not p.weighted:
+            groups.append(Group("jagged", tuple(ids), n_pr))
+        elif all(weights) and len(set(weights)) == len(weights) and all(
+                schema[w].dtype == "float32" for w in weights):
+            groups += [Group("jagged", tuple(ids), n_pr), Group("jagged", tuple(weights), n_pr)]
+    broadcast = sum(4 * max(1, (schema[d].shape or (1,))[0])
+                    for d in p.dense if schema[d].per_request)
+    if p.dense and len(set(p.dense)) == len(p.dense) and all(
+            schema[d].dtype == "float32" for d in p.dense) and broadcast <= MAX_BROADCAST_ROW_BYTES:
+        groups.append(Group("dense", tuple(p.dense)))
+    return keys, groups
+
+
 def adapter(p: Plan, traced: torch.nn.Module, schema: FeatureSchema, call: str) -> torch.nn.Module:
     from signatures.derive.torchrec_adapter import CALLS as ADAPTERS
     per_row = [i for i, k in enumerate(p.keys) if not schema[p.features[k]].per_request]
@@ -235,6 +278,7 @@ def export_torchrec(wrapped: TorchRecModel, schema: FeatureSchema, fmt: str,
     model = wrapped.model.eval()
     traced = trace(model)
     p = plan(model, wrapped.inputs, schema, traced)
+    groups: list[Group] = []
     if fmt == "export":
         if p.weighted:
             raise ExportError("a weighted collection cannot be exported as a torch.export "
@@ -243,8 +287,14 @@ def export_torchrec(wrapped: TorchRecModel, schema: FeatureSchema, fmt: str,
         # The eager model: torch.export traces it itself (non-strict), as TorchRec's IR does.
         module = adapter(p, model, schema, wrapped.inputs.call).eval()
     else:
+        eager: Any = adapter(p, traced, schema, wrapped.inputs.call)
+        keys, groups = groups_of(p, schema)
+        jagged = [g.name for g in groups if g.kind == "jagged"]
+        eager.grouped(jagged[0] if jagged else "", jagged[1] if len(jagged) > 1 else "",
+                      next((g.name for g in groups if g.kind == "dense"), ""), keys,
+                      groups[0].per_request if jagged else 0, all(t.pooled for t in p.tables))
         try:
-            module = torch.jit.script(adapter(p, traced, schema, wrapped.inputs.call).eval())
+            module = torch.jit.script(eager.eval())
         except ExportError:
             raise
         except Exception as exc:
@@ -253,7 +303,9 @@ def export_torchrec(wrapped: TorchRecModel, schema: FeatureSchema, fmt: str,
               "torchrec": {"keys": {k: p.features[k] for k in p.keys}, "dense": p.dense,
                            "weights": p.weights, "call": wrapped.inputs.call,
                            "weights_of": {p.features[k]: w for k, w in p.weights.items()},
-                           "unused_tables": [t.name for t in p.unused]}}
+                           "unused_tables": [t.name for t in p.unused]},
+              # Popped by the exporter into the signature (ModuleInfo.groups).
+              "groups": groups}
     return p.names, module, Artifact(runtime="torchrec"), timing
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from _trim import DTYPE_CODES, ColumnSpec, Layout
 from _trim.errors import InvalidInput, NotFound
+from _trim.groups import Group
 from _trim.reads import FeatureRead
 from _trim.transport.model_key import NAME_PATTERN
 from signatures.runtime.files import atomic_write, read_json
@@ -193,6 +194,11 @@ class ModuleInfo:
     provenance: dict = field(default_factory=dict)
     signature_hash: str = ""
     artifact: Artifact = field(default_factory=Artifact)
+    # Inputs sent together as grouped columns (a TorchRec model's KJT and dense
+    # tensor, _trim/groups.py): how this version's features travel, not which
+    # it reads, so not in the signature hash (which a root recomputes from its
+    # schema, and every version of a model shares); written only when some.
+    groups: list[Group] = field(default_factory=list)
 
     def __post_init__(self):
         check_name("model name", self.model)
@@ -232,7 +238,8 @@ class ModuleInfo:
                 "signature_hash": self.signature_hash,
                 "artifact": self.artifact.to_dict(),
                 "artifact_sha256": self.artifact_sha256,
-                "provenance": self.provenance}
+                "provenance": self.provenance,
+                **({"groups": [g.to_dict() for g in self.groups]} if self.groups else {})}
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), indent=1, sort_keys=False).encode() + b"\n"
@@ -257,9 +264,17 @@ class ModuleInfo:
         outputs = [TensorSpec.from_dict(x, f"{where}: outputs") for x in d["outputs"]]
         # Written before there were other kinds: a TorchScript model.pt.
         artifact = Artifact.from_dict(d["artifact"], where) if "artifact" in d else Artifact()
+        groups = d.get("groups", [])
+        if not isinstance(groups, list):
+            raise InvalidInput(f"{where}: 'groups' must be a list")
         info = cls(model=d["model"], version=str(d["version"]), inputs=inputs, outputs=outputs,
                    artifact_sha256=d.get("artifact_sha256", ""),
-                   provenance=d.get("provenance") or {}, signature_hash="", artifact=artifact)
+                   provenance=d.get("provenance") or {}, signature_hash="", artifact=artifact,
+                   groups=[Group.from_dict(g, f"{where}: groups") for g in groups])
+        names = set(info.input_names)
+        for g in info.groups:
+            if not set(g.members) <= names:
+                raise InvalidInput(f"{where}: group {g.name} lists features that are not inputs")
         if info.signature_hash != d["signature_hash"]:
             raise InvalidInput(f"{where}: signature_hash {d['signature_hash'][:12]}... does not "
                              f"match its inputs/outputs ({info.signature_hash[:12]}...): "

@@ -13,6 +13,13 @@ ELSEWHERE = {
         "tests/trim/test_sub_feature.py::test_float32_narrowing_is_torchs_on_every_rounding_edge",
         "tests/trim/test_sub_feature.py::test_float64_narrowing_goes_through_float32_as_torchs_does",
         "tests/root/test_sub_feature_e2e.py::test_scores_with_sub_feature_trimming_are_the_untrimmed_scores_bit_for_bit"],
+    # TorchRec models' grouped columns: a leaf serving them, and the layout TorchRec takes.
+    "batch.grouped": [
+        "tests/torchrec/test_grouped_serving.py::test_grouped_and_per_feature_scores_are_the_eager_models_bit_for_bit",
+        "tests/torchrec/test_grouped.py::test_the_model_gets_views_on_the_message_and_each_user_list_once",
+        "tests/trim/test_grouped.py::test_groups_carry_torchrecs_layout_and_the_members_go_only_there"],
+    "pong.grouped-columns": [
+        "tests/torchrec/test_grouped_serving.py::test_grouped_and_per_feature_scores_are_the_eager_models_bit_for_bit"],
     "pong.sub-feature-columns": [
         "tests/root/test_sub_feature_e2e.py::test_a_leaf_that_does_not_take_sub_feature_columns_gets_whole_features_counted"],
     "security.curve": [

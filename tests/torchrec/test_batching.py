@@ -3,7 +3,9 @@ forward (same user list, back to back within --max-wait-ms) score like the
 eager TorchRec model called on each request alone, within the exporter's
 tolerance (SCORE_ATOL + SCORE_RTOL x |score|: a merged forward runs the MLPs
 on more rows, which may sum floats in another order), for TorchScript and
-torch.export artifacts."""
+torch.export artifacts; the TorchScript ones get grouped columns (their
+KJT rebuilt key-major for the merged forward), the exported ones per-feature
+columns."""
 import numpy as np
 import pytest
 
@@ -39,8 +41,10 @@ def test_merged_requests_score_like_each_alone(tmp_path, process_runner):
             inputs = list(info.inputs)
             for _ in range(4):   # back to back: the worker takes them in one window
                 cols = random_columns(inputs, 8, rng) | {"user_recent_pins": user}
+                msg = (grouped_message(info, cols, 8) if info.groups
+                       else encode_columns(inputs, cols, 8))
                 rid = c.send({"type": "score", "model": key, "rows": 8, "compression": "none"},
-                             encode_columns(inputs, cols, 8))
+                             msg)
                 sent[rid] = (key, cols)
         for _ in sent:
             header, frames = c.recv(timeout=60)
@@ -55,3 +59,13 @@ def test_merged_requests_score_like_each_alone(tmp_path, process_runner):
                                    eager_scores(wrapped[m], KEYS[m], cols, 8),
                                    rtol=SCORE_RTOL, atol=SCORE_ATOL, err_msg=key)
     assert all(rows > 8 for rows in merged.values()), merged   # merged, every model and format
+    assert sum(bool(info.groups) for info in infos.values()) == 2   # the TorchScript ones
+
+
+def grouped_message(info, cols: dict, rows: int):
+    import _trim
+    from _trim import Batch, Ragged
+    layout = info.layout()
+    batch = Batch.from_arrays(layout, {k: Ragged(*v) if isinstance(v, tuple) else v
+                                       for k, v in cols.items()}, rows)
+    return _trim.encode(_trim.compile_plan(layout, info.input_names, None, info.groups), batch)
