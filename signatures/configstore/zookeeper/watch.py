@@ -50,12 +50,15 @@ class Watched(Changes):
 
     def wait(self, timeout: float) -> bool:
         if self._arm:
+            # Cleared before the watch is set: it may fire (and ask to be set
+            # again) before the call returns, and clearing after would lose
+            # that, leaving nothing but the recheck to hear of the next change.
+            self._arm = False
             try:
                 self.zk.call("watch the stage",
-                                   lambda zk: zk.exists_async(self.node, watch=self._fired))
-                self._arm = False
+                             lambda zk: zk.exists_async(self.node, watch=self._fired))
             except StoreError:
-                pass   # down: the reconnection wakes us
+                self._arm = True   # down: set again once the reconnection wakes us
         if not self._changed:
             self._event.wait(max(0.0, min(timeout, self._next_look - time.monotonic())))
             self._event.clear()
