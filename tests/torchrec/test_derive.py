@@ -3,7 +3,6 @@
 a table shared by two keys, a spec naming keys no table reads, a weighted
 collection, an EmbeddingCollection, a collection never called. The exported
 artifact scores like the model called eagerly on a KeyedJaggedTensor."""
-import json
 
 import numpy as np
 import pytest
@@ -13,23 +12,6 @@ from signatures.derive.exporter import export
 from signatures.derive.sources import ExportError
 from signatures.derive.torchrec_model import TorchRecInputs, TorchRecModel, plan, trace
 from signatures.repository.module_info import ModelRepository
-from signatures.schema import FeatureSchema
-from tests.root.world import SCHEMA
-
-WEIGHTS = {"name": "pin_topic_weights", "dtype": "float32", "kind": "ragged", "source": "candidate"}
-
-
-@pytest.fixture(scope="module")
-def models():
-    from tests.torchrec import models
-    return models
-
-
-@pytest.fixture(scope="module")
-def schema():
-    d = json.loads(json.dumps(SCHEMA))
-    d["features"].append(WEIGHTS)
-    return FeatureSchema.from_dict(d)
 
 
 def signature(wrapped, schema, tmp_path, name="m"):

@@ -5,7 +5,6 @@ the received message (no host copy), per-request lists are looked up once
 eager model's and the per-feature path's (a leaf or root that predates
 groups), for DLRM, DCN (a shared table), a weighted collection and an
 EmbeddingCollection."""
-import json
 
 import numpy as np
 import pytest
@@ -17,25 +16,8 @@ from leafproc.tensors import HostTensors, Part, StagedTensors
 from signatures.derive.exporter import export
 from signatures.derive.torchrec_model import TorchRecInputs, TorchRecModel, groups_of, plan, trace
 from signatures.repository.module_info import ModelRepository
-from signatures.schema import FeatureSchema
-from tests.root.world import SCHEMA
 from tests.support.models import random_columns
 from tests.torchrec.models import eager_scores
-
-WEIGHTS = {"name": "pin_topic_weights", "dtype": "float32", "kind": "ragged", "source": "candidate"}
-
-
-@pytest.fixture(scope="module")
-def models():
-    from tests.torchrec import models
-    return models
-
-
-@pytest.fixture(scope="module")
-def schema():
-    d = json.loads(json.dumps(SCHEMA))
-    d["features"].append(WEIGHTS)
-    return FeatureSchema.from_dict(d)
 
 
 def weighted(models):
