@@ -42,3 +42,20 @@ def zk_server(tmp_path_factory):
     from .zookeeper import ZooKeeperServer
     with ZooKeeperServer(tmp_path_factory.mktemp("zookeeper")) as server:
         yield server
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report carries the last lines of each process it
+    started: a failure in a shared CI run is read from the log alone."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for fixture in ("process_runner", "module_process_runner"):
+        runner = item.funcargs.get(fixture)
+        for proc in getattr(runner, "procs", ()):
+            try:
+                report.sections.append((f"log of {proc.name} (pid {proc.pid})", proc.log(3000)))
+            except OSError as exc:
+                report.sections.append((f"log of {proc.name}", f"unreadable: {exc}"))
