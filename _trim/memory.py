@@ -6,8 +6,10 @@ blocks above its mmap threshold (dynamic, from 128 KiB) with fresh mappings,
 so every request pays a page fault per page touched and the kernel's zeroing
 of it: measured at the demo's scale, 2,400–4,000 faults and a few ms per
 request, more than the copies themselves; at 32 MiB a fresh buffer costs
-twice a copy into a warm one. Two remedies, both run once at a server
-process's start:
+twice a copy into a warm one; a model's forward in a leaf likewise
+re-faults its activations every batch when its thread's heap is trimmed
+between batches. Two remedies, run once at a process's start (the root
+both, a leaf the first):
 
 - `keep_large_buffers` raises glibc's threshold to its maximum (32 MiB) and
   keeps freed memory for the next request instead of returning it to the

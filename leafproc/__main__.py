@@ -52,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s leaf %(process)d %(levelname)s %(message)s")
     # torch loads in seconds: only once the settings are known to be usable.
+    from _trim.memory import keep_large_buffers
     from leafproc.app import Leaf
+    # A forward's activations reuse the last batch's pages instead of
+    # faulting fresh ones in (tests/torchrec/test_heap.py).
+    keep_large_buffers()
 
     try:
         leaf = Leaf.build(settings)
