@@ -217,6 +217,7 @@ class Router:
                 try:
                     link.on_pong(check_header(header), time.monotonic())
                 except ProtocolError as exc:
+                    link.ignored()
                     log.warning("leaf %s (%s): pong ignored: %s", link.name, link.endpoint, exc)
                 return
             if not isinstance(mid, str):
@@ -230,6 +231,7 @@ class Router:
 
     def _dropped(self, link, what: str) -> None:
         """A leaf message that names no request: nothing to fail at once."""
+        link.ignored()
         self.metrics.leaf_replies_dropped.labels(link.name).inc()
         log.warning("leaf %s (%s) sent %s: dropped", link.name, link.endpoint, what)
 

@@ -5,7 +5,8 @@
   on ZooKeeper, retiring links that drained)
 - `replicas`: one `LeafLink` per replica endpoint (DEALER, pings and pongs,
   health, outstanding load) and the `LeafPool` that picks the best replica
-  for a model; `wanted_leaves`, which leaves a config and discovery call for
+  for a model
+- `wanted`: `wanted_leaves`, which leaves a config and discovery call for
 - `rotation`: why a replica is out of rotation (the reasons), and noting each
   change once: logged and counted
 - `encoding`: a model's message, the gather kernel writing the trim plan's

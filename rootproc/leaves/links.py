@@ -18,8 +18,9 @@ import logging
 import zmq
 
 from _trim.transport.shm import reap_stale_segments
-from rootproc.leaves.replicas import LeafLink, LeafPool, wanted_leaves
+from rootproc.leaves.replicas import LeafLink, LeafPool
 from rootproc.leaves.shm import ShmLinks
+from rootproc.leaves.wanted import wanted_leaves
 from signatures.configstore.members import LinkStatus
 
 log = logging.getLogger("rootproc")

@@ -24,14 +24,15 @@ A pong saying ``"draining": true``, or a `shutting_down` reply
 it says otherwise.
 
 A live leaf stays in rotation however late the root's loop reads it: it
-leaves only when silent (`LeafLink.silent`); each change is logged once
-with the reason and counted (rootproc/leaves/rotation.py).
+leaves only when silent (`LeafLink.silent`), a message waiting unread
+counting as life unless the last one read answered nothing; each change is
+logged once with the reason and counted (rootproc/leaves/rotation.py).
 
 The set of links follows the config (`LeafPool.reconcile`, on the serving
 loop between requests): leaves in the root's config file always, plus the
 leaves the active bundle's placement gives an endpoint, plus, with a
 ZooKeeper config store, the endpoints the leaves registered on the stage
-publish (`wanted_leaves`). A link no config names any more is *retiring*:
+publish (`rootproc/leaves/wanted.py`). A link no config names any more is *retiring*:
 it takes no new request but stays open until the requests it carries are
 answered or past their deadline (closed then, see `LeafLinks.reap_retired`
 in rootproc/leaves/links.py).
@@ -53,7 +54,7 @@ from _trim.transport.sockets import connect_all, secured
 from rootproc.defaults import LEAF_HWM, LEAF_RECONNECT_IVL_MAX_MS, LEAF_RECONNECT_IVL_MS
 from rootproc.leaves import rotation as R
 from rootproc.leaves.limits import message_limit
-from rootproc.settings import LeafCurve, LeafSpec
+from rootproc.settings import LeafSpec
 
 log = logging.getLogger("rootproc")
 
@@ -79,6 +80,9 @@ class LeafLink:
         self.last_pong = float("-inf")
         self.last_heard = float("-inf")   # a reply naming a request, read by the loop
         self.unanswered_since: float | None = None   # oldest ping sent since the last pong
+        # Whether what waits unread may be an answer: the last message read
+        # from the leaf was one (a leaf sending only noise earns no credit).
+        self.answered_last = True
         self.lost = False        # the connection dropped; no pong since
         self.out: str | None = R.NOT_YET   # why it is out of rotation (None: in rotation)
         self.pid = None
@@ -120,10 +124,13 @@ class LeafLink:
 
     def silent(self, now: float, timeout_s: float) -> bool:
         """Asked and silent ``timeout_s``: a ping unanswered, nothing heard, nothing
-        unread here (what the busy root has not read never counts against it)."""
+        unread here (what the busy root has not read never counts against it,
+        unless the last message read from the leaf answered nothing)."""
         since = self.unanswered_since
         if since is None or now - max(since, self.last_heard) <= timeout_s:
             return False
+        if not self.answered_last:
+            return True
         try:
             return not self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN
         except zmq.ZMQError:
@@ -142,6 +149,13 @@ class LeafLink:
     def heard(self, now: float) -> None:
         """A reply naming a request was read: a sign of life, as good as a pong."""
         self.last_heard = now
+        self.answered_last = True
+
+    def ignored(self) -> None:
+        """A message that answers nothing was read (a pong to no ping of ours or
+        of another protocol version, a reply naming no request): until an
+        answer is read, what waits unread is no sign of life."""
+        self.answered_last = False
 
     def routable(self, key: str) -> bool:
         """Whether a new request for ``key`` may go here."""
@@ -189,8 +203,10 @@ class LeafLink:
         n = ping_id[len("ping-"):] if isinstance(ping_id, str) and ping_id.startswith("ping-") \
             else ""
         if not (n.isascii() and n.isdigit() and len(n) <= 18) or int(n) < self._pong_floor:
+            self.ignored()
             return  # not one of ours, or asked of a connection that has dropped since
         self.last_pong, self.unanswered_since, self.lost = now, None, False
+        self.answered_last = True
         # A pong is foreign input (leaves may be written in any language): fields
         # of the wrong type are dropped, not used as pids or compared as hashes.
         pid = header.get("pid")
@@ -226,45 +242,6 @@ def load_curve(leaf) -> ClientKeys | None:
         return None
     return ClientKeys.load(curve.server_public_key, curve.client_secret_key,
                            f"root config: leaf {leaf.name!r}: curve")
-
-
-def wanted_leaves(configured, active, pool=None, discovered=None,
-                  secret_key: str | None = None) -> list[LeafSpec]:
-    """The leaves a root links to under ``active``: those of its config file
-    (as configured: they win over the bundle's endpoints and membership),
-    then those the bundle's placement gives an endpoint, then, where
-    membership is known (``discovered``: name -> (endpoints, CURVE public
-    key or None)), every endpoint a registered leaf publishes, over CURVE
-    with this root's ``secret_key`` where the leaf publishes a key. Without
-    membership, a leaf the placement
-    still names without an endpoint keeps the links ``pool`` has to it;
-    with it, membership says who is there."""
-    out = list(configured)
-    named = {leaf.name for leaf in out}
-    for name, ep in sorted(active.endpoints.items()):
-        if name not in named:
-            out.append(LeafSpec(name, (ep,)))
-            named.add(name)
-    if discovered is not None:
-        fixed = {leaf.name for leaf in configured}
-        at = {leaf.name: i for i, leaf in enumerate(out)}
-        for name, (eps, key) in sorted(discovered.items()):
-            if name in fixed:
-                continue
-            curve = LeafCurve(key, secret_key) if key else None
-            if name in at:   # the bundle's endpoint and the registered ones
-                eps = tuple(dict.fromkeys(out[at[name]].endpoints + tuple(eps)))
-                out[at[name]] = LeafSpec(name, eps, curve=curve)
-            else:
-                out.append(LeafSpec(name, tuple(eps), curve=curve))
-        return out
-    if pool is not None:
-        kept: dict[str, list[str]] = {}
-        for link in pool.links:
-            if link.name not in named and link.name in active.placement:
-                kept.setdefault(link.name, []).append(link.endpoint)
-        out.extend(LeafSpec(name, tuple(eps)) for name, eps in sorted(kept.items()))
-    return out
 
 
 class LeafPool:
@@ -416,4 +393,4 @@ class LeafPool:
             link.close()
 
 
-__all__ = ["LeafLink", "LeafPool", "wanted_leaves"]
+__all__ = ["LeafLink", "LeafPool"]

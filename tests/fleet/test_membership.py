@@ -3,7 +3,7 @@ it finds: endpoints a root on this host can reach, keyed by leaf name."""
 from __future__ import annotations
 
 from leafproc.follower import advertised, host_name
-from rootproc.leaves.replicas import wanted_leaves
+from rootproc.leaves.wanted import wanted_leaves
 from rootproc.rollout.follower import discovered
 from signatures.configstore.members import MemberStatus
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from rootproc.leaves.replicas import LeafPool, wanted_leaves
+from rootproc.leaves.replicas import LeafPool
+from rootproc.leaves.wanted import wanted_leaves
 from rootproc.rollout.installed import ActiveConfig
 from rootproc.settings import LeafSpec
 

@@ -101,3 +101,49 @@ def test_a_pong_without_models_lets_the_placement_stand_in(ctx, tmp_path):
     finally:
         link.close()
         leaf.close(0)
+
+
+def test_what_waits_unread_counts_as_life_only_after_an_answer(ctx, tmp_path):
+    """A leaf whose messages are not answers (pongs to no ping of ours, of
+    another protocol version) stays out of rotation even while such a
+    message waits unread; a leaf that answered last keeps its place while
+    its next answer waits for a busy root to read it."""
+    endpoint = f"ipc://{tmp_path}/noise.ipc"
+    leaf = ctx.socket(zmq.ROUTER)
+    leaf.bind(endpoint)
+    link = LeafLink(ctx, "leaf-0", endpoint, ["ctr@3"], "none")
+    later = lambda: time.monotonic() + 5.0   # noqa: E731  past a 1 s health timeout
+    try:
+        until("the first ping", lambda: leaf.poll(0), link)
+        leaf.send_multipart(pong(leaf.recv_multipart(), **READY))
+        read_pong(link)
+        # Asked again; the answer waits unread (a busy root): still in rotation.
+        link.ping()
+        assert leaf.poll(5000)
+        asked = leaf.recv_multipart()
+        leaf.send_multipart(pong(asked, **READY))
+        assert link.socket.poll(5000)
+        assert link.healthy(later(), 1.0)
+        read_pong(link)
+
+        # Asked; what comes back answers no ping of ours. Read, it is ignored;
+        # the next one waiting unread earns nothing either.
+        link.ping()
+        assert leaf.poll(5000)
+        asked = leaf.recv_multipart()
+        foreign = [asked[0], orjson.dumps({"v": 1, "type": "pong", "id": "not-a-ping", "ok": True,
+                                           "role": "leaf", **READY})]
+        leaf.send_multipart(foreign)
+        read_pong(link)
+        leaf.send_multipart(foreign)
+        assert link.socket.poll(5000)
+        assert not link.healthy(later(), 1.0), "a leaf that sends only noise stays in rotation"
+
+        # Its answer read, it is back.
+        leaf.send_multipart(pong(asked, **READY))
+        read_pong(link)    # the foreign one
+        read_pong(link)    # the answer
+        assert link.healthy(later() - 5.0, 1.0)
+    finally:
+        link.close()
+        leaf.close(0)
